@@ -1,0 +1,1 @@
+"""Benchmarks: kernel-level (`python -m bench.kernels`)."""

@@ -1,0 +1,132 @@
+/*
+ * pi.h - the one public header of ggml_ext, the pi_backend kernel library.
+ *
+ * C11, no Python C-API: pi_backend/_lib.py mirrors every declaration below, in this order.
+ * Every entry point validates its arguments and returns a pi_status (0 = PI_OK). On error,
+ * pi_last_error() gives a one-line, specific message for the calling thread. The library never
+ * aborts, exits or prints.
+ *
+ * Tensor conventions: a matrix is row-major, `n_rows` rows of `n_cols` elements of one ggml type.
+ * Quantized rows are sequences of ggml blocks (bit-identical to ggml/GGUF), so n_cols must be a
+ * multiple of the type's block size. Weights are read in place (e.g. from a GGUF memmap).
+ */
+#ifndef PI_H
+#define PI_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define PI_API_VERSION 1
+
+#if defined(__GNUC__)
+#define PI_API __attribute__((visibility("default")))
+#else
+#define PI_API
+#endif
+
+/* ---- status codes ---------------------------------------------------------------------- */
+typedef enum {
+    PI_OK = 0,
+    PI_ERR_NULL = 1,    /* a required pointer was NULL */
+    PI_ERR_TYPE = 2,    /* unsupported tensor type for this operation */
+    PI_ERR_SHAPE = 3,   /* a size is not positive, not a multiple of the block size, or inconsistent */
+    PI_ERR_RANGE = 4,   /* an index or argument is out of range */
+    PI_ERR_NOMEM = 5,   /* an allocation failed */
+    PI_ERR_THREADS = 6, /* a worker thread could not be created */
+    PI_ERR_ISA = 7,     /* the requested instruction set is not available on this CPU */
+} pi_status;
+
+/* ---- tensor types: the ggml type ids, as stored in GGUF -------------------------------- */
+typedef enum {
+    PI_TYPE_F32 = 0,
+    PI_TYPE_F16 = 1,
+    PI_TYPE_Q4_0 = 2,
+    PI_TYPE_Q4_1 = 3,
+    PI_TYPE_Q8_0 = 8,
+    PI_TYPE_Q8_1 = 9,
+} pi_type;
+
+/* ---- instruction sets for the kernels --------------------------------------------------- */
+typedef enum {
+    PI_ISA_SCALAR = 0, /* portable C: the reference twin of every SIMD kernel */
+    PI_ISA_AVX2 = 1,   /* AVX2 + FMA + F16C */
+    PI_ISA_AVX512 = 2, /* AVX-512 F/BW/VL (+VNNI when present) */
+} pi_isa;
+
+/* ---- library ---------------------------------------------------------------------------- */
+PI_API int pi_api_version(void);
+PI_API const char *pi_status_str(int status);
+PI_API const char *pi_last_error(void);
+
+/* Best ISA this CPU and build support; the active ISA; force one (PI_ERR_ISA if unsupported). */
+PI_API int pi_isa_best(void);
+PI_API int pi_isa_get(void);
+PI_API int pi_isa_set(int isa);
+
+/* ---- types and blocks ------------------------------------------------------------------- */
+/* Elements per block and bytes per block of `type`. */
+PI_API int pi_type_info(int type, int64_t *block_elems, int64_t *block_bytes);
+/* Bytes of one row of n elements of `type`. */
+PI_API int pi_row_bytes(int type, int64_t n, int64_t *bytes);
+
+/* x: [n] f32 -> y: row of n elements of `type` (F32, F16, Q4_0, Q4_1, Q8_0, Q8_1). */
+PI_API int pi_quantize_row(int type, const float *x, void *y, int64_t n);
+/* x: row of n elements of `type` -> y: [n] f32. */
+PI_API int pi_dequantize_row(int type, const void *x, float *y, int64_t n);
+
+/* ---- memory ----------------------------------------------------------------------------- */
+/* 64-byte aligned buffer, asking the kernel for transparent huge pages when it is large. */
+PI_API int pi_buffer_alloc(size_t bytes, void **out);
+PI_API void pi_buffer_free(void *ptr, size_t bytes);
+/* Reads `bytes` of `buf` (a multiple of 64) with all threads of `pool`; *checksum defeats
+ * dead-code elimination. The machine's read bandwidth reference for the benchmarks. */
+typedef struct pi_pool pi_pool;
+PI_API int pi_read_bytes(pi_pool *pool, const void *buf, size_t bytes, float *checksum);
+
+/* ---- thread pool ------------------------------------------------------------------------ */
+/* A persistent pool of n_threads workers (the caller counts as one). Threads are created here
+ * once, never per call. A NULL pool means: run on the calling thread alone. */
+PI_API int pi_pool_create(int n_threads, pi_pool **out);
+PI_API void pi_pool_free(pi_pool *pool);
+PI_API int pi_pool_n_threads(const pi_pool *pool);
+
+/* ---- kernels ---------------------------------------------------------------------------- */
+/* Dense matrix-vector product y = W x.
+ *   W: [n_rows][n_cols] of `type` (F32, F16, Q4_0, Q4_1, Q8_0)
+ *   x: [n_cols] f32, y: [n_rows] f32
+ * Quantized W: x is quantized per block as ggml does (Q8_0 for Q4_0/Q8_0, Q8_1 for Q4_1),
+ * followed by an integer dot. */
+PI_API int pi_matvec(pi_pool *pool, int type, const void *W, int64_t n_rows, int64_t n_cols,
+                     const float *x, float *y);
+
+/* Masked vec_dot (gate/up): y[idx[k]] = W[idx[k]] . x for k < n_idx; every other y[i] = 0.
+ *   W: [n_rows][n_cols] of `type`; x: [n_cols] f32; idx: [n_idx] int32 in [0, n_rows);
+ *   y: [n_rows] f32. Rows not in idx are never read. */
+PI_API int pi_matvec_masked(pi_pool *pool, int type, const void *W, int64_t n_rows,
+                            int64_t n_cols, const float *x, const int32_t *idx, int64_t n_idx,
+                            float *y);
+
+/* Sparse AXPY (down): y = sum_k a[idx[k]] * Wt[idx[k]]  (y is overwritten).
+ *   Wt: [n_rows][n_cols] of `type`, one row of length n_cols (= d) per neuron (ffn_down_t);
+ *   a: [n_rows] f32 (neuron activations); idx: [n_idx] int32 in [0, n_rows); y: [n_cols] f32.
+ * Only rows in idx are read. Threads split the columns, so there is no reduction and the
+ * result does not depend on the thread count. */
+PI_API int pi_axpy_sparse(pi_pool *pool, int type, const void *Wt, int64_t n_rows,
+                          int64_t n_cols, const float *a, const int32_t *idx, int64_t n_idx,
+                          float *y);
+
+/* The design ablation: the same down projection on the original row-major W_down, skipping
+ * inactive columns (strided access). y[j] = sum_k W[j][idx[k]] * a[idx[k]].
+ *   W: [n_rows = d][n_cols = n_ff] of `type`; a: [n_cols] f32; idx in [0, n_cols); y: [n_rows]. */
+PI_API int pi_matvec_cols_sparse(pi_pool *pool, int type, const void *W, int64_t n_rows,
+                                 int64_t n_cols, const float *a, const int32_t *idx,
+                                 int64_t n_idx, float *y);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* PI_H */

@@ -1,0 +1,295 @@
+/* quants.c - block geometry and scalar (de)quantization of F32, F16, Q4_0, Q4_1, Q8_0, Q8_1.
+ *
+ * Bit-identical to ggml's reference code (ggml-quants.c, quantize_row_*_ref / dequantize_row_*)
+ * and to gguf-py's gguf.quants. What that takes:
+ *   - the same float operations in the same order: multiply by id = 1/d (never divide by d),
+ *     fp16 conversion with round-to-nearest-even (blocks.h);
+ *   - no fused multiply-add: x*id + 8.5f and q*d + m must round twice. GCC contracts only in GNU
+ *     mode (the build uses -std=c11, i.e. -ffp-contract=off); clang is told by the pragma below;
+ *   - ggml's tie and zero rules, noted at each quantizer.
+ */
+#include <float.h>
+#include <math.h>
+#include <string.h>
+
+#include "common.h"
+#include "quants.h"
+
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#endif
+
+/* ---- 4-bit packing (Q4_0, Q4_1) ----------------------------------------------------------- */
+
+/* Byte j of a 32-element block holds element j in its low nibble and element j + 16 in its
+ * high nibble. q[] values are in [0, 15]. */
+static void pack_nibbles(const uint8_t q[32], uint8_t qs[16]) {
+    for (int j = 0; j < 16; j++) qs[j] = (uint8_t)(q[j] | (q[j + 16] << 4));
+}
+
+static void unpack_nibbles(const uint8_t qs[16], int q[32]) {
+    for (int j = 0; j < 16; j++) {
+        q[j] = qs[j] & 0x0F;
+        q[j + 16] = qs[j] >> 4;
+    }
+}
+
+/* ggml's float -> 4-bit quant: truncation toward zero of v + bias (v + bias >= 0 here), capped
+ * at 15 (the largest element of a block maps to 16 before the cap). */
+static uint8_t quant4(float v, float bias) {
+    const int8_t q = (int8_t)(v + bias);
+    return (uint8_t)(q < 15 ? q : 15);
+}
+
+/* ---- per-type row functions ---------------------------------------------------------------- */
+
+static void quantize_f32(const float *x, void *y, int64_t n) {
+    memcpy(y, x, (size_t)n * sizeof(float));
+}
+
+static void dequantize_f32(const void *x, float *y, int64_t n) {
+    memcpy(y, x, (size_t)n * sizeof(float));
+}
+
+static void quantize_f16(const float *x, void *vy, int64_t n) {
+    pi_half *y = vy;
+    for (int64_t i = 0; i < n; i++) y[i] = pi_float_to_half(x[i]);
+}
+
+static void dequantize_f16(const void *vx, float *y, int64_t n) {
+    const pi_half *x = vx;
+    for (int64_t i = 0; i < n; i++) y[i] = pi_half_to_float(x[i]);
+}
+
+/* Q4_0: x ~ d * (q - 8), d = max / -8 where max is the element of largest magnitude, sign kept
+ * (the first one on ties; +0.0f for an all-zero block, so d = -0.0f there). */
+static void quantize_q4_0(const float *x, void *vy, int64_t n) {
+    block_q4_0 *y = vy;
+    for (int64_t i = 0; i < n / QK4_0; i++, x += QK4_0) {
+        float amax = 0.0f, max = 0.0f;
+        for (int j = 0; j < QK4_0; j++) {
+            if (amax < fabsf(x[j])) {
+                amax = fabsf(x[j]);
+                max = x[j];
+            }
+        }
+        const float d = max / -8;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+
+        uint8_t q[QK4_0];
+        for (int j = 0; j < QK4_0; j++) q[j] = quant4(x[j] * id, 8.5f);
+        y[i].d = pi_float_to_half(d);
+        pack_nibbles(q, y[i].qs);
+    }
+}
+
+static void dequantize_q4_0(const void *vx, float *y, int64_t n) {
+    const block_q4_0 *x = vx;
+    for (int64_t i = 0; i < n / QK4_0; i++, y += QK4_0) {
+        const float d = pi_half_to_float(x[i].d);
+        int q[QK4_0];
+        unpack_nibbles(x[i].qs, q);
+        for (int j = 0; j < QK4_0; j++) y[j] = (float)(q[j] - 8) * d;
+    }
+}
+
+/* Q4_1: x ~ d * q + m, m = min, d = (max - min) / 15. */
+static void quantize_q4_1(const float *x, void *vy, int64_t n) {
+    block_q4_1 *y = vy;
+    for (int64_t i = 0; i < n / QK4_1; i++, x += QK4_1) {
+        float min = FLT_MAX, max = -FLT_MAX;
+        for (int j = 0; j < QK4_1; j++) {
+            if (x[j] < min) min = x[j];
+            if (x[j] > max) max = x[j];
+        }
+        const float d = (max - min) / 15;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+
+        uint8_t q[QK4_1];
+        for (int j = 0; j < QK4_1; j++) q[j] = quant4((x[j] - min) * id, 0.5f);
+        y[i].d = pi_float_to_half(d);
+        y[i].m = pi_float_to_half(min);
+        pack_nibbles(q, y[i].qs);
+    }
+}
+
+static void dequantize_q4_1(const void *vx, float *y, int64_t n) {
+    const block_q4_1 *x = vx;
+    for (int64_t i = 0; i < n / QK4_1; i++, y += QK4_1) {
+        const float d = pi_half_to_float(x[i].d);
+        const float m = pi_half_to_float(x[i].m);
+        int q[QK4_1];
+        unpack_nibbles(x[i].qs, q);
+        for (int j = 0; j < QK4_1; j++) y[j] = (float)q[j] * d + m;
+    }
+}
+
+/* The 8-bit block shared by Q8_0 and Q8_1: d = amax / 127, qs[j] = roundf(x[j] / d) (half away
+ * from zero). Stores qs, returns d (unrounded f32) and the sum of the quants in *sum. */
+static float quantize_block_q8(const float *x, int8_t qs[32], int *sum) {
+    float amax = 0.0f;
+    for (int j = 0; j < 32; j++) {
+        const float ax = fabsf(x[j]);
+        amax = amax > ax ? amax : ax; /* ggml's MAX(), not fmaxf: identical NaN handling */
+    }
+    const float d = amax / 127;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+
+    int s = 0;
+    for (int j = 0; j < 32; j++) {
+        qs[j] = (int8_t)roundf(x[j] * id);
+        s += qs[j];
+    }
+    *sum = s;
+    return d;
+}
+
+static void dequantize_block_q8(float d, const int8_t qs[32], float *y) {
+    for (int j = 0; j < 32; j++) y[j] = (float)qs[j] * d;
+}
+
+void pi_quantize_row_q8_0_ref(const float *x, block_q8_0 *y, int64_t n) {
+    for (int64_t i = 0; i < n / QK8_0; i++, x += QK8_0) {
+        int sum;
+        y[i].d = pi_float_to_half(quantize_block_q8(x, y[i].qs, &sum));
+    }
+}
+
+/* Q8_1 adds s = d * sum(qs), computed in f32 from the unrounded d, then stored as fp16. */
+void pi_quantize_row_q8_1_ref(const float *x, block_q8_1 *y, int64_t n) {
+    for (int64_t i = 0; i < n / QK8_1; i++, x += QK8_1) {
+        int sum;
+        const float d = quantize_block_q8(x, y[i].qs, &sum);
+        y[i].d = pi_float_to_half(d);
+        y[i].s = pi_float_to_half((float)sum * d);
+    }
+}
+
+static void quantize_q8_0(const float *x, void *y, int64_t n) { pi_quantize_row_q8_0_ref(x, y, n); }
+
+static void quantize_q8_1(const float *x, void *y, int64_t n) { pi_quantize_row_q8_1_ref(x, y, n); }
+
+static void dequantize_q8_0(const void *vx, float *y, int64_t n) {
+    const block_q8_0 *x = vx;
+    for (int64_t i = 0; i < n / QK8_0; i++, y += QK8_0)
+        dequantize_block_q8(pi_half_to_float(x[i].d), x[i].qs, y);
+}
+
+/* ggml has no dequantize_row_q8_1 (Q8_1 is only a vec_dot operand); s is redundant here. */
+static void dequantize_q8_1(const void *vx, float *y, int64_t n) {
+    const block_q8_1 *x = vx;
+    for (int64_t i = 0; i < n / QK8_1; i++, y += QK8_1)
+        dequantize_block_q8(pi_half_to_float(x[i].d), x[i].qs, y);
+}
+
+/* ---- the type table ------------------------------------------------------------------------ */
+
+typedef struct {
+    const char *name; /* NULL: unsupported type id */
+    int64_t block_elems;
+    int64_t block_bytes;
+    void (*quantize)(const float *x, void *y, int64_t n);
+    void (*dequantize)(const void *x, float *y, int64_t n);
+} type_traits;
+
+static const type_traits TRAITS[] = {
+    [PI_TYPE_F32] = {"F32", 1, sizeof(float), quantize_f32, dequantize_f32},
+    [PI_TYPE_F16] = {"F16", 1, sizeof(pi_half), quantize_f16, dequantize_f16},
+    [PI_TYPE_Q4_0] = {"Q4_0", QK4_0, sizeof(block_q4_0), quantize_q4_0, dequantize_q4_0},
+    [PI_TYPE_Q4_1] = {"Q4_1", QK4_1, sizeof(block_q4_1), quantize_q4_1, dequantize_q4_1},
+    [PI_TYPE_Q8_0] = {"Q8_0", QK8_0, sizeof(block_q8_0), quantize_q8_0, dequantize_q8_0},
+    [PI_TYPE_Q8_1] = {"Q8_1", QK8_1, sizeof(block_q8_1), quantize_q8_1, dequantize_q8_1},
+};
+
+static const type_traits *traits_of(int type) {
+    const int n_ids = (int)(sizeof TRAITS / sizeof TRAITS[0]);
+    return type >= 0 && type < n_ids && TRAITS[type].name ? &TRAITS[type] : NULL;
+}
+
+int64_t pi_type_block_elems(int type) {
+    const type_traits *t = traits_of(type);
+    return t ? t->block_elems : 0;
+}
+
+int64_t pi_type_block_bytes(int type) {
+    const type_traits *t = traits_of(type);
+    return t ? t->block_bytes : 0;
+}
+
+const char *pi_type_name(int type) {
+    const type_traits *t = traits_of(type);
+    return t ? t->name : NULL;
+}
+
+void pi_dequantize_row_ref(int type, const void *x, float *y, int64_t n) {
+    traits_of(type)->dequantize(x, y, n);
+}
+
+/* ---- public entry points ------------------------------------------------------------------- */
+
+#define SUPPORTED_TYPES "F32=0, F16=1, Q4_0=2, Q4_1=3, Q8_0=8, Q8_1=9"
+
+static int fail_type(const char *func, int type) {
+    return pi_fail(PI_ERR_TYPE, "%s: unsupported type %d (supported: " SUPPORTED_TYPES ")", func,
+                   type);
+}
+
+/* Validates `type` and a row length n for `func`: the type's traits, or NULL with the error
+ * recorded and its status in *status. */
+static const type_traits *check_row(const char *func, int type, int64_t n, int *status) {
+    const type_traits *t = traits_of(type);
+    if (!t) {
+        *status = fail_type(func, type);
+    } else if (n <= 0) {
+        *status = pi_fail(PI_ERR_SHAPE, "%s: n = %lld elements, must be positive", func,
+                          (long long)n);
+    } else if (n % t->block_elems != 0) {
+        *status = pi_fail(PI_ERR_SHAPE, "%s: n = %lld is not a multiple of the %s block size %lld",
+                          func, (long long)n, t->name, (long long)t->block_elems);
+    } else if (n / t->block_elems > INT64_MAX / t->block_bytes) {
+        *status = pi_fail(PI_ERR_SHAPE, "%s: n = %lld %s elements overflow a byte count", func,
+                          (long long)n, t->name);
+    } else {
+        return t;
+    }
+    return NULL;
+}
+
+int pi_type_info(int type, int64_t *block_elems, int64_t *block_bytes) {
+    PI_CHECK_NULL(block_elems);
+    PI_CHECK_NULL(block_bytes);
+    const type_traits *t = traits_of(type);
+    if (!t) return fail_type(__func__, type);
+    *block_elems = t->block_elems;
+    *block_bytes = t->block_bytes;
+    return pi_ok();
+}
+
+int pi_row_bytes(int type, int64_t n, int64_t *bytes) {
+    PI_CHECK_NULL(bytes);
+    int status;
+    const type_traits *t = check_row(__func__, type, n, &status);
+    if (!t) return status;
+    *bytes = n / t->block_elems * t->block_bytes;
+    return pi_ok();
+}
+
+int pi_quantize_row(int type, const float *x, void *y, int64_t n) {
+    PI_CHECK_NULL(x);
+    PI_CHECK_NULL(y);
+    int status;
+    const type_traits *t = check_row(__func__, type, n, &status);
+    if (!t) return status;
+    t->quantize(x, y, n);
+    return pi_ok();
+}
+
+int pi_dequantize_row(int type, const void *x, float *y, int64_t n) {
+    PI_CHECK_NULL(x);
+    PI_CHECK_NULL(y);
+    int status;
+    const type_traits *t = check_row(__func__, type, n, &status);
+    if (!t) return status;
+    t->dequantize(x, y, n);
+    return pi_ok();
+}

@@ -1,0 +1,171 @@
+"""ctypes bindings for ggml_ext/pi.h: the only module that talks to ctypes.
+
+The declarations below mirror pi.h one for one, in the same order. `lib()` loads the library
+once: from $PI_BACKEND_LIB when set, else the `_pi*.so` built next to this file.
+"""
+from __future__ import annotations
+
+import ctypes
+import glob
+import os
+from ctypes import POINTER, c_char_p, c_float, c_int, c_int32, c_int64, c_size_t, c_void_p
+
+PI_API_VERSION = 1
+
+# ---- status codes (pi_status) -----------------------------------------------------------
+PI_OK = 0
+PI_ERR_NULL = 1
+PI_ERR_TYPE = 2
+PI_ERR_SHAPE = 3
+PI_ERR_RANGE = 4
+PI_ERR_NOMEM = 5
+PI_ERR_THREADS = 6
+PI_ERR_ISA = 7
+
+# ---- tensor types (pi_type): ggml type ids ------------------------------------------------
+PI_TYPE_F32 = 0
+PI_TYPE_F16 = 1
+PI_TYPE_Q4_0 = 2
+PI_TYPE_Q4_1 = 3
+PI_TYPE_Q8_0 = 8
+PI_TYPE_Q8_1 = 9
+
+# ---- instruction sets (pi_isa) ------------------------------------------------------------
+PI_ISA_SCALAR = 0
+PI_ISA_AVX2 = 1
+PI_ISA_AVX512 = 2
+
+
+class pi_pool(ctypes.Structure):
+    """Opaque thread pool."""
+
+
+pi_pool_p = POINTER(pi_pool)
+f32_p = POINTER(c_float)
+i32_p = POINTER(c_int32)
+i64_p = POINTER(c_int64)
+
+_PROTOTYPES = [
+    # library
+    ("pi_api_version", c_int, []),
+    ("pi_status_str", c_char_p, [c_int]),
+    ("pi_last_error", c_char_p, []),
+    ("pi_isa_best", c_int, []),
+    ("pi_isa_get", c_int, []),
+    ("pi_isa_set", c_int, [c_int]),
+    # types and blocks
+    ("pi_type_info", c_int, [c_int, i64_p, i64_p]),
+    ("pi_row_bytes", c_int, [c_int, c_int64, i64_p]),
+    ("pi_quantize_row", c_int, [c_int, f32_p, c_void_p, c_int64]),
+    ("pi_dequantize_row", c_int, [c_int, c_void_p, f32_p, c_int64]),
+    # memory
+    ("pi_buffer_alloc", c_int, [c_size_t, POINTER(c_void_p)]),
+    ("pi_buffer_free", None, [c_void_p, c_size_t]),
+    ("pi_read_bytes", c_int, [pi_pool_p, c_void_p, c_size_t, f32_p]),
+    # thread pool
+    ("pi_pool_create", c_int, [c_int, POINTER(pi_pool_p)]),
+    ("pi_pool_free", None, [pi_pool_p]),
+    ("pi_pool_n_threads", c_int, [pi_pool_p]),
+    # kernels
+    ("pi_matvec", c_int, [pi_pool_p, c_int, c_void_p, c_int64, c_int64, f32_p, f32_p]),
+    ("pi_matvec_masked", c_int,
+     [pi_pool_p, c_int, c_void_p, c_int64, c_int64, f32_p, i32_p, c_int64, f32_p]),
+    ("pi_axpy_sparse", c_int,
+     [pi_pool_p, c_int, c_void_p, c_int64, c_int64, f32_p, i32_p, c_int64, f32_p]),
+    ("pi_matvec_cols_sparse", c_int,
+     [pi_pool_p, c_int, c_void_p, c_int64, c_int64, f32_p, i32_p, c_int64, f32_p]),
+]
+
+
+class PiError(RuntimeError):
+    """A status code other than PI_OK from the kernel library."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class LibraryNotFoundError(ImportError):
+    pass
+
+
+def _find_library() -> str:
+    env = os.environ.get("PI_BACKEND_LIB")
+    if env:
+        if not os.path.isfile(env):
+            raise LibraryNotFoundError(f"PI_BACKEND_LIB points to {env!r}, which is not a file")
+        return env
+    here = os.path.dirname(os.path.abspath(__file__))
+    found = sorted(glob.glob(os.path.join(here, "_pi*.so")))
+    if not found:
+        raise LibraryNotFoundError(
+            f"the ggml_ext library is not built (no _pi*.so in {here}); run `make` or "
+            "`pip install -e .`, or set PI_BACKEND_LIB")
+    return found[0]
+
+
+_LIB = None
+
+
+def lib() -> ctypes.CDLL:
+    """The loaded, version-checked library (loaded once)."""
+    global _LIB
+    if _LIB is None:
+        path = _find_library()
+        try:
+            handle = ctypes.CDLL(path)
+        except OSError as e:
+            raise LibraryNotFoundError(f"cannot load the ggml_ext library {path}: {e}") from None
+        handle.pi_api_version.restype = c_int
+        version = handle.pi_api_version()
+        if version != PI_API_VERSION:
+            raise LibraryNotFoundError(
+                f"ggml_ext library {path} has API version {version}, these bindings need "
+                f"{PI_API_VERSION}; rebuild with `make`")
+        for name, restype, argtypes in _PROTOTYPES:
+            fn = getattr(handle, name)
+            fn.restype = restype
+            fn.argtypes = argtypes
+        _LIB = handle
+    return _LIB
+
+
+def check(status: int) -> None:
+    """Raises PiError with the library's one-line message unless status is PI_OK."""
+    if status != PI_OK:
+        L = lib()
+        msg = (L.pi_last_error() or b"").decode("utf-8", "replace")
+        name = L.pi_status_str(status).decode()
+        raise PiError(status, f"{name}: {msg}" if msg else name)
+
+
+def call(name: str, *args) -> None:
+    """Calls pi.h function `name` and raises PiError on a non-OK status."""
+    check(getattr(lib(), name)(*args))
+
+
+# ---- zero-copy views of numpy arrays ---------------------------------------------------------
+def fptr(a):
+    """float* into a C-contiguous float32 array (no copy; refuses anything else)."""
+    _require(a, "float32")
+    return a.ctypes.data_as(f32_p)
+
+
+def iptr(a):
+    """int32_t* into a C-contiguous int32 array."""
+    _require(a, "int32")
+    return a.ctypes.data_as(i32_p)
+
+
+def vptr(a):
+    """void* to the bytes of a C-contiguous array or memmap (no copy)."""
+    if not a.flags["C_CONTIGUOUS"]:
+        raise ValueError("array must be C-contiguous")
+    return c_void_p(a.ctypes.data)
+
+
+def _require(a, dtype: str) -> None:
+    if a.dtype != dtype:
+        raise TypeError(f"expected a {dtype} array, got {a.dtype}")
+    if not a.flags["C_CONTIGUOUS"]:
+        raise ValueError("array must be C-contiguous")

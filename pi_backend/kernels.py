@@ -1,0 +1,167 @@
+"""Pythonic wrappers over the ggml_ext kernels: numpy in, numpy out, no copies of weights.
+
+Weights are uint8 arrays holding rows of ggml blocks (as a GGUF memmap gives them), shaped
+[n_rows, row_bytes]; activations are float32 vectors.
+"""
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+
+from . import _lib
+from ._lib import call, fptr, iptr, vptr
+
+TYPES = {"f32": _lib.PI_TYPE_F32, "f16": _lib.PI_TYPE_F16, "q4_0": _lib.PI_TYPE_Q4_0,
+         "q4_1": _lib.PI_TYPE_Q4_1, "q8_0": _lib.PI_TYPE_Q8_0, "q8_1": _lib.PI_TYPE_Q8_1}
+ISAS = {"scalar": _lib.PI_ISA_SCALAR, "avx2": _lib.PI_ISA_AVX2, "avx512": _lib.PI_ISA_AVX512}
+
+
+def type_id(t) -> int:
+    if isinstance(t, str):
+        if t.lower() not in TYPES:
+            raise ValueError(f"unknown tensor type {t!r}; expected one of {', '.join(TYPES)}")
+        return TYPES[t.lower()]
+    return int(t)
+
+
+def row_bytes(t, n: int) -> int:
+    out = ctypes.c_int64()
+    call("pi_row_bytes", type_id(t), n, ctypes.byref(out))
+    return out.value
+
+
+def quantize(t, x: np.ndarray) -> np.ndarray:
+    """[n_rows, n] float32 -> [n_rows, row_bytes] uint8 of ggml blocks."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    x2 = x.reshape(-1, x.shape[-1])
+    rb = row_bytes(t, x2.shape[1])
+    out = np.empty((x2.shape[0], rb), dtype=np.uint8)
+    # rows are contiguous, so the whole matrix quantizes as one long row of blocks
+    call("pi_quantize_row", type_id(t), fptr(x2), vptr(out), x2.size)
+    return out.reshape(x.shape[:-1] + (rb,))
+
+
+def dequantize(t, q: np.ndarray, n: int) -> np.ndarray:
+    """[n_rows, row_bytes] uint8 -> [n_rows, n] float32."""
+    q = np.ascontiguousarray(q)
+    n_rows = q.size // row_bytes(t, n)
+    out = np.empty((n_rows, n), dtype=np.float32)
+    call("pi_dequantize_row", type_id(t), vptr(q), fptr(out), out.size)
+    return out.reshape(q.shape[:-1] + (n,)) if q.ndim > 1 else out.reshape(n)
+
+
+class Pool:
+    """A persistent worker pool of n_threads (the calling thread included)."""
+
+    def __init__(self, n_threads: int = 1):
+        self._ptr = _lib.pi_pool_p()
+        call("pi_pool_create", int(n_threads), ctypes.byref(self._ptr))
+        self.n_threads = int(n_threads)
+
+    @property
+    def ptr(self):
+        return self._ptr
+
+    def close(self) -> None:
+        if self._ptr:
+            _lib.lib().pi_pool_free(self._ptr)
+            self._ptr = _lib.pi_pool_p()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def _pool_ptr(pool):
+    return pool.ptr if pool is not None else _lib.pi_pool_p()
+
+
+def _shape(W: np.ndarray, t, n_cols: int) -> int:
+    rb = row_bytes(t, n_cols)
+    if W.nbytes % rb:
+        raise ValueError(f"weight of {W.nbytes} bytes is not a whole number of {rb}-byte rows")
+    return W.nbytes // rb
+
+
+def matvec(pool, t, W, n_cols, x, out=None):
+    n_rows = _shape(W, t, n_cols)
+    y = np.empty(n_rows, np.float32) if out is None else out
+    call("pi_matvec", _pool_ptr(pool), type_id(t), vptr(W), n_rows, n_cols, fptr(x), fptr(y))
+    return y
+
+
+def matvec_masked(pool, t, W, n_cols, x, idx, out=None):
+    n_rows = _shape(W, t, n_cols)
+    y = np.empty(n_rows, np.float32) if out is None else out
+    call("pi_matvec_masked", _pool_ptr(pool), type_id(t), vptr(W), n_rows, n_cols, fptr(x),
+         iptr(idx), len(idx), fptr(y))
+    return y
+
+
+def axpy_sparse(pool, t, Wt, n_cols, a, idx, out=None):
+    n_rows = _shape(Wt, t, n_cols)
+    y = np.empty(n_cols, np.float32) if out is None else out
+    call("pi_axpy_sparse", _pool_ptr(pool), type_id(t), vptr(Wt), n_rows, n_cols, fptr(a),
+         iptr(idx), len(idx), fptr(y))
+    return y
+
+
+def matvec_cols_sparse(pool, t, W, n_cols, a, idx, out=None):
+    n_rows = _shape(W, t, n_cols)
+    y = np.empty(n_rows, np.float32) if out is None else out
+    call("pi_matvec_cols_sparse", _pool_ptr(pool), type_id(t), vptr(W), n_rows, n_cols, fptr(a),
+         iptr(idx), len(idx), fptr(y))
+    return y
+
+
+def read_bytes(pool, buf: np.ndarray) -> float:
+    cs = ctypes.c_float()
+    call("pi_read_bytes", _pool_ptr(pool), vptr(buf), buf.nbytes, ctypes.byref(cs))
+    return cs.value
+
+
+class HugeBuffer:
+    """A library-owned, huge-page-advised uint8 buffer, exposed as a numpy array."""
+
+    def __init__(self, nbytes: int):
+        self._p = ctypes.c_void_p()
+        call("pi_buffer_alloc", nbytes, ctypes.byref(self._p))
+        self.nbytes = nbytes
+        self.array = np.ctypeslib.as_array(
+            (ctypes.c_uint8 * nbytes).from_address(self._p.value))
+
+    def close(self):
+        if self._p:
+            self.array = None
+            _lib.lib().pi_buffer_free(self._p, self.nbytes)
+            self._p = ctypes.c_void_p()
+
+    def __del__(self):
+        self.close()
+
+
+def isa_best() -> str:
+    return _isa_name(_lib.lib().pi_isa_best())
+
+
+def isa_get() -> str:
+    return _isa_name(_lib.lib().pi_isa_get())
+
+
+def isa_set(name: str) -> None:
+    if name not in ISAS:
+        raise ValueError(f"unknown ISA {name!r}; expected one of {', '.join(ISAS)}")
+    call("pi_isa_set", ISAS[name])
+
+
+def _isa_name(i: int) -> str:
+    return {v: k for k, v in ISAS.items()}[i]
