@@ -126,6 +126,76 @@ PI_API int pi_matvec_cols_sparse(pi_pool *pool, int type, const void *W, int64_t
                                  int64_t n_cols, const float *a, const int32_t *idx,
                                  int64_t n_idx, float *y);
 
+/* ---- model ------------------------------------------------------------------------------ */
+typedef enum { PI_ARCH_LLAMA = 0, PI_ARCH_QWEN2 = 1 } pi_arch;
+typedef enum { PI_ACT_SILU = 0, PI_ACT_RELU = 1 } pi_act;
+typedef enum {
+    PI_FFN_DENSE = 0,     /* every neuron */
+    PI_FFN_SPARSE = 1,    /* predictor -> active ids -> masked gate/up -> AXPY down */
+    PI_FFN_THRESHOLD = 2, /* gate dense; |act(gate)| <= threshold dropped -> masked up -> AXPY */
+} pi_ffn_mode;
+
+typedef struct {
+    int32_t arch;            /* pi_arch */
+    int32_t ffn_act;         /* pi_act */
+    int32_t n_vocab;
+    int32_t n_embd;          /* d */
+    int32_t n_ff;
+    int32_t n_layer;
+    int32_t n_head;
+    int32_t n_head_kv;
+    int32_t head_dim;        /* usually n_embd / n_head */
+    int32_t n_rot;           /* rotated dims per head (<= head_dim, even) */
+    int32_t rope_neox;       /* 0: rotate adjacent pairs (llama), 1: rotate halves (NeoX, qwen2) */
+    float rope_freq_base;
+    float rope_freq_scale;   /* linear scaling: position * scale */
+    float norm_eps;          /* RMSNorm epsilon */
+} pi_hparams;
+
+typedef struct pi_model pi_model;
+
+/* A model without weights; tensors are then attached by name, and pi_model_finalize checks the
+ * set is complete. The model never copies or frees tensor data: it must outlive the model. */
+PI_API int pi_model_create(const pi_hparams *hp, pi_model **out);
+/* Attaches one tensor by its GGUF name ("token_embd.weight", "blk.3.ffn_down_t.weight", ...).
+ * data: [n_rows][n_cols] of `type` (1-D tensors: n_rows = 1). Checks the name, the type and the
+ * shape against the hyperparameters (docs/FORMAT.md lists them). */
+PI_API int pi_model_set_tensor(pi_model *m, const char *name, int type, int64_t n_rows,
+                               int64_t n_cols, const void *data);
+/* Per-layer FFN thresholds: thr [n_layer] (a predictor logit threshold in sparse mode, an
+ * |act(gate)| threshold in threshold mode). Copied. Default: 0 for every layer. */
+PI_API int pi_model_set_thresholds(pi_model *m, const float *thr, int32_t n_layer);
+/* Checks that every required tensor is present; after this the model is read-only. */
+PI_API int pi_model_finalize(pi_model *m);
+/* Bit set of the pi_ffn_mode values this model supports (1 << mode). */
+PI_API int pi_model_ffn_modes(const pi_model *m, int32_t *modes);
+PI_API void pi_model_free(pi_model *m);
+
+/* ---- context: KV cache, buffers and a worker pool for one sequence ----------------------- */
+typedef struct pi_context pi_context;
+
+/* All buffers are allocated here, once: no allocation happens while decoding. Several
+ * contexts may share one finalized model. n_batch: the most tokens one internal step takes. */
+PI_API int pi_context_create(pi_model *m, int32_t n_ctx, int32_t n_batch, int32_t n_threads,
+                             pi_context **out);
+PI_API void pi_context_free(pi_context *c);
+PI_API int pi_context_set_ffn_mode(pi_context *c, int mode);
+
+/* Runs tokens [n_tokens] at positions n_past .. n_past + n_tokens - 1 (the KV cache beyond
+ * n_past is overwritten). logits: [n_vocab] for the last token, or [n_tokens][n_vocab] when
+ * logits_all. PI_ERR_RANGE when n_past + n_tokens > n_ctx or a token id is out of range. */
+PI_API int pi_decode(pi_context *c, const int32_t *tokens, int32_t n_tokens, int32_t n_past,
+                     float *logits, int32_t logits_all);
+
+typedef struct {
+    int64_t tokens;              /* tokens run through the FFNs since the last reset */
+    int64_t ffn_neurons;         /* neuron evaluations possible: tokens * n_layer * n_ff */
+    int64_t ffn_active;          /* of which were active (computed) */
+} pi_stats;
+
+PI_API int pi_context_stats(const pi_context *c, pi_stats *out);
+PI_API int pi_context_reset_stats(pi_context *c);
+
 #ifdef __cplusplus
 }
 #endif

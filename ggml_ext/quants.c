@@ -4,8 +4,10 @@
  * and to gguf-py's gguf.quants. What that takes:
  *   - the same float operations in the same order: multiply by id = 1/d (never divide by d),
  *     fp16 conversion with round-to-nearest-even (blocks.h);
- *   - no fused multiply-add: x*id + 8.5f and q*d + m must round twice. GCC contracts only in GNU
- *     mode (the build uses -std=c11, i.e. -ffp-contract=off); clang is told by the pragma below;
+ *   - no fused multiply-add in x*id + 8.5f (the product must be rounded before the add). GCC
+ *     contracts only in GNU mode (the build uses -std=c11, i.e. -ffp-contract=off); clang is
+ *     told by the pragma below. (The dequantizers' q*d products are exact, since a 4/8-bit q
+ *     times an 11-bit fp16 mantissa fits in f32, so q*d + m is the same with or without FMA.)
  *   - ggml's tie and zero rules, noted at each quantizer.
  */
 #include <float.h>
@@ -35,7 +37,7 @@ static void unpack_nibbles(const uint8_t qs[16], int q[32]) {
 }
 
 /* ggml's float -> 4-bit quant: truncation toward zero of v + bias (v + bias >= 0 here), capped
- * at 15 (the largest element of a block maps to 16 before the cap). */
+ * at 15 (in Q4_0, an element equal to -max maps to 16 before the cap). */
 static uint8_t quant4(float v, float bias) {
     const int8_t q = (int8_t)(v + bias);
     return (uint8_t)(q < 15 ? q : 15);

@@ -36,11 +36,58 @@ PI_ISA_AVX2 = 1
 PI_ISA_AVX512 = 2
 
 
+# ---- model enums (pi_arch, pi_act, pi_ffn_mode) ------------------------------------------------
+PI_ARCH_LLAMA = 0
+PI_ARCH_QWEN2 = 1
+PI_ACT_SILU = 0
+PI_ACT_RELU = 1
+PI_FFN_DENSE = 0
+PI_FFN_SPARSE = 1
+PI_FFN_THRESHOLD = 2
+
+
 class pi_pool(ctypes.Structure):
     """Opaque thread pool."""
 
 
+class pi_hparams(ctypes.Structure):
+    _fields_ = [
+        ("arch", c_int32),
+        ("ffn_act", c_int32),
+        ("n_vocab", c_int32),
+        ("n_embd", c_int32),
+        ("n_ff", c_int32),
+        ("n_layer", c_int32),
+        ("n_head", c_int32),
+        ("n_head_kv", c_int32),
+        ("head_dim", c_int32),
+        ("n_rot", c_int32),
+        ("rope_neox", c_int32),
+        ("rope_freq_base", c_float),
+        ("rope_freq_scale", c_float),
+        ("norm_eps", c_float),
+    ]
+
+
+class pi_model(ctypes.Structure):
+    """Opaque model (tensor table)."""
+
+
+class pi_context(ctypes.Structure):
+    """Opaque context (KV cache, buffers, pool)."""
+
+
+class pi_stats(ctypes.Structure):
+    _fields_ = [
+        ("tokens", c_int64),
+        ("ffn_neurons", c_int64),
+        ("ffn_active", c_int64),
+    ]
+
+
 pi_pool_p = POINTER(pi_pool)
+pi_model_p = POINTER(pi_model)
+pi_context_p = POINTER(pi_context)
 f32_p = POINTER(c_float)
 i32_p = POINTER(c_int32)
 i64_p = POINTER(c_int64)
@@ -74,6 +121,20 @@ _PROTOTYPES = [
      [pi_pool_p, c_int, c_void_p, c_int64, c_int64, f32_p, i32_p, c_int64, f32_p]),
     ("pi_matvec_cols_sparse", c_int,
      [pi_pool_p, c_int, c_void_p, c_int64, c_int64, f32_p, i32_p, c_int64, f32_p]),
+    # model
+    ("pi_model_create", c_int, [POINTER(pi_hparams), POINTER(pi_model_p)]),
+    ("pi_model_set_tensor", c_int, [pi_model_p, c_char_p, c_int, c_int64, c_int64, c_void_p]),
+    ("pi_model_set_thresholds", c_int, [pi_model_p, f32_p, c_int32]),
+    ("pi_model_finalize", c_int, [pi_model_p]),
+    ("pi_model_ffn_modes", c_int, [pi_model_p, POINTER(c_int32)]),
+    ("pi_model_free", None, [pi_model_p]),
+    # context
+    ("pi_context_create", c_int, [pi_model_p, c_int32, c_int32, c_int32, POINTER(pi_context_p)]),
+    ("pi_context_free", None, [pi_context_p]),
+    ("pi_context_set_ffn_mode", c_int, [pi_context_p, c_int]),
+    ("pi_decode", c_int, [pi_context_p, i32_p, c_int32, c_int32, f32_p, c_int32]),
+    ("pi_context_stats", c_int, [pi_context_p, POINTER(pi_stats)]),
+    ("pi_context_reset_stats", c_int, [pi_context_p]),
 ]
 
 

@@ -1,0 +1,373 @@
+/* forward.c - the transformer step: contexts (KV cache, buffers, pool) and pi_decode.
+ *
+ * Read top to bottom: decode_chunk() runs up to n_batch tokens through every layer:
+ *   embed -> [rmsnorm -> q,k,v -> rope -> attention over the KV cache -> o -> residual
+ *             -> rmsnorm -> FFN (dense | sparse | threshold) -> residual] -> norm -> logits
+ * Every buffer is allocated in pi_context_create; nothing is allocated per token.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+#include "model.h"
+#include "quants.h"
+#include "threads.h"
+
+struct pi_context {
+    const pi_model *m;
+    pi_pool *pool;
+    int32_t n_ctx, n_batch, ffn_mode;
+    float *k_cache, *v_cache; /* [n_layer][n_ctx][kv_dim] */
+    float *x;                 /* [n_batch][d] residual stream */
+    float *xn;                /* [n_batch][d] normalized input of the current block */
+    float *q;                 /* [n_batch][q_dim] */
+    float *att_out;           /* [n_batch][q_dim] */
+    float *proj;              /* [n_batch][d] output of attn_output / the FFN */
+    float *g, *u;             /* [n_batch][n_ff] gate and up (then the down input) */
+    float *pz;                /* [max_rank] predictor hidden layer */
+    float *scores;            /* [n_threads][n_ctx] attention scores per thread */
+    float *inv_freq;          /* [n_rot / 2] RoPE frequencies */
+    int32_t *idx;             /* [n_ff] active neuron ids */
+    pi_stats stats;
+    void *mem;
+    size_t mem_bytes;
+};
+
+/* ---- small vector ops ---------------------------------------------------------------------- */
+
+static void rmsnorm(float *out, const float *x, const float *w /* [d] */, int d, float eps) {
+    double ss = 0;
+    for (int i = 0; i < d; i++) ss += (double)x[i] * x[i];
+    const float s = 1.0f / sqrtf((float)(ss / d) + eps);
+    for (int i = 0; i < d; i++) out[i] = x[i] * s * w[i];
+}
+
+static inline float silu(float v) { return v / (1.0f + expf(-v)); }
+static inline float act(int kind, float v) { return kind == PI_ACT_RELU ? (v > 0 ? v : 0) : silu(v); }
+
+/* Rotates one head's first n_rot dims at position pos (llama: adjacent pairs; NeoX: halves). */
+static void rope(float *v, int n_rot, int neox, const float *inv_freq, float pos) {
+    const int half = n_rot / 2;
+    for (int i = 0; i < half; i++) {
+        const float th = pos * inv_freq[i], c = cosf(th), s = sinf(th);
+        const int a = neox ? i : 2 * i, b = neox ? i + half : 2 * i + 1;
+        const float x0 = v[a], x1 = v[b];
+        v[a] = x0 * c - x1 * s;
+        v[b] = x0 * s + x1 * c;
+    }
+}
+
+/* Y[t] = W X[t] for t < B.  W: [n_rows][n_cols]; X: [B][n_cols]; Y: rows of stride ldy. */
+static int matmul(pi_context *c, const pi_weight *w, const float *X, int B, float *Y, int64_t ldy) {
+    for (int t = 0; t < B; t++) {
+        int rc = pi_matvec(c->pool, w->type, w->data, w->n_rows, w->n_cols, X + (size_t)t * w->n_cols,
+                           Y + (size_t)t * ldy);
+        if (rc) return rc;
+    }
+    return PI_OK;
+}
+
+static void add_bias(float *Y, const pi_weight *b, int B, int64_t n) {
+    if (!b->data) return;
+    const float *bias = b->data;
+    for (int t = 0; t < B; t++)
+        for (int64_t i = 0; i < n; i++) Y[(size_t)t * n + i] += bias[i];
+}
+
+/* ---- attention ------------------------------------------------------------------------------ */
+
+typedef struct {
+    pi_context *c;
+    const float *kc, *vc; /* this layer's cache: [n_ctx][kv_dim] */
+    int B, n_past;
+} attn_job;
+
+/* One (token, head) pair per work item: softmax(q k^T / sqrt(hd)) v over positions 0..pos. */
+static void attn_task(void *arg, int ith, int nth) {
+    const attn_job *j = arg;
+    const pi_hparams *hp = &j->c->m->hp;
+    const int hd = hp->head_dim, kv_dim = hp->n_head_kv * hd, group = hp->n_head / hp->n_head_kv;
+    const int q_dim = hp->n_head * hd;
+    const float scale = 1.0f / sqrtf((float)hd);
+    float *sc = j->c->scores + (size_t)ith * j->c->n_ctx;
+    int64_t b, e;
+    pi_split((int64_t)j->B * hp->n_head, 1, ith, nth, &b, &e);
+    for (int64_t item = b; item < e; item++) {
+        const int t = (int)(item / hp->n_head), h = (int)(item % hp->n_head);
+        const int pos = j->n_past + t, kvh = h / group;
+        const float *q = j->c->q + (size_t)t * q_dim + (size_t)h * hd;
+        float mx = -INFINITY;
+        for (int p = 0; p <= pos; p++) {
+            const float *k = j->kc + (size_t)p * kv_dim + (size_t)kvh * hd;
+            float s = 0;
+            for (int i = 0; i < hd; i++) s += q[i] * k[i];
+            sc[p] = s * scale;
+            if (sc[p] > mx) mx = sc[p];
+        }
+        float sum = 0;
+        for (int p = 0; p <= pos; p++) sum += (sc[p] = expf(sc[p] - mx));
+        float *out = j->c->att_out + (size_t)t * q_dim + (size_t)h * hd;
+        memset(out, 0, (size_t)hd * sizeof *out);
+        for (int p = 0; p <= pos; p++) {
+            const float *v = j->vc + (size_t)p * kv_dim + (size_t)kvh * hd;
+            const float a = sc[p] / sum;
+            for (int i = 0; i < hd; i++) out[i] += a * v[i];
+        }
+    }
+}
+
+static int attention_block(pi_context *c, int il, int B, int n_past) {
+    const pi_model *m = c->m;
+    const pi_hparams *hp = &m->hp;
+    const pi_layer *l = &m->layers[il];
+    const int d = hp->n_embd, hd = hp->head_dim;
+    const int q_dim = hp->n_head * hd, kv_dim = hp->n_head_kv * hd;
+    float *kc = c->k_cache + ((size_t)il * c->n_ctx) * kv_dim;
+    float *vc = c->v_cache + ((size_t)il * c->n_ctx) * kv_dim;
+    float *k_new = kc + (size_t)n_past * kv_dim, *v_new = vc + (size_t)n_past * kv_dim;
+    int rc;
+
+    for (int t = 0; t < B; t++)
+        rmsnorm(c->xn + (size_t)t * d, c->x + (size_t)t * d, l->attn_norm.data, d, hp->norm_eps);
+    /* k and v of the new positions go straight into the cache (positions are consecutive) */
+    if ((rc = matmul(c, &l->wq, c->xn, B, c->q, q_dim))) return rc;
+    if ((rc = matmul(c, &l->wk, c->xn, B, k_new, kv_dim))) return rc;
+    if ((rc = matmul(c, &l->wv, c->xn, B, v_new, kv_dim))) return rc;
+    add_bias(c->q, &l->bq, B, q_dim);
+    add_bias(k_new, &l->bk, B, kv_dim);
+    add_bias(v_new, &l->bv, B, kv_dim);
+    for (int t = 0; t < B; t++) {
+        const float pos = (float)(n_past + t) * hp->rope_freq_scale;
+        for (int h = 0; h < hp->n_head; h++)
+            rope(c->q + (size_t)t * q_dim + (size_t)h * hd, hp->n_rot, hp->rope_neox, c->inv_freq, pos);
+        for (int h = 0; h < hp->n_head_kv; h++)
+            rope(k_new + (size_t)t * kv_dim + (size_t)h * hd, hp->n_rot, hp->rope_neox, c->inv_freq, pos);
+    }
+    attn_job job = {.c = c, .kc = kc, .vc = vc, .B = B, .n_past = n_past};
+    pi_pool_run(c->pool, attn_task, &job);
+    if ((rc = matmul(c, &l->wo, c->att_out, B, c->proj, d))) return rc;
+    for (size_t i = 0; i < (size_t)B * d; i++) c->x[i] += c->proj[i];
+    return PI_OK;
+}
+
+/* ---- FFN ------------------------------------------------------------------------------------ */
+
+/* Active neuron ids of one token: the predictor's logits above the layer threshold. */
+static int predict_active(pi_context *c, const pi_layer *l, const float *xn, float thr, float *scratch,
+                          int32_t *n_active) {
+    const pi_weight *f1 = &l->fc1, *f2 = &l->fc2;
+    int rc = pi_matvec(c->pool, f1->type, f1->data, f1->n_rows, f1->n_cols, xn, c->pz);
+    if (rc) return rc;
+    for (int64_t i = 0; i < f1->n_rows; i++) c->pz[i] = c->pz[i] > 0 ? c->pz[i] : 0;
+    if ((rc = pi_matvec(c->pool, f2->type, f2->data, f2->n_rows, f2->n_cols, c->pz, scratch))) return rc;
+    int32_t n = 0;
+    for (int64_t i = 0; i < f2->n_rows; i++)
+        if (scratch[i] > thr) c->idx[n++] = (int32_t)i;
+    *n_active = n;
+    return PI_OK;
+}
+
+/* One token's sparse FFN: active ids -> masked gate/up -> act -> AXPY over ffn_down_t. */
+static int ffn_sparse_token(pi_context *c, const pi_layer *l, int il, const float *xn, float *g,
+                            float *u, float *out) {
+    const pi_hparams *hp = &c->m->hp;
+    const int n_ff = hp->n_ff, d = hp->n_embd, kind = hp->ffn_act;
+    const float thr = c->m->thresholds[il];
+    int32_t n = 0;
+    int rc;
+    if (c->ffn_mode == PI_FFN_SPARSE) {
+        if ((rc = predict_active(c, l, xn, thr, u, &n))) return rc;
+        if ((rc = pi_matvec_masked(c->pool, l->gate.type, l->gate.data, n_ff, d, xn, c->idx, n, g))) return rc;
+    } else { /* threshold: gate dense, then drop |act(gate)| <= thr */
+        if ((rc = pi_matvec(c->pool, l->gate.type, l->gate.data, n_ff, d, xn, g))) return rc;
+        for (int i = 0; i < n_ff; i++) {
+            const float a = act(kind, g[i]);
+            if (fabsf(a) > thr || (thr == 0 && kind == PI_ACT_SILU)) c->idx[n++] = i;
+        }
+    }
+    if ((rc = pi_matvec_masked(c->pool, l->up.type, l->up.data, n_ff, d, xn, c->idx, n, u))) return rc;
+    for (int32_t k = 0; k < n; k++) {
+        const int i = c->idx[k];
+        u[i] *= act(kind, g[i]);
+    }
+    c->stats.ffn_active += n;
+    return pi_axpy_sparse(c->pool, l->down_t.type, l->down_t.data, n_ff, d, u, c->idx, n, out);
+}
+
+static int ffn_block(pi_context *c, int il, int B) {
+    const pi_model *m = c->m;
+    const pi_hparams *hp = &m->hp;
+    const pi_layer *l = &m->layers[il];
+    const int d = hp->n_embd, n_ff = hp->n_ff;
+    int rc;
+    for (int t = 0; t < B; t++)
+        rmsnorm(c->xn + (size_t)t * d, c->x + (size_t)t * d, l->ffn_norm.data, d, hp->norm_eps);
+    if (c->ffn_mode == PI_FFN_DENSE) {
+        if ((rc = matmul(c, &l->gate, c->xn, B, c->g, n_ff))) return rc;
+        if ((rc = matmul(c, &l->up, c->xn, B, c->u, n_ff))) return rc;
+        for (size_t i = 0; i < (size_t)B * n_ff; i++) c->u[i] *= act(hp->ffn_act, c->g[i]);
+        if (l->down.data) {
+            if ((rc = matmul(c, &l->down, c->u, B, c->proj, d))) return rc;
+        } else {
+            for (int t = 0; t < B; t++)
+                if ((rc = pi_axpy_sparse(c->pool, l->down_t.type, l->down_t.data, n_ff, d,
+                                         c->u + (size_t)t * n_ff, c->idx, n_ff, c->proj + (size_t)t * d)))
+                    return rc;
+        }
+        c->stats.ffn_active += (int64_t)B * n_ff;
+    } else {
+        for (int t = 0; t < B; t++)
+            if ((rc = ffn_sparse_token(c, l, il, c->xn + (size_t)t * d, c->g + (size_t)t * n_ff,
+                                       c->u + (size_t)t * n_ff, c->proj + (size_t)t * d)))
+                return rc;
+    }
+    c->stats.ffn_neurons += (int64_t)B * n_ff;
+    for (size_t i = 0; i < (size_t)B * d; i++) c->x[i] += c->proj[i];
+    return PI_OK;
+}
+
+/* ---- one chunk of tokens --------------------------------------------------------------------- */
+
+static int decode_chunk(pi_context *c, const int32_t *tokens, int B, int n_past, float *logits,
+                        int logits_all) {
+    const pi_model *m = c->m;
+    const pi_hparams *hp = &m->hp;
+    const int d = hp->n_embd;
+    const pi_weight *emb = &m->tok_embd;
+    const int64_t emb_row = emb->n_cols / pi_type_block_elems(emb->type) * pi_type_block_bytes(emb->type);
+    int rc;
+    for (int t = 0; t < B; t++)
+        pi_dequantize_row_ref(emb->type, (const uint8_t *)emb->data + (size_t)tokens[t] * emb_row,
+                              c->x + (size_t)t * d, d);
+    for (int il = 0; il < hp->n_layer; il++) {
+        if ((rc = attention_block(c, il, B, n_past))) return rc;
+        if ((rc = ffn_block(c, il, B))) return rc;
+    }
+    c->stats.tokens += B;
+    if (!logits) return PI_OK;
+    const int first = logits_all ? 0 : B - 1;
+    for (int t = first; t < B; t++)
+        rmsnorm(c->xn + (size_t)t * d, c->x + (size_t)t * d, m->output_norm.data, d, hp->norm_eps);
+    return matmul(c, pi_model_output(m), c->xn + (size_t)first * d, B - first, logits, hp->n_vocab);
+}
+
+int pi_decode(pi_context *c, const int32_t *tokens, int32_t n_tokens, int32_t n_past, float *logits,
+              int32_t logits_all) {
+    PI_CHECK_NULL(c);
+    PI_CHECK_NULL(tokens);
+    const pi_hparams *hp = &c->m->hp;
+    if (n_tokens <= 0) return pi_fail(PI_ERR_SHAPE, "pi_decode: n_tokens = %d must be positive", n_tokens);
+    if (n_past < 0 || (int64_t)n_past + n_tokens > c->n_ctx)
+        return pi_fail(PI_ERR_RANGE, "pi_decode: context overflow: %d past + %d new tokens > n_ctx = %d",
+                       n_past, n_tokens, c->n_ctx);
+    for (int32_t i = 0; i < n_tokens; i++)
+        if (tokens[i] < 0 || tokens[i] >= hp->n_vocab)
+            return pi_fail(PI_ERR_RANGE, "pi_decode: token %d = %d out of range [0, %d)", i, tokens[i],
+                           hp->n_vocab);
+    for (int32_t done = 0; done < n_tokens; done += c->n_batch) {
+        const int B = n_tokens - done < c->n_batch ? n_tokens - done : c->n_batch;
+        const int last = done + B == n_tokens;
+        float *out = NULL;
+        if (logits && logits_all) out = logits + (size_t)done * hp->n_vocab;
+        else if (logits && last) out = logits;
+        int rc = decode_chunk(c, tokens + done, B, n_past + done, out, logits_all);
+        if (rc) return rc;
+    }
+    return pi_ok();
+}
+
+/* ---- context lifetime ------------------------------------------------------------------------ */
+
+int pi_context_create(pi_model *m, int32_t n_ctx, int32_t n_batch, int32_t n_threads, pi_context **out) {
+    PI_CHECK_NULL(m);
+    PI_CHECK_NULL(out);
+    *out = NULL;
+    if (!m->finalized) return pi_fail(PI_ERR_RANGE, "pi_context_create: model is not finalized");
+    if (n_ctx <= 0 || n_batch <= 0 || n_threads <= 0)
+        return pi_fail(PI_ERR_RANGE, "pi_context_create: n_ctx = %d, n_batch = %d, n_threads = %d must be positive",
+                       n_ctx, n_batch, n_threads);
+    if (n_batch > n_ctx) n_batch = n_ctx;
+    const pi_hparams *hp = &m->hp;
+    const size_t d = (size_t)hp->n_embd, n_ff = (size_t)hp->n_ff, B = (size_t)n_batch;
+    const size_t q_dim = (size_t)hp->n_head * hp->head_dim, kv_dim = (size_t)hp->n_head_kv * hp->head_dim;
+    const size_t cache = (size_t)hp->n_layer * (size_t)n_ctx * kv_dim;
+    /* one allocation, carved into 64-byte aligned buffers */
+    struct { void **ptr; size_t bytes; } parts[] = {
+        {NULL, cache * 4}, {NULL, cache * 4}, {NULL, B * d * 4}, {NULL, B * d * 4},
+        {NULL, B * q_dim * 4}, {NULL, B * q_dim * 4}, {NULL, B * d * 4}, {NULL, B * n_ff * 4},
+        {NULL, B * n_ff * 4}, {NULL, ((size_t)m->max_rank + 1) * 4},
+        {NULL, (size_t)n_threads * (size_t)n_ctx * 4}, {NULL, (size_t)hp->n_rot / 2 * 4},
+        {NULL, n_ff * 4}};
+    pi_context *c = calloc(1, sizeof *c);
+    if (!c) return pi_fail(PI_ERR_NOMEM, "pi_context_create: out of memory");
+    void **targets[] = {(void **)&c->k_cache, (void **)&c->v_cache, (void **)&c->x, (void **)&c->xn,
+                        (void **)&c->q, (void **)&c->att_out, (void **)&c->proj, (void **)&c->g,
+                        (void **)&c->u, (void **)&c->pz, (void **)&c->scores, (void **)&c->inv_freq,
+                        (void **)&c->idx};
+    const size_t n_parts = sizeof parts / sizeof parts[0];
+    size_t total = 0;
+    for (size_t i = 0; i < n_parts; i++) total += (parts[i].bytes + 63) / 64 * 64;
+    int rc = pi_buffer_alloc(total, &c->mem);
+    if (rc) {
+        free(c);
+        return pi_fail(PI_ERR_NOMEM, "pi_context_create: cannot allocate %zu bytes for n_ctx = %d", total, n_ctx);
+    }
+    c->mem_bytes = total;
+    memset(c->mem, 0, total);
+    char *p = c->mem;
+    for (size_t i = 0; i < n_parts; i++) {
+        *targets[i] = p;
+        p += (parts[i].bytes + 63) / 64 * 64;
+    }
+    if ((rc = pi_pool_create(n_threads, &c->pool))) {
+        pi_buffer_free(c->mem, c->mem_bytes);
+        free(c);
+        return rc;
+    }
+    c->m = m;
+    c->n_ctx = n_ctx;
+    c->n_batch = n_batch;
+    c->ffn_mode = PI_FFN_DENSE;
+    for (int i = 0; i < hp->n_rot / 2; i++)
+        c->inv_freq[i] = powf(hp->rope_freq_base, -2.0f * (float)i / (float)hp->n_rot);
+    for (size_t i = 0; i < n_ff; i++) c->idx[i] = (int32_t)i;
+    *out = c;
+    return pi_ok();
+}
+
+void pi_context_free(pi_context *c) {
+    if (!c) return;
+    pi_pool_free(c->pool);
+    pi_buffer_free(c->mem, c->mem_bytes);
+    free(c);
+}
+
+int pi_context_set_ffn_mode(pi_context *c, int mode) {
+    PI_CHECK_NULL(c);
+    int32_t modes = 0;
+    int rc = pi_model_ffn_modes(c->m, &modes);
+    if (rc) return rc;
+    if (mode < 0 || mode > PI_FFN_THRESHOLD)
+        return pi_fail(PI_ERR_RANGE, "pi_context_set_ffn_mode: unknown mode %d", mode);
+    if (!(modes & (1 << mode)))
+        return pi_fail(PI_ERR_RANGE, "pi_context_set_ffn_mode: this model cannot run FFN mode %s (%s)",
+                       mode == PI_FFN_SPARSE ? "sparse" : "threshold",
+                       mode == PI_FFN_SPARSE ? "it needs ffn_down_t and predictors fc1/fc2"
+                                             : "it needs the split-FFN tensor ffn_down_t");
+    c->ffn_mode = mode;
+    return pi_ok();
+}
+
+int pi_context_stats(const pi_context *c, pi_stats *out) {
+    PI_CHECK_NULL(c);
+    PI_CHECK_NULL(out);
+    *out = c->stats;
+    return pi_ok();
+}
+
+int pi_context_reset_stats(pi_context *c) {
+    PI_CHECK_NULL(c);
+    memset(&c->stats, 0, sizeof c->stats);
+    return pi_ok();
+}

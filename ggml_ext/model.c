@@ -1,0 +1,232 @@
+/* model.c - the tensor table: weights attached by GGUF name, checked against the hyperparameters.
+ * No file I/O: the caller (pi_backend/model.py) maps the GGUF and hands over pointers. */
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+#include "model.h"
+#include "quants.h"
+
+/* What a tensor name may hold. Shapes are symbolic: resolved from the hyperparameters. */
+enum dim { D_ONE, D_EMBD, D_FF, D_VOCAB, D_Q, D_KV, D_RANK };
+enum kind { K_NORM, K_MATRIX, K_BIAS };
+
+typedef struct {
+    const char *suffix;   /* after "blk.N." (per-layer) or the whole name (global) */
+    size_t offset;        /* into pi_layer (per-layer) or pi_model (global) */
+    enum kind kind;
+    enum dim rows, cols;
+} tensor_spec;
+
+#define L(field) offsetof(pi_layer, field)
+#define G(field) offsetof(pi_model, field)
+
+static const tensor_spec layer_specs[] = {
+    {"attn_norm.weight", L(attn_norm), K_NORM, D_ONE, D_EMBD},
+    {"attn_q.weight", L(wq), K_MATRIX, D_Q, D_EMBD},
+    {"attn_k.weight", L(wk), K_MATRIX, D_KV, D_EMBD},
+    {"attn_v.weight", L(wv), K_MATRIX, D_KV, D_EMBD},
+    {"attn_q.bias", L(bq), K_BIAS, D_ONE, D_Q},
+    {"attn_k.bias", L(bk), K_BIAS, D_ONE, D_KV},
+    {"attn_v.bias", L(bv), K_BIAS, D_ONE, D_KV},
+    {"attn_output.weight", L(wo), K_MATRIX, D_EMBD, D_Q},
+    {"ffn_norm.weight", L(ffn_norm), K_NORM, D_ONE, D_EMBD},
+    {"ffn_gate.weight", L(gate), K_MATRIX, D_FF, D_EMBD},
+    {"ffn_up.weight", L(up), K_MATRIX, D_FF, D_EMBD},
+    {"ffn_down.weight", L(down), K_MATRIX, D_EMBD, D_FF},
+    {"ffn_down_t.weight", L(down_t), K_MATRIX, D_FF, D_EMBD},
+    {"fc1.weight", L(fc1), K_MATRIX, D_RANK, D_EMBD},
+    {"fc2.weight", L(fc2), K_MATRIX, D_FF, D_RANK},
+};
+
+static const tensor_spec global_specs[] = {
+    {"token_embd.weight", G(tok_embd), K_MATRIX, D_VOCAB, D_EMBD},
+    {"output_norm.weight", G(output_norm), K_NORM, D_ONE, D_EMBD},
+    {"output.weight", G(output), K_MATRIX, D_VOCAB, D_EMBD},
+};
+
+static int64_t dim_value(const pi_hparams *hp, enum dim d) {
+    switch (d) {
+    case D_ONE: return 1;
+    case D_EMBD: return hp->n_embd;
+    case D_FF: return hp->n_ff;
+    case D_VOCAB: return hp->n_vocab;
+    case D_Q: return (int64_t)hp->n_head * hp->head_dim;
+    case D_KV: return (int64_t)hp->n_head_kv * hp->head_dim;
+    case D_RANK: return -1; /* free: checked for consistency between fc1 and fc2 */
+    }
+    return 0;
+}
+
+static int check_hparams(const pi_hparams *hp) {
+    if (hp->arch != PI_ARCH_LLAMA && hp->arch != PI_ARCH_QWEN2)
+        return pi_fail(PI_ERR_RANGE, "pi_model_create: unknown architecture id %d", hp->arch);
+    if (hp->ffn_act != PI_ACT_SILU && hp->ffn_act != PI_ACT_RELU)
+        return pi_fail(PI_ERR_RANGE, "pi_model_create: unknown FFN activation id %d", hp->ffn_act);
+    const struct { const char *name; int32_t v; } pos[] = {
+        {"n_vocab", hp->n_vocab}, {"n_embd", hp->n_embd}, {"n_ff", hp->n_ff},
+        {"n_layer", hp->n_layer}, {"n_head", hp->n_head}, {"n_head_kv", hp->n_head_kv},
+        {"head_dim", hp->head_dim}};
+    for (size_t i = 0; i < sizeof pos / sizeof pos[0]; i++)
+        if (pos[i].v <= 0)
+            return pi_fail(PI_ERR_SHAPE, "pi_model_create: %s = %d must be positive", pos[i].name,
+                           pos[i].v);
+    if (hp->n_head % hp->n_head_kv != 0)
+        return pi_fail(PI_ERR_SHAPE, "pi_model_create: n_head = %d is not a multiple of n_head_kv = %d",
+                       hp->n_head, hp->n_head_kv);
+    if (hp->n_rot <= 0 || hp->n_rot > hp->head_dim || hp->n_rot % 2)
+        return pi_fail(PI_ERR_SHAPE, "pi_model_create: n_rot = %d must be even and in 1..head_dim = %d",
+                       hp->n_rot, hp->head_dim);
+    if (!(hp->rope_freq_base > 0) || !(hp->rope_freq_scale > 0) || !(hp->norm_eps > 0))
+        return pi_fail(PI_ERR_RANGE, "pi_model_create: rope_freq_base, rope_freq_scale and norm_eps must be positive");
+    return PI_OK;
+}
+
+int pi_model_create(const pi_hparams *hp, pi_model **out) {
+    PI_CHECK_NULL(hp);
+    PI_CHECK_NULL(out);
+    *out = NULL;
+    int rc = check_hparams(hp);
+    if (rc) return rc;
+    pi_model *m = calloc(1, sizeof *m);
+    if (m) m->layers = calloc((size_t)hp->n_layer, sizeof *m->layers);
+    if (m) m->thresholds = calloc((size_t)hp->n_layer, sizeof *m->thresholds);
+    if (!m || !m->layers || !m->thresholds) {
+        pi_model_free(m);
+        return pi_fail(PI_ERR_NOMEM, "pi_model_create: out of memory");
+    }
+    m->hp = *hp;
+    *out = m;
+    return pi_ok();
+}
+
+void pi_model_free(pi_model *m) {
+    if (!m) return;
+    free(m->layers);
+    free(m->thresholds);
+    free(m);
+}
+
+/* Finds the spec for `name`; *layer is -1 for a global tensor. */
+static const tensor_spec *find_spec(const pi_model *m, const char *name, int *layer) {
+    *layer = -1;
+    for (size_t i = 0; i < sizeof global_specs / sizeof global_specs[0]; i++)
+        if (strcmp(name, global_specs[i].suffix) == 0) return &global_specs[i];
+    int n = -1, consumed = 0;
+    if (sscanf(name, "blk.%d.%n", &n, &consumed) != 1 || consumed == 0) return NULL;
+    if (n < 0 || n >= m->hp.n_layer) return NULL;
+    *layer = n;
+    for (size_t i = 0; i < sizeof layer_specs / sizeof layer_specs[0]; i++)
+        if (strcmp(name + consumed, layer_specs[i].suffix) == 0) return &layer_specs[i];
+    return NULL;
+}
+
+static int check_type(const char *name, enum kind kind, int type, int64_t n_cols) {
+    const char *tn = pi_type_name(type);
+    if (kind != K_MATRIX) {
+        if (type != PI_TYPE_F32)
+            return pi_fail(PI_ERR_TYPE, "tensor %s: type %s, expected F32", name, tn ? tn : "unknown");
+        return PI_OK;
+    }
+    if (type != PI_TYPE_F32 && type != PI_TYPE_F16 && type != PI_TYPE_Q4_0 &&
+        type != PI_TYPE_Q4_1 && type != PI_TYPE_Q8_0) {
+        if (tn) return pi_fail(PI_ERR_TYPE, "tensor %s: type %s is not supported for weights", name, tn);
+        return pi_fail(PI_ERR_TYPE, "tensor %s: unsupported ggml type id %d", name, type);
+    }
+    if (n_cols % pi_type_block_elems(type) != 0)
+        return pi_fail(PI_ERR_SHAPE, "tensor %s: row length %lld is not a multiple of the %s block size",
+                       name, (long long)n_cols, tn);
+    return PI_OK;
+}
+
+int pi_model_set_tensor(pi_model *m, const char *name, int type, int64_t n_rows, int64_t n_cols,
+                        const void *data) {
+    PI_CHECK_NULL(m);
+    PI_CHECK_NULL(name);
+    PI_CHECK_NULL(data);
+    if (m->finalized)
+        return pi_fail(PI_ERR_RANGE, "pi_model_set_tensor: model is finalized; cannot set %s", name);
+    int layer;
+    const tensor_spec *spec = find_spec(m, name, &layer);
+    if (!spec) return pi_fail(PI_ERR_RANGE, "unknown tensor name '%s'", name);
+    int rc = check_type(name, spec->kind, type, n_cols);
+    if (rc) return rc;
+    int64_t want_rows = dim_value(&m->hp, spec->rows), want_cols = dim_value(&m->hp, spec->cols);
+    if ((want_rows >= 0 && n_rows != want_rows) || (want_cols >= 0 && n_cols != want_cols) ||
+        n_rows <= 0 || n_cols <= 0)
+        return pi_fail(PI_ERR_SHAPE, "tensor %s: shape [%lld][%lld], expected [%lld][%lld]", name,
+                       (long long)n_rows, (long long)n_cols, (long long)want_rows,
+                       (long long)want_cols);
+    char *base = layer < 0 ? (char *)m : (char *)&m->layers[layer];
+    pi_weight *w = (pi_weight *)(base + spec->offset);
+    *w = (pi_weight){.type = type, .n_rows = n_rows, .n_cols = n_cols, .data = data};
+    return pi_ok();
+}
+
+int pi_model_set_thresholds(pi_model *m, const float *thr, int32_t n_layer) {
+    PI_CHECK_NULL(m);
+    PI_CHECK_NULL(thr);
+    if (n_layer != m->hp.n_layer)
+        return pi_fail(PI_ERR_SHAPE, "pi_model_set_thresholds: %d thresholds for %d layers", n_layer,
+                       m->hp.n_layer);
+    for (int i = 0; i < n_layer; i++)
+        if (thr[i] != thr[i])
+            return pi_fail(PI_ERR_RANGE, "pi_model_set_thresholds: threshold of layer %d is NaN", i);
+    memcpy(m->thresholds, thr, (size_t)n_layer * sizeof *thr);
+    return pi_ok();
+}
+
+static int require(const pi_weight *w, const char *what, int layer) {
+    if (w->data) return PI_OK;
+    if (layer < 0) return pi_fail(PI_ERR_SHAPE, "model is missing tensor %s", what);
+    return pi_fail(PI_ERR_SHAPE, "model is missing tensor blk.%d.%s", layer, what);
+}
+
+int pi_model_finalize(pi_model *m) {
+    PI_CHECK_NULL(m);
+    int rc;
+    if ((rc = require(&m->tok_embd, "token_embd.weight", -1))) return rc;
+    if ((rc = require(&m->output_norm, "output_norm.weight", -1))) return rc;
+    int n_pred = 0;
+    m->max_rank = 0;
+    for (int i = 0; i < m->hp.n_layer; i++) {
+        const pi_layer *l = &m->layers[i];
+        const struct { const pi_weight *w; const char *name; } req[] = {
+            {&l->attn_norm, "attn_norm.weight"}, {&l->wq, "attn_q.weight"},
+            {&l->wk, "attn_k.weight"}, {&l->wv, "attn_v.weight"}, {&l->wo, "attn_output.weight"},
+            {&l->ffn_norm, "ffn_norm.weight"}, {&l->gate, "ffn_gate.weight"},
+            {&l->up, "ffn_up.weight"}};
+        for (size_t j = 0; j < sizeof req / sizeof req[0]; j++)
+            if ((rc = require(req[j].w, req[j].name, i))) return rc;
+        if (!l->down.data && !l->down_t.data)
+            return pi_fail(PI_ERR_SHAPE, "model is missing tensor blk.%d.ffn_down.weight (or ffn_down_t)", i);
+        if (!!l->fc1.data != !!l->fc2.data)
+            return pi_fail(PI_ERR_SHAPE, "layer %d has only one of the predictor tensors fc1/fc2", i);
+        if (l->fc1.data) {
+            if (l->fc2.n_cols != l->fc1.n_rows)
+                return pi_fail(PI_ERR_SHAPE, "layer %d: predictor fc2 takes %lld inputs but fc1 has rank %lld",
+                               i, (long long)l->fc2.n_cols, (long long)l->fc1.n_rows);
+            if (l->fc1.n_rows > m->max_rank) m->max_rank = (int32_t)l->fc1.n_rows;
+            n_pred++;
+        }
+    }
+    if (n_pred != 0 && n_pred != m->hp.n_layer)
+        return pi_fail(PI_ERR_SHAPE, "predictors present in %d of %d layers; need all or none", n_pred,
+                       m->hp.n_layer);
+    m->finalized = 1;
+    return pi_ok();
+}
+
+int pi_model_ffn_modes(const pi_model *m, int32_t *modes) {
+    PI_CHECK_NULL(m);
+    PI_CHECK_NULL(modes);
+    if (!m->finalized) return pi_fail(PI_ERR_RANGE, "pi_model_ffn_modes: model is not finalized");
+    int split = 1;
+    for (int i = 0; i < m->hp.n_layer; i++) split &= m->layers[i].down_t.data != NULL;
+    *modes = 1 << PI_FFN_DENSE;
+    if (split) *modes |= 1 << PI_FFN_THRESHOLD;
+    if (split && m->max_rank > 0) *modes |= 1 << PI_FFN_SPARSE;
+    return pi_ok();
+}

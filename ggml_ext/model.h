@@ -1,0 +1,43 @@
+/* model.h - the model and context structures shared by model.c and forward.c (internal). */
+#ifndef PI_MODEL_H
+#define PI_MODEL_H
+
+#include "pi.h"
+
+/* A weight in place: data is [n_rows][n_cols] of `type`; NULL data means absent. */
+typedef struct {
+    int type;
+    int64_t n_rows, n_cols;
+    const void *data;
+} pi_weight;
+
+typedef struct {
+    pi_weight attn_norm;                 /* [d] f32 */
+    pi_weight wq, wk, wv;                /* [n_head*hd][d], [n_head_kv*hd][d], [n_head_kv*hd][d] */
+    pi_weight bq, bk, bv;                /* optional biases, f32, one row of the sizes above */
+    pi_weight wo;                        /* [d][n_head*hd] */
+    pi_weight ffn_norm;                  /* [d] f32 */
+    pi_weight gate, up;                  /* [n_ff][d]: one row per neuron */
+    pi_weight down;                      /* [d][n_ff]: plain llama.cpp layout (dense only) */
+    pi_weight down_t;                    /* [n_ff][d]: down transposed, one row per neuron */
+    pi_weight fc1;                       /* predictor [rank][d] */
+    pi_weight fc2;                       /* predictor [n_ff][rank] */
+} pi_layer;
+
+struct pi_model {
+    pi_hparams hp;
+    pi_weight tok_embd;                  /* [n_vocab][d] */
+    pi_weight output_norm;               /* [d] f32 */
+    pi_weight output;                    /* [n_vocab][d]; absent when tied to tok_embd */
+    pi_layer *layers;                    /* [n_layer] */
+    float *thresholds;                   /* [n_layer] */
+    int32_t max_rank;                    /* largest predictor rank (0: no predictors) */
+    int finalized;
+};
+
+/* The output projection: `output`, or `tok_embd` when tied. */
+static inline const pi_weight *pi_model_output(const pi_model *m) {
+    return m->output.data ? &m->output : &m->tok_embd;
+}
+
+#endif /* PI_MODEL_H */

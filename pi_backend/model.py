@@ -1,0 +1,258 @@
+"""Open a GGUF file, check it, and hand its tensors to the C engine in place (no copies).
+
+The file is memory-mapped by gguf.GGUFReader; the C model keeps pointers into that map, so the
+Model object owns the map for as long as the C model lives.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+from typing import Sequence
+
+import numpy as np
+
+from . import _lib
+from ._lib import call, fptr
+
+FFN_MODES = {"dense": _lib.PI_FFN_DENSE, "sparse": _lib.PI_FFN_SPARSE,
+             "threshold": _lib.PI_FFN_THRESHOLD}
+ARCHS = {"llama": _lib.PI_ARCH_LLAMA, "qwen2": _lib.PI_ARCH_QWEN2}
+ACTS = {"silu": _lib.PI_ACT_SILU, "relu": _lib.PI_ACT_RELU}
+# Large arrays that are not worth turning into metadata strings.
+_BULKY = ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type",
+          "tokenizer.ggml.scores")
+
+
+class ModelError(ValueError):
+    """The file cannot be run: unreadable, corrupt, or of an unsupported kind."""
+
+
+class ContextOverflowError(ValueError):
+    """More tokens than the context holds."""
+
+
+def _field_value(field):
+    """A GGUF metadata value as Python: scalar, str, or list."""
+    from gguf import GGUFValueType
+    types = field.types
+    if not types:
+        return None
+    if types[0] == GGUFValueType.ARRAY:
+        if len(types) > 1 and types[1] == GGUFValueType.STRING:
+            return [bytes(field.parts[i]).decode("utf-8", "replace") for i in field.data]
+        return [field.parts[i].tolist()[0] for i in field.data]
+    if types[0] == GGUFValueType.STRING:
+        return bytes(field.parts[field.data[0]]).decode("utf-8", "replace")
+    return field.parts[field.data[0]].tolist()[0]
+
+
+def read_gguf(path: str):
+    """A gguf.GGUFReader for `path`, with every failure turned into a one-line ModelError."""
+    if not os.path.exists(path):
+        raise ModelError(f"model file not found: {path}")
+    if os.path.isdir(path):
+        raise ModelError(f"model path is a directory, not a GGUF file: {path}")
+    from gguf import GGUFReader
+    try:
+        return GGUFReader(path, "r")
+    except Exception as e:  # the reader raises many kinds on truncated or corrupt files
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ModelError(f"cannot read GGUF file {path}: {msg}") from None
+
+
+class Model:
+    """A GGUF model loaded for the C engine."""
+
+    def __init__(self, path: str, *, ffn_mode: str | None = None):
+        self.path = os.fspath(path)
+        self._ptr = _lib.pi_model_p()
+        reader = read_gguf(self.path)
+        self._reader = reader  # owns the memmap the C model points into
+        self.fields = {k: _field_value(f) for k, f in reader.fields.items()
+                       if not k.startswith("GGUF.")}
+        self.metadata = {k: (str(v) if not isinstance(v, str) else v)
+                         for k, v in self.fields.items() if k not in _BULKY}
+        self.hparams = self._hparams()
+        call("pi_model_create", ctypes.byref(self.hparams), ctypes.byref(self._ptr))
+        self._tensors = {}
+        for t in reader.tensors:
+            self._attach(t)
+        thr = self.fields.get("pi.thresholds")
+        if thr is not None:
+            self.thresholds = np.ascontiguousarray(thr, dtype=np.float32)
+            call("pi_model_set_thresholds", self._ptr, fptr(self.thresholds), len(self.thresholds))
+        try:
+            call("pi_model_finalize", self._ptr)
+        except _lib.PiError as e:
+            self.close()
+            raise ModelError(f"{self.path}: {e}") from None
+        modes = ctypes.c_int32()
+        call("pi_model_ffn_modes", self._ptr, ctypes.byref(modes))
+        self.ffn_modes = tuple(k for k, v in FFN_MODES.items() if modes.value & (1 << v))
+        self.default_ffn_mode = self._check_mode(ffn_mode or self.fields.get("pi.sparse_mode")
+                                                 or "dense")
+
+    # ---- construction ------------------------------------------------------------------------
+    def _get(self, key, default=None, required=True):
+        v = self.fields.get(key, default)
+        if v is None and required:
+            raise ModelError(f"{self.path}: GGUF metadata key {key!r} is missing")
+        return v
+
+    def _hparams(self) -> _lib.pi_hparams:
+        arch = self._get("general.architecture")
+        if arch not in ARCHS:
+            raise ModelError(f"{self.path}: unsupported architecture {arch!r} "
+                             f"(supported: {', '.join(ARCHS)})")
+        a = arch
+        act = self.fields.get("pi.ffn_activation", "silu")
+        if act not in ACTS:
+            raise ModelError(f"{self.path}: unsupported FFN activation {act!r}")
+        n_embd = int(self._get(f"{a}.embedding_length"))
+        n_head = int(self._get(f"{a}.attention.head_count"))
+        head_dim = int(self.fields.get(f"{a}.attention.key_length") or n_embd // n_head)
+        tokens = self.fields.get("tokenizer.ggml.tokens")
+        n_vocab = self.fields.get(f"{a}.vocab_size") or (len(tokens) if tokens else None)
+        if n_vocab is None:
+            emb = [t for t in self._reader.tensors if t.name == "token_embd.weight"]
+            if not emb:
+                raise ModelError(f"{self.path}: no vocabulary size and no token_embd.weight")
+            n_vocab = int(emb[0].shape[1])
+        scaling = self.fields.get(f"{a}.rope.scaling.type", "none")
+        factor = float(self.fields.get(f"{a}.rope.scaling.factor") or 1.0)
+        if scaling not in ("none", "linear"):
+            raise ModelError(f"{self.path}: RoPE scaling {scaling!r} is not supported "
+                             "(supported: none, linear)")
+        self.n_ctx_train = int(self.fields.get(f"{a}.context_length") or 2048)
+        return _lib.pi_hparams(
+            arch=ARCHS[arch], ffn_act=ACTS[act], n_vocab=int(n_vocab), n_embd=n_embd,
+            n_ff=int(self._get(f"{a}.feed_forward_length")),
+            n_layer=int(self._get(f"{a}.block_count")), n_head=n_head,
+            n_head_kv=int(self.fields.get(f"{a}.attention.head_count_kv") or n_head),
+            head_dim=head_dim,
+            n_rot=int(self.fields.get(f"{a}.rope.dimension_count") or head_dim),
+            rope_neox=1 if arch == "qwen2" else 0,
+            rope_freq_base=float(self.fields.get(f"{a}.rope.freq_base") or 10000.0),
+            rope_freq_scale=1.0 / factor if scaling == "linear" else 1.0,
+            norm_eps=float(self._get(f"{a}.attention.layer_norm_rms_epsilon")))
+
+    def _attach(self, t) -> None:
+        ne = [int(v) for v in t.shape]
+        n_cols = ne[0]
+        n_rows = int(np.prod(ne[1:])) if len(ne) > 1 else 1
+        data = t.data
+        if data.nbytes == 0 or not data.flags["C_CONTIGUOUS"]:
+            raise ModelError(f"{self.path}: tensor {t.name} has no contiguous data")
+        name = t.name
+        if name.endswith(".neuron_order"):  # metadata for the converter; the engine needs none
+            return
+        try:
+            call("pi_model_set_tensor", self._ptr, name.encode(), int(t.tensor_type), n_rows,
+                 n_cols, ctypes.c_void_p(data.ctypes.data))
+        except _lib.PiError as e:
+            raise ModelError(f"{self.path}: {e}") from None
+        self._tensors[name] = data
+
+    def _check_mode(self, mode: str) -> str:
+        if mode not in FFN_MODES:
+            raise ValueError(f"unknown FFN mode {mode!r}; expected one of {', '.join(FFN_MODES)}")
+        if mode not in self.ffn_modes:
+            raise ValueError(f"FFN mode {mode!r} is not available for {os.path.basename(self.path)}"
+                             f" (available: {', '.join(self.ffn_modes)})")
+        return mode
+
+    # ---- properties --------------------------------------------------------------------------
+    @property
+    def n_vocab(self) -> int:
+        return self.hparams.n_vocab
+
+    @property
+    def n_embd(self) -> int:
+        return self.hparams.n_embd
+
+    @property
+    def n_layer(self) -> int:
+        return self.hparams.n_layer
+
+    @property
+    def n_ff(self) -> int:
+        return self.hparams.n_ff
+
+    @property
+    def ptr(self):
+        return self._ptr
+
+    def new_context(self, n_ctx: int = 512, n_threads: int = 1, n_batch: int = 512,
+                    ffn_mode: str | None = None) -> "Context":
+        return Context(self, n_ctx, n_threads, n_batch, ffn_mode or self.default_ffn_mode)
+
+    def close(self) -> None:
+        if self._ptr:
+            _lib.lib().pi_model_free(self._ptr)
+            self._ptr = _lib.pi_model_p()
+        self._tensors = {}
+        self._reader = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class Context:
+    """One sequence: KV cache, buffers and worker pool, on a shared Model."""
+
+    def __init__(self, model: Model, n_ctx: int, n_threads: int, n_batch: int, ffn_mode: str):
+        if n_ctx <= 0 or n_threads <= 0 or n_batch <= 0:
+            raise ValueError(f"n_ctx={n_ctx}, n_threads={n_threads} and n_batch={n_batch} "
+                             "must be positive")
+        self.model = model
+        self.n_ctx = int(n_ctx)
+        self._ptr = _lib.pi_context_p()
+        call("pi_context_create", model.ptr, self.n_ctx, int(n_batch), int(n_threads),
+             ctypes.byref(self._ptr))
+        self.ffn_mode = "dense"
+        self.set_ffn_mode(ffn_mode)
+
+    def set_ffn_mode(self, mode: str) -> None:
+        self.model._check_mode(mode)
+        call("pi_context_set_ffn_mode", self._ptr, FFN_MODES[mode])
+        self.ffn_mode = mode
+
+    def eval(self, tokens: Sequence[int], n_past: int, logits_all: bool = False) -> np.ndarray:
+        """Runs tokens at positions n_past.. and returns the logits of the last token
+        ([n_vocab]) or of every token ([n_tokens, n_vocab])."""
+        toks = np.ascontiguousarray(tokens, dtype=np.int32)
+        n = len(toks)
+        if n == 0:
+            raise ValueError("eval needs at least one token")
+        if n_past < 0 or n_past + n > self.n_ctx:
+            raise ContextOverflowError(
+                f"Requested tokens ({n_past + n}) exceed context window of {self.n_ctx}")
+        nv = self.model.n_vocab
+        out = np.empty((n, nv) if logits_all else (nv,), dtype=np.float32)
+        call("pi_decode", self._ptr, _lib.iptr(toks), n, int(n_past), fptr(out),
+             1 if logits_all else 0)
+        return out
+
+    def stats(self) -> dict:
+        s = _lib.pi_stats()
+        call("pi_context_stats", self._ptr, ctypes.byref(s))
+        sparsity = 1.0 - s.ffn_active / s.ffn_neurons if s.ffn_neurons else 0.0
+        return {"tokens": s.tokens, "ffn_neurons": s.ffn_neurons, "ffn_active": s.ffn_active,
+                "ffn_sparsity": sparsity}
+
+    def reset_stats(self) -> None:
+        call("pi_context_reset_stats", self._ptr)
+
+    def close(self) -> None:
+        if self._ptr:
+            _lib.lib().pi_context_free(self._ptr)
+            self._ptr = _lib.pi_context_p()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
