@@ -1,0 +1,174 @@
+"""Existing llama.cpp GGUF files (llama or qwen2 architecture) as a conversion source.
+
+Tensors are memory-mapped by gguf.GGUFReader and dequantized to float32 one at a time with
+gguf.quants. A llama.cpp file already has its Q/K rows permuted, so they are kept as they are.
+The tokenizer (every `tokenizer.*` key, chat template included) is copied verbatim.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import gguf
+from gguf import GGUFValueType as VT
+
+from .model import ConvertError, HParams, SourceTensor
+
+SUPPORTED_ARCHS = ("llama", "qwen2")
+# keys re-derived by the writer, never copied
+_REDERIVED = {"general.architecture", "general.file_type", "general.quantization_version",
+              "general.alignment"}
+
+
+def _field_value(field) -> tuple[Any, VT, VT | None]:
+    """A reader field as (value, type, sub_type), strings kept as raw bytes."""
+    main = field.types[0]
+    if main == VT.ARRAY:
+        sub = field.types[-1]
+        if len(field.types) > 2:
+            raise ValueError("nested arrays")
+        if sub == VT.STRING:
+            return [bytes(field.parts[i]) for i in field.data], main, sub
+        return [field.parts[i].tolist()[0] for i in field.data], main, sub
+    if main == VT.STRING:
+        return bytes(field.parts[field.data[0]]), main, None
+    return field.parts[field.data[0]].tolist()[0], main, None
+
+
+class GGUFSource:
+    kind = "gguf"
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            self.reader = gguf.GGUFReader(path, "r")
+        except (ValueError, OSError, IndexError, KeyError) as e:
+            raise ConvertError(f"{path}: not a readable GGUF file ({e})") from None
+        r = self.reader
+        arch = self._get("general.architecture")
+        if arch is None:
+            raise ConvertError(f"{path}: no general.architecture key")
+        arch = arch.decode() if isinstance(arch, bytes) else arch
+        if arch not in SUPPORTED_ARCHS:
+            raise ConvertError(f"unsupported architecture {arch!r} in {path.name} "
+                               f"(supported: {', '.join(SUPPORTED_ARCHS)})")
+        if self._get("pi.format_version") is not None:
+            raise ConvertError(f"{path.name} is already a pi_backend file; convert from its source")
+        if any(t.name.endswith("ffn_down_t.weight") for t in r.tensors):
+            raise ConvertError(f"{path.name} has a split FFN already; convert from its source")
+
+        def need(key: str) -> Any:
+            v = self._get(f"{arch}.{key}")
+            if v is None:
+                raise ConvertError(f"{path.name}: missing key {arch}.{key}")
+            return v
+
+        self.tensor_map = {t.name: t for t in r.tensors}
+        n_embd = int(need("embedding_length"))
+        n_head = int(need("attention.head_count"))
+        if "token_embd.weight" not in self.tensor_map:
+            raise ConvertError(f"{path.name}: no token_embd.weight tensor")
+        n_vocab = int(self.tensor_map["token_embd.weight"].shape[1])
+        n_ff = need("feed_forward_length")
+        if isinstance(n_ff, list):
+            raise ConvertError(f"{path.name}: per-layer feed_forward_length is not supported")
+        head_dim = int(self._get(f"{arch}.attention.key_length") or
+                       self._get(f"{arch}.rope.dimension_count") or n_embd // n_head)
+        self.hparams = HParams(
+            arch=arch,
+            n_layer=int(need("block_count")),
+            n_embd=n_embd,
+            n_ff=int(n_ff),
+            n_head=n_head,
+            n_head_kv=int(self._get(f"{arch}.attention.head_count_kv") or n_head),
+            head_dim=head_dim,
+            n_vocab=n_vocab,
+            ctx_len=int(need("context_length")),
+            rope_theta=float(self._get(f"{arch}.rope.freq_base") or 10000.0),
+            rms_eps=float(need("attention.layer_norm_rms_epsilon")),
+            activation="silu",    # llama.cpp's llama/qwen2 FFN is SwiGLU
+            tied="output.weight" not in self.tensor_map,
+            name=(self._get("general.name") or b"").decode("utf-8", "replace")
+            if isinstance(self._get("general.name"), bytes) else str(self._get("general.name") or ""),
+        )
+        # carry every other key except the ones the writer derives again
+        self.hparams.extra_kv = {}
+        for key, field in r.fields.items():
+            if key.startswith("GGUF.") or key in _REDERIVED or key.startswith("tokenizer."):
+                continue
+            try:
+                self.hparams.extra_kv[key] = _field_value(field)
+            except ValueError:
+                continue
+        types = sorted({t.tensor_type.name for t in r.tensors})
+        self.description = f"{path.name} (GGUF, {'/'.join(types)})"
+
+    def _get(self, key: str) -> Any:
+        f = self.reader.fields.get(key)
+        if f is None:
+            return None
+        return _field_value(f)[0]
+
+    def tensors(self) -> dict[str, SourceTensor]:
+        out: dict[str, SourceTensor] = {}
+        for name, t in self.tensor_map.items():
+            shape = tuple(int(x) for x in reversed(t.shape.tolist()))
+            out[name] = SourceTensor(name, shape, _loader(t, shape, self.path.name),
+                                     t.tensor_type.name)
+        return out
+
+    def add_vocab(self, writer, n_vocab: int) -> str:
+        n_tokens = 0
+        model = "?"
+        for key, field in self.reader.fields.items():
+            if not key.startswith("tokenizer."):
+                continue
+            val, typ, sub = _field_value(field)
+            writer.add_key_value(key, val, typ, sub)
+            if key == "tokenizer.ggml.tokens":
+                n_tokens = len(val)
+            elif key == "tokenizer.ggml.model":
+                model = val.decode() if isinstance(val, bytes) else str(val)
+        if n_tokens == 0:
+            raise ConvertError(f"{self.path.name}: no tokenizer (tokenizer.ggml.tokens) to carry over")
+        if n_tokens != n_vocab:
+            raise ConvertError(f"inconsistent shapes: {n_tokens} tokens but token_embd has "
+                               f"{n_vocab} rows")
+        return f"{model}, {n_tokens} tokens (copied from the source GGUF)"
+
+    def close(self) -> None:
+        self.tensor_map = {}
+        self.reader = None  # type: ignore[assignment]
+
+
+def _loader(t, shape: tuple[int, ...], fname: str):
+    def load() -> np.ndarray:
+        qtype = gguf.GGMLQuantizationType(t.tensor_type)
+        data = t.data
+        try:
+            if qtype == gguf.GGMLQuantizationType.F32:
+                a = np.array(data, dtype=np.float32)
+            elif qtype == gguf.GGMLQuantizationType.F16:
+                a = np.asarray(data).astype(np.float32)
+            else:
+                # row chunks: peak memory stays at the f32 tensor plus a small chunk
+                raw = np.asarray(data).reshape(-1, data.shape[-1])
+                rows = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
+                a = np.empty((rows, shape[-1]), dtype=np.float32)
+                step = max(1, (1 << 22) // shape[-1])
+                for i in range(0, rows, step):
+                    a[i:i + step] = gguf.quants.dequantize(raw[i:i + step], qtype).reshape(-1, shape[-1])
+        except NotImplementedError:
+            raise ConvertError(f"{fname}: tensor {t.name} has type {qtype.name}, "
+                               "which cannot be dequantized") from None
+        return np.ascontiguousarray(a.reshape(shape), dtype=np.float32)
+    return load
+
+
+def is_gguf_file(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"GGUF"
+    except OSError:
+        return False

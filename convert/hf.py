@@ -1,0 +1,300 @@
+"""Hugging Face checkpoint directories: config.json + (sharded) safetensors, read without torch.
+
+The safetensors files are parsed here (an 8-byte header length, a JSON header, raw data) and
+each tensor is memory-mapped only when it is loaded, so bf16/f16/f32 checkpoints of any size
+are streamed one tensor at a time with numpy alone.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .model import ConvertError, HParams, SourceTensor, SUPPORTED_ACTIVATIONS, permute_qk
+
+ARCHITECTURES = {
+    "LlamaForCausalLM": "llama",
+    "MistralForCausalLM": "llama",
+    "Qwen2ForCausalLM": "qwen2",
+}
+
+_ST_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "F64": np.float64}
+
+_LAYER_MAP = {
+    "input_layernorm.weight": "attn_norm.weight",
+    "post_attention_layernorm.weight": "ffn_norm.weight",
+    "self_attn.q_proj.weight": "attn_q.weight",
+    "self_attn.k_proj.weight": "attn_k.weight",
+    "self_attn.v_proj.weight": "attn_v.weight",
+    "self_attn.o_proj.weight": "attn_output.weight",
+    "self_attn.q_proj.bias": "attn_q.bias",
+    "self_attn.k_proj.bias": "attn_k.bias",
+    "self_attn.v_proj.bias": "attn_v.bias",
+    "mlp.gate_proj.weight": "ffn_gate.weight",
+    "mlp.up_proj.weight": "ffn_up.weight",
+    "mlp.down_proj.weight": "ffn_down.weight",
+}
+_GLOBAL_MAP = {
+    "model.embed_tokens.weight": "token_embd.weight",
+    "model.norm.weight": "output_norm.weight",
+    "lm_head.weight": "output.weight",
+}
+_IGNORED = re.compile(r"(rotary_emb\.inv_freq|\.masked_bias|\.attn\.bias)$")
+
+
+class _STFile:
+    """One safetensors file: the header, and lazy memory-mapped access to its tensors."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            with open(path, "rb") as f:
+                raw = f.read(8)
+                if len(raw) != 8:
+                    raise ConvertError(f"{path.name}: not a safetensors file (too short)")
+                (n,) = struct.unpack("<Q", raw)
+                if n > 100 * 1024 * 1024:
+                    raise ConvertError(f"{path.name}: not a safetensors file (bad header length)")
+                header = json.loads(f.read(n))
+        except (OSError, ValueError, UnicodeDecodeError) as e:
+            raise ConvertError(f"{path.name}: cannot read safetensors header ({e})") from None
+        self.base = 8 + n
+        self.size = path.stat().st_size
+        self.entries: dict[str, tuple[str, tuple[int, ...], int, int]] = {}
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            dtype = info["dtype"]
+            start, end = info["data_offsets"]
+            self.entries[name] = (dtype, tuple(info["shape"]), start, end)
+
+    def dtype(self, name: str) -> str:
+        return self.entries[name][0]
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.entries[name][1]
+
+    def load(self, name: str) -> np.ndarray:
+        dtype, shape, start, end = self.entries[name]
+        if dtype not in _ST_DTYPES:
+            raise ConvertError(f"{self.path.name}: tensor {name} has unsupported dtype {dtype}")
+        np_dtype = np.dtype(_ST_DTYPES[dtype])
+        count = math.prod(shape)
+        if end - start != count * np_dtype.itemsize or self.base + end > self.size:
+            raise ConvertError(f"{self.path.name}: tensor {name} is truncated or inconsistent")
+        if count == 0:
+            return np.zeros(shape, np.float32)
+        mm = np.memmap(self.path, dtype=np_dtype, mode="r", offset=self.base + start, shape=shape)
+        if dtype == "BF16":
+            out32 = np.empty(shape, dtype=np.uint32)       # one f32-sized buffer, no temporaries
+            np.left_shift(mm, 16, out=out32, dtype=np.uint32, casting="unsafe")
+            out = out32.view(np.float32)
+        else:
+            out = np.asarray(mm, dtype=np.float32)
+            if out is mm or np.shares_memory(out, mm):
+                out = np.array(mm, dtype=np.float32)
+        del mm
+        return out
+
+
+def _cfg(config: dict[str, Any], *keys: str, default: Any = None) -> Any:
+    for k in keys:
+        if config.get(k) is not None:
+            return config[k]
+    return default
+
+
+def read_hparams(config: dict[str, Any], where: str = "config.json") -> HParams:
+    archs = config.get("architectures") or []
+    arch_name = archs[0] if archs else config.get("model_type", "?")
+    if arch_name not in ARCHITECTURES:
+        raise ConvertError(f"unsupported architecture {arch_name!r} in {where} "
+                           f"(supported: {', '.join(ARCHITECTURES)})")
+    arch = ARCHITECTURES[arch_name]
+    act = config.get("hidden_act", config.get("hidden_activation", "silu"))
+    if act not in SUPPORTED_ACTIVATIONS:
+        raise ConvertError(f"unsupported activation {act!r} in {where} (supported: relu, silu)")
+    try:
+        n_embd = int(config["hidden_size"])
+        n_ff = int(config["intermediate_size"])
+        n_layer = int(config["num_hidden_layers"])
+        n_head = int(config["num_attention_heads"])
+        n_vocab = int(config["vocab_size"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ConvertError(f"{where}: missing or bad hyperparameter {e}") from None
+    n_head_kv = int(_cfg(config, "num_key_value_heads", default=n_head))
+    head_dim = int(_cfg(config, "head_dim", default=n_embd // n_head))
+    rope = config.get("rope_parameters") or {}
+    rope_theta = float(_cfg(config, "rope_theta", default=rope.get("rope_theta", 10000.0)))
+    scaling = config.get("rope_scaling") or None
+    if scaling is None and rope.get("rope_type", "default") != "default":
+        scaling = rope
+    if scaling is not None:
+        kind = scaling.get("rope_type", scaling.get("type", "default"))
+        if kind == "default":
+            scaling = None
+        elif kind not in ("linear", "llama3"):
+            raise ConvertError(f"unsupported rope scaling {kind!r} in {where}")
+    if config.get("mlp_bias"):
+        raise ConvertError(f"unsupported option mlp_bias=true in {where}")
+    if n_head % n_head_kv:
+        raise ConvertError(f"{where}: num_attention_heads {n_head} is not a multiple of "
+                           f"num_key_value_heads {n_head_kv}")
+    return HParams(
+        arch=arch, n_layer=n_layer, n_embd=n_embd, n_ff=n_ff, n_head=n_head,
+        n_head_kv=n_head_kv, head_dim=head_dim, n_vocab=n_vocab,
+        ctx_len=int(_cfg(config, "max_position_embeddings", default=4096)),
+        rope_theta=rope_theta,
+        rms_eps=float(_cfg(config, "rms_norm_eps", default=1e-6)),
+        activation=act,
+        tied=bool(config.get("tie_word_embeddings", False)),
+        name=str(config.get("_name_or_path") or ""),
+        rope_scaling=scaling,
+    )
+
+
+def llama3_rope_factors(hp: HParams) -> np.ndarray:
+    """Per-frequency divisors for llama3-style rope scaling (llama.cpp's rope_freqs tensor)."""
+    s = hp.rope_scaling or {}
+    factor = float(s.get("factor", 8.0))
+    low = float(s.get("low_freq_factor", 1.0))
+    high = float(s.get("high_freq_factor", 4.0))
+    old_ctx = float(s.get("original_max_position_embeddings", 8192))
+    freqs = 1.0 / (hp.rope_theta ** (np.arange(0, hp.head_dim, 2, dtype=np.float64) / hp.head_dim))
+    wavelen = 2 * math.pi / freqs
+    smooth = np.clip((old_ctx / wavelen - low) / (high - low), 0.0, 1.0)
+    out = 1.0 / ((1.0 - smooth) / factor + smooth)
+    out[wavelen < old_ctx / high] = 1.0
+    out[wavelen > old_ctx / low] = factor
+    return out.astype(np.float32)
+
+
+class HFSource:
+    kind = "hf"
+
+    def __init__(self, path: Path):
+        self.path = path
+        cfg_path = path / "config.json"
+        if not cfg_path.is_file():
+            raise ConvertError(f"{path}: no config.json (not a Hugging Face model directory)")
+        try:
+            self.config = json.loads(cfg_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise ConvertError(f"{cfg_path}: cannot parse ({e})") from None
+        self.hparams = read_hparams(self.config, str(cfg_path))
+        self.files = self._open_files()
+        self.description = f"{path.name} (Hugging Face, {self._dtypes()})"
+
+    # -- files ------------------------------------------------------------------------------
+    def _open_files(self) -> dict[str, _STFile]:
+        index = self.path / "model.safetensors.index.json"
+        if index.is_file():
+            try:
+                weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            except (OSError, ValueError, KeyError) as e:
+                raise ConvertError(f"{index}: cannot parse ({e})") from None
+            names = sorted(set(weight_map.values()))
+            for n in names:
+                if not (self.path / n).is_file():
+                    raise ConvertError(f"missing shard {self.path / n} (listed in {index.name})")
+        else:
+            names = sorted(p.name for p in self.path.glob("*.safetensors"))
+            if not names:
+                if any(self.path.glob("*.bin")) or any(self.path.glob("*.pth")):
+                    raise ConvertError(f"{self.path}: only PyTorch .bin/.pth weights found; "
+                                       "save the model as safetensors first")
+                raise ConvertError(f"{self.path}: no *.safetensors weights found")
+        by_tensor: dict[str, _STFile] = {}
+        for n in names:
+            f = _STFile(self.path / n)
+            for t in f.entries:
+                by_tensor[t] = f
+        return by_tensor
+
+    def _dtypes(self) -> str:
+        return "/".join(sorted({f.dtype(n).lower() for n, f in self.files.items()}))
+
+    # -- tensors ----------------------------------------------------------------------------
+    def _gguf_name(self, hf_name: str) -> str | None:
+        if hf_name in _GLOBAL_MAP:
+            return _GLOBAL_MAP[hf_name]
+        m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)", hf_name)
+        if m and m.group(2) in _LAYER_MAP:
+            return f"blk.{int(m.group(1))}.{_LAYER_MAP[m.group(2)]}"
+        return None
+
+    def expected_shape(self, name: str) -> tuple[int, ...] | None:
+        hp = self.hparams
+        q, kv = hp.n_head * hp.head_dim, hp.n_head_kv * hp.head_dim
+        shapes = {
+            "token_embd.weight": (hp.n_vocab, hp.n_embd), "output.weight": (hp.n_vocab, hp.n_embd),
+            "output_norm.weight": (hp.n_embd,), "attn_norm.weight": (hp.n_embd,),
+            "ffn_norm.weight": (hp.n_embd,), "attn_q.weight": (q, hp.n_embd),
+            "attn_k.weight": (kv, hp.n_embd), "attn_v.weight": (kv, hp.n_embd),
+            "attn_output.weight": (hp.n_embd, q), "attn_q.bias": (q,), "attn_k.bias": (kv,),
+            "attn_v.bias": (kv,), "ffn_gate.weight": (hp.n_ff, hp.n_embd),
+            "ffn_up.weight": (hp.n_ff, hp.n_embd), "ffn_down.weight": (hp.n_embd, hp.n_ff),
+        }
+        key = name.split(".", 2)[2] if name.startswith("blk.") else name
+        return shapes.get(key)
+
+    def tensors(self) -> dict[str, SourceTensor]:
+        hp = self.hparams
+        out: dict[str, SourceTensor] = {}
+        for hf_name, f in self.files.items():
+            name = self._gguf_name(hf_name)
+            if name is None:
+                if _IGNORED.search(hf_name):
+                    continue
+                raise ConvertError(f"unexpected tensor {hf_name!r} in {f.path.name} "
+                                   f"(not a {hp.arch} checkpoint?)")
+            if name.startswith("blk.") and int(name.split(".")[1]) >= hp.n_layer:
+                raise ConvertError(f"tensor {hf_name} is beyond num_hidden_layers={hp.n_layer}")
+            shape = f.shape(hf_name)
+            want = self.expected_shape(name)
+            if want is not None and shape != want:
+                raise ConvertError(f"inconsistent shapes: {hf_name} is {list(shape)}, "
+                                   f"config.json implies {list(want)}")
+            permute = None
+            if hp.arch == "llama" and name.endswith(("attn_q.weight", "attn_q.bias")):
+                permute = hp.n_head
+            elif hp.arch == "llama" and name.endswith(("attn_k.weight", "attn_k.bias")):
+                permute = hp.n_head_kv
+            out[name] = SourceTensor(name, shape, _loader(f, hf_name, permute),
+                                     f.dtype(hf_name).lower())
+        if "output.weight" in out and hp.tied:
+            hp.tied = False   # an explicit lm_head wins over the config flag
+        if "output.weight" not in out:
+            hp.tied = True
+        if hp.rope_scaling and hp.rope_scaling.get("rope_type", hp.rope_scaling.get("type")) == "llama3":
+            out["rope_freqs.weight"] = SourceTensor("rope_freqs.weight", (hp.head_dim // 2,),
+                                                    lambda: llama3_rope_factors(hp), "f32")
+        return out
+
+    def add_vocab(self, writer, n_vocab: int) -> str:
+        from .vocab import add_hf_vocab
+        return add_hf_vocab(writer, self.path, n_vocab, self.hparams)
+
+    def close(self) -> None:
+        self.files = {}
+
+
+def _loader(f: _STFile, name: str, permute_heads: int | None):
+    def load() -> np.ndarray:
+        a = f.load(name)
+        if permute_heads is not None:
+            a = np.ascontiguousarray(permute_qk(a, permute_heads))
+        return a
+    return load
+
+
+def is_hf_dir(path: Path) -> bool:
+    return path.is_dir() and (path / "config.json").exists()
+
+
+__all__ = ["HFSource", "read_hparams", "is_hf_dir", "ARCHITECTURES"]

@@ -1,0 +1,295 @@
+"""The output layout (docs/FORMAT.md) and the streaming GGUF writer.
+
+Every output tensor is planned first (name, shape, type, byte size), so that the GGUF header and
+tensor infos can be written before any data; then each tensor is loaded from the source,
+reshaped (the FFN down weight is transposed into `ffn_down_t` BEFORE quantizing, so that its
+quantization blocks run along d), quantized with gguf.quants (vectorized numpy, in row chunks)
+and written, one at a time. The file is written under a temporary name and renamed at the end.
+"""
+from __future__ import annotations
+
+import os
+import re
+import resource
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import gguf
+from gguf import GGMLQuantizationType as QT, GGUFValueType as VT
+
+from .model import ConvertError, HParams, SourceTensor
+from .predictors import Predictors
+
+FORMAT_VERSION = 1
+
+OUTTYPES: dict[str, QT] = {"f32": QT.F32, "f16": QT.F16, "q8_0": QT.Q8_0,
+                           "q4_0": QT.Q4_0, "q4_1": QT.Q4_1}
+FILE_TYPES = {QT.F32: gguf.LlamaFileType.ALL_F32, QT.F16: gguf.LlamaFileType.MOSTLY_F16,
+              QT.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0, QT.Q4_0: gguf.LlamaFileType.MOSTLY_Q4_0,
+              QT.Q4_1: gguf.LlamaFileType.MOSTLY_Q4_1}
+
+_LAYER_ORDER = ["attn_norm.weight", "attn_q.weight", "attn_q.bias", "attn_k.weight",
+                "attn_k.bias", "attn_v.weight", "attn_v.bias", "attn_output.weight",
+                "ffn_norm.weight", "ffn_gate.weight", "ffn_up.weight", "ffn_down.weight"]
+_REQUIRED_LAYER = ["attn_norm.weight", "attn_q.weight", "attn_k.weight", "attn_v.weight",
+                   "attn_output.weight", "ffn_norm.weight", "ffn_gate.weight", "ffn_up.weight",
+                   "ffn_down.weight"]
+_GLOBALS_FIRST = ["token_embd.weight", "rope_freqs.weight"]
+_GLOBALS_LAST = ["output_norm.weight", "output.weight"]
+
+
+@dataclass
+class OutTensor:
+    name: str
+    shape: tuple[int, ...]        # numpy shape [rows][cols]
+    qtype: QT
+    produce: Callable[[], np.ndarray]   # float32 data in the final shape
+
+    @property
+    def nbytes(self) -> int:
+        bs, ts = gguf.GGML_QUANT_SIZES[self.qtype]
+        n = int(np.prod(self.shape))
+        return n // bs * ts
+
+
+@dataclass
+class Summary:
+    outfile: Path
+    source: str
+    vocab: str
+    layout: str
+    activation: str
+    outtype: str
+    n_tensors: int
+    nbytes: int
+    types: Counter
+    seconds: float
+    peak_rss_mib: float
+    predictors: str
+    warnings: list[str] = field(default_factory=list)
+
+    def text(self) -> str:
+        types = ", ".join(f"{k} x{v}" for k, v in sorted(self.types.items()))
+        lines = [
+            f"wrote      {self.outfile}",
+            f"source     {self.source}",
+            f"size       {self.nbytes / 2**20:.1f} MiB, {self.n_tensors} tensors ({types})",
+            f"outtype    {self.outtype}; layout {self.layout}; FFN activation {self.activation}",
+            f"tokenizer  {self.vocab}",
+            f"predictors {self.predictors}",
+            f"time       {self.seconds:.1f} s; peak RSS {self.peak_rss_mib:.0f} MiB",
+        ]
+        lines += [f"warning    {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+
+def pick_type(name: str, shape: tuple[int, ...], outtype: QT, warnings: list[str]) -> QT:
+    if len(shape) == 1 or name.endswith(".bias") or "norm" in name or name == "rope_freqs.weight":
+        return QT.F32
+    if name.endswith(("fc1.weight", "fc2.weight")):
+        return QT.F32 if outtype == QT.F32 else QT.F16
+    bs, _ = gguf.GGML_QUANT_SIZES[outtype]
+    if shape[-1] % bs:
+        warnings.append(f"{name}: row length {shape[-1]} is not a multiple of {bs}; kept f16")
+        return QT.F16
+    return outtype
+
+
+def encode(a: np.ndarray, qtype: QT) -> np.ndarray:
+    """float32 -> the bytes (or f32/f16 array) of `qtype`, quantizing in row chunks."""
+    if qtype == QT.F32:
+        return np.ascontiguousarray(a, dtype=np.float32)
+    if qtype == QT.F16:
+        return np.ascontiguousarray(a, dtype=np.float16)
+    if qtype == QT.I32:
+        return np.ascontiguousarray(a, dtype=np.int32)
+    a2 = a.reshape(-1, a.shape[-1])
+    out = np.empty(gguf.quant_shape_to_byte_shape(a2.shape, qtype), dtype=np.uint8)
+    step = max(1, (1 << 22) // a2.shape[1])
+    for i in range(0, a2.shape[0], step):
+        out[i:i + step] = gguf.quants.quantize(a2[i:i + step], qtype)
+    return out
+
+
+def _layer_key(name: str) -> tuple[int, str] | None:
+    m = re.fullmatch(r"blk\.(\d+)\.(.+)", name)
+    return (int(m.group(1)), m.group(2)) if m else None
+
+
+def plan_tensors(hp: HParams, src: dict[str, SourceTensor], outtype: QT, dense: bool,
+                 preds: Predictors | None, warnings: list[str]) -> list[OutTensor]:
+    per_layer: list[dict[str, SourceTensor]] = [{} for _ in range(hp.n_layer)]
+    glob: dict[str, SourceTensor] = {}
+    for name, t in src.items():
+        lk = _layer_key(name)
+        if lk is None:
+            if name not in _GLOBALS_FIRST + _GLOBALS_LAST:
+                raise ConvertError(f"unexpected tensor {name!r} in the source")
+            glob[name] = t
+            continue
+        il, rest = lk
+        if il >= hp.n_layer or rest not in _LAYER_ORDER:
+            raise ConvertError(f"unexpected tensor {name!r} in the source")
+        per_layer[il][rest] = t
+    for g in ("token_embd.weight", "output_norm.weight"):
+        if g not in glob:
+            raise ConvertError(f"missing tensor {g} in the source")
+    if glob["token_embd.weight"].shape != (hp.n_vocab, hp.n_embd):
+        raise ConvertError(f"inconsistent shapes: token_embd is {list(glob['token_embd.weight'].shape)}"
+                           f", expected [{hp.n_vocab}, {hp.n_embd}]")
+    for il, layer in enumerate(per_layer):
+        for r in _REQUIRED_LAYER:
+            if r not in layer:
+                raise ConvertError(f"missing tensor blk.{il}.{r} in the source")
+        for r, shp in (("ffn_gate.weight", (hp.n_ff, hp.n_embd)), ("ffn_up.weight", (hp.n_ff, hp.n_embd)),
+                       ("ffn_down.weight", (hp.n_embd, hp.n_ff))):
+            if layer[r].shape != shp:
+                raise ConvertError(f"inconsistent shapes: blk.{il}.{r} is {list(layer[r].shape)}, "
+                                   f"expected {list(shp)}")
+
+    plan: list[OutTensor] = []
+
+    def add(name: str, shape: tuple[int, ...], produce: Callable[[], np.ndarray]) -> None:
+        plan.append(OutTensor(name, tuple(shape), pick_type(name, shape, outtype, warnings), produce))
+
+    for g in _GLOBALS_FIRST:
+        if g in glob:
+            add(g, glob[g].shape, glob[g].load)
+    for il, layer in enumerate(per_layer):
+        for r in _LAYER_ORDER:
+            if r not in layer:
+                continue
+            t = layer[r]
+            if r == "ffn_down.weight" and not dense:
+                add(f"blk.{il}.ffn_down_t.weight", (hp.n_ff, hp.n_embd), _transposed(t.load))
+            else:
+                add(f"blk.{il}.{r}", t.shape, t.load)
+        if preds is not None and not dense:
+            rank = preds.ranks[il]
+            add(f"blk.{il}.fc1.weight", (rank, hp.n_embd), _pred(preds, il, 0))
+            add(f"blk.{il}.fc2.weight", (hp.n_ff, rank), _pred(preds, il, 1))
+    for g in _GLOBALS_LAST:
+        if g in glob:
+            add(g, glob[g].shape, glob[g].load)
+    return plan
+
+
+def _transposed(load: Callable[[], np.ndarray]) -> Callable[[], np.ndarray]:
+    return lambda: np.ascontiguousarray(load().T)
+
+
+def _pred(preds: Predictors, il: int, which: int) -> Callable[[], np.ndarray]:
+    return lambda: preds.load(il)[which]
+
+
+def _add_hparams(w: gguf.GGUFWriter, hp: HParams, source) -> None:
+    if hp.extra_kv:     # a GGUF source: its keys, verbatim
+        for key, (val, typ, sub) in hp.extra_kv.items():
+            w.add_key_value(key, val, typ, sub)
+        return
+    if hp.name:
+        w.add_name(hp.name)
+    w.add_context_length(hp.ctx_len)
+    w.add_embedding_length(hp.n_embd)
+    w.add_block_count(hp.n_layer)
+    w.add_feed_forward_length(hp.n_ff)
+    w.add_head_count(hp.n_head)
+    w.add_head_count_kv(hp.n_head_kv)
+    w.add_rope_freq_base(hp.rope_theta)
+    w.add_layer_norm_rms_eps(hp.rms_eps)
+    w.add_rope_dimension_count(hp.head_dim)
+    w.add_vocab_size(hp.n_vocab)
+    if hp.head_dim != hp.n_embd // hp.n_head:
+        w.add_key_length(hp.head_dim)
+        w.add_value_length(hp.head_dim)
+    if hp.rope_scaling:
+        kind = hp.rope_scaling.get("rope_type", hp.rope_scaling.get("type"))
+        if kind == "linear":
+            w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+            w.add_rope_scaling_factor(float(hp.rope_scaling["factor"]))
+
+
+def _add_pi_meta(w: gguf.GGUFWriter, hp: HParams, preds: Predictors | None, source_desc: str) -> None:
+    w.add_uint32("pi.format_version", FORMAT_VERSION)
+    w.add_string("pi.ffn_activation", hp.activation)
+    w.add_string("pi.ffn_layout", "split")
+    w.add_string("pi.sparse_mode", "sparse" if preds is not None else "dense")
+    w.add_bool("pi.neuron_order", False)
+    w.add_string("pi.source", source_desc)
+    if preds is not None:
+        w.add_key_value("pi.thresholds", [float(x) for x in preds.thresholds], VT.ARRAY, VT.FLOAT32)
+        w.add_key_value("pi.predictor.ranks", [int(r) for r in preds.ranks], VT.ARRAY, VT.UINT32)
+        w.add_float32("powerinfer.sparse_threshold", float(preds.threshold))
+
+
+def write_model(source, outfile: Path, outtype_name: str, dense: bool,
+                preds: Predictors | None, progress: bool = True,
+                t0: float | None = None) -> Summary:
+    t0 = time.perf_counter() if t0 is None else t0
+    hp: HParams = source.hparams
+    outtype = OUTTYPES[outtype_name]
+    warnings: list[str] = []
+    if dense and hp.activation != "silu":
+        warnings.append(f"--dense with a {hp.activation} FFN: llama.cpp's {hp.arch} graph "
+                        "applies SiLU, so llama.cpp will not reproduce this model")
+    plan = plan_tensors(hp, source.tensors(), outtype, dense, preds, warnings)
+
+    tmp = outfile.with_name(f".{outfile.name}.{os.getpid()}.tmp")
+    w = gguf.GGUFWriter(tmp, hp.arch)
+    try:
+        _add_hparams(w, hp, source)
+        w.add_file_type(int(FILE_TYPES[outtype]))
+        w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        vocab_desc = source.add_vocab(w, hp.n_vocab)
+        if not dense:
+            _add_pi_meta(w, hp, preds, source.description)
+        for t in plan:
+            w.add_tensor_info(t.name, t.shape, np.dtype(np.float32), t.nbytes, raw_dtype=t.qtype)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_ti_data_to_file()
+        bar = None
+        if progress:
+            from tqdm import tqdm
+            bar = tqdm(total=len(plan), desc="pi-convert", unit="tensor", leave=False)
+        try:
+            for t in plan:
+                a = t.produce()
+                if tuple(a.shape) != t.shape:
+                    raise ConvertError(f"inconsistent shapes: {t.name} is {list(a.shape)}, "
+                                       f"expected {list(t.shape)}")
+                data = encode(a, t.qtype)
+                del a
+                w.write_tensor_data(data)
+                del data
+                if bar is not None:
+                    bar.set_postfix_str(t.name, refresh=False)
+                    bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
+        w.close()
+        os.replace(tmp, outfile)
+    except BaseException:
+        w.close()
+        try:
+            tmp.unlink()
+        except FileNotFoundError:
+            pass
+        raise
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    pred_desc = "none"
+    if preds is not None and not dense:
+        pred_desc = (f"{len(preds.ranks)} layers from {preds.path}, ranks "
+                     f"{min(preds.ranks)}..{max(preds.ranks)}, threshold {preds.threshold:g}")
+    return Summary(
+        outfile=outfile, source=source.description, vocab=vocab_desc,
+        layout="dense (llama.cpp)" if dense else "split (ffn_down_t)",
+        activation=hp.activation, outtype=outtype_name, n_tensors=len(plan),
+        nbytes=outfile.stat().st_size, types=Counter(t.qtype.name.lower() for t in plan),
+        seconds=time.perf_counter() - t0, peak_rss_mib=rss, predictors=pred_desc,
+        warnings=warnings)

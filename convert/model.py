@@ -1,0 +1,58 @@
+"""Shared types of the converter: the error users see, hyperparameters, lazy source tensors."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+
+class ConvertError(Exception):
+    """A user-facing error: printed as one line, exit status 1, no traceback."""
+
+
+SUPPORTED_ACTIVATIONS = ("silu", "relu")
+
+
+@dataclass
+class HParams:
+    arch: str                 # GGUF architecture: "llama" or "qwen2"
+    n_layer: int
+    n_embd: int
+    n_ff: int
+    n_head: int
+    n_head_kv: int
+    head_dim: int
+    n_vocab: int
+    ctx_len: int
+    rope_theta: float
+    rms_eps: float
+    activation: str           # "silu" or "relu"
+    tied: bool                # no output.weight: the output reuses token_embd
+    name: str = ""
+    rope_scaling: dict[str, Any] | None = None
+    # extra "<arch>.*" keys to carry verbatim (GGUF sources): key -> (value, type, sub_type)
+    extra_kv: dict[str, tuple[Any, Any, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class SourceTensor:
+    """A tensor of the source, named and laid out as in a llama.cpp GGUF file (numpy shape,
+    Q/K rows already permuted for the llama architecture). `load()` returns float32 data and
+    is called once, when the tensor is written, so that only one tensor is held at a time."""
+    name: str
+    shape: tuple[int, ...]
+    load: Callable[[], np.ndarray]
+    src_type: str = ""        # what the source stores ("bf16", "Q4_1", ...), for the summary
+
+
+def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
+    """Reorder the rows of an HF q/k projection (or bias) from the rotate-half rope layout to the
+    interleaved-pairs layout llama.cpp's llama architecture uses: within each head, rows
+    [0..hd/2) and [hd/2..hd) are interleaved."""
+    rows = w.shape[0]
+    if rows % (2 * n_head):
+        raise ConvertError(f"cannot permute a q/k tensor with {rows} rows for {n_head} heads")
+    return (w.reshape(n_head, 2, rows // n_head // 2, *w.shape[1:])
+             .swapaxes(1, 2)
+             .reshape(w.shape))
