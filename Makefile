@@ -32,7 +32,7 @@ bench: all
 	$(PY) -m bench.kernels
 
 chat: all
-	$(PY) -m bench.kernels
+	$(VENV)/bin/pi-chat
 
 # C tests and the pytest suite under AddressSanitizer + UBSan.
 build/asan/libpi.so: $(CSRC) $(CHDR)

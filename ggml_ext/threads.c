@@ -40,7 +40,7 @@ static void *worker_main(void *p) {
     worker_arg wa = *(worker_arg *)p;
     free(p);
     pi_pool *pool = wa.pool;
-    unsigned seen = atomic_load_explicit(&pool->generation, memory_order_acquire);
+    unsigned seen = 0; /* the generation at creation: a job published before this thread ran is not missed */
     for (;;) {
         unsigned gen;
         int spins = 0;

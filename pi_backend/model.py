@@ -69,9 +69,9 @@ class Model:
         reader = read_gguf(self.path)
         self._reader = reader  # owns the memmap the C model points into
         self.fields = {k: _field_value(f) for k, f in reader.fields.items()
-                       if not k.startswith("GGUF.")}
+                       if not k.startswith("GGUF.") and k not in _BULKY}
         self.metadata = {k: (str(v) if not isinstance(v, str) else v)
-                         for k, v in self.fields.items() if k not in _BULKY}
+                         for k, v in self.fields.items()}
         self.hparams = self._hparams()
         call("pi_model_create", ctypes.byref(self.hparams), ctypes.byref(self._ptr))
         self._tensors = {}
@@ -111,8 +111,8 @@ class Model:
         n_embd = int(self._get(f"{a}.embedding_length"))
         n_head = int(self._get(f"{a}.attention.head_count"))
         head_dim = int(self.fields.get(f"{a}.attention.key_length") or n_embd // n_head)
-        tokens = self.fields.get("tokenizer.ggml.tokens")
-        n_vocab = self.fields.get(f"{a}.vocab_size") or (len(tokens) if tokens else None)
+        tokens = self._reader.fields.get("tokenizer.ggml.tokens")
+        n_vocab = self.fields.get(f"{a}.vocab_size") or (len(tokens.data) if tokens else None)
         if n_vocab is None:
             emb = [t for t in self._reader.tensors if t.name == "token_embd.weight"]
             if not emb:

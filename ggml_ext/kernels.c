@@ -1,0 +1,492 @@
+/* kernels.c - the kernel entry points of pi.h: argument validation, ISA dispatch, threading, and
+ * the portable scalar twins (the reference for every SIMD kernel in kernels_x86.c).
+ *
+ * Work split: pi_matvec / pi_matvec_masked split the (active) rows over the pool, in groups of
+ * PI_KERNEL_ROWS rows that share the activation loads; pi_axpy_sparse splits the output columns
+ * in whole blocks (no reduction: the result does not depend on the thread count);
+ * pi_matvec_cols_sparse splits the output rows.
+ *
+ * Index lists may hold duplicates: pi_matvec_masked then computes that row more than once (same
+ * value), pi_axpy_sparse and pi_matvec_cols_sparse add its term once per occurrence.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+#include "kernels.h"
+#include "quants.h"
+#include "threads.h"
+
+/* ==== scalar twins ============================================================================ */
+
+static inline float half(pi_half h) { return pi_half_to_float(h); }
+
+/* One row . activation, per weight type; the integer sums per block are ggml's. */
+static float dot_row_f32(int64_t n, const void *row, const void *act) {
+    const float *w = row, *x = act;
+    float sum = 0.0f;
+    for (int64_t i = 0; i < n; i++) sum += w[i] * x[i];
+    return sum;
+}
+
+static float dot_row_f16(int64_t n, const void *row, const void *act) {
+    const pi_half *w = row;
+    const float *x = act;
+    float sum = 0.0f;
+    for (int64_t i = 0; i < n; i++) sum += half(w[i]) * x[i];
+    return sum;
+}
+
+static float dot_row_q4_0(int64_t n, const void *row, const void *act) {
+    const block_q4_0 *w = row;
+    const block_q8_0 *x = act;
+    float sum = 0.0f;
+    for (int64_t b = 0; b < n / QK4_0; b++) {
+        int sumi = 0;
+        for (int j = 0; j < QK4_0 / 2; j++) {
+            const int v0 = (w[b].qs[j] & 0x0F) - 8, v1 = (w[b].qs[j] >> 4) - 8;
+            sumi += v0 * x[b].qs[j] + v1 * x[b].qs[j + QK4_0 / 2];
+        }
+        sum += (float)sumi * (half(w[b].d) * half(x[b].d));
+    }
+    return sum;
+}
+
+static float dot_row_q4_1(int64_t n, const void *row, const void *act) {
+    const block_q4_1 *w = row;
+    const block_q8_1 *x = act;
+    float sum = 0.0f;
+    for (int64_t b = 0; b < n / QK4_1; b++) {
+        int sumi = 0;
+        for (int j = 0; j < QK4_1 / 2; j++)
+            sumi += (w[b].qs[j] & 0x0F) * x[b].qs[j] + (w[b].qs[j] >> 4) * x[b].qs[j + QK4_1 / 2];
+        sum += (half(w[b].d) * half(x[b].d)) * (float)sumi + half(w[b].m) * half(x[b].s);
+    }
+    return sum;
+}
+
+static float dot_row_q8_0(int64_t n, const void *row, const void *act) {
+    const block_q8_0 *w = row, *x = act;
+    float sum = 0.0f;
+    for (int64_t b = 0; b < n / QK8_0; b++) {
+        int sumi = 0;
+        for (int j = 0; j < QK8_0; j++) sumi += w[b].qs[j] * x[b].qs[j];
+        sum += (float)sumi * (half(w[b].d) * half(x[b].d));
+    }
+    return sum;
+}
+
+/* y[c0..c1) += a * dequant(row)[c0..c1), per weight type (c0, c1 multiples of the block size). */
+static void axpy_row_f32(int64_t c0, int64_t c1, const void *row, float a, float *y) {
+    const float *w = row;
+    for (int64_t c = c0; c < c1; c++) y[c] += a * w[c];
+}
+
+static void axpy_row_f16(int64_t c0, int64_t c1, const void *row, float a, float *y) {
+    const pi_half *w = row;
+    for (int64_t c = c0; c < c1; c++) y[c] += a * half(w[c]);
+}
+
+static void axpy_row_q4_0(int64_t c0, int64_t c1, const void *row, float a, float *y) {
+    const block_q4_0 *w = row;
+    for (int64_t b = c0 / QK4_0; b < c1 / QK4_0; b++) {
+        const float s = a * half(w[b].d);
+        float *yb = y + b * QK4_0;
+        for (int j = 0; j < QK4_0 / 2; j++) {
+            yb[j] += s * (float)((w[b].qs[j] & 0x0F) - 8);
+            yb[j + QK4_0 / 2] += s * (float)((w[b].qs[j] >> 4) - 8);
+        }
+    }
+}
+
+static void axpy_row_q4_1(int64_t c0, int64_t c1, const void *row, float a, float *y) {
+    const block_q4_1 *w = row;
+    for (int64_t b = c0 / QK4_1; b < c1 / QK4_1; b++) {
+        const float s = a * half(w[b].d), m = a * half(w[b].m);
+        float *yb = y + b * QK4_1;
+        for (int j = 0; j < QK4_1 / 2; j++) {
+            yb[j] += s * (float)(w[b].qs[j] & 0x0F) + m;
+            yb[j + QK4_1 / 2] += s * (float)(w[b].qs[j] >> 4) + m;
+        }
+    }
+}
+
+static void axpy_row_q8_0(int64_t c0, int64_t c1, const void *row, float a, float *y) {
+    const block_q8_0 *w = row;
+    for (int64_t b = c0 / QK8_0; b < c1 / QK8_0; b++) {
+        const float s = a * half(w[b].d);
+        float *yb = y + b * QK8_0;
+        for (int j = 0; j < QK8_0; j++) yb[j] += s * (float)w[b].qs[j];
+    }
+}
+
+/* The table entries: the single-row kernels applied to each of the nr rows. */
+#define SCALAR_TWINS(T)                                                                         \
+    static void dot_##T(int64_t n, const void *const rows[], int nr, const void *act,           \
+                        float *out) {                                                           \
+        for (int r = 0; r < nr; r++) out[r] = dot_row_##T(n, rows[r], act);                     \
+    }                                                                                           \
+    static void axpy_##T(int64_t c0, int64_t c1, const void *const rows[], const float *a,      \
+                         int nr, float *y) {                                                    \
+        for (int r = 0; r < nr; r++) axpy_row_##T(c0, c1, rows[r], a[r], y);                    \
+    }
+SCALAR_TWINS(f32)
+SCALAR_TWINS(f16)
+SCALAR_TWINS(q4_0)
+SCALAR_TWINS(q4_1)
+SCALAR_TWINS(q8_0)
+#undef SCALAR_TWINS
+
+const pi_kernels pi_kernels_scalar = {
+    .name = "scalar",
+    .dot = {dot_f32, dot_f16, dot_q4_0, dot_q4_1, dot_q8_0},
+    .axpy = {axpy_f32, axpy_f16, axpy_q4_0, axpy_q4_1, axpy_q8_0},
+    .quantize_q8_0 = pi_quantize_row_q8_0_ref,
+    .quantize_q8_1 = pi_quantize_row_q8_1_ref,
+};
+
+/* ==== ISA selection =========================================================================== */
+
+static const pi_kernels *table_of(int isa) {
+    switch (isa) {
+#if defined(__x86_64__)
+    case PI_ISA_AVX512: return &pi_kernels_avx512;
+    case PI_ISA_AVX2: return &pi_kernels_avx2;
+#endif
+    case PI_ISA_SCALAR: return &pi_kernels_scalar;
+    default: return NULL;
+    }
+}
+
+static int active_isa = -1; /* -1: not chosen yet, i.e. pi_isa_best() */
+
+int pi_isa_best(void) {
+    if (table_of(PI_ISA_AVX512) && pi_cpu_has_isa(PI_ISA_AVX512)) return PI_ISA_AVX512;
+    if (table_of(PI_ISA_AVX2) && pi_cpu_has_isa(PI_ISA_AVX2)) return PI_ISA_AVX2;
+    return PI_ISA_SCALAR;
+}
+
+int pi_isa_get(void) {
+    const int isa = __atomic_load_n(&active_isa, __ATOMIC_ACQUIRE);
+    return isa < 0 ? pi_isa_best() : isa;
+}
+
+int pi_isa_set(int isa) {
+    if (!table_of(isa))
+        return pi_fail(PI_ERR_ISA, "pi_isa_set: unknown instruction set %d", isa);
+    if (!pi_cpu_has_isa(isa))
+        return pi_fail(PI_ERR_ISA, "pi_isa_set: %s is not available on this CPU/OS",
+                       table_of(isa)->name);
+    __atomic_store_n(&active_isa, isa, __ATOMIC_RELEASE);
+    return pi_ok();
+}
+
+static const pi_kernels *active_kernels(void) { return table_of(pi_isa_get()); }
+
+/* ==== validation ============================================================================== */
+
+static int type_slot(int type) {
+    switch (type) {
+    case PI_TYPE_F32: return PI_SLOT_F32;
+    case PI_TYPE_F16: return PI_SLOT_F16;
+    case PI_TYPE_Q4_0: return PI_SLOT_Q4_0;
+    case PI_TYPE_Q4_1: return PI_SLOT_Q4_1;
+    case PI_TYPE_Q8_0: return PI_SLOT_Q8_0;
+    default: return -1;
+    }
+}
+
+/* A validated weight matrix: its kernel-table slot and row geometry. */
+typedef struct {
+    int slot;
+    int64_t block_elems, block_bytes;
+    size_t row_bytes;
+} matrix_info;
+
+/* Checks type and shape and fills *m. */
+static int check_matrix(const char *fn, int type, int64_t n_rows, int64_t n_cols, matrix_info *m) {
+    *m = (matrix_info){.slot = type_slot(type)};
+    if (m->slot < 0) {
+        const char *name = pi_type_name(type);
+        return pi_fail(PI_ERR_TYPE, "%s: type %d%s%s%s is not supported (F32, F16, Q4_0, Q4_1, Q8_0)",
+                       fn, type, name ? " (" : "", name ? name : "", name ? ")" : "");
+    }
+    if (n_rows <= 0 || n_cols <= 0)
+        return pi_fail(PI_ERR_SHAPE, "%s: n_rows = %lld, n_cols = %lld must be positive", fn,
+                       (long long)n_rows, (long long)n_cols);
+    m->block_elems = pi_type_block_elems(type);
+    m->block_bytes = pi_type_block_bytes(type);
+    if (n_cols % m->block_elems)
+        return pi_fail(PI_ERR_SHAPE, "%s: n_cols = %lld is not a multiple of the %s block size %lld",
+                       fn, (long long)n_cols, pi_type_name(type), (long long)m->block_elems);
+    m->row_bytes = (size_t)(n_cols / m->block_elems * m->block_bytes);
+    return PI_OK;
+}
+
+/* idx: [n_idx] all in [0, limit), n_idx in [0, limit]. */
+static int check_idx(const char *fn, const int32_t *idx, int64_t n_idx, int64_t limit) {
+    if (n_idx < 0 || n_idx > limit)
+        return pi_fail(PI_ERR_RANGE, "%s: n_idx = %lld out of range [0, %lld]", fn,
+                       (long long)n_idx, (long long)limit);
+    for (int64_t k = 0; k < n_idx; k++)
+        if (idx[k] < 0 || idx[k] >= limit)
+            return pi_fail(PI_ERR_RANGE, "%s: idx[%lld] = %d out of range [0, %lld)", fn,
+                           (long long)k, (int)idx[k], (long long)limit);
+    return PI_OK;
+}
+
+/* ==== scratch for the quantized activation ===================================================== */
+
+/* A per-thread buffer that only grows (kept for the thread's lifetime): no malloc per call. */
+static _Thread_local void *scratch_buf;
+static _Thread_local size_t scratch_cap;
+
+static void *scratch(size_t bytes) {
+    if (bytes > scratch_cap) {
+        const size_t cap = (bytes + 4095) & ~(size_t)4095;
+        void *p = aligned_alloc(64, cap);
+        if (!p) return NULL;
+        free(scratch_buf);
+        scratch_buf = p;
+        scratch_cap = cap;
+    }
+    return scratch_buf;
+}
+
+/* The activation as the weight type's dot wants it (see pi_dot_fn): x itself for F32/F16, else
+ * x quantized once into the scratch buffer. */
+static int prepare_activation(const char *fn, const pi_kernels *K, int type, const float *x,
+                              int64_t n, const void **act) {
+    if (type == PI_TYPE_F32 || type == PI_TYPE_F16) {
+        *act = x;
+        return PI_OK;
+    }
+    const int q8_1 = type == PI_TYPE_Q4_1;
+    const size_t bytes = (size_t)(n / 32) * (q8_1 ? sizeof(block_q8_1) : sizeof(block_q8_0));
+    void *buf = scratch(bytes);
+    if (!buf)
+        return pi_fail(PI_ERR_NOMEM, "%s: cannot allocate %zu bytes for the quantized activation",
+                       fn, bytes);
+    if (q8_1)
+        K->quantize_q8_1(x, buf, n);
+    else
+        K->quantize_q8_0(x, buf, n);
+    *act = buf;
+    return PI_OK;
+}
+
+/* ==== prefetch ================================================================================ */
+
+/* Rows fetched ahead of use when the access is a gather (active rows are not contiguous, so
+ * the hardware prefetchers cannot follow). */
+#ifndef PI_PREFETCH_ROWS
+#define PI_PREFETCH_ROWS (2 * PI_KERNEL_ROWS)
+#endif
+
+static inline void prefetch_bytes(const void *p, size_t bytes) {
+    const uintptr_t end = (uintptr_t)p + bytes;
+    for (uintptr_t line = (uintptr_t)p & ~(uintptr_t)63; line < end; line += 64)
+        __builtin_prefetch((const void *)line, 0, 3);
+}
+
+/* ==== the jobs ================================================================================ */
+
+typedef struct {
+    pi_dot_fn dot;
+    pi_axpy_fn axpy;
+    const uint8_t *W;      /* [n_rows][row_bytes] */
+    size_t row_bytes;
+    int64_t n_cols, block_elems, block_bytes;
+    const void *act;       /* matvec: the prepared activation */
+    const float *a;        /* axpy: [n_rows] activations */
+    const int32_t *idx;    /* [n_items] rows, or NULL for all rows in order (dense) */
+    int64_t n_items;
+    float *y;
+} job;
+
+static inline int64_t item_row(const job *j, int64_t i) { return j->idx ? j->idx[i] : i; }
+static inline const void *row_ptr(const job *j, int64_t row) { return j->W + (size_t)row * j->row_bytes; }
+
+/* Prefetches bytes [off, off + len) of the rows of items [i0, i1). */
+static inline void prefetch_items(const job *j, int64_t i0, int64_t i1, size_t off, size_t len) {
+    for (int64_t i = i0; i < i1; i++) prefetch_bytes((const uint8_t *)row_ptr(j, item_row(j, i)) + off, len);
+}
+
+static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+/* Dense and masked matvec: this thread's items, PI_KERNEL_ROWS rows per kernel call. */
+static void matvec_task(void *arg, int ith, int nth) {
+    const job *j = arg;
+    int64_t begin, end;
+    pi_split(j->n_items, PI_KERNEL_ROWS, ith, nth, &begin, &end);
+    const int64_t ahead = j->idx ? PI_PREFETCH_ROWS : 0;
+    prefetch_items(j, begin, min64(begin + ahead, end), 0, j->row_bytes);
+    for (int64_t i = begin; i < end; i += PI_KERNEL_ROWS) {
+        const int nr = (int)min64(PI_KERNEL_ROWS, end - i);
+        if (ahead) prefetch_items(j, i + ahead, min64(i + ahead + nr, end), 0, j->row_bytes);
+        const void *rows[PI_KERNEL_ROWS];
+        float out[PI_KERNEL_ROWS];
+        for (int r = 0; r < nr; r++) rows[r] = row_ptr(j, item_row(j, i + r));
+        j->dot(j->n_cols, rows, nr, j->act, out);
+        for (int r = 0; r < nr; r++) j->y[item_row(j, i + r)] = out[r];
+    }
+}
+
+/* Sparse AXPY: this thread's columns [c0, c1), over all items. */
+static void axpy_task(void *arg, int ith, int nth) {
+    const job *j = arg;
+    const int64_t align = j->block_elems > 1 ? j->block_elems : 16; /* whole blocks / cache lines */
+    int64_t c0, c1;
+    pi_split(j->n_cols, align, ith, nth, &c0, &c1);
+    if (c0 >= c1) return;
+    memset(j->y + c0, 0, (size_t)(c1 - c0) * sizeof(float));
+    const size_t off = (size_t)(c0 / j->block_elems * j->block_bytes);
+    const size_t len = (size_t)((c1 - c0) / j->block_elems * j->block_bytes);
+    const int64_t n = j->n_items;
+    prefetch_items(j, 0, min64(PI_PREFETCH_ROWS, n), off, len);
+    for (int64_t i = 0; i < n; i += PI_KERNEL_ROWS) {
+        const int nr = (int)min64(PI_KERNEL_ROWS, n - i);
+        prefetch_items(j, i + PI_PREFETCH_ROWS, min64(i + PI_PREFETCH_ROWS + nr, n), off, len);
+        const void *rows[PI_KERNEL_ROWS];
+        float a[PI_KERNEL_ROWS];
+        for (int r = 0; r < nr; r++) {
+            rows[r] = row_ptr(j, j->idx[i + r]);
+            a[r] = j->a[j->idx[i + r]];
+        }
+        j->axpy(c0, c1, rows, a, nr, j->y);
+    }
+}
+
+/* One element of a row, dequantized. */
+static inline float row_elem(int type, const uint8_t *row, int64_t c) {
+    switch (type) {
+    case PI_TYPE_F32: return ((const float *)row)[c];
+    case PI_TYPE_F16: return half(((const pi_half *)row)[c]);
+    case PI_TYPE_Q4_0: {
+        const block_q4_0 *b = (const block_q4_0 *)row + c / QK4_0;
+        const int j = (int)(c % QK4_0);
+        const int q = j < QK4_0 / 2 ? b->qs[j] & 0x0F : b->qs[j - QK4_0 / 2] >> 4;
+        return half(b->d) * (float)(q - 8);
+    }
+    case PI_TYPE_Q4_1: {
+        const block_q4_1 *b = (const block_q4_1 *)row + c / QK4_1;
+        const int j = (int)(c % QK4_1);
+        const int q = j < QK4_1 / 2 ? b->qs[j] & 0x0F : b->qs[j - QK4_1 / 2] >> 4;
+        return half(b->d) * (float)q + half(b->m);
+    }
+    default: { /* PI_TYPE_Q8_0 */
+        const block_q8_0 *b = (const block_q8_0 *)row + c / QK8_0;
+        return half(b->d) * (float)b->qs[c % QK8_0];
+    }
+    }
+}
+
+typedef struct {
+    int type;
+    const uint8_t *W;   /* [n_rows][row_bytes] */
+    size_t row_bytes;
+    int64_t n_rows;
+    const float *a;     /* [n_cols] */
+    const int32_t *idx; /* [n_idx] columns */
+    int64_t n_idx;
+    float *y;           /* [n_rows] */
+} cols_job;
+
+/* The strided-gather ablation: per output row, one dequantized element per active column. */
+static inline void cols_sparse_rows(const cols_job *j, int type, int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; r++) {
+        const uint8_t *row = j->W + (size_t)r * j->row_bytes;
+        float sum = 0.0f;
+        for (int64_t k = 0; k < j->n_idx; k++) sum += row_elem(type, row, j->idx[k]) * j->a[j->idx[k]];
+        j->y[r] = sum;
+    }
+}
+
+static void cols_sparse_task(void *arg, int ith, int nth) {
+    const cols_job *j = arg;
+    int64_t r0, r1;
+    pi_split(j->n_rows, 16, ith, nth, &r0, &r1);
+    /* A constant type per call, so the switch in row_elem folds away. */
+    switch (j->type) {
+    case PI_TYPE_F32: cols_sparse_rows(j, PI_TYPE_F32, r0, r1); break;
+    case PI_TYPE_F16: cols_sparse_rows(j, PI_TYPE_F16, r0, r1); break;
+    case PI_TYPE_Q4_0: cols_sparse_rows(j, PI_TYPE_Q4_0, r0, r1); break;
+    case PI_TYPE_Q4_1: cols_sparse_rows(j, PI_TYPE_Q4_1, r0, r1); break;
+    default: cols_sparse_rows(j, PI_TYPE_Q8_0, r0, r1); break;
+    }
+}
+
+/* ==== entry points ============================================================================ */
+
+/* Shared by pi_matvec (idx NULL) and pi_matvec_masked; the arguments are validated. */
+static int matvec_run(const char *fn, pi_pool *pool, int type, const matrix_info *m,
+                      const void *W, int64_t n_rows, int64_t n_cols, const float *x,
+                      const int32_t *idx, int64_t n_idx, float *y) {
+    const pi_kernels *K = active_kernels();
+    job j = {.dot = K->dot[m->slot], .W = W, .row_bytes = m->row_bytes, .n_cols = n_cols,
+             .idx = idx, .n_items = idx ? n_idx : n_rows, .y = y};
+    if (idx) memset(y, 0, (size_t)n_rows * sizeof(float));
+    if (j.n_items == 0) return pi_ok();
+    const int st = prepare_activation(fn, K, type, x, n_cols, &j.act);
+    if (st) return st;
+    pi_pool_run(pool, matvec_task, &j);
+    return pi_ok();
+}
+
+int pi_matvec(pi_pool *pool, int type, const void *W, int64_t n_rows, int64_t n_cols,
+              const float *x, float *y) {
+    PI_CHECK_NULL(W);
+    PI_CHECK_NULL(x);
+    PI_CHECK_NULL(y);
+    matrix_info m;
+    const int st = check_matrix(__func__, type, n_rows, n_cols, &m);
+    if (st) return st;
+    return matvec_run(__func__, pool, type, &m, W, n_rows, n_cols, x, NULL, 0, y);
+}
+
+int pi_matvec_masked(pi_pool *pool, int type, const void *W, int64_t n_rows, int64_t n_cols,
+                     const float *x, const int32_t *idx, int64_t n_idx, float *y) {
+    PI_CHECK_NULL(W);
+    PI_CHECK_NULL(x);
+    PI_CHECK_NULL(idx);
+    PI_CHECK_NULL(y);
+    matrix_info m;
+    int st = check_matrix(__func__, type, n_rows, n_cols, &m);
+    if (st) return st;
+    if ((st = check_idx(__func__, idx, n_idx, n_rows))) return st;
+    return matvec_run(__func__, pool, type, &m, W, n_rows, n_cols, x, idx, n_idx, y);
+}
+
+int pi_axpy_sparse(pi_pool *pool, int type, const void *Wt, int64_t n_rows, int64_t n_cols,
+                   const float *a, const int32_t *idx, int64_t n_idx, float *y) {
+    PI_CHECK_NULL(Wt);
+    PI_CHECK_NULL(a);
+    PI_CHECK_NULL(idx);
+    PI_CHECK_NULL(y);
+    matrix_info m;
+    int st = check_matrix(__func__, type, n_rows, n_cols, &m);
+    if (st) return st;
+    if ((st = check_idx(__func__, idx, n_idx, n_rows))) return st;
+    const job j = {.axpy = active_kernels()->axpy[m.slot], .W = Wt, .row_bytes = m.row_bytes,
+                   .n_cols = n_cols, .block_elems = m.block_elems, .block_bytes = m.block_bytes,
+                   .a = a, .idx = idx, .n_items = n_idx, .y = y};
+    pi_pool_run(pool, axpy_task, (void *)&j);
+    return pi_ok();
+}
+
+int pi_matvec_cols_sparse(pi_pool *pool, int type, const void *W, int64_t n_rows,
+                          int64_t n_cols, const float *a, const int32_t *idx, int64_t n_idx,
+                          float *y) {
+    PI_CHECK_NULL(W);
+    PI_CHECK_NULL(a);
+    PI_CHECK_NULL(idx);
+    PI_CHECK_NULL(y);
+    matrix_info m;
+    int st = check_matrix(__func__, type, n_rows, n_cols, &m);
+    if (st) return st;
+    if ((st = check_idx(__func__, idx, n_idx, n_cols))) return st;
+    const cols_job j = {.type = type, .W = W, .row_bytes = m.row_bytes, .n_rows = n_rows, .a = a,
+                        .idx = idx, .n_idx = n_idx, .y = y};
+    pi_pool_run(pool, cols_sparse_task, (void *)&j);
+    return pi_ok();
+}

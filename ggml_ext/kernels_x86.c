@@ -1,0 +1,661 @@
+/* kernels_x86.c - AVX2 (+FMA, F16C) and AVX-512 (F/BW/VL) twins of the scalar kernels in
+ * kernels.c.
+ *
+ * Compiled without -mavx2: every function carries its own target attribute, and kernels.c only
+ * installs a table after cpu.c has confirmed CPU and OS support. Per-block integer sums are
+ * exact and equal to the scalar twin's (no saturating step can overflow: nibbles are < 16 and
+ * the quantized activation stays in [-127, 127]); only the float accumulation order differs.
+ *
+ * Dots take PI_KERNEL_ROWS = 4 rows per call so that each activation block is loaded (and its
+ * correction terms computed) once for four rows. The AVX-512 kernels have the AVX2 structure on
+ * 512-bit vectors (two 32-element blocks per vector for the 4-bit types), with the AVX2 step
+ * finishing an odd last block.
+ */
+#if defined(__x86_64__)
+
+#include <immintrin.h>
+
+#include "kernels.h"
+#include "quants.h"
+
+#define AVX2_FN __attribute__((target("avx2,fma,f16c")))
+#define AVX512_FN __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl")))
+#define INLINE static inline __attribute__((always_inline))
+
+/* ==== AVX2 helpers ============================================================================ */
+
+INLINE AVX2_FN float h2f(pi_half h) { return _cvtsh_ss(h); }
+
+/* fp16 -> fp32 by table for the per-row weight scales: one load (or a broadcast from memory)
+ * instead of insert + convert + broadcast, in the innermost loops. Only the few entries of the
+ * scales a model actually uses get hot. Filled when the library is loaded. */
+static float fp16_table[1 << 16];
+
+__attribute__((constructor)) static void init_fp16_table(void) {
+    for (uint32_t h = 0; h < (1u << 16); h++) fp16_table[h] = pi_half_to_float((pi_half)h);
+}
+
+/* d_w * d_y in all lanes, d_w (a weight block's scale) from the table. */
+INLINE AVX2_FN __m256 scale8(pi_half dw, __m256 dy) {
+    return _mm256_mul_ps(_mm256_broadcast_ss(&fp16_table[dw]), dy);
+}
+
+INLINE AVX2_FN float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* The 32 nibbles of a Q4 block as bytes, element j in byte j (low nibbles, then high). */
+INLINE AVX2_FN __m256i nibbles32(const uint8_t qs[16]) {
+    const __m256i raw = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)qs));
+    const __m256i shifted = _mm256_srlv_epi32(raw, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4));
+    return _mm256_and_si256(shifted, _mm256_set1_epi8(0x0F));
+}
+
+/* u8 x s8 -> 8 x i32, each the sum of 4 adjacent products. Exact while |u| * |s| * 2 < 2^15,
+ * which holds for nibbles (u < 16). */
+INLINE AVX2_FN __m256i dot_u8s8(__m256i u, __m256i s) {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+}
+
+/* s8 (weights, any value) x s8 (activation, in [-127, 127] as quantized here) -> 8 x i32, via
+ * |w| x sign(w) y. Exact: |w| <= 128 and |y| <= 127 keep each pair sum below 2^15. */
+INLINE AVX2_FN __m256i dot_s8s8(__m256i w, __m256i y) {
+    return dot_u8s8(_mm256_abs_epi8(w), _mm256_sign_epi8(y, w));
+}
+
+/* ==== AVX2 dots: one block of nr rows per step ================================================= */
+
+INLINE AVX2_FN void step_q4_0(int nr, const block_q4_0 *const w[], int64_t b, const block_q8_0 *x,
+                              __m256 acc[]) {
+    const __m256i qy = _mm256_loadu_si256((const __m256i *)x->qs);
+    const __m256i corr = dot_u8s8(_mm256_set1_epi8(8), qy); /* (q - 8) . y = q . y - 8 sum(y) */
+    const __m256 dy = _mm256_set1_ps(h2f(x->d));
+    for (int r = 0; r < nr; r++) {
+        const __m256i s = _mm256_sub_epi32(dot_u8s8(nibbles32(w[r][b].qs), qy), corr);
+        acc[r] = _mm256_fmadd_ps(scale8(w[r][b].d, dy), _mm256_cvtepi32_ps(s), acc[r]);
+    }
+}
+
+INLINE AVX2_FN void step_q4_1(int nr, const block_q4_1 *const w[], int64_t b, const block_q8_1 *x,
+                              __m256 acc[], float summ[]) {
+    const __m256i qy = _mm256_loadu_si256((const __m256i *)x->qs);
+    const __m256 dy = _mm256_set1_ps(h2f(x->d));
+    const float sy = h2f(x->s);
+    for (int r = 0; r < nr; r++) {
+        const __m256i s = dot_u8s8(nibbles32(w[r][b].qs), qy);
+        acc[r] = _mm256_fmadd_ps(scale8(w[r][b].d, dy), _mm256_cvtepi32_ps(s), acc[r]);
+        summ[r] += fp16_table[w[r][b].m] * sy;
+    }
+}
+
+INLINE AVX2_FN void step_q8_0(int nr, const block_q8_0 *const w[], int64_t b, const block_q8_0 *x,
+                              __m256 acc[]) {
+    const __m256i qy = _mm256_loadu_si256((const __m256i *)x->qs);
+    const __m256 dy = _mm256_set1_ps(h2f(x->d));
+    for (int r = 0; r < nr; r++) {
+        const __m256i s = dot_s8s8(_mm256_loadu_si256((const __m256i *)w[r][b].qs), qy);
+        acc[r] = _mm256_fmadd_ps(scale8(w[r][b].d, dy), _mm256_cvtepi32_ps(s), acc[r]);
+    }
+}
+
+/* Scalar tails of the F32/F16 dots (n not a multiple of the vector width). */
+INLINE AVX2_FN void tail_dot_f32(int nr, const float *const w[], int64_t i, int64_t n,
+                                 const float *x, float out[]) {
+    for (; i < n; i++)
+        for (int r = 0; r < nr; r++) out[r] += w[r][i] * x[i];
+}
+INLINE AVX2_FN void tail_dot_f16(int nr, const pi_half *const w[], int64_t i, int64_t n,
+                                 const float *x, float out[]) {
+    for (; i < n; i++)
+        for (int r = 0; r < nr; r++) out[r] += h2f(w[r][i]) * x[i];
+}
+
+/* The row loops, written for a constant nr (4 or 1) so that the accumulators stay in registers. */
+INLINE AVX2_FN void dot_f32_rows(int nr, int64_t n, const void *const rows[], const void *act,
+                                 float *out) {
+    const float *const *w = (const float *const *)rows;
+    const float *x = act;
+    __m256 acc[PI_KERNEL_ROWS];
+    for (int r = 0; r < nr; r++) acc[r] = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 xv = _mm256_loadu_ps(x + i);
+        for (int r = 0; r < nr; r++) acc[r] = _mm256_fmadd_ps(_mm256_loadu_ps(w[r] + i), xv, acc[r]);
+    }
+    for (int r = 0; r < nr; r++) out[r] = hsum8(acc[r]);
+    tail_dot_f32(nr, w, i, n, x, out);
+}
+
+INLINE AVX2_FN void dot_f16_rows(int nr, int64_t n, const void *const rows[], const void *act,
+                                 float *out) {
+    const pi_half *const *w = (const pi_half *const *)rows;
+    const float *x = act;
+    __m256 acc[PI_KERNEL_ROWS];
+    for (int r = 0; r < nr; r++) acc[r] = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 xv = _mm256_loadu_ps(x + i);
+        for (int r = 0; r < nr; r++) {
+            const __m256 wv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w[r] + i)));
+            acc[r] = _mm256_fmadd_ps(wv, xv, acc[r]);
+        }
+    }
+    for (int r = 0; r < nr; r++) out[r] = hsum8(acc[r]);
+    tail_dot_f16(nr, w, i, n, x, out);
+}
+
+INLINE AVX2_FN void dot_q4_0_rows(int nr, int64_t n, const void *const rows[], const void *act,
+                                  float *out) {
+    const block_q4_0 *const *w = (const block_q4_0 *const *)rows;
+    const block_q8_0 *x = act;
+    __m256 acc[PI_KERNEL_ROWS];
+    for (int r = 0; r < nr; r++) acc[r] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < n / QK4_0; b++) step_q4_0(nr, w, b, x + b, acc);
+    for (int r = 0; r < nr; r++) out[r] = hsum8(acc[r]);
+}
+
+INLINE AVX2_FN void dot_q4_1_rows(int nr, int64_t n, const void *const rows[], const void *act,
+                                  float *out) {
+    const block_q4_1 *const *w = (const block_q4_1 *const *)rows;
+    const block_q8_1 *x = act;
+    __m256 acc[PI_KERNEL_ROWS];
+    float summ[PI_KERNEL_ROWS];
+    for (int r = 0; r < nr; r++) acc[r] = _mm256_setzero_ps(), summ[r] = 0.0f;
+    for (int64_t b = 0; b < n / QK4_1; b++) step_q4_1(nr, w, b, x + b, acc, summ);
+    for (int r = 0; r < nr; r++) out[r] = hsum8(acc[r]) + summ[r];
+}
+
+INLINE AVX2_FN void dot_q8_0_rows(int nr, int64_t n, const void *const rows[], const void *act,
+                                  float *out) {
+    const block_q8_0 *const *w = (const block_q8_0 *const *)rows;
+    const block_q8_0 *x = act;
+    __m256 acc[PI_KERNEL_ROWS];
+    for (int r = 0; r < nr; r++) acc[r] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < n / QK8_0; b++) step_q8_0(nr, w, b, x + b, acc);
+    for (int r = 0; r < nr; r++) out[r] = hsum8(acc[r]);
+}
+
+/* The pi_dot_fn entries: four rows at once, or one at a time for a short group. */
+#define DOT_ENTRY(ATTR, name, rows_fn)                                                          \
+    ATTR static void name(int64_t n, const void *const rows[], int nr, const void *act,         \
+                          float *out) {                                                         \
+        if (nr == PI_KERNEL_ROWS)                                                               \
+            rows_fn(PI_KERNEL_ROWS, n, rows, act, out);                                         \
+        else                                                                                    \
+            for (int r = 0; r < nr; r++) rows_fn(1, n, rows + r, act, out + r);                 \
+    }
+
+DOT_ENTRY(AVX2_FN, dot_f32_avx2, dot_f32_rows)
+DOT_ENTRY(AVX2_FN, dot_f16_avx2, dot_f16_rows)
+DOT_ENTRY(AVX2_FN, dot_q4_0_avx2, dot_q4_0_rows)
+DOT_ENTRY(AVX2_FN, dot_q4_1_avx2, dot_q4_1_rows)
+DOT_ENTRY(AVX2_FN, dot_q8_0_avx2, dot_q8_0_rows)
+
+/* ==== AVX2 axpy =============================================================================== */
+
+/* yb[0..32) += sum_r s[r] * q_r + off, q_r the 32 unsigned nibbles of qs[r]. (Q4_0 folds its -8
+ * into off = -8 sum(s), Q4_1 its min into off = sum(a m).) */
+INLINE AVX2_FN void axpy_nibbles(int nr, const uint8_t *const qs[], const float s[], float off,
+                                 float *yb) {
+    __m256 y0 = _mm256_loadu_ps(yb), y1 = _mm256_loadu_ps(yb + 8);
+    __m256 y2 = _mm256_loadu_ps(yb + 16), y3 = _mm256_loadu_ps(yb + 24);
+    const __m256i m4 = _mm256_set1_epi32(0x0F);
+    for (int r = 0; r < nr; r++) {
+        const __m256i v0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)qs[r]));
+        const __m256i v1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(qs[r] + 8)));
+        const __m256 sv = _mm256_set1_ps(s[r]);
+        y0 = _mm256_fmadd_ps(sv, _mm256_cvtepi32_ps(_mm256_and_si256(v0, m4)), y0);
+        y1 = _mm256_fmadd_ps(sv, _mm256_cvtepi32_ps(_mm256_and_si256(v1, m4)), y1);
+        y2 = _mm256_fmadd_ps(sv, _mm256_cvtepi32_ps(_mm256_srli_epi32(v0, 4)), y2);
+        y3 = _mm256_fmadd_ps(sv, _mm256_cvtepi32_ps(_mm256_srli_epi32(v1, 4)), y3);
+    }
+    const __m256 o = _mm256_set1_ps(off);
+    _mm256_storeu_ps(yb, _mm256_add_ps(y0, o));
+    _mm256_storeu_ps(yb + 8, _mm256_add_ps(y1, o));
+    _mm256_storeu_ps(yb + 16, _mm256_add_ps(y2, o));
+    _mm256_storeu_ps(yb + 24, _mm256_add_ps(y3, o));
+}
+
+INLINE AVX2_FN void axpy_q8(int nr, const int8_t *const qs[], const float s[], float *yb) {
+    __m256 y[4];
+    for (int k = 0; k < 4; k++) y[k] = _mm256_loadu_ps(yb + 8 * k);
+    for (int r = 0; r < nr; r++) {
+        const __m256 sv = _mm256_set1_ps(s[r]);
+        for (int k = 0; k < 4; k++) {
+            const __m256i v = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(qs[r] + 8 * k)));
+            y[k] = _mm256_fmadd_ps(sv, _mm256_cvtepi32_ps(v), y[k]);
+        }
+    }
+    for (int k = 0; k < 4; k++) _mm256_storeu_ps(yb + 8 * k, y[k]);
+}
+
+/* Per-block row scales of the quantized axpys, shared by both ISAs. */
+INLINE AVX2_FN float scales_q4_0(int nr, const block_q4_0 *const w[], int64_t b, const float a[],
+                                 float s[], const uint8_t *qs[]) {
+    float sum = 0.0f;
+    for (int r = 0; r < nr; r++) {
+        s[r] = a[r] * fp16_table[w[r][b].d];
+        qs[r] = w[r][b].qs;
+        sum += s[r];
+    }
+    return -8.0f * sum; /* the offset */
+}
+
+INLINE AVX2_FN float scales_q4_1(int nr, const block_q4_1 *const w[], int64_t b, const float a[],
+                                 float s[], const uint8_t *qs[]) {
+    float off = 0.0f;
+    for (int r = 0; r < nr; r++) {
+        s[r] = a[r] * fp16_table[w[r][b].d];
+        qs[r] = w[r][b].qs;
+        off += a[r] * fp16_table[w[r][b].m];
+    }
+    return off;
+}
+
+INLINE AVX2_FN void scales_q8_0(int nr, const block_q8_0 *const w[], int64_t b, const float a[],
+                                float s[], const int8_t *qs[]) {
+    for (int r = 0; r < nr; r++) {
+        s[r] = a[r] * fp16_table[w[r][b].d];
+        qs[r] = w[r][b].qs;
+    }
+}
+
+INLINE AVX2_FN void axpy_q4_0_rows(int nr, int64_t c0, int64_t c1, const void *const rows[],
+                                   const float *a, float *y) {
+    const block_q4_0 *const *w = (const block_q4_0 *const *)rows;
+    for (int64_t b = c0 / QK4_0; b < c1 / QK4_0; b++) {
+        float s[PI_KERNEL_ROWS];
+        const uint8_t *qs[PI_KERNEL_ROWS];
+        const float off = scales_q4_0(nr, w, b, a, s, qs);
+        axpy_nibbles(nr, qs, s, off, y + b * QK4_0);
+    }
+}
+
+INLINE AVX2_FN void axpy_q4_1_rows(int nr, int64_t c0, int64_t c1, const void *const rows[],
+                                   const float *a, float *y) {
+    const block_q4_1 *const *w = (const block_q4_1 *const *)rows;
+    for (int64_t b = c0 / QK4_1; b < c1 / QK4_1; b++) {
+        float s[PI_KERNEL_ROWS];
+        const uint8_t *qs[PI_KERNEL_ROWS];
+        const float off = scales_q4_1(nr, w, b, a, s, qs);
+        axpy_nibbles(nr, qs, s, off, y + b * QK4_1);
+    }
+}
+
+INLINE AVX2_FN void axpy_q8_0_rows(int nr, int64_t c0, int64_t c1, const void *const rows[],
+                                   const float *a, float *y) {
+    const block_q8_0 *const *w = (const block_q8_0 *const *)rows;
+    for (int64_t b = c0 / QK8_0; b < c1 / QK8_0; b++) {
+        float s[PI_KERNEL_ROWS];
+        const int8_t *qs[PI_KERNEL_ROWS];
+        scales_q8_0(nr, w, b, a, s, qs);
+        axpy_q8(nr, qs, s, y + b * QK8_0);
+    }
+}
+
+/* Scalar tails of the F32/F16 axpys. */
+INLINE AVX2_FN void tail_axpy_f32(int nr, const float *const w[], const float *a, int64_t c,
+                                  int64_t c1, float *y) {
+    for (; c < c1; c++)
+        for (int r = 0; r < nr; r++) y[c] += a[r] * w[r][c];
+}
+INLINE AVX2_FN void tail_axpy_f16(int nr, const pi_half *const w[], const float *a, int64_t c,
+                                  int64_t c1, float *y) {
+    for (; c < c1; c++)
+        for (int r = 0; r < nr; r++) y[c] += a[r] * h2f(w[r][c]);
+}
+
+INLINE AVX2_FN void axpy_f32_rows(int nr, int64_t c0, int64_t c1, const void *const rows[],
+                                  const float *a, float *y) {
+    const float *const *w = (const float *const *)rows;
+    int64_t c = c0;
+    for (; c + 8 <= c1; c += 8) {
+        __m256 yv = _mm256_loadu_ps(y + c);
+        for (int r = 0; r < nr; r++) yv = _mm256_fmadd_ps(_mm256_set1_ps(a[r]), _mm256_loadu_ps(w[r] + c), yv);
+        _mm256_storeu_ps(y + c, yv);
+    }
+    tail_axpy_f32(nr, w, a, c, c1, y);
+}
+
+INLINE AVX2_FN void axpy_f16_rows(int nr, int64_t c0, int64_t c1, const void *const rows[],
+                                  const float *a, float *y) {
+    const pi_half *const *w = (const pi_half *const *)rows;
+    int64_t c = c0;
+    for (; c + 8 <= c1; c += 8) {
+        __m256 yv = _mm256_loadu_ps(y + c);
+        for (int r = 0; r < nr; r++) {
+            const __m256 wv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w[r] + c)));
+            yv = _mm256_fmadd_ps(_mm256_set1_ps(a[r]), wv, yv);
+        }
+        _mm256_storeu_ps(y + c, yv);
+    }
+    tail_axpy_f16(nr, w, a, c, c1, y);
+}
+
+/* The pi_axpy_fn entries: four rows at once, or one at a time for a short group. */
+#define AXPY_ENTRY(ATTR, name, rows_fn)                                                         \
+    ATTR static void name(int64_t c0, int64_t c1, const void *const rows[], const float *a,     \
+                          int nr, float *y) {                                                   \
+        if (nr == PI_KERNEL_ROWS)                                                               \
+            rows_fn(PI_KERNEL_ROWS, c0, c1, rows, a, y);                                        \
+        else                                                                                    \
+            for (int r = 0; r < nr; r++) rows_fn(1, c0, c1, rows + r, a + r, y);                \
+    }
+
+AXPY_ENTRY(AVX2_FN, axpy_f32_avx2, axpy_f32_rows)
+AXPY_ENTRY(AVX2_FN, axpy_f16_avx2, axpy_f16_rows)
+AXPY_ENTRY(AVX2_FN, axpy_q4_0_avx2, axpy_q4_0_rows)
+AXPY_ENTRY(AVX2_FN, axpy_q4_1_avx2, axpy_q4_1_rows)
+AXPY_ENTRY(AVX2_FN, axpy_q8_0_avx2, axpy_q8_0_rows)
+
+/* ==== activation quantizers (bit-identical to the reference) =================================== */
+
+/* One block of 32 floats -> qs, as roundf(x * id) (half away from zero); returns d = amax / 127
+ * and the 8 lane sums of qs in *lane_sums. */
+INLINE AVX2_FN float quantize_block_q8(const float *x, int8_t qs[32], __m256i *lane_sums) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 v[4];
+    __m256 amax = _mm256_setzero_ps();
+    for (int k = 0; k < 4; k++) {
+        v[k] = _mm256_loadu_ps(x + 8 * k);
+        amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, v[k]));
+    }
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    const float d = _mm_cvtss_f32(m) / 127;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    const __m256 idv = _mm256_set1_ps(id), half_ = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.0f);
+    __m256i q[4];
+    for (int k = 0; k < 4; k++) {
+        const __m256 p = _mm256_mul_ps(v[k], idv);
+        const __m256 t = _mm256_round_ps(p, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+        const __m256 frac = _mm256_andnot_ps(sign, _mm256_sub_ps(p, t)); /* exact */
+        const __m256 away = _mm256_or_ps(_mm256_and_ps(p, sign), one);  /* copysign(1, p) */
+        const __m256 adj = _mm256_and_ps(_mm256_cmp_ps(frac, half_, _CMP_GE_OQ), away);
+        q[k] = _mm256_cvttps_epi32(_mm256_add_ps(t, adj));
+    }
+    *lane_sums = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+    const __m256i p16 = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+    const __m256i bytes = _mm256_permutevar8x32_epi32(p16, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256((__m256i *)qs, bytes);
+    return d;
+}
+
+AVX2_FN static void quantize_q8_0_avx2(const float *x, block_q8_0 *y, int64_t n) {
+    for (int64_t b = 0; b < n / QK8_0; b++) {
+        __m256i sums;
+        y[b].d = pi_float_to_half(quantize_block_q8(x + b * QK8_0, y[b].qs, &sums));
+    }
+}
+
+AVX2_FN static void quantize_q8_1_avx2(const float *x, block_q8_1 *y, int64_t n) {
+    for (int64_t b = 0; b < n / QK8_1; b++) {
+        __m256i sums;
+        const float d = quantize_block_q8(x + b * QK8_1, y[b].qs, &sums);
+        __m128i s = _mm_add_epi32(_mm256_castsi256_si128(sums), _mm256_extracti128_si256(sums, 1));
+        s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
+        s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
+        y[b].d = pi_float_to_half(d);
+        y[b].s = pi_float_to_half((float)_mm_cvtsi128_si32(s) * d);
+    }
+}
+
+const pi_kernels pi_kernels_avx2 = {
+    .name = "avx2",
+    .dot = {dot_f32_avx2, dot_f16_avx2, dot_q4_0_avx2, dot_q4_1_avx2, dot_q8_0_avx2},
+    .axpy = {axpy_f32_avx2, axpy_f16_avx2, axpy_q4_0_avx2, axpy_q4_1_avx2, axpy_q8_0_avx2},
+    .quantize_q8_0 = quantize_q8_0_avx2,
+    .quantize_q8_1 = quantize_q8_1_avx2,
+};
+
+/* ==== AVX-512 helpers ========================================================================= */
+
+INLINE AVX512_FN float hsum16(__m512 v) {
+    const __m256 lo = _mm512_castps512_ps256(v);
+    const __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
+    return hsum8(_mm256_add_ps(lo, hi));
+}
+
+/* Two 256-bit halves -> one 512-bit vector (AVX512F only, no DQ). */
+INLINE AVX512_FN __m512i join_si(__m256i lo, __m256i hi) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+}
+INLINE AVX512_FN __m512 join_ps(__m256 lo, __m256 hi) {
+    return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(_mm512_castps256_ps512(lo)),
+                                               _mm256_castps_pd(hi), 1));
+}
+
+INLINE AVX512_FN __m512i dot_u8s8_512(__m512i u, __m512i s) {
+    return _mm512_madd_epi16(_mm512_maddubs_epi16(u, s), _mm512_set1_epi16(1));
+}
+
+/* ==== AVX-512 dots: two 4-bit blocks (or one 8-bit block) of nr rows per step ==================== */
+
+INLINE AVX512_FN void step2_q4_0(int nr, const block_q4_0 *const w[], int64_t b,
+                                 const block_q8_0 *x, __m512 acc[]) {
+    const __m512i qy = join_si(_mm256_loadu_si256((const __m256i *)x[0].qs),
+                               _mm256_loadu_si256((const __m256i *)x[1].qs));
+    const __m512i corr = dot_u8s8_512(_mm512_set1_epi8(8), qy);
+    const __m256 dy0 = _mm256_set1_ps(h2f(x[0].d)), dy1 = _mm256_set1_ps(h2f(x[1].d));
+    for (int r = 0; r < nr; r++) {
+        const __m512i q = join_si(nibbles32(w[r][b].qs), nibbles32(w[r][b + 1].qs));
+        const __m512i s = _mm512_sub_epi32(dot_u8s8_512(q, qy), corr);
+        const __m512 d = join_ps(scale8(w[r][b].d, dy0), scale8(w[r][b + 1].d, dy1));
+        acc[r] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(s), acc[r]);
+    }
+}
+
+INLINE AVX512_FN void step2_q4_1(int nr, const block_q4_1 *const w[], int64_t b,
+                                 const block_q8_1 *x, __m512 acc[], float summ[]) {
+    const __m512i qy = join_si(_mm256_loadu_si256((const __m256i *)x[0].qs),
+                               _mm256_loadu_si256((const __m256i *)x[1].qs));
+    const __m256 dy0 = _mm256_set1_ps(h2f(x[0].d)), dy1 = _mm256_set1_ps(h2f(x[1].d));
+    const float sy0 = h2f(x[0].s), sy1 = h2f(x[1].s);
+    for (int r = 0; r < nr; r++) {
+        const __m512i q = join_si(nibbles32(w[r][b].qs), nibbles32(w[r][b + 1].qs));
+        const __m512 d = join_ps(scale8(w[r][b].d, dy0), scale8(w[r][b + 1].d, dy1));
+        acc[r] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(dot_u8s8_512(q, qy)), acc[r]);
+        summ[r] += fp16_table[w[r][b].m] * sy0 + fp16_table[w[r][b + 1].m] * sy1;
+    }
+}
+
+INLINE AVX512_FN void step_q8_0_512(int nr, const block_q8_0 *const w[], int64_t b,
+                                    const block_q8_0 *x, __m512 acc[]) {
+    const __m512i qy = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)x->qs));
+    const float dy = h2f(x->d);
+    for (int r = 0; r < nr; r++) {
+        const __m512i qw = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)w[r][b].qs));
+        const __m512i s = _mm512_madd_epi16(qw, qy); /* exact for all int8 */
+        acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(fp16_table[w[r][b].d] * dy), _mm512_cvtepi32_ps(s), acc[r]);
+    }
+}
+
+INLINE AVX512_FN void dot_f32_rows512(int nr, int64_t n, const void *const rows[],
+                                      const void *act, float *out) {
+    const float *const *w = (const float *const *)rows;
+    const float *x = act;
+    __m512 acc[PI_KERNEL_ROWS];
+    for (int r = 0; r < nr; r++) acc[r] = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m512 xv = _mm512_loadu_ps(x + i);
+        for (int r = 0; r < nr; r++) acc[r] = _mm512_fmadd_ps(_mm512_loadu_ps(w[r] + i), xv, acc[r]);
+    }
+    for (int r = 0; r < nr; r++) out[r] = hsum16(acc[r]);
+    tail_dot_f32(nr, w, i, n, x, out);
+}
+
+INLINE AVX512_FN void dot_f16_rows512(int nr, int64_t n, const void *const rows[],
+                                      const void *act, float *out) {
+    const pi_half *const *w = (const pi_half *const *)rows;
+    const float *x = act;
+    __m512 acc[PI_KERNEL_ROWS];
+    for (int r = 0; r < nr; r++) acc[r] = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m512 xv = _mm512_loadu_ps(x + i);
+        for (int r = 0; r < nr; r++) {
+            const __m512 wv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(w[r] + i)));
+            acc[r] = _mm512_fmadd_ps(wv, xv, acc[r]);
+        }
+    }
+    for (int r = 0; r < nr; r++) out[r] = hsum16(acc[r]);
+    tail_dot_f16(nr, w, i, n, x, out);
+}
+
+INLINE AVX512_FN void dot_q4_0_rows512(int nr, int64_t n, const void *const rows[],
+                                       const void *act, float *out) {
+    const block_q4_0 *const *w = (const block_q4_0 *const *)rows;
+    const block_q8_0 *x = act;
+    const int64_t nb = n / QK4_0;
+    __m512 acc[PI_KERNEL_ROWS];
+    __m256 acc1[PI_KERNEL_ROWS]; /* an odd last block */
+    for (int r = 0; r < nr; r++) acc[r] = _mm512_setzero_ps(), acc1[r] = _mm256_setzero_ps();
+    int64_t b = 0;
+    for (; b + 2 <= nb; b += 2) step2_q4_0(nr, w, b, x + b, acc);
+    if (b < nb) step_q4_0(nr, w, b, x + b, acc1);
+    for (int r = 0; r < nr; r++) out[r] = hsum16(acc[r]) + hsum8(acc1[r]);
+}
+
+INLINE AVX512_FN void dot_q4_1_rows512(int nr, int64_t n, const void *const rows[],
+                                       const void *act, float *out) {
+    const block_q4_1 *const *w = (const block_q4_1 *const *)rows;
+    const block_q8_1 *x = act;
+    const int64_t nb = n / QK4_1;
+    __m512 acc[PI_KERNEL_ROWS];
+    __m256 acc1[PI_KERNEL_ROWS];
+    float summ[PI_KERNEL_ROWS];
+    for (int r = 0; r < nr; r++)
+        acc[r] = _mm512_setzero_ps(), acc1[r] = _mm256_setzero_ps(), summ[r] = 0.0f;
+    int64_t b = 0;
+    for (; b + 2 <= nb; b += 2) step2_q4_1(nr, w, b, x + b, acc, summ);
+    if (b < nb) step_q4_1(nr, w, b, x + b, acc1, summ);
+    for (int r = 0; r < nr; r++) out[r] = hsum16(acc[r]) + hsum8(acc1[r]) + summ[r];
+}
+
+INLINE AVX512_FN void dot_q8_0_rows512(int nr, int64_t n, const void *const rows[],
+                                       const void *act, float *out) {
+    const block_q8_0 *const *w = (const block_q8_0 *const *)rows;
+    const block_q8_0 *x = act;
+    __m512 acc[PI_KERNEL_ROWS];
+    for (int r = 0; r < nr; r++) acc[r] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < n / QK8_0; b++) step_q8_0_512(nr, w, b, x + b, acc);
+    for (int r = 0; r < nr; r++) out[r] = hsum16(acc[r]);
+}
+
+DOT_ENTRY(AVX512_FN, dot_f32_avx512, dot_f32_rows512)
+DOT_ENTRY(AVX512_FN, dot_f16_avx512, dot_f16_rows512)
+DOT_ENTRY(AVX512_FN, dot_q4_0_avx512, dot_q4_0_rows512)
+DOT_ENTRY(AVX512_FN, dot_q4_1_avx512, dot_q4_1_rows512)
+DOT_ENTRY(AVX512_FN, dot_q8_0_avx512, dot_q8_0_rows512)
+
+/* ==== AVX-512 axpy ============================================================================ */
+
+INLINE AVX512_FN void axpy_nibbles512(int nr, const uint8_t *const qs[], const float s[],
+                                      float off, float *yb) {
+    __m512 y0 = _mm512_loadu_ps(yb), y1 = _mm512_loadu_ps(yb + 16);
+    const __m512i m4 = _mm512_set1_epi32(0x0F);
+    for (int r = 0; r < nr; r++) {
+        const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)qs[r]));
+        const __m512 sv = _mm512_set1_ps(s[r]);
+        y0 = _mm512_fmadd_ps(sv, _mm512_cvtepi32_ps(_mm512_and_si512(v, m4)), y0);
+        y1 = _mm512_fmadd_ps(sv, _mm512_cvtepi32_ps(_mm512_srli_epi32(v, 4)), y1);
+    }
+    const __m512 o = _mm512_set1_ps(off);
+    _mm512_storeu_ps(yb, _mm512_add_ps(y0, o));
+    _mm512_storeu_ps(yb + 16, _mm512_add_ps(y1, o));
+}
+
+INLINE AVX512_FN void axpy_q8_512(int nr, const int8_t *const qs[], const float s[], float *yb) {
+    __m512 y0 = _mm512_loadu_ps(yb), y1 = _mm512_loadu_ps(yb + 16);
+    for (int r = 0; r < nr; r++) {
+        const __m512 sv = _mm512_set1_ps(s[r]);
+        const __m512i v0 = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)qs[r]));
+        const __m512i v1 = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(qs[r] + 16)));
+        y0 = _mm512_fmadd_ps(sv, _mm512_cvtepi32_ps(v0), y0);
+        y1 = _mm512_fmadd_ps(sv, _mm512_cvtepi32_ps(v1), y1);
+    }
+    _mm512_storeu_ps(yb, y0);
+    _mm512_storeu_ps(yb + 16, y1);
+}
+
+INLINE AVX512_FN void axpy_q4_0_rows512(int nr, int64_t c0, int64_t c1, const void *const rows[],
+                                        const float *a, float *y) {
+    const block_q4_0 *const *w = (const block_q4_0 *const *)rows;
+    for (int64_t b = c0 / QK4_0; b < c1 / QK4_0; b++) {
+        float s[PI_KERNEL_ROWS];
+        const uint8_t *qs[PI_KERNEL_ROWS];
+        const float off = scales_q4_0(nr, w, b, a, s, qs);
+        axpy_nibbles512(nr, qs, s, off, y + b * QK4_0);
+    }
+}
+
+INLINE AVX512_FN void axpy_q4_1_rows512(int nr, int64_t c0, int64_t c1, const void *const rows[],
+                                        const float *a, float *y) {
+    const block_q4_1 *const *w = (const block_q4_1 *const *)rows;
+    for (int64_t b = c0 / QK4_1; b < c1 / QK4_1; b++) {
+        float s[PI_KERNEL_ROWS];
+        const uint8_t *qs[PI_KERNEL_ROWS];
+        const float off = scales_q4_1(nr, w, b, a, s, qs);
+        axpy_nibbles512(nr, qs, s, off, y + b * QK4_1);
+    }
+}
+
+INLINE AVX512_FN void axpy_q8_0_rows512(int nr, int64_t c0, int64_t c1, const void *const rows[],
+                                        const float *a, float *y) {
+    const block_q8_0 *const *w = (const block_q8_0 *const *)rows;
+    for (int64_t b = c0 / QK8_0; b < c1 / QK8_0; b++) {
+        float s[PI_KERNEL_ROWS];
+        const int8_t *qs[PI_KERNEL_ROWS];
+        scales_q8_0(nr, w, b, a, s, qs);
+        axpy_q8_512(nr, qs, s, y + b * QK8_0);
+    }
+}
+
+INLINE AVX512_FN void axpy_f32_rows512(int nr, int64_t c0, int64_t c1, const void *const rows[],
+                                       const float *a, float *y) {
+    const float *const *w = (const float *const *)rows;
+    int64_t c = c0;
+    for (; c + 16 <= c1; c += 16) {
+        __m512 yv = _mm512_loadu_ps(y + c);
+        for (int r = 0; r < nr; r++) yv = _mm512_fmadd_ps(_mm512_set1_ps(a[r]), _mm512_loadu_ps(w[r] + c), yv);
+        _mm512_storeu_ps(y + c, yv);
+    }
+    tail_axpy_f32(nr, w, a, c, c1, y);
+}
+
+INLINE AVX512_FN void axpy_f16_rows512(int nr, int64_t c0, int64_t c1, const void *const rows[],
+                                       const float *a, float *y) {
+    const pi_half *const *w = (const pi_half *const *)rows;
+    int64_t c = c0;
+    for (; c + 16 <= c1; c += 16) {
+        __m512 yv = _mm512_loadu_ps(y + c);
+        for (int r = 0; r < nr; r++) {
+            const __m512 wv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(w[r] + c)));
+            yv = _mm512_fmadd_ps(_mm512_set1_ps(a[r]), wv, yv);
+        }
+        _mm512_storeu_ps(y + c, yv);
+    }
+    tail_axpy_f16(nr, w, a, c, c1, y);
+}
+
+AXPY_ENTRY(AVX512_FN, axpy_f32_avx512, axpy_f32_rows512)
+AXPY_ENTRY(AVX512_FN, axpy_f16_avx512, axpy_f16_rows512)
+AXPY_ENTRY(AVX512_FN, axpy_q4_0_avx512, axpy_q4_0_rows512)
+AXPY_ENTRY(AVX512_FN, axpy_q4_1_avx512, axpy_q4_1_rows512)
+AXPY_ENTRY(AVX512_FN, axpy_q8_0_avx512, axpy_q8_0_rows512)
+
+const pi_kernels pi_kernels_avx512 = {
+    .name = "avx512",
+    .dot = {dot_f32_avx512, dot_f16_avx512, dot_q4_0_avx512, dot_q4_1_avx512, dot_q8_0_avx512},
+    .axpy = {axpy_f32_avx512, axpy_f16_avx512, axpy_q4_0_avx512, axpy_q4_1_avx512,
+             axpy_q8_0_avx512},
+    .quantize_q8_0 = quantize_q8_0_avx2, /* a few KB per call: AVX2 is plenty */
+    .quantize_q8_1 = quantize_q8_1_avx2,
+};
+
+#endif /* __x86_64__ */

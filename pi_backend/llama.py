@@ -1,0 +1,585 @@
+"""`pi_backend.Llama`: a drop-in replacement for `llama_cpp.Llama` running on the pi_backend engine.
+
+Tokenization and chat templates come from llama.cpp (llama-cpp-python, vocab-only); the forward
+pass is ours (pi_backend.model); sampling follows llama.cpp (pi_backend.sampling). Return values
+have exactly the shapes llama-cpp-python returns (the chat conversion is llama-cpp-python's own).
+"""
+from __future__ import annotations
+
+import os
+import random
+import sys
+import time
+import uuid
+import warnings
+from dataclasses import dataclass
+from typing import (Any, Callable, Dict, Iterator, List, Optional, Sequence, Union)
+
+import numpy as np
+
+from .sampling import LLAMA_DEFAULT_SEED, SamplingParams, make_rng, sample
+from .tokenizer import Tokenizer
+
+__all__ = ["Llama", "LLAMA_DEFAULT_SEED"]
+
+# llama_cpp.Llama constructor arguments that change nothing here when left at llama-cpp-python's
+# default (or set to a value that has no meaning on this CPU engine): accepted silently.
+_HARMLESS_KWARGS = {
+    "split_mode": None, "main_gpu": 0, "tensor_split": None, "rpc_servers": None,
+    "vocab_only": False, "use_mmap": True, "use_mlock": False, "kv_overrides": None,
+    "n_ubatch": None, "n_threads_batch": None, "rope_scaling_type": None,
+    "pooling_type": None, "rope_freq_base": 0.0, "rope_freq_scale": 0.0,
+    "yarn_ext_factor": -1.0, "yarn_attn_factor": 1.0, "yarn_beta_fast": 32.0,
+    "yarn_beta_slow": 1.0, "yarn_orig_ctx": 0, "logits_all": False, "offload_kqv": True,
+    "flash_attn": False, "no_perf": False, "type_k": None, "type_v": None, "spm_infill": False,
+    "lora_base": None, "lora_scale": 1.0, "lora_path": None, "numa": False,
+    "draft_model": None, "tokenizer": None, "f16_kv": True, "n_parts": -1, "op_offload": None,
+    "swa_full": None, "mul_mat_q": True, "cache": None,
+}
+
+
+@dataclass
+class ContextParams:
+    """The subset of llama.cpp's context parameters that apps read back."""
+    n_ctx: int
+    n_batch: int
+    n_ubatch: int
+    n_threads: int
+    n_threads_batch: int
+    seed: int
+    embeddings: bool = False
+
+
+@dataclass
+class ModelParams:
+    n_gpu_layers: int = 0
+    vocab_only: bool = False
+    use_mmap: bool = True
+    use_mlock: bool = False
+
+
+def _not_implemented(name: str, value: Any) -> NotImplementedError:
+    return NotImplementedError(
+        f"pi_backend.Llama does not support {name}={value!r} (the pi_backend engine has no "
+        f"{name}); leave it at its default")
+
+
+def _utf8_incomplete_tail(buf: bytes) -> int:
+    """How many bytes at the end of buf are an incomplete UTF-8 sequence (0..3)."""
+    n = len(buf)
+    for i in range(1, min(4, n) + 1):
+        b = buf[n - i]
+        if b & 0xC0 == 0x80:          # continuation byte: keep looking for the lead byte
+            continue
+        if b >= 0xF0:
+            need = 4
+        elif b >= 0xE0:
+            need = 3
+        elif b >= 0xC0:
+            need = 2
+        else:
+            return 0
+        return i if need > i else 0
+    return 0
+
+
+def _stop_prefix_hold(buf: bytes, stops: Sequence[bytes]) -> int:
+    """Length of the longest suffix of buf that is a proper prefix of some stop sequence."""
+    hold = 0
+    for s in stops:
+        for i in range(min(len(s) - 1, len(buf)), hold, -1):
+            if buf.endswith(s[:i]):
+                hold = i
+                break
+    return hold
+
+
+class _Run:
+    """State of one completion while it is being generated."""
+
+    def __init__(self):
+        self.completion_tokens: List[int] = []
+        self.text = b""
+        self.finish_reason = "length"
+
+
+class Llama:
+    """Load a GGUF model and generate text; the API of `llama_cpp.Llama`.
+
+    pi_backend-specific: `ffn_mode` ('dense', 'sparse' or 'threshold'; default: what the file was
+    calibrated for).
+    """
+
+    def __init__(self, model_path: str, *, n_gpu_layers: int = 0, seed: int = LLAMA_DEFAULT_SEED,
+                 n_ctx: int = 512, n_batch: int = 512, n_threads: Optional[int] = None,
+                 last_n_tokens_size: int = 64, embedding: bool = False,
+                 chat_format: Optional[str] = None, chat_handler: Optional[Callable] = None,
+                 verbose: bool = True, ffn_mode: Optional[str] = None, **kwargs: Any):
+        from .model import Model  # the engine; imported here so `import pi_backend` stays light
+
+        self._closed = True
+        self.verbose = verbose
+        self.model_path = os.fspath(model_path)
+        if embedding:
+            raise _not_implemented("embedding", embedding)
+        for k, v in kwargs.items():
+            harmless = k in _HARMLESS_KWARGS and (v is None or v == _HARMLESS_KWARGS[k]
+                                                  or _HARMLESS_KWARGS[k] is None)
+            if verbose and not harmless:
+                warnings.warn(f"pi_backend.Llama: argument {k}={v!r} is not supported and is "
+                              "ignored", RuntimeWarning, stacklevel=2)
+        if n_gpu_layers and verbose:
+            print("pi_backend: CPU engine; n_gpu_layers is ignored", file=sys.stderr)
+        if not os.path.exists(self.model_path):
+            raise ValueError(f"Model path does not exist: {self.model_path}")
+
+        self._model = Model(self.model_path, ffn_mode=ffn_mode)
+        try:
+            self._tok = Tokenizer(self.model_path, verbose=False)
+            if n_ctx == 0:
+                n_ctx = int(self._model.n_ctx_train)
+            if n_ctx < 0:
+                raise ValueError(f"n_ctx must be >= 0, got {n_ctx}")
+            if n_threads is None or n_threads <= 0:
+                n_threads = max((os.cpu_count() or 2) // 2, 1)
+            n_batch = max(1, min(int(n_batch), int(n_ctx)))
+            self.n_batch = n_batch
+            self.n_threads = int(n_threads)
+            self.last_n_tokens_size = int(last_n_tokens_size)
+            self._ctx = self._model.new_context(int(n_ctx), self.n_threads, n_batch=n_batch,
+                                                ffn_mode=ffn_mode)
+        except BaseException:
+            self._model.close()
+            raise
+        self._closed = False
+        self.context_params = ContextParams(n_ctx=int(n_ctx), n_batch=n_batch, n_ubatch=n_batch,
+                                            n_threads=self.n_threads,
+                                            n_threads_batch=self.n_threads, seed=seed)
+        self.model_params = ModelParams(n_gpu_layers=n_gpu_layers)
+        self._seed = seed if seed is not None else LLAMA_DEFAULT_SEED
+        self.metadata: Dict[str, str] = self._tok.metadata
+        self._input_ids: List[int] = []   # tokens whose keys/values are in the KV cache
+        self._last_logits: Optional[np.ndarray] = None
+        self.timings: Dict[str, float] = {}
+
+        self.chat_handler = chat_handler
+        self._chat_handlers = self._tok.chat_handlers()
+        if chat_format is None and chat_handler is None:
+            chat_format = self._tok.default_chat_format()
+        self.chat_format = chat_format
+        if verbose:
+            print(f"pi_backend: {os.path.basename(self.model_path)}: n_vocab={self.n_vocab()} "
+                  f"n_embd={self.n_embd()} n_layer={self._model.n_layer} n_ctx={self.n_ctx()} "
+                  f"threads={self.n_threads} ffn_mode={self.ffn_mode} "
+                  f"chat_format={self.chat_format}", file=sys.stderr)
+
+    # ---- properties and small methods -------------------------------------------------------
+    @property
+    def ffn_mode(self) -> str:
+        return self._ctx.ffn_mode
+
+    def set_ffn_mode(self, mode: str) -> None:
+        """Switch the FFN mode ('dense', 'sparse', 'threshold'); the KV cache stays valid."""
+        self._ctx.set_ffn_mode(mode)
+
+    @property
+    def ffn_modes(self) -> tuple:
+        return tuple(self._model.ffn_modes)
+
+    def stats(self) -> dict:
+        """Engine statistics since the last `reset_stats()` (FFN sparsity, tokens)."""
+        return self._ctx.stats()
+
+    def reset_stats(self) -> None:
+        self._ctx.reset_stats()
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self._input_ids)
+
+    @property
+    def input_ids(self) -> np.ndarray:
+        return np.asarray(self._input_ids, dtype=np.intc)
+
+    def n_ctx(self) -> int:
+        return int(self._ctx.n_ctx)
+
+    def n_vocab(self) -> int:
+        return int(self._model.n_vocab)
+
+    def n_embd(self) -> int:
+        return int(self._model.n_embd)
+
+    def token_bos(self) -> int:
+        return self._tok.token_bos()
+
+    def token_eos(self) -> int:
+        return self._tok.token_eos()
+
+    def token_nl(self) -> int:
+        return self._tok.token_nl()
+
+    def tokenizer(self) -> Tokenizer:
+        return self._tok
+
+    def tokenize(self, text: bytes, add_bos: bool = True, special: bool = False) -> List[int]:
+        return self._tok.tokenize(text, add_bos=add_bos, special=special)
+
+    def detokenize(self, tokens: List[int], prev_tokens: Optional[List[int]] = None,
+                   special: bool = False) -> bytes:
+        return self._tok.detokenize(tokens, prev_tokens=prev_tokens, special=special)
+
+    def set_seed(self, seed: int) -> None:
+        self._seed = seed
+
+    def reset(self) -> None:
+        """Forget the KV cache contents (the next call evaluates its prompt from scratch)."""
+        self._input_ids = []
+        self._last_logits = None
+
+    def close(self) -> None:
+        if getattr(self, "_closed", True):
+            return
+        self._closed = True
+        self._ctx.close()
+        self._model.close()
+        self._tok.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def create_embedding(self, *args, **kwargs):
+        raise NotImplementedError("pi_backend.Llama does not compute embeddings "
+                                  "(embedding=True is not supported)")
+
+    embed = create_embedding
+
+    # ---- evaluation ---------------------------------------------------------------------------
+    def eval(self, tokens: Sequence[int]) -> None:
+        """Evaluate tokens after those already in the KV cache (llama_cpp.Llama.eval)."""
+        tokens = [int(t) for t in tokens]
+        if not tokens:
+            return
+        n_ctx = self.n_ctx()
+        if len(self._input_ids) + len(tokens) > n_ctx:
+            raise ValueError(f"Requested tokens ({len(self._input_ids) + len(tokens)}) exceed "
+                             f"context window of {n_ctx}")
+        for i in range(0, len(tokens), self.n_batch):
+            chunk = tokens[i:i + self.n_batch]
+            logits = self._ctx.eval(chunk, len(self._input_ids))
+            # only after the engine wrote the chunk's KV entries
+            self._input_ids.extend(chunk)
+            self._last_logits = logits
+
+    def _prefill(self, prompt_tokens: List[int]) -> np.ndarray:
+        """Bring the KV cache to prompt_tokens, reusing the longest common prefix, and return
+        the logits after the last prompt token."""
+        cached = self._input_ids
+        n = 0
+        for a, b in zip(cached, prompt_tokens):
+            if a != b:
+                break
+            n += 1
+        if n == len(prompt_tokens) == len(cached) and self._last_logits is not None:
+            return self._last_logits
+        n = min(n, len(prompt_tokens) - 1)   # at least one token runs, for fresh logits
+        if self.verbose and n > 0:
+            print(f"pi_backend: {n} prefix-match hit, {len(prompt_tokens) - n} prompt tokens to "
+                  "eval", file=sys.stderr)
+        del self._input_ids[n:]
+        self._last_logits = None
+        self.eval(prompt_tokens[n:])
+        return self._last_logits
+
+    def generate(self, tokens: Sequence[int], top_k: int = 40, top_p: float = 0.95,
+                 min_p: float = 0.05, typical_p: float = 1.0, temp: float = 0.80,
+                 repeat_penalty: float = 1.0, reset: bool = True,
+                 frequency_penalty: float = 0.0, presence_penalty: float = 0.0,
+                 tfs_z: float = 1.0, mirostat_mode: int = 0, mirostat_tau: float = 5.0,
+                 mirostat_eta: float = 0.1, penalize_nl: bool = True,
+                 logits_processor: Optional[Sequence[Callable]] = None,
+                 stopping_criteria: Optional[Sequence[Callable]] = None,
+                 grammar: Any = None, logit_bias: Optional[Dict[int, float]] = None,
+                 rng: Optional[np.random.Generator] = None) -> Iterator[int]:
+        """Yield sampled tokens forever (the caller stops); llama_cpp.Llama.generate."""
+        self._check_sampler_args(tfs_z=tfs_z, mirostat_mode=mirostat_mode, grammar=grammar)
+        params = SamplingParams(temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p,
+                                typical_p=typical_p, repeat_penalty=repeat_penalty,
+                                presence_penalty=presence_penalty,
+                                frequency_penalty=frequency_penalty,
+                                penalty_last_n=self.last_n_tokens_size, logit_bias=logit_bias)
+        if rng is None:
+            rng = make_rng(self._seed)
+        tokens = [int(t) for t in tokens]
+        if not tokens:
+            raise ValueError("generate needs at least one prompt token")
+        if not reset:
+            tokens = self._input_ids + tokens
+        logits = self._prefill(tokens)
+        sampled: List[int] = []
+        n_ctx = self.n_ctx()
+        while True:
+            scores = logits
+            if logits_processor:
+                ids = self.input_ids
+                scores = np.array(logits, dtype=np.float32, copy=True)
+                for proc in logits_processor:
+                    scores = proc(ids, scores)
+            tok = sample(scores, params, sampled, rng)
+            if stopping_criteria:
+                ids = np.asarray(self._input_ids + [tok], dtype=np.intc)
+                if any(crit(ids, scores) for crit in stopping_criteria):
+                    return
+            sampled.append(tok)
+            yield tok
+            if len(self._input_ids) >= n_ctx:
+                return
+            self.eval([tok])
+            logits = self._last_logits
+
+    @staticmethod
+    def _check_sampler_args(*, tfs_z: float = 1.0, mirostat_mode: int = 0, grammar: Any = None,
+                            logprobs: Any = None, suffix: Any = None) -> None:
+        if grammar is not None:
+            raise _not_implemented("grammar", grammar)
+        if logprobs is not None:
+            raise _not_implemented("logprobs", logprobs)
+        if suffix is not None:
+            raise _not_implemented("suffix", suffix)
+        if mirostat_mode:
+            raise _not_implemented("mirostat_mode", mirostat_mode)
+        if tfs_z != 1.0:
+            raise _not_implemented("tfs_z", tfs_z)
+
+    # ---- completions --------------------------------------------------------------------------
+    def create_completion(
+        self, prompt: Union[str, List[int]], suffix: Optional[str] = None,
+        max_tokens: Optional[int] = 16, temperature: float = 0.8, top_p: float = 0.95,
+        min_p: float = 0.05, typical_p: float = 1.0, logprobs: Optional[int] = None,
+        echo: bool = False, stop: Optional[Union[str, List[str]]] = [],
+        frequency_penalty: float = 0.0, presence_penalty: float = 0.0,
+        repeat_penalty: float = 1.0, top_k: int = 40, stream: bool = False,
+        seed: Optional[int] = None, tfs_z: float = 1.0, mirostat_mode: int = 0,
+        mirostat_tau: float = 5.0, mirostat_eta: float = 0.1, model: Optional[str] = None,
+        stopping_criteria: Optional[Sequence[Callable]] = None,
+        logits_processor: Optional[Sequence[Callable]] = None, grammar: Any = None,
+        logit_bias: Optional[Dict[int, float]] = None,
+    ) -> Union[Dict[str, Any], Iterator[Dict[str, Any]]]:
+        """Generate text from a prompt (text or token ids); a dict, or an iterator of chunks
+        when stream=True. Raises ValueError when the prompt does not fit the context window."""
+        self._check_sampler_args(tfs_z=tfs_z, mirostat_mode=mirostat_mode, grammar=grammar,
+                                 logprobs=logprobs, suffix=suffix)
+        if self._closed:
+            raise RuntimeError("this Llama is closed")
+        if isinstance(prompt, (bytes, bytearray)):
+            prompt = prompt.decode("utf-8")
+        if isinstance(prompt, str):
+            bos = [self.token_bos()] if (self.token_bos() >= 0 and self._add_bos()) else []
+            prompt_tokens = bos + (self.tokenize(prompt.encode("utf-8"), add_bos=False,
+                                                 special=True) if prompt else [])
+        else:
+            prompt_tokens = [int(t) for t in prompt]
+        if not prompt_tokens:
+            raise ValueError("the prompt is empty (no tokens to evaluate)")
+        n_ctx = self.n_ctx()
+        if len(prompt_tokens) >= n_ctx:
+            raise ValueError(f"Requested tokens ({len(prompt_tokens)}) exceed context window "
+                             f"of {n_ctx}")
+        if max_tokens is None or max_tokens <= 0:
+            max_tokens = n_ctx - len(prompt_tokens)
+        max_tokens = min(int(max_tokens), n_ctx - len(prompt_tokens))
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        stop_bytes = [s.encode("utf-8") for s in stops if s]
+        if seed is not None:
+            self.set_seed(seed)
+        else:
+            self.set_seed(random.Random(self._seed).randint(0, 2 ** 32))
+        rng = make_rng(self._seed)
+        params = dict(top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p,
+                      temp=temperature, repeat_penalty=repeat_penalty,
+                      frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
+                      logits_processor=logits_processor, stopping_criteria=stopping_criteria,
+                      logit_bias=({int(k): float(v) for k, v in logit_bias.items()}
+                                  if logit_bias else None), rng=rng)
+        meta = dict(id=f"cmpl-{uuid.uuid4()}", created=int(time.time()),
+                    model=model if model is not None else self.model_path)
+        echo_text = ""
+        if echo:
+            echo_text = prompt if isinstance(prompt, str) else self.detokenize(
+                prompt_tokens).decode("utf-8", errors="ignore")
+        if stream:
+            return self._stream(prompt_tokens, max_tokens, stop_bytes, params, meta, echo_text)
+        run = _Run()
+        for _ in self._run(prompt_tokens, max_tokens, stop_bytes, params, run):
+            pass
+        return {
+            "id": meta["id"], "object": "text_completion", "created": meta["created"],
+            "model": meta["model"],
+            "choices": [{"text": echo_text + run.text.decode("utf-8", errors="ignore"),
+                         "index": 0, "logprobs": None, "finish_reason": run.finish_reason}],
+            "usage": {"prompt_tokens": len(prompt_tokens),
+                      "completion_tokens": len(run.completion_tokens),
+                      "total_tokens": len(prompt_tokens) + len(run.completion_tokens)},
+        }
+
+    def __call__(self, prompt: Union[str, List[int]], *args, **kwargs):
+        return self.create_completion(prompt, *args, **kwargs)
+
+    # llama_cpp positional order of create_completion's parameters, for __call__(prompt, ...)
+    __call__.__doc__ = create_completion.__doc__
+
+    def _add_bos(self) -> bool:
+        return self._tok.add_bos_token()
+
+    def _stream(self, prompt_tokens, max_tokens, stop_bytes, params, meta, echo_text):
+        def chunk(text, finish):
+            return {"id": meta["id"], "object": "text_completion", "created": meta["created"],
+                    "model": meta["model"],
+                    "choices": [{"text": text, "index": 0, "logprobs": None,
+                                 "finish_reason": finish}]}
+        if echo_text:
+            yield chunk(echo_text, None)
+        run = _Run()
+        for piece in self._run(prompt_tokens, max_tokens, stop_bytes, params, run):
+            yield chunk(piece, None)
+        yield chunk("", run.finish_reason)
+
+    def _run(self, prompt_tokens, max_tokens, stop_bytes, params, run: _Run) -> Iterator[str]:
+        """Generate, cut at stop sequences, and yield text pieces that are safe to show: no
+        incomplete UTF-8 character and nothing that could still turn into a stop sequence."""
+        buf = bytearray()
+        emitted = 0
+        max_stop = max((len(s) for s in stop_bytes), default=0)
+        t0 = time.perf_counter()
+        t_first = None
+        n_prompt_eval = None
+        gen = self.generate(prompt_tokens, **params)
+        try:
+            for tok in gen:
+                if t_first is None:
+                    t_first = time.perf_counter()
+                    n_prompt_eval = len(self._input_ids)
+                if self._tok.is_eog(tok):
+                    run.finish_reason = "stop"
+                    break
+                run.completion_tokens.append(tok)
+                old = len(buf)
+                buf += self._tok.piece(tok)
+                cut = -1
+                if stop_bytes:
+                    start = max(0, old - max_stop + 1)
+                    for s in stop_bytes:
+                        i = buf.find(s, start)
+                        if i != -1 and (cut == -1 or i < cut):
+                            cut = i
+                if cut != -1:
+                    del buf[cut:]
+                    run.finish_reason = "stop"
+                    break
+                hold = max(_stop_prefix_hold(bytes(buf[emitted:]), stop_bytes),
+                           _utf8_incomplete_tail(buf))
+                safe = len(buf) - hold
+                if safe > emitted:
+                    piece = bytes(buf[emitted:safe]).decode("utf-8", errors="ignore")
+                    emitted = safe
+                    if piece:
+                        yield piece
+                if len(run.completion_tokens) >= max_tokens:
+                    run.finish_reason = "length"
+                    break
+            else:
+                # the generator ended by itself: a stopping criterion or a full context
+                run.finish_reason = ("stop" if len(run.completion_tokens) < max_tokens
+                                     and len(self._input_ids) < self.n_ctx() else "length")
+        finally:
+            gen.close()
+            run.text = bytes(buf)
+            t1 = time.perf_counter()
+            self.timings = {
+                "prompt_tokens": len(prompt_tokens),
+                "prompt_eval_tokens": n_prompt_eval or 0,
+                "prompt_s": (t_first or t1) - t0,
+                "gen_tokens": len(run.completion_tokens),
+                "gen_s": t1 - (t_first or t1),
+            }
+        if len(buf) > emitted:
+            piece = bytes(buf[emitted:]).decode("utf-8", errors="ignore")
+            if piece:
+                yield piece
+        if self.verbose:
+            t = self.timings
+            print(f"pi_backend: prompt {t['prompt_tokens']} tokens in {t['prompt_s'] * 1e3:.0f} ms,"
+                  f" generated {t['gen_tokens']} tokens in {t['gen_s'] * 1e3:.0f} ms",
+                  file=sys.stderr)
+
+    # ---- chat ----------------------------------------------------------------------------------
+    def create_chat_completion(
+        self, messages: List[Dict[str, Any]], functions: Optional[List[Any]] = None,
+        function_call: Any = None, tools: Optional[List[Any]] = None, tool_choice: Any = None,
+        temperature: float = 0.2, top_p: float = 0.95, top_k: int = 40, min_p: float = 0.05,
+        typical_p: float = 1.0, stream: bool = False,
+        stop: Optional[Union[str, List[str]]] = [], seed: Optional[int] = None,
+        response_format: Any = None, max_tokens: Optional[int] = None,
+        presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
+        repeat_penalty: float = 1.0, tfs_z: float = 1.0, mirostat_mode: int = 0,
+        mirostat_tau: float = 5.0, mirostat_eta: float = 0.1, model: Optional[str] = None,
+        logits_processor: Optional[Sequence[Callable]] = None, grammar: Any = None,
+        logit_bias: Optional[Dict[int, float]] = None, logprobs: Optional[bool] = None,
+        top_logprobs: Optional[int] = None,
+    ) -> Union[Dict[str, Any], Iterator[Dict[str, Any]]]:
+        """Chat completion through the model's chat template (llama-cpp-python's handler)."""
+        for name, value in (("functions", functions), ("function_call", function_call),
+                            ("tools", tools), ("tool_choice", tool_choice),
+                            ("response_format", response_format),
+                            ("top_logprobs", top_logprobs)):
+            if value is not None:
+                raise _not_implemented(name, value)
+        if logprobs:
+            raise _not_implemented("logprobs", logprobs)
+        self._check_sampler_args(tfs_z=tfs_z, mirostat_mode=mirostat_mode, grammar=grammar)
+        handler = self._chat_handler()
+        return handler(
+            llama=self, messages=messages, temperature=temperature, top_p=top_p, top_k=top_k,
+            min_p=min_p, typical_p=typical_p, stream=stream, stop=stop, seed=seed,
+            max_tokens=max_tokens, presence_penalty=presence_penalty,
+            frequency_penalty=frequency_penalty, repeat_penalty=repeat_penalty, model=model,
+            logits_processor=logits_processor, logit_bias=logit_bias)
+
+    def create_chat_completion_openai_v1(self, *args, **kwargs):
+        raise NotImplementedError("create_chat_completion_openai_v1 is not supported; use "
+                                  "create_chat_completion")
+
+    def _chat_handler(self) -> Callable:
+        if self.chat_handler is not None:
+            return self.chat_handler
+        return self._tok.get_chat_handler(self.chat_format, self._chat_handlers)
+
+    def chat_prompt_tokens(self, messages: List[Dict[str, Any]]) -> List[int]:
+        """The prompt tokens create_chat_completion would evaluate for `messages` (without
+        generating anything)."""
+        captured: Dict[str, Any] = {}
+
+        class _Probe:  # stands in for the Llama the chat handler drives
+            verbose = False
+            tokenize = staticmethod(self.tokenize)
+
+            @staticmethod
+            def create_completion(prompt, **kwargs):
+                captured["prompt"] = prompt
+                return {"id": "", "created": 0, "model": "", "usage": {},
+                        "choices": [{"text": "", "logprobs": None, "finish_reason": "stop"}]}
+
+        self._chat_handler()(llama=_Probe(), messages=messages)
+        p = captured["prompt"]
+        if isinstance(p, str):
+            p = self.tokenize(p.encode("utf-8"), add_bos=self._add_bos(), special=True)
+        return list(p)

@@ -1,0 +1,279 @@
+/* test_pi.c - standalone C checks of the kernel entry points of pi.h (built by `make asan`).
+ *
+ * 1. Argument validation: the status code of every kind of bad argument, and that an index out
+ *    of range is reported before the output is written.
+ * 2. Every SIMD kernel against its scalar twin (switched with pi_isa_set), for every weight
+ *    type, on odd shapes; and thread-count independence.
+ * Prints "N passed, N failed" and exits non-zero on any failure.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "pi.h"
+
+static int n_passed, n_failed;
+
+#define CHECK(cond, ...)                                              \
+    do {                                                              \
+        if (cond) {                                                   \
+            n_passed++;                                               \
+        } else {                                                      \
+            n_failed++;                                               \
+            printf("FAIL %s:%d: ", __FILE__, __LINE__);               \
+            printf(__VA_ARGS__);                                      \
+            printf("  [%s]\n", pi_last_error());                      \
+        }                                                             \
+    } while (0)
+
+#define EXPECT_STATUS(call, want) \
+    do { const int st_ = (call); CHECK(st_ == (want), "%s -> %d, want %d", #call, st_, (want)); } while (0)
+
+static const int TYPES[] = {PI_TYPE_F32, PI_TYPE_F16, PI_TYPE_Q4_0, PI_TYPE_Q4_1, PI_TYPE_Q8_0};
+#define N_TYPES (int)(sizeof TYPES / sizeof TYPES[0])
+
+/* A deterministic uniform [-1, 1) generator. */
+static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
+static float frand(void) {
+    rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
+    return (float)((rng_state >> 40) & 0xFFFFFF) / (float)(1 << 23) - 1.0f;
+}
+
+/* A [n_rows][n_cols] matrix of `type` from random floats; also its dequantized copy. */
+typedef struct {
+    int type;
+    int64_t n_rows, n_cols, row_bytes;
+    uint8_t *q;  /* [n_rows][row_bytes] */
+    float *deq;  /* [n_rows][n_cols] */
+} matrix;
+
+static matrix make_matrix(int type, int64_t n_rows, int64_t n_cols) {
+    matrix m = {.type = type, .n_rows = n_rows, .n_cols = n_cols};
+    pi_row_bytes(type, n_cols, &m.row_bytes);
+    float *f = malloc(sizeof(float) * (size_t)(n_rows * n_cols));
+    m.q = malloc((size_t)(n_rows * m.row_bytes));
+    m.deq = malloc(sizeof(float) * (size_t)(n_rows * n_cols));
+    for (int64_t i = 0; i < n_rows * n_cols; i++) f[i] = frand() * (1.0f + (float)(i / n_cols % 3));
+    pi_quantize_row(type, f, m.q, n_rows * n_cols);
+    pi_dequantize_row(type, m.q, m.deq, n_rows * n_cols);
+    free(f);
+    return m;
+}
+
+static void free_matrix(matrix *m) {
+    free(m->q);
+    free(m->deq);
+}
+
+static float *random_vec(int64_t n) {
+    float *v = malloc(sizeof(float) * (size_t)n);
+    for (int64_t i = 0; i < n; i++) v[i] = frand();
+    return v;
+}
+
+/* ---- 1. validation -------------------------------------------------------------------------- */
+
+static void test_validation(void) {
+    matrix m = make_matrix(PI_TYPE_Q4_0, 8, 64);
+    float x[64], a[64], y[64];
+    for (int i = 0; i < 64; i++) x[i] = a[i] = 1.0f, y[i] = 0.0f;
+    const int32_t idx[2] = {1, 2};
+
+    EXPECT_STATUS(pi_matvec(NULL, PI_TYPE_Q4_0, m.q, 8, 64, x, y), PI_OK);
+    EXPECT_STATUS(pi_matvec(NULL, PI_TYPE_Q4_0, NULL, 8, 64, x, y), PI_ERR_NULL);
+    EXPECT_STATUS(pi_matvec(NULL, PI_TYPE_Q4_0, m.q, 8, 64, NULL, y), PI_ERR_NULL);
+    EXPECT_STATUS(pi_matvec(NULL, PI_TYPE_Q4_0, m.q, 8, 64, x, NULL), PI_ERR_NULL);
+    EXPECT_STATUS(pi_matvec(NULL, PI_TYPE_Q8_1, m.q, 8, 64, x, y), PI_ERR_TYPE);
+    EXPECT_STATUS(pi_matvec(NULL, 5, m.q, 8, 64, x, y), PI_ERR_TYPE);
+    EXPECT_STATUS(pi_matvec(NULL, -1, m.q, 8, 64, x, y), PI_ERR_TYPE);
+    EXPECT_STATUS(pi_matvec(NULL, PI_TYPE_Q4_0, m.q, 0, 64, x, y), PI_ERR_SHAPE);
+    EXPECT_STATUS(pi_matvec(NULL, PI_TYPE_Q4_0, m.q, 8, -64, x, y), PI_ERR_SHAPE);
+    EXPECT_STATUS(pi_matvec(NULL, PI_TYPE_Q4_0, m.q, 8, 48, x, y), PI_ERR_SHAPE);
+
+    typedef int (*indexed_fn)(pi_pool *, int, const void *, int64_t, int64_t, const float *,
+                              const int32_t *, int64_t, float *);
+    const struct { const char *name; indexed_fn fn; int64_t limit; } fns[] = {
+        {"pi_matvec_masked", pi_matvec_masked, 8},
+        {"pi_axpy_sparse", pi_axpy_sparse, 8},
+        {"pi_matvec_cols_sparse", pi_matvec_cols_sparse, 64},
+    };
+    for (int f = 0; f < 3; f++) {
+        const indexed_fn fn = fns[f].fn;
+        const int64_t lim = fns[f].limit;
+        EXPECT_STATUS(fn(NULL, PI_TYPE_Q4_0, m.q, 8, 64, x, idx, 2, y), PI_OK);
+        EXPECT_STATUS(fn(NULL, PI_TYPE_Q4_0, m.q, 8, 64, x, idx, 0, y), PI_OK);
+        EXPECT_STATUS(fn(NULL, PI_TYPE_Q4_0, NULL, 8, 64, x, idx, 2, y), PI_ERR_NULL);
+        EXPECT_STATUS(fn(NULL, PI_TYPE_Q4_0, m.q, 8, 64, NULL, idx, 2, y), PI_ERR_NULL);
+        EXPECT_STATUS(fn(NULL, PI_TYPE_Q4_0, m.q, 8, 64, x, NULL, 2, y), PI_ERR_NULL);
+        EXPECT_STATUS(fn(NULL, PI_TYPE_Q4_0, m.q, 8, 64, x, idx, 2, NULL), PI_ERR_NULL);
+        EXPECT_STATUS(fn(NULL, PI_TYPE_Q8_1, m.q, 8, 64, x, idx, 2, y), PI_ERR_TYPE);
+        EXPECT_STATUS(fn(NULL, 42, m.q, 8, 64, x, idx, 2, y), PI_ERR_TYPE);
+        EXPECT_STATUS(fn(NULL, PI_TYPE_Q4_0, m.q, 0, 64, x, idx, 2, y), PI_ERR_SHAPE);
+        EXPECT_STATUS(fn(NULL, PI_TYPE_Q4_0, m.q, 8, 0, x, idx, 2, y), PI_ERR_SHAPE);
+        EXPECT_STATUS(fn(NULL, PI_TYPE_Q4_0, m.q, 8, 40, x, idx, 2, y), PI_ERR_SHAPE);
+        EXPECT_STATUS(fn(NULL, PI_TYPE_Q4_0, m.q, 8, 64, x, idx, -1, y), PI_ERR_RANGE);
+        EXPECT_STATUS(fn(NULL, PI_TYPE_Q4_0, m.q, 8, 64, x, idx, lim + 1, y), PI_ERR_RANGE);
+        const int32_t bad[][4] = {{0, 1, 2, -1}, {0, 1, 2, 0}, {0, 1, 2, 5000}};
+        for (int b = 0; b < 3; b++) {
+            int32_t id4[4];
+            memcpy(id4, bad[b], sizeof id4);
+            if (b == 1) id4[3] = (int32_t)lim;
+            float sentinel[64];
+            for (int i = 0; i < 64; i++) sentinel[i] = 7.0f;
+            EXPECT_STATUS(fn(NULL, PI_TYPE_Q4_0, m.q, 8, 64, x, id4, 4, sentinel), PI_ERR_RANGE);
+            char want[64];
+            snprintf(want, sizeof want, "idx[3] = %d out of range [0, %lld)", id4[3], (long long)lim);
+            CHECK(strstr(pi_last_error(), want) && strstr(pi_last_error(), fns[f].name),
+                  "%s: message lacks '%s'", fns[f].name, want);
+            int untouched = 1;
+            for (int i = 0; i < 64; i++) untouched &= sentinel[i] == 7.0f;
+            CHECK(untouched, "%s wrote its output before rejecting idx", fns[f].name);
+        }
+    }
+    free_matrix(&m);
+}
+
+static void test_isa_selection(void) {
+    const int best = pi_isa_best();
+    CHECK(pi_isa_get() == best, "default ISA %d, best %d", pi_isa_get(), best);
+    EXPECT_STATUS(pi_isa_set(99), PI_ERR_ISA);
+    EXPECT_STATUS(pi_isa_set(-1), PI_ERR_ISA);
+    if (best < PI_ISA_AVX512) EXPECT_STATUS(pi_isa_set(best + 1), PI_ERR_ISA);
+    for (int isa = 0; isa <= best; isa++) {
+        EXPECT_STATUS(pi_isa_set(isa), PI_OK);
+        CHECK(pi_isa_get() == isa, "pi_isa_get %d after setting %d", pi_isa_get(), isa);
+    }
+    pi_isa_set(best);
+}
+
+/* ---- 2. SIMD twins against scalar ------------------------------------------------------------ */
+
+/* |got - want| <= rtol * scale, elementwise. */
+static int close_enough(const float *got, const float *want, const float *scale, int64_t n,
+                        float rtol, int64_t *where) {
+    for (int64_t i = 0; i < n; i++)
+        if (!(fabsf(got[i] - want[i]) <= rtol * scale[i] + 1e-30f)) {
+            *where = i;
+            return 0;
+        }
+    return 1;
+}
+
+static float row_absmax(const matrix *m, int64_t r) {
+    float wmax = 0.0f;
+    for (int64_t c = 0; c < m->n_cols; c++) {
+        const float w = fabsf(m->deq[r * m->n_cols + c]);
+        wmax = w > wmax ? w : wmax;
+    }
+    return wmax;
+}
+
+/* Error scale of row r of m against v (over idx, or all of v): 2 max|w| sum|v|, which bounds
+ * every partial sum a kernel may form (including block-offset tricks). */
+static float row_scale(const matrix *m, int64_t r, const float *v, const int32_t *idx, int64_t n_idx) {
+    float vsum = 0.0f;
+    if (idx)
+        for (int64_t k = 0; k < n_idx; k++) vsum += fabsf(v[idx[k]]);
+    else
+        for (int64_t c = 0; c < m->n_cols; c++) vsum += fabsf(v[c]);
+    return 2.0f * row_absmax(m, r) * vsum + 1e-6f;
+}
+
+static void test_simd_twins(pi_pool *pool3) {
+    static const int64_t shapes[][2] = {{1, 32}, {7, 64}, {37, 576}, {13, 1536}};
+    const int best = pi_isa_best();
+    for (int ti = 0; ti < N_TYPES; ti++) {
+        for (int s = 0; s < 4; s++) {
+            const int type = TYPES[ti];
+            const int64_t R = shapes[s][0], C = shapes[s][1];
+            matrix m = make_matrix(type, R, C);
+            float *x = random_vec(C), *a = random_vec(R > C ? R : C);
+            int32_t *idx = malloc(sizeof(int32_t) * (size_t)(R > C ? R : C));
+            int64_t n_idx = 0;
+            for (int64_t r = R - 1; r >= 0; r -= 2) idx[n_idx++] = (int32_t)r; /* unsorted */
+            int64_t n_cidx = 0;
+            int32_t *cidx = malloc(sizeof(int32_t) * (size_t)C);
+            for (int64_t c = 0; c < C; c += 3) cidx[n_cidx++] = (int32_t)c;
+
+            float *ref[4], *got[4], *scale[4];
+            const int64_t len[4] = {R, R, C, R};
+            for (int k = 0; k < 4; k++) {
+                ref[k] = calloc((size_t)len[k], sizeof(float));
+                got[k] = calloc((size_t)len[k], sizeof(float));
+                scale[k] = calloc((size_t)len[k], sizeof(float));
+            }
+            for (int64_t r = 0; r < R; r++) {
+                scale[0][r] = scale[1][r] = row_scale(&m, r, x, NULL, 0);
+                scale[3][r] = row_scale(&m, r, a, cidx, n_cidx);
+            }
+            float axpy_scale = 1e-6f; /* the same bound for every column */
+            for (int64_t k = 0; k < n_idx; k++) axpy_scale += 2.0f * fabsf(a[idx[k]]) * row_absmax(&m, idx[k]);
+            for (int64_t c = 0; c < C; c++) scale[2][c] = axpy_scale;
+            for (int isa = 0; isa <= best; isa++) {
+                pi_isa_set(isa);
+                for (int threads = 0; threads < 2; threads++) {
+                    pi_pool *pool = threads ? pool3 : NULL;
+                    float **out = isa == 0 && !threads ? ref : got;
+                    int st = pi_matvec(pool, type, m.q, R, C, x, out[0]);
+                    st |= pi_matvec_masked(pool, type, m.q, R, C, x, idx, n_idx, out[1]);
+                    st |= pi_axpy_sparse(pool, type, m.q, R, C, a, idx, n_idx, out[2]);
+                    st |= pi_matvec_cols_sparse(pool, type, m.q, R, C, a, cidx, n_cidx, out[3]);
+                    CHECK(st == PI_OK, "type %d %lldx%lld isa %d: status %d", type, (long long)R,
+                          (long long)C, isa, st);
+                    if (out == ref) continue;
+                    static const char *names[4] = {"matvec", "masked", "axpy", "cols_sparse"};
+                    for (int k = 0; k < 4; k++) {
+                        int64_t where = -1;
+                        CHECK(close_enough(got[k], ref[k], scale[k], len[k], 1e-5f, &where),
+                              "%s type %d %lldx%lld isa %d threads %d: [%lld] %g vs scalar %g",
+                              names[k], type, (long long)R, (long long)C, isa, threads ? 3 : 1,
+                              (long long)where, where >= 0 ? got[k][where] : 0.0,
+                              where >= 0 ? ref[k][where] : 0.0);
+                    }
+                }
+            }
+            pi_isa_set(best);
+            for (int k = 0; k < 4; k++) free(ref[k]), free(got[k]), free(scale[k]);
+            free(x), free(a), free(idx), free(cidx);
+            free_matrix(&m);
+        }
+    }
+}
+
+/* With a fixed ISA, the thread count changes nothing, bit for bit. */
+static void test_thread_independence(pi_pool *pool3) {
+    for (int ti = 0; ti < N_TYPES; ti++) {
+        const int type = TYPES[ti];
+        const int64_t R = 45, C = 576;
+        matrix m = make_matrix(type, R, C);
+        float *x = random_vec(C), *a = random_vec(R);
+        int32_t idx[20];
+        for (int k = 0; k < 20; k++) idx[k] = (int32_t)((k * 7) % R);
+        float y1[576], y3[576];
+        pi_matvec(NULL, type, m.q, R, C, x, y1);
+        pi_matvec(pool3, type, m.q, R, C, x, y3);
+        CHECK(!memcmp(y1, y3, sizeof(float) * (size_t)R), "matvec type %d: 1 vs 3 threads", type);
+        pi_axpy_sparse(NULL, type, m.q, R, C, a, idx, 20, y1);
+        pi_axpy_sparse(pool3, type, m.q, R, C, a, idx, 20, y3);
+        CHECK(!memcmp(y1, y3, sizeof(float) * (size_t)C), "axpy type %d: 1 vs 3 threads", type);
+        free(x), free(a);
+        free_matrix(&m);
+    }
+}
+
+int main(void) {
+    pi_pool *pool3 = NULL;
+    if (pi_pool_create(3, &pool3) != PI_OK) {
+        printf("cannot create a pool: %s\n", pi_last_error());
+        return 1;
+    }
+    test_isa_selection();
+    test_validation();
+    test_simd_twins(pool3);
+    test_thread_independence(pool3);
+    pi_pool_free(pool3);
+    printf("%d passed, %d failed\n", n_passed, n_failed);
+    return n_failed ? 1 : 0;
+}
