@@ -30,6 +30,9 @@ struct pi_context {
     float *inv_freq;          /* [n_rot / 2] RoPE frequencies */
     int32_t *idx;             /* [n_ff] active neuron ids */
     pi_stats stats;
+    float *rec_in, *rec_gate, *rec_h; /* calibration recorder (pi_context_set_recorder) */
+    int32_t rec_tokens;
+    int32_t rec_base;                  /* recorder row of the current chunk's first token */
     void *mem;
     size_t mem_bytes;
 };
@@ -195,6 +198,18 @@ static int ffn_sparse_token(pi_context *c, const pi_layer *l, int il, const floa
     return pi_axpy_sparse(c->pool, l->down_t.type, l->down_t.data, n_ff, d, u, c->idx, n, out);
 }
 
+/* Copies this layer's FFN input, gate and down input of B tokens into the recorder. */
+static void record(pi_context *c, int il, int B) {
+    const pi_hparams *hp = &c->m->hp;
+    const size_t d = (size_t)hp->n_embd, n_ff = (size_t)hp->n_ff, L = (size_t)hp->n_layer;
+    for (int t = 0; t < B; t++) {
+        const size_t row = ((size_t)c->rec_base + (size_t)t) * L + (size_t)il;
+        if (c->rec_in) memcpy(c->rec_in + row * d, c->xn + t * d, d * sizeof(float));
+        if (c->rec_gate) memcpy(c->rec_gate + row * n_ff, c->g + t * n_ff, n_ff * sizeof(float));
+        if (c->rec_h) memcpy(c->rec_h + row * n_ff, c->u + t * n_ff, n_ff * sizeof(float));
+    }
+}
+
 static int ffn_block(pi_context *c, int il, int B) {
     const pi_model *m = c->m;
     const pi_hparams *hp = &m->hp;
@@ -223,6 +238,7 @@ static int ffn_block(pi_context *c, int il, int B) {
                 return rc;
     }
     c->stats.ffn_neurons += (int64_t)B * n_ff;
+    if (c->rec_tokens) record(c, il, B);
     for (size_t i = 0; i < (size_t)B * d; i++) c->x[i] += c->proj[i];
     return PI_OK;
 }
@@ -265,12 +281,16 @@ int pi_decode(pi_context *c, const int32_t *tokens, int32_t n_tokens, int32_t n_
         if (tokens[i] < 0 || tokens[i] >= hp->n_vocab)
             return pi_fail(PI_ERR_RANGE, "pi_decode: token %d = %d out of range [0, %d)", i, tokens[i],
                            hp->n_vocab);
+    if (c->rec_tokens && n_tokens > c->rec_tokens)
+        return pi_fail(PI_ERR_RANGE, "pi_decode: %d tokens but the recorder holds %d", n_tokens,
+                       c->rec_tokens);
     for (int32_t done = 0; done < n_tokens; done += c->n_batch) {
         const int B = n_tokens - done < c->n_batch ? n_tokens - done : c->n_batch;
         const int last = done + B == n_tokens;
         float *out = NULL;
         if (logits && logits_all) out = logits + (size_t)done * hp->n_vocab;
         else if (logits && last) out = logits;
+        c->rec_base = done;
         int rc = decode_chunk(c, tokens + done, B, n_past + done, out, logits_all);
         if (rc) return rc;
     }
@@ -356,6 +376,18 @@ int pi_context_set_ffn_mode(pi_context *c, int mode) {
                        mode == PI_FFN_SPARSE ? "it needs ffn_down_t and predictors fc1/fc2"
                                              : "it needs the split-FFN tensor ffn_down_t");
     c->ffn_mode = mode;
+    return pi_ok();
+}
+
+int pi_context_set_recorder(pi_context *c, float *ffn_in, float *ffn_gate, float *ffn_h,
+                            int32_t n_tokens) {
+    PI_CHECK_NULL(c);
+    if (n_tokens < 0) return pi_fail(PI_ERR_RANGE, "pi_context_set_recorder: n_tokens = %d", n_tokens);
+    const int off = n_tokens == 0 || (!ffn_in && !ffn_gate && !ffn_h);
+    c->rec_in = off ? NULL : ffn_in;
+    c->rec_gate = off ? NULL : ffn_gate;
+    c->rec_h = off ? NULL : ffn_h;
+    c->rec_tokens = off ? 0 : n_tokens;
     return pi_ok();
 }
 

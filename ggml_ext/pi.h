@@ -187,6 +187,15 @@ PI_API int pi_context_set_ffn_mode(pi_context *c, int mode);
 PI_API int pi_decode(pi_context *c, const int32_t *tokens, int32_t n_tokens, int32_t n_past,
                      float *logits, int32_t logits_all);
 
+/* Calibration recorder: while set, each pi_decode call writes, for its tokens t < n_tokens and
+ * every layer l, the FFN input (after ffn_norm) to ffn_in[t][l][0..d), the gate pre-activation to
+ * ffn_gate[t][l][0..n_ff) and the down projection's input act(gate) * up to ffn_h[t][l][0..n_ff).
+ * Any buffer may be NULL; all NULL (or n_tokens = 0) turns recording off. A pi_decode call with
+ * more tokens than n_tokens fails with PI_ERR_RANGE while recording. In sparse and threshold
+ * modes, inactive neurons record gate and h as computed there (0 where not computed). */
+PI_API int pi_context_set_recorder(pi_context *c, float *ffn_in, float *ffn_gate, float *ffn_h,
+                                   int32_t n_tokens);
+
 typedef struct {
     int64_t tokens;              /* tokens run through the FFNs since the last reset */
     int64_t ffn_neurons;         /* neuron evaluations possible: tokens * n_layer * n_ff */

@@ -133,6 +133,7 @@ _PROTOTYPES = [
     ("pi_context_free", None, [pi_context_p]),
     ("pi_context_set_ffn_mode", c_int, [pi_context_p, c_int]),
     ("pi_decode", c_int, [pi_context_p, i32_p, c_int32, c_int32, f32_p, c_int32]),
+    ("pi_context_set_recorder", c_int, [pi_context_p, f32_p, f32_p, f32_p, c_int32]),
     ("pi_context_stats", c_int, [pi_context_p, POINTER(pi_stats)]),
     ("pi_context_reset_stats", c_int, [pi_context_p]),
 ]

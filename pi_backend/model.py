@@ -236,6 +236,24 @@ class Context:
              1 if logits_all else 0)
         return out
 
+    def record(self, tokens: Sequence[int], n_past: int, *, ffn_in: bool = True,
+               gate: bool = True, h: bool = True) -> dict:
+        """Runs tokens like eval() and returns, per token and layer, the FFN input
+        ([n, n_layer, d]), the gate pre-activation and the down input act(gate)*up
+        ([n, n_layer, n_ff]); the arrays not asked for are omitted."""
+        n, L = len(tokens), self.model.n_layer
+        d, ff = self.model.n_embd, self.model.n_ff
+        bufs = {"ffn_in": np.empty((n, L, d), np.float32) if ffn_in else None,
+                "gate": np.empty((n, L, ff), np.float32) if gate else None,
+                "h": np.empty((n, L, ff), np.float32) if h else None}
+        ptrs = [fptr(b) if b is not None else None for b in bufs.values()]
+        call("pi_context_set_recorder", self._ptr, *ptrs, n)
+        try:
+            self.eval(tokens, n_past)
+        finally:
+            call("pi_context_set_recorder", self._ptr, None, None, None, 0)
+        return {k: v for k, v in bufs.items() if v is not None}
+
     def stats(self) -> dict:
         s = _lib.pi_stats()
         call("pi_context_stats", self._ptr, ctypes.byref(s))
