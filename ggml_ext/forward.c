@@ -63,12 +63,7 @@ static void rope(float *v, int n_rot, int neox, const float *inv_freq, float pos
 
 /* Y[t] = W X[t] for t < B.  W: [n_rows][n_cols]; X: [B][n_cols]; Y: rows of stride ldy. */
 static int matmul(pi_context *c, const pi_weight *w, const float *X, int B, float *Y, int64_t ldy) {
-    for (int t = 0; t < B; t++) {
-        int rc = pi_matvec(c->pool, w->type, w->data, w->n_rows, w->n_cols, X + (size_t)t * w->n_cols,
-                           Y + (size_t)t * ldy);
-        if (rc) return rc;
-    }
-    return PI_OK;
+    return pi_matmat(c->pool, w->type, w->data, w->n_rows, w->n_cols, X, B, Y, ldy);
 }
 
 static void add_bias(float *Y, const pi_weight *b, int B, int64_t n) {

@@ -253,25 +253,29 @@ static void *scratch(size_t bytes) {
     return scratch_buf;
 }
 
-/* The activation as the weight type's dot wants it (see pi_dot_fn): x itself for F32/F16, else
- * x quantized once into the scratch buffer. */
-static int prepare_activation(const char *fn, const pi_kernels *K, int type, const float *x,
-                              int64_t n, const void **act) {
+/* The activations x [n_tok][n] as the weight type's dot wants them (see pi_dot_fn): x itself for
+ * F32/F16, else quantized once into the scratch buffer; *act_bytes is the stride of one row. */
+static int prepare_activations(const char *fn, const pi_kernels *K, int type, const float *x,
+                               int64_t n, int64_t n_tok, const void **act, size_t *act_bytes) {
     if (type == PI_TYPE_F32 || type == PI_TYPE_F16) {
         *act = x;
+        *act_bytes = (size_t)n * sizeof(float);
         return PI_OK;
     }
     const int q8_1 = type == PI_TYPE_Q4_1;
-    const size_t bytes = (size_t)(n / 32) * (q8_1 ? sizeof(block_q8_1) : sizeof(block_q8_0));
-    void *buf = scratch(bytes);
+    const size_t row = (size_t)(n / 32) * (q8_1 ? sizeof(block_q8_1) : sizeof(block_q8_0));
+    uint8_t *buf = scratch(row * (size_t)n_tok);
     if (!buf)
         return pi_fail(PI_ERR_NOMEM, "%s: cannot allocate %zu bytes for the quantized activation",
-                       fn, bytes);
-    if (q8_1)
-        K->quantize_q8_1(x, buf, n);
-    else
-        K->quantize_q8_0(x, buf, n);
+                       fn, row * (size_t)n_tok);
+    for (int64_t t = 0; t < n_tok; t++) {
+        if (q8_1)
+            K->quantize_q8_1(x + t * n, (block_q8_1 *)(buf + (size_t)t * row), n);
+        else
+            K->quantize_q8_0(x + t * n, (block_q8_0 *)(buf + (size_t)t * row), n);
+    }
     *act = buf;
+    *act_bytes = row;
     return PI_OK;
 }
 
@@ -297,7 +301,10 @@ typedef struct {
     const uint8_t *W;      /* [n_rows][row_bytes] */
     size_t row_bytes;
     int64_t n_cols, block_elems, block_bytes;
-    const void *act;       /* matvec: the prepared activation */
+    const void *act;       /* matvec: the prepared activations [n_tok][act_bytes] */
+    size_t act_bytes;
+    int64_t n_tok;         /* matvec: activations per row group (1 but for pi_matmat) */
+    int64_t ldy;           /* matvec: stride of y between activations */
     const float *a;        /* axpy: [n_rows] activations */
     const int32_t *idx;    /* [n_items] rows, or NULL for all rows in order (dense) */
     int64_t n_items;
@@ -327,8 +334,10 @@ static void matvec_task(void *arg, int ith, int nth) {
         const void *rows[PI_KERNEL_ROWS];
         float out[PI_KERNEL_ROWS];
         for (int r = 0; r < nr; r++) rows[r] = row_ptr(j, item_row(j, i + r));
-        j->dot(j->n_cols, rows, nr, j->act, out);
-        for (int r = 0; r < nr; r++) j->y[item_row(j, i + r)] = out[r];
+        for (int64_t t = 0; t < j->n_tok; t++) {
+            j->dot(j->n_cols, rows, nr, (const uint8_t *)j->act + (size_t)t * j->act_bytes, out);
+            for (int r = 0; r < nr; r++) j->y[t * j->ldy + item_row(j, i + r)] = out[r];
+        }
     }
 }
 
@@ -421,13 +430,13 @@ static void cols_sparse_task(void *arg, int ith, int nth) {
 /* Shared by pi_matvec (idx NULL) and pi_matvec_masked; the arguments are validated. */
 static int matvec_run(const char *fn, pi_pool *pool, int type, const matrix_info *m,
                       const void *W, int64_t n_rows, int64_t n_cols, const float *x,
-                      const int32_t *idx, int64_t n_idx, float *y) {
+                      int64_t n_tok, int64_t ldy, const int32_t *idx, int64_t n_idx, float *y) {
     const pi_kernels *K = active_kernels();
     job j = {.dot = K->dot[m->slot], .W = W, .row_bytes = m->row_bytes, .n_cols = n_cols,
-             .idx = idx, .n_items = idx ? n_idx : n_rows, .y = y};
+             .idx = idx, .n_items = idx ? n_idx : n_rows, .y = y, .n_tok = n_tok, .ldy = ldy};
     if (idx) memset(y, 0, (size_t)n_rows * sizeof(float));
     if (j.n_items == 0) return pi_ok();
-    const int st = prepare_activation(fn, K, type, x, n_cols, &j.act);
+    const int st = prepare_activations(fn, K, type, x, n_cols, n_tok, &j.act, &j.act_bytes);
     if (st) return st;
     pi_pool_run(pool, matvec_task, &j);
     return pi_ok();
@@ -441,7 +450,21 @@ int pi_matvec(pi_pool *pool, int type, const void *W, int64_t n_rows, int64_t n_
     matrix_info m;
     const int st = check_matrix(__func__, type, n_rows, n_cols, &m);
     if (st) return st;
-    return matvec_run(__func__, pool, type, &m, W, n_rows, n_cols, x, NULL, 0, y);
+    return matvec_run(__func__, pool, type, &m, W, n_rows, n_cols, x, 1, n_rows, NULL, 0, y);
+}
+
+int pi_matmat(pi_pool *pool, int type, const void *W, int64_t n_rows, int64_t n_cols,
+              const float *X, int64_t n_tok, float *Y, int64_t ldy) {
+    PI_CHECK_NULL(W);
+    PI_CHECK_NULL(X);
+    PI_CHECK_NULL(Y);
+    matrix_info m;
+    const int st = check_matrix(__func__, type, n_rows, n_cols, &m);
+    if (st) return st;
+    if (n_tok <= 0 || ldy < n_rows)
+        return pi_fail(PI_ERR_SHAPE, "%s: n_tok = %lld must be positive and ldy = %lld >= n_rows = %lld",
+                       __func__, (long long)n_tok, (long long)ldy, (long long)n_rows);
+    return matvec_run(__func__, pool, type, &m, W, n_rows, n_cols, X, n_tok, ldy, NULL, 0, Y);
 }
 
 int pi_matvec_masked(pi_pool *pool, int type, const void *W, int64_t n_rows, int64_t n_cols,
@@ -454,7 +477,7 @@ int pi_matvec_masked(pi_pool *pool, int type, const void *W, int64_t n_rows, int
     int st = check_matrix(__func__, type, n_rows, n_cols, &m);
     if (st) return st;
     if ((st = check_idx(__func__, idx, n_idx, n_rows))) return st;
-    return matvec_run(__func__, pool, type, &m, W, n_rows, n_cols, x, idx, n_idx, y);
+    return matvec_run(__func__, pool, type, &m, W, n_rows, n_cols, x, 1, n_rows, idx, n_idx, y);
 }
 
 int pi_axpy_sparse(pi_pool *pool, int type, const void *Wt, int64_t n_rows, int64_t n_cols,

@@ -103,6 +103,12 @@ PI_API int pi_pool_n_threads(const pi_pool *pool);
 PI_API int pi_matvec(pi_pool *pool, int type, const void *W, int64_t n_rows, int64_t n_cols,
                      const float *x, float *y);
 
+/* Batched dense product (prompt processing): Y[t] = W X[t] for t < n_tok, reading W once.
+ *   W: [n_rows][n_cols] of `type`; X: [n_tok][n_cols] f32; Y: [n_tok][ldy] f32, ldy >= n_rows.
+ * Each Y[t] equals what pi_matvec gives for X[t]. */
+PI_API int pi_matmat(pi_pool *pool, int type, const void *W, int64_t n_rows, int64_t n_cols,
+                     const float *X, int64_t n_tok, float *Y, int64_t ldy);
+
 /* Masked vec_dot (gate/up): y[idx[k]] = W[idx[k]] . x for k < n_idx; every other y[i] = 0.
  *   W: [n_rows][n_cols] of `type`; x: [n_cols] f32; idx: [n_idx] int32 in [0, n_rows);
  *   y: [n_rows] f32. Rows not in idx are never read. */

@@ -1,9 +1,13 @@
 /* threads.c - the persistent worker pool.
  *
- * Workers are created once in pi_pool_create. A job is published by bumping `generation`;
- * workers spin briefly on it (jobs within one forward pass arrive microseconds apart), then
- * sleep on a condition variable, so an idle pool costs no CPU. The caller runs share 0 itself
- * and then waits for `pending` to reach zero.
+ * Workers are created once in pi_pool_create. A job is split into n_threads shares; each share
+ * is claimed by whichever thread gets to it first (an atomic counter), so when the machine is
+ * oversubscribed and a worker is not scheduled, the caller simply runs that share itself
+ * instead of waiting for it. A share's work depends only on its index, so results do not depend
+ * on which thread ran it.
+ *
+ * A job is published by bumping `generation`; idle workers spin briefly on it (jobs within one
+ * forward pass arrive microseconds apart), then sleep on a condition variable.
  */
 #include <pthread.h>
 #include <sched.h>
@@ -14,26 +18,38 @@
 #include "common.h"
 #include "threads.h"
 
-#define SPIN_ITERS 200000 /* ~0.1-1 ms of spinning before a worker sleeps */
+#define SPIN_ITERS 20000 /* pause loops (~0.1-0.5 ms) before a worker sleeps */
 
 struct pi_pool {
-    int n_threads;             /* including the caller */
+    int n_threads;             /* including the caller; also the number of shares per job */
     pthread_t *workers;        /* [n_threads - 1] */
     pthread_mutex_t mutex;
     pthread_cond_t wake;
     atomic_uint generation;    /* bumped once per job */
-    atomic_int pending;        /* workers still running the current job */
+    atomic_int next;           /* next share to claim */
+    atomic_int done;           /* shares finished */
     atomic_bool stop;
-    pi_task_fn fn;             /* the current job; written before generation is bumped */
+    pi_task_fn fn;             /* the current job; written before `next` is reset */
     void *arg;
 };
 
-typedef struct { pi_pool *pool; int ith; } worker_arg;
+typedef struct { pi_pool *pool; } worker_arg;
 
 static inline void cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_ia32_pause();
 #endif
+}
+
+/* Runs shares of the current job until none is left. */
+static void run_shares(pi_pool *pool) {
+    const int n = pool->n_threads;
+    for (;;) {
+        const int i = atomic_fetch_add_explicit(&pool->next, 1, memory_order_acq_rel);
+        if (i >= n) return;
+        pool->fn(pool->arg, i, n);
+        atomic_fetch_add_explicit(&pool->done, 1, memory_order_release);
+    }
 }
 
 static void *worker_main(void *p) {
@@ -54,8 +70,7 @@ static void *worker_main(void *p) {
         }
         seen = gen;
         if (atomic_load_explicit(&pool->stop, memory_order_acquire)) return NULL;
-        pool->fn(pool->arg, wa.ith, pool->n_threads);
-        atomic_fetch_sub_explicit(&pool->pending, 1, memory_order_acq_rel);
+        run_shares(pool);
     }
 }
 
@@ -78,7 +93,8 @@ int pi_pool_create(int n_threads, pi_pool **out) {
     pthread_mutex_init(&pool->mutex, NULL);
     pthread_cond_init(&pool->wake, NULL);
     atomic_init(&pool->generation, 0);
-    atomic_init(&pool->pending, 0);
+    atomic_init(&pool->next, n_threads); /* no job: nothing to claim */
+    atomic_init(&pool->done, 0);
     atomic_init(&pool->stop, false);
     if (n_threads > 1) {
         pool->workers = calloc((size_t)n_threads - 1, sizeof *pool->workers);
@@ -92,7 +108,6 @@ int pi_pool_create(int n_threads, pi_pool **out) {
         int rc = wa ? 0 : -1;
         if (wa) {
             wa->pool = pool;
-            wa->ith = i;
             rc = pthread_create(&pool->workers[i - 1], NULL, worker_main, wa);
             if (rc) free(wa);
         }
@@ -125,13 +140,15 @@ void pi_pool_run(pi_pool *pool, pi_task_fn fn, void *arg) {
         fn(arg, 0, 1);
         return;
     }
+    const int n = pool->n_threads;
     pool->fn = fn;
     pool->arg = arg;
-    atomic_store_explicit(&pool->pending, pool->n_threads - 1, memory_order_release);
+    atomic_store_explicit(&pool->done, 0, memory_order_relaxed);
+    atomic_store_explicit(&pool->next, 0, memory_order_release); /* shares claimable from here */
     publish(pool);
-    fn(arg, 0, pool->n_threads);
+    run_shares(pool);
     int spins = 0;
-    while (atomic_load_explicit(&pool->pending, memory_order_acquire) > 0) {
+    while (atomic_load_explicit(&pool->done, memory_order_acquire) < n) {
         if (++spins < SPIN_ITERS) cpu_relax();
         else sched_yield();
     }

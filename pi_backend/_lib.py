@@ -115,6 +115,8 @@ _PROTOTYPES = [
     ("pi_pool_n_threads", c_int, [pi_pool_p]),
     # kernels
     ("pi_matvec", c_int, [pi_pool_p, c_int, c_void_p, c_int64, c_int64, f32_p, f32_p]),
+    ("pi_matmat", c_int,
+     [pi_pool_p, c_int, c_void_p, c_int64, c_int64, f32_p, c_int64, f32_p, c_int64]),
     ("pi_matvec_masked", c_int,
      [pi_pool_p, c_int, c_void_p, c_int64, c_int64, f32_p, i32_p, c_int64, f32_p]),
     ("pi_axpy_sparse", c_int,
