@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "common.h"
+#include "kernels.h"
 #include "model.h"
 #include "quants.h"
 #include "threads.h"
@@ -18,16 +19,18 @@ struct pi_context {
     const pi_model *m;
     pi_pool *pool;
     int32_t n_ctx, n_batch, ffn_mode;
-    float *k_cache, *v_cache; /* [n_layer][n_ctx][kv_dim] */
+    pi_half *k_cache;         /* [n_layer][n_ctx][kv_dim] f16 (llama.cpp's default cache type) */
+    pi_half *v_cache;         /* [n_layer][kv_dim][n_ctx] f16, transposed (as llama.cpp's) */
     float *x;                 /* [n_batch][d] residual stream */
     float *xn;                /* [n_batch][d] normalized input of the current block */
     float *q;                 /* [n_batch][q_dim] */
+    float *k, *v;             /* [n_batch][kv_dim] the new positions' k and v, before the cache */
     float *att_out;           /* [n_batch][q_dim] */
     float *proj;              /* [n_batch][d] output of attn_output / the FFN */
     float *g, *u;             /* [n_batch][n_ff] gate and up (then the down input) */
     float *pz;                /* [max_rank] predictor hidden layer */
-    float *scores;            /* [n_threads][n_ctx] attention scores per thread */
-    float *inv_freq;          /* [n_rot / 2] RoPE frequencies */
+    float *scores;            /* [n_threads][attn_scratch()] attention scratch per thread */
+    float *rope_cs;           /* [n_rot] cos, sin of one position's RoPE angles */
     int32_t *idx;             /* [n_ff] active neuron ids */
     pi_stats stats;
     float *rec_in, *rec_gate, *rec_h; /* calibration recorder (pi_context_set_recorder) */
@@ -39,25 +42,45 @@ struct pi_context {
 
 /* ---- small vector ops ---------------------------------------------------------------------- */
 
+/* ggml's rms_norm then mul: the squares in f32, summed in double; x * scale, then * w. */
 static void rmsnorm(float *out, const float *x, const float *w /* [d] */, int d, float eps) {
     double ss = 0;
-    for (int i = 0; i < d; i++) ss += (double)x[i] * x[i];
+    for (int i = 0; i < d; i++) ss += (double)(x[i] * x[i]);
     const float s = 1.0f / sqrtf((float)(ss / d) + eps);
     for (int i = 0; i < d; i++) out[i] = x[i] * s * w[i];
 }
 
-static inline float silu(float v) { return v / (1.0f + expf(-v)); }
+/* ---- llama.cpp's CPU numerics ----------------------------------------------------------------
+ * Attention, RoPE and SiLU follow llama.cpp's CPU backend (ggml-cpu) step by step, so that the
+ * two engines agree closely: an f16 KV cache (llama.cpp's default), f16 queries and f16 attention
+ * probabilities (its mul_mat converts them for the f16 cache), dot products in tinyBLAS's order
+ * and ggml's vectorized expf (the pi_kernels attention / SwiGLU entries), RoPE angles by repeated
+ * multiplication, RMSNorm's squares in f32. */
+
+static inline float silu(float v) { return v / (1.0f + pi_expf_ggml(-v)); }
 static inline float act(int kind, float v) { return kind == PI_ACT_RELU ? (v > 0 ? v : 0) : silu(v); }
 
-/* Rotates one head's first n_rot dims at position pos (llama: adjacent pairs; NeoX: halves). */
-static void rope(float *v, int n_rot, int neox, const float *inv_freq, float pos) {
+/* cs[2i], cs[2i + 1] = cos, sin of RoPE angle i at position pos: theta_i = pos * theta_scale^i by
+ * repeated f32 multiplication, then scaled by freq_scale (ggml_rope_cache_init). */
+static void rope_angles(float *cs, int n_rot, float theta_scale, float freq_scale, int pos) {
+    float theta = (float)pos;
+    for (int i = 0; i < n_rot / 2; i++) {
+        const float th = freq_scale * theta;
+        cs[2 * i] = cosf(th);
+        cs[2 * i + 1] = sinf(th);
+        theta *= theta_scale;
+    }
+}
+
+/* Rotates one head's first n_rot dims by the angles cs (llama: adjacent pairs; NeoX: halves). */
+static void rope(float *v, int n_rot, int neox, const float *cs) {
     const int half = n_rot / 2;
     for (int i = 0; i < half; i++) {
-        const float th = pos * inv_freq[i], c = cosf(th), s = sinf(th);
+        const float c = cs[2 * i], s = cs[2 * i + 1];
         const int a = neox ? i : 2 * i, b = neox ? i + half : 2 * i + 1;
         const float x0 = v[a], x1 = v[b];
-        v[a] = x0 * c - x1 * s;
-        v[b] = x0 * s + x1 * c;
+        v[a] = fmaf(x0, c, -(x1 * s));
+        v[b] = fmaf(x0, s, x1 * c);
     }
 }
 
@@ -77,41 +100,42 @@ static void add_bias(float *Y, const pi_weight *b, int B, int64_t n) {
 
 typedef struct {
     pi_context *c;
-    const float *kc, *vc; /* this layer's cache: [n_ctx][kv_dim] */
+    const pi_half *kc, *vc; /* this layer's cache: k [n_ctx][kv_dim], v [kv_dim][n_ctx] */
     int B, n_past;
 } attn_job;
 
-/* One (token, head) pair per work item: softmax(q k^T / sqrt(hd)) v over positions 0..pos. */
+/* Floats of attention scratch per thread: scores [n_ctx + 8] and the f16-rounded query. */
+static size_t attn_scratch(int n_ctx, int head_dim) { return (size_t)n_ctx + 8 + (size_t)head_dim; }
+
+/* One (token, head) pair per work item: softmax(q k^T / sqrt(hd)) v over positions 0..pos, as
+ * llama.cpp's CPU graph computes it: kq = k16 . q16 (mul_mat), soft_max_ext over whole chunks of
+ * 8 positions (the ones past pos masked), kqv = v16 . p16 (mul_mat). */
 static void attn_task(void *arg, int ith, int nth) {
     const attn_job *j = arg;
-    const pi_hparams *hp = &j->c->m->hp;
+    const pi_context *c = j->c;
+    const pi_kernels *K = pi_kernels_active();
+    const pi_hparams *hp = &c->m->hp;
     const int hd = hp->head_dim, kv_dim = hp->n_head_kv * hd, group = hp->n_head / hp->n_head_kv;
     const int q_dim = hp->n_head * hd;
     const float scale = 1.0f / sqrtf((float)hd);
-    float *sc = j->c->scores + (size_t)ith * j->c->n_ctx;
+    float *sc = c->scores + (size_t)ith * attn_scratch(c->n_ctx, hd);
+    float *q16 = sc + c->n_ctx + 8;
     int64_t b, e;
     pi_split((int64_t)j->B * hp->n_head, 1, ith, nth, &b, &e);
     for (int64_t item = b; item < e; item++) {
         const int t = (int)(item / hp->n_head), h = (int)(item % hp->n_head);
-        const int pos = j->n_past + t, kvh = h / group;
-        const float *q = j->c->q + (size_t)t * q_dim + (size_t)h * hd;
+        const int pos = j->n_past + t, kvh = h / group, n_pos = pos + 1;
+        const float *q = c->q + (size_t)t * q_dim + (size_t)h * hd;
+        for (int i = 0; i < hd; i++) q16[i] = pi_half_to_float(pi_float_to_half(q[i]));
+        K->attn_scores(n_pos, hd, j->kc + (size_t)kvh * hd, kv_dim, q16, scale, sc);
         float mx = -INFINITY;
-        for (int p = 0; p <= pos; p++) {
-            const float *k = j->kc + (size_t)p * kv_dim + (size_t)kvh * hd;
-            float s = 0;
-            for (int i = 0; i < hd; i++) s += q[i] * k[i];
-            sc[p] = s * scale;
-            if (sc[p] > mx) mx = sc[p];
-        }
-        float sum = 0;
-        for (int p = 0; p <= pos; p++) sum += (sc[p] = expf(sc[p] - mx));
-        float *out = j->c->att_out + (size_t)t * q_dim + (size_t)h * hd;
-        memset(out, 0, (size_t)hd * sizeof *out);
-        for (int p = 0; p <= pos; p++) {
-            const float *v = j->vc + (size_t)p * kv_dim + (size_t)kvh * hd;
-            const float a = sc[p] / sum;
-            for (int i = 0; i < hd; i++) out[i] += a * v[i];
-        }
+        for (int p = 0; p < n_pos; p++) mx = sc[p] > mx ? sc[p] : mx;
+        const int n_pad = (n_pos + 7) / 8 * 8;
+        for (int p = n_pos; p < n_pad; p++) sc[p] = -INFINITY;
+        const float inv = (float)(1.0 / K->softmax_exp(n_pad, sc, mx));
+        for (int p = 0; p < n_pos; p++) sc[p] = pi_half_to_float(pi_float_to_half(sc[p] * inv));
+        K->attn_values(n_pos, hd, j->vc + (size_t)kvh * hd * c->n_ctx, c->n_ctx, sc,
+                       c->att_out + (size_t)t * q_dim + (size_t)h * hd);
     }
 }
 
@@ -121,27 +145,32 @@ static int attention_block(pi_context *c, int il, int B, int n_past) {
     const pi_layer *l = &m->layers[il];
     const int d = hp->n_embd, hd = hp->head_dim;
     const int q_dim = hp->n_head * hd, kv_dim = hp->n_head_kv * hd;
-    float *kc = c->k_cache + ((size_t)il * c->n_ctx) * kv_dim;
-    float *vc = c->v_cache + ((size_t)il * c->n_ctx) * kv_dim;
-    float *k_new = kc + (size_t)n_past * kv_dim, *v_new = vc + (size_t)n_past * kv_dim;
+    pi_half *kc = c->k_cache + ((size_t)il * c->n_ctx) * kv_dim;
+    pi_half *vc = c->v_cache + ((size_t)il * kv_dim) * c->n_ctx;
     int rc;
 
     for (int t = 0; t < B; t++)
         rmsnorm(c->xn + (size_t)t * d, c->x + (size_t)t * d, l->attn_norm.data, d, hp->norm_eps);
-    /* k and v of the new positions go straight into the cache (positions are consecutive) */
     if ((rc = matmul(c, &l->wq, c->xn, B, c->q, q_dim))) return rc;
-    if ((rc = matmul(c, &l->wk, c->xn, B, k_new, kv_dim))) return rc;
-    if ((rc = matmul(c, &l->wv, c->xn, B, v_new, kv_dim))) return rc;
+    if ((rc = matmul(c, &l->wk, c->xn, B, c->k, kv_dim))) return rc;
+    if ((rc = matmul(c, &l->wv, c->xn, B, c->v, kv_dim))) return rc;
     add_bias(c->q, &l->bq, B, q_dim);
-    add_bias(k_new, &l->bk, B, kv_dim);
-    add_bias(v_new, &l->bv, B, kv_dim);
+    add_bias(c->k, &l->bk, B, kv_dim);
+    add_bias(c->v, &l->bv, B, kv_dim);
+    const float theta_scale = powf(hp->rope_freq_base, -2.0f / (float)hp->n_rot);
     for (int t = 0; t < B; t++) {
-        const float pos = (float)(n_past + t) * hp->rope_freq_scale;
+        rope_angles(c->rope_cs, hp->n_rot, theta_scale, hp->rope_freq_scale, n_past + t);
         for (int h = 0; h < hp->n_head; h++)
-            rope(c->q + (size_t)t * q_dim + (size_t)h * hd, hp->n_rot, hp->rope_neox, c->inv_freq, pos);
+            rope(c->q + (size_t)t * q_dim + (size_t)h * hd, hp->n_rot, hp->rope_neox, c->rope_cs);
         for (int h = 0; h < hp->n_head_kv; h++)
-            rope(k_new + (size_t)t * kv_dim + (size_t)h * hd, hp->n_rot, hp->rope_neox, c->inv_freq, pos);
+            rope(c->k + (size_t)t * kv_dim + (size_t)h * hd, hp->n_rot, hp->rope_neox, c->rope_cs);
     }
+    /* the new positions into the f16 cache: k at rows n_past.., v at columns n_past.. */
+    for (size_t i = 0; i < (size_t)B * kv_dim; i++)
+        kc[(size_t)n_past * kv_dim + i] = pi_float_to_half(c->k[i]);
+    for (int t = 0; t < B; t++)
+        for (int i = 0; i < kv_dim; i++)
+            vc[(size_t)i * c->n_ctx + n_past + t] = pi_float_to_half(c->v[(size_t)t * kv_dim + i]);
     attn_job job = {.c = c, .kc = kc, .vc = vc, .B = B, .n_past = n_past};
     pi_pool_run(c->pool, attn_task, &job);
     if ((rc = matmul(c, &l->wo, c->att_out, B, c->proj, d))) return rc;
@@ -216,7 +245,10 @@ static int ffn_block(pi_context *c, int il, int B) {
     if (c->ffn_mode == PI_FFN_DENSE) {
         if ((rc = matmul(c, &l->gate, c->xn, B, c->g, n_ff))) return rc;
         if ((rc = matmul(c, &l->up, c->xn, B, c->u, n_ff))) return rc;
-        for (size_t i = 0; i < (size_t)B * n_ff; i++) c->u[i] *= act(hp->ffn_act, c->g[i]);
+        if (hp->ffn_act == PI_ACT_SILU)
+            pi_kernels_active()->swiglu((int64_t)B * n_ff, c->g, c->u);
+        else
+            for (size_t i = 0; i < (size_t)B * n_ff; i++) c->u[i] *= act(hp->ffn_act, c->g[i]);
         if (l->down.data) {
             if ((rc = matmul(c, &l->down, c->u, B, c->proj, d))) return rc;
         } else {
@@ -309,17 +341,18 @@ int pi_context_create(pi_model *m, int32_t n_ctx, int32_t n_batch, int32_t n_thr
     const size_t cache = (size_t)hp->n_layer * (size_t)n_ctx * kv_dim;
     /* one allocation, carved into 64-byte aligned buffers */
     struct { void **ptr; size_t bytes; } parts[] = {
-        {NULL, cache * 4}, {NULL, cache * 4}, {NULL, B * d * 4}, {NULL, B * d * 4},
-        {NULL, B * q_dim * 4}, {NULL, B * q_dim * 4}, {NULL, B * d * 4}, {NULL, B * n_ff * 4},
+        {NULL, cache * 2}, {NULL, cache * 2}, {NULL, B * d * 4}, {NULL, B * d * 4},
+        {NULL, B * q_dim * 4}, {NULL, B * kv_dim * 4}, {NULL, B * kv_dim * 4},
+        {NULL, B * q_dim * 4}, {NULL, B * d * 4}, {NULL, B * n_ff * 4},
         {NULL, B * n_ff * 4}, {NULL, ((size_t)m->max_rank + 1) * 4},
-        {NULL, (size_t)n_threads * (size_t)n_ctx * 4}, {NULL, (size_t)hp->n_rot / 2 * 4},
-        {NULL, n_ff * 4}};
+        {NULL, (size_t)n_threads * attn_scratch(n_ctx, hp->head_dim) * 4},
+        {NULL, (size_t)hp->n_rot * 4}, {NULL, n_ff * 4}};
     pi_context *c = calloc(1, sizeof *c);
     if (!c) return pi_fail(PI_ERR_NOMEM, "pi_context_create: out of memory");
     void **targets[] = {(void **)&c->k_cache, (void **)&c->v_cache, (void **)&c->x, (void **)&c->xn,
-                        (void **)&c->q, (void **)&c->att_out, (void **)&c->proj, (void **)&c->g,
-                        (void **)&c->u, (void **)&c->pz, (void **)&c->scores, (void **)&c->inv_freq,
-                        (void **)&c->idx};
+                        (void **)&c->q, (void **)&c->k, (void **)&c->v, (void **)&c->att_out,
+                        (void **)&c->proj, (void **)&c->g, (void **)&c->u, (void **)&c->pz,
+                        (void **)&c->scores, (void **)&c->rope_cs, (void **)&c->idx};
     const size_t n_parts = sizeof parts / sizeof parts[0];
     size_t total = 0;
     for (size_t i = 0; i < n_parts; i++) total += (parts[i].bytes + 63) / 64 * 64;
@@ -344,8 +377,6 @@ int pi_context_create(pi_model *m, int32_t n_ctx, int32_t n_batch, int32_t n_thr
     c->n_ctx = n_ctx;
     c->n_batch = n_batch;
     c->ffn_mode = PI_FFN_DENSE;
-    for (int i = 0; i < hp->n_rot / 2; i++)
-        c->inv_freq[i] = powf(hp->rope_freq_base, -2.0f * (float)i / (float)hp->n_rot);
     for (size_t i = 0; i < n_ff; i++) c->idx[i] = (int32_t)i;
     *out = c;
     return pi_ok();

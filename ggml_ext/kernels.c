@@ -9,6 +9,7 @@
  * Index lists may hold duplicates: pi_matvec_masked then computes that row more than once (same
  * value), pi_axpy_sparse and pi_matvec_cols_sparse add its term once per occurrence.
  */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -120,6 +121,103 @@ static void axpy_row_q8_0(int64_t c0, int64_t c1, const void *row, float a, floa
     }
 }
 
+/* The activation quantizers of the integer dots: ggml-cpu's x86 quantize_row_q8_0/q8_1 (the
+ * path llama.cpp runs on AVX/AVX2/AVX-512), which differ from the reference format quantizer
+ * pi_quantize_row_q8_*_ref in two roundings: id = 127 / amax (not 1 / d) and round half to even
+ * (not half away from zero). Same format; the SIMD twins compute the same bits. */
+static float quantize_act_block(const float *x, int8_t qs[32], int *sum) {
+    float amax = 0.0f;
+    for (int j = 0; j < 32; j++) {
+        const float ax = fabsf(x[j]);
+        amax = amax > ax ? amax : ax;
+    }
+    const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+    int s = 0;
+    for (int j = 0; j < 32; j++) {
+        qs[j] = (int8_t)nearbyintf(x[j] * id); /* default rounding mode: half to even */
+        s += qs[j];
+    }
+    *sum = s;
+    return amax / 127.0f;
+}
+
+static void quantize_act_q8_0(const float *x, block_q8_0 *y, int64_t n) {
+    for (int64_t b = 0; b < n / QK8_0; b++) {
+        int sum;
+        y[b].d = pi_float_to_half(quantize_act_block(x + b * QK8_0, y[b].qs, &sum));
+    }
+}
+
+static void quantize_act_q8_1(const float *x, block_q8_1 *y, int64_t n) {
+    for (int64_t b = 0; b < n / QK8_1; b++) {
+        int sum;
+        const float d = quantize_act_block(x + b * QK8_1, y[b].qs, &sum);
+        y[b].d = pi_float_to_half(d);
+        y[b].s = pi_float_to_half((float)sum * d);
+    }
+}
+
+/* ---- attention and SwiGLU in llama.cpp's order (see pi_kernels) ---- */
+
+float pi_expf_ggml(float x) {
+    union { float f; uint32_t u; } z, k, s1, s2;
+    const float shift = 0x1.8p23f;                     /* z = n + shift: n = round(x / ln 2) */
+    z.f = fmaf(x, 0x1.715476p+0f, shift);
+    const float n = z.f - shift;
+    const float r = fmaf(-n, 0x1.7f7d1cp-20f, fmaf(-n, 0x1.62e4p-1f, x)); /* x - n ln 2 */
+    const uint32_t e = z.u << 23;
+    k.u = e + 0x3f800000u;                              /* 2^n */
+    const float r2 = r * r;
+    const float poly = fmaf(fmaf(fmaf(0x1.0e4020p-7f, r, 0x1.573e2ep-5f), r2,
+                                 fmaf(0x1.555e66p-3f, r, 0x1.fffdb6p-2f)),
+                            r2, 0x1.ffffecp-1f * r);    /* e^r - 1 */
+    if (!(fabsf(n) > 126)) return fmaf(k.f, poly, k.f);
+    /* 2^n out of range: scale in two steps, or flush to 0 / inf */
+    const uint32_t g = n <= 0 ? 0x82000000u : 0;
+    s1.u = g + 0x7f000000u;
+    s2.u = e - g;
+    if (fabsf(n) > 192) return s1.f * s1.f;
+    return fmaf(s2.f, poly, s2.f) * s1.f;
+}
+
+static inline float hsum_lanes(const float l[8]) {
+    const float a0 = l[0] + l[4], a1 = l[1] + l[5], a2 = l[2] + l[6], a3 = l[3] + l[7];
+    return (a0 + a2) + (a1 + a3);
+}
+
+static void attn_scores_scalar(int n_pos, int hd, const pi_half *k, int64_t ldk, const float *q,
+                               float scale, float *s) {
+    for (int p = 0; p < n_pos; p++) {
+        const pi_half *kp = k + (size_t)p * ldk;
+        float l[8] = {0};
+        for (int i = 0; i < hd; i++) l[i & 7] = fmaf(half(kp[i]), q[i], l[i & 7]);
+        s[p] = hsum_lanes(l) * scale;
+    }
+}
+
+static double softmax_exp_scalar(int n, float *x, float max) {
+    double sum = 0;
+    for (int i0 = 0; i0 < n; i0 += 8) {
+        for (int i = i0; i < i0 + 8; i++) x[i] = pi_expf_ggml(x[i] - max);
+        sum += hsum_lanes(x + i0);
+    }
+    return sum;
+}
+
+static void attn_values_scalar(int n_pos, int hd, const pi_half *vt, int64_t ldv, const float *p,
+                               float *out) {
+    for (int i = 0; i < hd; i++) {
+        const pi_half *v = vt + (size_t)i * ldv;
+        float l[8] = {0};
+        for (int j = 0; j < n_pos; j++) l[j & 7] = fmaf(half(v[j]), p[j], l[j & 7]);
+        out[i] = hsum_lanes(l);
+    }
+}
+
+static void swiglu_scalar(int64_t n, const float *g, float *u) {
+    for (int64_t i = 0; i < n; i++) u[i] *= g[i] / (1.0f + pi_expf_ggml(-g[i]));
+}
+
 /* The table entries: the single-row kernels applied to each of the nr rows. */
 #define SCALAR_TWINS(T)                                                                         \
     static void dot_##T(int64_t n, const void *const rows[], int nr, const void *act,           \
@@ -141,8 +239,12 @@ const pi_kernels pi_kernels_scalar = {
     .name = "scalar",
     .dot = {dot_f32, dot_f16, dot_q4_0, dot_q4_1, dot_q8_0},
     .axpy = {axpy_f32, axpy_f16, axpy_q4_0, axpy_q4_1, axpy_q8_0},
-    .quantize_q8_0 = pi_quantize_row_q8_0_ref,
-    .quantize_q8_1 = pi_quantize_row_q8_1_ref,
+    .quantize_q8_0 = quantize_act_q8_0,
+    .quantize_q8_1 = quantize_act_q8_1,
+    .attn_scores = attn_scores_scalar,
+    .softmax_exp = softmax_exp_scalar,
+    .attn_values = attn_values_scalar,
+    .swiglu = swiglu_scalar,
 };
 
 /* ==== ISA selection =========================================================================== */
@@ -182,6 +284,8 @@ int pi_isa_set(int isa) {
 }
 
 static const pi_kernels *active_kernels(void) { return table_of(pi_isa_get()); }
+
+const pi_kernels *pi_kernels_active(void) { return active_kernels(); }
 
 /* ==== validation ============================================================================== */
 

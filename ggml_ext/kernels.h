@@ -36,10 +36,34 @@ typedef struct {
     const char *name;
     pi_dot_fn dot[PI_N_SLOTS];
     pi_axpy_fn axpy[PI_N_SLOTS];
-    /* Activation quantizers, bit-identical to pi_quantize_row_q8_{0,1}_ref. n: multiple of 32. */
+    /* Activation quantizers: ggml-cpu's x86 quantize_row_q8_{0,1} (id = 127 / amax, round half
+     * to even), the same bits on every ISA. n: multiple of 32. */
     void (*quantize_q8_0)(const float *x, block_q8_0 *y, int64_t n);
     void (*quantize_q8_1)(const float *x, block_q8_1 *y, int64_t n);
+    /* The attention and SwiGLU steps of forward.c in llama.cpp's CPU order (ggml-cpu's tinyBLAS
+     * f16 GEMM, ggml_vec_soft_max_f32, ggml_vec_swiglu_f32). A "lane" is one f32 accumulator:
+     * element i of a sum goes into lane i % 8 by fused multiply-add, and the 8 lanes are added
+     * as ggml's hsum ((l[j] + l[j + 4]) for j < 4, then (0 + 2) + (1 + 3)). Every ISA computes
+     * the same bits.
+     * s[p] = scale * (k_p . q) for p < n_pos: k_p = k + p * ldk ([hd] f16), q [hd] f32. */
+    void (*attn_scores)(int n_pos, int hd, const pi_half *k, int64_t ldk, const float *q,
+                        float scale, float *s);
+    /* x[i] = pi_expf_ggml(x[i] - max) for i < n (a multiple of 8); returns their sum: each chunk
+     * of 8's lane sum, added into a double. */
+    double (*softmax_exp)(int n, float *x, float max);
+    /* out[i] = vt_i . p for i < hd: vt_i = vt + i * ldv ([n_pos] f16), p [n_pos] f32. */
+    void (*attn_values)(int n_pos, int hd, const pi_half *vt, int64_t ldv, const float *p,
+                        float *out);
+    /* u[i] = silu(g[i]) * u[i] for i < n, silu(x) = x / (1 + pi_expf_ggml(-x)). */
+    void (*swiglu)(int64_t n, const float *g, float *u);
 } pi_kernels;
+
+/* expf as ggml-cpu's vectorized ggml_v_expf (after ARM's optimized routines; within 1.5 ulp of
+ * the true value): the scalar form of the lane-wise vector code, the same bits. */
+float pi_expf_ggml(float x);
+
+/* The table of the active instruction set (pi_isa_get). */
+const pi_kernels *pi_kernels_active(void);
 
 extern const pi_kernels pi_kernels_scalar;
 #if defined(__x86_64__)

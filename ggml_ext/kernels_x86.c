@@ -353,8 +353,9 @@ AXPY_ENTRY(AVX2_FN, axpy_q8_0_avx2, axpy_q8_0_rows)
 
 /* ==== activation quantizers (bit-identical to the reference) =================================== */
 
-/* One block of 32 floats -> qs, as roundf(x * id) (half away from zero); returns d = amax / 127
- * and the 8 lane sums of qs in *lane_sums. */
+/* One block of 32 floats -> qs, as the scalar twin quantize_act_block (ggml-cpu's x86
+ * quantizer): qs = round-half-even(x * (127 / amax)); returns d = amax / 127 and the 8 lane sums
+ * of qs in *lane_sums. */
 INLINE AVX2_FN float quantize_block_q8(const float *x, int8_t qs[32], __m256i *lane_sums) {
     const __m256 sign = _mm256_set1_ps(-0.0f);
     __m256 v[4];
@@ -366,23 +367,17 @@ INLINE AVX2_FN float quantize_block_q8(const float *x, int8_t qs[32], __m256i *l
     __m128 m = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
     m = _mm_max_ps(m, _mm_movehl_ps(m, m));
     m = _mm_max_ss(m, _mm_movehdup_ps(m));
-    const float d = _mm_cvtss_f32(m) / 127;
-    const float id = d != 0.0f ? 1.0f / d : 0.0f;
-    const __m256 idv = _mm256_set1_ps(id), half_ = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.0f);
+    const float mx = _mm_cvtss_f32(m);
+    const __m256 idv = _mm256_set1_ps(mx != 0.0f ? 127.0f / mx : 0.0f);
     __m256i q[4];
-    for (int k = 0; k < 4; k++) {
-        const __m256 p = _mm256_mul_ps(v[k], idv);
-        const __m256 t = _mm256_round_ps(p, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
-        const __m256 frac = _mm256_andnot_ps(sign, _mm256_sub_ps(p, t)); /* exact */
-        const __m256 away = _mm256_or_ps(_mm256_and_ps(p, sign), one);  /* copysign(1, p) */
-        const __m256 adj = _mm256_and_ps(_mm256_cmp_ps(frac, half_, _CMP_GE_OQ), away);
-        q[k] = _mm256_cvttps_epi32(_mm256_add_ps(t, adj));
-    }
+    for (int k = 0; k < 4; k++)
+        q[k] = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v[k], idv),
+                                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
     *lane_sums = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
     const __m256i p16 = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
     const __m256i bytes = _mm256_permutevar8x32_epi32(p16, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
     _mm256_storeu_si256((__m256i *)qs, bytes);
-    return d;
+    return mx / 127.0f;
 }
 
 AVX2_FN static void quantize_q8_0_avx2(const float *x, block_q8_0 *y, int64_t n) {
@@ -404,12 +399,104 @@ AVX2_FN static void quantize_q8_1_avx2(const float *x, block_q8_1 *y, int64_t n)
     }
 }
 
+/* ==== attention and SwiGLU in llama.cpp's order (scalar twins in kernels.c) ================== */
+
+/* pi_expf_ggml in 8 lanes. */
+INLINE AVX2_FN __m256 expf8(__m256 x) {
+    const __m256 shift = _mm256_set1_ps(0x1.8p23f);
+    const __m256 z = _mm256_fmadd_ps(x, _mm256_set1_ps(0x1.715476p+0f), shift);
+    const __m256 n = _mm256_sub_ps(z, shift);
+    const __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0x1.7f7d1cp-20f),
+                                      _mm256_fnmadd_ps(n, _mm256_set1_ps(0x1.62e4p-1f), x));
+    const __m256i e = _mm256_slli_epi32(_mm256_castps_si256(z), 23);
+    const __m256 k = _mm256_castsi256_ps(_mm256_add_epi32(e, _mm256_set1_epi32(0x3f800000)));
+    const __m256 r2 = _mm256_mul_ps(r, r);
+    const __m256 poly = _mm256_fmadd_ps(
+        _mm256_fmadd_ps(_mm256_fmadd_ps(_mm256_set1_ps(0x1.0e4020p-7f), r, _mm256_set1_ps(0x1.573e2ep-5f)),
+                        r2, _mm256_fmadd_ps(_mm256_set1_ps(0x1.555e66p-3f), r, _mm256_set1_ps(0x1.fffdb6p-2f))),
+        r2, _mm256_mul_ps(_mm256_set1_ps(0x1.ffffecp-1f), r));
+    const __m256 absn = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), n);
+    const __m256 big = _mm256_cmp_ps(absn, _mm256_set1_ps(126), _CMP_GT_OQ);
+    const __m256 normal = _mm256_fmadd_ps(k, poly, k);
+    if (!_mm256_movemask_ps(big)) return normal;
+    /* some lane's 2^n is out of range: as the scalar twin, lane by lane */
+    const __m256i g = _mm256_and_si256(_mm256_castps_si256(_mm256_cmp_ps(n, _mm256_setzero_ps(), _CMP_LE_OQ)),
+                                       _mm256_set1_epi32((int)0x82000000u));
+    const __m256 s1 = _mm256_castsi256_ps(_mm256_add_epi32(g, _mm256_set1_epi32(0x7f000000)));
+    const __m256 s2 = _mm256_castsi256_ps(_mm256_sub_epi32(e, g));
+    const __m256 huge = _mm256_cmp_ps(absn, _mm256_set1_ps(192), _CMP_GT_OQ);
+    const __m256 scaled = _mm256_mul_ps(_mm256_fmadd_ps(s2, poly, s2), s1);
+    const __m256 out = _mm256_blendv_ps(normal, scaled, big);
+    return _mm256_blendv_ps(out, _mm256_mul_ps(s1, s1), huge);
+}
+
+/* 8 f16 from p, the n < 8 of them past a row's end as zeros. */
+INLINE AVX2_FN __m256 load_f16_tail(const pi_half *p, int n) {
+    pi_half t[8] = {0};
+    for (int i = 0; i < n; i++) t[i] = p[i];
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)t));
+}
+
+INLINE AVX2_FN __m256 load_f32_tail(const float *p, int n) {
+    float t[8] = {0};
+    for (int i = 0; i < n; i++) t[i] = p[i];
+    return _mm256_loadu_ps(t);
+}
+
+/* sum_i a[i] * b[i] for i < n, a f16, b f32, in lanes i % 8. */
+INLINE AVX2_FN float dot_f16_f32_lanes(const pi_half *a, const float *b, int n) {
+    __m256 acc = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        acc = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(a + i))),
+                              _mm256_loadu_ps(b + i), acc);
+    if (i < n) acc = _mm256_fmadd_ps(load_f16_tail(a + i, n - i), load_f32_tail(b + i, n - i), acc);
+    return hsum8(acc);
+}
+
+AVX2_FN static void attn_scores_avx2(int n_pos, int hd, const pi_half *k, int64_t ldk,
+                                     const float *q, float scale, float *s) {
+    for (int p = 0; p < n_pos; p++) s[p] = dot_f16_f32_lanes(k + (size_t)p * ldk, q, hd) * scale;
+}
+
+AVX2_FN static double softmax_exp_avx2(int n, float *x, float max) {
+    const __m256 mv = _mm256_set1_ps(max);
+    double sum = 0;
+    for (int i = 0; i < n; i += 8) {
+        const __m256 v = expf8(_mm256_sub_ps(_mm256_loadu_ps(x + i), mv));
+        _mm256_storeu_ps(x + i, v);
+        sum += hsum8(v);
+    }
+    return sum;
+}
+
+AVX2_FN static void attn_values_avx2(int n_pos, int hd, const pi_half *vt, int64_t ldv,
+                                     const float *p, float *out) {
+    for (int i = 0; i < hd; i++) out[i] = dot_f16_f32_lanes(vt + (size_t)i * ldv, p, n_pos);
+}
+
+AVX2_FN static void swiglu_avx2(int64_t n, const float *g, float *u) {
+    const __m256 one = _mm256_set1_ps(1.0f);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 gv = _mm256_loadu_ps(g + i);
+        const __m256 e = expf8(_mm256_sub_ps(_mm256_setzero_ps(), gv));
+        const __m256 silu = _mm256_div_ps(gv, _mm256_add_ps(one, e));
+        _mm256_storeu_ps(u + i, _mm256_mul_ps(silu, _mm256_loadu_ps(u + i)));
+    }
+    for (; i < n; i++) u[i] *= g[i] / (1.0f + pi_expf_ggml(-g[i]));
+}
+
 const pi_kernels pi_kernels_avx2 = {
     .name = "avx2",
     .dot = {dot_f32_avx2, dot_f16_avx2, dot_q4_0_avx2, dot_q4_1_avx2, dot_q8_0_avx2},
     .axpy = {axpy_f32_avx2, axpy_f16_avx2, axpy_q4_0_avx2, axpy_q4_1_avx2, axpy_q8_0_avx2},
     .quantize_q8_0 = quantize_q8_0_avx2,
     .quantize_q8_1 = quantize_q8_1_avx2,
+    .attn_scores = attn_scores_avx2,
+    .softmax_exp = softmax_exp_avx2,
+    .attn_values = attn_values_avx2,
+    .swiglu = swiglu_avx2,
 };
 
 /* ==== AVX-512 helpers ========================================================================= */
@@ -656,6 +743,10 @@ const pi_kernels pi_kernels_avx512 = {
              axpy_q8_0_avx512},
     .quantize_q8_0 = quantize_q8_0_avx2, /* a few KB per call: AVX2 is plenty */
     .quantize_q8_1 = quantize_q8_1_avx2,
+    .attn_scores = attn_scores_avx2, /* 8 lanes: llama.cpp's order */
+    .softmax_exp = softmax_exp_avx2,
+    .attn_values = attn_values_avx2,
+    .swiglu = swiglu_avx2,
 };
 
 #endif /* __x86_64__ */

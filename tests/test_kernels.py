@@ -4,8 +4,9 @@ Every kernel runs on every instruction set this CPU has (scalar, AVX2, AVX-512) 
 against a float64 numpy reference built from the library's own (de)quantizers, against its
 scalar twin, and across thread counts (1, 2, 3 must agree bit for bit). The reference for the
 quantized types reproduces ggml's arithmetic: x is quantized per block (Q8_0, or Q8_1 for Q4_1
-weights) and the dot uses the quantized x, with Q4_1's min term taken from Q8_1's fp16 s, so the
-tolerances only cover float32 accumulation, not quantization error.
+weights, with ggml-cpu's x86 activation quantizer: see quantize_act) and the dot uses the
+quantized x, with Q4_1's min term taken from Q8_1's fp16 s, so the tolerances only cover float32
+accumulation, not quantization error.
 """
 import ctypes
 import mmap
@@ -80,6 +81,24 @@ def random_weights(rng, t, n_rows, n_cols):
     return q, dequantize(t, q, n_cols).astype(np.float64)
 
 
+def quantize_act(act_t, x):
+    """x [n] f32 -> the Q8_0 / Q8_1 blocks the kernels quantize their activation into: ggml-cpu's
+    x86 quantize_row_q8_0/q8_1, i.e. q = round-half-even(x * (127 / amax)) in f32, d = amax / 127
+    (the format's reference quantizer, pi_quantize_row, uses 1 / d and rounds half away)."""
+    f32 = np.float32
+    xb = x.astype(f32).reshape(-1, 32)
+    amax = np.abs(xb).max(axis=1)
+    with np.errstate(divide="ignore"):
+        iden = np.where(amax != 0, f32(127) / amax, f32(0)).astype(f32)
+    q = np.rint((xb * iden[:, None]).astype(f32)).astype(np.int8)
+    d = (amax / f32(127)).astype(f32)
+    head = [d.astype(np.float16).view(np.uint8).reshape(-1, 2)]
+    if act_t == Q8_1:
+        s = (q.astype(np.int32).sum(axis=1).astype(f32) * d).astype(f32)
+        head.append(s.astype(np.float16).view(np.uint8).reshape(-1, 2))
+    return np.concatenate(head + [q.view(np.uint8)], axis=1).reshape(1, -1)
+
+
 def activation_reference(t, x):
     """(x as the kernel multiplies it [n] f64, per-block correction [n_blocks] f64 or None).
 
@@ -89,7 +108,7 @@ def activation_reference(t, x):
     if t in (F32, F16):
         return x.astype(np.float64), None
     act_t = Q8_1 if t == Q4_1 else Q8_0
-    qa = quantize(act_t, x[None, :])
+    qa = quantize_act(act_t, x)
     xq = dequantize(act_t, qa, n)[0].astype(np.float64)
     if act_t == Q8_0:
         return xq, None
@@ -215,10 +234,10 @@ def test_matvec_close_to_float_product(t):
 
 
 @pytest.mark.parametrize("isa", ISAS, ids=lambda i: ISA_NAMES[i])
-def test_activation_quantization_is_ggml_reference(isa):
+def test_activation_quantization_is_ggml_cpu(isa):
     """Each kernel quantizes x itself (with its ISA's quantizer); probe the quantized values one
-    by one through weight rows that pick a single element, and compare them with
-    pi_quantize_row's Q8_0 / Q8_1 (ggml's reference, roundf: half away from zero)."""
+    by one through weight rows that pick a single element, and compare them with ggml-cpu's x86
+    activation quantizer (quantize_act: 127 / amax, round half to even) on every ISA."""
     call("pi_isa_set", isa)
     n = 256
     rng = np.random.default_rng(3)
@@ -235,7 +254,7 @@ def test_activation_quantization_is_ggml_reference(isa):
         w8[i, i // 32, 0:2] = one
         w8[i, i // 32, 2 + i % 32] = 1
     y = run_matvec(None, Q8_0, w8.reshape(n, -1), n, n, x)
-    np.testing.assert_array_equal(y, dequantize(Q8_0, quantize(Q8_0, x[None, :]), n)[0])
+    np.testing.assert_array_equal(y, dequantize(Q8_0, quantize_act(Q8_0, x), n)[0])
     # Q4_1 weights (Q8_1 activation): d = 1, m = 0, nibble 1 at element i -> y[i] = d_x * qx[i]
     w41 = np.zeros((n, n // 32, 20), np.uint8)
     for i in range(n):
@@ -243,7 +262,7 @@ def test_activation_quantization_is_ggml_reference(isa):
         w41[i, i // 32, 0:2] = one
         w41[i, i // 32, 4 + j % 16] = 1 if j < 16 else 0x10
     y = run_matvec(None, Q4_1, w41.reshape(n, -1), n, n, x)
-    qa = quantize(Q8_1, x[None, :])
+    qa = quantize_act(Q8_1, x)
     np.testing.assert_array_equal(y, dequantize(Q8_1, qa, n)[0])
     # and s: row b is d = 0, m = 1 in block b only -> y[b] = s of x's block b
     w41 = np.zeros((n // 32, n // 32, 20), np.uint8)
