@@ -71,6 +71,7 @@ class Summary:
     peak_rss_mib: float
     predictors: str
     warnings: list[str] = field(default_factory=list)
+    report: str = ""              # calibration report (per-layer table), when calibrated
 
     def text(self) -> str:
         types = ", ".join(f"{k} x{v}" for k, v in sorted(self.types.items()))
@@ -84,6 +85,8 @@ class Summary:
             f"time       {self.seconds:.1f} s; peak RSS {self.peak_rss_mib:.0f} MiB",
         ]
         lines += [f"warning    {w}" for w in self.warnings]
+        if self.report:
+            lines.append(self.report)
         return "\n".join(lines)
 
 
@@ -92,6 +95,10 @@ def pick_type(name: str, shape: tuple[int, ...], outtype: QT, warnings: list[str
         return QT.F32
     if name.endswith(("fc1.weight", "fc2.weight")):
         return QT.F32 if outtype == QT.F32 else QT.F16
+    if name in ("token_embd.weight", "output.weight") and outtype in (QT.Q4_0, QT.Q4_1):
+        # the output projection is the most sensitive matrix (llama.cpp's 4-bit file types keep
+        # it at higher precision too): 4-bit files keep it at q8_0
+        outtype = QT.Q8_0
     bs, _ = gguf.GGML_QUANT_SIZES[outtype]
     if shape[-1] % bs:
         warnings.append(f"{name}: row length {shape[-1]} is not a multiple of {bs}; kept f16")
@@ -121,7 +128,8 @@ def _layer_key(name: str) -> tuple[int, str] | None:
 
 
 def plan_tensors(hp: HParams, src: dict[str, SourceTensor], outtype: QT, dense: bool,
-                 preds: Predictors | None, warnings: list[str]) -> list[OutTensor]:
+                 preds: Predictors | None, warnings: list[str],
+                 neuron_orders: list[np.ndarray] | None = None) -> list[OutTensor]:
     per_layer: list[dict[str, SourceTensor]] = [{} for _ in range(hp.n_layer)]
     glob: dict[str, SourceTensor] = {}
     for name, t in src.items():
@@ -172,6 +180,10 @@ def plan_tensors(hp: HParams, src: dict[str, SourceTensor], outtype: QT, dense: 
             rank = preds.ranks[il]
             add(f"blk.{il}.fc1.weight", (rank, hp.n_embd), _pred(preds, il, 0))
             add(f"blk.{il}.fc2.weight", (hp.n_ff, rank), _pred(preds, il, 1))
+        if neuron_orders is not None and not dense:   # hot-first permutation (int32)
+            order = np.ascontiguousarray(neuron_orders[il], dtype=np.int32)
+            plan.append(OutTensor(f"blk.{il}.neuron_order", (hp.n_ff,), QT.I32,
+                                  lambda o=order: o))
     for g in _GLOBALS_LAST:
         if g in glob:
             add(g, glob[g].shape, glob[g].load)
@@ -213,12 +225,13 @@ def _add_hparams(w: gguf.GGUFWriter, hp: HParams, source) -> None:
             w.add_rope_scaling_factor(float(hp.rope_scaling["factor"]))
 
 
-def _add_pi_meta(w: gguf.GGUFWriter, hp: HParams, preds: Predictors | None, source_desc: str) -> None:
+def _add_pi_meta(w: gguf.GGUFWriter, hp: HParams, preds: Predictors | None, source_desc: str,
+                 reordered: bool = False) -> None:
     w.add_uint32("pi.format_version", FORMAT_VERSION)
     w.add_string("pi.ffn_activation", hp.activation)
     w.add_string("pi.ffn_layout", "split")
     w.add_string("pi.sparse_mode", "sparse" if preds is not None else "dense")
-    w.add_bool("pi.neuron_order", False)
+    w.add_bool("pi.neuron_order", reordered)
     w.add_string("pi.source", source_desc)
     if preds is not None:
         w.add_key_value("pi.thresholds", [float(x) for x in preds.thresholds], VT.ARRAY, VT.FLOAT32)
@@ -228,7 +241,8 @@ def _add_pi_meta(w: gguf.GGUFWriter, hp: HParams, preds: Predictors | None, sour
 
 def write_model(source, outfile: Path, outtype_name: str, dense: bool,
                 preds: Predictors | None, progress: bool = True,
-                t0: float | None = None) -> Summary:
+                t0: float | None = None,
+                neuron_orders: list[np.ndarray] | None = None) -> Summary:
     t0 = time.perf_counter() if t0 is None else t0
     hp: HParams = source.hparams
     outtype = OUTTYPES[outtype_name]
@@ -236,7 +250,7 @@ def write_model(source, outfile: Path, outtype_name: str, dense: bool,
     if dense and hp.activation != "silu":
         warnings.append(f"--dense with a {hp.activation} FFN: llama.cpp's {hp.arch} graph "
                         "applies SiLU, so llama.cpp will not reproduce this model")
-    plan = plan_tensors(hp, source.tensors(), outtype, dense, preds, warnings)
+    plan = plan_tensors(hp, source.tensors(), outtype, dense, preds, warnings, neuron_orders)
 
     tmp = outfile.with_name(f".{outfile.name}.{os.getpid()}.tmp")
     w = gguf.GGUFWriter(tmp, hp.arch)
@@ -246,7 +260,7 @@ def write_model(source, outfile: Path, outtype_name: str, dense: bool,
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)
         vocab_desc = source.add_vocab(w, hp.n_vocab)
         if not dense:
-            _add_pi_meta(w, hp, preds, source.description)
+            _add_pi_meta(w, hp, preds, source.description, neuron_orders is not None)
         for t in plan:
             w.add_tensor_info(t.name, t.shape, np.dtype(np.float32), t.nbytes, raw_dtype=t.qtype)
         w.write_header_to_file()

