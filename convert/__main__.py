@@ -1,5 +1,7 @@
 """Command line: pi-convert INPUT --outfile OUT.gguf --outtype f32|f16|q8_0|q4_0|q4_1
-[--dense] [--predictors DIR]   (also: python -m convert ...)"""
+[--dense] [--predictors DIR] [--calibrate [TEXT_FILE]] [--calib-tokens N]
+[--[no-]train-predictors] [--target-recall R] [--predictor-ranks 32,64,128] [--reorder]
+[--sparsity S | --ppl-budget B] [--threads N]   (also: python -m convert ...)"""
 from __future__ import annotations
 
 import argparse
@@ -27,6 +29,30 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write a plain llama.cpp-compatible file instead (no split FFN, no pi.* keys)")
     p.add_argument("--predictors", metavar="DIR",
                    help="PowerInfer predictor directory (model_N.pt, optional config.json)")
+    p.add_argument("--calibrate", nargs="?", const=True, default=False, metavar="TEXT_FILE",
+                   help="calibrate on TEXT_FILE (default: text the model writes itself) with our "
+                   "dense engine; ReLU models get trained activation predictors")
+    p.add_argument("--calib-tokens", type=int, metavar="N",
+                   help="calibration tokens to run (default 4096 for ReLU models, 512 for "
+                   "SwiGLU threshold calibration)")
+    p.add_argument("--train-predictors", action=argparse.BooleanOptionalAction, default=None,
+                   help="train predictors while calibrating (default: on for ReLU models)")
+    p.add_argument("--target-recall", type=float, metavar="R",
+                   help="share of truly active neurons the predictors must catch (default 0.99)")
+    p.add_argument("--predictor-ranks", metavar="R1,R2,..",
+                   type=lambda s: [int(x) for x in s.split(",") if x.strip()],
+                   help="predictor ranks to try per layer (default 32,64,128)")
+    p.add_argument("--reorder", action="store_true",
+                   help="order the neurons hot-first by measured activation frequency")
+    thr = p.add_mutually_exclusive_group()
+    thr.add_argument("--sparsity", type=float, metavar="S",
+                     help="SwiGLU --calibrate: uniform threshold-mode sparsity S per layer")
+    thr.add_argument("--ppl-budget", type=float, metavar="B",
+                     help="SwiGLU --calibrate: largest sparsity (greedy per-layer allocation) "
+                     "within a relative perplexity increase B (default 0.02)")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="engine threads for calibration (default: the available cores, at most 8)")
+    p.add_argument("--seed", type=int, default=0, help="calibration / training seed")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("-q", "--quiet", action="store_true", help="no summary")
     return p
@@ -39,7 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summary = convert(args.input, args.outfile, args.outtype, dense=args.dense,
                           predictors=args.predictors,
-                          progress=not args.no_progress and not args.quiet)
+                          progress=not args.no_progress and not args.quiet,
+                          calibrate=args.calibrate, calib_tokens=args.calib_tokens,
+                          train_predictors=args.train_predictors, reorder=args.reorder,
+                          target_recall=args.target_recall,
+                          predictor_ranks=args.predictor_ranks, seed=args.seed,
+                          sparsity=args.sparsity, ppl_budget=args.ppl_budget,
+                          n_threads=args.threads)
     except ConvertError as e:
         sys.stderr.write(f"{PROG}: error: {e}\n")
         return 1

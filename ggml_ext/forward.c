@@ -31,7 +31,8 @@ struct pi_context {
     float *pz;                /* [max_rank] predictor hidden layer */
     float *scores;            /* [n_threads][attn_scratch()] attention scratch per thread */
     float *rope_cs;           /* [n_rot] cos, sin of one position's RoPE angles */
-    int32_t *idx;             /* [n_ff] active neuron ids */
+    int32_t *idx;             /* [n_ff] active neuron ids of the current token */
+    int32_t *all_idx;         /* [n_ff] 0, 1, ..., n_ff - 1: every neuron (dense AXPY) */
     pi_stats stats;
     float *rec_in, *rec_gate, *rec_h; /* calibration recorder (pi_context_set_recorder) */
     int32_t rec_tokens;
@@ -254,7 +255,7 @@ static int ffn_block(pi_context *c, int il, int B) {
         } else {
             for (int t = 0; t < B; t++)
                 if ((rc = pi_axpy_sparse(c->pool, l->down_t.type, l->down_t.data, n_ff, d,
-                                         c->u + (size_t)t * n_ff, c->idx, n_ff, c->proj + (size_t)t * d)))
+                                         c->u + (size_t)t * n_ff, c->all_idx, n_ff, c->proj + (size_t)t * d)))
                     return rc;
         }
         c->stats.ffn_active += (int64_t)B * n_ff;
@@ -339,20 +340,19 @@ int pi_context_create(pi_model *m, int32_t n_ctx, int32_t n_batch, int32_t n_thr
     const size_t d = (size_t)hp->n_embd, n_ff = (size_t)hp->n_ff, B = (size_t)n_batch;
     const size_t q_dim = (size_t)hp->n_head * hp->head_dim, kv_dim = (size_t)hp->n_head_kv * hp->head_dim;
     const size_t cache = (size_t)hp->n_layer * (size_t)n_ctx * kv_dim;
-    /* one allocation, carved into 64-byte aligned buffers */
-    struct { void **ptr; size_t bytes; } parts[] = {
-        {NULL, cache * 2}, {NULL, cache * 2}, {NULL, B * d * 4}, {NULL, B * d * 4},
-        {NULL, B * q_dim * 4}, {NULL, B * kv_dim * 4}, {NULL, B * kv_dim * 4},
-        {NULL, B * q_dim * 4}, {NULL, B * d * 4}, {NULL, B * n_ff * 4},
-        {NULL, B * n_ff * 4}, {NULL, ((size_t)m->max_rank + 1) * 4},
-        {NULL, (size_t)n_threads * attn_scratch(n_ctx, hp->head_dim) * 4},
-        {NULL, (size_t)hp->n_rot * 4}, {NULL, n_ff * 4}};
     pi_context *c = calloc(1, sizeof *c);
     if (!c) return pi_fail(PI_ERR_NOMEM, "pi_context_create: out of memory");
-    void **targets[] = {(void **)&c->k_cache, (void **)&c->v_cache, (void **)&c->x, (void **)&c->xn,
-                        (void **)&c->q, (void **)&c->k, (void **)&c->v, (void **)&c->att_out,
-                        (void **)&c->proj, (void **)&c->g, (void **)&c->u, (void **)&c->pz,
-                        (void **)&c->scores, (void **)&c->rope_cs, (void **)&c->idx};
+    /* one allocation, carved into 64-byte aligned buffers */
+    const struct { void **ptr; size_t bytes; } parts[] = {
+        {(void **)&c->k_cache, cache * 2}, {(void **)&c->v_cache, cache * 2},
+        {(void **)&c->x, B * d * 4}, {(void **)&c->xn, B * d * 4},
+        {(void **)&c->q, B * q_dim * 4}, {(void **)&c->k, B * kv_dim * 4},
+        {(void **)&c->v, B * kv_dim * 4}, {(void **)&c->att_out, B * q_dim * 4},
+        {(void **)&c->proj, B * d * 4}, {(void **)&c->g, B * n_ff * 4},
+        {(void **)&c->u, B * n_ff * 4}, {(void **)&c->pz, ((size_t)m->max_rank + 1) * 4},
+        {(void **)&c->scores, (size_t)n_threads * attn_scratch(n_ctx, hp->head_dim) * 4},
+        {(void **)&c->rope_cs, (size_t)hp->n_rot * 4}, {(void **)&c->idx, n_ff * 4},
+        {(void **)&c->all_idx, n_ff * 4}};
     const size_t n_parts = sizeof parts / sizeof parts[0];
     size_t total = 0;
     for (size_t i = 0; i < n_parts; i++) total += (parts[i].bytes + 63) / 64 * 64;
@@ -365,7 +365,7 @@ int pi_context_create(pi_model *m, int32_t n_ctx, int32_t n_batch, int32_t n_thr
     memset(c->mem, 0, total);
     char *p = c->mem;
     for (size_t i = 0; i < n_parts; i++) {
-        *targets[i] = p;
+        *parts[i].ptr = p;
         p += (parts[i].bytes + 63) / 64 * 64;
     }
     if ((rc = pi_pool_create(n_threads, &c->pool))) {
@@ -377,7 +377,7 @@ int pi_context_create(pi_model *m, int32_t n_ctx, int32_t n_batch, int32_t n_thr
     c->n_ctx = n_ctx;
     c->n_batch = n_batch;
     c->ffn_mode = PI_FFN_DENSE;
-    for (size_t i = 0; i < n_ff; i++) c->idx[i] = (int32_t)i;
+    for (size_t i = 0; i < n_ff; i++) c->all_idx[i] = (int32_t)i;
     *out = c;
     return pi_ok();
 }

@@ -73,3 +73,15 @@ def test_relu_split_runs_sparse_and_dense_equal_per_token(converted):
     a, b = m.new_context(32, 1, ffn_mode="dense"), m.new_context(32, 2, ffn_mode="threshold")
     for i, t in enumerate(TOKENS[:6]):
         np.testing.assert_allclose(b.eval([t], i), a.eval([t], i), atol=1e-5, rtol=0)
+
+
+def test_switching_back_to_dense_is_exact(converted):
+    """A context that ran sparse, then dense, gives the dense logits of a fresh context."""
+    m = Model(str(converted["llama_silu"][0]))
+    fresh = m.new_context(32, 1).eval(TOKENS, 0, logits_all=True)
+    ctx = m.new_context(32, 1, ffn_mode="threshold")
+    m.set_thresholds(np.full(m.n_layer, 0.05, np.float32))
+    ctx.eval(TOKENS, 0)
+    assert ctx.stats()["ffn_sparsity"] > 0
+    ctx.set_ffn_mode("dense")
+    np.testing.assert_array_equal(ctx.eval(TOKENS, 0, logits_all=True), fresh)

@@ -1,0 +1,747 @@
+"""Threshold-mode calibration of SwiGLU (silu) files: per-layer thresholds on |silu(gate)|
+(the CATS criterion), stored as `pi.thresholds` with `pi.sparse_mode = "threshold"`.
+
+Pipeline (`calibrate()`):
+
+1. Calibration tokens: a text file, or, when none is given, text the model writes itself from a
+   handful of varied prompts (sampled with our engine; no corpus needed). The sequences are
+   split into a *record* set and a *held-out* set.
+2. The dense engine runs over the record set with the library's recorder on; per layer it keeps
+   |silu(gate)| and the down input h = silu(gate)*up at a random sample of positions (memory is
+   bounded by --calib-positions, not by the text length).
+3. Thresholds:
+   * `sparsity=S`: every layer gets the S-quantile of its |silu(gate)| (uniform CATS);
+   * `ppl_budget=B` (default 0.02): TEAL-style greedy per-layer allocation. Start with 0 sparsity
+     everywhere and repeatedly raise, by one step (5%), the sparsity of the layer whose raise
+     costs least, until the held-out perplexity increase reaches the budget. The cost of a raise
+     is the KL divergence it adds on the held-out tokens. To keep this to a few minutes, the
+     cost is modelled per layer as KL_l(s) = a_l * E_l(s): E_l(s) is the mean squared error the
+     dropped neurons cause in that layer's FFN output (numpy, from the recorded h and the
+     file's ffn_down_t, for every step s at once), and a_l is measured with the engine in
+     threshold mode (layer l alone at a probe sparsity, KL against dense on the held-out
+     tokens). The greedy path is then checked with the engine itself (all layers at once): a
+     bisection over the path finds the last allocation whose measured perplexity increase is
+     within the budget.
+4. A per-layer report (`layer_report`) measures, in threshold mode, the sparsity each layer
+   really has on held-out tokens.
+
+`convert_and_calibrate_source()` is the pi-convert --calibrate flow: convert to a temporary
+split file, calibrate on it, rewrite it with the calibration keys into the output (tmp +
+os.replace).
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, List, Sequence
+
+import numpy as np
+
+from .model import ConvertError
+
+# Varied prompts for self-generated calibration text: prose, dialogue, code, lists, science...
+PROMPTS = [
+    "The history of the printing press begins",
+    "def merge_sort(items):\n    \"\"\"Sort a list with merge sort.\"\"\"\n",
+    "Dear neighbours,\n\nAs many of you know, the community garden",
+    "Photosynthesis is the process by which",
+    "Q: What is the capital of Australia, and why was it chosen?\nA:",
+    "Once upon a time, in a village between two rivers,",
+    "Here is a simple recipe for vegetable soup:\n1.",
+    "The stock market fell sharply on Monday after",
+    "In mathematics, a prime number is",
+    "User: Can you explain how a bicycle gear works?\nAssistant:",
+    "Chapter 3\n\nThe rain had not stopped for three days when",
+    "SELECT name, COUNT(*) FROM orders",
+]
+
+DEFAULT_BUDGET = 0.02
+DEFAULT_STEP = 0.05
+MAX_LEVEL = 0.90
+
+
+@dataclass
+class CalibConfig:
+    text_file: str | None = None     # None: self-generated text
+    n_tokens: int = 512              # calibration tokens in all (record + held-out)
+    n_heldout: int = 128             # of which held out for costs and the report
+    seq_len: int = 128               # tokens per sequence (BOS included) for a text file
+    positions: int = 256             # sampled positions kept for quantiles / local errors
+    sparsity: float | None = None    # uniform target; None: greedy within ppl_budget
+    ppl_budget: float = DEFAULT_BUDGET
+    step: float = DEFAULT_STEP
+    probe: float = 0.25              # sparsity of the per-layer KL probes
+    probe_tokens: int = 64           # held-out tokens scored per probe
+    n_threads: int = 1
+    seed: int = 0
+    progress: bool = False
+
+
+@dataclass
+class Calibration:
+    thresholds: np.ndarray           # [n_layer] f32
+    targets: np.ndarray              # [n_layer] target sparsity per layer
+    method: str                      # "uniform" or "greedy"
+    source: str                      # where the calibration text came from
+    n_tokens: int
+    n_heldout: int
+    heldout_sparsity: float          # measured by the engine (all layers)
+    heldout_kl: float
+    heldout_ppl_increase: float      # exp(mean NLL(thr) - mean NLL(dense)) - 1
+    ppl_budget: float | None = None
+    seconds: float = 0.0
+    n_evals: int = 0
+    path: list = field(default_factory=list)   # greedy: the engine checks along the path
+    heldout_seqs: list = field(default_factory=list, repr=False)
+    report_rows: list = field(default_factory=list, repr=False)   # layer_report() on held-out
+
+    def report(self) -> str:
+        return format_report(self.report_rows)
+
+    def summary(self) -> str:
+        how = (f"uniform {self.targets.mean():.0%}" if self.method == "uniform" else
+               f"greedy per-layer allocation within a {self.ppl_budget:.1%} perplexity budget")
+        return (f"threshold mode, |silu(gate)| (CATS), {how}; calibrated on {self.n_tokens} "
+                f"tokens of {self.source}; on {self.n_heldout} held-out tokens: sparsity "
+                f"{self.heldout_sparsity:.3f}, perplexity {100 * self.heldout_ppl_increase:+.2f}%,"
+                f" KL {self.heldout_kl:.4f}")
+
+    def metadata(self) -> dict:
+        return {"pi.sparse_mode": "threshold",
+                "pi.thresholds": [float(x) for x in self.thresholds],
+                "pi.calibration": self.summary()}
+
+
+# ---- engine helpers ----------------------------------------------------------------------------
+def set_thresholds(model, thr: Sequence[float]) -> None:
+    thr = np.ascontiguousarray(thr, dtype=np.float32)
+    if hasattr(model, "set_thresholds"):
+        model.set_thresholds(thr)
+        return
+    from pi_backend import _lib
+    _lib.call("pi_model_set_thresholds", model.ptr, _lib.fptr(thr), len(thr))
+    model.thresholds = thr
+
+
+def _bar(progress: bool, total: int, desc: str, unit: str = "it"):
+    if not progress:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, unit=unit, leave=False)
+
+
+def silu(x: np.ndarray) -> np.ndarray:
+    return x / (1.0 + np.exp(-x))
+
+
+# ---- calibration tokens ------------------------------------------------------------------------
+def generate_sequences(model, tok, n_tokens: int, seed: int = 0, n_threads: int = 1,
+                       max_len: int = 128, progress: bool = False) -> List[np.ndarray]:
+    """Self-generated calibration text: the model continues varied prompts (sampled with our
+    engine, temperature 0.8, top-k 40, top-p 0.95, repeat penalty 1.1) until n_tokens tokens
+    (prompts included) are collected, in sequences of at most max_len tokens."""
+    from pi_backend.sampling import SamplingParams, sample
+    rng = np.random.default_rng(seed)
+    params = SamplingParams(temperature=0.8, top_k=40, top_p=0.95, min_p=0.05,
+                            repeat_penalty=1.1)
+    n_seq = max(2, min(len(PROMPTS), math.ceil(n_tokens / 48)))
+    per_seq = min(max_len, math.ceil(n_tokens / n_seq))
+    ctx = model.new_context(n_ctx=max_len, n_threads=n_threads, n_batch=max_len,
+                            ffn_mode="dense")
+    order = rng.permutation(len(PROMPTS))
+    seqs: List[np.ndarray] = []
+    total = 0
+    bar = _bar(progress, n_tokens, "calibration text", "tok")
+    try:
+        k = 0
+        while total < n_tokens and k < 4 * len(PROMPTS):
+            prompt = PROMPTS[order[k % len(PROMPTS)]]
+            k += 1
+            ids = tok.tokenize(prompt.encode(), add_bos=tok.add_bos_token())[:per_seq - 1]
+            want = min(per_seq, n_tokens - total)
+            if want < 8:
+                break
+            logits = ctx.eval(ids, 0)
+            gen: List[int] = []
+            while len(ids) < want:
+                t = sample(logits, params, gen, rng)
+                if tok.is_eog(t):
+                    break
+                ids.append(t)
+                gen.append(t)
+                if len(ids) < want:
+                    logits = ctx.eval([t], len(ids) - 1)
+            if len(ids) >= 8:
+                seqs.append(np.asarray(ids, dtype=np.int32))
+                total += len(ids)
+                if bar is not None:
+                    bar.update(len(ids))
+    finally:
+        if bar is not None:
+            bar.close()
+        ctx.close()
+    return seqs
+
+
+def text_sequences(tok, text: str, n_tokens: int, seq_len: int = 128) -> List[np.ndarray]:
+    """A text's tokens cut into sequences of at most seq_len tokens (BOS first when the
+    vocabulary adds one), n_tokens in all at most."""
+    from pi_backend.perplexity import make_chunks
+    bos = tok.token_bos() if tok.add_bos_token() and tok.token_bos() >= 0 else None
+    ids = tok.tokenize(text.encode("utf-8"), add_bos=False)
+    chunks = make_chunks(ids, seq_len, bos)
+    out, total = [], 0
+    for c in chunks:
+        if total >= n_tokens:
+            break
+        c = c[:n_tokens - total]
+        if len(c) >= 8:
+            out.append(c)
+            total += len(c)
+    return out
+
+
+def split_heldout(seqs: List[np.ndarray], n_heldout: int):
+    """(record set, held-out set): sequences from the end go to the held-out set (the last one
+    taken cut short) until it has n_heldout tokens (at most half of the tokens)."""
+    total = sum(len(s) for s in seqs)
+    n_heldout = min(n_heldout, total // 2)
+    held: List[np.ndarray] = []
+    rest = list(seqs)
+    got = 0
+    while rest and got < n_heldout and len(rest) > 1:
+        s = rest.pop()
+        if got + len(s) > n_heldout:
+            s = s[:max(8, n_heldout - got)]
+        held.insert(0, s)
+        got += len(s)
+    if not held:   # one long sequence: cut it
+        s = rest.pop()
+        cut = len(s) - n_heldout
+        rest, held = [s[:cut]], [s[cut:]]
+        held = [np.concatenate([s[:1], held[0]])]   # keep BOS / first token as a start
+    return rest, held
+
+
+# ---- recording ---------------------------------------------------------------------------------
+def record_samples(model, seqs: List[np.ndarray], positions: int, seed: int = 0,
+                   n_threads: int = 1, with_h: bool = True, progress: bool = False):
+    """Dense run over seqs with the recorder on; returns (a, h): per layer, |silu(gate)| and the
+    down input h at a random sample of at most `positions` positions (the first position of
+    each sequence is skipped): lists of [n_pos, n_ff] float32 arrays (h None when not asked)."""
+    rng = np.random.default_rng(seed)
+    total = sum(max(0, len(s) - 1) for s in seqs)
+    if total == 0:
+        raise ConvertError("no calibration tokens to record")
+    keep_frac = min(1.0, positions / total)
+    L = model.n_layer
+    a_parts: List[List[np.ndarray]] = [[] for _ in range(L)]
+    h_parts: List[List[np.ndarray]] = [[] for _ in range(L)]
+    n_ctx = max(len(s) for s in seqs)
+    ctx = model.new_context(n_ctx=n_ctx, n_threads=n_threads, n_batch=n_ctx, ffn_mode="dense")
+    bar = _bar(progress, len(seqs), "recording", "seq")
+    try:
+        for s in seqs:
+            rec = ctx.record(s, 0, ffn_in=False, gate=True, h=with_h)
+            n = len(s) - 1
+            k = min(n, max(1, int(round(keep_frac * n))))
+            pos = 1 + np.sort(rng.choice(n, size=k, replace=False))
+            g = rec["gate"][pos]                       # [k, L, n_ff]
+            a = np.abs(silu(g))
+            for il in range(L):
+                a_parts[il].append(np.ascontiguousarray(a[:, il]))
+                if with_h:
+                    h_parts[il].append(np.ascontiguousarray(rec["h"][pos, il]))
+            del rec, g, a
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+        ctx.close()
+    a_all = [np.concatenate(p) for p in a_parts]
+    h_all = [np.concatenate(p) for p in h_parts] if with_h else None
+    return a_all, h_all
+
+
+def quantile_thresholds(a: List[np.ndarray], sparsity) -> np.ndarray:
+    """Per-layer thresholds at the given sparsity (scalar or per layer): the quantile of the
+    layer's |silu(gate)| samples; 0 where the sparsity is 0."""
+    L = len(a)
+    s = np.broadcast_to(np.asarray(sparsity, dtype=np.float64), (L,))
+    thr = np.zeros(L, dtype=np.float32)
+    for il in range(L):
+        if s[il] > 0:
+            thr[il] = np.quantile(a[il], min(float(s[il]), 1.0))
+    return thr
+
+
+# ---- held-out evaluation -----------------------------------------------------------------------
+class Evaluator:
+    """Scores the held-out sequences in threshold mode against cached dense log-probs."""
+
+    def __init__(self, model, seqs: List[np.ndarray], n_threads: int = 1):
+        from pi_backend.perplexity import log_softmax, nll
+        self.model = model
+        self.seqs = seqs
+        n_ctx = max(len(s) for s in seqs)
+        self.ctx = model.new_context(n_ctx=n_ctx, n_threads=n_threads, n_batch=n_ctx,
+                                     ffn_mode="dense")
+        self.ref = []          # (logp, p) per sequence
+        self.dense_nll = 0.0
+        self.n = sum(len(s) - 1 for s in seqs)
+        for s in seqs:
+            lp = log_softmax(self.ctx.eval(s, 0, logits_all=True)[:-1])
+            self.dense_nll += nll(lp, s[1:]).sum()
+            self.ref.append((lp, np.exp(lp)))
+        self.dense_nll /= self.n
+        self.ctx.set_ffn_mode("threshold")
+        self.n_evals = 0
+
+    def __call__(self, thresholds, max_tokens: int | None = None) -> dict:
+        """KL(dense || threshold) per token, perplexity increase and sparsity at `thresholds`,
+        on the first max_tokens scored tokens (default: all; a prefix of a sequence has the
+        same dense logits as the whole, so the cached reference serves)."""
+        from pi_backend.perplexity import log_softmax, nll
+        set_thresholds(self.model, thresholds)
+        self.ctx.reset_stats()
+        kl = s_nll = d_nll_ref = 0.0
+        n = 0
+        left = self.n if max_tokens is None else max(1, int(max_tokens))
+        for s, (lp_d, p_d) in zip(self.seqs, self.ref):
+            if left <= 0:
+                break
+            k = min(len(s) - 1, left)
+            s = s[:k + 1]
+            lp = log_softmax(self.ctx.eval(s, 0, logits_all=True)[:-1])
+            kl += float(np.maximum((p_d[:k] * (lp_d[:k] - lp)).sum(axis=-1), 0.0).sum())
+            s_nll += nll(lp, s[1:]).sum()
+            d_nll_ref += nll(lp_d[:k], s[1:]).sum()
+            n += k
+            left -= k
+        st = self.ctx.stats()
+        self.n_evals += 1
+        d_nll = (s_nll - d_nll_ref) / n
+        return {"kl": kl / n, "d_nll": d_nll, "ppl_increase": math.expm1(d_nll),
+                "sparsity": st["ffn_sparsity"]}
+
+    def close(self):
+        self.ctx.close()
+
+
+def budget_cost(m: dict) -> float:
+    """The quantity held to the budget: the measured log-perplexity increase, but never less
+    than the KL (on few tokens the NLL difference is noisy and can even be negative, while the
+    KL is its smooth expectation when the text comes from the model)."""
+    return max(m["d_nll"], m["kl"])
+
+
+# ---- greedy allocation -------------------------------------------------------------------------
+def down_rows(model, il: int) -> np.ndarray:
+    """ffn_down_t of layer il as float32 [n_ff, d] (dequantized from the file)."""
+    from gguf import GGMLQuantizationType as QT
+    from gguf.quants import dequantize
+    name = f"blk.{il}.ffn_down_t.weight"
+    for t in model._reader.tensors:
+        if t.name == name:
+            qt = QT(int(t.tensor_type))
+            a = np.asarray(t.data)
+            if qt in (QT.F32, QT.F16):
+                return np.asarray(a, dtype=np.float32).reshape(model.n_ff, model.n_embd)
+            return dequantize(a, qt).reshape(model.n_ff, model.n_embd).astype(np.float32)
+    raise ConvertError(f"{model.path}: no tensor {name} (not a split pi_backend file?)")
+
+
+def local_errors(model, a: List[np.ndarray], h: List[np.ndarray], levels: np.ndarray,
+                 progress: bool = False, max_positions: int = 64):
+    """(thr [L, K], err [L, K]): per layer and sparsity level, the threshold (quantile of
+    |silu(gate)|) and the mean squared error of the FFN output when the neurons under it are
+    dropped, err = mean_t ||sum_{i dropped} h_ti * down_t[i]||^2."""
+    L, K = len(a), len(levels)
+    thr = np.zeros((L, K), np.float32)
+    err = np.zeros((L, K), np.float64)
+    bar = _bar(progress, L, "layer errors", "layer")
+    try:
+        for il in range(L):
+            W = down_rows(model, il)
+            thr[il] = np.quantile(a[il], levels).astype(np.float32)
+            thr[il, levels <= 0] = 0.0
+            # neurons sorted by |silu(gate)| per position: dropping level k = the ones under thr
+            hl, al = h[il][:max_positions], a[il][:max_positions]   # positions are random
+            for k in range(1, K):
+                hm = np.where(al <= thr[il, k], hl, 0.0).astype(np.float32)
+                d = hm @ W
+                err[il, k] = float(np.mean(np.sum(d.astype(np.float64) ** 2, axis=1)))
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return thr, err
+
+
+def greedy_path(cost: np.ndarray, max_cost: float) -> List[np.ndarray]:
+    """TEAL-style greedy over a per-layer cost table cost [L, K] (cost[:, 0] = 0, K levels):
+    from level 0 everywhere, repeatedly raise the layer whose next level adds the least cost.
+    Returns the allocations (level index per layer) after each raise, until the summed cost
+    passes max_cost or every layer is at the top level."""
+    L, K = cost.shape
+    # costs must not fall with sparsity; a falling estimate would be picked greedily for free
+    c = np.maximum.accumulate(cost, axis=1)
+    k = np.zeros(L, dtype=np.int64)
+    path = [k.copy()]
+    total = 0.0
+    while True:
+        inc = np.full(L, np.inf)
+        m = k < K - 1
+        inc[m] = c[np.where(m)[0], k[m] + 1] - c[np.where(m)[0], k[m]]
+        il = int(np.argmin(inc))
+        if not np.isfinite(inc[il]):
+            break
+        total += inc[il]
+        k[il] += 1
+        path.append(k.copy())
+        if total > max_cost:
+            break
+    return path
+
+
+def greedy_allocation(model, a, h, ev: Evaluator, budget: float, step: float, probe: float,
+                      progress: bool = False, log: Callable[[str], None] | None = None,
+                      max_checks: int = 10, probe_tokens: int | None = 64):
+    """Per-layer sparsity within `budget` (relative perplexity increase); returns (thresholds,
+    targets, checks)."""
+    levels = np.round(np.arange(0.0, MAX_LEVEL + 1e-9, step), 6)
+    K = len(levels)
+    L = model.n_layer
+    thr, err = local_errors(model, a, h, levels, progress)
+    kp = int(np.argmin(np.abs(levels - probe)))
+    kp = max(kp, 1)
+    # per-layer scale: KL of layer l alone at the probe level / its local error there
+    scale = np.zeros(L)
+    bar = _bar(progress, L, "layer sensitivity", "layer")
+    try:
+        for il in range(L):
+            t = np.zeros(L, np.float32)
+            t[il] = thr[il, kp]
+            kl = ev(t, probe_tokens)["kl"]
+            scale[il] = kl / err[il, kp] if err[il, kp] > 0 else 0.0
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    if not np.any(scale > 0):
+        scale[:] = 1.0
+    scale[scale <= 0] = scale[scale > 0].min()
+    cost = scale[:, None] * err                         # predicted KL per layer and level
+    target = math.log1p(budget)
+    path = greedy_path(cost, max_cost=8.0 * target)
+
+    def thr_of(i):
+        kk = path[i]
+        return thr[np.arange(L), kk]
+
+    # predicted KL along the path (the additive model)
+    rows = np.arange(L)
+    pred = np.array([cost[rows, kk].sum() for kk in path])
+    # bisection over the path with the engine: the last allocation within the budget
+    checks = []
+    lo, hi = 0, len(path) - 1
+    measured = {}
+
+    def check(i):
+        if i not in measured:
+            m = ev(thr_of(i))
+            measured[i] = m
+            checks.append({"step": i, "target": float(levels[path[i]].mean()),
+                           "predicted_kl": float(pred[i]), **m})
+            if log:
+                log(f"  path step {i:4d}: mean target {levels[path[i]].mean():.3f}, sparsity "
+                    f"{m['sparsity']:.3f}, KL {m['kl']:.4f} (predicted {pred[i]:.4f}), "
+                    f"ppl {100 * m['ppl_increase']:+.2f}%")
+        return budget_cost(measured[i]) <= target
+
+    # regula falsi on the measured cost along the path (it rises smoothly with the step index),
+    # with a bisection whenever the same end of the bracket moved twice in a row
+    cost_at = {0: 0.0}
+    if check(hi):
+        lo = hi
+    else:
+        cost_at[hi] = budget_cost(measured[hi])
+        g = int(np.searchsorted(pred, target)) - 1   # first guess: the model's own answer
+        last = None
+        while hi - lo > 1 and len(checks) < max_checks:
+            if g is None:
+                if last is not None and last[0] == last[1]:
+                    g = (lo + hi) // 2
+                else:
+                    c_lo, c_hi = cost_at[lo], cost_at[hi]
+                    f = (target - c_lo) / (c_hi - c_lo) if c_hi > c_lo else 0.5
+                    g = lo + int(round(f * (hi - lo)))
+            g = min(max(g, lo + 1), hi - 1)
+            ok = check(g)
+            cost_at[g] = budget_cost(measured[g])
+            moved = "lo" if ok else "hi"
+            if ok:
+                lo = g
+            else:
+                hi = g
+            last = (moved, last[0] if last else None)
+            g = None
+    return thr_of(lo), levels[path[lo]], checks
+
+
+# ---- the whole calibration ---------------------------------------------------------------------
+def calibrate(model, cfg: CalibConfig, log: Callable[[str], None] | None = None,
+              outfile: str | Path | None = None) -> Calibration:
+    """Calibrate the thresholds of a split silu file: `model` is its path or an open
+    pi_backend.model.Model (left open, with the calibrated thresholds set). The file itself is
+    not modified; with `outfile`, a copy with the calibration keys is written there. The
+    per-layer report on the held-out tokens is in the result's `report_rows`."""
+    from pi_backend.model import Model
+    from pi_backend.tokenizer import Tokenizer
+    t0 = time.perf_counter()
+    if cfg.sparsity is not None and not 0.0 <= cfg.sparsity < 1.0:
+        raise ConvertError(f"--sparsity must be in [0, 1), got {cfg.sparsity}")
+    if cfg.sparsity is None and not cfg.ppl_budget > 0:
+        raise ConvertError(f"--ppl-budget must be positive, got {cfg.ppl_budget}")
+    if cfg.n_tokens < 32:
+        raise ConvertError(f"--calib-tokens must be at least 32, got {cfg.n_tokens}")
+    own = not isinstance(model, Model)
+    model = Model(str(model)) if own else model
+    model_path = model.path
+    tok = None
+    try:
+        if model.fields.get("pi.ffn_activation", "silu") != "silu":
+            raise ConvertError("threshold calibration is for SwiGLU (silu) models; this file's "
+                               f"FFN is {model.fields.get('pi.ffn_activation')}")
+        if "threshold" not in model.ffn_modes:
+            raise ConvertError(f"{model_path}: threshold mode needs a split file (ffn_down_t)")
+        tok = Tokenizer(str(model_path))
+        if cfg.text_file:
+            try:
+                text = Path(cfg.text_file).read_bytes().decode("utf-8")
+            except FileNotFoundError:
+                raise ConvertError(f"calibration text {cfg.text_file} does not exist") from None
+            except IsADirectoryError:
+                raise ConvertError(f"calibration text {cfg.text_file} is a directory") from None
+            except UnicodeDecodeError:
+                raise ConvertError(f"calibration text {cfg.text_file} is not UTF-8") from None
+            seqs = text_sequences(tok, text, cfg.n_tokens, cfg.seq_len)
+            source = f"text from {os.path.basename(cfg.text_file)}"
+        else:
+            seqs = generate_sequences(model, tok, cfg.n_tokens, cfg.seed, cfg.n_threads,
+                                      cfg.seq_len, cfg.progress)
+            source = f"self-generated text ({len(seqs)} prompts, seed {cfg.seed})"
+        n_tok = sum(len(s) for s in seqs)
+        if n_tok < 32 or len(seqs) == 0:
+            raise ConvertError(f"too little calibration text: {n_tok} tokens (need 32)")
+        rec, held = split_heldout(seqs, cfg.n_heldout)
+        greedy = cfg.sparsity is None
+        a, h = record_samples(model, rec, cfg.positions, cfg.seed, cfg.n_threads,
+                              with_h=greedy, progress=cfg.progress)
+        ev = Evaluator(model, held, cfg.n_threads)
+        try:
+            checks = []
+            if greedy:
+                thr, targets, checks = greedy_allocation(model, a, h, ev, cfg.ppl_budget,
+                                                         cfg.step, cfg.probe, cfg.progress, log,
+                                                         probe_tokens=cfg.probe_tokens)
+            else:
+                targets = np.full(model.n_layer, cfg.sparsity)
+                thr = quantile_thresholds(a, targets)
+            m = ev(thr)
+            n_evals = ev.n_evals
+        finally:
+            ev.close()
+        thr = np.asarray(thr, np.float32)
+        rows = layer_report(model, thr, held, cfg.n_threads, targets)   # sets thr on the model
+        cal = Calibration(
+            thresholds=thr, targets=np.asarray(targets, np.float64),
+            method="greedy" if greedy else "uniform", source=source, n_tokens=n_tok,
+            n_heldout=ev.n, heldout_sparsity=m["sparsity"], heldout_kl=m["kl"],
+            heldout_ppl_increase=m["ppl_increase"],
+            ppl_budget=cfg.ppl_budget if greedy else None,
+            seconds=time.perf_counter() - t0, n_evals=n_evals, path=checks, heldout_seqs=held,
+            report_rows=rows)
+        if outfile is not None:
+            write_with_metadata(model_path, outfile, cal.metadata(), reader=model._reader)
+        return cal
+    finally:
+        if tok is not None:
+            tok.close()
+        if own:
+            model.close()
+
+
+# ---- per-layer report --------------------------------------------------------------------------
+def layer_report(model, thresholds, seqs: List[np.ndarray], n_threads: int = 1,
+                 targets=None) -> List[dict]:
+    """Per layer: threshold, target sparsity (when given) and the true sparsity in threshold
+    mode on `seqs` (share of neurons with |silu(gate)| <= threshold, gates recorded while the
+    engine runs sparse), plus the engine's own overall count as a row with layer = 'all'."""
+    set_thresholds(model, thresholds)
+    L, n_ff = model.n_layer, model.n_ff
+    n_ctx = max(len(s) for s in seqs)
+    ctx = model.new_context(n_ctx=n_ctx, n_threads=n_threads, n_batch=n_ctx,
+                            ffn_mode="threshold")
+    dropped = np.zeros(L, np.int64)
+    n = 0
+    try:
+        for s in seqs:
+            g = ctx.record(s, 0, ffn_in=False, gate=True, h=False)["gate"]   # [n, L, n_ff]
+            a = np.abs(silu(g))
+            thr = np.asarray(thresholds, np.float32)
+            for il in range(L):
+                if thr[il] > 0:
+                    dropped[il] += int(np.count_nonzero(a[:, il] <= thr[il]))
+            n += len(s)
+        st = ctx.stats()
+    finally:
+        ctx.close()
+    rows = []
+    for il in range(L):
+        rows.append({"layer": il, "threshold": float(thresholds[il]),
+                     "target": None if targets is None else float(targets[il]),
+                     "sparsity": dropped[il] / (n * n_ff)})
+    rows.append({"layer": "all", "threshold": None,
+                 "target": None if targets is None else float(np.mean(targets)),
+                 "sparsity": st["ffn_sparsity"]})
+    return rows
+
+
+def format_report(rows: List[dict]) -> str:
+    lines = ["layer  threshold   target  sparsity"]
+    for r in rows:
+        thr = "" if r["threshold"] is None else f"{r['threshold']:.5f}"
+        tgt = "" if r["target"] is None else f"{r['target']:.2f}"
+        lines.append(f"{str(r['layer']):>5}  {thr:>9}  {tgt:>7}  {r['sparsity']:8.3f}")
+    return "\n".join(lines)
+
+
+def report_file(model_path: str | Path, text: str | None = None, seqs=None, n_tokens: int = 512,
+                n_threads: int = 1) -> str:
+    """The per-layer report of a calibrated file on held-out text (or given sequences)."""
+    from pi_backend.model import Model
+    from pi_backend.tokenizer import Tokenizer
+    model = Model(str(model_path))
+    try:
+        thr = getattr(model, "thresholds", None)
+        if thr is None:
+            raise ConvertError(f"{model_path} has no pi.thresholds")
+        if seqs is None:
+            tok = Tokenizer(str(model_path))
+            try:
+                seqs = text_sequences(tok, text or "", n_tokens)
+            finally:
+                tok.close()
+        return format_report(layer_report(model, thr, seqs, n_threads))
+    finally:
+        model.close()
+
+
+# ---- writing -----------------------------------------------------------------------------------
+def write_with_metadata(src: str | Path, dst: str | Path, updates: dict, reader=None) -> None:
+    """Copy the GGUF file src to dst with the keys in `updates` set (added or replaced); written
+    under a temporary name and renamed. `reader`: an open gguf.GGUFReader of src, if any."""
+    import gguf
+    from gguf import GGUFValueType as VT
+    dst = Path(dst)
+    if reader is None:
+        reader = gguf.GGUFReader(str(src), "r")
+    arch = reader.fields["general.architecture"].contents()
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.meta.tmp")
+    w = gguf.GGUFWriter(str(tmp), arch)
+    try:
+        for f in reader.fields.values():
+            if f.name == "general.architecture" or f.name.startswith("GGUF.") or f.name in updates:
+                continue
+            vt = f.types[0]
+            sub = f.types[-1] if vt == VT.ARRAY else None
+            w.add_key_value(f.name, f.contents(), vt, sub)
+        for k, v in updates.items():
+            if isinstance(v, str):
+                w.add_string(k, v)
+            elif isinstance(v, bool):
+                w.add_bool(k, v)
+            elif isinstance(v, (list, tuple, np.ndarray)):
+                w.add_key_value(k, [float(x) for x in v], VT.ARRAY, VT.FLOAT32)
+            elif isinstance(v, float):
+                w.add_float32(k, v)
+            else:
+                w.add_uint32(k, int(v))
+        for t in reader.tensors:
+            w.add_tensor_info(t.name, t.data.shape, t.data.dtype, t.data.nbytes, t.tensor_type)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_ti_data_to_file()
+        for t in reader.tensors:
+            w.write_tensor_data(t.data)
+        w.close()
+        os.replace(tmp, dst)
+    except BaseException:
+        w.close()
+        try:
+            tmp.unlink()
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def convert_and_calibrate_source(src, outfile, outtype: str = "f16", text_file=None,
+                                 calib_tokens: int | None = None, sparsity: float | None = None,
+                                 ppl_budget: float | None = None, seed: int = 0,
+                                 n_threads: int | None = None, progress: bool = False,
+                                 t0: float | None = None, relu_only: bool = False):
+    """pi-convert --calibrate for a silu source (an open converter source): write a temporary
+    split file, calibrate its thresholds with our engine, and write the output with
+    pi.thresholds / pi.sparse_mode / pi.calibration (tmp + os.replace). Returns the converter's
+    Summary with the calibration summary and per-layer report in `.report` and the
+    Calibration in `.calibration`."""
+    from .layout import write_model
+    t0 = time.perf_counter() if t0 is None else t0
+    hp = src.hparams
+    if hp.activation != "silu":
+        raise ConvertError(f"threshold calibration is for SwiGLU (silu) models; this model's "
+                           f"FFN is {hp.activation}")
+    if relu_only:
+        raise ConvertError("--train-predictors and --reorder are for ReLU models; a SwiGLU "
+                           "model is calibrated for threshold mode")
+    if sparsity is not None and ppl_budget is not None:
+        raise ConvertError("give --sparsity or --ppl-budget, not both")
+    if text_file is not None and not Path(text_file).is_file():
+        raise ConvertError(f"calibration text {text_file} does not exist or is not a file")
+    cfg = CalibConfig(text_file=None if text_file is None else str(text_file),
+                      n_tokens=calib_tokens or CalibConfig.n_tokens, sparsity=sparsity,
+                      ppl_budget=DEFAULT_BUDGET if ppl_budget is None else ppl_budget,
+                      n_threads=n_threads or _default_threads(), seed=seed, progress=progress)
+    cfg.n_heldout = min(cfg.n_heldout, max(16, cfg.n_tokens // 4))
+    out = Path(outfile)
+    split = out.with_name(f".{out.name}.{os.getpid()}.uncalibrated.gguf")
+    try:
+        summary = write_model(src, split, outtype, False, None, progress=progress, t0=t0)
+        cal = calibrate(split, cfg, outfile=out)
+    finally:
+        try:
+            split.unlink()
+        except FileNotFoundError:
+            pass
+    summary.outfile = out
+    summary.nbytes = out.stat().st_size
+    summary.seconds = time.perf_counter() - t0
+    summary.report = (f"calibration {cal.summary()}; {cal.n_evals} engine evaluations, "
+                      f"{cal.seconds:.0f} s\n" + cal.report())
+    summary.calibration = cal
+    return summary
+
+
+def _default_threads() -> int:
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    return max(1, min(n, 8))

@@ -1,0 +1,550 @@
+"""Activation predictors for ReLU models (the PowerInfer regime), trained here.
+
+Per layer, a low-rank predictor `fc2(relu(fc1(x)))` (d -> r -> n_ff, no biases; docs/FORMAT.md)
+is trained with binary cross-entropy on (FFN input, was-active) pairs recorded by our own dense
+engine (`Context.record`) on calibration text. A neuron is active when its ReLU gate is > 0.
+
+- Collection keeps memory bounded: the text runs in windows of `window` tokens, and only a
+  seeded random sample of positions (at most `n_tokens`) is kept.
+- The positions are split into a training part and a held-out part (every `holdout`-th window).
+- For each rank of a small ladder, the predictor is trained (torch when installed, else numpy;
+  both deterministic under the seed), and the per-layer logit threshold is the largest one that
+  still catches `target_recall` of the truly active neurons on the held-out positions.
+- The rank kept per layer is the one that minimises the bytes read per token: the predictor's
+  weights plus the FFN rows of the neurons it predicts active (the FFN costs 3 rows of d per
+  neuron; the predictor r * (d + n_ff) f16 weights).
+
+The engine's sparse mode computes neuron i iff fc2(relu(fc1 x))_i > threshold[layer].
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .predictors import Predictors
+
+log = logging.getLogger("pi-convert")
+
+DEFAULT_RANKS = (32, 64, 128)
+DEFAULT_TARGET_RECALL = 0.99
+DEFAULT_CALIB_TOKENS = 4096
+
+# bytes per weight of the FFN rows, by GGML type name (for the rank cost model)
+_BYTES_PER_WEIGHT = {"f32": 4.0, "f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32, "q4_1": 20 / 32}
+
+
+# ---------------------------------------------------------------------------------------------
+# calibration data
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class Calibration:
+    """Recorded FFN inputs x [N, L, d] (f32) and activity masks [N, L, n_ff] (bool), with
+    `held` [N] marking the held-out positions; `freq` [L, n_ff] the activation frequency over
+    all recorded positions."""
+    x: np.ndarray
+    active: np.ndarray
+    held: np.ndarray
+    n_seen: int
+
+    @property
+    def freq(self) -> np.ndarray:
+        return self.active.mean(axis=0)
+
+
+def generate_tokens(model, n_tokens: int, seed: int = 0, n_ctx: int = 256,
+                    temperature: float = 1.0) -> list[list[int]]:
+    """Calibration text written by the model itself: sequences sampled at `temperature` from
+    varied one-token prompts (seeded). Returns windows of at most n_ctx tokens."""
+    rng = np.random.default_rng(seed)
+    ctx = model.new_context(n_ctx=n_ctx, n_threads=2, ffn_mode="dense")
+    out: list[list[int]] = []
+    total = 0
+    try:
+        while total < n_tokens:
+            seq = [int(rng.integers(0, model.n_vocab))]
+            logits = ctx.eval(seq, 0)
+            while len(seq) < n_ctx and total + len(seq) < n_tokens:
+                z = logits.astype(np.float64) / temperature
+                p = np.exp(z - z.max())
+                p /= p.sum()
+                t = int(rng.choice(len(p), p=p))
+                seq.append(t)
+                logits = ctx.eval([t], len(seq) - 1)
+            out.append(seq)
+            total += len(seq)
+    finally:
+        ctx.close()
+    return out
+
+
+def windows(tokens: Sequence[int], n: int) -> list[list[int]]:
+    toks = list(tokens)
+    return [toks[i:i + n] for i in range(0, len(toks), n) if len(toks[i:i + n]) > 1]
+
+
+def collect(model, seqs: Sequence[Sequence[int]], n_tokens: int = DEFAULT_CALIB_TOKENS,
+            seed: int = 0, holdout: int = 4, n_threads: int = 2,
+            progress: bool = False) -> Calibration:
+    """Runs the dense engine over the windows `seqs` (each from position 0) and keeps a seeded
+    sample of at most n_tokens positions: their FFN inputs and which neurons were active."""
+    L, d, ff = model.n_layer, model.n_embd, model.n_ff
+    n_ctx = max(len(s) for s in seqs)
+    total = sum(len(s) for s in seqs)
+    keep_p = min(1.0, n_tokens / max(1, total))
+    rng = np.random.default_rng(seed)
+    xs, acts, held = [], [], []
+    kept = 0
+    ctx = model.new_context(n_ctx=n_ctx, n_threads=n_threads, n_batch=min(n_ctx, 512),
+                            ffn_mode="dense")
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=total, desc="calibrate", unit="tok", leave=False)
+    try:
+        for wi, s in enumerate(seqs):
+            rec = ctx.record(s, 0, ffn_in=True, gate=True, h=False)
+            sel = np.flatnonzero(rng.random(len(s)) < keep_p)
+            sel = sel[: max(0, n_tokens - kept)]
+            if len(sel):
+                xs.append(rec["ffn_in"][sel].copy())
+                acts.append(rec["gate"][sel] > 0)
+                held.append(np.full(len(sel), wi % holdout == holdout - 1))
+                kept += len(sel)
+            if bar is not None:
+                bar.update(len(s))
+    finally:
+        if bar is not None:
+            bar.close()
+        ctx.close()
+    if not xs:
+        raise ValueError("no calibration positions were recorded")
+    return Calibration(np.concatenate(xs), np.concatenate(acts), np.concatenate(held), total)
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+# ---------------------------------------------------------------------------------------------
+def _have_torch() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _init(rank: int, d: int, ff: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    w1 = (rng.standard_normal((rank, d)) / math.sqrt(d)).astype(np.float32)
+    w2 = (rng.standard_normal((ff, rank)) / math.sqrt(rank)).astype(np.float32)
+    return w1, w2
+
+
+def _train_numpy(x, y, w1, w2, epochs, batch, lr, seed):
+    rng = np.random.default_rng(seed)
+    params = [w1.copy(), w2.copy()]
+    m = [np.zeros_like(p) for p in params]
+    v = [np.zeros_like(p) for p in params]
+    b1, b2, eps = 0.9, 0.999, 1e-8
+    t = 0
+    n = len(x)
+    for _ in range(epochs):
+        perm = rng.permutation(n)
+        for i in range(0, n, batch):
+            idx = perm[i:i + batch]
+            xb, yb = x[idx], y[idx]
+            z1 = xb @ params[0].T
+            a = np.maximum(z1, 0)
+            z2 = a @ params[1].T
+            g2 = (1.0 / (1.0 + np.exp(-z2)) - yb) / (len(idx) * yb.shape[1])
+            gw2 = g2.T @ a
+            ga = g2 @ params[1]
+            ga[z1 <= 0] = 0
+            gw1 = ga.T @ xb
+            t += 1
+            for k, g in enumerate((gw1, gw2)):
+                m[k] = b1 * m[k] + (1 - b1) * g
+                v[k] = b2 * v[k] + (1 - b2) * g * g
+                mh = m[k] / (1 - b1 ** t)
+                vh = v[k] / (1 - b2 ** t)
+                params[k] -= (lr * mh / (np.sqrt(vh) + eps)).astype(np.float32)
+    return params[0], params[1]
+
+
+def _train_torch(x, y, w1, w2, epochs, batch, lr, seed):
+    import torch
+    g = torch.Generator().manual_seed(seed)
+    prev = torch.are_deterministic_algorithms_enabled()
+    prev_threads = torch.get_num_threads()
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(1)     # small matrices: one thread is as fast and deterministic
+    try:
+        W1 = torch.nn.Parameter(torch.from_numpy(w1.copy()))
+        W2 = torch.nn.Parameter(torch.from_numpy(w2.copy()))
+        X = torch.from_numpy(x)
+        Y = torch.from_numpy(y.astype(np.float32))
+        opt = torch.optim.Adam([W1, W2], lr=lr)
+        n = len(X)
+        for _ in range(epochs):
+            perm = torch.randperm(n, generator=g)
+            for i in range(0, n, batch):
+                idx = perm[i:i + batch]
+                z = torch.relu(X[idx] @ W1.T) @ W2.T
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(z, Y[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        return W1.detach().numpy().copy(), W2.detach().numpy().copy()
+    finally:
+        torch.use_deterministic_algorithms(prev)
+        torch.set_num_threads(prev_threads)
+
+
+def predict_logits(w1: np.ndarray, w2: np.ndarray, x: np.ndarray) -> np.ndarray:
+    return np.maximum(x @ w1.T, 0) @ w2.T
+
+
+def threshold_for_recall(logits: np.ndarray, active: np.ndarray, target: float) -> float:
+    """The largest threshold t with recall(logit > t) >= target on these positions."""
+    pos = np.sort(logits[active].astype(np.float64))
+    if len(pos) == 0:
+        return float(np.max(logits)) if logits.size else 0.0
+    k = int(math.floor((1.0 - target) * len(pos)))   # may miss k of the positives
+    k = min(k, len(pos) - 1)
+    t = pos[k]
+    return float(np.nextafter(np.float32(t), np.float32(-np.inf)))
+
+
+@dataclass
+class LayerReport:
+    layer: int
+    rank: int
+    threshold: float
+    true_sparsity: float
+    pred_sparsity: float
+    recall: float
+    precision: float
+    cost_bytes: float
+    tried: dict = field(default_factory=dict)   # rank -> (pred_sparsity, recall, cost)
+
+
+def evaluate(w1, w2, thr, x, active) -> tuple[float, float, float, float]:
+    """(true sparsity, predicted sparsity, recall, precision) on these positions."""
+    pred = predict_logits(w1, w2, x) > thr
+    tp = float(np.logical_and(pred, active).sum())
+    n_act, n_pred = float(active.sum()), float(pred.sum())
+    return (1.0 - n_act / active.size, 1.0 - n_pred / pred.size,
+            tp / n_act if n_act else 1.0, tp / n_pred if n_pred else 1.0)
+
+
+@dataclass
+class TrainedPredictors(Predictors):
+    """Predictors trained here: the weights are kept in memory (f32)."""
+    weights: list = field(default_factory=list)      # [(fc1 [r][d], fc2 [n_ff][r])]
+    reports: list = field(default_factory=list)      # [LayerReport]
+
+    def load(self, layer: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.weights[layer]
+
+    def permuted(self, perms: Sequence[np.ndarray]) -> "TrainedPredictors":
+        """The same predictors for neurons reordered by perms[layer] (new -> original)."""
+        w = [(w1, np.ascontiguousarray(w2[p])) for (w1, w2), p in zip(self.weights, perms)]
+        return TrainedPredictors(self.path, self.threshold, list(self.thresholds),
+                                 list(self.ranks), [], w, self.reports)
+
+    def table(self) -> str:
+        lines = ["layer  rank  threshold  true_sparsity  pred_sparsity  recall  precision"]
+        for r in self.reports:
+            lines.append(f"{r.layer:5d}  {r.rank:4d}  {r.threshold:9.3f}  {r.true_sparsity:13.3f}"
+                         f"  {r.pred_sparsity:13.3f}  {r.recall:6.3f}  {r.precision:9.3f}")
+        return "\n".join(lines)
+
+
+def train_predictors(calib: Calibration, ranks: Sequence[int] = DEFAULT_RANKS,
+                     target_recall: float = DEFAULT_TARGET_RECALL, seed: int = 0,
+                     epochs: int = 20, batch: int = 256, lr: float = 3e-3,
+                     ffn_type: str = "q8_0", backend: str | None = None,
+                     progress: bool = False, log_fn: Callable[[str], None] | None = None,
+                     ) -> TrainedPredictors:
+    """Trains one predictor per layer; see the module docstring for the rank and threshold
+    rules. backend: "torch", "numpy" or None (torch when installed)."""
+    if not 0.0 < target_recall <= 1.0:
+        raise ValueError(f"target recall {target_recall} is not in (0, 1]")
+    backend = backend or ("torch" if _have_torch() else "numpy")
+    fit = _train_torch if backend == "torch" else _train_numpy
+    N, L, d = calib.x.shape
+    ff = calib.active.shape[2]
+    tr, ho = ~calib.held, calib.held
+    if ho.sum() == 0 or tr.sum() == 0:
+        raise ValueError("calibration needs both training and held-out positions "
+                         "(give more calibration tokens)")
+    bpw = _BYTES_PER_WEIGHT.get(ffn_type, 2.0)
+    weights, thresholds, chosen, reports = [], [], [], []
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=L * len(ranks), desc="predictors", unit="fit", leave=False)
+    try:
+        for il in range(L):
+            x_tr = np.ascontiguousarray(calib.x[tr, il])
+            y_tr = calib.active[tr, il]
+            x_ho = np.ascontiguousarray(calib.x[ho, il])
+            y_ho = calib.active[ho, il]
+            best = None
+            tried = {}
+            for r in ranks:
+                w1, w2 = _init(r, d, ff, seed + 1000 * il + r)
+                w1, w2 = fit(x_tr, y_tr, w1, w2, epochs, batch, lr, seed + il)
+                # f16 storage: choose the threshold on what the engine will see
+                w1 = w1.astype(np.float16).astype(np.float32)
+                w2 = w2.astype(np.float16).astype(np.float32)
+                thr = threshold_for_recall(predict_logits(w1, w2, x_ho), y_ho, target_recall)
+                ts, ps, rec, prec = evaluate(w1, w2, thr, x_ho, y_ho)
+                cost = 2.0 * r * (d + ff) + (1.0 - ps) * ff * 3 * d * bpw
+                tried[r] = (ps, rec, cost)
+                if best is None or cost < best[0]:
+                    best = (cost, r, w1, w2, thr, ts, ps, rec, prec)
+                if bar is not None:
+                    bar.update(1)
+            cost, r, w1, w2, thr, ts, ps, rec, prec = best
+            weights.append((w1, w2))
+            thresholds.append(thr)
+            chosen.append(r)
+            reports.append(LayerReport(il, r, thr, ts, ps, rec, prec, cost, tried))
+            if log_fn:
+                log_fn(f"layer {il}: rank {r}, threshold {thr:.3f}, sparsity true {ts:.3f} "
+                       f"predicted {ps:.3f}, recall {rec:.3f}, precision {prec:.3f}")
+    finally:
+        if bar is not None:
+            bar.close()
+    return TrainedPredictors(Path(f"trained ({backend}, recall {target_recall:g})"),
+                             float(np.mean(thresholds)), thresholds, chosen, [], weights, reports)
+
+
+# ---------------------------------------------------------------------------------------------
+# hot-first neuron order
+# ---------------------------------------------------------------------------------------------
+def hot_first_order(freq: np.ndarray) -> list[np.ndarray]:
+    """Per layer, neuron ids sorted by decreasing activation frequency (stable: ties keep the
+    original order). Returns new index -> original index (int32)."""
+    return [np.argsort(-f, kind="stable").astype(np.int32) for f in freq]
+
+
+# ---------------------------------------------------------------------------------------------
+# the converter's --calibrate path for ReLU models
+# ---------------------------------------------------------------------------------------------
+def calibration_windows(model, path: Path, text: str | Path | None, n_tokens: int,
+                        window: int = 256, seed: int = 0) -> list[list[int]]:
+    """Token windows for calibration: the first n_tokens tokens of a text file, or (text None)
+    text the model writes itself."""
+    window = min(window, getattr(model, "n_ctx_train", window) or window)
+    if text is None:
+        return generate_tokens(model, n_tokens, seed=seed, n_ctx=window)
+    from pi_backend.tokenizer import Tokenizer
+    data = Path(text).read_bytes()
+    tok = Tokenizer(str(path))
+    try:
+        ids = tok.tokenize(data, add_bos=False)
+    finally:
+        tok.close()
+    return windows(ids[:n_tokens], window)
+
+
+def is_pi_file(path: str | Path) -> bool:
+    """A pi_backend split file (has pi.format_version)."""
+    try:
+        import gguf
+        r = gguf.GGUFReader(path, "r")
+    except Exception:  # noqa: BLE001 - not a GGUF file at all
+        return False
+    return "pi.format_version" in r.fields
+
+
+def _copy_kv(reader, writer, skip) -> None:
+    from gguf import GGUFValueType as VT
+    from pi_backend.model import _field_value
+    for key, f in reader.fields.items():
+        if key.startswith("GGUF.") or key == "general.architecture" or key in skip:
+            continue
+        typ = f.types[0]
+        val = _field_value(f)
+        if typ == VT.ARRAY:
+            sub = f.types[-1] if len(f.types) > 1 else VT.UINT8
+            if sub == VT.STRING:
+                val = [bytes(f.parts[i]) for i in f.data]
+            writer.add_key_value(key, val, typ, sub)
+        else:
+            writer.add_key_value(key, val, typ)
+
+
+_PI_KEYS = ("pi.sparse_mode", "pi.thresholds", "pi.predictor.ranks", "pi.neuron_order",
+            "powerinfer.sparse_threshold")
+
+
+def write_calibrated(split: str | Path, out: Path, preds: "TrainedPredictors | None",
+                     orders: Sequence[np.ndarray] | None, progress: bool = False) -> None:
+    """Copies the pi split file `split` into `out` (temporary name, then renamed), adding the
+    predictors (f16), thresholds and ranks, and applying the hot-first orders: the rows of
+    ffn_gate / ffn_up / ffn_down_t are permuted as stored (quantized rows move whole, so the
+    weights are bit-identical) and blk.N.neuron_order is added. Existing predictors, thresholds
+    and orders of `split` are replaced."""
+    import os
+    import re
+    import gguf
+    from gguf import GGMLQuantizationType as QT, GGUFValueType as VT
+    from .model import ConvertError
+    r = gguf.GGUFReader(split, "r")
+    arch = r.fields["general.architecture"]
+    arch = bytes(arch.parts[arch.data[0]]).decode()
+    if r.fields.get("pi.neuron_order") is not None and \
+            bool(r.fields["pi.neuron_order"].parts[-1][0]) and orders is not None:
+        raise ConvertError(f"{Path(split).name}: neurons are reordered already")
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    w = gguf.GGUFWriter(tmp, arch)
+    try:
+        _copy_kv(r, w, _PI_KEYS)
+        w.add_string("pi.sparse_mode", "sparse" if preds is not None else "dense")
+        w.add_bool("pi.neuron_order", orders is not None)
+        if preds is not None:
+            w.add_key_value("pi.thresholds", [float(x) for x in preds.thresholds], VT.ARRAY,
+                            VT.FLOAT32)
+            w.add_key_value("pi.predictor.ranks", [int(x) for x in preds.ranks], VT.ARRAY,
+                            VT.UINT32)
+            w.add_float32("powerinfer.sparse_threshold", float(preds.threshold))
+        plan = []      # (name, raw data, qtype)
+        n_layer = None
+        for t in r.tensors:
+            m = re.fullmatch(r"blk\.(\d+)\.(.+)", t.name)
+            part = m.group(2) if m else None
+            if part in ("fc1.weight", "fc2.weight", "neuron_order"):
+                continue
+            data = t.data
+            if orders is not None and part in ("ffn_gate.weight", "ffn_up.weight",
+                                               "ffn_down_t.weight"):
+                data = np.ascontiguousarray(data[orders[int(m.group(1))]])
+            plan.append((t.name, data, t.tensor_type))
+            if part == "ffn_down_t.weight":
+                il = int(m.group(1))
+                n_layer = il + 1 if n_layer is None else max(n_layer, il + 1)
+                if preds is not None:
+                    w1, w2 = preds.load(il)
+                    plan.append((f"blk.{il}.fc1.weight", w1.astype(np.float16), QT.F16))
+                    plan.append((f"blk.{il}.fc2.weight", w2.astype(np.float16), QT.F16))
+                if orders is not None:
+                    plan.append((f"blk.{il}.neuron_order",
+                                 np.ascontiguousarray(orders[il], dtype=np.int32), QT.I32))
+        for name, data, qt in plan:
+            w.add_tensor(name, data, raw_dtype=qt) if qt not in (QT.F32, QT.F16, QT.I32) \
+                else w.add_tensor(name, data)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file(progress=progress)
+        w.close()
+        os.replace(tmp, out)
+    except BaseException:
+        w.close()
+        try:
+            tmp.unlink()
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def calibrate_file(path: str | Path, text: str | Path | None,
+                   calib_tokens: int = DEFAULT_CALIB_TOKENS, seed: int = 0,
+                   progress: bool = False) -> Calibration:
+    from pi_backend.model import Model
+    model = Model(str(path), ffn_mode="dense")
+    try:
+        seqs = calibration_windows(model, Path(path), text, calib_tokens, seed=seed)
+        if sum(len(s) for s in seqs) < 64:
+            from .model import ConvertError
+            raise ConvertError("the calibration text has fewer than 64 tokens")
+        return collect(model, seqs, n_tokens=calib_tokens, seed=seed, progress=progress)
+    finally:
+        model.close()
+
+
+def convert_calibrated(src, out: Path, outtype: str, text: str | Path | None,
+                       calib_tokens: int = DEFAULT_CALIB_TOKENS, train: bool | None = None,
+                       reorder: bool = False, target_recall: float = DEFAULT_TARGET_RECALL,
+                       ranks: Sequence[int] = DEFAULT_RANKS, seed: int = 0,
+                       progress: bool = False, t0: float | None = None, split_input=None):
+    """pi-convert --calibrate for ReLU models: write a plain split file to a temporary path (or
+    take `split_input`, a pi file, as it is), run our dense engine on it over the calibration
+    text, train the predictors (and the hot-first order), then write the final file: the split
+    file's tensors copied as they are, plus predictors and metadata."""
+    import os
+    import resource
+    import time
+    from collections import Counter
+    from .layout import Summary, write_model
+    from .model import ConvertError
+    t0 = time.perf_counter() if t0 is None else t0
+    activation = src.hparams.activation if src is not None else _activation(split_input)
+    if train is None:
+        train = activation == "relu"
+    if train and activation != "relu":
+        raise ConvertError("--train-predictors needs a ReLU model (this one uses "
+                           f"{activation}); SwiGLU models calibrate thresholds instead")
+    if calib_tokens < 64:
+        raise ConvertError(f"--calib-tokens {calib_tokens} is too few (at least 64)")
+    if text is not None and not Path(text).is_file():
+        raise ConvertError(f"calibration text {text} does not exist")
+    tmp = None
+    if split_input is None:
+        tmp = out.with_name(f".{out.name}.{os.getpid()}.pass1.gguf")
+        first = write_model(src, tmp, outtype, False, None, progress=False)
+        split, desc, vocab = tmp, first.source, first.vocab
+    else:
+        split, desc, vocab = Path(split_input), f"{Path(split_input).name} (pi_backend)", "copied"
+        import gguf
+        outtype = next((t.tensor_type.name.lower() for t in gguf.GGUFReader(split, "r").tensors
+                        if t.name == "blk.0.ffn_gate.weight"), "f16")
+    try:
+        calib = calibrate_file(split, text, calib_tokens, seed, progress)
+        preds = None
+        if train:
+            try:
+                preds = train_predictors(calib, ranks, target_recall, seed=seed,
+                                         ffn_type=outtype, progress=progress)
+            except ValueError as e:
+                raise ConvertError(str(e)) from None
+        orders = hot_first_order(calib.freq) if reorder else None
+        if orders is not None and preds is not None:
+            preds = preds.permuted(orders)
+        write_calibrated(split, out, preds, orders, progress=False)
+    finally:
+        if tmp is not None:
+            try:
+                tmp.unlink()
+            except FileNotFoundError:
+                pass
+    import gguf
+    r = gguf.GGUFReader(out, "r")
+    txt = f"calibrate  {calib.n_seen} tokens run, {len(calib.x)} positions kept " \
+          f"({int(calib.held.sum())} held out)" + (", neurons reordered hot-first" if reorder else "")
+    if preds is not None:
+        txt += "\n" + preds.table()
+    pred_desc = "none" if preds is None else \
+        f"trained, ranks {min(preds.ranks)}..{max(preds.ranks)}, target recall {target_recall:g}"
+    summary = Summary(
+        outfile=out, source=desc, vocab=vocab, layout="split (ffn_down_t)",
+        activation=activation, outtype=outtype, n_tensors=len(r.tensors),
+        nbytes=out.stat().st_size, types=Counter(t.tensor_type.name.lower() for t in r.tensors),
+        seconds=time.perf_counter() - t0,
+        peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        predictors=pred_desc, report=txt)
+    summary.calibration = calib          # for callers (tests, reports)
+    summary.trained = preds
+    return summary
+
+
+def _activation(path) -> str:
+    from pi_backend.model import read_gguf, _field_value
+    f = read_gguf(str(path)).fields.get("pi.ffn_activation")
+    return _field_value(f) if f is not None else "silu"

