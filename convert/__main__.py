@@ -8,18 +8,14 @@ import argparse
 import logging
 import sys
 
+from pi_backend._cli import OneLineErrorParser
+
 PROG = "pi-convert"
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, no usage block
-        sys.stderr.write(f"{PROG}: error: {message} (see {PROG} --help)\n")
-        sys.exit(2)
 
 
 def build_parser() -> argparse.ArgumentParser:
     from .layout import OUTTYPES
-    p = _Parser(prog=PROG, description="Convert a Hugging Face checkpoint directory or a llama.cpp "
+    p = OneLineErrorParser(prog=PROG, description="Convert a Hugging Face checkpoint directory or a llama.cpp "
                 "GGUF file into a pi_backend GGUF file (split FFN, down transposed, quantized).")
     p.add_argument("input", help="Hugging Face model directory, or a .gguf file")
     p.add_argument("--outfile", required=True, help="output .gguf path")

@@ -650,13 +650,12 @@ def write_with_metadata(src: str | Path, dst: str | Path, updates: dict, reader=
     under a temporary name and renamed. `reader`: an open gguf.GGUFReader of src, if any."""
     import gguf
     from gguf import GGUFValueType as VT
+    from .layout import replacing_writer
     dst = Path(dst)
     if reader is None:
         reader = gguf.GGUFReader(str(src), "r")
     arch = reader.fields["general.architecture"].contents()
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.meta.tmp")
-    w = gguf.GGUFWriter(str(tmp), arch)
-    try:
+    with replacing_writer(dst, arch, "meta.tmp") as w:
         for f in reader.fields.values():
             if f.name == "general.architecture" or f.name.startswith("GGUF.") or f.name in updates:
                 continue
@@ -681,15 +680,6 @@ def write_with_metadata(src: str | Path, dst: str | Path, updates: dict, reader=
         w.write_ti_data_to_file()
         for t in reader.tensors:
             w.write_tensor_data(t.data)
-        w.close()
-        os.replace(tmp, dst)
-    except BaseException:
-        w.close()
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def convert_and_calibrate_source(src, outfile, outtype: str = "f16", text_file=None,
@@ -715,10 +705,11 @@ def convert_and_calibrate_source(src, outfile, outtype: str = "f16", text_file=N
         raise ConvertError("give --sparsity or --ppl-budget, not both")
     if text_file is not None and not Path(text_file).is_file():
         raise ConvertError(f"calibration text {text_file} does not exist or is not a file")
+    from pi_backend.kernels import default_threads
     cfg = CalibConfig(text_file=None if text_file is None else str(text_file),
                       n_tokens=calib_tokens or CalibConfig.n_tokens, sparsity=sparsity,
                       ppl_budget=DEFAULT_BUDGET if ppl_budget is None else ppl_budget,
-                      n_threads=n_threads or _default_threads(), seed=seed, progress=progress)
+                      n_threads=n_threads or default_threads(), seed=seed, progress=progress)
     cfg.n_heldout = min(cfg.n_heldout, max(16, cfg.n_tokens // 4))
     out = Path(outfile)
     split = out.with_name(f".{out.name}.{os.getpid()}.uncalibrated.gguf")
@@ -737,11 +728,3 @@ def convert_and_calibrate_source(src, outfile, outtype: str = "f16", text_file=N
                       f"{cal.seconds:.0f} s\n" + cal.report())
     summary.calibration = cal
     return summary
-
-
-def _default_threads() -> int:
-    try:
-        n = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        n = os.cpu_count() or 1
-    return max(1, min(n, 8))

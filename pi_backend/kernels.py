@@ -6,6 +6,7 @@ Weights are uint8 arrays holding rows of ggml blocks (as a GGUF memmap gives the
 from __future__ import annotations
 
 import ctypes
+import os
 
 import numpy as np
 
@@ -49,6 +50,15 @@ def dequantize(t, q: np.ndarray, n: int) -> np.ndarray:
     out = np.empty((n_rows, n), dtype=np.float32)
     call("pi_dequantize_row", type_id(t), vptr(q), fptr(out), out.size)
     return out.reshape(q.shape[:-1] + (n,)) if q.ndim > 1 else out.reshape(n)
+
+
+def default_threads() -> int:
+    """The pool size the commands use when none is given: the available cores, at most 8."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    return max(1, min(n, 8))
 
 
 class Pool:

@@ -23,13 +23,9 @@ from typing import Iterable, List, Sequence
 
 import numpy as np
 
+from ._cli import OneLineErrorParser
+
 PROG = "pi-perplexity"
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, no usage block
-        sys.stderr.write(f"{PROG}: error: {message} (see {PROG} --help)\n")
-        sys.exit(2)
 
 
 # ---- numerics ----------------------------------------------------------------------------------
@@ -206,16 +202,8 @@ def perplexity(model_path: str, text: str, mode: str | None = None, n_tokens: in
 
 
 # ---- command line ------------------------------------------------------------------------------
-def _default_threads() -> int:
-    try:
-        n = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        n = os.cpu_count() or 1
-    return max(1, min(n, 8))
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description="Teacher-forced perplexity of a text file under the "
+    p = OneLineErrorParser(prog=PROG, description="Teacher-forced perplexity of a text file under the "
                 "pi_backend engine, with the KL divergence against dense and the FFN sparsity.")
     p.add_argument("model", help="pi_backend GGUF file")
     p.add_argument("text", help="UTF-8 text file to score")
@@ -261,9 +249,10 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         sys.stderr.write(f"{PROG}: error: cannot read {args.text}: {e.strerror or e}\n")
         return 1
+    from .kernels import default_threads
     try:
         res = perplexity(args.model, text, args.ffn_mode, args.tokens, args.ctx,
-                         args.threads or _default_threads(), with_dense=not args.no_kl,
+                         args.threads or default_threads(), with_dense=not args.no_kl,
                          progress=not args.no_progress and sys.stderr.isatty())
     except (ValueError, OSError) as e:   # ModelError is a ValueError
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__

@@ -106,6 +106,19 @@ def top_k_filter(logits: np.ndarray, k: int, min_keep: int = 1) -> np.ndarray:
     return out
 
 
+def _keep_mass(logits: np.ndarray, order: np.ndarray, sorted_probs: np.ndarray, p: float,
+               min_keep: int) -> np.ndarray:
+    """Keep the first tokens of `order` (whose probabilities are `sorted_probs`) up to the one
+    where the cumulative mass reaches p, inclusive, and at least min_keep; -inf elsewhere."""
+    cum = np.cumsum(sorted_probs)
+    last = int(np.searchsorted(cum, p, side="left"))
+    n_keep = max(min(last + 1, len(order)), min_keep)
+    out = np.full_like(logits, -np.inf)
+    keep = order[:n_keep]
+    out[keep] = logits[keep]
+    return out
+
+
 def top_p_filter(logits: np.ndarray, p: float, min_keep: int = 1) -> np.ndarray:
     """Nucleus filtering: keep the smallest set of most likely tokens whose probability mass
     reaches p (p >= 1: no-op)."""
@@ -113,14 +126,7 @@ def top_p_filter(logits: np.ndarray, p: float, min_keep: int = 1) -> np.ndarray:
         return logits
     order = np.argsort(-logits, kind="stable")
     probs = _softmax(logits[order])
-    cum = np.cumsum(probs)
-    # first index where the cumulative mass reaches p, inclusive
-    last = int(np.searchsorted(cum, p, side="left"))
-    n_keep = max(min(last + 1, len(order)), min_keep)
-    out = np.full_like(logits, -np.inf)
-    keep = order[:n_keep]
-    out[keep] = logits[keep]
-    return out
+    return _keep_mass(logits, order, probs, p, min_keep)
 
 
 def min_p_filter(logits: np.ndarray, p: float, min_keep: int = 1) -> np.ndarray:
@@ -150,13 +156,7 @@ def typical_filter(logits: np.ndarray, p: float, min_keep: int = 1) -> np.ndarra
         ent = -np.nansum(np.where(probs > 0, probs * logp, 0.0))
         shifted = np.abs(-logp - ent)
     order = np.argsort(shifted, kind="stable")
-    cum = np.cumsum(probs[order])
-    last = int(np.searchsorted(cum, p, side="left"))
-    n_keep = max(min(last + 1, len(order)), min_keep)
-    out = np.full_like(logits, -np.inf)
-    keep = order[:n_keep]
-    out[keep] = logits[keep]
-    return out
+    return _keep_mass(logits, order, probs[order], p, min_keep)
 
 
 def sample(logits: np.ndarray, params: SamplingParams, last_tokens: Sequence[int] = (),
