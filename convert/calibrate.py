@@ -40,6 +40,8 @@ from typing import Callable, List, Sequence
 
 import numpy as np
 
+from pi_backend._cli import progress_bar
+
 from .model import ConvertError
 
 # Varied prompts for self-generated calibration text: prose, dialogue, code, lists, science...
@@ -126,13 +128,6 @@ def set_thresholds(model, thr: Sequence[float]) -> None:
     model.thresholds = thr
 
 
-def _bar(progress: bool, total: int, desc: str, unit: str = "it"):
-    if not progress:
-        return None
-    from tqdm import tqdm
-    return tqdm(total=total, desc=desc, unit=unit, leave=False)
-
-
 def silu(x: np.ndarray) -> np.ndarray:
     return x / (1.0 + np.exp(-x))
 
@@ -154,7 +149,7 @@ def generate_sequences(model, tok, n_tokens: int, seed: int = 0, n_threads: int 
     order = rng.permutation(len(PROMPTS))
     seqs: List[np.ndarray] = []
     total = 0
-    bar = _bar(progress, n_tokens, "calibration text", "tok")
+    bar = progress_bar(progress, n_tokens, "calibration text", "tok")
     try:
         k = 0
         while total < n_tokens and k < 4 * len(PROMPTS):
@@ -177,11 +172,9 @@ def generate_sequences(model, tok, n_tokens: int, seed: int = 0, n_threads: int 
             if len(ids) >= 8:
                 seqs.append(np.asarray(ids, dtype=np.int32))
                 total += len(ids)
-                if bar is not None:
-                    bar.update(len(ids))
+                bar.update(len(ids))
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
         ctx.close()
     return seqs
 
@@ -242,7 +235,7 @@ def record_samples(model, seqs: List[np.ndarray], positions: int, seed: int = 0,
     h_parts: List[List[np.ndarray]] = [[] for _ in range(L)]
     n_ctx = max(len(s) for s in seqs)
     ctx = model.new_context(n_ctx=n_ctx, n_threads=n_threads, n_batch=n_ctx, ffn_mode="dense")
-    bar = _bar(progress, len(seqs), "recording", "seq")
+    bar = progress_bar(progress, len(seqs), "recording", "seq")
     try:
         for s in seqs:
             rec = ctx.record(s, 0, ffn_in=False, gate=True, h=with_h)
@@ -256,11 +249,9 @@ def record_samples(model, seqs: List[np.ndarray], positions: int, seed: int = 0,
                 if with_h:
                     h_parts[il].append(np.ascontiguousarray(rec["h"][pos, il]))
             del rec, g, a
-            if bar is not None:
-                bar.update(1)
+            bar.update(1)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
         ctx.close()
     a_all = [np.concatenate(p) for p in a_parts]
     h_all = [np.concatenate(p) for p in h_parts] if with_h else None
@@ -363,7 +354,7 @@ def local_errors(model, a: List[np.ndarray], h: List[np.ndarray], levels: np.nda
     L, K = len(a), len(levels)
     thr = np.zeros((L, K), np.float32)
     err = np.zeros((L, K), np.float64)
-    bar = _bar(progress, L, "layer errors", "layer")
+    bar = progress_bar(progress, L, "layer errors", "layer")
     try:
         for il in range(L):
             W = down_rows(model, il)
@@ -375,11 +366,9 @@ def local_errors(model, a: List[np.ndarray], h: List[np.ndarray], levels: np.nda
                 hm = np.where(al <= thr[il, k], hl, 0.0).astype(np.float32)
                 d = hm @ W
                 err[il, k] = float(np.mean(np.sum(d.astype(np.float64) ** 2, axis=1)))
-            if bar is not None:
-                bar.update(1)
+            bar.update(1)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     return thr, err
 
 
@@ -422,18 +411,16 @@ def greedy_allocation(model, a, h, ev: Evaluator, budget: float, step: float, pr
     kp = max(kp, 1)
     # per-layer scale: KL of layer l alone at the probe level / its local error there
     scale = np.zeros(L)
-    bar = _bar(progress, L, "layer sensitivity", "layer")
+    bar = progress_bar(progress, L, "layer sensitivity", "layer")
     try:
         for il in range(L):
             t = np.zeros(L, np.float32)
             t[il] = thr[il, kp]
             kl = ev(t, probe_tokens)["kl"]
             scale[il] = kl / err[il, kp] if err[il, kp] > 0 else 0.0
-            if bar is not None:
-                bar.update(1)
+            bar.update(1)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     if not np.any(scale > 0):
         scale[:] = 1.0
     scale[scale <= 0] = scale[scale > 0].min()

@@ -26,6 +26,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from pi_backend._cli import progress_bar
+
 from .predictors import Predictors
 
 log = logging.getLogger("pi-convert")
@@ -101,10 +103,7 @@ def collect(model, seqs: Sequence[Sequence[int]], n_tokens: int = DEFAULT_CALIB_
     kept = 0
     ctx = model.new_context(n_ctx=n_ctx, n_threads=n_threads, n_batch=min(n_ctx, 512),
                             ffn_mode="dense")
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=total, desc="calibrate", unit="tok", leave=False)
+    bar = progress_bar(progress, total, "calibrate", "tok")
     try:
         for wi, s in enumerate(seqs):
             rec = ctx.record(s, 0, ffn_in=True, gate=True, h=False)
@@ -115,11 +114,9 @@ def collect(model, seqs: Sequence[Sequence[int]], n_tokens: int = DEFAULT_CALIB_
                 acts.append(rec["gate"][sel] > 0)
                 held.append(np.full(len(sel), wi % holdout == holdout - 1))
                 kept += len(sel)
-            if bar is not None:
-                bar.update(len(s))
+            bar.update(len(s))
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
         ctx.close()
     if not xs:
         raise ValueError("no calibration positions were recorded")
@@ -284,10 +281,7 @@ def train_predictors(calib: Calibration, ranks: Sequence[int] = DEFAULT_RANKS,
                          "(give more calibration tokens)")
     bpw = _BYTES_PER_WEIGHT.get(ffn_type, 2.0)
     weights, thresholds, chosen, reports = [], [], [], []
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=L * len(ranks), desc="predictors", unit="fit", leave=False)
+    bar = progress_bar(progress, L * len(ranks), "predictors", "fit")
     try:
         for il in range(L):
             x_tr = np.ascontiguousarray(calib.x[tr, il])
@@ -308,8 +302,7 @@ def train_predictors(calib: Calibration, ranks: Sequence[int] = DEFAULT_RANKS,
                 tried[r] = (ps, rec, cost)
                 if best is None or cost < best[0]:
                     best = (cost, r, w1, w2, thr, ts, ps, rec, prec)
-                if bar is not None:
-                    bar.update(1)
+                bar.update(1)
             cost, r, w1, w2, thr, ts, ps, rec, prec = best
             weights.append((w1, w2))
             thresholds.append(thr)
@@ -319,8 +312,7 @@ def train_predictors(calib: Calibration, ranks: Sequence[int] = DEFAULT_RANKS,
                 log_fn(f"layer {il}: rank {r}, threshold {thr:.3f}, sparsity true {ts:.3f} "
                        f"predicted {ps:.3f}, recall {rec:.3f}, precision {prec:.3f}")
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     return TrainedPredictors(Path(f"trained ({backend}, recall {target_recall:g})"),
                              float(np.mean(thresholds)), thresholds, chosen, [], weights, reports)
 

@@ -12,3 +12,9 @@ class OneLineErrorParser(argparse.ArgumentParser):
     def error(self, message: str):
         sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
         sys.exit(2)
+
+
+def progress_bar(enabled: bool, total: int, desc: str, unit: str = "it"):
+    """A transient tqdm bar; when not enabled, a disabled one whose update/close do nothing."""
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, unit=unit, leave=False, disable=not enabled)

@@ -23,7 +23,7 @@ from typing import Iterable, List, Sequence
 
 import numpy as np
 
-from ._cli import OneLineErrorParser
+from ._cli import OneLineErrorParser, progress_bar
 
 PROG = "pi-perplexity"
 
@@ -134,10 +134,7 @@ def evaluate(model, chunks: Iterable[np.ndarray], mode: str, n_threads: int = 1,
     if with_dense:
         dctx = ctx if mode == "dense" else model.new_context(
             n_ctx=n_ctx, n_threads=n_threads, n_batch=min(n_ctx, 512), ffn_mode="dense")
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=sum(len(c) - 1 for c in chunks), desc=PROG, unit="tok", leave=False)
+    bar = progress_bar(progress, sum(len(c) - 1 for c in chunks), PROG, "tok")
     s_nll = s_dnll = s_kl = 0.0
     n = 0
     active = neurons = 0
@@ -157,11 +154,9 @@ def evaluate(model, chunks: Iterable[np.ndarray], mode: str, n_threads: int = 1,
                 del lp_d
             del lp
             n += len(targets)
-            if bar is not None:
-                bar.update(len(targets))
+            bar.update(len(targets))
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
         if dctx is not None and dctx is not ctx:
             dctx.close()
         ctx.close()
