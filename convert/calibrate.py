@@ -336,13 +336,16 @@ def down_rows(model, il: int) -> np.ndarray:
     from gguf import GGMLQuantizationType as QT
     from gguf.quants import dequantize
     name = f"blk.{il}.ffn_down_t.weight"
-    for t in model._reader.tensors:
-        if t.name == name:
-            qt = QT(int(t.tensor_type))
-            a = np.asarray(t.data)
-            if qt in (QT.F32, QT.F16):
-                return np.asarray(a, dtype=np.float32).reshape(model.n_ff, model.n_embd)
-            return dequantize(a, qt).reshape(model.n_ff, model.n_embd).astype(np.float32)
+    try:
+        ty, a = model.tensor(name)
+    except KeyError:
+        ty = None
+    if ty is not None:
+        qt = QT(ty)
+        a = np.asarray(a)
+        if qt in (QT.F32, QT.F16):
+            return np.asarray(a, dtype=np.float32).reshape(model.n_ff, model.n_embd)
+        return dequantize(a, qt).reshape(model.n_ff, model.n_embd).astype(np.float32)
     raise ConvertError(f"{model.path}: no tensor {name} (not a split pi_backend file?)")
 
 
@@ -556,7 +559,7 @@ def calibrate(model, cfg: CalibConfig, log: Callable[[str], None] | None = None,
             seconds=time.perf_counter() - t0, n_evals=n_evals, path=checks, heldout_seqs=held,
             report_rows=rows)
         if outfile is not None:
-            write_with_metadata(model_path, outfile, cal.metadata(), reader=model._reader)
+            write_with_metadata(model_path, outfile, cal.metadata())
         return cal
     finally:
         if tok is not None:

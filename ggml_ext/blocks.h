@@ -37,6 +37,32 @@ typedef struct {
 } block_q8_1;
 _Static_assert(sizeof(block_q8_1) == 4 + QK8_1, "block_q8_1 size");
 
+/* ---- the 8-row interleaved layout ("rows8") of the dense matrix kernels ----------------------
+ * Block b of 8 consecutive rows, stored together: their scales, then their quants interleaved
+ * in 4-byte chunks, chunk c of row r at qs[32 c + 4 r]. A 256-bit register then holds chunk c
+ * of all 8 rows, one row per 32-bit lane, and one broadcast of 4 activation bytes serves every
+ * row. Same bytes as 8 plain blocks (repack.c); only the order differs. */
+#define PI_ROWS8 8
+
+typedef struct {
+    pi_half d[PI_ROWS8];            /* scales of rows 0..7 */
+    uint8_t qs[PI_ROWS8 * QK4_0 / 2]; /* 4 chunks of 8 rows x qs[4c .. 4c + 3] */
+} block_q4_0x8;
+_Static_assert(sizeof(block_q4_0x8) == PI_ROWS8 * sizeof(block_q4_0), "block_q4_0x8 size");
+
+typedef struct {
+    pi_half d[PI_ROWS8];            /* scales */
+    pi_half m[PI_ROWS8];            /* mins */
+    uint8_t qs[PI_ROWS8 * QK4_1 / 2]; /* as block_q4_0x8 */
+} block_q4_1x8;
+_Static_assert(sizeof(block_q4_1x8) == PI_ROWS8 * sizeof(block_q4_1), "block_q4_1x8 size");
+
+typedef struct {
+    pi_half d[PI_ROWS8];           /* scales */
+    int8_t qs[PI_ROWS8 * QK8_0];   /* 8 chunks of 8 rows x qs[4c .. 4c + 3] */
+} block_q8_0x8;
+_Static_assert(sizeof(block_q8_0x8) == PI_ROWS8 * sizeof(block_q8_0), "block_q8_0x8 size");
+
 /* Portable binary16 <-> binary32, round-to-nearest-even (matches F16C and numpy). */
 static inline float pi_fp32_from_bits(uint32_t w) { float f; memcpy(&f, &w, 4); return f; }
 static inline uint32_t pi_fp32_to_bits(float f) { uint32_t w; memcpy(&w, &f, 4); return w; }

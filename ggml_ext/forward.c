@@ -85,8 +85,10 @@ static void rope(float *v, int n_rot, int neox, const float *cs) {
     }
 }
 
-/* Y[t] = W X[t] for t < B.  W: [n_rows][n_cols]; X: [B][n_cols]; Y: rows of stride ldy. */
+/* Y[t] = W X[t] for t < B.  W: [n_rows][n_cols]; X: [B][n_cols]; Y: rows of stride ldy.
+ * Over the repacked copy when the model made one. */
 static int matmul(pi_context *c, const pi_weight *w, const float *X, int B, float *Y, int64_t ldy) {
+    if (w->packed) return pi_matmat_rows8(c->pool, w->type, w->packed, w->n_rows, w->n_cols, X, B, Y, ldy);
     return pi_matmat(c->pool, w->type, w->data, w->n_rows, w->n_cols, X, B, Y, ldy);
 }
 
@@ -185,10 +187,10 @@ static int attention_block(pi_context *c, int il, int B, int n_past) {
 static int predict_active(pi_context *c, const pi_layer *l, const float *xn, float thr, float *scratch,
                           int32_t *n_active) {
     const pi_weight *f1 = &l->fc1, *f2 = &l->fc2;
-    int rc = pi_matvec(c->pool, f1->type, f1->data, f1->n_rows, f1->n_cols, xn, c->pz);
+    int rc = matmul(c, f1, xn, 1, c->pz, f1->n_rows);
     if (rc) return rc;
     for (int64_t i = 0; i < f1->n_rows; i++) c->pz[i] = c->pz[i] > 0 ? c->pz[i] : 0;
-    if ((rc = pi_matvec(c->pool, f2->type, f2->data, f2->n_rows, f2->n_cols, c->pz, scratch))) return rc;
+    if ((rc = matmul(c, f2, c->pz, 1, scratch, f2->n_rows))) return rc;
     int32_t n = 0;
     for (int64_t i = 0; i < f2->n_rows; i++)
         if (scratch[i] > thr) c->idx[n++] = (int32_t)i;
@@ -208,7 +210,7 @@ static int ffn_sparse_token(pi_context *c, const pi_layer *l, int il, const floa
         if ((rc = predict_active(c, l, xn, thr, u, &n))) return rc;
         if ((rc = pi_matvec_masked(c->pool, l->gate.type, l->gate.data, n_ff, d, xn, c->idx, n, g))) return rc;
     } else { /* threshold: gate dense, then drop |act(gate)| <= thr */
-        if ((rc = pi_matvec(c->pool, l->gate.type, l->gate.data, n_ff, d, xn, g))) return rc;
+        if ((rc = matmul(c, &l->gate, xn, 1, g, n_ff))) return rc;
         for (int i = 0; i < n_ff; i++) {
             const float a = act(kind, g[i]);
             if (fabsf(a) > thr || (thr == 0 && kind == PI_ACT_SILU)) c->idx[n++] = i;

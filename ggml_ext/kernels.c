@@ -121,6 +121,71 @@ static void axpy_row_q8_0(int64_t c0, int64_t c1, const void *row, float a, floa
     }
 }
 
+/* ---- the 8-row kernels over the rows8 layout (see pi_dot8_fn) ---- */
+
+/* ggml's hsum of 8 f32 lanes (see pi_kernels). */
+static inline float hsum_lanes(const float l[8]) {
+    const float a0 = l[0] + l[4], a1 = l[1] + l[5], a2 = l[2] + l[6], a3 = l[3] + l[7];
+    return (a0 + a2) + (a1 + a3);
+}
+
+/* Integer sum of elements 4k .. 4k + 3 of row r in an interleaved Q4 block (nibbles minus
+ * `offset`) times the activation block x. Lanes 0-3 are low nibbles, 4-7 high nibbles. */
+static int lane_sum_q4x8(const uint8_t qs[128], int r, int k, int offset, const int8_t x[32]) {
+    int s = 0;
+    for (int j = 0; j < 4; j++) {
+        const int q = qs[32 * (k % 4) + 4 * r + j];
+        s += ((k < 4 ? q & 0x0F : q >> 4) - offset) * x[4 * k + j];
+    }
+    return s;
+}
+
+static int lane_sum_q8x8(const int8_t qs[256], int r, int k, const int8_t x[32]) {
+    int s = 0;
+    for (int j = 0; j < 4; j++) s += qs[32 * k + 4 * r + j] * x[4 * k + j];
+    return s;
+}
+
+static void dot8_q4_0(int64_t n, const void *group, const void *act, float out[8]) {
+    const block_q4_0x8 *w = group;
+    const block_q8_0 *x = act;
+    for (int r = 0; r < PI_ROWS8; r++) {
+        float l[8] = {0};
+        for (int64_t b = 0; b < n / QK4_0; b++) {
+            const float d = half(w[b].d[r]) * half(x[b].d);
+            for (int k = 0; k < 8; k++) l[k] = fmaf(d, (float)lane_sum_q4x8(w[b].qs, r, k, 8, x[b].qs), l[k]);
+        }
+        out[r] = hsum_lanes(l);
+    }
+}
+
+static void dot8_q4_1(int64_t n, const void *group, const void *act, float out[8]) {
+    const block_q4_1x8 *w = group;
+    const block_q8_1 *x = act;
+    for (int r = 0; r < PI_ROWS8; r++) {
+        float l[8] = {0}, summ = 0.0f;
+        for (int64_t b = 0; b < n / QK4_1; b++) {
+            const float d = half(w[b].d[r]) * half(x[b].d);
+            for (int k = 0; k < 8; k++) l[k] = fmaf(d, (float)lane_sum_q4x8(w[b].qs, r, k, 0, x[b].qs), l[k]);
+            summ += half(w[b].m[r]) * half(x[b].s);
+        }
+        out[r] = hsum_lanes(l) + summ;
+    }
+}
+
+static void dot8_q8_0(int64_t n, const void *group, const void *act, float out[8]) {
+    const block_q8_0x8 *w = group;
+    const block_q8_0 *x = act;
+    for (int r = 0; r < PI_ROWS8; r++) {
+        float l[8] = {0};
+        for (int64_t b = 0; b < n / QK8_0; b++) {
+            const float d = half(w[b].d[r]) * half(x[b].d);
+            for (int k = 0; k < 8; k++) l[k] = fmaf(d, (float)lane_sum_q8x8(w[b].qs, r, k, x[b].qs), l[k]);
+        }
+        out[r] = hsum_lanes(l);
+    }
+}
+
 /* The activation quantizers of the integer dots: ggml-cpu's x86 quantize_row_q8_0/q8_1 (the
  * path llama.cpp runs on AVX/AVX2/AVX-512), which differ from the reference format quantizer
  * pi_quantize_row_q8_*_ref in two roundings: id = 127 / amax (not 1 / d) and round half to even
@@ -180,11 +245,6 @@ float pi_expf_ggml(float x) {
     return fmaf(s2.f, poly, s2.f) * s1.f;
 }
 
-static inline float hsum_lanes(const float l[8]) {
-    const float a0 = l[0] + l[4], a1 = l[1] + l[5], a2 = l[2] + l[6], a3 = l[3] + l[7];
-    return (a0 + a2) + (a1 + a3);
-}
-
 static void attn_scores_scalar(int n_pos, int hd, const pi_half *k, int64_t ldk, const float *q,
                                float scale, float *s) {
     for (int p = 0; p < n_pos; p++) {
@@ -238,6 +298,7 @@ SCALAR_TWINS(q8_0)
 const pi_kernels pi_kernels_scalar = {
     .name = "scalar",
     .dot = {dot_f32, dot_f16, dot_q4_0, dot_q4_1, dot_q8_0},
+    .dot8 = {NULL, NULL, dot8_q4_0, dot8_q4_1, dot8_q8_0},
     .axpy = {axpy_f32, axpy_f16, axpy_q4_0, axpy_q4_1, axpy_q8_0},
     .quantize_q8_0 = quantize_act_q8_0,
     .quantize_q8_1 = quantize_act_q8_1,
@@ -339,6 +400,14 @@ static int check_idx(const char *fn, const int32_t *idx, int64_t n_idx, int64_t 
     return PI_OK;
 }
 
+/* A batch of n_tok activations written to rows of stride ldy >= n_rows. */
+static int check_batch(const char *fn, int64_t n_tok, int64_t ldy, int64_t n_rows) {
+    if (n_tok <= 0 || ldy < n_rows)
+        return pi_fail(PI_ERR_SHAPE, "%s: n_tok = %lld must be positive and ldy = %lld >= n_rows = %lld",
+                       fn, (long long)n_tok, (long long)ldy, (long long)n_rows);
+    return PI_OK;
+}
+
 /* ==== scratch for the quantized activation ===================================================== */
 
 /* A per-thread buffer that only grows (kept for the thread's lifetime): no malloc per call. */
@@ -401,6 +470,7 @@ static inline void prefetch_bytes(const void *p, size_t bytes) {
 
 typedef struct {
     pi_dot_fn dot;
+    pi_dot8_fn dot8;       /* rows8 matmat: the 8-row kernel (the tail rows use dot) */
     pi_axpy_fn axpy;
     const uint8_t *W;      /* [n_rows][row_bytes] */
     size_t row_bytes;
@@ -442,6 +512,28 @@ static void matvec_task(void *arg, int ith, int nth) {
             j->dot(j->n_cols, rows, nr, (const uint8_t *)j->act + (size_t)t * j->act_bytes, out);
             for (int r = 0; r < nr; r++) j->y[t * j->ldy + item_row(j, i + r)] = out[r];
         }
+    }
+}
+
+/* Dense matmat over the rows8 layout: this thread's whole groups (all tokens of a group while
+ * its weights are in L1), the plain tail rows on the last thread. */
+static void rows8_task(void *arg, int ith, int nth) {
+    const job *j = arg;
+    const int64_t n_groups = j->n_items / PI_ROWS8;
+    int64_t g0, g1;
+    pi_split(n_groups, 1, ith, nth, &g0, &g1);
+    for (int64_t g = g0; g < g1; g++) {
+        const void *group = row_ptr(j, g * PI_ROWS8);
+        for (int64_t t = 0; t < j->n_tok; t++)
+            j->dot8(j->n_cols, group, (const uint8_t *)j->act + (size_t)t * j->act_bytes,
+                    j->y + t * j->ldy + g * PI_ROWS8);
+    }
+    if (ith != nth - 1) return;
+    for (int64_t r = n_groups * PI_ROWS8; r < j->n_items; r++) {
+        const void *row = row_ptr(j, r);
+        for (int64_t t = 0; t < j->n_tok; t++)
+            j->dot(j->n_cols, &row, 1, (const uint8_t *)j->act + (size_t)t * j->act_bytes,
+                   j->y + t * j->ldy + r);
     }
 }
 
@@ -563,12 +655,30 @@ int pi_matmat(pi_pool *pool, int type, const void *W, int64_t n_rows, int64_t n_
     PI_CHECK_NULL(X);
     PI_CHECK_NULL(Y);
     matrix_info m;
-    const int st = check_matrix(__func__, type, n_rows, n_cols, &m);
+    int st = check_matrix(__func__, type, n_rows, n_cols, &m);
     if (st) return st;
-    if (n_tok <= 0 || ldy < n_rows)
-        return pi_fail(PI_ERR_SHAPE, "%s: n_tok = %lld must be positive and ldy = %lld >= n_rows = %lld",
-                       __func__, (long long)n_tok, (long long)ldy, (long long)n_rows);
+    if ((st = check_batch(__func__, n_tok, ldy, n_rows))) return st;
     return matvec_run(__func__, pool, type, &m, W, n_rows, n_cols, X, n_tok, ldy, NULL, 0, Y);
+}
+
+int pi_matmat_rows8(pi_pool *pool, int type, const void *Wp, int64_t n_rows, int64_t n_cols,
+                    const float *X, int64_t n_tok, float *Y, int64_t ldy) {
+    PI_CHECK_NULL(Wp);
+    PI_CHECK_NULL(X);
+    PI_CHECK_NULL(Y);
+    matrix_info m;
+    int st = check_matrix(__func__, type, n_rows, n_cols, &m);
+    if (st) return st;
+    const pi_kernels *K = active_kernels();
+    if (!K->dot8[m.slot])
+        return pi_fail(PI_ERR_TYPE, "%s: type %s has no 8-row layout (Q4_0, Q4_1, Q8_0)", __func__,
+                       pi_type_name(type));
+    if ((st = check_batch(__func__, n_tok, ldy, n_rows))) return st;
+    job j = {.dot = K->dot[m.slot], .dot8 = K->dot8[m.slot], .W = Wp, .row_bytes = m.row_bytes,
+             .n_cols = n_cols, .n_items = n_rows, .y = Y, .n_tok = n_tok, .ldy = ldy};
+    if ((st = prepare_activations(__func__, K, type, X, n_cols, n_tok, &j.act, &j.act_bytes))) return st;
+    pi_pool_run(pool, rows8_task, &j);
+    return pi_ok();
 }
 
 int pi_matvec_masked(pi_pool *pool, int type, const void *W, int64_t n_rows, int64_t n_cols,

@@ -32,9 +32,18 @@ typedef void (*pi_dot_fn)(int64_t n, const void *const rows[], int nr, const voi
 typedef void (*pi_axpy_fn)(int64_t c0, int64_t c1, const void *const rows[], const float *a,
                            int nr, float *y);
 
+/* out[r] = row r . act for the 8 rows of one rows8 group (blocks.h), r < 8.
+ *   group: [n / 32] interleaved blocks of the weight type; act: as pi_dot_fn takes it.
+ * Each row gets the bits of the AVX2 pi_dot_fn (llama.cpp's AVX2 vec_dot order): 8 lane
+ * accumulators per row, lane k taking (d_w * d_x) * (integer sum of block elements 4k .. 4k + 3)
+ * by fused multiply-add, block after block; then ggml's hsum of the lanes, plus (Q4_1) the min
+ * terms m_w * s_x summed in block order. The scalar twin computes the same bits. */
+typedef void (*pi_dot8_fn)(int64_t n, const void *group, const void *act, float out[8]);
+
 typedef struct {
     const char *name;
     pi_dot_fn dot[PI_N_SLOTS];
+    pi_dot8_fn dot8[PI_N_SLOTS]; /* NULL for F32/F16 (no rows8 layout) */
     pi_axpy_fn axpy[PI_N_SLOTS];
     /* Activation quantizers: ggml-cpu's x86 quantize_row_q8_{0,1} (id = 127 / amax, round half
      * to even), the same bits on every ISA. n: multiple of 32. */

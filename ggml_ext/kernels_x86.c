@@ -194,6 +194,87 @@ DOT_ENTRY(AVX2_FN, dot_q4_0_avx2, dot_q4_0_rows)
 DOT_ENTRY(AVX2_FN, dot_q4_1_avx2, dot_q4_1_rows)
 DOT_ENTRY(AVX2_FN, dot_q8_0_avx2, dot_q8_0_rows)
 
+/* ==== AVX2 8-row kernels over the rows8 layout (scalar twins dot8_* in kernels.c) ============= */
+/* One register per lane k of the plain dot (elements 4k .. 4k + 3 of each block), one row per
+ * 32-bit element: the same products and the same order as step_q4_0 & co., hence their bits. */
+
+/* 4 activation bytes x[0 .. 3] in every 32-bit element. */
+INLINE AVX2_FN __m256i bcast4(const int8_t *x) {
+    int32_t v;
+    memcpy(&v, x, 4);
+    return _mm256_set1_epi32(v);
+}
+
+/* d_w * d_x per row: the weight scales of the 8 rows times the activation block's. */
+INLINE AVX2_FN __m256 scales8(const pi_half dw[8], pi_half dx) {
+    return _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)dw)),
+                         _mm256_broadcast_ss(&fp16_table[dx]));
+}
+
+/* out[r] = ggml's hsum of row r's 8 lanes (hsum8's order), plus extra[r]. */
+INLINE AVX2_FN void store_lanes8(const __m256 l[8], __m256 extra, float out[8]) {
+    const __m256 a0 = _mm256_add_ps(l[0], l[4]), a1 = _mm256_add_ps(l[1], l[5]);
+    const __m256 a2 = _mm256_add_ps(l[2], l[6]), a3 = _mm256_add_ps(l[3], l[7]);
+    const __m256 s = _mm256_add_ps(_mm256_add_ps(a0, a2), _mm256_add_ps(a1, a3));
+    _mm256_storeu_ps(out, _mm256_add_ps(s, extra));
+}
+
+/* The Q4 lanes of one interleaved block: chunk c's low nibbles are lane c, its high nibbles lane
+ * 4 + c. `offset` 8 (Q4_0) subtracts 8 * the activation's 4-element sums. */
+INLINE AVX2_FN void lanes_q4x8(const uint8_t qs[128], const int8_t x[32], __m256 d, int offset,
+                               __m256 l[8]) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F), eight = _mm256_set1_epi8(8);
+    for (int c = 0; c < 4; c++) {
+        const __m256i v = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));
+        const __m256i ylo = bcast4(x + 4 * c), yhi = bcast4(x + 16 + 4 * c);
+        __m256i slo = dot_u8s8(_mm256_and_si256(v, m4), ylo);
+        __m256i shi = dot_u8s8(_mm256_and_si256(_mm256_srli_epi16(v, 4), m4), yhi);
+        if (offset) {
+            slo = _mm256_sub_epi32(slo, dot_u8s8(eight, ylo));
+            shi = _mm256_sub_epi32(shi, dot_u8s8(eight, yhi));
+        }
+        l[c] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(slo), l[c]);
+        l[4 + c] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(shi), l[4 + c]);
+    }
+}
+
+AVX2_FN static void dot8_q4_0_avx2(int64_t n, const void *group, const void *act, float out[8]) {
+    const block_q4_0x8 *w = group;
+    const block_q8_0 *x = act;
+    __m256 l[8];
+    for (int k = 0; k < 8; k++) l[k] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < n / QK4_0; b++) lanes_q4x8(w[b].qs, x[b].qs, scales8(w[b].d, x[b].d), 8, l);
+    store_lanes8(l, _mm256_setzero_ps(), out);
+}
+
+AVX2_FN static void dot8_q4_1_avx2(int64_t n, const void *group, const void *act, float out[8]) {
+    const block_q4_1x8 *w = group;
+    const block_q8_1 *x = act;
+    __m256 l[8], summ = _mm256_setzero_ps();
+    for (int k = 0; k < 8; k++) l[k] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < n / QK4_1; b++) {
+        lanes_q4x8(w[b].qs, x[b].qs, scales8(w[b].d, x[b].d), 0, l);
+        summ = _mm256_add_ps(summ, scales8(w[b].m, x[b].s));
+    }
+    store_lanes8(l, summ, out);
+}
+
+AVX2_FN static void dot8_q8_0_avx2(int64_t n, const void *group, const void *act, float out[8]) {
+    const block_q8_0x8 *w = group;
+    const block_q8_0 *x = act;
+    __m256 l[8];
+    for (int k = 0; k < 8; k++) l[k] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < n / QK8_0; b++) {
+        const __m256 d = scales8(w[b].d, x[b].d);
+        for (int k = 0; k < 8; k++) {
+            const __m256i s = dot_s8s8(_mm256_loadu_si256((const __m256i *)(w[b].qs + 32 * k)),
+                                       bcast4(x[b].qs + 4 * k));
+            l[k] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(s), l[k]);
+        }
+    }
+    store_lanes8(l, _mm256_setzero_ps(), out);
+}
+
 /* ==== AVX2 axpy =============================================================================== */
 
 /* yb[0..32) += sum_r s[r] * q_r + off, q_r the 32 unsigned nibbles of qs[r]. (Q4_0 folds its -8
@@ -490,6 +571,7 @@ AVX2_FN static void swiglu_avx2(int64_t n, const float *g, float *u) {
 const pi_kernels pi_kernels_avx2 = {
     .name = "avx2",
     .dot = {dot_f32_avx2, dot_f16_avx2, dot_q4_0_avx2, dot_q4_1_avx2, dot_q8_0_avx2},
+    .dot8 = {NULL, NULL, dot8_q4_0_avx2, dot8_q4_1_avx2, dot8_q8_0_avx2},
     .axpy = {axpy_f32_avx2, axpy_f16_avx2, axpy_q4_0_avx2, axpy_q4_1_avx2, axpy_q8_0_avx2},
     .quantize_q8_0 = quantize_q8_0_avx2,
     .quantize_q8_1 = quantize_q8_1_avx2,
@@ -739,6 +821,7 @@ AXPY_ENTRY(AVX512_FN, axpy_q8_0_avx512, axpy_q8_0_rows512)
 const pi_kernels pi_kernels_avx512 = {
     .name = "avx512",
     .dot = {dot_f32_avx512, dot_f16_avx512, dot_q4_0_avx512, dot_q4_1_avx512, dot_q8_0_avx512},
+    .dot8 = {NULL, NULL, dot8_q4_0_avx2, dot8_q4_1_avx2, dot8_q8_0_avx2}, /* 8 rows = 8 lanes */
     .axpy = {axpy_f32_avx512, axpy_f16_avx512, axpy_q4_0_avx512, axpy_q4_1_avx512,
              axpy_q8_0_avx512},
     .quantize_q8_0 = quantize_q8_0_avx2, /* a few KB per call: AVX2 is plenty */

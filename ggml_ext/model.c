@@ -98,12 +98,14 @@ int pi_model_create(const pi_hparams *hp, pi_model **out) {
         return pi_fail(PI_ERR_NOMEM, "pi_model_create: out of memory");
     }
     m->hp = *hp;
+    m->repack = 1;
     *out = m;
     return pi_ok();
 }
 
 void pi_model_free(pi_model *m) {
     if (!m) return;
+    if (m->packed_mem) pi_buffer_free(m->packed_mem, m->packed_bytes);
     free(m->layers);
     free(m->thresholds);
     free(m);
@@ -184,8 +186,69 @@ static int require(const pi_weight *w, const char *what, int layer) {
     return pi_fail(PI_ERR_SHAPE, "model is missing tensor blk.%d.%s", layer, what);
 }
 
+/* The matrices only the dense kernels read, i.e. those no sparse mode reads row by row: attention,
+ * output, predictors, the plain ffn_down, gate unless predictors choose its rows, up unless the
+ * file is split (threshold and sparse modes mask it). Fills list, returns the count. */
+static int dense_only(pi_model *m, pi_weight **list) {
+    int n = 0;
+    for (int i = 0; i < m->hp.n_layer; i++) {
+        pi_layer *l = &m->layers[i];
+        pi_weight *always[] = {&l->wq, &l->wk, &l->wv, &l->wo, &l->down, &l->fc1, &l->fc2};
+        for (size_t k = 0; k < sizeof always / sizeof always[0]; k++) list[n++] = always[k];
+        if (!l->fc1.data) list[n++] = &l->gate;
+        if (!l->down_t.data) list[n++] = &l->up;
+    }
+    list[n++] = m->output.data ? &m->output : &m->tok_embd;
+    return n;
+}
+
+static int packable(const pi_weight *w) {
+    return w->data && w->n_rows >= PI_ROWS8 &&
+           (w->type == PI_TYPE_Q4_0 || w->type == PI_TYPE_Q4_1 || w->type == PI_TYPE_Q8_0);
+}
+
+static size_t weight_bytes(const pi_weight *w) {
+    return (size_t)w->n_rows * (size_t)(w->n_cols / pi_type_block_elems(w->type)) *
+           (size_t)pi_type_block_bytes(w->type);
+}
+
+/* Copies the dense-only matrices into one buffer in the rows8 layout. */
+static int repack_dense(pi_model *m) {
+    pi_weight **list = malloc(((size_t)m->hp.n_layer * 9 + 1) * sizeof *list);
+    if (!list) return pi_fail(PI_ERR_NOMEM, "pi_model_finalize: out of memory");
+    const int n = dense_only(m, list);
+    size_t total = 0;
+    for (int k = 0; k < n; k++)
+        if (packable(list[k])) total += (weight_bytes(list[k]) + 63) / 64 * 64;
+    int rc = PI_OK;
+    if (total == 0) goto done;
+    if ((rc = pi_buffer_alloc(total, &m->packed_mem))) {
+        rc = pi_fail(PI_ERR_NOMEM, "pi_model_finalize: cannot allocate %zu bytes to repack the weights", total);
+        goto done;
+    }
+    m->packed_bytes = total;
+    uint8_t *p = m->packed_mem;
+    for (int k = 0; k < n; k++) {
+        pi_weight *w = list[k];
+        if (!packable(w)) continue;
+        if ((rc = pi_repack_rows8(w->type, w->data, w->n_rows, w->n_cols, p))) goto done;
+        w->packed = p;
+        p += (weight_bytes(w) + 63) / 64 * 64;
+    }
+done:
+    if (rc && m->packed_mem) { /* leave the model as it was */
+        for (int k = 0; k < n; k++) list[k]->packed = NULL;
+        pi_buffer_free(m->packed_mem, m->packed_bytes);
+        m->packed_mem = NULL;
+        m->packed_bytes = 0;
+    }
+    free(list);
+    return rc;
+}
+
 int pi_model_finalize(pi_model *m) {
     PI_CHECK_NULL(m);
+    if (m->finalized) return pi_ok();
     int rc;
     if ((rc = require(&m->tok_embd, "token_embd.weight", -1))) return rc;
     if ((rc = require(&m->output_norm, "output_norm.weight", -1))) return rc;
@@ -215,7 +278,22 @@ int pi_model_finalize(pi_model *m) {
     if (n_pred != 0 && n_pred != m->hp.n_layer)
         return pi_fail(PI_ERR_SHAPE, "predictors present in %d of %d layers; need all or none", n_pred,
                        m->hp.n_layer);
+    if (m->repack && (rc = repack_dense(m))) return rc;
     m->finalized = 1;
+    return pi_ok();
+}
+
+int pi_model_set_repack(pi_model *m, int32_t enable) {
+    PI_CHECK_NULL(m);
+    if (m->finalized) return pi_fail(PI_ERR_RANGE, "pi_model_set_repack: model is finalized");
+    m->repack = enable != 0;
+    return pi_ok();
+}
+
+int pi_model_repacked_bytes(const pi_model *m, int64_t *bytes) {
+    PI_CHECK_NULL(m);
+    PI_CHECK_NULL(bytes);
+    *bytes = (int64_t)m->packed_bytes;
     return pi_ok();
 }
 

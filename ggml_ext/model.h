@@ -9,6 +9,7 @@ typedef struct {
     int type;
     int64_t n_rows, n_cols;
     const void *data;
+    const void *packed;                  /* the same matrix in the rows8 layout (model-owned), or NULL */
 } pi_weight;
 
 typedef struct {
@@ -32,6 +33,9 @@ struct pi_model {
     pi_layer *layers;                    /* [n_layer] */
     float *thresholds;                   /* [n_layer] */
     int32_t max_rank;                    /* largest predictor rank (0: no predictors) */
+    int repack;                          /* pi_model_set_repack */
+    void *packed_mem;                    /* every packed matrix, one buffer */
+    size_t packed_bytes;
     int finalized;
 };
 

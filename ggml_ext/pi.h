@@ -20,7 +20,7 @@
 extern "C" {
 #endif
 
-#define PI_API_VERSION 1
+#define PI_API_VERSION 2
 
 #if defined(__GNUC__)
 #define PI_API __attribute__((visibility("default")))
@@ -109,6 +109,16 @@ PI_API int pi_matvec(pi_pool *pool, int type, const void *W, int64_t n_rows, int
 PI_API int pi_matmat(pi_pool *pool, int type, const void *W, int64_t n_rows, int64_t n_cols,
                      const float *X, int64_t n_tok, float *Y, int64_t ldy);
 
+/* The 8-row interleaved layout ("rows8") of the dense kernels: rows 8g .. 8g + 7 stored block by
+ * block together, so that one 256-bit step serves 8 rows (docs/FORMAT.md). Same size as W; the
+ * n_rows % 8 last rows stay plain. Q4_0, Q4_1 and Q8_0 only.
+ *   W: [n_rows][n_cols] of `type`; out: the same number of bytes, not overlapping W. */
+PI_API int pi_repack_rows8(int type, const void *W, int64_t n_rows, int64_t n_cols, void *out);
+/* pi_matmat over a repacked matrix Wp. Results agree with pi_matmat's up to f32 rounding (each
+ * row sums its blocks in one accumulator). */
+PI_API int pi_matmat_rows8(pi_pool *pool, int type, const void *Wp, int64_t n_rows,
+                           int64_t n_cols, const float *X, int64_t n_tok, float *Y, int64_t ldy);
+
 /* Masked vec_dot (gate/up): y[idx[k]] = W[idx[k]] . x for k < n_idx; every other y[i] = 0.
  *   W: [n_rows][n_cols] of `type`; x: [n_cols] f32; idx: [n_idx] int32 in [0, n_rows);
  *   y: [n_rows] f32. Rows not in idx are never read. */
@@ -161,7 +171,8 @@ typedef struct {
 typedef struct pi_model pi_model;
 
 /* A model without weights; tensors are then attached by name, and pi_model_finalize checks the
- * set is complete. The model never copies or frees tensor data: it must outlive the model. */
+ * set is complete. The model never frees tensor data (it must outlive the model); it copies the
+ * matrices it repacks (pi_model_set_repack). */
 PI_API int pi_model_create(const pi_hparams *hp, pi_model **out);
 /* Attaches one tensor by its GGUF name ("token_embd.weight", "blk.3.ffn_down_t.weight", ...).
  * data: [n_rows][n_cols] of `type` (1-D tensors: n_rows = 1). Checks the name, the type and the
@@ -171,8 +182,15 @@ PI_API int pi_model_set_tensor(pi_model *m, const char *name, int type, int64_t 
 /* Per-layer FFN thresholds: thr [n_layer] (a predictor logit threshold in sparse mode, an
  * |act(gate)| threshold in threshold mode). Copied. Default: 0 for every layer. */
 PI_API int pi_model_set_thresholds(pi_model *m, const float *thr, int32_t n_layer);
-/* Checks that every required tensor is present; after this the model is read-only. */
+/* Whether pi_model_finalize repacks the matrices that only run dense (attention, output, and
+ * the FFN matrices no sparse mode reads) into the rows8 layout, in memory the model owns.
+ * Default: 1. The attached data is then read only during finalize (and for embedding rows). */
+PI_API int pi_model_set_repack(pi_model *m, int32_t enable);
+/* Checks that every required tensor is present and repacks (see above); after this the model
+ * is read-only. */
 PI_API int pi_model_finalize(pi_model *m);
+/* Bytes of weights the model holds repacked (0 without repacking). */
+PI_API int pi_model_repacked_bytes(const pi_model *m, int64_t *bytes);
 /* Bit set of the pi_ffn_mode values this model supports (1 << mode). */
 PI_API int pi_model_ffn_modes(const pi_model *m, int32_t *modes);
 PI_API void pi_model_free(pi_model *m);

@@ -10,7 +10,7 @@ import glob
 import os
 from ctypes import POINTER, c_char_p, c_float, c_int, c_int32, c_int64, c_size_t, c_void_p
 
-PI_API_VERSION = 1
+PI_API_VERSION = 2
 
 # ---- status codes (pi_status) -----------------------------------------------------------
 PI_OK = 0
@@ -117,6 +117,9 @@ _PROTOTYPES = [
     ("pi_matvec", c_int, [pi_pool_p, c_int, c_void_p, c_int64, c_int64, f32_p, f32_p]),
     ("pi_matmat", c_int,
      [pi_pool_p, c_int, c_void_p, c_int64, c_int64, f32_p, c_int64, f32_p, c_int64]),
+    ("pi_repack_rows8", c_int, [c_int, c_void_p, c_int64, c_int64, c_void_p]),
+    ("pi_matmat_rows8", c_int,
+     [pi_pool_p, c_int, c_void_p, c_int64, c_int64, f32_p, c_int64, f32_p, c_int64]),
     ("pi_matvec_masked", c_int,
      [pi_pool_p, c_int, c_void_p, c_int64, c_int64, f32_p, i32_p, c_int64, f32_p]),
     ("pi_axpy_sparse", c_int,
@@ -127,7 +130,9 @@ _PROTOTYPES = [
     ("pi_model_create", c_int, [POINTER(pi_hparams), POINTER(pi_model_p)]),
     ("pi_model_set_tensor", c_int, [pi_model_p, c_char_p, c_int, c_int64, c_int64, c_void_p]),
     ("pi_model_set_thresholds", c_int, [pi_model_p, f32_p, c_int32]),
+    ("pi_model_set_repack", c_int, [pi_model_p, c_int32]),
     ("pi_model_finalize", c_int, [pi_model_p]),
+    ("pi_model_repacked_bytes", c_int, [pi_model_p, i64_p]),
     ("pi_model_ffn_modes", c_int, [pi_model_p, POINTER(c_int32)]),
     ("pi_model_free", None, [pi_model_p]),
     # context

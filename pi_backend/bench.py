@@ -468,8 +468,8 @@ def run(args) -> dict:
 
     split_model = Model(str(split_path))
     plain_model = Model(str(plain_path)) if plain_path and "dense" in args.modes else None
-    split_info = _gguf_info(split_model._reader)
-    plain_info = (_gguf_info(plain_model._reader) if plain_model is not None else
+    split_info = _gguf_info(split_model.path)
+    plain_info = (_gguf_info(plain_model.path) if plain_model is not None else
                   _gguf_info(plain_path) if use_llama else None)
     runners = []
     try:

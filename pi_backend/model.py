@@ -6,6 +6,7 @@ Model object owns the map for as long as the C model lives.
 from __future__ import annotations
 
 import ctypes
+import mmap
 import os
 from typing import Sequence
 
@@ -60,14 +61,31 @@ def read_gguf(path: str):
         raise ModelError(f"cannot read GGUF file {path}: {msg}") from None
 
 
-class Model:
-    """A GGUF model loaded for the C engine."""
+def _release_pages(reader) -> None:
+    """Drops the file pages read while repacking from this process (they stay in the page cache
+    and fault back in where the engine still reads the file in place)."""
+    mm = getattr(reader.data, "_mmap", None)
+    if mm is not None and hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+        try:
+            mm.madvise(mmap.MADV_DONTNEED)
+        except (OSError, ValueError):
+            pass  # advisory only
 
-    def __init__(self, path: str, *, ffn_mode: str | None = None):
+
+class Model:
+    """A GGUF model loaded for the C engine.
+
+    repack: copy the matrices that only run dense (attention, output, and the FFN matrices no
+    sparse mode reads) into the 8-row interleaved layout of the fast dense kernels; the file's
+    pages are then released, so memory stays about the file size.
+    """
+
+    def __init__(self, path: str, *, ffn_mode: str | None = None, repack: bool = True):
         self.path = os.fspath(path)
         self._ptr = _lib.pi_model_p()
         reader = read_gguf(self.path)
-        self._reader = reader  # owns the memmap the C model points into
+        self._reader = reader  # while loading; afterwards only its memmap is kept
+        self._map = reader.data  # the memmap the C model points into
         self.fields = {k: _field_value(f) for k, f in reader.fields.items()
                        if not k.startswith("GGUF.") and k not in _BULKY}
         self.metadata = {k: (str(v) if not isinstance(v, str) else v)
@@ -81,11 +99,18 @@ class Model:
         if thr is not None:
             self.thresholds = np.ascontiguousarray(thr, dtype=np.float32)
             call("pi_model_set_thresholds", self._ptr, fptr(self.thresholds), len(self.thresholds))
+        call("pi_model_set_repack", self._ptr, 1 if repack else 0)
         try:
             call("pi_model_finalize", self._ptr)
         except _lib.PiError as e:
             self.close()
             raise ModelError(f"{self.path}: {e}") from None
+        packed = ctypes.c_int64()
+        call("pi_model_repacked_bytes", self._ptr, ctypes.byref(packed))
+        self.repacked_bytes = packed.value
+        if packed.value:
+            _release_pages(reader)
+        self._reader = None  # its parsed fields cost far more memory than the weights in use
         modes = ctypes.c_int32()
         call("pi_model_ffn_modes", self._ptr, ctypes.byref(modes))
         self.ffn_modes = tuple(k for k, v in FFN_MODES.items() if modes.value & (1 << v))
@@ -151,7 +176,7 @@ class Model:
                  n_cols, ctypes.c_void_p(data.ctypes.data))
         except _lib.PiError as e:
             raise ModelError(f"{self.path}: {e}") from None
-        self._tensors[name] = data
+        self._tensors[name] = (int(t.tensor_type), data)
 
     def _check_mode(self, mode: str) -> str:
         if mode not in FFN_MODES:
@@ -182,6 +207,12 @@ class Model:
     def ptr(self):
         return self._ptr
 
+    def tensor(self, name: str):
+        """(ggml type id, the raw data as mapped from the file) of tensor `name`."""
+        if name not in self._tensors:
+            raise KeyError(f"{self.path}: no tensor {name}")
+        return self._tensors[name]
+
     def set_thresholds(self, thresholds) -> None:
         """Sets the per-layer FFN thresholds ([n_layer]: |act(gate)| in threshold mode, the
         predictor logit in sparse mode). They are the model's, shared by all its contexts, and
@@ -202,6 +233,7 @@ class Model:
             self._ptr = _lib.pi_model_p()
         self._tensors = {}
         self._reader = None
+        self._map = None
 
     def __del__(self):
         try:

@@ -430,6 +430,94 @@ def test_matvec_thread_counts_agree(t, pools):
         np.testing.assert_array_equal(ys[2], ys[0])
 
 
+# ---- rows8: the repacked layout of the dense kernels ----------------------------------------------
+ROWS8_TYPES = [Q4_0, Q4_1, Q8_0]
+HEAD = {Q4_0: 2, Q4_1: 4, Q8_0: 2}  # bytes of scales (and mins) before the quants of a block
+
+
+def repack(t, q, n_rows, n_cols):
+    p = np.zeros_like(q)
+    call("pi_repack_rows8", t, vptr(q), n_rows, n_cols, vptr(p))
+    return p
+
+
+def repack_reference(t, q):
+    """The rows8 layout by numpy: per 8-row group and block, the 8 heads field by field, then
+    the quants in 4-byte chunks, chunk c of row r at 32 c + 4 r; tail rows unchanged."""
+    rows = q.shape[0]
+    bb = {Q4_0: 18, Q4_1: 20, Q8_0: 34}[t]
+    blocks = q.reshape(rows, -1, bb)
+    out = q.copy()
+    whole = rows // 8 * 8
+    if whole == 0:
+        return out
+    g = blocks[:whole].reshape(rows // 8, 8, -1, bb).transpose(0, 2, 1, 3)  # [group, block, row, byte]
+    h = HEAD[t]
+    heads = g[..., :h].reshape(*g.shape[:3], h // 2, 2).transpose(0, 1, 3, 2, 4)  # field-major
+    quants = g[..., h:].reshape(*g.shape[:3], -1, 4).transpose(0, 1, 3, 2, 4)  # [.., chunk, row, 4]
+    packed = np.concatenate([heads.reshape(*g.shape[:2], -1), quants.reshape(*g.shape[:2], -1)], axis=2)
+    out[:whole] = packed.reshape(whole, -1)
+    return out
+
+
+def run_matmat_rows8(pool, t, p, n_rows, n_cols, X):
+    Y = np.full((X.shape[0], n_rows), np.nan, np.float32)
+    call("pi_matmat_rows8", pool, t, vptr(p), n_rows, n_cols, fptr(X), X.shape[0], fptr(Y), n_rows)
+    return Y
+
+
+def run_matmat(pool, t, q, n_rows, n_cols, X):
+    Y = np.full((X.shape[0], n_rows), np.nan, np.float32)
+    call("pi_matmat", pool, t, vptr(q), n_rows, n_cols, fptr(X), X.shape[0], fptr(Y), n_rows)
+    return Y
+
+
+@pytest.mark.parametrize("shape", [(8, 32), (37, 576), (13, 1536), (3, 64), (64, 256)],
+                         ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("t", ROWS8_TYPES, ids=ids)
+def test_rows8_layout_and_products(t, shape, pools):
+    n_rows, n_cols = shape
+    rng = np.random.default_rng(n_rows * 7 + n_cols + t)
+    q, Wd = random_weights(rng, t, n_rows, n_cols)
+    p = repack(t, q, n_rows, n_cols)
+    np.testing.assert_array_equal(p, repack_reference(t, q))
+    X = rng.standard_normal((5, n_cols)).astype(np.float32)
+    whole = n_rows // 8 * 8
+    results = {}
+    for isa in ISAS:
+        call("pi_isa_set", isa)
+        Y = run_matmat_rows8(None, t, p, n_rows, n_cols, X)
+        for tok in range(X.shape[0]):
+            ref, scale = matvec_reference(t, q, Wd, X[tok])
+            assert_close(Y[tok], ref, scale, what=f"{ISA_NAMES[isa]} token {tok} vs reference")
+        for n in (2, 3):  # the thread count changes nothing
+            np.testing.assert_array_equal(run_matmat_rows8(pools[n], t, p, n_rows, n_cols, X), Y)
+        results[isa] = Y
+        if isa == _lib.PI_ISA_AVX2:  # the AVX2 plain kernels' bits (llama.cpp's order)
+            np.testing.assert_array_equal(Y, run_matmat(None, t, q, n_rows, n_cols, X))
+    for isa in ISAS[1:]:  # whole groups: the scalar twin's bits
+        np.testing.assert_array_equal(results[isa][:, :whole], results[ISAS[0]][:, :whole])
+
+
+def test_rows8_errors(small):
+    s = small
+    q, x, y = vptr(s["q"]), fptr(s["x"]), fptr(s["y"])
+    out = np.zeros_like(s["q"])
+    E = _lib
+    assert _status("pi_repack_rows8", F16, q, 8, 64, vptr(out)) == E.PI_ERR_TYPE
+    assert "F16" in _last_error()
+    assert _status("pi_repack_rows8", Q4_0, None, 8, 64, vptr(out)) == E.PI_ERR_NULL
+    assert _status("pi_repack_rows8", Q4_0, q, 8, 40, vptr(out)) == E.PI_ERR_SHAPE
+    assert _status("pi_repack_rows8", Q4_0, q, 8, 64, q) == E.PI_ERR_RANGE
+    assert _status("pi_repack_rows8", Q4_0, q, 8, 64, vptr(out)) == E.PI_OK
+    p = vptr(out)
+    assert _status("pi_matmat_rows8", None, F32, p, 8, 64, x, 1, y, 8) == E.PI_ERR_TYPE
+    assert _status("pi_matmat_rows8", None, Q4_0, p, 8, 64, x, 0, y, 8) == E.PI_ERR_SHAPE
+    assert _status("pi_matmat_rows8", None, Q4_0, p, 8, 64, x, 1, y, 4) == E.PI_ERR_SHAPE
+    assert "ldy" in _last_error()
+    assert _status("pi_matmat_rows8", None, Q4_0, p, 8, 64, x, 1, y, 8) == E.PI_OK
+
+
 # ---- argument validation -----------------------------------------------------------------------
 def _status(fn, *args):
     return getattr(_lib.lib(), fn)(*args)

@@ -4,6 +4,8 @@
  *    of range is reported before the output is written.
  * 2. Every SIMD kernel against its scalar twin (switched with pi_isa_set), for every weight
  *    type, on odd shapes; and thread-count independence.
+ * 3. The rows8 layout: repacked matmat equals its scalar twin bit for bit on the whole groups,
+ *    equals the AVX2 pi_matmat bit for bit, and is independent of the thread count.
  * Prints "N passed, N failed" and exits non-zero on any failure.
  */
 #include <math.h>
@@ -263,6 +265,61 @@ static void test_thread_independence(pi_pool *pool3) {
     }
 }
 
+/* ---- 3. rows8 ------------------------------------------------------------------------------- */
+
+static void test_rows8(pi_pool *pool3) {
+    static const int types[] = {PI_TYPE_Q4_0, PI_TYPE_Q4_1, PI_TYPE_Q8_0};
+    static const int64_t shapes[][2] = {{8, 32}, {37, 576}, {13, 1536}, {3, 64}, {64, 256}};
+    const int64_t T = 3; /* tokens */
+    const int best = pi_isa_best();
+    for (int ti = 0; ti < 3; ti++) {
+        for (int s = 0; s < 5; s++) {
+            const int type = types[ti];
+            const int64_t R = shapes[s][0], C = shapes[s][1], whole = R / 8 * 8;
+            matrix m = make_matrix(type, R, C);
+            uint8_t *packed = malloc((size_t)(R * m.row_bytes));
+            EXPECT_STATUS(pi_repack_rows8(type, m.q, R, C, packed), PI_OK);
+            float *X = random_vec(T * C), *ref = calloc((size_t)(T * R), 4), *got = calloc((size_t)(T * R), 4);
+            float *plain = calloc((size_t)(T * R), 4);
+            for (int isa = 0; isa <= best; isa++) {
+                pi_isa_set(isa);
+                for (int threads = 0; threads < 2; threads++) {
+                    float *out = isa == 0 && !threads ? ref : got;
+                    EXPECT_STATUS(pi_matmat_rows8(threads ? pool3 : NULL, type, packed, R, C, X, T, out, R), PI_OK);
+                    if (out == ref) continue;
+                    int same = 1;
+                    for (int64_t t = 0; t < T; t++)
+                        same &= !memcmp(got + t * R, ref + t * R, sizeof(float) * (size_t)whole);
+                    CHECK(same, "rows8 type %d %lldx%lld isa %d threads %d: differs from the scalar twin",
+                          type, (long long)R, (long long)C, isa, threads ? 3 : 1);
+                }
+                if (isa != PI_ISA_AVX2) continue;
+                EXPECT_STATUS(pi_matmat(NULL, type, m.q, R, C, X, T, plain, R), PI_OK);
+                CHECK(!memcmp(plain, got, sizeof(float) * (size_t)(T * R)),
+                      "rows8 type %d %lldx%lld: differs from the AVX2 pi_matmat", type, (long long)R, (long long)C);
+            }
+            pi_isa_set(best);
+            free(packed), free(X), free(ref), free(got), free(plain);
+            free_matrix(&m);
+        }
+    }
+    /* validation */
+    matrix m = make_matrix(PI_TYPE_Q4_1, 8, 64);
+    uint8_t out[8 * 80];
+    float x[64], y[8];
+    memset(x, 0, sizeof x);
+    EXPECT_STATUS(pi_repack_rows8(PI_TYPE_F16, m.q, 8, 64, out), PI_ERR_TYPE);
+    EXPECT_STATUS(pi_repack_rows8(PI_TYPE_Q4_1, NULL, 8, 64, out), PI_ERR_NULL);
+    EXPECT_STATUS(pi_repack_rows8(PI_TYPE_Q4_1, m.q, 8, 48, out), PI_ERR_SHAPE);
+    EXPECT_STATUS(pi_repack_rows8(PI_TYPE_Q4_1, m.q, 0, 64, out), PI_ERR_SHAPE);
+    EXPECT_STATUS(pi_repack_rows8(PI_TYPE_Q4_1, m.q, 8, 64, m.q), PI_ERR_RANGE);
+    EXPECT_STATUS(pi_matmat_rows8(NULL, PI_TYPE_F32, out, 8, 64, x, 1, y, 8), PI_ERR_TYPE);
+    EXPECT_STATUS(pi_matmat_rows8(NULL, PI_TYPE_Q4_1, out, 8, 64, x, 0, y, 8), PI_ERR_SHAPE);
+    EXPECT_STATUS(pi_matmat_rows8(NULL, PI_TYPE_Q4_1, out, 8, 64, x, 1, y, 7), PI_ERR_SHAPE);
+    EXPECT_STATUS(pi_matmat_rows8(NULL, PI_TYPE_Q4_1, out, 8, 64, NULL, 1, y, 8), PI_ERR_NULL);
+    free_matrix(&m);
+}
+
 int main(void) {
     pi_pool *pool3 = NULL;
     if (pi_pool_create(3, &pool3) != PI_OK) {
@@ -273,6 +330,7 @@ int main(void) {
     test_validation();
     test_simd_twins(pool3);
     test_thread_independence(pool3);
+    test_rows8(pool3);
     pi_pool_free(pool3);
     printf("%d passed, %d failed\n", n_passed, n_failed);
     return n_failed ? 1 : 0;
