@@ -33,14 +33,16 @@ def convert(input: str | Path, outfile: str | Path, outtype: str = "f16", dense:
             train_predictors: bool | None = None, reorder: bool = False,
             target_recall: float | None = None, predictor_ranks=None, seed: int = 0,
             sparsity: float | None = None, ppl_budget: float | None = None,
-            n_threads: int | None = None) -> Summary:
+            n_threads: int | None = None, keep_down: bool = False) -> Summary:
     """Convert `input` into `outfile`; raises ConvertError on bad inputs.
 
     calibrate: False, True (calibration text written by the model itself) or a text file: run
     our dense engine on a first-pass file; for ReLU models this trains activation predictors
     (train_predictors, default on) and, with reorder, orders the neurons hot-first; for SwiGLU
     (silu) models it sets threshold-mode thresholds (convert.calibrate): a uniform `sparsity`,
-    or the largest sparsity within a perplexity budget `ppl_budget` (default 0.02)."""
+    or the largest sparsity within a perplexity budget `ppl_budget` (default 0.02).
+    keep_down: a split file that also keeps the plain ffn_down, which dense mode then reads
+    (the dense FFN at the plain file's speed, for one more copy of the down weights)."""
     import time
     from .layout import write_model
     t0 = time.perf_counter()
@@ -53,6 +55,8 @@ def convert(input: str | Path, outfile: str | Path, outtype: str = "f16", dense:
         raise ConvertError(f"output directory {out.parent} does not exist")
     if Path(input).exists() and out.exists() and out.resolve() == Path(input).resolve():
         raise ConvertError("the output file would overwrite the input")
+    if keep_down and dense:
+        raise ConvertError("--keep-down is for split files; --dense already keeps ffn_down only")
     if dense and predictors is not None:
         raise ConvertError("--dense writes a plain llama.cpp file; it cannot hold --predictors")
     if (calibrate is not False or reorder or train_predictors) and (dense or predictors is not None):
@@ -63,6 +67,8 @@ def convert(input: str | Path, outfile: str | Path, outtype: str = "f16", dense:
     if calibrate is not False and not Path(input).is_dir():
         from . import train_predictors as tp
         if tp.is_pi_file(input) and tp._activation(input) == "relu":   # a ReLU pi file, as it is
+            if keep_down:
+                raise ConvertError("--keep-down cannot be added to an already split file")
             return tp.convert_calibrated(
                 None, out, "", None if calibrate is True else calibrate,
                 calib_tokens or tp.DEFAULT_CALIB_TOKENS, train_predictors, reorder,
@@ -74,6 +80,9 @@ def convert(input: str | Path, outfile: str | Path, outtype: str = "f16", dense:
     src = open_source(input)
     try:
         if calibrate is not False and src.hparams.activation == "relu":
+            if keep_down:
+                raise ConvertError("--keep-down is for SwiGLU models; a ReLU model with "
+                                   "predictors runs sparse")
             from . import train_predictors as tp
             return tp.convert_calibrated(
                 src, out, outtype, None if calibrate is True else calibrate,
@@ -85,11 +94,12 @@ def convert(input: str | Path, outfile: str | Path, outtype: str = "f16", dense:
             return convert_and_calibrate_source(
                 src, out, outtype, None if calibrate is True else calibrate, calib_tokens,
                 sparsity, ppl_budget, seed, n_threads, progress=progress, t0=t0,
-                relu_only=bool(train_predictors or reorder))
+                relu_only=bool(train_predictors or reorder), keep_down=keep_down)
         preds = None
         if predictors is not None:
             from .predictors import open_predictors
             preds = open_predictors(Path(predictors), src.hparams)
-        return write_model(src, out, outtype, dense, preds, progress=progress, t0=t0)
+        return write_model(src, out, outtype, dense, preds, progress=progress, t0=t0,
+                           keep_down=keep_down)
     finally:
         src.close()

@@ -1,5 +1,5 @@
 """Command line: pi-convert INPUT --outfile OUT.gguf --outtype f32|f16|q8_0|q4_0|q4_1
-[--dense] [--predictors DIR] [--calibrate [TEXT_FILE]] [--calib-tokens N]
+[--dense | --keep-down] [--predictors DIR] [--calibrate [TEXT_FILE]] [--calib-tokens N]
 [--[no-]train-predictors] [--target-recall R] [--predictor-ranks 32,64,128] [--reorder]
 [--sparsity S | --ppl-budget B] [--threads N]   (also: python -m convert ...)"""
 from __future__ import annotations
@@ -23,6 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="type of the weight matrices (norms and vectors stay f32); default f16")
     p.add_argument("--dense", action="store_true",
                    help="write a plain llama.cpp-compatible file instead (no split FFN, no pi.* keys)")
+    p.add_argument("--keep-down", action="store_true",
+                   help="split file that also keeps the plain ffn_down: dense mode then runs at the "
+                   "plain file's speed (one more copy of the down weights)")
     p.add_argument("--predictors", metavar="DIR",
                    help="PowerInfer predictor directory (model_N.pt, optional config.json)")
     p.add_argument("--calibrate", nargs="?", const=True, default=False, metavar="TEXT_FILE",
@@ -67,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
                           target_recall=args.target_recall,
                           predictor_ranks=args.predictor_ranks, seed=args.seed,
                           sparsity=args.sparsity, ppl_budget=args.ppl_budget,
-                          n_threads=args.threads)
+                          n_threads=args.threads, keep_down=args.keep_down)
     except ConvertError as e:
         sys.stderr.write(f"{PROG}: error: {e}\n")
         return 1

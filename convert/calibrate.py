@@ -676,7 +676,8 @@ def convert_and_calibrate_source(src, outfile, outtype: str = "f16", text_file=N
                                  calib_tokens: int | None = None, sparsity: float | None = None,
                                  ppl_budget: float | None = None, seed: int = 0,
                                  n_threads: int | None = None, progress: bool = False,
-                                 t0: float | None = None, relu_only: bool = False):
+                                 t0: float | None = None, relu_only: bool = False,
+                                 keep_down: bool = False):
     """pi-convert --calibrate for a silu source (an open converter source): write a temporary
     split file, calibrate its thresholds with our engine, and write the output with
     pi.thresholds / pi.sparse_mode / pi.calibration (tmp + os.replace). Returns the converter's
@@ -704,7 +705,8 @@ def convert_and_calibrate_source(src, outfile, outtype: str = "f16", text_file=N
     out = Path(outfile)
     split = out.with_name(f".{out.name}.{os.getpid()}.uncalibrated.gguf")
     try:
-        summary = write_model(src, split, outtype, False, None, progress=progress, t0=t0)
+        summary = write_model(src, split, outtype, False, None, progress=progress, t0=t0,
+                              keep_down=keep_down)
         cal = calibrate(split, cfg, outfile=out)
     finally:
         try:

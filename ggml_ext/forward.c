@@ -198,12 +198,30 @@ static int predict_active(pi_context *c, const pi_layer *l, const float *xn, flo
     return PI_OK;
 }
 
-/* One token's sparse FFN: active ids -> masked gate/up -> act -> AXPY over ffn_down_t. */
+/* Threshold mode's selection: the neurons with |act(gate)| above thr (thr 0 keeps every SiLU
+ * neuron). With up already computed dense (dense_up), also forms the down input: u = act(g) * u
+ * for kept neurons, 0 for dropped ones; act is evaluated once per neuron. */
+static int32_t select_threshold(pi_context *c, const float *g, float *u, float thr, int dense_up) {
+    const int n_ff = c->m->hp.n_ff, kind = c->m->hp.ffn_act;
+    const int keep_all = thr == 0 && kind == PI_ACT_SILU;
+    int32_t n = 0;
+    for (int i = 0; i < n_ff; i++) {
+        const float a = act(kind, g[i]);
+        const int keep = keep_all || fabsf(a) > thr;
+        if (keep) c->idx[n++] = i;
+        if (dense_up) u[i] = keep ? u[i] * a : 0.0f;
+    }
+    return n;
+}
+
+/* One token's sparse FFN: active ids -> gate/up (masked, or dense where repacked) -> act ->
+ * AXPY over ffn_down_t. */
 static int ffn_sparse_token(pi_context *c, const pi_layer *l, int il, const float *xn, float *g,
                             float *u, float *out) {
     const pi_hparams *hp = &c->m->hp;
     const int n_ff = hp->n_ff, d = hp->n_embd, kind = hp->ffn_act;
     const float thr = c->m->thresholds[il];
+    const int dense_up = l->up.packed != NULL;
     int32_t n = 0;
     int rc;
     if (c->ffn_mode == PI_FFN_SPARSE) {
@@ -211,15 +229,15 @@ static int ffn_sparse_token(pi_context *c, const pi_layer *l, int il, const floa
         if ((rc = pi_matvec_masked(c->pool, l->gate.type, l->gate.data, n_ff, d, xn, c->idx, n, g))) return rc;
     } else { /* threshold: gate dense, then drop |act(gate)| <= thr */
         if ((rc = matmul(c, &l->gate, xn, 1, g, n_ff))) return rc;
-        for (int i = 0; i < n_ff; i++) {
-            const float a = act(kind, g[i]);
-            if (fabsf(a) > thr || (thr == 0 && kind == PI_ACT_SILU)) c->idx[n++] = i;
-        }
+        if (dense_up && (rc = matmul(c, &l->up, xn, 1, u, n_ff))) return rc;
+        n = select_threshold(c, g, u, thr, dense_up);
     }
-    if ((rc = pi_matvec_masked(c->pool, l->up.type, l->up.data, n_ff, d, xn, c->idx, n, u))) return rc;
-    for (int32_t k = 0; k < n; k++) {
-        const int i = c->idx[k];
-        u[i] *= act(kind, g[i]);
+    if (!dense_up || c->ffn_mode == PI_FFN_SPARSE) {
+        if ((rc = pi_matvec_masked(c->pool, l->up.type, l->up.data, n_ff, d, xn, c->idx, n, u))) return rc;
+        for (int32_t k = 0; k < n; k++) {
+            const int i = c->idx[k];
+            u[i] *= act(kind, g[i]);
+        }
     }
     c->stats.ffn_active += n;
     return pi_axpy_sparse(c->pool, l->down_t.type, l->down_t.data, n_ff, d, u, c->idx, n, out);

@@ -187,16 +187,20 @@ static int require(const pi_weight *w, const char *what, int layer) {
 }
 
 /* The matrices only the dense kernels read, i.e. those no sparse mode reads row by row: attention,
- * output, predictors, the plain ffn_down, gate unless predictors choose its rows, up unless the
- * file is split (threshold and sparse modes mask it). Fills list, returns the count. */
+ * output, predictors, the plain ffn_down, and gate and up unless predictors choose their rows.
+ * (Threshold mode computes up dense when it is repacked: a masked product over plain rows only
+ * pays above about 50% sparsity, far beyond what a SwiGLU model keeps its quality at.)
+ * Fills list, returns the count. */
 static int dense_only(pi_model *m, pi_weight **list) {
     int n = 0;
     for (int i = 0; i < m->hp.n_layer; i++) {
         pi_layer *l = &m->layers[i];
         pi_weight *always[] = {&l->wq, &l->wk, &l->wv, &l->wo, &l->down, &l->fc1, &l->fc2};
         for (size_t k = 0; k < sizeof always / sizeof always[0]; k++) list[n++] = always[k];
-        if (!l->fc1.data) list[n++] = &l->gate;
-        if (!l->down_t.data) list[n++] = &l->up;
+        if (!l->fc1.data) {
+            list[n++] = &l->gate;
+            list[n++] = &l->up;
+        }
     }
     list[n++] = m->output.data ? &m->output : &m->tok_embd;
     return n;

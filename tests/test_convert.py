@@ -411,8 +411,9 @@ def test_smollm2_split_structure(smollm2_path, smollm2_converted):
     for i in (0, n_layer - 1):
         down = src.f32(f"blk.{i}.ffn_down.weight")                       # [576][1536]
         t = f"blk.{i}.ffn_down_t.weight"
-        assert g.shape(t) == (1536, 576) and g.qtype(t) == QT.Q4_1
-        assert np.array_equal(g.raw(t), encode(down.T.copy(), QT.Q4_1))
+        # a 4-bit source keeps ffn_down_t at q8_0 (re-quantizing along d to 4 bits loses much more)
+        assert g.shape(t) == (1536, 576) and g.qtype(t) == QT.Q8_0
+        assert np.array_equal(g.raw(t), encode(down.T.copy(), QT.Q8_0))
         for n in ("attn_q", "attn_k", "ffn_gate"):      # Q4_1 -> Q4_1 along the same rows: exact
             np.testing.assert_array_equal(g.f32(f"blk.{i}.{n}.weight"), src.f32(f"blk.{i}.{n}.weight"))
     # token_embd: Q8_0 in the source, kept at q8_0 (same blocks: bit-identical)
@@ -549,6 +550,39 @@ def test_tokenizer_gguf_source(smollm2_path, smollm2_converted):
 # --------------------------------------------------------------------------------------------
 # command line and bad inputs
 # --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("outtype", ["f32", "q4_1"])
+def test_keep_down_holds_both_layouts(outtype, converted, hf_model, tmp_path):
+    """--keep-down: the split file also holds the plain ffn_down, byte for byte the --dense
+    file's; dense mode reads it (the --dense file's logits exactly), threshold mode stays
+    available and reads ffn_down_t (at threshold 0: what the split file computes dense)."""
+    from pi_backend.model import Model
+    out = tmp_path / "both.gguf"
+    r = run_cli(hf_model("llama_silu"), "--outfile", out, "--outtype", outtype, "--keep-down")
+    assert r.returncode == 0, r.stderr
+    both, dense = GGUFFile(out), GGUFFile(converted("llama_silu", outtype, dense=True))
+    split = GGUFFile(converted("llama_silu", outtype))
+    for i in range(2):
+        name = f"blk.{i}.ffn_down.weight"
+        assert np.array_equal(both.raw(name), dense.raw(name))
+        t = f"blk.{i}.ffn_down_t.weight"
+        assert np.array_equal(both.raw(t), split.raw(t))
+    ids = PROMPT_IDS
+    m_both, m_dense = Model(str(out)), Model(str(converted("llama_silu", outtype, dense=True)))
+    assert m_both.ffn_modes == ("dense", "threshold")
+    got = m_both.new_context(n_ctx=64).eval(ids, 0, logits_all=True)
+    ref = m_dense.new_context(n_ctx=64).eval(ids, 0, logits_all=True)
+    np.testing.assert_array_equal(got, ref)
+    thr = m_both.new_context(n_ctx=64, ffn_mode="threshold").eval(ids, 0, logits_all=True)
+    m_split = Model(str(converted("llama_silu", outtype)))
+    ref_t = m_split.new_context(n_ctx=64).eval(ids, 0, logits_all=True)
+    np.testing.assert_allclose(thr, ref_t, rtol=0, atol=1e-5 * np.abs(ref_t).max())
+    if outtype == "f32":  # no quantization: both layouts are the same matrix
+        np.testing.assert_allclose(thr, ref, rtol=0, atol=1e-4 * np.abs(ref).max())
+    m_both.close(), m_dense.close(), m_split.close()
+    r = run_cli(hf_model("llama_silu"), "--outfile", tmp_path / "x.gguf", "--dense", "--keep-down")
+    assert r.returncode != 0 and "--keep-down" in r.stderr and len(r.stderr.splitlines()) == 1
+
+
 def test_cli_success(hf_model, tmp_path):
     out = tmp_path / "m.gguf"
     r = run_cli(hf_model("llama_relu"), "--outfile", out, "--outtype", "q4_1")
