@@ -92,6 +92,24 @@ static int matmul(pi_context *c, const pi_weight *w, const float *X, int B, floa
     return pi_matmat(c->pool, w->type, w->data, w->n_rows, w->n_cols, X, B, Y, ldy);
 }
 
+/* Y_k = W_k X for k < n, each Y_k of stride its row count: one fused job when every W_k is
+ * repacked and of one type (X quantized once, one pool run), else one matmul each. */
+static int matmul_n(pi_context *c, const pi_weight *const w[], float *const Y[], int n, const float *X,
+                    int B) {
+    pi_rows8_out outs[3];
+    int fused = n <= 3;
+    for (int k = 0; k < n && fused; k++) {
+        fused = w[k]->packed && w[k]->type == w[0]->type;
+        outs[k] = (pi_rows8_out){.Wp = w[k]->packed, .n_rows = w[k]->n_rows, .Y = Y[k], .ldy = w[k]->n_rows};
+    }
+    if (fused) return pi_matmat_rows8_multi(c->pool, w[0]->type, w[0]->n_cols, X, B, outs, n);
+    for (int k = 0; k < n; k++) {
+        const int rc = matmul(c, w[k], X, B, Y[k], w[k]->n_rows);
+        if (rc) return rc;
+    }
+    return PI_OK;
+}
+
 static void add_bias(float *Y, const pi_weight *b, int B, int64_t n) {
     if (!b->data) return;
     const float *bias = b->data;
@@ -154,9 +172,9 @@ static int attention_block(pi_context *c, int il, int B, int n_past) {
 
     for (int t = 0; t < B; t++)
         rmsnorm(c->xn + (size_t)t * d, c->x + (size_t)t * d, l->attn_norm.data, d, hp->norm_eps);
-    if ((rc = matmul(c, &l->wq, c->xn, B, c->q, q_dim))) return rc;
-    if ((rc = matmul(c, &l->wk, c->xn, B, c->k, kv_dim))) return rc;
-    if ((rc = matmul(c, &l->wv, c->xn, B, c->v, kv_dim))) return rc;
+    const pi_weight *qkv[3] = {&l->wq, &l->wk, &l->wv};
+    float *const qkv_out[3] = {c->q, c->k, c->v};
+    if ((rc = matmul_n(c, qkv, qkv_out, 3, c->xn, B))) return rc;
     add_bias(c->q, &l->bq, B, q_dim);
     add_bias(c->k, &l->bk, B, kv_dim);
     add_bias(c->v, &l->bv, B, kv_dim);
@@ -228,8 +246,9 @@ static int ffn_sparse_token(pi_context *c, const pi_layer *l, int il, const floa
         if ((rc = predict_active(c, l, xn, thr, u, &n))) return rc;
         if ((rc = pi_matvec_masked(c->pool, l->gate.type, l->gate.data, n_ff, d, xn, c->idx, n, g))) return rc;
     } else { /* threshold: gate dense, then drop |act(gate)| <= thr */
-        if ((rc = matmul(c, &l->gate, xn, 1, g, n_ff))) return rc;
-        if (dense_up && (rc = matmul(c, &l->up, xn, 1, u, n_ff))) return rc;
+        const pi_weight *gu[2] = {&l->gate, &l->up};
+        float *const gu_out[2] = {g, u};
+        if ((rc = matmul_n(c, gu, gu_out, dense_up ? 2 : 1, xn, 1))) return rc;
         n = select_threshold(c, g, u, thr, dense_up);
     }
     if (!dense_up || c->ffn_mode == PI_FFN_SPARSE) {
@@ -264,8 +283,9 @@ static int ffn_block(pi_context *c, int il, int B) {
     for (int t = 0; t < B; t++)
         rmsnorm(c->xn + (size_t)t * d, c->x + (size_t)t * d, l->ffn_norm.data, d, hp->norm_eps);
     if (c->ffn_mode == PI_FFN_DENSE) {
-        if ((rc = matmul(c, &l->gate, c->xn, B, c->g, n_ff))) return rc;
-        if ((rc = matmul(c, &l->up, c->xn, B, c->u, n_ff))) return rc;
+        const pi_weight *gu[2] = {&l->gate, &l->up};
+        float *const gu_out[2] = {c->g, c->u};
+        if ((rc = matmul_n(c, gu, gu_out, 2, c->xn, B))) return rc;
         if (hp->ffn_act == PI_ACT_SILU)
             pi_kernels_active()->swiglu((int64_t)B * n_ff, c->g, c->u);
         else

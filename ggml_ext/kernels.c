@@ -515,25 +515,46 @@ static void matvec_task(void *arg, int ith, int nth) {
     }
 }
 
-/* Dense matmat over the rows8 layout: this thread's whole groups (all tokens of a group while
- * its weights are in L1), the plain tail rows on the last thread. */
+/* Dense matmat over the rows8 layout, for one or several matrices that share the activations:
+ * all their whole groups form one range split over the pool (all tokens of a group while its
+ * weights are in L1); the last thread also takes the plain tail rows. */
+typedef struct {
+    pi_dot_fn dot;
+    pi_dot8_fn dot8;
+    const pi_rows8_out *outs;
+    int n_outs;
+    int64_t n_groups;   /* whole groups of all outputs */
+    int64_t n_cols;
+    size_t row_bytes;
+    const void *act;    /* [n_tok][act_bytes] */
+    size_t act_bytes;
+    int64_t n_tok;
+} rows8_job;
+
 static void rows8_task(void *arg, int ith, int nth) {
-    const job *j = arg;
-    const int64_t n_groups = j->n_items / PI_ROWS8;
+    const rows8_job *j = arg;
     int64_t g0, g1;
-    pi_split(n_groups, 1, ith, nth, &g0, &g1);
+    pi_split(j->n_groups, 1, ith, nth, &g0, &g1);
+    int o = 0;
+    int64_t base = 0; /* first global group of output o */
     for (int64_t g = g0; g < g1; g++) {
-        const void *group = row_ptr(j, g * PI_ROWS8);
+        while (g - base >= j->outs[o].n_rows / PI_ROWS8) base += j->outs[o++].n_rows / PI_ROWS8;
+        const pi_rows8_out *p = &j->outs[o];
+        const int64_t lg = g - base;
+        const uint8_t *group = (const uint8_t *)p->Wp + (size_t)lg * PI_ROWS8 * j->row_bytes;
         for (int64_t t = 0; t < j->n_tok; t++)
             j->dot8(j->n_cols, group, (const uint8_t *)j->act + (size_t)t * j->act_bytes,
-                    j->y + t * j->ldy + g * PI_ROWS8);
+                    p->Y + t * p->ldy + lg * PI_ROWS8);
     }
     if (ith != nth - 1) return;
-    for (int64_t r = n_groups * PI_ROWS8; r < j->n_items; r++) {
-        const void *row = row_ptr(j, r);
-        for (int64_t t = 0; t < j->n_tok; t++)
-            j->dot(j->n_cols, &row, 1, (const uint8_t *)j->act + (size_t)t * j->act_bytes,
-                   j->y + t * j->ldy + r);
+    for (int k = 0; k < j->n_outs; k++) {
+        const pi_rows8_out *p = &j->outs[k];
+        for (int64_t r = p->n_rows / PI_ROWS8 * PI_ROWS8; r < p->n_rows; r++) {
+            const void *row = (const uint8_t *)p->Wp + (size_t)r * j->row_bytes;
+            for (int64_t t = 0; t < j->n_tok; t++)
+                j->dot(j->n_cols, &row, 1, (const uint8_t *)j->act + (size_t)t * j->act_bytes,
+                       p->Y + t * p->ldy + r);
+        }
     }
 }
 
@@ -661,24 +682,39 @@ int pi_matmat(pi_pool *pool, int type, const void *W, int64_t n_rows, int64_t n_
     return matvec_run(__func__, pool, type, &m, W, n_rows, n_cols, X, n_tok, ldy, NULL, 0, Y);
 }
 
+int pi_matmat_rows8_multi(pi_pool *pool, int type, int64_t n_cols, const float *X, int64_t n_tok,
+                          const pi_rows8_out *outs, int n_outs) {
+    static const char fn[] = "pi_matmat_rows8";
+    PI_CHECK_NULL(X);
+    PI_CHECK_NULL(outs);
+    if (n_outs <= 0) return pi_fail(PI_ERR_RANGE, "%s: %d outputs", fn, n_outs);
+    rows8_job j = {.outs = outs, .n_outs = n_outs, .n_cols = n_cols, .n_tok = n_tok};
+    matrix_info m = {0};
+    int st;
+    for (int k = 0; k < n_outs; k++) {
+        if (!outs[k].Wp || !outs[k].Y) return pi_fail(PI_ERR_NULL, "%s: Wp or Y is NULL", fn);
+        if ((st = check_matrix(fn, type, outs[k].n_rows, n_cols, &m))) return st;
+        if ((st = check_batch(fn, n_tok, outs[k].ldy, outs[k].n_rows))) return st;
+        j.n_groups += outs[k].n_rows / PI_ROWS8;
+    }
+    const pi_kernels *K = active_kernels();
+    if (!K->dot8[m.slot])
+        return pi_fail(PI_ERR_TYPE, "%s: type %s has no 8-row layout (Q4_0, Q4_1, Q8_0)", fn,
+                       pi_type_name(type));
+    j.dot = K->dot[m.slot];
+    j.dot8 = K->dot8[m.slot];
+    j.row_bytes = m.row_bytes;
+    if ((st = prepare_activations(fn, K, type, X, n_cols, n_tok, &j.act, &j.act_bytes))) return st;
+    pi_pool_run(pool, rows8_task, &j);
+    return pi_ok();
+}
+
 int pi_matmat_rows8(pi_pool *pool, int type, const void *Wp, int64_t n_rows, int64_t n_cols,
                     const float *X, int64_t n_tok, float *Y, int64_t ldy) {
     PI_CHECK_NULL(Wp);
-    PI_CHECK_NULL(X);
     PI_CHECK_NULL(Y);
-    matrix_info m;
-    int st = check_matrix(__func__, type, n_rows, n_cols, &m);
-    if (st) return st;
-    const pi_kernels *K = active_kernels();
-    if (!K->dot8[m.slot])
-        return pi_fail(PI_ERR_TYPE, "%s: type %s has no 8-row layout (Q4_0, Q4_1, Q8_0)", __func__,
-                       pi_type_name(type));
-    if ((st = check_batch(__func__, n_tok, ldy, n_rows))) return st;
-    job j = {.dot = K->dot[m.slot], .dot8 = K->dot8[m.slot], .W = Wp, .row_bytes = m.row_bytes,
-             .n_cols = n_cols, .n_items = n_rows, .y = Y, .n_tok = n_tok, .ldy = ldy};
-    if ((st = prepare_activations(__func__, K, type, X, n_cols, n_tok, &j.act, &j.act_bytes))) return st;
-    pi_pool_run(pool, rows8_task, &j);
-    return pi_ok();
+    const pi_rows8_out out = {.Wp = Wp, .n_rows = n_rows, .Y = Y, .ldy = ldy};
+    return pi_matmat_rows8_multi(pool, type, n_cols, X, n_tok, &out, 1);
 }
 
 int pi_matvec_masked(pi_pool *pool, int type, const void *W, int64_t n_rows, int64_t n_cols,

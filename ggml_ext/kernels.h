@@ -71,6 +71,21 @@ typedef struct {
  * the true value): the scalar form of the lane-wise vector code, the same bits. */
 float pi_expf_ggml(float x);
 
+/* One matrix of a fused rows8 product (pi_matmat_rows8_multi).
+ *   Wp: [n_rows][n_cols] in the rows8 layout; Y: [n_tok][ldy], ldy >= n_rows. */
+typedef struct {
+    const void *Wp;
+    int64_t n_rows;
+    float *Y;
+    int64_t ldy;
+} pi_rows8_out;
+
+/* pi_matmat_rows8 for several matrices of one type and row length applied to the same X (q, k
+ * and v; gate and up): X is quantized once and all their row groups are split over the pool in
+ * one job. Each Y is what pi_matmat_rows8 gives for its matrix alone. Validates like it. */
+int pi_matmat_rows8_multi(pi_pool *pool, int type, int64_t n_cols, const float *X, int64_t n_tok,
+                          const pi_rows8_out *outs, int n_outs);
+
 /* The table of the active instruction set (pi_isa_get). */
 const pi_kernels *pi_kernels_active(void);
 
