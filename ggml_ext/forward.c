@@ -147,14 +147,16 @@ static void attn_task(void *arg, int ith, int nth) {
         const int t = (int)(item / hp->n_head), h = (int)(item % hp->n_head);
         const int pos = j->n_past + t, kvh = h / group, n_pos = pos + 1;
         const float *q = c->q + (size_t)t * q_dim + (size_t)h * hd;
-        for (int i = 0; i < hd; i++) q16[i] = pi_half_to_float(pi_float_to_half(q[i]));
+        memcpy(q16, q, (size_t)hd * sizeof *q16);
+        K->round_f16(hd, q16);
         K->attn_scores(n_pos, hd, j->kc + (size_t)kvh * hd, kv_dim, q16, scale, sc);
         float mx = -INFINITY;
         for (int p = 0; p < n_pos; p++) mx = sc[p] > mx ? sc[p] : mx;
         const int n_pad = (n_pos + 7) / 8 * 8;
         for (int p = n_pos; p < n_pad; p++) sc[p] = -INFINITY;
         const float inv = (float)(1.0 / K->softmax_exp(n_pad, sc, mx));
-        for (int p = 0; p < n_pos; p++) sc[p] = pi_half_to_float(pi_float_to_half(sc[p] * inv));
+        for (int p = 0; p < n_pos; p++) sc[p] *= inv;
+        K->round_f16(n_pos, sc);
         K->attn_values(n_pos, hd, j->vc + (size_t)kvh * hd * c->n_ctx, c->n_ctx, sc,
                        c->att_out + (size_t)t * q_dim + (size_t)h * hd);
     }
@@ -186,12 +188,15 @@ static int attention_block(pi_context *c, int il, int B, int n_past) {
         for (int h = 0; h < hp->n_head_kv; h++)
             rope(c->k + (size_t)t * kv_dim + (size_t)h * hd, hp->n_rot, hp->rope_neox, c->rope_cs);
     }
-    /* the new positions into the f16 cache: k at rows n_past.., v at columns n_past.. */
-    for (size_t i = 0; i < (size_t)B * kv_dim; i++)
-        kc[(size_t)n_past * kv_dim + i] = pi_float_to_half(c->k[i]);
+    /* the new positions into the f16 cache: k at rows n_past.., v at columns n_past.. (through
+     * c->k's memory, free once k is stored) */
+    const pi_kernels *K = pi_kernels_active();
+    K->to_f16((int64_t)B * kv_dim, c->k, kc + (size_t)n_past * kv_dim);
+    pi_half *v16 = (pi_half *)c->k;
+    K->to_f16((int64_t)B * kv_dim, c->v, v16);
     for (int t = 0; t < B; t++)
         for (int i = 0; i < kv_dim; i++)
-            vc[(size_t)i * c->n_ctx + n_past + t] = pi_float_to_half(c->v[(size_t)t * kv_dim + i]);
+            vc[(size_t)i * c->n_ctx + n_past + t] = v16[(size_t)t * kv_dim + i];
     attn_job job = {.c = c, .kc = kc, .vc = vc, .B = B, .n_past = n_past};
     pi_pool_run(c->pool, attn_task, &job);
     if ((rc = matmul(c, &l->wo, c->att_out, B, c->proj, d))) return rc;

@@ -278,6 +278,14 @@ static void swiglu_scalar(int64_t n, const float *g, float *u) {
     for (int64_t i = 0; i < n; i++) u[i] *= g[i] / (1.0f + pi_expf_ggml(-g[i]));
 }
 
+static void to_f16_scalar(int64_t n, const float *x, pi_half *y) {
+    for (int64_t i = 0; i < n; i++) y[i] = pi_float_to_half(x[i]);
+}
+
+static void round_f16_scalar(int64_t n, float *x) {
+    for (int64_t i = 0; i < n; i++) x[i] = half(pi_float_to_half(x[i]));
+}
+
 /* The table entries: the single-row kernels applied to each of the nr rows. */
 #define SCALAR_TWINS(T)                                                                         \
     static void dot_##T(int64_t n, const void *const rows[], int nr, const void *act,           \
@@ -306,6 +314,8 @@ const pi_kernels pi_kernels_scalar = {
     .softmax_exp = softmax_exp_scalar,
     .attn_values = attn_values_scalar,
     .swiglu = swiglu_scalar,
+    .to_f16 = to_f16_scalar,
+    .round_f16 = round_f16_scalar,
 };
 
 /* ==== ISA selection =========================================================================== */

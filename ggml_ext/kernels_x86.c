@@ -568,6 +568,21 @@ AVX2_FN static void swiglu_avx2(int64_t n, const float *g, float *u) {
     for (; i < n; i++) u[i] *= g[i] / (1.0f + pi_expf_ggml(-g[i]));
 }
 
+/* F16C converts with round to nearest even, as pi_float_to_half. */
+AVX2_FN static void to_f16_avx2(int64_t n, const float *x, pi_half *y) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(y + i), _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
+    for (; i < n; i++) y[i] = pi_float_to_half(x[i]);
+}
+
+AVX2_FN static void round_f16_avx2(int64_t n, float *x) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(x + i, _mm256_cvtph_ps(_mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT)));
+    for (; i < n; i++) x[i] = pi_half_to_float(pi_float_to_half(x[i]));
+}
+
 const pi_kernels pi_kernels_avx2 = {
     .name = "avx2",
     .dot = {dot_f32_avx2, dot_f16_avx2, dot_q4_0_avx2, dot_q4_1_avx2, dot_q8_0_avx2},
@@ -579,6 +594,8 @@ const pi_kernels pi_kernels_avx2 = {
     .softmax_exp = softmax_exp_avx2,
     .attn_values = attn_values_avx2,
     .swiglu = swiglu_avx2,
+    .to_f16 = to_f16_avx2,
+    .round_f16 = round_f16_avx2,
 };
 
 /* ==== AVX-512 helpers ========================================================================= */
@@ -830,6 +847,8 @@ const pi_kernels pi_kernels_avx512 = {
     .softmax_exp = softmax_exp_avx2,
     .attn_values = attn_values_avx2,
     .swiglu = swiglu_avx2,
+    .to_f16 = to_f16_avx2,
+    .round_f16 = round_f16_avx2,
 };
 
 #endif /* __x86_64__ */

@@ -6,6 +6,8 @@
  *    type, on odd shapes; and thread-count independence.
  * 3. The rows8 layout: repacked matmat equals its scalar twin bit for bit on the whole groups,
  *    equals the AVX2 pi_matmat bit for bit, and is independent of the thread count.
+ * 4. The internal kernel-table entries of the forward pass (attention, softmax, SwiGLU, f16
+ *    conversion, activation quantizers): every SIMD table gives its scalar twin's bits.
  * Prints "N passed, N failed" and exits non-zero on any failure.
  */
 #include <math.h>
@@ -14,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels.h" /* internal: the per-ISA tables (test 4) */
 #include "pi.h"
 
 static int n_passed, n_failed;
@@ -320,6 +323,52 @@ static void test_rows8(pi_pool *pool3) {
     free_matrix(&m);
 }
 
+/* ---- 4. internal kernel tables --------------------------------------------------------------- */
+
+#define SAME(a, b, n, what, name) \
+    CHECK(!memcmp((a), (b), (n)), "%s %s: differs from the scalar twin", name, what)
+
+static void test_table_twins(void) {
+    const pi_kernels *S = &pi_kernels_scalar;
+#if defined(__x86_64__)
+    const struct { const pi_kernels *k; int isa; } tables[] = {{&pi_kernels_avx2, PI_ISA_AVX2},
+                                                               {&pi_kernels_avx512, PI_ISA_AVX512}};
+    enum { N = 203, HD = 64, NPOS = 37 }; /* odd sizes: vector tails */
+    float x[N], a[N], b[N], g[N];
+    pi_half h1[N], h2[N], kc[NPOS * HD], vt[HD * NPOS];
+    for (int i = 0; i < N; i++) x[i] = frand() * 40.0f, g[i] = frand() * 12.0f;
+    x[3] = 1e-6f, x[4] = 70000.0f, x[5] = -0.0f; /* subnormal f16, overflow, signed zero */
+    for (int i = 0; i < NPOS * HD; i++) kc[i] = pi_float_to_half(frand()), vt[i] = pi_float_to_half(frand());
+    for (size_t ti = 0; ti < sizeof tables / sizeof tables[0]; ti++) {
+        if (!pi_cpu_has_isa(tables[ti].isa)) continue;
+        const pi_kernels *K = tables[ti].k;
+        S->to_f16(N, x, h1), K->to_f16(N, x, h2);
+        SAME(h1, h2, sizeof h1, "to_f16", K->name);
+        memcpy(a, x, sizeof x), memcpy(b, x, sizeof x);
+        S->round_f16(N, a), K->round_f16(N, b);
+        SAME(a, b, sizeof a, "round_f16", K->name);
+        memcpy(a, x, sizeof x), memcpy(b, x, sizeof x);
+        S->swiglu(N, g, a), K->swiglu(N, g, b);
+        SAME(a, b, sizeof a, "swiglu", K->name);
+        S->attn_scores(NPOS, HD, kc, HD, x, 0.125f, a), K->attn_scores(NPOS, HD, kc, HD, x, 0.125f, b);
+        SAME(a, b, NPOS * sizeof(float), "attn_scores", K->name);
+        float pa[40], pb[40];
+        for (int i = 0; i < 40; i++) pa[i] = pb[i] = frand() * 5.0f;
+        const double sa = S->softmax_exp(40, pa, 5.0f), sb = K->softmax_exp(40, pb, 5.0f);
+        CHECK(sa == sb && !memcmp(pa, pb, sizeof pa), "%s softmax_exp: differs from the scalar twin", K->name);
+        S->attn_values(NPOS, HD, vt, NPOS, x, a), K->attn_values(NPOS, HD, vt, NPOS, x, b);
+        SAME(a, b, HD * sizeof(float), "attn_values", K->name);
+        block_q8_0 q0a[6], q0b[6];
+        block_q8_1 q1a[6], q1b[6];
+        S->quantize_q8_0(x, q0a, 192), K->quantize_q8_0(x, q0b, 192);
+        SAME(q0a, q0b, sizeof q0a, "quantize_q8_0", K->name);
+        S->quantize_q8_1(x, q1a, 192), K->quantize_q8_1(x, q1b, 192);
+        SAME(q1a, q1b, sizeof q1a, "quantize_q8_1", K->name);
+    }
+#endif
+    CHECK(S->to_f16 && S->round_f16, "scalar table complete");
+}
+
 int main(void) {
     pi_pool *pool3 = NULL;
     if (pi_pool_create(3, &pool3) != PI_OK) {
@@ -331,6 +380,7 @@ int main(void) {
     test_simd_twins(pool3);
     test_thread_independence(pool3);
     test_rows8(pool3);
+    test_table_twins();
     pi_pool_free(pool3);
     printf("%d passed, %d failed\n", n_passed, n_failed);
     return n_failed ? 1 : 0;
