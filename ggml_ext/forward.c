@@ -30,7 +30,7 @@ struct pi_context {
     float *g, *u;             /* [n_batch][n_ff] gate and up (then the down input) */
     float *pz;                /* [max_rank] predictor hidden layer */
     float *scores;            /* [n_threads][attn_scratch()] attention scratch per thread */
-    float *rope_cs;           /* [n_rot] cos, sin of one position's RoPE angles */
+    float *rope_cs;           /* [n_batch][n_rot] cos, sin of the chunk's positions' RoPE angles */
     int32_t *idx;             /* [n_ff] active neuron ids of the current token */
     int32_t *all_idx;         /* [n_ff] 0, 1, ..., n_ff - 1: every neuron (dense AXPY) */
     pi_stats stats;
@@ -180,13 +180,12 @@ static int attention_block(pi_context *c, int il, int B, int n_past) {
     add_bias(c->q, &l->bq, B, q_dim);
     add_bias(c->k, &l->bk, B, kv_dim);
     add_bias(c->v, &l->bv, B, kv_dim);
-    const float theta_scale = powf(hp->rope_freq_base, -2.0f / (float)hp->n_rot);
     for (int t = 0; t < B; t++) {
-        rope_angles(c->rope_cs, hp->n_rot, theta_scale, hp->rope_freq_scale, n_past + t);
+        const float *cs = c->rope_cs + (size_t)t * hp->n_rot;
         for (int h = 0; h < hp->n_head; h++)
-            rope(c->q + (size_t)t * q_dim + (size_t)h * hd, hp->n_rot, hp->rope_neox, c->rope_cs);
+            rope(c->q + (size_t)t * q_dim + (size_t)h * hd, hp->n_rot, hp->rope_neox, cs);
         for (int h = 0; h < hp->n_head_kv; h++)
-            rope(c->k + (size_t)t * kv_dim + (size_t)h * hd, hp->n_rot, hp->rope_neox, c->rope_cs);
+            rope(c->k + (size_t)t * kv_dim + (size_t)h * hd, hp->n_rot, hp->rope_neox, cs);
     }
     /* the new positions into the f16 cache: k at rows n_past.., v at columns n_past.. (through
      * c->k's memory, free once k is stored) */
@@ -329,6 +328,10 @@ static int decode_chunk(pi_context *c, const int32_t *tokens, int B, int n_past,
     for (int t = 0; t < B; t++)
         pi_dequantize_row_ref(emb->type, (const uint8_t *)emb->data + (size_t)tokens[t] * emb_row,
                               c->x + (size_t)t * d, d);
+    const float theta_scale = powf(hp->rope_freq_base, -2.0f / (float)hp->n_rot);
+    for (int t = 0; t < B; t++) /* once per chunk: every layer rotates by the same angles */
+        rope_angles(c->rope_cs + (size_t)t * hp->n_rot, hp->n_rot, theta_scale, hp->rope_freq_scale,
+                    n_past + t);
     for (int il = 0; il < hp->n_layer; il++) {
         if ((rc = attention_block(c, il, B, n_past))) return rc;
         if ((rc = ffn_block(c, il, B))) return rc;
@@ -396,7 +399,7 @@ int pi_context_create(pi_model *m, int32_t n_ctx, int32_t n_batch, int32_t n_thr
         {(void **)&c->proj, B * d * 4}, {(void **)&c->g, B * n_ff * 4},
         {(void **)&c->u, B * n_ff * 4}, {(void **)&c->pz, ((size_t)m->max_rank + 1) * 4},
         {(void **)&c->scores, (size_t)n_threads * attn_scratch(n_ctx, hp->head_dim) * 4},
-        {(void **)&c->rope_cs, (size_t)hp->n_rot * 4}, {(void **)&c->idx, n_ff * 4},
+        {(void **)&c->rope_cs, B * (size_t)hp->n_rot * 4}, {(void **)&c->idx, n_ff * 4},
         {(void **)&c->all_idx, n_ff * 4}};
     const size_t n_parts = sizeof parts / sizeof parts[0];
     size_t total = 0;
