@@ -213,9 +213,11 @@ static int predict_active(pi_context *c, const pi_layer *l, const float *xn, flo
     if (rc) return rc;
     for (int64_t i = 0; i < f1->n_rows; i++) c->pz[i] = c->pz[i] > 0 ? c->pz[i] : 0;
     if ((rc = matmul(c, f2, c->pz, 1, scratch, f2->n_rows))) return rc;
-    int32_t n = 0;
-    for (int64_t i = 0; i < f2->n_rows; i++)
-        if (scratch[i] > thr) c->idx[n++] = (int32_t)i;
+    int32_t n = 0, *idx = c->idx;
+    for (int64_t i = 0; i < f2->n_rows; i++) { /* branch-free: the active set is unpredictable */
+        idx[n] = (int32_t)i;
+        n += scratch[i] > thr;
+    }
     *n_active = n;
     return PI_OK;
 }
@@ -226,11 +228,12 @@ static int predict_active(pi_context *c, const pi_layer *l, const float *xn, flo
 static int32_t select_threshold(pi_context *c, const float *g, float *u, float thr, int dense_up) {
     const int n_ff = c->m->hp.n_ff, kind = c->m->hp.ffn_act;
     const int keep_all = thr == 0 && kind == PI_ACT_SILU;
-    int32_t n = 0;
-    for (int i = 0; i < n_ff; i++) {
+    int32_t n = 0, *idx = c->idx;
+    for (int i = 0; i < n_ff; i++) { /* branch-free, as predict_active */
         const float a = act(kind, g[i]);
         const int keep = keep_all || fabsf(a) > thr;
-        if (keep) c->idx[n++] = i;
+        idx[n] = i;
+        n += keep;
         if (dense_up) u[i] = keep ? u[i] * a : 0.0f;
     }
     return n;
