@@ -1,5 +1,6 @@
-"""Kernel benchmark: machine read bandwidth, dense matvec, masked vec_dot, sparse AXPY and the
-design ablation (AXPY over ffn_down_t vs strided column skipping on the original W_down).
+"""Kernel benchmark: machine read bandwidth, dense matvec (plain rows and the rows8 layout the
+engine repacks dense-only matrices into), masked vec_dot, sparse AXPY and the design ablation
+(AXPY over ffn_down_t vs strided column skipping on the original W_down).
 
     python -m bench.kernels [--rows 11008] [--cols 4096] [--reps 15] [--threads 1,2]
 
@@ -56,6 +57,11 @@ def bench_type(pool, t, rows, cols, reps, rng) -> dict:
     y_cols = np.empty(cols, np.float32)
     dense_t = median_seconds(lambda: K.matvec(pool, t, W.next(), cols, x, y_rows), reps)
     res = {"dense_s": dense_t, "dense_gbs": rows * rb / dense_t / 1e9, "sparse": []}
+    if t in K.ROWS8_TYPES:
+        P = Rotation([K.repack_rows8(t, w, cols) for w in W.items])
+        r8 = median_seconds(lambda: K.matvec_rows8(pool, t, P.next(), cols, x, y_rows), reps)
+        res.update(rows8_s=r8, rows8_gbs=rows * rb / r8 / 1e9)
+        del P
     for f in FRACTIONS:
         k = max(1, int(round(f * rows)))
         idx = np.sort(rng.choice(rows, size=k, replace=False)).astype(np.int32)
@@ -78,12 +84,15 @@ def print_tables(report: dict) -> None:
         bw = per_thread["bandwidth_gbs"]
         print(f"\n== {th} thread(s): read bandwidth {bw['4k_pages']:.1f} GB/s (4 KiB pages), "
               f"{bw['huge_pages']:.1f} GB/s (huge pages)")
-        print(f"{'type':6} {'dense GB/s':>10} {'of bw':>6} | {'active':>6} {'masked GB/s':>11} "
-              f"{'t/dense':>7} {'axpy GB/s':>9} {'t/dense':>7} {'strided/axpy':>12}")
+        print(f"{'type':6} {'dense GB/s':>10} {'of bw':>6} {'rows8 GB/s':>10} {'of bw':>6} | "
+              f"{'active':>6} {'masked GB/s':>11} {'t/dense':>7} {'axpy GB/s':>9} {'t/dense':>7} "
+              f"{'strided/axpy':>12}")
         for t, r in per_thread["types"].items():
+            r8 = r.get("rows8_gbs")
+            r8s = f"{r8:10.1f} {r8 / bw['4k_pages']:6.0%}" if r8 else f"{'-':>10} {'':6}"
             for i, s in enumerate(r["sparse"]):
-                head = (f"{t:6} {r['dense_gbs']:10.1f} {r['dense_gbs'] / bw['4k_pages']:6.0%}"
-                        if i == 0 else " " * 24)
+                head = (f"{t:6} {r['dense_gbs']:10.1f} {r['dense_gbs'] / bw['4k_pages']:6.0%} {r8s}"
+                        if i == 0 else " " * 42)
                 print(f"{head} | {s['fraction']:6.0%} {s['masked_gbs']:11.1f} "
                       f"{s['masked_s'] / r['dense_s']:7.3f} {s['axpy_gbs']:9.1f} "
                       f"{s['axpy_s'] / r['dense_s']:7.3f} {s['strided_s'] / s['axpy_s']:11.1f}x")

@@ -109,6 +109,26 @@ def matvec(pool, t, W, n_cols, x, out=None):
     return y
 
 
+ROWS8_TYPES = ("q4_0", "q4_1", "q8_0")
+
+
+def repack_rows8(t, W, n_cols):
+    """W (rows of ggml blocks) in the 8-row interleaved layout of the fast dense kernels."""
+    n_rows = _shape(W, t, n_cols)
+    out = np.empty_like(W)
+    call("pi_repack_rows8", type_id(t), vptr(W), n_rows, n_cols, vptr(out))
+    return out
+
+
+def matvec_rows8(pool, t, Wp, n_cols, x, out=None):
+    """matvec over a repack_rows8 matrix."""
+    n_rows = _shape(Wp, t, n_cols)
+    y = np.empty(n_rows, np.float32) if out is None else out
+    call("pi_matmat_rows8", _pool_ptr(pool), type_id(t), vptr(Wp), n_rows, n_cols, fptr(x), 1,
+         fptr(y), n_rows)
+    return y
+
+
 def matvec_masked(pool, t, W, n_cols, x, idx, out=None):
     n_rows = _shape(W, t, n_cols)
     y = np.empty(n_rows, np.float32) if out is None else out
