@@ -535,9 +535,58 @@ INLINE AVX2_FN float dot_f16_f32_lanes(const pi_half *a, const float *b, int n) 
     return hsum8(acc);
 }
 
+/* out[r] = hsum8(l[r]) for r < 8, in hsum8's order ((l0 + l4) + (l2 + l6)) + ((l1 + l5) +
+ * (l3 + l7)), through a transpose: the same bits as 8 hsum8 calls. */
+INLINE AVX2_FN void hsum8x8(const __m256 l[8], float out[8]) {
+    __m256 s[4]; /* s[k] = [b(l[k]) | b(l[k + 4])], b_j = l_j + l_(j+4) */
+    for (int k = 0; k < 4; k++)
+        s[k] = _mm256_add_ps(_mm256_permute2f128_ps(l[k], l[k + 4], 0x20),
+                             _mm256_permute2f128_ps(l[k], l[k + 4], 0x31));
+    /* u = [b0 + b2, b1 + b3] of rows (0, 1 | 4, 5) interleaved; v the same for (2, 3 | 6, 7) */
+    const __m256 u = _mm256_add_ps(_mm256_unpacklo_ps(s[0], s[1]), _mm256_unpackhi_ps(s[0], s[1]));
+    const __m256 v = _mm256_add_ps(_mm256_unpacklo_ps(s[2], s[3]), _mm256_unpackhi_ps(s[2], s[3]));
+    _mm256_storeu_ps(out, _mm256_add_ps(_mm256_shuffle_ps(u, v, _MM_SHUFFLE(1, 0, 1, 0)),
+                                        _mm256_shuffle_ps(u, v, _MM_SHUFFLE(3, 2, 3, 2))));
+}
+
+/* out[r] = dot_f16_f32_lanes(a[r], b, n) for r < 8, the same bits, with one load of b per chunk
+ * for all 8 rows. over: each row may be read up to 8 elements past a multiple of 8 below n
+ * (the lanes past n are masked to zero), else the tail is copied as in the one-row dot. */
+INLINE AVX2_FN void dot8_f16_f32_lanes(const pi_half *const a[8], const float *b, int n, int over,
+                                       float out[8]) {
+    __m256 acc[8];
+    for (int r = 0; r < 8; r++) acc[r] = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 bv = _mm256_loadu_ps(b + i);
+        for (int r = 0; r < 8; r++)
+            acc[r] = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(a[r] + i))), bv, acc[r]);
+    }
+    if (i < n) {
+        const int rem = n - i;
+        const __m256 bv = load_f32_tail(b + i, rem);
+        const __m256 keep = _mm256_castsi256_ps(
+            _mm256_cmpgt_epi32(_mm256_set1_epi32(rem), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
+        for (int r = 0; r < 8; r++) {
+            const __m256 v = over ? _mm256_and_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(a[r] + i))), keep)
+                                  : load_f16_tail(a[r] + i, rem);
+            acc[r] = _mm256_fmadd_ps(v, bv, acc[r]);
+        }
+    }
+    hsum8x8(acc, out);
+}
+
 AVX2_FN static void attn_scores_avx2(int n_pos, int hd, const pi_half *k, int64_t ldk,
                                      const float *q, float scale, float *s) {
-    for (int p = 0; p < n_pos; p++) s[p] = dot_f16_f32_lanes(k + (size_t)p * ldk, q, hd) * scale;
+    int p = 0;
+    for (; p + 8 <= n_pos; p += 8) {
+        const pi_half *rows[8];
+        float d[8];
+        for (int r = 0; r < 8; r++) rows[r] = k + (size_t)(p + r) * ldk;
+        dot8_f16_f32_lanes(rows, q, hd, 0, d);
+        for (int r = 0; r < 8; r++) s[p + r] = d[r] * scale;
+    }
+    for (; p < n_pos; p++) s[p] = dot_f16_f32_lanes(k + (size_t)p * ldk, q, hd) * scale;
 }
 
 AVX2_FN static double softmax_exp_avx2(int n, float *x, float max) {
@@ -553,7 +602,14 @@ AVX2_FN static double softmax_exp_avx2(int n, float *x, float max) {
 
 AVX2_FN static void attn_values_avx2(int n_pos, int hd, const pi_half *vt, int64_t ldv,
                                      const float *p, float *out) {
-    for (int i = 0; i < hd; i++) out[i] = dot_f16_f32_lanes(vt + (size_t)i * ldv, p, n_pos);
+    const int over = n_pos / 8 * 8 + 8 <= ldv; /* the cache row holds a whole last chunk */
+    int i = 0;
+    for (; i + 8 <= hd; i += 8) {
+        const pi_half *rows[8];
+        for (int r = 0; r < 8; r++) rows[r] = vt + (size_t)(i + r) * ldv;
+        dot8_f16_f32_lanes(rows, p, n_pos, over, out + i);
+    }
+    for (; i < hd; i++) out[i] = dot_f16_f32_lanes(vt + (size_t)i * ldv, p, n_pos);
 }
 
 AVX2_FN static void swiglu_avx2(int64_t n, const float *g, float *u) {

@@ -358,6 +358,12 @@ static void test_table_twins(void) {
         CHECK(sa == sb && !memcmp(pa, pb, sizeof pa), "%s softmax_exp: differs from the scalar twin", K->name);
         S->attn_values(NPOS, HD, vt, NPOS, x, a), K->attn_values(NPOS, HD, vt, NPOS, x, b);
         SAME(a, b, HD * sizeof(float), "attn_values", K->name);
+        /* a cache row longer than n_pos, NaN past it: read in whole chunks, the extra masked */
+        static pi_half vlong[HD * 48];
+        for (int i = 0; i < HD * 48; i++) vlong[i] = i % 48 < NPOS ? vt[i / 48 * NPOS + i % 48] : 0x7E00;
+        S->attn_values(NPOS, HD, vlong, 48, x, a), K->attn_values(NPOS, HD, vlong, 48, x, b);
+        SAME(a, b, HD * sizeof(float), "attn_values (long rows)", K->name);
+        for (int i = 0; i < HD; i++) CHECK(a[i] == a[i], "attn_values: NaN past n_pos leaked");
         block_q8_0 q0a[6], q0b[6];
         block_q8_1 q1a[6], q1b[6];
         S->quantize_q8_0(x, q0a, 192), K->quantize_q8_0(x, q0b, 192);
