@@ -32,6 +32,7 @@ struct pi_context {
     float *scores;            /* [n_threads][attn_scratch()] attention scratch per thread */
     float *rope_cs;           /* [n_batch][n_rot] cos, sin of the chunk's positions' RoPE angles */
     int32_t *idx;             /* [n_ff] active neuron ids of the current token */
+    float *act;               /* [n_ff] act(gate) of the current token (threshold mode) */
     int32_t *all_idx;         /* [n_ff] 0, 1, ..., n_ff - 1: every neuron (dense AXPY) */
     pi_stats stats;
     float *rec_in, *rec_gate, *rec_h; /* calibration recorder (pi_context_set_recorder) */
@@ -222,19 +223,40 @@ static int predict_active(pi_context *c, const pi_layer *l, const float *xn, flo
     return PI_OK;
 }
 
+/* Sparse AXPY reads a row about this much slower per byte than the dense rows8 kernel reads its
+ * weights (bench/results/kernels.json: 1.4-2.1x across types and thread counts). */
+#define PI_AXPY_COST 1.5
+
+/* Whether the down projection of n active neurons is cheaper dense, over the file's plain
+ * ffn_down (a --keep-down file), than as an AXPY over their ffn_down_t rows: at low sparsity,
+ * and whenever ffn_down_t is the wider type. */
+static int dense_down_pays(const pi_layer *l, int32_t n) {
+    const double row_t = (double)pi_type_block_bytes(l->down_t.type) * (double)l->down_t.n_cols /
+                         (double)pi_type_block_elems(l->down_t.type);
+    const double dense = (double)pi_type_block_bytes(l->down.type) * (double)l->down.n_cols /
+                         (double)pi_type_block_elems(l->down.type) * (double)l->down.n_rows;
+    return (double)n * row_t * PI_AXPY_COST > dense;
+}
+
 /* Threshold mode's selection: the neurons with |act(gate)| above thr (thr 0 keeps every SiLU
  * neuron). With up already computed dense (dense_up), also forms the down input: u = act(g) * u
- * for kept neurons, 0 for dropped ones; act is evaluated once per neuron. */
+ * for kept neurons, 0 for dropped ones; act is evaluated once per neuron, vectorized. */
 static int32_t select_threshold(pi_context *c, const float *g, float *u, float thr, int dense_up) {
     const int n_ff = c->m->hp.n_ff, kind = c->m->hp.ffn_act;
     const int keep_all = thr == 0 && kind == PI_ACT_SILU;
+    float *a = c->act;
+    if (kind == PI_ACT_SILU) {
+        memcpy(a, g, (size_t)n_ff * sizeof *a);
+        pi_kernels_active()->silu(n_ff, a);
+    } else {
+        for (int i = 0; i < n_ff; i++) a[i] = act(kind, g[i]);
+    }
     int32_t n = 0, *idx = c->idx;
     for (int i = 0; i < n_ff; i++) { /* branch-free, as predict_active */
-        const float a = act(kind, g[i]);
-        const int keep = keep_all || fabsf(a) > thr;
+        const int keep = keep_all || fabsf(a[i]) > thr;
         idx[n] = i;
         n += keep;
-        if (dense_up) u[i] = keep ? u[i] * a : 0.0f;
+        if (dense_up) u[i] = keep ? u[i] * a[i] : 0.0f;
     }
     return n;
 }
@@ -266,6 +288,8 @@ static int ffn_sparse_token(pi_context *c, const pi_layer *l, int il, const floa
         }
     }
     c->stats.ffn_active += n;
+    if (l->down.data && dense_down_pays(l, n)) /* u is 0 for every dropped neuron */
+        return matmul(c, &l->down, u, 1, out, d);
     return pi_axpy_sparse(c->pool, l->down_t.type, l->down_t.data, n_ff, d, u, c->idx, n, out);
 }
 
@@ -403,7 +427,7 @@ int pi_context_create(pi_model *m, int32_t n_ctx, int32_t n_batch, int32_t n_thr
         {(void **)&c->u, B * n_ff * 4}, {(void **)&c->pz, ((size_t)m->max_rank + 1) * 4},
         {(void **)&c->scores, (size_t)n_threads * attn_scratch(n_ctx, hp->head_dim) * 4},
         {(void **)&c->rope_cs, B * (size_t)hp->n_rot * 4}, {(void **)&c->idx, n_ff * 4},
-        {(void **)&c->all_idx, n_ff * 4}};
+        {(void **)&c->all_idx, n_ff * 4}, {(void **)&c->act, n_ff * 4}};
     const size_t n_parts = sizeof parts / sizeof parts[0];
     size_t total = 0;
     for (size_t i = 0; i < n_parts; i++) total += (parts[i].bytes + 63) / 64 * 64;

@@ -278,6 +278,10 @@ static void swiglu_scalar(int64_t n, const float *g, float *u) {
     for (int64_t i = 0; i < n; i++) u[i] *= g[i] / (1.0f + pi_expf_ggml(-g[i]));
 }
 
+static void silu_scalar(int64_t n, float *x) {
+    for (int64_t i = 0; i < n; i++) x[i] = x[i] / (1.0f + pi_expf_ggml(-x[i]));
+}
+
 static void to_f16_scalar(int64_t n, const float *x, pi_half *y) {
     for (int64_t i = 0; i < n; i++) y[i] = pi_float_to_half(x[i]);
 }
@@ -314,6 +318,7 @@ const pi_kernels pi_kernels_scalar = {
     .softmax_exp = softmax_exp_scalar,
     .attn_values = attn_values_scalar,
     .swiglu = swiglu_scalar,
+    .silu = silu_scalar,
     .to_f16 = to_f16_scalar,
     .round_f16 = round_f16_scalar,
 };

@@ -65,6 +65,8 @@ typedef struct {
                         float *out);
     /* u[i] = silu(g[i]) * u[i] for i < n, silu(x) = x / (1 + pi_expf_ggml(-x)). */
     void (*swiglu)(int64_t n, const float *g, float *u);
+    /* x[i] = silu(x[i]) for i < n, the silu of swiglu (threshold mode's selection). */
+    void (*silu)(int64_t n, float *x);
     /* y[i] = x[i] as binary16, round to nearest even (pi_float_to_half's bits), for i < n. */
     void (*to_f16)(int64_t n, const float *x, pi_half *y);
     /* x[i] = x[i] rounded to binary16 and back (the f16 queries and probabilities of

@@ -612,16 +612,23 @@ AVX2_FN static void attn_values_avx2(int n_pos, int hd, const pi_half *vt, int64
     for (; i < hd; i++) out[i] = dot_f16_f32_lanes(vt + (size_t)i * ldv, p, n_pos);
 }
 
+/* silu(x) = x / (1 + pi_expf_ggml(-x)) in 8 lanes. */
+INLINE AVX2_FN __m256 silu8(__m256 x) {
+    const __m256 e = expf8(_mm256_sub_ps(_mm256_setzero_ps(), x));
+    return _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.0f), e));
+}
+
 AVX2_FN static void swiglu_avx2(int64_t n, const float *g, float *u) {
-    const __m256 one = _mm256_set1_ps(1.0f);
     int64_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        const __m256 gv = _mm256_loadu_ps(g + i);
-        const __m256 e = expf8(_mm256_sub_ps(_mm256_setzero_ps(), gv));
-        const __m256 silu = _mm256_div_ps(gv, _mm256_add_ps(one, e));
-        _mm256_storeu_ps(u + i, _mm256_mul_ps(silu, _mm256_loadu_ps(u + i)));
-    }
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(u + i, _mm256_mul_ps(silu8(_mm256_loadu_ps(g + i)), _mm256_loadu_ps(u + i)));
     for (; i < n; i++) u[i] *= g[i] / (1.0f + pi_expf_ggml(-g[i]));
+}
+
+AVX2_FN static void silu_avx2(int64_t n, float *x) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, silu8(_mm256_loadu_ps(x + i)));
+    for (; i < n; i++) x[i] = x[i] / (1.0f + pi_expf_ggml(-x[i]));
 }
 
 /* F16C converts with round to nearest even, as pi_float_to_half. */
@@ -650,6 +657,7 @@ const pi_kernels pi_kernels_avx2 = {
     .softmax_exp = softmax_exp_avx2,
     .attn_values = attn_values_avx2,
     .swiglu = swiglu_avx2,
+    .silu = silu_avx2,
     .to_f16 = to_f16_avx2,
     .round_f16 = round_f16_avx2,
 };
@@ -903,6 +911,7 @@ const pi_kernels pi_kernels_avx512 = {
     .softmax_exp = softmax_exp_avx2,
     .attn_values = attn_values_avx2,
     .swiglu = swiglu_avx2,
+    .silu = silu_avx2,
     .to_f16 = to_f16_avx2,
     .round_f16 = round_f16_avx2,
 };

@@ -149,7 +149,8 @@ typedef enum {
     PI_FFN_DENSE = 0,     /* every neuron */
     PI_FFN_SPARSE = 1,    /* predictor -> active ids -> masked gate/up -> AXPY down */
     PI_FFN_THRESHOLD = 2, /* gate dense; |act(gate)| <= threshold dropped -> up (masked, or
-                             dense where the model repacked it) -> AXPY */
+                             dense where the model repacked it) -> AXPY, or dense over a plain
+                             ffn_down where few neurons are dropped */
 } pi_ffn_mode;
 
 typedef struct {

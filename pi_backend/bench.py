@@ -295,11 +295,14 @@ def read_bandwidth(threads: int, mib: int, reps: int = 5) -> float:
         buf.close()
 
 
+AXPY_COST = 1.5  # forward.c's PI_AXPY_COST: AXPY per byte against the dense rows8 kernel
+
+
 def bytes_per_token(info: dict, mode: str, sparsity: float) -> float:
     """Weight bytes one decoded token reads in `mode` at FFN `sparsity`. Dense mode reads the
     plain ffn_down where the file keeps one; threshold mode computes gate and up densely when
     the model has no predictors (the engine repacks them) and reads ffn_down_t rows of the
-    survivors."""
+    survivors, or the plain ffn_down where that is cheaper."""
     b = info["bytes"]
     keep = 1.0 - sparsity
     base = b["attn"] + b["output"] + b["other"]
@@ -307,7 +310,10 @@ def bytes_per_token(info: dict, mode: str, sparsity: float) -> float:
         return base + b["ffn_gate"] + b["ffn_up"] + (b["ffn_down"] or b["ffn_down_t"])
     if mode == "threshold":
         up = keep * b["ffn_up"] if info["has_predictors"] else b["ffn_up"]
-        return base + b["ffn_gate"] + up + keep * b["ffn_down_t"]
+        down = keep * b["ffn_down_t"]
+        if b["ffn_down"] and down * AXPY_COST > b["ffn_down"]:  # the engine's choice (forward.c)
+            down = b["ffn_down"]
+        return base + b["ffn_gate"] + up + down
     return base + b["predictor"] + keep * (b["ffn_gate"] + b["ffn_up"] + b["ffn_down_t"])
 
 

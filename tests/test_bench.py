@@ -50,18 +50,19 @@ def test_pi_bench_tiny(bench_run, capsys):
     assert by["ours dense"]["decode_vs_dense"] == pytest.approx(1.0)
     assert by["ours dense"]["dppl_pct"] == pytest.approx(0.0)
 
-    # threshold 0 keeps every neuron: no sparsity, and the dense model but for ffn_down_t (dense
-    # mode reads the file's plain ffn_down; ffn_down_t is its q8_0 re-quantization)
+    # threshold 0 keeps every neuron: no sparsity, the dense output
     t0 = by["ours threshold 0"]
     assert t0["sparsity"]["decode"] == 0 and t0["sparsity"]["calib"] == 0
-    assert abs(t0["dppl_pct"]) < 3
+    assert abs(t0["dppl_pct"]) < 1e-6
     # calibrated at the 0.3 quantile: ~30% of the neurons dropped on the calibration text
     t3 = by["ours threshold 0.3"]
     assert t3["target_sparsity"] == 0.3 and len(t3["thresholds"]) == 30
     assert abs(t3["sparsity"]["calib"] - 0.3) <= 0.05, t3["sparsity"]
     assert 0.1 < t3["sparsity"]["decode"] < 0.5
-    # fewer bytes read per token than at threshold 0 (down rows of dropped neurons are skipped)
-    assert t3["bytes_per_token"] < t0["bytes_per_token"]
+    # threshold 0 reads what dense reads (the file keeps the plain ffn_down, which threshold mode
+    # uses while the AXPY over ffn_down_t would read more); sparsity never reads more
+    assert t0["bytes_per_token"] == by["ours dense"]["bytes_per_token"]
+    assert t3["bytes_per_token"] <= t0["bytes_per_token"]
     # the split file keeps the Q8_0 output matrix: dense, it reads what the plain file reads
     assert by["ours dense (plain)"]["bytes_per_token"] == by["ours dense"]["bytes_per_token"]
 

@@ -350,6 +350,9 @@ static void test_table_twins(void) {
         memcpy(a, x, sizeof x), memcpy(b, x, sizeof x);
         S->swiglu(N, g, a), K->swiglu(N, g, b);
         SAME(a, b, sizeof a, "swiglu", K->name);
+        memcpy(a, g, sizeof g), memcpy(b, g, sizeof g);
+        S->silu(N, a), K->silu(N, b);
+        SAME(a, b, sizeof a, "silu", K->name);
         S->attn_scores(NPOS, HD, kc, HD, x, 0.125f, a), K->attn_scores(NPOS, HD, kc, HD, x, 0.125f, b);
         SAME(a, b, NPOS * sizeof(float), "attn_scores", K->name);
         float pa[40], pb[40];
