@@ -271,17 +271,23 @@ static int ffn_sparse_token(pi_context *c, const pi_layer *l, int il, const floa
     const int dense_up = l->up.packed != NULL;
     int32_t n = 0;
     int rc;
-    if (c->ffn_mode == PI_FFN_SPARSE) {
+    if (c->ffn_mode == PI_FFN_SPARSE) { /* gate and up masked together */
         if ((rc = predict_active(c, l, xn, thr, u, &n))) return rc;
-        if ((rc = pi_matvec_masked(c->pool, l->gate.type, l->gate.data, n_ff, d, xn, c->idx, n, g))) return rc;
+        if (l->gate.type == l->up.type)
+            rc = pi_matvec_masked_pair(c->pool, l->gate.type, l->gate.data, l->up.data, n_ff, d, xn,
+                                       c->idx, n, g, u);
+        else if (!(rc = pi_matvec_masked(c->pool, l->gate.type, l->gate.data, n_ff, d, xn, c->idx, n, g)))
+            rc = pi_matvec_masked(c->pool, l->up.type, l->up.data, n_ff, d, xn, c->idx, n, u);
+        if (rc) return rc;
     } else { /* threshold: gate dense, then drop |act(gate)| <= thr */
         const pi_weight *gu[2] = {&l->gate, &l->up};
         float *const gu_out[2] = {g, u};
         if ((rc = matmul_n(c, gu, gu_out, dense_up ? 2 : 1, xn, 1))) return rc;
         n = select_threshold(c, g, u, thr, dense_up);
+        if (!dense_up &&
+            (rc = pi_matvec_masked(c->pool, l->up.type, l->up.data, n_ff, d, xn, c->idx, n, u))) return rc;
     }
     if (!dense_up || c->ffn_mode == PI_FFN_SPARSE) {
-        if ((rc = pi_matvec_masked(c->pool, l->up.type, l->up.data, n_ff, d, xn, c->idx, n, u))) return rc;
         for (int32_t k = 0; k < n; k++) {
             const int i = c->idx[k];
             u[i] *= act(kind, g[i]);

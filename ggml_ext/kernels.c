@@ -498,6 +498,8 @@ typedef struct {
     const int32_t *idx;    /* [n_items] rows, or NULL for all rows in order (dense) */
     int64_t n_items;
     float *y;
+    const uint8_t *W2;     /* masked pair: a second matrix shaped as W (up beside gate), or NULL */
+    float *y2;             /* masked pair: its output */
 } job;
 
 static inline int64_t item_row(const job *j, int64_t i) { return j->idx ? j->idx[i] : i; }
@@ -510,9 +512,40 @@ static inline void prefetch_items(const job *j, int64_t i0, int64_t i1, size_t o
 
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
+/* Masked pair: this thread's items, each the same row of W and W2, two items (four rows) per
+ * kernel call. */
+static void masked_pair_task(void *arg, int ith, int nth) {
+    const job *j = arg;
+    enum { ITEMS = PI_KERNEL_ROWS / 2 };
+    int64_t begin, end;
+    pi_split(j->n_items, ITEMS, ith, nth, &begin, &end);
+    for (int64_t i = begin; i < end; i += ITEMS) {
+        const int ni = (int)min64(ITEMS, end - i);
+        for (int64_t k = i + PI_PREFETCH_ROWS / 2; k < min64(i + PI_PREFETCH_ROWS / 2 + ni, end); k++) {
+            prefetch_bytes(row_ptr(j, j->idx[k]), j->row_bytes);
+            prefetch_bytes(j->W2 + (size_t)j->idx[k] * j->row_bytes, j->row_bytes);
+        }
+        const void *rows[PI_KERNEL_ROWS];
+        float out[PI_KERNEL_ROWS];
+        for (int k = 0; k < ni; k++) {
+            rows[2 * k] = row_ptr(j, j->idx[i + k]);
+            rows[2 * k + 1] = j->W2 + (size_t)j->idx[i + k] * j->row_bytes;
+        }
+        j->dot(j->n_cols, rows, 2 * ni, j->act, out);
+        for (int k = 0; k < ni; k++) {
+            j->y[j->idx[i + k]] = out[2 * k];
+            j->y2[j->idx[i + k]] = out[2 * k + 1];
+        }
+    }
+}
+
 /* Dense and masked matvec: this thread's items, PI_KERNEL_ROWS rows per kernel call. */
 static void matvec_task(void *arg, int ith, int nth) {
     const job *j = arg;
+    if (j->W2) {
+        masked_pair_task(arg, ith, nth);
+        return;
+    }
     int64_t begin, end;
     pi_split(j->n_items, PI_KERNEL_ROWS, ith, nth, &begin, &end);
     const int64_t ahead = j->idx ? PI_PREFETCH_ROWS : 0;
@@ -732,17 +765,38 @@ int pi_matmat_rows8(pi_pool *pool, int type, const void *Wp, int64_t n_rows, int
     return pi_matmat_rows8_multi(pool, type, n_cols, X, n_tok, &out, 1);
 }
 
+/* pi_matvec_masked, and with W2 / y2 the pair (pi_matvec_masked_pair): validated here. */
+static int masked_run(const char *fn, pi_pool *pool, int type, const void *W, const void *W2,
+                      int64_t n_rows, int64_t n_cols, const float *x, const int32_t *idx,
+                      int64_t n_idx, float *y, float *y2) {
+    if (!W || !x || !idx || !y)
+        return pi_fail(PI_ERR_NULL, "%s: argument '%s' is NULL", fn, !W ? "W" : !x ? "x" : !idx ? "idx" : "y");
+    matrix_info m;
+    int st = check_matrix(fn, type, n_rows, n_cols, &m);
+    if (st) return st;
+    if ((st = check_idx(fn, idx, n_idx, n_rows))) return st;
+    if (!W2) return matvec_run(fn, pool, type, &m, W, n_rows, n_cols, x, 1, n_rows, idx, n_idx, y);
+    const pi_kernels *K = active_kernels();
+    job j = {.dot = K->dot[m.slot], .W = W, .W2 = W2, .row_bytes = m.row_bytes, .n_cols = n_cols,
+             .idx = idx, .n_items = n_idx, .y = y, .y2 = y2, .n_tok = 1, .ldy = n_rows};
+    memset(y, 0, (size_t)n_rows * sizeof(float));
+    memset(y2, 0, (size_t)n_rows * sizeof(float));
+    if (n_idx == 0) return pi_ok();
+    if ((st = prepare_activations(fn, K, type, x, n_cols, 1, &j.act, &j.act_bytes))) return st;
+    pi_pool_run(pool, matvec_task, &j);
+    return pi_ok();
+}
+
 int pi_matvec_masked(pi_pool *pool, int type, const void *W, int64_t n_rows, int64_t n_cols,
                      const float *x, const int32_t *idx, int64_t n_idx, float *y) {
-    PI_CHECK_NULL(W);
-    PI_CHECK_NULL(x);
-    PI_CHECK_NULL(idx);
-    PI_CHECK_NULL(y);
-    matrix_info m;
-    int st = check_matrix(__func__, type, n_rows, n_cols, &m);
-    if (st) return st;
-    if ((st = check_idx(__func__, idx, n_idx, n_rows))) return st;
-    return matvec_run(__func__, pool, type, &m, W, n_rows, n_cols, x, 1, n_rows, idx, n_idx, y);
+    return masked_run(__func__, pool, type, W, NULL, n_rows, n_cols, x, idx, n_idx, y, NULL);
+}
+
+int pi_matvec_masked_pair(pi_pool *pool, int type, const void *W, const void *W2, int64_t n_rows,
+                          int64_t n_cols, const float *x, const int32_t *idx, int64_t n_idx,
+                          float *y, float *y2) {
+    if (!W2 || !y2) return pi_fail(PI_ERR_NULL, "%s: argument '%s' is NULL", __func__, !W2 ? "W2" : "y2");
+    return masked_run(__func__, pool, type, W, W2, n_rows, n_cols, x, idx, n_idx, y, y2);
 }
 
 int pi_axpy_sparse(pi_pool *pool, int type, const void *Wt, int64_t n_rows, int64_t n_cols,

@@ -93,6 +93,13 @@ typedef struct {
 int pi_matmat_rows8_multi(pi_pool *pool, int type, int64_t n_cols, const float *X, int64_t n_tok,
                           const pi_rows8_out *outs, int n_outs);
 
+/* pi_matvec_masked over two matrices of one shape and type with the same active rows (gate and
+ * up): x quantized once, one pool run, each kernel call taking two rows of each. y and y2 are
+ * what two pi_matvec_masked calls give. Validates like it. */
+int pi_matvec_masked_pair(pi_pool *pool, int type, const void *W, const void *W2, int64_t n_rows,
+                          int64_t n_cols, const float *x, const int32_t *idx, int64_t n_idx,
+                          float *y, float *y2);
+
 /* The table of the active instruction set (pi_isa_get). */
 const pi_kernels *pi_kernels_active(void);
 

@@ -8,6 +8,7 @@
  *    equals the AVX2 pi_matmat bit for bit, and is independent of the thread count.
  * 4. The internal kernel-table entries of the forward pass (attention, softmax, SwiGLU, f16
  *    conversion, activation quantizers): every SIMD table gives its scalar twin's bits.
+ * 5. The masked pair (gate and up in one job) gives two masked calls' bits.
  * Prints "N passed, N failed" and exits non-zero on any failure.
  */
 #include <math.h>
@@ -378,6 +379,36 @@ static void test_table_twins(void) {
     CHECK(S->to_f16 && S->round_f16, "scalar table complete");
 }
 
+/* ---- 5. masked pair: gate and up together --------------------------------------------------- */
+
+static void test_masked_pair(pi_pool *pool3) {
+    for (int ti = 0; ti < N_TYPES; ti++) {
+        const int type = TYPES[ti];
+        const int64_t R = 45, C = 576;
+        matrix a = make_matrix(type, R, C), b = make_matrix(type, R, C);
+        float *x = random_vec(C), y1[45], y2[45], p1[45], p2[45];
+        int32_t idx[23];
+        for (int k = 0; k < 23; k++) idx[k] = (int32_t)((k * 13) % R);
+        for (int isa = 0; isa <= pi_isa_best(); isa++) {
+            pi_isa_set(isa);
+            for (int n_idx = 0; n_idx <= 23; n_idx += 23) {
+                pi_matvec_masked(NULL, type, a.q, R, C, x, idx, n_idx, y1);
+                pi_matvec_masked(NULL, type, b.q, R, C, x, idx, n_idx, y2);
+                EXPECT_STATUS(pi_matvec_masked_pair(pool3, type, a.q, b.q, R, C, x, idx, n_idx, p1, p2), PI_OK);
+                CHECK(!memcmp(y1, p1, sizeof y1) && !memcmp(y2, p2, sizeof y2),
+                      "masked pair type %d isa %d n_idx %d: differs from two masked calls", type, isa,
+                      (int)n_idx);
+            }
+        }
+        pi_isa_set(pi_isa_best());
+        EXPECT_STATUS(pi_matvec_masked_pair(NULL, type, a.q, NULL, R, C, x, idx, 23, p1, p2), PI_ERR_NULL);
+        idx[5] = (int32_t)R;
+        EXPECT_STATUS(pi_matvec_masked_pair(NULL, type, a.q, b.q, R, C, x, idx, 23, p1, p2), PI_ERR_RANGE);
+        free(x);
+        free_matrix(&a), free_matrix(&b);
+    }
+}
+
 int main(void) {
     pi_pool *pool3 = NULL;
     if (pi_pool_create(3, &pool3) != PI_OK) {
@@ -390,6 +421,7 @@ int main(void) {
     test_thread_independence(pool3);
     test_rows8(pool3);
     test_table_twins();
+    test_masked_pair(pool3);
     pi_pool_free(pool3);
     printf("%d passed, %d failed\n", n_passed, n_failed);
     return n_failed ? 1 : 0;
