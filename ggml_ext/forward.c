@@ -239,11 +239,14 @@ static int dense_down_pays(const pi_layer *l, int32_t n) {
 }
 
 /* Threshold mode's selection: the neurons with |act(gate)| above thr (thr 0 keeps every SiLU
- * neuron). With up already computed dense (dense_up), also forms the down input: u = act(g) * u
- * for kept neurons, 0 for dropped ones; act is evaluated once per neuron, vectorized. */
+ * neuron). A ReLU model's threshold is at least 0: its zeros are always dropped, and a negative
+ * threshold (a file calibrated for sparse mode holds predictor logits) means exactly those.
+ * With up already computed dense (dense_up), also forms the down input: u = act(g) * u for kept
+ * neurons, 0 for dropped ones; act is evaluated once per neuron, vectorized. */
 static int32_t select_threshold(pi_context *c, const float *g, float *u, float thr, int dense_up) {
     const int n_ff = c->m->hp.n_ff, kind = c->m->hp.ffn_act;
     const int keep_all = thr == 0 && kind == PI_ACT_SILU;
+    if (kind == PI_ACT_RELU && thr < 0) thr = 0;
     float *a = c->act;
     if (kind == PI_ACT_SILU) {
         memcpy(a, g, (size_t)n_ff * sizeof *a);

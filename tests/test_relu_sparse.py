@@ -116,6 +116,18 @@ def test_threshold_zero_and_oracle_reproduce_dense():
     assert st["ffn_sparsity"] >= 0.85, st
 
 
+def test_threshold_mode_on_a_file_calibrated_for_predictors(calibrated):
+    """The file's thresholds are predictor logits (negative): threshold mode still drops exactly
+    the ReLU zeros, not nothing."""
+    out, _ = calibrated
+    from pi_backend.model import Model
+    assert min(Model(str(out)).fields["pi.thresholds"]) < 0
+    dense, _ = _logits(out, "dense")
+    thr, st = _logits(out, "threshold")
+    np.testing.assert_allclose(thr, dense, atol=2e-3 * np.abs(dense).max())
+    assert st["ffn_sparsity"] >= 0.85, st
+
+
 def test_sparse_predictor_mode_close_to_dense(calibrated):
     out, _ = calibrated
     dense, _ = _logits(out, "dense")
