@@ -12,7 +12,10 @@ engine (`Context.record`) on calibration text. A neuron is active when its ReLU 
   still catches `target_recall` of the truly active neurons on the held-out positions.
 - The rank kept per layer is the one that minimises the bytes read per token: the predictor's
   weights plus the FFN rows of the neurons it predicts active (the FFN costs 3 rows of d per
-  neuron; the predictor r * (d + n_ff) f16 weights).
+  neuron; the predictor r * (d + n_ff) weights).
+- Storage: q8_0 when the rank is a multiple of 32 (the engine repacks them for its fast dense
+  kernels), else f16. Thresholds are chosen on what the engine computes: the stored weights, and
+  for q8_0 the input and the hidden layer quantized to 8 bits per block of 32 as the engine does.
 
 The engine's sparse mode computes neuron i iff fc2(relu(fc1 x))_i > threshold[layer].
 """
@@ -201,8 +204,39 @@ def _train_torch(x, y, w1, w2, epochs, batch, lr, seed):
         torch.set_num_threads(prev_threads)
 
 
+def q8_storage(w1: np.ndarray) -> bool:
+    """Whether predictors with fc1 = w1 [r][d] are stored as q8_0: blocks of 32 along d (fc1's
+    rows) and along r (fc2's)."""
+    return w1.shape[0] % 32 == 0 and w1.shape[1] % 32 == 0
+
+
+def stored(w1: np.ndarray, w2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """fc1 [r][d] and fc2 [n_ff][r] as the file holds them (f32 values): q8_0 or f16."""
+    import gguf
+    from gguf import GGMLQuantizationType as QT
+    if not q8_storage(w1):
+        return w1.astype(np.float16).astype(np.float32), w2.astype(np.float16).astype(np.float32)
+    rt = [np.ascontiguousarray(w, dtype=np.float32) for w in (w1, w2)]
+    return tuple(gguf.quants.dequantize(gguf.quants.quantize(w, QT.Q8_0), QT.Q8_0).reshape(w.shape)
+                 for w in rt)
+
+
+def _act_q8(x: np.ndarray) -> np.ndarray:
+    """x quantized per block of 32 as the engine quantizes a q8_0 product's input (scale
+    amax / 127 kept in f16, q = round-half-even(x * 127 / amax))."""
+    xb = x.astype(np.float32).reshape(*x.shape[:-1], -1, 32)
+    amax = np.abs(xb).max(-1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = np.where(amax > 0, np.rint(xb * (np.float32(127) / amax)), 0)
+    d = (amax / np.float32(127)).astype(np.float16).astype(np.float32)
+    return (q * d).reshape(x.shape)
+
+
 def predict_logits(w1: np.ndarray, w2: np.ndarray, x: np.ndarray) -> np.ndarray:
-    return np.maximum(x @ w1.T, 0) @ w2.T
+    """The logits the engine computes with stored weights w1 [r][d], w2 [n_ff][r]."""
+    if not q8_storage(w1):
+        return np.maximum(x @ w1.T, 0) @ w2.T
+    return _act_q8(np.maximum(_act_q8(x) @ w1.T, 0)) @ w2.T
 
 
 def threshold_for_recall(logits: np.ndarray, active: np.ndarray, target: float) -> float:
@@ -280,6 +314,7 @@ def train_predictors(calib: Calibration, ranks: Sequence[int] = DEFAULT_RANKS,
         raise ValueError("calibration needs both training and held-out positions "
                          "(give more calibration tokens)")
     bpw = _BYTES_PER_WEIGHT.get(ffn_type, 2.0)
+    pred_bpw = {r: _BYTES_PER_WEIGHT["q8_0" if r % 32 == 0 and d % 32 == 0 else "f16"] for r in ranks}
     weights, thresholds, chosen, reports = [], [], [], []
     bar = progress_bar(progress, L * len(ranks), "predictors", "fit")
     try:
@@ -293,12 +328,11 @@ def train_predictors(calib: Calibration, ranks: Sequence[int] = DEFAULT_RANKS,
             for r in ranks:
                 w1, w2 = _init(r, d, ff, seed + 1000 * il + r)
                 w1, w2 = fit(x_tr, y_tr, w1, w2, epochs, batch, lr, seed + il)
-                # f16 storage: choose the threshold on what the engine will see
-                w1 = w1.astype(np.float16).astype(np.float32)
-                w2 = w2.astype(np.float16).astype(np.float32)
+                # the threshold is chosen on what the engine will see
+                w1, w2 = stored(w1, w2)
                 thr = threshold_for_recall(predict_logits(w1, w2, x_ho), y_ho, target_recall)
                 ts, ps, rec, prec = evaluate(w1, w2, thr, x_ho, y_ho)
-                cost = 2.0 * r * (d + ff) + (1.0 - ps) * ff * 3 * d * bpw
+                cost = pred_bpw[r] * r * (d + ff) + (1.0 - ps) * ff * 3 * d * bpw
                 tried[r] = (ps, rec, cost)
                 if best is None or cost < best[0]:
                     best = (cost, r, w1, w2, thr, ts, ps, rec, prec)
@@ -380,7 +414,7 @@ _PI_KEYS = ("pi.sparse_mode", "pi.thresholds", "pi.predictor.ranks", "pi.neuron_
 def write_calibrated(split: str | Path, out: Path, preds: "TrainedPredictors | None",
                      orders: Sequence[np.ndarray] | None, progress: bool = False) -> None:
     """Copies the pi split file `split` into `out` (temporary name, then renamed), adding the
-    predictors (f16), thresholds and ranks, and applying the hot-first orders: the rows of
+    predictors (q8_0 or f16, see `stored`), thresholds and ranks, and applying the hot-first orders: the rows of
     ffn_gate / ffn_up / ffn_down_t are permuted as stored (quantized rows move whole, so the
     weights are bit-identical) and blk.N.neuron_order is added. Existing predictors, thresholds
     and orders of `split` are replaced."""
@@ -422,8 +456,12 @@ def write_calibrated(split: str | Path, out: Path, preds: "TrainedPredictors | N
                 n_layer = il + 1 if n_layer is None else max(n_layer, il + 1)
                 if preds is not None:
                     w1, w2 = preds.load(il)
-                    plan.append((f"blk.{il}.fc1.weight", w1.astype(np.float16), QT.F16))
-                    plan.append((f"blk.{il}.fc2.weight", w2.astype(np.float16), QT.F16))
+                    for name, wk in (("fc1", w1), ("fc2", w2)):
+                        if q8_storage(w1):
+                            q = gguf.quants.quantize(np.ascontiguousarray(wk, dtype=np.float32), QT.Q8_0)
+                            plan.append((f"blk.{il}.{name}.weight", q, QT.Q8_0))
+                        else:
+                            plan.append((f"blk.{il}.{name}.weight", wk.astype(np.float16), QT.F16))
                 if orders is not None:
                     plan.append((f"blk.{il}.neuron_order",
                                  np.ascontiguousarray(orders[il], dtype=np.int32), QT.I32))
