@@ -204,17 +204,17 @@ def _train_torch(x, y, w1, w2, epochs, batch, lr, seed):
         torch.set_num_threads(prev_threads)
 
 
-def q8_storage(w1: np.ndarray) -> bool:
-    """Whether predictors with fc1 = w1 [r][d] are stored as q8_0: blocks of 32 along d (fc1's
-    rows) and along r (fc2's)."""
-    return w1.shape[0] % 32 == 0 and w1.shape[1] % 32 == 0
+def q8_storage(rank: int, d: int) -> bool:
+    """Whether predictors of this rank on inputs of size d are stored as q8_0: blocks of 32
+    along d (fc1's rows) and along the rank (fc2's)."""
+    return rank % 32 == 0 and d % 32 == 0
 
 
 def stored(w1: np.ndarray, w2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """fc1 [r][d] and fc2 [n_ff][r] as the file holds them (f32 values): q8_0 or f16."""
     import gguf
     from gguf import GGMLQuantizationType as QT
-    if not q8_storage(w1):
+    if not q8_storage(*w1.shape):
         return w1.astype(np.float16).astype(np.float32), w2.astype(np.float16).astype(np.float32)
     rt = [np.ascontiguousarray(w, dtype=np.float32) for w in (w1, w2)]
     return tuple(gguf.quants.dequantize(gguf.quants.quantize(w, QT.Q8_0), QT.Q8_0).reshape(w.shape)
@@ -234,7 +234,7 @@ def _act_q8(x: np.ndarray) -> np.ndarray:
 
 def predict_logits(w1: np.ndarray, w2: np.ndarray, x: np.ndarray) -> np.ndarray:
     """The logits the engine computes with stored weights w1 [r][d], w2 [n_ff][r]."""
-    if not q8_storage(w1):
+    if not q8_storage(*w1.shape):
         return np.maximum(x @ w1.T, 0) @ w2.T
     return _act_q8(np.maximum(_act_q8(x) @ w1.T, 0)) @ w2.T
 
@@ -314,7 +314,7 @@ def train_predictors(calib: Calibration, ranks: Sequence[int] = DEFAULT_RANKS,
         raise ValueError("calibration needs both training and held-out positions "
                          "(give more calibration tokens)")
     bpw = _BYTES_PER_WEIGHT.get(ffn_type, 2.0)
-    pred_bpw = {r: _BYTES_PER_WEIGHT["q8_0" if r % 32 == 0 and d % 32 == 0 else "f16"] for r in ranks}
+    pred_bpw = {r: _BYTES_PER_WEIGHT["q8_0" if q8_storage(r, d) else "f16"] for r in ranks}
     weights, thresholds, chosen, reports = [], [], [], []
     bar = progress_bar(progress, L * len(ranks), "predictors", "fit")
     try:
@@ -457,7 +457,7 @@ def write_calibrated(split: str | Path, out: Path, preds: "TrainedPredictors | N
                 if preds is not None:
                     w1, w2 = preds.load(il)
                     for name, wk in (("fc1", w1), ("fc2", w2)):
-                        if q8_storage(w1):
+                        if q8_storage(*w1.shape):
                             q = gguf.quants.quantize(np.ascontiguousarray(wk, dtype=np.float32), QT.Q8_0)
                             plan.append((f"blk.{il}.{name}.weight", q, QT.Q8_0))
                         else:

@@ -231,11 +231,8 @@ static int predict_active(pi_context *c, const pi_layer *l, const float *xn, flo
  * ffn_down (a --keep-down file), than as an AXPY over their ffn_down_t rows: at low sparsity,
  * and whenever ffn_down_t is the wider type. */
 static int dense_down_pays(const pi_layer *l, int32_t n) {
-    const double row_t = (double)pi_type_block_bytes(l->down_t.type) * (double)l->down_t.n_cols /
-                         (double)pi_type_block_elems(l->down_t.type);
-    const double dense = (double)pi_type_block_bytes(l->down.type) * (double)l->down.n_cols /
-                         (double)pi_type_block_elems(l->down.type) * (double)l->down.n_rows;
-    return (double)n * row_t * PI_AXPY_COST > dense;
+    const double row_t = (double)pi_weight_bytes(&l->down_t) / (double)l->down_t.n_rows;
+    return (double)n * row_t * PI_AXPY_COST > (double)pi_weight_bytes(&l->down);
 }
 
 /* Threshold mode's selection: the neurons with |act(gate)| above thr (thr 0 keeps every SiLU
@@ -272,6 +269,7 @@ static int ffn_sparse_token(pi_context *c, const pi_layer *l, int il, const floa
     const int n_ff = hp->n_ff, d = hp->n_embd, kind = hp->ffn_act;
     const float thr = c->m->thresholds[il];
     const int dense_up = l->up.packed != NULL;
+    int h_done = 0; /* u already holds act(gate) * up (threshold mode with a dense up) */
     int32_t n = 0;
     int rc;
     if (c->ffn_mode == PI_FFN_SPARSE) { /* gate and up masked together */
@@ -287,10 +285,11 @@ static int ffn_sparse_token(pi_context *c, const pi_layer *l, int il, const floa
         float *const gu_out[2] = {g, u};
         if ((rc = matmul_n(c, gu, gu_out, dense_up ? 2 : 1, xn, 1))) return rc;
         n = select_threshold(c, g, u, thr, dense_up);
+        h_done = dense_up;
         if (!dense_up &&
             (rc = pi_matvec_masked(c->pool, l->up.type, l->up.data, n_ff, d, xn, c->idx, n, u))) return rc;
     }
-    if (!dense_up || c->ffn_mode == PI_FFN_SPARSE) {
+    if (!h_done) {
         for (int32_t k = 0; k < n; k++) {
             const int i = c->idx[k];
             u[i] *= act(kind, g[i]);
@@ -359,7 +358,7 @@ static int decode_chunk(pi_context *c, const int32_t *tokens, int B, int n_past,
     const pi_hparams *hp = &m->hp;
     const int d = hp->n_embd;
     const pi_weight *emb = &m->tok_embd;
-    const int64_t emb_row = emb->n_cols / pi_type_block_elems(emb->type) * pi_type_block_bytes(emb->type);
+    const size_t emb_row = pi_weight_bytes(emb) / (size_t)emb->n_rows;
     int rc;
     for (int t = 0; t < B; t++)
         pi_dequantize_row_ref(emb->type, (const uint8_t *)emb->data + (size_t)tokens[t] * emb_row,

@@ -692,18 +692,19 @@ static void cols_sparse_task(void *arg, int ith, int nth) {
 
 /* ==== entry points ============================================================================ */
 
-/* Shared by pi_matvec (idx NULL) and pi_matvec_masked; the arguments are validated. */
+/* Runs the dense, masked or masked-pair job the caller filled (W, W2, idx, n_items, y, y2,
+ * n_cols, n_tok, ldy) over validated arguments; masked outputs are zeroed first. */
 static int matvec_run(const char *fn, pi_pool *pool, int type, const matrix_info *m,
-                      const void *W, int64_t n_rows, int64_t n_cols, const float *x,
-                      int64_t n_tok, int64_t ldy, const int32_t *idx, int64_t n_idx, float *y) {
+                      int64_t n_rows, const float *x, job *j) {
     const pi_kernels *K = active_kernels();
-    job j = {.dot = K->dot[m->slot], .W = W, .row_bytes = m->row_bytes, .n_cols = n_cols,
-             .idx = idx, .n_items = idx ? n_idx : n_rows, .y = y, .n_tok = n_tok, .ldy = ldy};
-    if (idx) memset(y, 0, (size_t)n_rows * sizeof(float));
-    if (j.n_items == 0) return pi_ok();
-    const int st = prepare_activations(fn, K, type, x, n_cols, n_tok, &j.act, &j.act_bytes);
+    j->dot = K->dot[m->slot];
+    j->row_bytes = m->row_bytes;
+    if (j->idx) memset(j->y, 0, (size_t)n_rows * sizeof(float));
+    if (j->y2) memset(j->y2, 0, (size_t)n_rows * sizeof(float));
+    if (j->n_items == 0) return pi_ok();
+    const int st = prepare_activations(fn, K, type, x, j->n_cols, j->n_tok, &j->act, &j->act_bytes);
     if (st) return st;
-    pi_pool_run(pool, matvec_task, &j);
+    pi_pool_run(pool, matvec_task, j);
     return pi_ok();
 }
 
@@ -715,7 +716,8 @@ int pi_matvec(pi_pool *pool, int type, const void *W, int64_t n_rows, int64_t n_
     matrix_info m;
     const int st = check_matrix(__func__, type, n_rows, n_cols, &m);
     if (st) return st;
-    return matvec_run(__func__, pool, type, &m, W, n_rows, n_cols, x, 1, n_rows, NULL, 0, y);
+    job j = {.W = W, .n_cols = n_cols, .n_items = n_rows, .y = y, .n_tok = 1, .ldy = n_rows};
+    return matvec_run(__func__, pool, type, &m, n_rows, x, &j);
 }
 
 int pi_matmat(pi_pool *pool, int type, const void *W, int64_t n_rows, int64_t n_cols,
@@ -727,7 +729,8 @@ int pi_matmat(pi_pool *pool, int type, const void *W, int64_t n_rows, int64_t n_
     int st = check_matrix(__func__, type, n_rows, n_cols, &m);
     if (st) return st;
     if ((st = check_batch(__func__, n_tok, ldy, n_rows))) return st;
-    return matvec_run(__func__, pool, type, &m, W, n_rows, n_cols, X, n_tok, ldy, NULL, 0, Y);
+    job j = {.W = W, .n_cols = n_cols, .n_items = n_rows, .y = Y, .n_tok = n_tok, .ldy = ldy};
+    return matvec_run(__func__, pool, type, &m, n_rows, X, &j);
 }
 
 int pi_matmat_rows8_multi(pi_pool *pool, int type, int64_t n_cols, const float *X, int64_t n_tok,
@@ -775,16 +778,9 @@ static int masked_run(const char *fn, pi_pool *pool, int type, const void *W, co
     int st = check_matrix(fn, type, n_rows, n_cols, &m);
     if (st) return st;
     if ((st = check_idx(fn, idx, n_idx, n_rows))) return st;
-    if (!W2) return matvec_run(fn, pool, type, &m, W, n_rows, n_cols, x, 1, n_rows, idx, n_idx, y);
-    const pi_kernels *K = active_kernels();
-    job j = {.dot = K->dot[m.slot], .W = W, .W2 = W2, .row_bytes = m.row_bytes, .n_cols = n_cols,
-             .idx = idx, .n_items = n_idx, .y = y, .y2 = y2, .n_tok = 1, .ldy = n_rows};
-    memset(y, 0, (size_t)n_rows * sizeof(float));
-    memset(y2, 0, (size_t)n_rows * sizeof(float));
-    if (n_idx == 0) return pi_ok();
-    if ((st = prepare_activations(fn, K, type, x, n_cols, 1, &j.act, &j.act_bytes))) return st;
-    pi_pool_run(pool, matvec_task, &j);
-    return pi_ok();
+    job j = {.W = W, .W2 = W2, .n_cols = n_cols, .idx = idx, .n_items = n_idx, .y = y, .y2 = y2,
+             .n_tok = 1, .ldy = n_rows};
+    return matvec_run(fn, pool, type, &m, n_rows, x, &j);
 }
 
 int pi_matvec_masked(pi_pool *pool, int type, const void *W, int64_t n_rows, int64_t n_cols,

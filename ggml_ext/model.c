@@ -191,11 +191,14 @@ static int require(const pi_weight *w, const char *what, int layer) {
  * (Threshold mode computes up dense when it is repacked: a masked product over plain rows only
  * pays above about 50% sparsity, far beyond what a SwiGLU model keeps its quality at.)
  * Fills list, returns the count. */
+#define DENSE_ONLY_PER_LAYER 9 /* at most: the 7 always listed, gate and up */
+
 static int dense_only(pi_model *m, pi_weight **list) {
     int n = 0;
     for (int i = 0; i < m->hp.n_layer; i++) {
         pi_layer *l = &m->layers[i];
         pi_weight *always[] = {&l->wq, &l->wk, &l->wv, &l->wo, &l->down, &l->fc1, &l->fc2};
+        _Static_assert(sizeof always / sizeof always[0] + 2 == DENSE_ONLY_PER_LAYER, "list size");
         for (size_t k = 0; k < sizeof always / sizeof always[0]; k++) list[n++] = always[k];
         if (!l->fc1.data) {
             list[n++] = &l->gate;
@@ -211,19 +214,17 @@ static int packable(const pi_weight *w) {
            (w->type == PI_TYPE_Q4_0 || w->type == PI_TYPE_Q4_1 || w->type == PI_TYPE_Q8_0);
 }
 
-static size_t weight_bytes(const pi_weight *w) {
-    return (size_t)w->n_rows * (size_t)(w->n_cols / pi_type_block_elems(w->type)) *
-           (size_t)pi_type_block_bytes(w->type);
-}
+/* A packed matrix's share of the buffer: its bytes, 64-byte aligned. */
+static size_t packed_share(const pi_weight *w) { return (pi_weight_bytes(w) + 63) / 64 * 64; }
 
 /* Copies the dense-only matrices into one buffer in the rows8 layout. */
 static int repack_dense(pi_model *m) {
-    pi_weight **list = malloc(((size_t)m->hp.n_layer * 9 + 1) * sizeof *list);
+    pi_weight **list = malloc(((size_t)m->hp.n_layer * DENSE_ONLY_PER_LAYER + 1) * sizeof *list);
     if (!list) return pi_fail(PI_ERR_NOMEM, "pi_model_finalize: out of memory");
     const int n = dense_only(m, list);
     size_t total = 0;
     for (int k = 0; k < n; k++)
-        if (packable(list[k])) total += (weight_bytes(list[k]) + 63) / 64 * 64;
+        if (packable(list[k])) total += packed_share(list[k]);
     int rc = PI_OK;
     if (total == 0) goto done;
     if ((rc = pi_buffer_alloc(total, &m->packed_mem))) {
@@ -237,7 +238,7 @@ static int repack_dense(pi_model *m) {
         if (!packable(w)) continue;
         if ((rc = pi_repack_rows8(w->type, w->data, w->n_rows, w->n_cols, p))) goto done;
         w->packed = p;
-        p += (weight_bytes(w) + 63) / 64 * 64;
+        p += packed_share(w);
     }
 done:
     if (rc && m->packed_mem) { /* leave the model as it was */

@@ -2,7 +2,10 @@
 #ifndef PI_MODEL_H
 #define PI_MODEL_H
 
+#include <stddef.h>
+
 #include "pi.h"
+#include "quants.h"
 
 /* A weight in place: data is [n_rows][n_cols] of `type`; NULL data means absent. */
 typedef struct {
@@ -38,6 +41,12 @@ struct pi_model {
     size_t packed_bytes;
     int finalized;
 };
+
+/* Bytes of a (present) weight's data. */
+static inline size_t pi_weight_bytes(const pi_weight *w) {
+    return (size_t)w->n_rows * (size_t)(w->n_cols / pi_type_block_elems(w->type)) *
+           (size_t)pi_type_block_bytes(w->type);
+}
 
 /* The output projection: `output`, or `tok_embd` when tied. */
 static inline const pi_weight *pi_model_output(const pi_model *m) {
