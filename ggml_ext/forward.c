@@ -74,18 +74,6 @@ static void rope_angles(float *cs, int n_rot, float theta_scale, float freq_scal
     }
 }
 
-/* Rotates one head's first n_rot dims by the angles cs (llama: adjacent pairs; NeoX: halves). */
-static void rope(float *v, int n_rot, int neox, const float *cs) {
-    const int half = n_rot / 2;
-    for (int i = 0; i < half; i++) {
-        const float c = cs[2 * i], s = cs[2 * i + 1];
-        const int a = neox ? i : 2 * i, b = neox ? i + half : 2 * i + 1;
-        const float x0 = v[a], x1 = v[b];
-        v[a] = fmaf(x0, c, -(x1 * s));
-        v[b] = fmaf(x0, s, x1 * c);
-    }
-}
-
 /* Y[t] = W X[t] for t < B.  W: [n_rows][n_cols]; X: [B][n_cols]; Y: rows of stride ldy.
  * Over the repacked copy when the model made one. */
 static int matmul(pi_context *c, const pi_weight *w, const float *X, int B, float *Y, int64_t ldy) {
@@ -171,8 +159,12 @@ static int attention_block(pi_context *c, int il, int B, int n_past) {
     const int q_dim = hp->n_head * hd, kv_dim = hp->n_head_kv * hd;
     pi_half *kc = c->k_cache + ((size_t)il * c->n_ctx) * kv_dim;
     pi_half *vc = c->v_cache + ((size_t)il * kv_dim) * c->n_ctx;
+    const pi_kernels *K = pi_kernels_active();
     int rc;
 
+    /* v goes into the cache one element per row, kv_dim scattered lines: fetch them now, while
+     * q, k and v are computed */
+    for (int i = 0; i < kv_dim; i++) __builtin_prefetch(vc + (size_t)i * c->n_ctx + n_past, 1, 3);
     for (int t = 0; t < B; t++)
         rmsnorm(c->xn + (size_t)t * d, c->x + (size_t)t * d, l->attn_norm.data, d, hp->norm_eps);
     const pi_weight *qkv[3] = {&l->wq, &l->wk, &l->wv};
@@ -184,13 +176,12 @@ static int attention_block(pi_context *c, int il, int B, int n_past) {
     for (int t = 0; t < B; t++) {
         const float *cs = c->rope_cs + (size_t)t * hp->n_rot;
         for (int h = 0; h < hp->n_head; h++)
-            rope(c->q + (size_t)t * q_dim + (size_t)h * hd, hp->n_rot, hp->rope_neox, cs);
+            K->rope(hp->n_rot, hp->rope_neox, cs, c->q + (size_t)t * q_dim + (size_t)h * hd);
         for (int h = 0; h < hp->n_head_kv; h++)
-            rope(c->k + (size_t)t * kv_dim + (size_t)h * hd, hp->n_rot, hp->rope_neox, cs);
+            K->rope(hp->n_rot, hp->rope_neox, cs, c->k + (size_t)t * kv_dim + (size_t)h * hd);
     }
     /* the new positions into the f16 cache: k at rows n_past.., v at columns n_past.. (through
      * c->k's memory, free once k is stored) */
-    const pi_kernels *K = pi_kernels_active();
     K->to_f16((int64_t)B * kv_dim, c->k, kc + (size_t)n_past * kv_dim);
     pi_half *v16 = (pi_half *)c->k;
     K->to_f16((int64_t)B * kv_dim, c->v, v16);
@@ -214,12 +205,7 @@ static int predict_active(pi_context *c, const pi_layer *l, const float *xn, flo
     if (rc) return rc;
     for (int64_t i = 0; i < f1->n_rows; i++) c->pz[i] = c->pz[i] > 0 ? c->pz[i] : 0;
     if ((rc = matmul(c, f2, c->pz, 1, scratch, f2->n_rows))) return rc;
-    int32_t n = 0, *idx = c->idx;
-    for (int64_t i = 0; i < f2->n_rows; i++) { /* branch-free: the active set is unpredictable */
-        idx[n] = (int32_t)i;
-        n += scratch[i] > thr;
-    }
-    *n_active = n;
+    *n_active = (int32_t)pi_kernels_active()->select(f2->n_rows, scratch, thr, 0, c->idx);
     return PI_OK;
 }
 
@@ -251,13 +237,11 @@ static int32_t select_threshold(pi_context *c, const float *g, float *u, float t
     } else {
         for (int i = 0; i < n_ff; i++) a[i] = act(kind, g[i]);
     }
-    int32_t n = 0, *idx = c->idx;
-    for (int i = 0; i < n_ff; i++) { /* branch-free, as predict_active */
-        const int keep = keep_all || fabsf(a[i]) > thr;
-        idx[n] = i;
-        n += keep;
-        if (dense_up) u[i] = keep ? u[i] * a[i] : 0.0f;
-    }
+    int32_t n = n_ff;
+    if (keep_all) memcpy(c->idx, c->all_idx, (size_t)n_ff * sizeof *c->idx);
+    else n = (int32_t)pi_kernels_active()->select(n_ff, a, thr, 1, c->idx);
+    if (dense_up)
+        for (int i = 0; i < n_ff; i++) u[i] = keep_all || fabsf(a[i]) > thr ? u[i] * a[i] : 0.0f;
     return n;
 }
 

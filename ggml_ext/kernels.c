@@ -290,6 +290,12 @@ static void round_f16_scalar(int64_t n, float *x) {
     for (int64_t i = 0; i < n; i++) x[i] = half(pi_float_to_half(x[i]));
 }
 
+static int64_t select_scalar(int64_t n, const float *v, float thr, int absval, int32_t *idx) {
+    return pi_select_ref(0, n, v, thr, absval, idx, 0);
+}
+
+static void rope_scalar(int n_rot, int neox, const float *cs, float *v) { pi_rope_ref(0, n_rot, neox, cs, v); }
+
 /* The table entries: the single-row kernels applied to each of the nr rows. */
 #define SCALAR_TWINS(T)                                                                         \
     static void dot_##T(int64_t n, const void *const rows[], int nr, const void *act,           \
@@ -321,6 +327,8 @@ const pi_kernels pi_kernels_scalar = {
     .silu = silu_scalar,
     .to_f16 = to_f16_scalar,
     .round_f16 = round_f16_scalar,
+    .select = select_scalar,
+    .rope = rope_scalar,
 };
 
 /* ==== ISA selection =========================================================================== */

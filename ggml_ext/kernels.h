@@ -9,6 +9,7 @@
 #ifndef PI_KERNELS_H
 #define PI_KERNELS_H
 
+#include <math.h>
 #include <stdint.h>
 
 #include "blocks.h"
@@ -72,7 +73,38 @@ typedef struct {
     /* x[i] = x[i] rounded to binary16 and back (the f16 queries and probabilities of
      * llama.cpp's attention), for i < n. */
     void (*round_f16)(int64_t n, float *x);
+    /* The FFN's active set: idx[0 .. count) = the i < n with v[i] > thr (|v[i]| > thr when
+     * `absval`), ascending; returns count. NaN is never above. idx has room for n entries. */
+    int64_t (*select)(int64_t n, const float *v, float thr, int absval, int32_t *idx);
+    /* Rotates one head's first n_rot dims of v by the angles cs (cs[2i], cs[2i + 1] = cos, sin of
+     * angle i): llama pairs (2i, 2i + 1), or NeoX pairs (i, i + n_rot / 2). Each pair as
+     * v_a' = fma(v_a, cos, -(v_b * sin)), v_b' = fma(v_a, sin, v_b * cos), the same bits on
+     * every ISA. n_rot even. */
+    void (*rope)(int n_rot, int neox, const float *cs, float *v);
 } pi_kernels;
+
+/* The scalar select from element i0 on, appending to idx[k ..]; returns the new count (the
+ * scalar twin, and the SIMD tails). */
+static inline int64_t pi_select_ref(int64_t i0, int64_t n, const float *v, float thr, int absval,
+                                    int32_t *idx, int64_t k) {
+    for (int64_t i = i0; i < n; i++) { /* branch-free: the active set is unpredictable */
+        idx[k] = (int32_t)i;
+        k += (absval ? fabsf(v[i]) : v[i]) > thr;
+    }
+    return k;
+}
+
+/* The scalar rope from pair i0 on (the scalar twin, and the SIMD tails). */
+static inline void pi_rope_ref(int i0, int n_rot, int neox, const float *cs, float *v) {
+    const int half = n_rot / 2;
+    for (int i = i0; i < half; i++) {
+        const float c = cs[2 * i], s = cs[2 * i + 1];
+        const int a = neox ? i : 2 * i, b = neox ? i + half : 2 * i + 1;
+        const float x0 = v[a], x1 = v[b];
+        v[a] = fmaf(x0, c, -(x1 * s));
+        v[b] = fmaf(x0, s, x1 * c);
+    }
+}
 
 /* expf as ggml-cpu's vectorized ggml_v_expf (after ARM's optimized routines; within 1.5 ulp of
  * the true value): the scalar form of the lane-wise vector code, the same bits. */

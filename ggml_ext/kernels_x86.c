@@ -652,6 +652,64 @@ AVX2_FN static void round_f16_avx2(int64_t n, float *x) {
     for (; i < n; i++) x[i] = pi_half_to_float(pi_float_to_half(x[i]));
 }
 
+/* select: 8 compares -> a mask; each 4-bit half's set positions packed left from a table and
+ * stored 4 at a time (entries past the count are scratch: the next store overwrites them). */
+static const int32_t select_lut4[16][4] = { /* mask -> its set bit positions, ascending */
+    {0, 0, 0, 0}, {0, 0, 0, 0}, {1, 0, 0, 0}, {0, 1, 0, 0},
+    {2, 0, 0, 0}, {0, 2, 0, 0}, {1, 2, 0, 0}, {0, 1, 2, 0},
+    {3, 0, 0, 0}, {0, 3, 0, 0}, {1, 3, 0, 0}, {0, 1, 3, 0},
+    {2, 3, 0, 0}, {0, 2, 3, 0}, {1, 2, 3, 0}, {0, 1, 2, 3}};
+
+AVX2_FN static int64_t select_avx2(int64_t n, const float *v, float thr, int absval, int32_t *idx) {
+    const __m256 t = _mm256_set1_ps(thr), sign = _mm256_set1_ps(-0.0f);
+    int64_t k = 0, i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 x = _mm256_loadu_ps(v + i);
+        if (absval) x = _mm256_andnot_ps(sign, x);
+        const unsigned m = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(x, t, _CMP_GT_OQ));
+        const __m128i lo = _mm_loadu_si128((const __m128i *)select_lut4[m & 15]);
+        const __m128i hi = _mm_loadu_si128((const __m128i *)select_lut4[m >> 4]);
+        _mm_storeu_si128((__m128i *)(idx + k), _mm_add_epi32(lo, _mm_set1_epi32((int)i)));
+        k += __builtin_popcount(m & 15);
+        _mm_storeu_si128((__m128i *)(idx + k), _mm_add_epi32(hi, _mm_set1_epi32((int)i + 4)));
+        k += __builtin_popcount(m >> 4);
+    }
+    return pi_select_ref(i, n, v, thr, absval, idx, k);
+}
+
+/* rope: llama pairs are adjacent lanes (cos and sin spread by moveldup / movehdup), NeoX pairs 8
+ * lanes of each half (cos and sin gathered from the interleaved cs). */
+AVX2_FN static void rope_avx2(int n_rot, int neox, const float *cs, float *v) {
+    const int half = n_rot / 2;
+    int i = 0; /* pairs done */
+    if (!neox) {
+        const __m256 odd = _mm256_castsi256_ps(_mm256_setr_epi32(0, -1, 0, -1, 0, -1, 0, -1));
+        for (; i + 4 <= half; i += 4) {
+            const __m256 x = _mm256_loadu_ps(v + 2 * i), w = _mm256_loadu_ps(cs + 2 * i);
+            const __m256 c = _mm256_moveldup_ps(w), s = _mm256_movehdup_ps(w);
+            const __m256 xs = _mm256_permute_ps(x, _MM_SHUFFLE(2, 3, 0, 1)); /* pairs swapped */
+            /* even lanes: fma(x0, c, -(x1 * s)); odd lanes: fma(x0, s, x1 * c) */
+            const __m256 a = _mm256_blendv_ps(x, xs, odd), b = _mm256_blendv_ps(c, s, odd);
+            const __m256 neg = _mm256_xor_ps(_mm256_mul_ps(xs, s), _mm256_set1_ps(-0.0f));
+            const __m256 add = _mm256_blendv_ps(neg, _mm256_mul_ps(x, c), odd);
+            _mm256_storeu_ps(v + 2 * i, _mm256_fmadd_ps(a, b, add));
+        }
+    } else {
+        for (; i + 8 <= half; i += 8) {
+            const __m256 w0 = _mm256_loadu_ps(cs + 2 * i), w1 = _mm256_loadu_ps(cs + 2 * i + 8);
+            const __m256 c = _mm256_castpd_ps(_mm256_permute4x64_pd(
+                _mm256_castps_pd(_mm256_shuffle_ps(w0, w1, _MM_SHUFFLE(2, 0, 2, 0))), _MM_SHUFFLE(3, 1, 2, 0)));
+            const __m256 s = _mm256_castpd_ps(_mm256_permute4x64_pd(
+                _mm256_castps_pd(_mm256_shuffle_ps(w0, w1, _MM_SHUFFLE(3, 1, 3, 1))), _MM_SHUFFLE(3, 1, 2, 0)));
+            const __m256 x0 = _mm256_loadu_ps(v + i), x1 = _mm256_loadu_ps(v + i + half);
+            const __m256 neg = _mm256_xor_ps(_mm256_mul_ps(x1, s), _mm256_set1_ps(-0.0f));
+            _mm256_storeu_ps(v + i, _mm256_fmadd_ps(x0, c, neg));
+            _mm256_storeu_ps(v + i + half, _mm256_fmadd_ps(x0, s, _mm256_mul_ps(x1, c)));
+        }
+    }
+    pi_rope_ref(i, n_rot, neox, cs, v);
+}
+
 const pi_kernels pi_kernels_avx2 = {
     .name = "avx2",
     .dot = {dot_f32_avx2, dot_f16_avx2, dot_q4_0_avx2, dot_q4_1_avx2, dot_q8_0_avx2},
@@ -666,6 +724,8 @@ const pi_kernels pi_kernels_avx2 = {
     .silu = silu_avx2,
     .to_f16 = to_f16_avx2,
     .round_f16 = round_f16_avx2,
+    .select = select_avx2,
+    .rope = rope_avx2,
 };
 
 /* ==== AVX-512 helpers ========================================================================= */
@@ -920,6 +980,8 @@ const pi_kernels pi_kernels_avx512 = {
     .silu = silu_avx2,
     .to_f16 = to_f16_avx2,
     .round_f16 = round_f16_avx2,
+    .select = select_avx2,
+    .rope = rope_avx2,
 };
 
 #endif /* __x86_64__ */

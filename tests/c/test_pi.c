@@ -368,6 +368,35 @@ static void test_table_twins(void) {
         S->attn_values(NPOS, HD, vlong, 48, x, a), K->attn_values(NPOS, HD, vlong, 48, x, b);
         SAME(a, b, HD * sizeof(float), "attn_values (long rows)", K->name);
         for (int i = 0; i < HD; i++) CHECK(a[i] == a[i], "attn_values: NaN past n_pos leaked");
+        /* select: plain and |v|, thresholds keeping none, some and all, NaN never kept */
+        const float thrs[] = {-1e30f, -0.5f, 0.0f, 3.0f, 1e30f};
+        float sv[N];
+        memcpy(sv, x, sizeof x);
+        sv[7] = NAN, sv[8] = -NAN;
+        for (int ab = 0; ab < 2; ab++)
+            for (size_t k = 0; k < sizeof thrs / sizeof thrs[0]; k++)
+                for (int n = N - 8; n <= N; n += 4) { /* vector body alone and with tails */
+                    int32_t ia[N], ib[N];
+                    const int64_t ca = S->select(n, sv, thrs[k], ab, ia), cb = K->select(n, sv, thrs[k], ab, ib);
+                    CHECK(ca == cb && !memcmp(ia, ib, (size_t)ca * sizeof *ia),
+                          "%s select (abs %d, thr %g, n %d): differs from the scalar twin", K->name, ab,
+                          (double)thrs[k], n);
+                    int64_t want = 0;
+                    for (int i = 0; i < n; i++) want += (ab ? fabsf(sv[i]) : sv[i]) > thrs[k];
+                    CHECK(ca == want, "select: %lld kept, expected %lld", (long long)ca, (long long)want);
+                }
+        /* rope: both pair layouts; n_rot below the head size and with a scalar tail */
+        const int rots[] = {64, 48, 36, 10};
+        float cs[64];
+        for (int i = 0; i < 64; i++) cs[i] = frand();
+        for (int neox = 0; neox < 2; neox++)
+            for (size_t k = 0; k < sizeof rots / sizeof rots[0]; k++) {
+                memcpy(a, x, sizeof x), memcpy(b, x, sizeof x);
+                S->rope(rots[k], neox, cs, a), K->rope(rots[k], neox, cs, b);
+                SAME(a, b, sizeof a, neox ? "rope (neox)" : "rope", K->name);
+                CHECK(memcmp(a, x, sizeof x) && !memcmp(a + rots[k], x + rots[k], sizeof x - rots[k] * sizeof *x),
+                      "rope n_rot %d: rotates exactly the first n_rot dims", rots[k]);
+            }
         block_q8_0 q0a[6], q0b[6];
         block_q8_1 q1a[6], q1b[6];
         S->quantize_q8_0(x, q0a, 192), K->quantize_q8_0(x, q0b, 192);
@@ -376,7 +405,7 @@ static void test_table_twins(void) {
         SAME(q1a, q1b, sizeof q1a, "quantize_q8_1", K->name);
     }
 #endif
-    CHECK(S->to_f16 && S->round_f16, "scalar table complete");
+    CHECK(S->to_f16 && S->round_f16 && S->select && S->rope, "scalar table complete");
 }
 
 /* ---- 5. masked pair: gate and up together --------------------------------------------------- */
