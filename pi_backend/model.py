@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from . import _lib
-from ._lib import call, fptr
+from ._lib import call, check, fptr
 
 FFN_MODES = {"dense": _lib.PI_FFN_DENSE, "sparse": _lib.PI_FFN_SPARSE,
              "threshold": _lib.PI_FFN_THRESHOLD}
@@ -256,6 +256,12 @@ class Context:
              ctypes.byref(self._ptr))
         self.ffn_mode = "dense"
         self.set_ffn_mode(ffn_mode)
+        # One-token steps (decoding) reuse a token and a logits buffer whose pointers are made
+        # once: the pointer conversions cost more than a small model's whole step.
+        self._decode = _lib.lib().pi_decode
+        self._tok1 = np.zeros(1, np.int32)
+        self._last = np.empty(model.n_vocab, np.float32)
+        self._tok1_p, self._last_p = _lib.iptr(self._tok1), fptr(self._last)
 
     def set_ffn_mode(self, mode: str) -> None:
         self.model._check_mode(mode)
@@ -265,13 +271,17 @@ class Context:
     def eval(self, tokens: Sequence[int], n_past: int, logits_all: bool = False) -> np.ndarray:
         """Runs tokens at positions n_past.. and returns the logits of the last token
         ([n_vocab]) or of every token ([n_tokens, n_vocab])."""
-        toks = np.ascontiguousarray(tokens, dtype=np.int32)
-        n = len(toks)
+        n = len(tokens)
         if n == 0:
             raise ValueError("eval needs at least one token")
         if n_past < 0 or n_past + n > self.n_ctx:
             raise ContextOverflowError(
                 f"Requested tokens ({n_past + n}) exceed context window of {self.n_ctx}")
+        if n == 1 and not logits_all:
+            self._tok1[0] = tokens[0]
+            check(self._decode(self._ptr, self._tok1_p, 1, int(n_past), self._last_p, 0))
+            return self._last.copy()
+        toks = np.ascontiguousarray(tokens, dtype=np.int32)
         nv = self.model.n_vocab
         out = np.empty((n, nv) if logits_all else (nv,), dtype=np.float32)
         call("pi_decode", self._ptr, _lib.iptr(toks), n, int(n_past), fptr(out),
