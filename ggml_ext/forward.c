@@ -273,13 +273,19 @@ static int ffn_sparse_token(pi_context *c, const pi_layer *l, int il, const floa
         if (!dense_up &&
             (rc = pi_matvec_masked(c->pool, l->up.type, l->up.data, n_ff, d, xn, c->idx, n, u))) return rc;
     }
+    c->stats.ffn_active += n; /* the gate and up rows computed */
     if (!h_done) {
-        for (int32_t k = 0; k < n; k++) {
+        /* the down input; a neuron the predictor picked whose act(gate) is 0 (a ReLU's negative
+         * gate: most of the picks at high recall) adds nothing and is dropped from the AXPY */
+        int32_t kept = 0;
+        for (int32_t k = 0; k < n; k++) { /* branch-free, as select */
             const int i = c->idx[k];
             u[i] *= act(kind, g[i]);
+            c->idx[kept] = i;
+            kept += u[i] != 0.0f;
         }
+        n = kept;
     }
-    c->stats.ffn_active += n;
     if (l->down.data && dense_down_pays(l, n)) /* u is 0 for every dropped neuron */
         return matmul(c, &l->down, u, 1, out, d);
     return pi_axpy_sparse(c->pool, l->down_t.type, l->down_t.data, n_ff, d, u, c->idx, n, out);
