@@ -74,11 +74,19 @@ static void rope_angles(float *cs, int n_rot, float theta_scale, float freq_scal
     }
 }
 
+/* Jobs that read fewer weight bytes than this run on the calling thread alone: waking the pool
+ * and gathering its results (~0.5-1 us) costs more than it saves on a few KB (a small predictor's
+ * fc1, the AXPY over a ReLU layer's few truly active rows). Results do not depend on it. */
+#define PI_SERIAL_BYTES 16384
+
+static pi_pool *pool_for(pi_context *c, double bytes) { return bytes < PI_SERIAL_BYTES ? NULL : c->pool; }
+
 /* Y[t] = W X[t] for t < B.  W: [n_rows][n_cols]; X: [B][n_cols]; Y: rows of stride ldy.
  * Over the repacked copy when the model made one. */
 static int matmul(pi_context *c, const pi_weight *w, const float *X, int B, float *Y, int64_t ldy) {
-    if (w->packed) return pi_matmat_rows8(c->pool, w->type, w->packed, w->n_rows, w->n_cols, X, B, Y, ldy);
-    return pi_matmat(c->pool, w->type, w->data, w->n_rows, w->n_cols, X, B, Y, ldy);
+    pi_pool *pool = pool_for(c, (double)pi_weight_bytes(w) * B);
+    if (w->packed) return pi_matmat_rows8(pool, w->type, w->packed, w->n_rows, w->n_cols, X, B, Y, ldy);
+    return pi_matmat(pool, w->type, w->data, w->n_rows, w->n_cols, X, B, Y, ldy);
 }
 
 /* Y_k = W_k X for k < n, each Y_k of stride its row count: one fused job when every W_k is
@@ -288,7 +296,9 @@ static int ffn_sparse_token(pi_context *c, const pi_layer *l, int il, const floa
     }
     if (l->down.data && dense_down_pays(l, n)) /* u is 0 for every dropped neuron */
         return matmul(c, &l->down, u, 1, out, d);
-    return pi_axpy_sparse(c->pool, l->down_t.type, l->down_t.data, n_ff, d, u, c->idx, n, out);
+    const double row_t = (double)pi_weight_bytes(&l->down_t) / (double)n_ff;
+    return pi_axpy_sparse(pool_for(c, row_t * n), l->down_t.type, l->down_t.data, n_ff, d, u, c->idx,
+                          n, out);
 }
 
 /* Copies this layer's FFN input, gate and down input of B tokens into the recorder. */
