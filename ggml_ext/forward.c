@@ -19,8 +19,9 @@ struct pi_context {
     const pi_model *m;
     pi_pool *pool;
     int32_t n_ctx, n_batch, ffn_mode;
+    int32_t ldv;              /* v cache row stride: n_ctx padded (v_row_stride) */
     pi_half *k_cache;         /* [n_layer][n_ctx][kv_dim] f16 (llama.cpp's default cache type) */
-    pi_half *v_cache;         /* [n_layer][kv_dim][n_ctx] f16, transposed (as llama.cpp's) */
+    pi_half *v_cache;         /* [n_layer][kv_dim][ldv] f16, transposed (as llama.cpp's) */
     float *x;                 /* [n_batch][d] residual stream */
     float *xn;                /* [n_batch][d] normalized input of the current block */
     float *q;                 /* [n_batch][q_dim] */
@@ -118,9 +119,15 @@ static void add_bias(float *Y, const pi_weight *b, int B, int64_t n) {
 
 typedef struct {
     pi_context *c;
-    const pi_half *kc, *vc; /* this layer's cache: k [n_ctx][kv_dim], v [kv_dim][n_ctx] */
+    const pi_half *kc, *vc; /* this layer's cache: k [n_ctx][kv_dim], v [kv_dim][ldv] */
     int B, n_past;
 } attn_job;
+
+/* The v cache's row stride: n_ctx rounded up to whole chunks of 8 positions (attn_values reads
+ * whole chunks), plus one cache line, so that the rows a token's v is scattered into (and the
+ * rows attention reads together) do not sit 4 KiB apart (power-of-two n_ctx): such addresses
+ * alias in the store-to-load check and stall the scatter. */
+static int32_t v_row_stride(int32_t n_ctx) { return (n_ctx + 7) / 8 * 8 + 32; }
 
 /* Floats of attention scratch per thread: scores [n_ctx + 8] and the f16-rounded query. */
 static size_t attn_scratch(int n_ctx, int head_dim) { return (size_t)n_ctx + 8 + (size_t)head_dim; }
@@ -154,7 +161,7 @@ static void attn_task(void *arg, int ith, int nth) {
         const float inv = (float)(1.0 / K->softmax_exp(n_pad, sc, mx));
         for (int p = 0; p < n_pos; p++) sc[p] *= inv;
         K->round_f16(n_pos, sc);
-        K->attn_values(n_pos, hd, j->vc + (size_t)kvh * hd * c->n_ctx, c->n_ctx, sc,
+        K->attn_values(n_pos, hd, j->vc + (size_t)kvh * hd * c->ldv, c->ldv, sc,
                        c->att_out + (size_t)t * q_dim + (size_t)h * hd);
     }
 }
@@ -166,13 +173,13 @@ static int attention_block(pi_context *c, int il, int B, int n_past) {
     const int d = hp->n_embd, hd = hp->head_dim;
     const int q_dim = hp->n_head * hd, kv_dim = hp->n_head_kv * hd;
     pi_half *kc = c->k_cache + ((size_t)il * c->n_ctx) * kv_dim;
-    pi_half *vc = c->v_cache + ((size_t)il * kv_dim) * c->n_ctx;
+    pi_half *vc = c->v_cache + ((size_t)il * kv_dim) * c->ldv;
     const pi_kernels *K = pi_kernels_active();
     int rc;
 
     /* v goes into the cache one element per row, kv_dim scattered lines: fetch them now, while
      * q, k and v are computed */
-    for (int i = 0; i < kv_dim; i++) __builtin_prefetch(vc + (size_t)i * c->n_ctx + n_past, 1, 3);
+    for (int i = 0; i < kv_dim; i++) __builtin_prefetch(vc + (size_t)i * c->ldv + n_past, 1, 3);
     for (int t = 0; t < B; t++)
         rmsnorm(c->xn + (size_t)t * d, c->x + (size_t)t * d, l->attn_norm.data, d, hp->norm_eps);
     const pi_weight *qkv[3] = {&l->wq, &l->wk, &l->wv};
@@ -195,7 +202,7 @@ static int attention_block(pi_context *c, int il, int B, int n_past) {
     K->to_f16((int64_t)B * kv_dim, c->v, v16);
     for (int t = 0; t < B; t++)
         for (int i = 0; i < kv_dim; i++)
-            vc[(size_t)i * c->n_ctx + n_past + t] = v16[(size_t)t * kv_dim + i];
+            vc[(size_t)i * c->ldv + n_past + t] = v16[(size_t)t * kv_dim + i];
     attn_job job = {.c = c, .kc = kc, .vc = vc, .B = B, .n_past = n_past};
     pi_pool_run(c->pool, attn_task, &job);
     if ((rc = matmul(c, &l->wo, c->att_out, B, c->proj, d))) return rc;
@@ -423,11 +430,12 @@ int pi_context_create(pi_model *m, int32_t n_ctx, int32_t n_batch, int32_t n_thr
     const size_t d = (size_t)hp->n_embd, n_ff = (size_t)hp->n_ff, B = (size_t)n_batch;
     const size_t q_dim = (size_t)hp->n_head * hp->head_dim, kv_dim = (size_t)hp->n_head_kv * hp->head_dim;
     const size_t cache = (size_t)hp->n_layer * (size_t)n_ctx * kv_dim;
+    const size_t v_cache = (size_t)hp->n_layer * (size_t)v_row_stride(n_ctx) * kv_dim;
     pi_context *c = calloc(1, sizeof *c);
     if (!c) return pi_fail(PI_ERR_NOMEM, "pi_context_create: out of memory");
     /* one allocation, carved into 64-byte aligned buffers */
     const struct { void **ptr; size_t bytes; } parts[] = {
-        {(void **)&c->k_cache, cache * 2}, {(void **)&c->v_cache, cache * 2},
+        {(void **)&c->k_cache, cache * 2}, {(void **)&c->v_cache, v_cache * 2},
         {(void **)&c->x, B * d * 4}, {(void **)&c->xn, B * d * 4},
         {(void **)&c->q, B * q_dim * 4}, {(void **)&c->k, B * kv_dim * 4},
         {(void **)&c->v, B * kv_dim * 4}, {(void **)&c->att_out, B * q_dim * 4},
@@ -458,6 +466,7 @@ int pi_context_create(pi_model *m, int32_t n_ctx, int32_t n_batch, int32_t n_thr
     }
     c->m = m;
     c->n_ctx = n_ctx;
+    c->ldv = v_row_stride(n_ctx);
     c->n_batch = n_batch;
     c->ffn_mode = PI_FFN_DENSE;
     for (size_t i = 0; i < n_ff; i++) c->all_idx[i] = (int32_t)i;
