@@ -35,6 +35,7 @@ struct pi_context {
     int32_t *idx;             /* [n_ff] active neuron ids of the current token */
     float *act;               /* [n_ff] act(gate) of the current token (threshold mode) */
     int32_t *all_idx;         /* [n_ff] 0, 1, ..., n_ff - 1: every neuron (dense AXPY) */
+    float *partial;           /* [n_threads - 1][d] the sparse FFN's per-share sums */
     pi_stats stats;
     float *rec_in, *rec_gate, *rec_h; /* calibration recorder (pi_context_set_recorder) */
     int32_t rec_tokens;
@@ -60,8 +61,6 @@ static void rmsnorm(float *out, const float *x, const float *w /* [d] */, int d,
  * and ggml's vectorized expf (the pi_kernels attention / SwiGLU entries), RoPE angles by repeated
  * multiplication, RMSNorm's squares in f32. */
 
-static inline float silu(float v) { return v / (1.0f + pi_expf_ggml(-v)); }
-static inline float act(int kind, float v) { return kind == PI_ACT_RELU ? (v > 0 ? v : 0) : silu(v); }
 
 /* cs[2i], cs[2i + 1] = cos, sin of RoPE angle i at position pos: theta_i = pos * theta_scale^i by
  * repeated f32 multiplication, then scaled by freq_scale (ggml_rope_cache_init). */
@@ -250,7 +249,7 @@ static int32_t select_threshold(pi_context *c, const float *g, float *u, float t
         memcpy(a, g, (size_t)n_ff * sizeof *a);
         pi_kernels_active()->silu(n_ff, a);
     } else {
-        for (int i = 0; i < n_ff; i++) a[i] = act(kind, g[i]);
+        for (int i = 0; i < n_ff; i++) a[i] = pi_activate(kind, g[i]);
     }
     int32_t n = n_ff;
     if (keep_all) memcpy(c->idx, c->all_idx, (size_t)n_ff * sizeof *c->idx);
@@ -271,6 +270,20 @@ static int ffn_sparse_token(pi_context *c, const pi_layer *l, int il, const floa
     int h_done = 0; /* u already holds act(gate) * up (threshold mode with a dense up) */
     int32_t n = 0;
     int rc;
+    if (c->ffn_mode == PI_FFN_SPARSE && l->fc2.packed && l->gate.type == l->up.type) {
+        /* predictor hidden layer here, the rest in one pool run (pi_ffn_sparse) */
+        const pi_weight *f1 = &l->fc1, *f2 = &l->fc2;
+        if ((rc = matmul(c, f1, xn, 1, c->pz, f1->n_rows))) return rc;
+        for (int64_t i = 0; i < f1->n_rows; i++) c->pz[i] = c->pz[i] > 0 ? c->pz[i] : 0;
+        pi_ffn_sparse_args a = {
+            .fc2_type = f2->type, .fc2_packed = f2->packed, .rank = f2->n_cols, .h = c->pz, .thr = thr,
+            .type = l->gate.type, .gate = l->gate.data, .up = l->up.data, .down_type = l->down_t.type,
+            .down_t = l->down_t.data, .act = kind, .n_ff = n_ff, .d = d, .x = xn, .logit = c->act,
+            .g = g, .u = u, .idx = c->idx, .partial = c->partial, .y = out};
+        rc = pi_ffn_sparse(c->pool, &a);
+        c->stats.ffn_active += a.n_picked;
+        return rc;
+    }
     if (c->ffn_mode == PI_FFN_SPARSE) { /* gate and up masked together */
         if ((rc = predict_active(c, l, xn, thr, u, &n))) return rc;
         if (l->gate.type == l->up.type)
@@ -295,7 +308,7 @@ static int ffn_sparse_token(pi_context *c, const pi_layer *l, int il, const floa
         int32_t kept = 0;
         for (int32_t k = 0; k < n; k++) { /* branch-free, as select */
             const int i = c->idx[k];
-            u[i] *= act(kind, g[i]);
+            u[i] *= pi_activate(kind, g[i]);
             c->idx[kept] = i;
             kept += u[i] != 0.0f;
         }
@@ -335,7 +348,7 @@ static int ffn_block(pi_context *c, int il, int B) {
         if (hp->ffn_act == PI_ACT_SILU)
             pi_kernels_active()->swiglu((int64_t)B * n_ff, c->g, c->u);
         else
-            for (size_t i = 0; i < (size_t)B * n_ff; i++) c->u[i] *= act(hp->ffn_act, c->g[i]);
+            for (size_t i = 0; i < (size_t)B * n_ff; i++) c->u[i] *= pi_activate(hp->ffn_act, c->g[i]);
         if (l->down.data) {
             if ((rc = matmul(c, &l->down, c->u, B, c->proj, d))) return rc;
         } else {
@@ -443,7 +456,8 @@ int pi_context_create(pi_model *m, int32_t n_ctx, int32_t n_batch, int32_t n_thr
         {(void **)&c->u, B * n_ff * 4}, {(void **)&c->pz, ((size_t)m->max_rank + 1) * 4},
         {(void **)&c->scores, (size_t)n_threads * attn_scratch(n_ctx, hp->head_dim) * 4},
         {(void **)&c->rope_cs, B * (size_t)hp->n_rot * 4}, {(void **)&c->idx, n_ff * 4},
-        {(void **)&c->all_idx, n_ff * 4}, {(void **)&c->act, n_ff * 4}};
+        {(void **)&c->all_idx, n_ff * 4}, {(void **)&c->act, n_ff * 4},
+        {(void **)&c->partial, (size_t)n_threads * d * 4}};
     const size_t n_parts = sizeof parts / sizeof parts[0];
     size_t total = 0;
     for (size_t i = 0; i < n_parts; i++) total += (parts[i].bytes + 63) / 64 * 64;

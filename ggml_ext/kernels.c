@@ -450,9 +450,11 @@ static void *scratch(size_t bytes) {
 }
 
 /* The activations x [n_tok][n] as the weight type's dot wants them (see pi_dot_fn): x itself for
- * F32/F16, else quantized once into the scratch buffer; *act_bytes is the stride of one row. */
+ * F32/F16, else quantized once into the scratch buffer from byte `at` on (the bytes before it
+ * are kept: they hold an activation prepared earlier); *act_bytes is the stride of one row. */
 static int prepare_activations(const char *fn, const pi_kernels *K, int type, const float *x,
-                               int64_t n, int64_t n_tok, const void **act, size_t *act_bytes) {
+                               int64_t n, int64_t n_tok, size_t at, const void **act,
+                               size_t *act_bytes) {
     if (type == PI_TYPE_F32 || type == PI_TYPE_F16) {
         *act = x;
         *act_bytes = (size_t)n * sizeof(float);
@@ -460,10 +462,13 @@ static int prepare_activations(const char *fn, const pi_kernels *K, int type, co
     }
     const int q8_1 = type == PI_TYPE_Q4_1;
     const size_t row = (size_t)(n / 32) * (q8_1 ? sizeof(block_q8_1) : sizeof(block_q8_0));
-    uint8_t *buf = scratch(row * (size_t)n_tok);
+    if (at && scratch_cap < at + row * (size_t)n_tok)
+        return pi_fail(PI_ERR_NOMEM, "%s: activation scratch not reserved", fn);
+    uint8_t *buf = scratch(at + row * (size_t)n_tok);
     if (!buf)
         return pi_fail(PI_ERR_NOMEM, "%s: cannot allocate %zu bytes for the quantized activation",
                        fn, row * (size_t)n_tok);
+    buf += at;
     for (int64_t t = 0; t < n_tok; t++) {
         if (q8_1)
             K->quantize_q8_1(x + t * n, (block_q8_1 *)(buf + (size_t)t * row), n);
@@ -520,13 +525,10 @@ static inline void prefetch_items(const job *j, int64_t i0, int64_t i1, size_t o
 
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
-/* Masked pair: this thread's items, each the same row of W and W2, two items (four rows) per
- * kernel call. */
-static void masked_pair_task(void *arg, int ith, int nth) {
-    const job *j = arg;
+/* Masked pair: items [begin, end) of j->idx, each the same row of W and W2, two items (four
+ * rows) per kernel call. */
+static void masked_pair_items(const job *j, int64_t begin, int64_t end) {
     enum { ITEMS = PI_KERNEL_ROWS / 2 };
-    int64_t begin, end;
-    pi_split(j->n_items, ITEMS, ith, nth, &begin, &end);
     for (int64_t i = begin; i < end; i += ITEMS) {
         const int ni = (int)min64(ITEMS, end - i);
         for (int64_t k = i + PI_PREFETCH_ROWS / 2; k < min64(i + PI_PREFETCH_ROWS / 2 + ni, end); k++) {
@@ -545,6 +547,13 @@ static void masked_pair_task(void *arg, int ith, int nth) {
             j->y2[j->idx[i + k]] = out[2 * k + 1];
         }
     }
+}
+
+static void masked_pair_task(void *arg, int ith, int nth) {
+    const job *j = arg;
+    int64_t begin, end;
+    pi_split(j->n_items, PI_KERNEL_ROWS / 2, ith, nth, &begin, &end);
+    masked_pair_items(j, begin, end);
 }
 
 /* Dense and masked matvec: this thread's items, PI_KERNEL_ROWS rows per kernel call. */
@@ -614,13 +623,8 @@ static void rows8_task(void *arg, int ith, int nth) {
     }
 }
 
-/* Sparse AXPY: this thread's columns [c0, c1), over all items. */
-static void axpy_task(void *arg, int ith, int nth) {
-    const job *j = arg;
-    const int64_t align = j->block_elems > 1 ? j->block_elems : 16; /* whole blocks / cache lines */
-    int64_t c0, c1;
-    pi_split(j->n_cols, align, ith, nth, &c0, &c1);
-    if (c0 >= c1) return;
+/* y[c0 .. c1) = sum over all items of a[idx] * row idx (c0, c1 multiples of the block size). */
+static void axpy_columns(const job *j, int64_t c0, int64_t c1) {
     memset(j->y + c0, 0, (size_t)(c1 - c0) * sizeof(float));
     const size_t off = (size_t)(c0 / j->block_elems * j->block_bytes);
     const size_t len = (size_t)((c1 - c0) / j->block_elems * j->block_bytes);
@@ -637,6 +641,15 @@ static void axpy_task(void *arg, int ith, int nth) {
         }
         j->axpy(c0, c1, rows, a, nr, j->y);
     }
+}
+
+/* Sparse AXPY: this thread's columns, over all items. */
+static void axpy_task(void *arg, int ith, int nth) {
+    const job *j = arg;
+    const int64_t align = j->block_elems > 1 ? j->block_elems : 16; /* whole blocks / cache lines */
+    int64_t c0, c1;
+    pi_split(j->n_cols, align, ith, nth, &c0, &c1);
+    if (c0 < c1) axpy_columns(j, c0, c1);
 }
 
 /* One element of a row, dequantized. */
@@ -710,7 +723,7 @@ static int matvec_run(const char *fn, pi_pool *pool, int type, const matrix_info
     if (j->idx) memset(j->y, 0, (size_t)n_rows * sizeof(float));
     if (j->y2) memset(j->y2, 0, (size_t)n_rows * sizeof(float));
     if (j->n_items == 0) return pi_ok();
-    const int st = prepare_activations(fn, K, type, x, j->n_cols, j->n_tok, &j->act, &j->act_bytes);
+    const int st = prepare_activations(fn, K, type, x, j->n_cols, j->n_tok, 0, &j->act, &j->act_bytes);
     if (st) return st;
     pi_pool_run(pool, matvec_task, j);
     return pi_ok();
@@ -763,7 +776,7 @@ int pi_matmat_rows8_multi(pi_pool *pool, int type, int64_t n_cols, const float *
     j.dot = K->dot[m.slot];
     j.dot8 = K->dot8[m.slot];
     j.row_bytes = m.row_bytes;
-    if ((st = prepare_activations(fn, K, type, X, n_cols, n_tok, &j.act, &j.act_bytes))) return st;
+    if ((st = prepare_activations(fn, K, type, X, n_cols, n_tok, 0, &j.act, &j.act_bytes))) return st;
     pi_pool_run(pool, rows8_task, &j);
     return pi_ok();
 }
@@ -817,6 +830,98 @@ int pi_axpy_sparse(pi_pool *pool, int type, const void *Wt, int64_t n_rows, int6
                    .n_cols = n_cols, .block_elems = m.block_elems, .block_bytes = m.block_bytes,
                    .a = a, .idx = idx, .n_items = n_idx, .y = y};
     pi_pool_run(pool, axpy_task, (void *)&j);
+    return pi_ok();
+}
+
+/* ---- the sparse FFN of one token (pi_ffn_sparse) ---- */
+
+typedef struct {
+    pi_ffn_sparse_args *a;
+    pi_dot8_fn fc2_dot8;
+    pi_dot_fn fc2_dot;
+    size_t fc2_row_bytes;
+    const void *hq;          /* h as fc2's dot wants it */
+    job gu;                  /* the masked pair over gate and up (idx set per share) */
+    job down;                /* the AXPY over down_t (idx, n_items, y set per share) */
+    int64_t counts[PI_MAX_THREADS][2];
+} ffn_job;
+
+static void ffn_sparse_task(void *arg, int ith, int nth) {
+    ffn_job *j = arg;
+    pi_ffn_sparse_args *a = j->a;
+    int64_t n0, n1;
+    pi_split(a->n_ff, PI_ROWS8, ith, nth, &n0, &n1);
+    /* the predictor's logits of this range: whole groups, then the plain tail rows */
+    const uint8_t *fc2 = a->fc2_packed;
+    for (int64_t r = n0; r + PI_ROWS8 <= n1; r += PI_ROWS8)
+        j->fc2_dot8(a->rank, fc2 + (size_t)r * j->fc2_row_bytes, j->hq, a->logit + r);
+    for (int64_t r = n1 - n1 % PI_ROWS8 > n0 ? n1 - n1 % PI_ROWS8 : n0; r < n1; r++) {
+        const void *row = fc2 + (size_t)r * j->fc2_row_bytes;
+        j->fc2_dot(a->rank, &row, 1, j->hq, a->logit + r);
+    }
+    memset(a->g + n0, 0, (size_t)(n1 - n0) * sizeof(float));
+    memset(a->u + n0, 0, (size_t)(n1 - n0) * sizeof(float));
+    int32_t *idx = a->idx + n0; /* this range's picks, in its own part of idx */
+    const int64_t n = active_kernels()->select(n1 - n0, a->logit + n0, a->thr, 0, idx);
+    for (int64_t k = 0; k < n; k++) idx[k] += (int32_t)n0;
+    job gu = j->gu;
+    gu.idx = idx;
+    masked_pair_items(&gu, 0, n);
+    int64_t kept = 0; /* the down input; a pick whose act(gate) is 0 adds nothing to the AXPY */
+    for (int64_t k = 0; k < n; k++) { /* branch-free: the active set is unpredictable */
+        const int i = idx[k];
+        a->u[i] *= pi_activate(a->act, a->g[i]);
+        idx[kept] = i;
+        kept += a->u[i] != 0.0f;
+    }
+    job down = j->down;
+    down.idx = idx;
+    down.n_items = kept;
+    down.y = ith ? a->partial + (size_t)(ith - 1) * a->d : a->y;
+    axpy_columns(&down, 0, a->d);
+    j->counts[ith][0] = n;
+    j->counts[ith][1] = kept;
+}
+
+int pi_ffn_sparse(pi_pool *pool, pi_ffn_sparse_args *a) {
+    static const char fn[] = "pi_ffn_sparse";
+    PI_CHECK_NULL(a);
+    if (!a->fc2_packed || !a->h || !a->gate || !a->up || !a->down_t || !a->x || !a->logit || !a->g ||
+        !a->u || !a->idx || !a->y || (!a->partial && pi_pool_n_threads(pool) > 1))
+        return pi_fail(PI_ERR_NULL, "%s: a weight, input or buffer is NULL", fn);
+    matrix_info mf, mg, md;
+    int st;
+    if ((st = check_matrix(fn, a->fc2_type, a->n_ff, a->rank, &mf))) return st;
+    if ((st = check_matrix(fn, a->type, a->n_ff, a->d, &mg))) return st;
+    if ((st = check_matrix(fn, a->down_type, a->n_ff, a->d, &md))) return st;
+    const pi_kernels *K = active_kernels();
+    if (!K->dot8[mf.slot])
+        return pi_fail(PI_ERR_TYPE, "%s: fc2 type %s has no 8-row layout", fn, pi_type_name(a->fc2_type));
+    ffn_job j = {.a = a, .fc2_dot8 = K->dot8[mf.slot], .fc2_dot = K->dot[mf.slot],
+                 .fc2_row_bytes = mf.row_bytes};
+    j.gu = (job){.dot = K->dot[mg.slot], .W = a->gate, .W2 = a->up, .row_bytes = mg.row_bytes,
+                 .n_cols = a->d, .y = a->g, .y2 = a->u, .n_tok = 1};
+    j.down = (job){.axpy = K->axpy[md.slot], .W = a->down_t, .row_bytes = md.row_bytes,
+                   .n_cols = a->d, .block_elems = md.block_elems, .block_bytes = md.block_bytes,
+                   .a = a->u};
+    /* x for gate/up and h for fc2, quantized side by side in this thread's scratch */
+    const size_t x_bytes = (size_t)a->d * sizeof(float) + 64, h_bytes = (size_t)a->rank * sizeof(float) + 64;
+    if (!scratch(x_bytes + h_bytes))
+        return pi_fail(PI_ERR_NOMEM, "%s: cannot allocate the quantized activations", fn);
+    size_t stride;
+    if ((st = prepare_activations(fn, K, a->type, a->x, a->d, 1, 0, &j.gu.act, &stride))) return st;
+    if ((st = prepare_activations(fn, K, a->fc2_type, a->h, a->rank, 1, x_bytes, &j.hq, &stride)))
+        return st;
+    pi_pool_run(pool, ffn_sparse_task, &j);
+    const int nth = pi_pool_n_threads(pool);
+    a->n_picked = a->n_down = 0;
+    for (int s = 0; s < nth; s++) {
+        a->n_picked += j.counts[s][0];
+        a->n_down += j.counts[s][1];
+        if (s == 0) continue;
+        const float *p = a->partial + (size_t)(s - 1) * a->d;
+        for (int64_t c = 0; c < a->d; c++) a->y[c] += p[c];
+    }
     return pi_ok();
 }
 

@@ -132,6 +132,39 @@ int pi_matvec_masked_pair(pi_pool *pool, int type, const void *W, const void *W2
                           int64_t n_cols, const float *x, const int32_t *idx, int64_t n_idx,
                           float *y, float *y2);
 
+/* act(v): ReLU, or SiLU v / (1 + pi_expf_ggml(-v)) (llama.cpp's). */
+static inline float pi_activate(int kind, float v) {
+    return kind == PI_ACT_RELU ? (v > 0 ? v : 0) : v / (1.0f + pi_expf_ggml(-v));
+}
+
+/* One token's sparse FFN (sparse mode) in one pool run, without a barrier: each share takes a
+ * range of neurons (whole groups of 8) and over it computes the predictor logits fc2 . h, picks
+ * the neurons above thr, computes their gate and up rows (masked), forms the down input
+ * a_i = act(g_i) * u_i and adds its nonzero a_i times their down_t rows into its own partial
+ * sum; y is share 0's sum plus the others' in share order. Validates like pi_matvec_masked. */
+typedef struct {
+    int fc2_type;
+    const void *fc2_packed;   /* [n_ff][rank] in the rows8 layout */
+    int64_t rank;
+    const float *h;           /* [rank] relu(fc1 x): the predictor's hidden layer */
+    float thr;                /* logit threshold */
+    int type;                 /* gate and up */
+    const void *gate, *up;    /* [n_ff][d] */
+    int down_type;
+    const void *down_t;       /* [n_ff][d]: down transposed, one row per neuron */
+    int act;                  /* pi_act */
+    int64_t n_ff, d;
+    const float *x;           /* [d] the FFN input */
+    float *logit;             /* [n_ff] scratch */
+    float *g, *u;             /* [n_ff] out: gate and down input of the picked neurons, 0 elsewhere */
+    int32_t *idx;             /* [n_ff] scratch */
+    float *partial;           /* [n_threads - 1][d] scratch: the other shares' sums */
+    float *y;                 /* [d] out */
+    int64_t n_picked, n_down; /* out: neurons whose gate and up were computed; down_t rows read */
+} pi_ffn_sparse_args;
+
+int pi_ffn_sparse(pi_pool *pool, pi_ffn_sparse_args *a);
+
 /* The table of the active instruction set (pi_isa_get). */
 const pi_kernels *pi_kernels_active(void);
 

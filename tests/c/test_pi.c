@@ -438,6 +438,84 @@ static void test_masked_pair(pi_pool *pool3) {
     }
 }
 
+/* ---- 6. the fused sparse FFN against its steps done one by one -------------------------------- */
+
+static void test_ffn_sparse(pi_pool *pool3) {
+    enum { NFF = 45, D = 64, RANK = 32 }; /* 5 groups of 8 and 5 tail rows */
+    matrix fc2 = make_matrix(PI_TYPE_Q8_0, NFF, RANK);
+    uint8_t *fc2p = malloc((size_t)(NFF * fc2.row_bytes));
+    EXPECT_STATUS(pi_repack_rows8(PI_TYPE_Q8_0, fc2.q, NFF, RANK, fc2p), PI_OK);
+    float *h = random_vec(RANK), *x = random_vec(D);
+    for (int i = 0; i < RANK; i++) h[i] = h[i] > 0 ? h[i] : 0;
+    float logit[NFF], g[NFF], u[NFF], gr[NFF], ur[NFF], y[D], yr[D], partial[2 * D];
+    int32_t idx[NFF], ir[NFF];
+    EXPECT_STATUS(pi_matmat_rows8(NULL, PI_TYPE_Q8_0, fc2p, NFF, RANK, h, 1, logit, NFF), PI_OK);
+    float sorted[NFF];
+    memcpy(sorted, logit, sizeof sorted);
+    for (int i = 1; i < NFF; i++) /* insertion sort: the threshold at the median logit */
+        for (int k = i; k > 0 && sorted[k - 1] > sorted[k]; k--) {
+            const float t = sorted[k];
+            sorted[k] = sorted[k - 1], sorted[k - 1] = t;
+        }
+    const float thr = sorted[NFF / 2];
+    for (int ti = 0; ti < N_TYPES; ti++) {
+        const int type = TYPES[ti];
+        matrix gate = make_matrix(type, NFF, D), up = make_matrix(type, NFF, D), dt = make_matrix(type, NFF, D);
+        for (int kind = 0; kind <= 1; kind++) {
+            /* the steps: picks, masked gate and up, the down input, its nonzero rows' AXPY */
+            int n = 0, n2 = 0;
+            for (int i = 0; i < NFF; i++)
+                if (logit[i] > thr) ir[n++] = i;
+            EXPECT_STATUS(pi_matvec_masked_pair(NULL, type, gate.q, up.q, NFF, D, x, ir, n, gr, ur), PI_OK);
+            for (int k = 0; k < n; k++) {
+                const int i = ir[k];
+                ur[i] *= pi_activate(kind, gr[i]);
+                if (ur[i] != 0.0f) ir[n2++] = i;
+            }
+            EXPECT_STATUS(pi_axpy_sparse(NULL, type, dt.q, NFF, D, ur, ir, n2, yr), PI_OK);
+            CHECK(n == NFF - 1 - NFF / 2 && (kind != PI_ACT_RELU || n2 < n), "ffn_sparse setup: %d picks, %d down", n, n2);
+            pi_pool *pools[2] = {NULL, pool3};
+            for (int pi = 0; pi < 2; pi++) {
+                memset(g, 0x7f, sizeof g), memset(u, 0x7f, sizeof u);
+                float lg[NFF];
+                pi_ffn_sparse_args a = {
+                    .fc2_type = PI_TYPE_Q8_0, .fc2_packed = fc2p, .rank = RANK, .h = h, .thr = thr,
+                    .type = type, .gate = gate.q, .up = up.q, .down_type = type, .down_t = dt.q,
+                    .act = kind, .n_ff = NFF, .d = D, .x = x, .logit = lg, .g = g, .u = u,
+                    .idx = idx, .partial = partial, .y = y};
+                EXPECT_STATUS(pi_ffn_sparse(pools[pi], &a), PI_OK);
+                CHECK(a.n_picked == n && a.n_down == n2, "ffn_sparse type %d act %d pool %d: %lld picks, %lld down, expected %d, %d",
+                      type, kind, pi, (long long)a.n_picked, (long long)a.n_down, n, n2);
+                CHECK(!memcmp(lg, logit, sizeof lg), "ffn_sparse: logits differ from pi_matmat_rows8");
+                int same_gu = 1;
+                for (int i = 0; i < NFF; i++) same_gu &= g[i] == gr[i] && u[i] == ur[i];
+                CHECK(same_gu, "ffn_sparse type %d act %d pool %d: gate / down input differ (0 expected off the picks)",
+                      type, kind, pi);
+                double err = 0, mag = 0;
+                for (int c = 0; c < D; c++) err = fmax(err, fabs((double)y[c] - yr[c])), mag = fmax(mag, fabs((double)yr[c]));
+                if (!pools[pi]) CHECK(!memcmp(y, yr, sizeof y), "ffn_sparse 1 thread: y differs from pi_axpy_sparse");
+                else CHECK(err <= 1e-5 * mag, "ffn_sparse 3 threads: y off by %g (of %g)", err, mag);
+            }
+        }
+        free_matrix(&gate), free_matrix(&up), free_matrix(&dt);
+    }
+    /* validation */
+    matrix m = make_matrix(PI_TYPE_Q8_0, NFF, D);
+    pi_ffn_sparse_args a = {.fc2_type = PI_TYPE_Q8_0, .fc2_packed = fc2p, .rank = RANK, .h = h,
+                            .type = PI_TYPE_Q8_0, .gate = m.q, .up = m.q, .down_type = PI_TYPE_Q8_0,
+                            .down_t = m.q, .n_ff = NFF, .d = D, .x = x, .logit = logit, .g = g,
+                            .u = u, .idx = idx, .partial = NULL, .y = y};
+    EXPECT_STATUS(pi_ffn_sparse(NULL, NULL), PI_ERR_NULL);
+    EXPECT_STATUS(pi_ffn_sparse(pool3, &a), PI_ERR_NULL); /* 3 threads need the partial sums */
+    a.partial = partial;
+    a.fc2_type = PI_TYPE_F32;
+    EXPECT_STATUS(pi_ffn_sparse(NULL, &a), PI_ERR_TYPE);
+    a.fc2_type = PI_TYPE_Q8_0, a.d = 48;
+    EXPECT_STATUS(pi_ffn_sparse(NULL, &a), PI_ERR_SHAPE);
+    free_matrix(&m), free_matrix(&fc2);
+    free(fc2p), free(h), free(x);
+}
+
 int main(void) {
     pi_pool *pool3 = NULL;
     if (pi_pool_create(3, &pool3) != PI_OK) {
@@ -451,6 +529,7 @@ int main(void) {
     test_rows8(pool3);
     test_table_twins();
     test_masked_pair(pool3);
+    test_ffn_sparse(pool3);
     pi_pool_free(pool3);
     printf("%d passed, %d failed\n", n_passed, n_failed);
     return n_failed ? 1 : 0;
