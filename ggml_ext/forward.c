@@ -107,6 +107,14 @@ static int matmul_n(pi_context *c, const pi_weight *const w[], float *const Y[],
     return PI_OK;
 }
 
+/* x += proj over B tokens (restrict: the two buffers never overlap, so the loop vectorizes). */
+static void add_residual(pi_context *c, int B) {
+    float *restrict x = c->x;
+    const float *restrict p = c->proj;
+    const size_t n = (size_t)B * (size_t)c->m->hp.n_embd;
+    for (size_t i = 0; i < n; i++) x[i] += p[i];
+}
+
 static void add_bias(float *Y, const pi_weight *b, int B, int64_t n) {
     if (!b->data) return;
     const float *bias = b->data;
@@ -205,7 +213,7 @@ static int attention_block(pi_context *c, int il, int B, int n_past) {
     attn_job job = {.c = c, .kc = kc, .vc = vc, .B = B, .n_past = n_past};
     pi_pool_run(c->pool, attn_task, &job);
     if ((rc = matmul(c, &l->wo, c->att_out, B, c->proj, d))) return rc;
-    for (size_t i = 0; i < (size_t)B * d; i++) c->x[i] += c->proj[i];
+    add_residual(c, B);
     return PI_OK;
 }
 
@@ -366,7 +374,7 @@ static int ffn_block(pi_context *c, int il, int B) {
     }
     c->stats.ffn_neurons += (int64_t)B * n_ff;
     if (c->rec_tokens) record(c, il, B);
-    for (size_t i = 0; i < (size_t)B * d; i++) c->x[i] += c->proj[i];
+    add_residual(c, B);
     return PI_OK;
 }
 

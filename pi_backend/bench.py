@@ -18,7 +18,9 @@ converted (split, and --dense for HF) into the cache; a split file needs --basel
 Threshold mode: per-layer thresholds on |act(gate)| are calibrated here, on the first
 --calib-tokens tokens of --text (Context.record, dense), as the requested quantile, and set on
 the model with Model.set_thresholds before each run of that level. Perplexity (teacher-forced,
-our engine with logits_all) is measured on the rest of --text, which calibration did not see.
+logits_all) is measured on the rest of --text, which calibration did not see, in chunks of
+--ppl-ctx tokens (at most the model's training context; BOS first where the vocabulary adds
+one), as pi-perplexity scores it.
 
 Writes <out>/pi_bench.json and <out>/pi_bench.png.
 """
@@ -159,10 +161,11 @@ class PiRunner:
     def sparsity(self):
         return self.ctx.stats()["ffn_sparsity"]
 
-    def logits_all(self, toks):
+    def logits_all(self, chunks):
+        """Every token's logits of each chunk (from an empty cache), and the FFN sparsity."""
         self.prepare()
-        out = self.ctx.eval(toks, 0, logits_all=True)
-        return out, self.sparsity()
+        outs = [self.ctx.eval(ch, 0, logits_all=True) for ch in chunks]
+        return outs, self.sparsity()
 
     def close(self):
         self.ctx.close()
@@ -208,16 +211,21 @@ class LlamaRunner:
     def sparsity(self):
         return 0.0
 
-    def logits_all(self, toks):
-        """Every token's logits, from a second instance with logits_all=True (not timed)."""
+    def logits_all(self, chunks):
+        """Every token's logits of each chunk, from a second instance with logits_all=True (not
+        timed)."""
         from .tokenizer import _quiet_stderr
         with _quiet_stderr():
-            ref = self._lc.Llama(str(self.path), n_ctx=max(self.n_ctx, len(toks)), n_batch=512,
-                                 n_threads=self.threads, n_threads_batch=self.threads,
-                                 logits_all=True, verbose=False)
+            ref = self._lc.Llama(str(self.path), n_ctx=max(self.n_ctx, max(map(len, chunks))),
+                                 n_batch=512, n_threads=self.threads,
+                                 n_threads_batch=self.threads, logits_all=True, verbose=False)
         try:
-            ref.eval(toks)
-            return np.array(ref.scores[:len(toks)], dtype=np.float32), 0.0
+            outs = []
+            for ch in chunks:
+                ref.reset()
+                ref.eval([int(t) for t in ch])
+                outs.append(np.array(ref.scores[:len(ch)], dtype=np.float32))
+            return outs, 0.0
         finally:
             ref.close()
 
@@ -271,12 +279,11 @@ def calibrate(model, tokens, levels, threads) -> dict:
     return out
 
 
-def mean_nll(logits: np.ndarray, tokens) -> float:
-    x = np.asarray(logits[:-1], dtype=np.float32)
-    m = x.max(-1)
-    lse = m.astype(np.float64) + np.log(np.exp(x - m[:, None]).sum(-1, dtype=np.float64))
-    tgt = np.asarray(tokens[1:])
-    return float(np.mean(lse - x[np.arange(len(tgt)), tgt]))
+def mean_nll(logits: list[np.ndarray], chunks) -> float:
+    """Mean NLL of each chunk's tokens after the first, given every position's logits."""
+    from .perplexity import log_softmax, nll
+    per = [nll(log_softmax(lg[:-1]), np.asarray(ch[1:])) for lg, ch in zip(logits, chunks)]
+    return float(np.mean(np.concatenate(per)))
 
 
 def read_bandwidth(threads: int, mib: int, reps: int = 5) -> float:
@@ -357,6 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tokens of --text used for calibration; perplexity runs on the rest")
     p.add_argument("--ppl-tokens", type=int, default=0,
                    help="at most this many held-out tokens for perplexity (default: all)")
+    p.add_argument("--ppl-ctx", type=int, default=512,
+                   help="tokens per perplexity chunk, BOS included (default: %(default)s, at "
+                   "most the model's training context)")
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default: 1)")
     p.add_argument("--outtype", default="q4_1", help="quantization when MODEL must be "
                    "converted (default: %(default)s)")
@@ -453,6 +463,8 @@ def run(args) -> dict:
         raise BenchError("--threads, --prompt-tokens, --gen-tokens and --reps must be >= 1")
     if args.warmup < 0 or args.ppl_tokens < 0:
         raise BenchError("--warmup and --ppl-tokens must be >= 0")
+    if args.ppl_ctx < 2:
+        raise BenchError("--ppl-ctx must be at least 2")
     text_path = Path(args.text)
     if not text_path.is_file():
         raise BenchError(f"text file not found: {text_path} (give one with --text)")
@@ -461,6 +473,8 @@ def run(args) -> dict:
 
     tok = Tokenizer(str(split_path))
     all_tokens = tok.tokenize(text_path.read_text().encode(), add_bos=False)
+    bos = tok.token_bos() if tok.add_bos_token() and tok.token_bos() >= 0 else None
+    tok.close()
     if len(all_tokens) < 16:
         raise BenchError(f"{text_path} is too short ({len(all_tokens)} tokens)")
     reps_needed = -(-args.prompt_tokens // len(all_tokens))
@@ -469,7 +483,6 @@ def run(args) -> dict:
     calib_tokens, ppl_tokens = all_tokens[:n_cal], all_tokens[n_cal:]
     if args.ppl_tokens:
         ppl_tokens = ppl_tokens[:args.ppl_tokens]
-    n_ctx = max(args.prompt_tokens + args.gen_tokens + 1, len(all_tokens))
 
     log(f"pi-bench: split file {split_path}")
     log(f"pi-bench: plain file {plain_path}")
@@ -477,6 +490,10 @@ def run(args) -> dict:
     log(f"pi-bench: read bandwidth {bw:.1f} GB/s ({args.threads} threads, {args.bw_mib} MiB)")
 
     split_model = Model(str(split_path))
+    from .perplexity import make_chunks
+    ppl_chunks = make_chunks(ppl_tokens, min(args.ppl_ctx, split_model.n_ctx_train), bos)
+    n_ctx = max([args.prompt_tokens + args.gen_tokens + 1, len(calib_tokens)] +
+                [len(ch) for ch in ppl_chunks])
     plain_model = Model(str(plain_path)) if plain_path and "dense" in args.modes else None
     split_info = _gguf_info(split_model.path)
     plain_info = (_gguf_info(plain_model.path) if plain_model is not None else
@@ -555,10 +572,10 @@ def run(args) -> dict:
                 row["sparsity"]["calib"] = r.sparsity()
             else:
                 row["sparsity"]["calib"] = 0.0
-            if args.no_ppl or len(ppl_tokens) < 2:
+            if args.no_ppl or not ppl_chunks:
                 continue
-            logits, s = r.logits_all(ppl_tokens)
-            row["nll"] = mean_nll(logits, ppl_tokens)
+            logits, s = r.logits_all(ppl_chunks)
+            row["nll"] = mean_nll(logits, ppl_chunks)
             row["ppl"] = math.exp(row["nll"])
             row["sparsity"]["heldout"] = s
             if r.engine == "pi_backend" and r.mode == "dense":
@@ -589,7 +606,8 @@ def run(args) -> dict:
                    "threads": args.threads, "prompt_tokens": len(prompt),
                    "gen_tokens": args.gen_tokens, "reps": args.reps, "modes": args.modes,
                    "sparsity_levels": args.sparsity, "text": str(text_path),
-                   "calib_tokens": n_cal, "ppl_tokens": len(ppl_tokens),
+                   "calib_tokens": n_cal, "ppl_tokens": sum(len(ch) - 1 for ch in ppl_chunks),
+                   "ppl_chunks": len(ppl_chunks),
                    "cpu": _cpu_name(), "n_cpus": os.cpu_count(), "isa": K.isa_get(),
                    "time": time.strftime("%Y-%m-%d %H:%M:%S")},
         "read_bandwidth_gbs": bw,
@@ -614,7 +632,8 @@ def main(argv=None) -> int:
           f"{c['reps']} interleaved reps; read bandwidth {res['read_bandwidth_gbs']:.1f} GB/s")
     print(format_table(res))
     print("x dense: against our dense on the same file; dppl%: perplexity on held-out text "
-          f"({c['ppl_tokens']} tokens) against our dense on the same file")
+          f"({c['ppl_tokens']} tokens in {c['ppl_chunks']} chunks) against our dense on the "
+          "same file")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "pi_bench.json").write_text(json.dumps(res, indent=1))

@@ -184,3 +184,13 @@ def test_cli_options_parse():
     a = build_parser().parse_args(["m", "--outfile", "o.gguf", "--calibrate", "t.txt",
                                    "--no-train-predictors"])
     assert a.calibrate == "t.txt" and a.train_predictors is False
+
+
+def test_default_calibration_size_is_bounded_by_memory():
+    from convert.train_predictors import (CALIB_MEMORY_BUDGET, DEFAULT_CALIB_TOKENS,
+                                          MAX_DEFAULT_CALIB_TOKENS, default_calib_tokens)
+    assert default_calib_tokens(4, 256, 1024) == MAX_DEFAULT_CALIB_TOKENS      # the test model
+    assert default_calib_tokens(32, 4096, 11008) == DEFAULT_CALIB_TOKENS       # a 7B: the floor
+    n = default_calib_tokens(24, 1024, 4096)                                   # in between
+    assert DEFAULT_CALIB_TOKENS < n < MAX_DEFAULT_CALIB_TOKENS
+    assert n * 24 * (4 * 1024 + 4096) <= CALIB_MEMORY_BUDGET
