@@ -301,11 +301,16 @@ class TrainedPredictors(Predictors):
                                  list(self.ranks), [], w, self.reports)
 
     def table(self) -> str:
-        lines = ["layer  rank  threshold  true_sparsity  pred_sparsity  recall  precision"]
-        for r in self.reports:
-            lines.append(f"{r.layer:5d}  {r.rank:4d}  {r.threshold:9.3f}  {r.true_sparsity:13.3f}"
-                         f"  {r.pred_sparsity:13.3f}  {r.recall:6.3f}  {r.precision:9.3f}")
-        return "\n".join(lines)
+        return report_table(self.reports)
+
+
+def report_table(reports: Sequence[LayerReport]) -> str:
+    """The per-layer report: rank, threshold, true and predicted sparsity, recall, precision."""
+    lines = ["layer  rank  threshold  true_sparsity  pred_sparsity  recall  precision"]
+    for r in reports:
+        lines.append(f"{r.layer:5d}  {r.rank:4d}  {r.threshold:9.3f}  {r.true_sparsity:13.3f}"
+                     f"  {r.pred_sparsity:13.3f}  {r.recall:6.3f}  {r.precision:9.3f}")
+    return "\n".join(lines)
 
 
 def train_predictors(calib: Calibration, ranks: Sequence[int] = DEFAULT_RANKS,

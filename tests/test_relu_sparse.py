@@ -194,3 +194,18 @@ def test_default_calibration_size_is_bounded_by_memory():
     n = default_calib_tokens(24, 1024, 4096)                                   # in between
     assert DEFAULT_CALIB_TOKENS < n < MAX_DEFAULT_CALIB_TOKENS
     assert n * 24 * (4 * 1024 + 4096) <= CALIB_MEMORY_BUDGET
+
+
+def test_report_on_unseen_text(calibrated, capsys):
+    """Recall on a play the predictors never saw (the issue's target: >= 0.95 per layer)."""
+    from convert.report import main, report
+    out, _ = calibrated
+    rows = report(out, EVAL, 2048)
+    assert [r.layer for r in rows] == [0, 1, 2, 3]
+    for r in rows:
+        assert r.recall >= 0.95, r
+        assert r.pred_sparsity > 0.7 and r.true_sparsity > r.pred_sparsity, r
+    assert main([str(out), str(EVAL), "--tokens", "256"]) == 0
+    assert "precision" in capsys.readouterr().out
+    assert main([str(MODEL), str(EVAL)]) == 2                   # no thresholds: a clear error
+    assert "not a calibrated file" in capsys.readouterr().err
