@@ -290,6 +290,7 @@ static int ffn_sparse_token(pi_context *c, const pi_layer *l, int il, const floa
             .g = g, .u = u, .idx = c->idx, .partial = c->partial, .y = out};
         rc = pi_ffn_sparse(c->pool, &a);
         c->stats.ffn_active += a.n_picked;
+        c->stats.ffn_down_active += a.n_down;
         return rc;
     }
     if (c->ffn_mode == PI_FFN_SPARSE) { /* gate and up masked together */
@@ -322,8 +323,11 @@ static int ffn_sparse_token(pi_context *c, const pi_layer *l, int il, const floa
         }
         n = kept;
     }
-    if (l->down.data && dense_down_pays(l, n)) /* u is 0 for every dropped neuron */
+    if (l->down.data && dense_down_pays(l, n)) { /* u is 0 for every dropped neuron */
+        c->stats.ffn_down_active += n_ff;
         return matmul(c, &l->down, u, 1, out, d);
+    }
+    c->stats.ffn_down_active += n;
     const double row_t = (double)pi_weight_bytes(&l->down_t) / (double)n_ff;
     return pi_axpy_sparse(pool_for(c, row_t * n), l->down_t.type, l->down_t.data, n_ff, d, u, c->idx,
                           n, out);
@@ -366,6 +370,7 @@ static int ffn_block(pi_context *c, int il, int B) {
                     return rc;
         }
         c->stats.ffn_active += (int64_t)B * n_ff;
+        c->stats.ffn_down_active += (int64_t)B * n_ff;
     } else {
         for (int t = 0; t < B; t++)
             if ((rc = ffn_sparse_token(c, l, il, c->xn + (size_t)t * d, c->g + (size_t)t * n_ff,

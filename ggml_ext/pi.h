@@ -20,7 +20,7 @@
 extern "C" {
 #endif
 
-#define PI_API_VERSION 2
+#define PI_API_VERSION 3
 
 #if defined(__GNUC__)
 #define PI_API __attribute__((visibility("default")))
@@ -226,6 +226,8 @@ typedef struct {
     int64_t tokens;              /* tokens run through the FFNs since the last reset */
     int64_t ffn_neurons;         /* neuron evaluations possible: tokens * n_layer * n_ff */
     int64_t ffn_active;          /* of which were active (computed) */
+    int64_t ffn_down_active;     /* of which entered the down projection: every neuron when it
+                                    ran dense, else the AXPY's rows (nonzero down input) */
 } pi_stats;
 
 PI_API int pi_context_stats(const pi_context *c, pi_stats *out);

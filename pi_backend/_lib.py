@@ -10,7 +10,7 @@ import glob
 import os
 from ctypes import POINTER, c_char_p, c_float, c_int, c_int32, c_int64, c_size_t, c_void_p
 
-PI_API_VERSION = 2
+PI_API_VERSION = 3
 
 # ---- status codes (pi_status) -----------------------------------------------------------
 PI_OK = 0
@@ -82,6 +82,7 @@ class pi_stats(ctypes.Structure):
         ("tokens", c_int64),
         ("ffn_neurons", c_int64),
         ("ffn_active", c_int64),
+        ("ffn_down_active", c_int64),
     ]
 
 

@@ -161,6 +161,9 @@ class PiRunner:
     def sparsity(self):
         return self.ctx.stats()["ffn_sparsity"]
 
+    def down_sparsity(self):
+        return self.ctx.stats()["ffn_down_sparsity"]
+
     def logits_all(self, chunks):
         """Every token's logits of each chunk (from an empty cache), and the FFN sparsity."""
         self.prepare()
@@ -211,6 +214,9 @@ class LlamaRunner:
     def sparsity(self):
         return 0.0
 
+    def down_sparsity(self):
+        return 0.0
+
     def logits_all(self, chunks):
         """Every token's logits of each chunk, from a second instance with logits_all=True (not
         timed)."""
@@ -252,7 +258,8 @@ def run_once(r, prompt, n_gen):
         out.append(tok)
     t3 = time.perf_counter()
     return {"prompt_s": t1 - t0, "decode_s": t3 - t2, "prompt_sparsity": s_prompt,
-            "decode_sparsity": r.sparsity(), "tokens": out}
+            "decode_sparsity": r.sparsity(), "decode_down_sparsity": r.down_sparsity(),
+            "tokens": out}
 
 
 # ---- calibration, perplexity, bandwidth ------------------------------------------------------
@@ -302,26 +309,24 @@ def read_bandwidth(threads: int, mib: int, reps: int = 5) -> float:
         buf.close()
 
 
-AXPY_COST = 1.5  # forward.c's PI_AXPY_COST: AXPY per byte against the dense rows8 kernel
-
-
-def bytes_per_token(info: dict, mode: str, sparsity: float) -> float:
-    """Weight bytes one decoded token reads in `mode` at FFN `sparsity`. Dense mode reads the
-    plain ffn_down where the file keeps one; threshold mode computes gate and up densely when
-    the model has no predictors (the engine repacks them) and reads ffn_down_t rows of the
-    survivors, or the plain ffn_down where that is cheaper."""
+def bytes_per_token(info: dict, mode: str, sparsity: float, down_sparsity: float) -> float:
+    """Weight bytes one decoded token reads in `mode`, from the engine's counts: `sparsity` of
+    the neurons computed (gate and up rows), `down_sparsity` of those entering the down
+    projection. Dense mode reads the plain ffn_down where the file keeps one; threshold mode
+    computes gate (and, without predictors, up: the engine repacks it) densely; the down
+    projection reads the ffn_down_t rows it counted, or the whole plain ffn_down when it ran
+    dense (the count is then every neuron)."""
     b = info["bytes"]
-    keep = 1.0 - sparsity
+    keep, keep_down = 1.0 - sparsity, 1.0 - down_sparsity
     base = b["attn"] + b["output"] + b["other"]
+    down = (b["ffn_down"] if b["ffn_down"] and down_sparsity == 0.0 else
+            keep_down * b["ffn_down_t"])
     if mode == "dense":
         return base + b["ffn_gate"] + b["ffn_up"] + (b["ffn_down"] or b["ffn_down_t"])
     if mode == "threshold":
         up = keep * b["ffn_up"] if info["has_predictors"] else b["ffn_up"]
-        down = keep * b["ffn_down_t"]
-        if b["ffn_down"] and down * AXPY_COST > b["ffn_down"]:  # the engine's choice (forward.c)
-            down = b["ffn_down"]
         return base + b["ffn_gate"] + up + down
-    return base + b["predictor"] + keep * (b["ffn_gate"] + b["ffn_up"] + b["ffn_down_t"])
+    return base + b["predictor"] + keep * (b["ffn_gate"] + b["ffn_up"]) + down
 
 
 # ---- main ------------------------------------------------------------------------------------
@@ -549,16 +554,17 @@ def run(args) -> dict:
             pp = [len(prompt) / x["prompt_s"] for x in rr]
             info = plain_info if r.file == "plain" else split_info
             s_dec = statistics.median(x["decode_sparsity"] for x in rr)
+            s_down = statistics.median(x["decode_down_sparsity"] for x in rr)
             row = {"label": r.label, "engine": r.engine, "file": r.file, "mode": r.mode,
                    "target_sparsity": r.target,
                    "thresholds": None if r.thresholds is None else
                    [float(x) for x in r.thresholds],
-                   "sparsity": {"decode": s_dec,
+                   "sparsity": {"decode": s_dec, "decode_down": s_down,
                                 "prompt": statistics.median(x["prompt_sparsity"] for x in rr)},
                    "decode_tps": statistics.median(dec), "prompt_tps": statistics.median(pp),
                    "decode_tps_reps": dec, "prompt_tps_reps": pp,
                    "generated": rr[0]["tokens"]}
-            row["bytes_per_token"] = bytes_per_token(info, r.mode, s_dec)
+            row["bytes_per_token"] = bytes_per_token(info, r.mode, s_dec, s_down)
             row["effective_gbs"] = row["bytes_per_token"] * row["decode_tps"] / 1e9
             row["bandwidth_fraction"] = row["effective_gbs"] / bw if bw else None
             rows.append(row)

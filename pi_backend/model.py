@@ -309,9 +309,11 @@ class Context:
     def stats(self) -> dict:
         s = _lib.pi_stats()
         call("pi_context_stats", self._ptr, ctypes.byref(s))
-        sparsity = 1.0 - s.ffn_active / s.ffn_neurons if s.ffn_neurons else 0.0
-        return {"tokens": s.tokens, "ffn_neurons": s.ffn_neurons, "ffn_active": s.ffn_active,
-                "ffn_sparsity": sparsity}
+        n = s.ffn_neurons
+        return {"tokens": s.tokens, "ffn_neurons": n, "ffn_active": s.ffn_active,
+                "ffn_down_active": s.ffn_down_active,
+                "ffn_sparsity": 1.0 - s.ffn_active / n if n else 0.0,
+                "ffn_down_sparsity": 1.0 - s.ffn_down_active / n if n else 0.0}
 
     def reset_stats(self) -> None:
         call("pi_context_reset_stats", self._ptr)

@@ -139,6 +139,10 @@ def test_sparse_predictor_mode_close_to_dense(calibrated):
     assert st["ffn_sparsity"] >= 0.85, st
     assert kl < 0.05
     assert agree > 0.9
+    # the AXPY reads only the picks whose ReLU output is nonzero: the truly active neurons
+    assert st["ffn_down_active"] < st["ffn_active"] and st["ffn_down_sparsity"] > 0.97, st
+    _, sd = _logits(out, "dense", _eval_tokens()[:64])
+    assert sd["ffn_down_active"] == sd["ffn_active"] == sd["ffn_neurons"], sd
 
 
 def test_reordering_leaves_logits_unchanged(calibrated, reordered):
