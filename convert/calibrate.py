@@ -21,7 +21,7 @@ Pipeline (`calibrate()`):
      threshold mode (layer l alone at a probe sparsity, KL against dense on the held-out
      tokens). The greedy path is then checked with the engine itself (all layers at once): a
      bisection over the path finds the last allocation whose measured perplexity increase is
-     within the budget.
+     within the budget (held to HELDOUT_MARGIN of it: a margin for text unlike the held-out).
 4. A per-layer report (`layer_report`) measures, in threshold mode, the sparsity each layer
    really has on held-out tokens.
 
@@ -61,6 +61,10 @@ PROMPTS = [
 ]
 
 DEFAULT_BUDGET = 0.02
+# The greedy allocation holds the held-out cost to this share of the budget: the held-out tokens
+# are few (128) and, when self-generated, easier than human text. On SmolLM2-135M an allocation
+# measured at +1.66% on them cost +2.19% on tests/data/prose.txt and +2.76% on a Shakespeare play.
+HELDOUT_MARGIN = 0.5
 DEFAULT_STEP = 0.05
 MAX_LEVEL = 0.90
 
@@ -105,7 +109,8 @@ class Calibration:
 
     def summary(self) -> str:
         how = (f"uniform {self.targets.mean():.0%}" if self.method == "uniform" else
-               f"greedy per-layer allocation within a {self.ppl_budget:.1%} perplexity budget")
+               f"greedy per-layer allocation within a {self.ppl_budget:.1%} perplexity budget "
+               f"(held to {HELDOUT_MARGIN:.0%} of it on the held-out tokens)")
         return (f"threshold mode, |silu(gate)| (CATS), {how}; calibrated on {self.n_tokens} "
                 f"tokens of {self.source}; on {self.n_heldout} held-out tokens: sparsity "
                 f"{self.heldout_sparsity:.3f}, perplexity {100 * self.heldout_ppl_increase:+.2f}%,"
@@ -428,7 +433,7 @@ def greedy_allocation(model, a, h, ev: Evaluator, budget: float, step: float, pr
         scale[:] = 1.0
     scale[scale <= 0] = scale[scale > 0].min()
     cost = scale[:, None] * err                         # predicted KL per layer and level
-    target = math.log1p(budget)
+    target = HELDOUT_MARGIN * math.log1p(budget)
     path = greedy_path(cost, max_cost=8.0 * target)
 
     def thr_of(i):

@@ -101,25 +101,25 @@ def test_uniform_calibration_hits_target_on_heldout_text(model, heldout_chunks):
 
 
 def test_budget_calibration_stays_within_budget(model, heldout_chunks):
-    from convert.calibrate import CalibConfig, calibrate
+    from convert.calibrate import HELDOUT_MARGIN, CalibConfig, calibrate
     from pi_backend.perplexity import evaluate
     budget = 0.02
     saved = model.thresholds.copy()
     try:
         cal = calibrate(model, CalibConfig(ppl_budget=budget, step=0.1, **CFG))
         assert cal.method == "greedy"
-        # on the held-out calibration tokens the budget holds by construction
-        assert cal.heldout_ppl_increase <= budget + 1e-9
-        assert cal.heldout_kl <= math.log1p(budget)
+        # on the held-out calibration tokens the budget holds by construction, with the margin
+        held = HELDOUT_MARGIN * math.log1p(budget)
+        assert math.log1p(cal.heldout_ppl_increase) <= held + 1e-9
+        assert cal.heldout_kl <= held
         assert cal.heldout_sparsity > 0.1              # it found real sparsity
         assert len(set(np.round(cal.targets, 3))) > 1  # and allocated it per layer
         r = evaluate(model, heldout_chunks, "threshold", THREADS)   # calibrated thresholds
     finally:
         model.set_thresholds(saved)
     inc = r.perplexity / r.dense_perplexity - 1
-    # on text never seen in calibration the budget is not guaranteed; measured here (SmolLM2
-    # q4_1, this small configuration) it stays within the assertion's slack
-    assert inc <= budget + 0.015, (inc, r.sparsity)
+    # on text never seen in calibration the budget is not guaranteed: the margin is for that
+    assert inc <= budget, (inc, r.sparsity)
     assert abs(r.sparsity - cal.heldout_sparsity) < 0.05
 
 
