@@ -17,7 +17,9 @@ converted (split, and --dense for HF) into the cache; a split file needs --basel
 
 Threshold mode: per-layer thresholds on |act(gate)| are calibrated here, on the first
 --calib-tokens tokens of --text (Context.record, dense), as the requested quantile, and set on
-the model with Model.set_thresholds before each run of that level. Perplexity (teacher-forced,
+the model with Model.set_thresholds before each run of that level; a file calibrated for
+threshold mode (pi-convert --calibrate) also runs at its own thresholds, "ours threshold
+(file)". Perplexity (teacher-forced,
 logits_all) is measured on the rest of --text, which calibration did not see, in chunks of
 --ppl-ctx tokens (at most the model's training context; BOS first where the vocabulary adds
 one), as pi-perplexity scores it.
@@ -504,6 +506,9 @@ def run(args) -> dict:
     plain_info = (_gguf_info(plain_model.path) if plain_model is not None else
                   _gguf_info(plain_path) if use_llama else None)
     runners = []
+    file_mode = split_model.fields.get("pi.sparse_mode")
+    file_thr = getattr(split_model, "thresholds", None)     # before any calibration below
+    file_thr = None if file_thr is None else np.array(file_thr, dtype=np.float32)
     try:
         if use_llama:
             runners.append(LlamaRunner("llama-cpp-python dense", plain_path, n_ctx, args.threads))
@@ -526,15 +531,18 @@ def run(args) -> dict:
                     runners.append(PiRunner(f"ours threshold {s:g}", split_model, "split",
                                             "threshold", n_ctx, args.threads, target=s,
                                             thresholds=calib[s]))
+                if file_mode == "threshold" and file_thr is not None:   # pi-convert --calibrate's
+                    runners.append(PiRunner("ours threshold (file)", split_model, "split",
+                                            "threshold", n_ctx, args.threads,
+                                            thresholds=file_thr))
         if "sparse" in args.modes:
             if "sparse" not in split_model.ffn_modes:
                 log(f"pi-bench: {split_path.name} has no predictors; sparse mode skipped")
             else:
-                file_thr = getattr(split_model, "thresholds", None)
-                if split_model.fields.get("pi.sparse_mode") != "sparse" or file_thr is None:
-                    file_thr = np.zeros(split_model.n_layer, np.float32)
+                thr = (file_thr if file_mode == "sparse" and file_thr is not None else
+                       np.zeros(split_model.n_layer, np.float32))
                 runners.append(PiRunner("ours sparse", split_model, "split", "sparse", n_ctx,
-                                        args.threads, thresholds=np.array(file_thr)))
+                                        args.threads, thresholds=thr))
 
         # interleaved timing: one warm-up round, then reps rounds of A B C ...
         results = {r.label: [] for r in runners}
