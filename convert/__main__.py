@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="calibrate on TEXT_FILE (default: text the model writes itself) with our "
                    "dense engine; ReLU models get trained activation predictors")
     p.add_argument("--calib-tokens", type=int, metavar="N",
-                   help="calibration tokens to run (default for ReLU models: as many as 1 GiB "
+                   help="calibration tokens to run (default for ReLU models: as many as 512 MiB "
                    "of recorded inputs holds, 4096 to 16384; 512 for SwiGLU threshold "
                    "calibration)")
     p.add_argument("--train-predictors", action=argparse.BooleanOptionalAction, default=None,

@@ -62,9 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(args.text).is_file():
         print(f"error: text file {args.text} does not exist", file=sys.stderr)
         return 2
+    from pi_backend._lib import PiError
+    from .model import ConvertError
     try:
         rows = report(args.model, args.text, args.tokens)
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError, ConvertError, PiError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(report_table(rows))

@@ -39,7 +39,8 @@ DEFAULT_RANKS = (32, 64, 128)
 DEFAULT_TARGET_RECALL = 0.99
 DEFAULT_CALIB_TOKENS = 4096     # at least this many by default (see default_calib_tokens)
 MAX_DEFAULT_CALIB_TOKENS = 16384
-CALIB_MEMORY_BUDGET = 1 << 30   # bytes of recorded inputs and masks the default may fill
+CALIB_MEMORY_BUDGET = 1 << 29   # bytes of recorded inputs and masks the default may fill (the
+                                # peak while collecting is about twice: the windows, then one array)
 
 # bytes per weight of the FFN rows, by GGML type name (for the rank cost model)
 _BYTES_PER_WEIGHT = {"f32": 4.0, "f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32, "q4_1": 20 / 32}

@@ -19,7 +19,7 @@ struct pi_context {
     const pi_model *m;
     pi_pool *pool;
     int32_t n_ctx, n_batch, ffn_mode;
-    int32_t ldv;              /* v cache row stride: n_ctx padded (v_row_stride) */
+    int64_t ldv;              /* v cache row stride: n_ctx padded (v_row_stride) */
     pi_half *k_cache;         /* [n_layer][n_ctx][kv_dim] f16 (llama.cpp's default cache type) */
     pi_half *v_cache;         /* [n_layer][kv_dim][ldv] f16, transposed (as llama.cpp's) */
     float *x;                 /* [n_batch][d] residual stream */
@@ -134,7 +134,10 @@ typedef struct {
  * whole chunks), plus one cache line, so that the rows a token's v is scattered into (and the
  * rows attention reads together) do not sit 4 KiB apart (power-of-two n_ctx): such addresses
  * alias in the store-to-load check and stall the scatter. */
-static int32_t v_row_stride(int32_t n_ctx) { return (n_ctx + 7) / 8 * 8 + 32; }
+static int64_t v_row_stride(int32_t n_ctx) { return ((int64_t)n_ctx + 7) / 8 * 8 + 32; }
+
+/* The largest n_ctx a context takes (its buffer sizes then fit size_t with room to spare). */
+#define PI_MAX_CTX (INT32_MAX - 64)
 
 /* Floats of attention scratch per thread: scores [n_ctx + 8] and the f16-rounded query. */
 static size_t attn_scratch(int n_ctx, int head_dim) { return (size_t)n_ctx + 8 + (size_t)head_dim; }
@@ -451,6 +454,9 @@ int pi_context_create(pi_model *m, int32_t n_ctx, int32_t n_batch, int32_t n_thr
     if (n_ctx <= 0 || n_batch <= 0 || n_threads <= 0)
         return pi_fail(PI_ERR_RANGE, "pi_context_create: n_ctx = %d, n_batch = %d, n_threads = %d must be positive",
                        n_ctx, n_batch, n_threads);
+    if (n_ctx > PI_MAX_CTX)
+        return pi_fail(PI_ERR_RANGE, "pi_context_create: n_ctx = %d is above the limit %d", n_ctx,
+                       PI_MAX_CTX);
     if (n_batch > n_ctx) n_batch = n_ctx;
     const pi_hparams *hp = &m->hp;
     const size_t d = (size_t)hp->n_embd, n_ff = (size_t)hp->n_ff, B = (size_t)n_batch;

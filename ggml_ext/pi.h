@@ -201,7 +201,8 @@ PI_API void pi_model_free(pi_model *m);
 typedef struct pi_context pi_context;
 
 /* All buffers are allocated here, once: no allocation happens while decoding. Several
- * contexts may share one finalized model. n_batch: the most tokens one internal step takes. */
+ * contexts may share one finalized model. n_batch: the most tokens one internal step takes.
+ * n_ctx: 1 .. INT32_MAX - 64 (PI_ERR_RANGE outside; PI_ERR_NOMEM when the memory is not there). */
 PI_API int pi_context_create(pi_model *m, int32_t n_ctx, int32_t n_batch, int32_t n_threads,
                              pi_context **out);
 PI_API void pi_context_free(pi_context *c);

@@ -213,3 +213,15 @@ def test_report_on_unseen_text(calibrated, capsys):
     assert "precision" in capsys.readouterr().out
     assert main([str(MODEL), str(EVAL)]) == 2                   # no thresholds: a clear error
     assert "not a calibrated file" in capsys.readouterr().err
+    assert main([str(out), str(EVAL), "--tokens", "10"]) == 2   # too few positions: one line
+    err = capsys.readouterr().err        # (llama.cpp's own log lines may come first here)
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("error: "), err
+
+
+def test_context_size_limit():
+    from pi_backend._lib import PiError
+    from pi_backend.model import Model
+    m = Model(str(MODEL))
+    with pytest.raises(PiError, match="n_ctx = 2147483647 is above the limit"):
+        m.new_context(n_ctx=2**31 - 1)
+    m.close()
