@@ -195,9 +195,9 @@ def test_default_calibration_size_is_bounded_by_memory():
                                           MAX_DEFAULT_CALIB_TOKENS, default_calib_tokens)
     assert default_calib_tokens(4, 256, 1024) == MAX_DEFAULT_CALIB_TOKENS      # the test model
     assert default_calib_tokens(32, 4096, 11008) == DEFAULT_CALIB_TOKENS       # a 7B: the floor
-    n = default_calib_tokens(24, 1024, 4096)                                   # in between
+    n = default_calib_tokens(12, 768, 3072)                                    # in between
     assert DEFAULT_CALIB_TOKENS < n < MAX_DEFAULT_CALIB_TOKENS
-    assert n * 24 * (4 * 1024 + 4096) <= CALIB_MEMORY_BUDGET
+    assert n * 12 * (4 * 768 + 3072) <= CALIB_MEMORY_BUDGET
 
 
 def test_report_on_unseen_text(calibrated, capsys):
