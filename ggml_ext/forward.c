@@ -281,13 +281,14 @@ static int ffn_sparse_token(pi_context *c, const pi_layer *l, int il, const floa
     int h_done = 0; /* u already holds act(gate) * up (threshold mode with a dense up) */
     int32_t n = 0;
     int rc;
-    if (c->ffn_mode == PI_FFN_SPARSE && l->fc2.packed && l->gate.type == l->up.type) {
+    if (c->ffn_mode == PI_FFN_SPARSE && l->gate.type == l->up.type) {
         /* predictor hidden layer here, the rest in one pool run (pi_ffn_sparse) */
         const pi_weight *f1 = &l->fc1, *f2 = &l->fc2;
         if ((rc = matmul(c, f1, xn, 1, c->pz, f1->n_rows))) return rc;
         for (int64_t i = 0; i < f1->n_rows; i++) c->pz[i] = c->pz[i] > 0 ? c->pz[i] : 0;
         pi_ffn_sparse_args a = {
-            .fc2_type = f2->type, .fc2_packed = f2->packed, .rank = f2->n_cols, .h = c->pz, .thr = thr,
+            .fc2_type = f2->type, .fc2 = f2->packed ? f2->packed : f2->data,
+            .fc2_rows8 = f2->packed != NULL, .rank = f2->n_cols, .h = c->pz, .thr = thr,
             .type = l->gate.type, .gate = l->gate.data, .up = l->up.data, .down_type = l->down_t.type,
             .down_t = l->down_t.data, .act = kind, .n_ff = n_ff, .d = d, .x = xn, .logit = c->act,
             .g = g, .u = u, .idx = c->idx, .partial = c->partial, .y = out};

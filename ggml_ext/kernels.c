@@ -851,13 +851,18 @@ static void ffn_sparse_task(void *arg, int ith, int nth) {
     pi_ffn_sparse_args *a = j->a;
     int64_t n0, n1;
     pi_split(a->n_ff, PI_ROWS8, ith, nth, &n0, &n1);
-    /* the predictor's logits of this range: whole groups, then the plain tail rows */
-    const uint8_t *fc2 = a->fc2_packed;
-    for (int64_t r = n0; r + PI_ROWS8 <= n1; r += PI_ROWS8)
-        j->fc2_dot8(a->rank, fc2 + (size_t)r * j->fc2_row_bytes, j->hq, a->logit + r);
-    for (int64_t r = n1 - n1 % PI_ROWS8 > n0 ? n1 - n1 % PI_ROWS8 : n0; r < n1; r++) {
-        const void *row = fc2 + (size_t)r * j->fc2_row_bytes;
-        j->fc2_dot(a->rank, &row, 1, j->hq, a->logit + r);
+    /* the predictor's logits of this range: rows8 groups then the plain tail rows, or plain rows
+     * PI_KERNEL_ROWS at a time (f16/f32 predictors, as PowerInfer's) */
+    const uint8_t *fc2 = a->fc2;
+    int64_t r = n0;
+    if (a->fc2_rows8)
+        for (; r + PI_ROWS8 <= n1; r += PI_ROWS8)
+            j->fc2_dot8(a->rank, fc2 + (size_t)r * j->fc2_row_bytes, j->hq, a->logit + r);
+    for (; r < n1; r += PI_KERNEL_ROWS) {
+        const void *rows[PI_KERNEL_ROWS];
+        const int nr = (int)min64(PI_KERNEL_ROWS, n1 - r);
+        for (int k = 0; k < nr; k++) rows[k] = fc2 + (size_t)(r + k) * j->fc2_row_bytes;
+        j->fc2_dot(a->rank, rows, nr, j->hq, a->logit + r);
     }
     memset(a->g + n0, 0, (size_t)(n1 - n0) * sizeof(float));
     memset(a->u + n0, 0, (size_t)(n1 - n0) * sizeof(float));
@@ -886,7 +891,7 @@ static void ffn_sparse_task(void *arg, int ith, int nth) {
 int pi_ffn_sparse(pi_pool *pool, pi_ffn_sparse_args *a) {
     static const char fn[] = "pi_ffn_sparse";
     PI_CHECK_NULL(a);
-    if (!a->fc2_packed || !a->h || !a->gate || !a->up || !a->down_t || !a->x || !a->logit || !a->g ||
+    if (!a->fc2 || !a->h || !a->gate || !a->up || !a->down_t || !a->x || !a->logit || !a->g ||
         !a->u || !a->idx || !a->y || (!a->partial && pi_pool_n_threads(pool) > 1))
         return pi_fail(PI_ERR_NULL, "%s: a weight, input or buffer is NULL", fn);
     matrix_info mf, mg, md;
@@ -895,7 +900,7 @@ int pi_ffn_sparse(pi_pool *pool, pi_ffn_sparse_args *a) {
     if ((st = check_matrix(fn, a->type, a->n_ff, a->d, &mg))) return st;
     if ((st = check_matrix(fn, a->down_type, a->n_ff, a->d, &md))) return st;
     const pi_kernels *K = active_kernels();
-    if (!K->dot8[mf.slot])
+    if (a->fc2_rows8 && !K->dot8[mf.slot])
         return pi_fail(PI_ERR_TYPE, "%s: fc2 type %s has no 8-row layout", fn, pi_type_name(a->fc2_type));
     ffn_job j = {.a = a, .fc2_dot8 = K->dot8[mf.slot], .fc2_dot = K->dot[mf.slot],
                  .fc2_row_bytes = mf.row_bytes};

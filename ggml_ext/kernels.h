@@ -144,7 +144,8 @@ static inline float pi_activate(int kind, float v) {
  * sum; y is share 0's sum plus the others' in share order. Validates like pi_matvec_masked. */
 typedef struct {
     int fc2_type;
-    const void *fc2_packed;   /* [n_ff][rank] in the rows8 layout */
+    const void *fc2;          /* [n_ff][rank]: in the rows8 layout when fc2_rows8, else plain rows */
+    int fc2_rows8;
     int64_t rank;
     const float *h;           /* [rank] relu(fc1 x): the predictor's hidden layer */
     float thr;                /* logit threshold */

@@ -361,6 +361,21 @@ def test_predictors_roundtrip(outtype, hf_model, tmp_path):
         assert g.qtype(f"blk.{i}.fc1.weight") == want_t
         np.testing.assert_array_equal(g.f32(f"blk.{i}.fc1.weight"), roundtrip(fc1, want_t))
         np.testing.assert_array_equal(g.f32(f"blk.{i}.fc2.weight"), roundtrip(fc2, want_t))
+    # the engine runs them (plain f32/f16 rows in its fused sparse job): the neurons it computes
+    # are those whose logit, from the FFN input it recorded, is above the threshold
+    from pi_backend.model import Model
+    m = Model(str(out))
+    ctx = m.new_context(n_ctx=32, ffn_mode="sparse")
+    rec = ctx.record(list(range(3, 19)), 0, gate=False, h=False)["ffn_in"]   # [n, L, d]
+    st = ctx.stats()
+    want = 0
+    for i in range(2):
+        w1, w2 = (g.f32(f"blk.{i}.fc{k}.weight").astype(np.float64) for k in (1, 2))
+        want += int((np.maximum(rec[:, i] @ w1.T, 0) @ w2.T > 0.25).sum())
+    ctx.close()
+    m.close()
+    assert abs(st["ffn_active"] - want) <= 0.01 * st["ffn_neurons"], (st, want)
+    assert 0 < st["ffn_active"] < st["ffn_neurons"]
 
 
 def test_predictors_default_threshold_and_errors(hf_model, tmp_path):

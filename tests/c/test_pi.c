@@ -479,7 +479,7 @@ static void test_ffn_sparse(pi_pool *pool3) {
                 memset(g, 0x7f, sizeof g), memset(u, 0x7f, sizeof u);
                 float lg[NFF];
                 pi_ffn_sparse_args a = {
-                    .fc2_type = PI_TYPE_Q8_0, .fc2_packed = fc2p, .rank = RANK, .h = h, .thr = thr,
+                    .fc2_type = PI_TYPE_Q8_0, .fc2 = fc2p, .fc2_rows8 = 1, .rank = RANK, .h = h, .thr = thr,
                     .type = type, .gate = gate.q, .up = up.q, .down_type = type, .down_t = dt.q,
                     .act = kind, .n_ff = NFF, .d = D, .x = x, .logit = lg, .g = g, .u = u,
                     .idx = idx, .partial = partial, .y = y};
@@ -499,9 +499,29 @@ static void test_ffn_sparse(pi_pool *pool3) {
         }
         free_matrix(&gate), free_matrix(&up), free_matrix(&dt);
     }
+    /* plain-row predictors (f16, as PowerInfer's): the logits of pi_matvec, the same picks */
+    {
+        matrix f16 = make_matrix(PI_TYPE_F16, NFF, RANK), gate = make_matrix(PI_TYPE_Q8_0, NFF, D);
+        float ref[NFF], lg[NFF];
+        EXPECT_STATUS(pi_matvec(NULL, PI_TYPE_F16, f16.q, NFF, RANK, h, ref), PI_OK);
+        for (int pi = 0; pi < 2; pi++) {
+            pi_ffn_sparse_args a = {
+                .fc2_type = PI_TYPE_F16, .fc2 = f16.q, .fc2_rows8 = 0, .rank = RANK, .h = h, .thr = 0.0f,
+                .type = PI_TYPE_Q8_0, .gate = gate.q, .up = gate.q, .down_type = PI_TYPE_Q8_0,
+                .down_t = gate.q, .act = PI_ACT_RELU, .n_ff = NFF, .d = D, .x = x, .logit = lg, .g = g,
+                .u = u, .idx = idx, .partial = partial, .y = y};
+            EXPECT_STATUS(pi_ffn_sparse(pi ? pool3 : NULL, &a), PI_OK);
+            int want = 0;
+            for (int i = 0; i < NFF; i++) want += ref[i] > 0.0f;
+            CHECK(!memcmp(lg, ref, sizeof lg) && a.n_picked == want,
+                  "ffn_sparse f16 plain fc2 pool %d: logits or picks (%lld, expected %d) differ", pi,
+                  (long long)a.n_picked, want);
+        }
+        free_matrix(&f16), free_matrix(&gate);
+    }
     /* validation */
     matrix m = make_matrix(PI_TYPE_Q8_0, NFF, D);
-    pi_ffn_sparse_args a = {.fc2_type = PI_TYPE_Q8_0, .fc2_packed = fc2p, .rank = RANK, .h = h,
+    pi_ffn_sparse_args a = {.fc2_type = PI_TYPE_Q8_0, .fc2 = fc2p, .fc2_rows8 = 1, .rank = RANK, .h = h,
                             .type = PI_TYPE_Q8_0, .gate = m.q, .up = m.q, .down_type = PI_TYPE_Q8_0,
                             .down_t = m.q, .n_ff = NFF, .d = D, .x = x, .logit = logit, .g = g,
                             .u = u, .idx = idx, .partial = NULL, .y = y};
