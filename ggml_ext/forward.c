@@ -20,7 +20,8 @@ struct pi_context {
     pi_pool *pool;
     int32_t n_ctx, n_batch, ffn_mode;
     int64_t ldv;              /* v cache row stride: n_ctx padded (v_row_stride) */
-    pi_half *k_cache;         /* [n_layer][n_ctx][kv_dim] f16 (llama.cpp's default cache type) */
+    pi_half *k_cache;         /* [n_layer][n_head_kv][n_ctx][head_dim] f16 (llama.cpp's default
+                                 cache type), head-major: a head's keys are contiguous */
     pi_half *v_cache;         /* [n_layer][kv_dim][ldv] f16, transposed (as llama.cpp's) */
     float *x;                 /* [n_batch][d] residual stream */
     float *xn;                /* [n_batch][d] normalized input of the current block */
@@ -126,7 +127,7 @@ static void add_bias(float *Y, const pi_weight *b, int B, int64_t n) {
 
 typedef struct {
     pi_context *c;
-    const pi_half *kc, *vc; /* this layer's cache: k [n_ctx][kv_dim], v [kv_dim][ldv] */
+    const pi_half *kc, *vc; /* this layer's cache: k [n_head_kv][n_ctx][hd], v [kv_dim][ldv] */
     int B, n_past;
 } attn_job;
 
@@ -150,7 +151,7 @@ static void attn_task(void *arg, int ith, int nth) {
     const pi_context *c = j->c;
     const pi_kernels *K = pi_kernels_active();
     const pi_hparams *hp = &c->m->hp;
-    const int hd = hp->head_dim, kv_dim = hp->n_head_kv * hd, group = hp->n_head / hp->n_head_kv;
+    const int hd = hp->head_dim, group = hp->n_head / hp->n_head_kv;
     const int q_dim = hp->n_head * hd;
     const float scale = 1.0f / sqrtf((float)hd);
     float *sc = c->scores + (size_t)ith * attn_scratch(c->n_ctx, hd);
@@ -163,7 +164,7 @@ static void attn_task(void *arg, int ith, int nth) {
         const float *q = c->q + (size_t)t * q_dim + (size_t)h * hd;
         memcpy(q16, q, (size_t)hd * sizeof *q16);
         K->round_f16(hd, q16);
-        K->attn_scores(n_pos, hd, j->kc + (size_t)kvh * hd, kv_dim, q16, scale, sc);
+        K->attn_scores(n_pos, hd, j->kc + (size_t)kvh * c->n_ctx * hd, hd, q16, scale, sc);
         float mx = -INFINITY;
         for (int p = 0; p < n_pos; p++) mx = sc[p] > mx ? sc[p] : mx;
         const int n_pad = (n_pos + 7) / 8 * 8;
@@ -182,7 +183,7 @@ static int attention_block(pi_context *c, int il, int B, int n_past) {
     const pi_layer *l = &m->layers[il];
     const int d = hp->n_embd, hd = hp->head_dim;
     const int q_dim = hp->n_head * hd, kv_dim = hp->n_head_kv * hd;
-    pi_half *kc = c->k_cache + ((size_t)il * c->n_ctx) * kv_dim;
+    pi_half *kc = c->k_cache + ((size_t)il * c->n_ctx) * kv_dim; /* n_head_kv * n_ctx * hd each */
     pi_half *vc = c->v_cache + ((size_t)il * kv_dim) * c->ldv;
     const pi_kernels *K = pi_kernels_active();
     int rc;
@@ -205,9 +206,12 @@ static int attention_block(pi_context *c, int il, int B, int n_past) {
         for (int h = 0; h < hp->n_head_kv; h++)
             K->rope(hp->n_rot, hp->rope_neox, cs, c->k + (size_t)t * kv_dim + (size_t)h * hd);
     }
-    /* the new positions into the f16 cache: k at rows n_past.., v at columns n_past.. (through
-     * c->k's memory, free once k is stored) */
-    K->to_f16((int64_t)B * kv_dim, c->k, kc + (size_t)n_past * kv_dim);
+    /* the new positions into the f16 cache: k at rows n_past.. of each head, v at columns
+     * n_past.. (through c->k's memory, free once k is stored) */
+    for (int t = 0; t < B; t++)
+        for (int h = 0; h < hp->n_head_kv; h++)
+            K->to_f16(hd, c->k + (size_t)t * kv_dim + (size_t)h * hd,
+                      kc + ((size_t)h * c->n_ctx + (size_t)(n_past + t)) * hd);
     pi_half *v16 = (pi_half *)c->k;
     K->to_f16((int64_t)B * kv_dim, c->v, v16);
     for (int t = 0; t < B; t++)
