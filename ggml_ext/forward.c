@@ -34,7 +34,8 @@ struct pi_context {
     float *scores;            /* [n_threads][attn_scratch()] attention scratch per thread */
     float *rope_cs;           /* [n_batch][n_rot] cos, sin of the chunk's positions' RoPE angles */
     int32_t *idx;             /* [n_ff] active neuron ids of the current token */
-    float *act;               /* [n_ff] act(gate) of the current token (threshold mode) */
+    float *act;               /* [n_ff] act(gate) of the current token (threshold mode), or its
+                                 predictor logits (sparse mode) */
     int32_t *all_idx;         /* [n_ff] 0, 1, ..., n_ff - 1: every neuron (dense AXPY) */
     float *partial;           /* [n_threads - 1][d] the sparse FFN's per-share sums */
     pi_stats stats;
@@ -226,13 +227,20 @@ static int attention_block(pi_context *c, int il, int B, int n_past) {
 
 /* ---- FFN ------------------------------------------------------------------------------------ */
 
+/* The predictor's hidden layer of one token: c->pz = relu(fc1 xn). */
+static int predictor_hidden(pi_context *c, const pi_layer *l, const float *xn) {
+    const pi_weight *f1 = &l->fc1;
+    const int rc = matmul(c, f1, xn, 1, c->pz, f1->n_rows);
+    for (int64_t i = 0; i < f1->n_rows; i++) c->pz[i] = c->pz[i] > 0 ? c->pz[i] : 0;
+    return rc;
+}
+
 /* Active neuron ids of one token: the predictor's logits above the layer threshold. */
 static int predict_active(pi_context *c, const pi_layer *l, const float *xn, float thr, float *scratch,
                           int32_t *n_active) {
-    const pi_weight *f1 = &l->fc1, *f2 = &l->fc2;
-    int rc = matmul(c, f1, xn, 1, c->pz, f1->n_rows);
+    const pi_weight *f2 = &l->fc2;
+    int rc = predictor_hidden(c, l, xn);
     if (rc) return rc;
-    for (int64_t i = 0; i < f1->n_rows; i++) c->pz[i] = c->pz[i] > 0 ? c->pz[i] : 0;
     if ((rc = matmul(c, f2, c->pz, 1, scratch, f2->n_rows))) return rc;
     *n_active = (int32_t)pi_kernels_active()->select(f2->n_rows, scratch, thr, 0, c->idx);
     return PI_OK;
@@ -246,8 +254,8 @@ static int predict_active(pi_context *c, const pi_layer *l, const float *xn, flo
  * ffn_down (a --keep-down file), than as an AXPY over their ffn_down_t rows: at low sparsity,
  * and whenever ffn_down_t is the wider type. */
 static int dense_down_pays(const pi_layer *l, int32_t n) {
-    const double row_t = (double)pi_weight_bytes(&l->down_t) / (double)l->down_t.n_rows;
-    return (double)n * row_t * PI_AXPY_COST > (double)pi_weight_bytes(&l->down);
+    return (double)n * (double)pi_weight_row_bytes(&l->down_t) * PI_AXPY_COST >
+           (double)pi_weight_bytes(&l->down);
 }
 
 /* Threshold mode's selection: the neurons with |act(gate)| above thr (thr 0 keeps every SiLU
@@ -287,9 +295,8 @@ static int ffn_sparse_token(pi_context *c, const pi_layer *l, int il, const floa
     int rc;
     if (c->ffn_mode == PI_FFN_SPARSE && l->gate.type == l->up.type) {
         /* predictor hidden layer here, the rest in one pool run (pi_ffn_sparse) */
-        const pi_weight *f1 = &l->fc1, *f2 = &l->fc2;
-        if ((rc = matmul(c, f1, xn, 1, c->pz, f1->n_rows))) return rc;
-        for (int64_t i = 0; i < f1->n_rows; i++) c->pz[i] = c->pz[i] > 0 ? c->pz[i] : 0;
+        const pi_weight *f2 = &l->fc2;
+        if ((rc = predictor_hidden(c, l, xn))) return rc;
         pi_ffn_sparse_args a = {
             .fc2_type = f2->type, .fc2 = f2->packed ? f2->packed : f2->data,
             .fc2_rows8 = f2->packed != NULL, .rank = f2->n_cols, .h = c->pz, .thr = thr,
@@ -319,26 +326,14 @@ static int ffn_sparse_token(pi_context *c, const pi_layer *l, int il, const floa
             (rc = pi_matvec_masked(c->pool, l->up.type, l->up.data, n_ff, d, xn, c->idx, n, u))) return rc;
     }
     c->stats.ffn_active += n; /* the gate and up rows computed */
-    if (!h_done) {
-        /* the down input; a neuron the predictor picked whose act(gate) is 0 (a ReLU's negative
-         * gate: most of the picks at high recall) adds nothing and is dropped from the AXPY */
-        int32_t kept = 0;
-        for (int32_t k = 0; k < n; k++) { /* branch-free, as select */
-            const int i = c->idx[k];
-            u[i] *= pi_activate(kind, g[i]);
-            c->idx[kept] = i;
-            kept += u[i] != 0.0f;
-        }
-        n = kept;
-    }
+    if (!h_done) n = (int32_t)pi_down_input(kind, g, u, c->idx, n); /* most ReLU picks drop out */
     if (l->down.data && dense_down_pays(l, n)) { /* u is 0 for every dropped neuron */
         c->stats.ffn_down_active += n_ff;
         return matmul(c, &l->down, u, 1, out, d);
     }
     c->stats.ffn_down_active += n;
-    const double row_t = (double)pi_weight_bytes(&l->down_t) / (double)n_ff;
-    return pi_axpy_sparse(pool_for(c, row_t * n), l->down_t.type, l->down_t.data, n_ff, d, u, c->idx,
-                          n, out);
+    return pi_axpy_sparse(pool_for(c, (double)pi_weight_row_bytes(&l->down_t) * n), l->down_t.type,
+                          l->down_t.data, n_ff, d, u, c->idx, n, out);
 }
 
 /* Copies this layer's FFN input, gate and down input of B tokens into the recorder. */
@@ -399,7 +394,7 @@ static int decode_chunk(pi_context *c, const int32_t *tokens, int B, int n_past,
     const pi_hparams *hp = &m->hp;
     const int d = hp->n_embd;
     const pi_weight *emb = &m->tok_embd;
-    const size_t emb_row = pi_weight_bytes(emb) / (size_t)emb->n_rows;
+    const size_t emb_row = pi_weight_row_bytes(emb);
     int rc;
     for (int t = 0; t < B; t++)
         pi_dequantize_row_ref(emb->type, (const uint8_t *)emb->data + (size_t)tokens[t] * emb_row,

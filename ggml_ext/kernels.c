@@ -872,13 +872,7 @@ static void ffn_sparse_task(void *arg, int ith, int nth) {
     job gu = j->gu;
     gu.idx = idx;
     masked_pair_items(&gu, 0, n);
-    int64_t kept = 0; /* the down input; a pick whose act(gate) is 0 adds nothing to the AXPY */
-    for (int64_t k = 0; k < n; k++) { /* branch-free: the active set is unpredictable */
-        const int i = idx[k];
-        a->u[i] *= pi_activate(a->act, a->g[i]);
-        idx[kept] = i;
-        kept += a->u[i] != 0.0f;
-    }
+    const int64_t kept = pi_down_input(a->act, a->g, a->u, idx, n);
     job down = j->down;
     down.idx = idx;
     down.n_items = kept;

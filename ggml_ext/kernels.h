@@ -137,6 +137,20 @@ static inline float pi_activate(int kind, float v) {
     return kind == PI_ACT_RELU ? (v > 0 ? v : 0) : v / (1.0f + pi_expf_ggml(-v));
 }
 
+/* The down input of the picks idx[0 .. n): u[i] *= act(g[i]); the picks whose down input is
+ * exactly 0 (a ReLU's negative gate) add nothing to the down projection and are dropped from idx
+ * (kept in order); returns how many are left. */
+static inline int64_t pi_down_input(int kind, const float *g, float *u, int32_t *idx, int64_t n) {
+    int64_t kept = 0;
+    for (int64_t k = 0; k < n; k++) { /* branch-free: the active set is unpredictable */
+        const int32_t i = idx[k];
+        u[i] *= pi_activate(kind, g[i]);
+        idx[kept] = i;
+        kept += u[i] != 0.0f;
+    }
+    return kept;
+}
+
 /* One token's sparse FFN (sparse mode) in one pool run, without a barrier: each share takes a
  * range of neurons (whole groups of 8) and over it computes the predictor logits fc2 . h, picks
  * the neurons above thr, computes their gate and up rows (masked), forms the down input

@@ -42,11 +42,12 @@ struct pi_model {
     int finalized;
 };
 
-/* Bytes of a (present) weight's data. */
-static inline size_t pi_weight_bytes(const pi_weight *w) {
-    return (size_t)w->n_rows * (size_t)(w->n_cols / pi_type_block_elems(w->type)) *
-           (size_t)pi_type_block_bytes(w->type);
+/* Bytes of one row of a weight, and of its whole (present) data. */
+static inline size_t pi_weight_row_bytes(const pi_weight *w) {
+    return (size_t)(w->n_cols / pi_type_block_elems(w->type)) * (size_t)pi_type_block_bytes(w->type);
 }
+
+static inline size_t pi_weight_bytes(const pi_weight *w) { return (size_t)w->n_rows * pi_weight_row_bytes(w); }
 
 /* The output projection: `output`, or `tok_embd` when tied. */
 static inline const pi_weight *pi_model_output(const pi_model *m) {

@@ -19,10 +19,9 @@ Threshold mode: per-layer thresholds on |act(gate)| are calibrated here, on the 
 --calib-tokens tokens of --text (Context.record, dense), as the requested quantile, and set on
 the model with Model.set_thresholds before each run of that level; a file calibrated for
 threshold mode (pi-convert --calibrate) also runs at its own thresholds, "ours threshold
-(file)". Perplexity (teacher-forced,
-logits_all) is measured on the rest of --text, which calibration did not see, in chunks of
---ppl-ctx tokens (at most the model's training context; BOS first where the vocabulary adds
-one), as pi-perplexity scores it.
+(file)". Perplexity (teacher-forced, logits_all) is measured on the rest of --text, which
+calibration did not see, in chunks of --ppl-ctx tokens (at most the model's training context;
+BOS first where the vocabulary adds one), as pi-perplexity scores it.
 
 Writes <out>/pi_bench.json and <out>/pi_bench.png.
 """
