@@ -279,7 +279,7 @@ static void swiglu_scalar(int64_t n, const float *g, float *u) {
 }
 
 static void silu_scalar(int64_t n, float *x) {
-    for (int64_t i = 0; i < n; i++) x[i] = x[i] / (1.0f + pi_expf_ggml(-x[i]));
+    for (int64_t i = 0; i < n; i++) x[i] = pi_activate(PI_ACT_SILU, x[i]);
 }
 
 static void to_f16_scalar(int64_t n, const float *x, pi_half *y) {
@@ -843,7 +843,7 @@ typedef struct {
     const void *hq;          /* h as fc2's dot wants it */
     job gu;                  /* the masked pair over gate and up (idx set per share) */
     job down;                /* the AXPY over down_t (idx, n_items, y set per share) */
-    int64_t counts[PI_MAX_THREADS][2];
+    int64_t (*counts)[2];    /* [n shares]: picks and down rows, each written by its share */
 } ffn_job;
 
 static void ffn_sparse_task(void *arg, int ith, int nth) {
@@ -896,8 +896,9 @@ int pi_ffn_sparse(pi_pool *pool, pi_ffn_sparse_args *a) {
     const pi_kernels *K = active_kernels();
     if (a->fc2_rows8 && !K->dot8[mf.slot])
         return pi_fail(PI_ERR_TYPE, "%s: fc2 type %s has no 8-row layout", fn, pi_type_name(a->fc2_type));
+    int64_t counts[PI_MAX_THREADS][2]; /* not zeroed: every share writes its own (4 KB a call) */
     ffn_job j = {.a = a, .fc2_dot8 = K->dot8[mf.slot], .fc2_dot = K->dot[mf.slot],
-                 .fc2_row_bytes = mf.row_bytes};
+                 .fc2_row_bytes = mf.row_bytes, .counts = counts};
     j.gu = (job){.dot = K->dot[mg.slot], .W = a->gate, .W2 = a->up, .row_bytes = mg.row_bytes,
                  .n_cols = a->d, .y = a->g, .y2 = a->u, .n_tok = 1};
     j.down = (job){.axpy = K->axpy[md.slot], .W = a->down_t, .row_bytes = md.row_bytes,
@@ -915,8 +916,8 @@ int pi_ffn_sparse(pi_pool *pool, pi_ffn_sparse_args *a) {
     const int nth = pi_pool_n_threads(pool);
     a->n_picked = a->n_down = 0;
     for (int s = 0; s < nth; s++) {
-        a->n_picked += j.counts[s][0];
-        a->n_down += j.counts[s][1];
+        a->n_picked += counts[s][0];
+        a->n_down += counts[s][1];
         if (s == 0) continue;
         const float *p = a->partial + (size_t)(s - 1) * a->d;
         for (int64_t c = 0; c < a->d; c++) a->y[c] += p[c];

@@ -561,7 +561,7 @@ INLINE AVX2_FN void hsum8x8(const __m256 l[8], float out[8]) {
 INLINE AVX2_FN void dot8_f16_f32_lanes(const pi_half *const a[8], const float *b, int n, int over,
                                        float out[8]) {
     __m256 acc[8];
-    for (int r = 0; r < 8; r++) acc[r] = _mm256_setzero_ps();
+    zero_lanes8(acc);
     int i = 0;
     for (; i + 8 <= n; i += 8) {
         const __m256 bv = _mm256_loadu_ps(b + i);
@@ -634,7 +634,7 @@ AVX2_FN static void swiglu_avx2(int64_t n, const float *g, float *u) {
 AVX2_FN static void silu_avx2(int64_t n, float *x) {
     int64_t i = 0;
     for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, silu8(_mm256_loadu_ps(x + i)));
-    for (; i < n; i++) x[i] = x[i] / (1.0f + pi_expf_ggml(-x[i]));
+    for (; i < n; i++) x[i] = pi_activate(PI_ACT_SILU, x[i]);
 }
 
 /* F16C converts with round to nearest even, as pi_float_to_half. */
