@@ -38,6 +38,7 @@ struct pi_context {
                                  predictor logits (sparse mode) */
     int32_t *all_idx;         /* [n_ff] 0, 1, ..., n_ff - 1: every neuron (dense AXPY) */
     float *partial;           /* [n_threads - 1][d] the sparse FFN's per-share sums */
+    uint8_t *emb_row;         /* [row bytes of token_embd] one embedding row unpacked from rows8 */
     pi_stats stats;
     float *rec_in, *rec_gate, *rec_h; /* calibration recorder (pi_context_set_recorder) */
     int32_t rec_tokens;
@@ -396,9 +397,14 @@ static int decode_chunk(pi_context *c, const int32_t *tokens, int B, int n_past,
     const pi_weight *emb = &m->tok_embd;
     const size_t emb_row = pi_weight_row_bytes(emb);
     int rc;
-    for (int t = 0; t < B; t++)
-        pi_dequantize_row_ref(emb->type, (const uint8_t *)emb->data + (size_t)tokens[t] * emb_row,
-                              c->x + (size_t)t * d, d);
+    for (int t = 0; t < B; t++) {
+        const uint8_t *row = (const uint8_t *)emb->data + (size_t)tokens[t] * emb_row;
+        if (emb->packed) { /* tied to the output and repacked: the file's copy stays unread */
+            pi_rows8_unpack_row(emb->type, emb->packed, emb->n_rows, emb->n_cols, tokens[t], c->emb_row);
+            row = c->emb_row;
+        }
+        pi_dequantize_row_ref(emb->type, row, c->x + (size_t)t * d, d);
+    }
     const float theta_scale = powf(hp->rope_freq_base, -2.0f / (float)hp->n_rot);
     for (int t = 0; t < B; t++) /* once per chunk: every layer rotates by the same angles */
         rope_angles(c->rope_cs + (size_t)t * hp->n_rot, hp->n_rot, theta_scale, hp->rope_freq_scale,
@@ -476,17 +482,17 @@ int pi_context_create(pi_model *m, int32_t n_ctx, int32_t n_batch, int32_t n_thr
         {(void **)&c->scores, (size_t)n_threads * attn_scratch(n_ctx, hp->head_dim) * 4},
         {(void **)&c->rope_cs, B * (size_t)hp->n_rot * 4}, {(void **)&c->idx, n_ff * 4},
         {(void **)&c->all_idx, n_ff * 4}, {(void **)&c->act, n_ff * 4},
-        {(void **)&c->partial, (size_t)n_threads * d * 4}};
+        {(void **)&c->partial, (size_t)n_threads * d * 4},
+        {(void **)&c->emb_row, pi_weight_row_bytes(&m->tok_embd)}};
     const size_t n_parts = sizeof parts / sizeof parts[0];
     size_t total = 0;
     for (size_t i = 0; i < n_parts; i++) total += (parts[i].bytes + 63) / 64 * 64;
-    int rc = pi_buffer_alloc(total, &c->mem);
+    int rc = pi_buffer_alloc_advised(total, 0, &c->mem); /* used sparsely: no huge pages */
     if (rc) {
         free(c);
         return pi_fail(PI_ERR_NOMEM, "pi_context_create: cannot allocate %zu bytes for n_ctx = %d", total, n_ctx);
     }
-    c->mem_bytes = total;
-    memset(c->mem, 0, total);
+    c->mem_bytes = total; /* zeroed, and its pages cost memory only once used */
     char *p = c->mem;
     for (size_t i = 0; i < n_parts; i++) {
         *parts[i].ptr = p;

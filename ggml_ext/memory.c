@@ -1,4 +1,5 @@
 /* memory.c - library-owned buffers (huge pages where large) and the read-bandwidth probe. */
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -7,27 +8,50 @@
 #include "threads.h"
 
 #define HUGE_PAGE ((size_t)2 << 20)
+#define PAGE ((size_t)4096)
 
-int pi_buffer_alloc(size_t bytes, void **out) {
+/* A buffer's mapped size: whole pages, or whole huge pages when it is large. */
+static size_t mapped_bytes(size_t bytes) {
+    const size_t unit = bytes >= HUGE_PAGE ? HUGE_PAGE : PAGE;
+    return (bytes + unit - 1) / unit * unit;
+}
+
+/* Anonymous mappings come zeroed and take no memory until written. */
+int pi_buffer_alloc(size_t bytes, void **out) { return pi_buffer_alloc_advised(bytes, 1, out); }
+
+int pi_buffer_alloc_advised(size_t bytes, int huge, void **out) {
     PI_CHECK_NULL(out);
     *out = NULL;
     if (bytes == 0) return pi_fail(PI_ERR_SHAPE, "pi_buffer_alloc: zero bytes requested");
-    const int large = bytes >= HUGE_PAGE;
-    const size_t align = large ? HUGE_PAGE : 64;
-    const size_t rounded = (bytes + align - 1) / align * align;
-    void *p = NULL;
-    if (posix_memalign(&p, align, rounded) != 0)
+    if (bytes > SIZE_MAX / 2) return pi_fail(PI_ERR_NOMEM, "pi_buffer_alloc: %zu bytes requested", bytes);
+    const size_t size = mapped_bytes(bytes);
+    const int large = size >= HUGE_PAGE && huge;
+    const size_t slack = large ? HUGE_PAGE : 0; /* to align the start to a huge page */
+    uint8_t *raw = mmap(NULL, size + slack, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (raw == MAP_FAILED)
         return pi_fail(PI_ERR_NOMEM, "pi_buffer_alloc: cannot allocate %zu bytes", bytes);
+    uint8_t *p = raw;
+    if (large) {
+        p = (uint8_t *)(((uintptr_t)raw + HUGE_PAGE - 1) & ~(uintptr_t)(HUGE_PAGE - 1));
+        if (p > raw) munmap(raw, (size_t)(p - raw));
+        if (p + size < raw + size + slack) munmap(p + size, (size_t)(raw + size + slack - (p + size)));
 #ifdef MADV_HUGEPAGE
-    if (large) madvise(p, rounded, MADV_HUGEPAGE); /* advisory: failure is harmless */
+        madvise(p, size, MADV_HUGEPAGE); /* advisory: failure is harmless */
 #endif
+    }
     *out = p;
     return pi_ok();
 }
 
 void pi_buffer_free(void *ptr, size_t bytes) {
-    (void)bytes;
-    free(ptr);
+    if (ptr && bytes) munmap(ptr, mapped_bytes(bytes));
+}
+
+void pi_release_pages(const void *ptr, size_t bytes) {
+    if (!ptr || !bytes) return;
+    const uintptr_t b = (uintptr_t)ptr & ~(uintptr_t)(PAGE - 1);
+    const uintptr_t e = ((uintptr_t)ptr + bytes + PAGE - 1) & ~(uintptr_t)(PAGE - 1);
+    madvise((void *)b, e - b, MADV_DONTNEED); /* advisory: failure is harmless */
 }
 
 typedef struct {

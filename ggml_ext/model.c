@@ -98,7 +98,7 @@ int pi_model_create(const pi_hparams *hp, pi_model **out) {
         return pi_fail(PI_ERR_NOMEM, "pi_model_create: out of memory");
     }
     m->hp = *hp;
-    m->repack = 1;
+    m->repack = PI_REPACK;
     *out = m;
     return pi_ok();
 }
@@ -106,6 +106,7 @@ int pi_model_create(const pi_hparams *hp, pi_model **out) {
 void pi_model_free(pi_model *m) {
     if (!m) return;
     if (m->packed_mem) pi_buffer_free(m->packed_mem, m->packed_bytes);
+    if (m->small_mem) pi_buffer_free(m->small_mem, m->small_bytes);
     free(m->layers);
     free(m->thresholds);
     free(m);
@@ -217,6 +218,26 @@ static int packable(const pi_weight *w) {
 /* A packed matrix's share of the buffer: its bytes, 64-byte aligned. */
 static size_t packed_share(const pi_weight *w) { return (pi_weight_bytes(w) + 63) / 64 * 64; }
 
+/* Repacks w into out in slices of whole groups of about REPACK_SLICE bytes (the rows8 layout
+ * of a slice of whole groups is that slice of the layout), dropping each slice's source pages
+ * once copied when `release`: a large matrix (the output) is never in memory twice. */
+#define REPACK_SLICE ((size_t)1 << 20)
+
+static int repack_one(const pi_weight *w, uint8_t *out, int release) {
+    const size_t row_bytes = pi_weight_row_bytes(w);
+    int64_t step = (int64_t)(REPACK_SLICE / row_bytes) / PI_ROWS8 * PI_ROWS8;
+    if (step < PI_ROWS8) step = PI_ROWS8;
+    const uint8_t *src = w->data;
+    for (int64_t r0 = 0; r0 < w->n_rows; r0 += step) {
+        const int64_t n = w->n_rows - r0 < step ? w->n_rows - r0 : step;
+        const size_t off = (size_t)r0 * row_bytes;
+        const int rc = pi_repack_rows8(w->type, src + off, n, w->n_cols, out + off);
+        if (rc) return rc;
+        if (release) pi_release_pages(src + off, (size_t)n * row_bytes);
+    }
+    return PI_OK;
+}
+
 /* Copies the dense-only matrices into one buffer in the rows8 layout. */
 static int repack_dense(pi_model *m) {
     pi_weight **list = malloc(((size_t)m->hp.n_layer * DENSE_ONLY_PER_LAYER + 1) * sizeof *list);
@@ -236,7 +257,7 @@ static int repack_dense(pi_model *m) {
     for (int k = 0; k < n; k++) {
         pi_weight *w = list[k];
         if (!packable(w)) continue;
-        if ((rc = pi_repack_rows8(w->type, w->data, w->n_rows, w->n_cols, p))) goto done;
+        if ((rc = repack_one(w, p, m->repack == PI_REPACK_RELEASE))) goto done;
         w->packed = p;
         p += packed_share(w);
     }
@@ -249,6 +270,53 @@ done:
     }
     free(list);
     return rc;
+}
+
+/* Appends the present 1-D tensors (norms, biases) of one spec table over `base` to list (when
+ * not NULL) from index n; returns the new count. */
+static int add_small(const tensor_spec *specs, size_t n_specs, char *base, pi_weight **list, int n) {
+    for (size_t i = 0; i < n_specs; i++) {
+        pi_weight *w = (pi_weight *)(base + specs[i].offset);
+        if (specs[i].kind == K_MATRIX || !w->data) continue;
+        if (list) list[n] = w;
+        n++;
+    }
+    return n;
+}
+
+static int small_tensors(pi_model *m, pi_weight **list) {
+    int n = add_small(global_specs, sizeof global_specs / sizeof global_specs[0], (char *)m, list, 0);
+    for (int l = 0; l < m->hp.n_layer; l++)
+        n = add_small(layer_specs, sizeof layer_specs / sizeof layer_specs[0], (char *)&m->layers[l], list, n);
+    return n;
+}
+
+/* Copies the norms and biases into one model-owned buffer: a few KB each, scattered through the
+ * file, where every read would map a whole fault-around window of the file. */
+static int copy_small(pi_model *m) {
+    const int n = small_tensors(m, NULL);
+    if (n == 0) return PI_OK;
+    pi_weight **list = malloc((size_t)n * sizeof *list);
+    if (!list) return pi_fail(PI_ERR_NOMEM, "pi_model_finalize: out of memory");
+    small_tensors(m, list);
+    size_t total = 0;
+    for (int k = 0; k < n; k++) total += (pi_weight_bytes(list[k]) + 63) / 64 * 64;
+    int rc = pi_buffer_alloc(total, &m->small_mem);
+    if (rc) {
+        free(list);
+        return pi_fail(PI_ERR_NOMEM, "pi_model_finalize: cannot allocate %zu bytes for the norms", total);
+    }
+    m->small_bytes = total;
+    uint8_t *p = m->small_mem;
+    for (int k = 0; k < n; k++) {
+        const size_t bytes = pi_weight_bytes(list[k]);
+        memcpy(p, list[k]->data, bytes);
+        if (m->repack == PI_REPACK_RELEASE) pi_release_pages(list[k]->data, bytes);
+        list[k]->data = p;
+        p += (bytes + 63) / 64 * 64;
+    }
+    free(list);
+    return PI_OK;
 }
 
 int pi_model_finalize(pi_model *m) {
@@ -283,15 +351,17 @@ int pi_model_finalize(pi_model *m) {
     if (n_pred != 0 && n_pred != m->hp.n_layer)
         return pi_fail(PI_ERR_SHAPE, "predictors present in %d of %d layers; need all or none", n_pred,
                        m->hp.n_layer);
-    if (m->repack && (rc = repack_dense(m))) return rc;
+    if (m->repack != PI_REPACK_NONE && ((rc = repack_dense(m)) || (rc = copy_small(m)))) return rc;
     m->finalized = 1;
     return pi_ok();
 }
 
-int pi_model_set_repack(pi_model *m, int32_t enable) {
+int pi_model_set_repack(pi_model *m, int32_t mode) {
     PI_CHECK_NULL(m);
     if (m->finalized) return pi_fail(PI_ERR_RANGE, "pi_model_set_repack: model is finalized");
-    m->repack = enable != 0;
+    if (mode < PI_REPACK_NONE || mode > PI_REPACK_RELEASE)
+        return pi_fail(PI_ERR_RANGE, "pi_model_set_repack: unknown mode %d", mode);
+    m->repack = mode;
     return pi_ok();
 }
 

@@ -36,9 +36,11 @@ struct pi_model {
     pi_layer *layers;                    /* [n_layer] */
     float *thresholds;                   /* [n_layer] */
     int32_t max_rank;                    /* largest predictor rank (0: no predictors) */
-    int repack;                          /* pi_model_set_repack */
+    int repack;                          /* pi_repack, from pi_model_set_repack */
     void *packed_mem;                    /* every packed matrix, one buffer */
     size_t packed_bytes;
+    void *small_mem;                     /* copies of the 1-D tensors (norms, biases), one buffer */
+    size_t small_bytes;
     int finalized;
 };
 

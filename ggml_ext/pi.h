@@ -20,7 +20,7 @@
 extern "C" {
 #endif
 
-#define PI_API_VERSION 3
+#define PI_API_VERSION 4
 
 #if defined(__GNUC__)
 #define PI_API __attribute__((visibility("default")))
@@ -79,7 +79,8 @@ PI_API int pi_quantize_row(int type, const float *x, void *y, int64_t n);
 PI_API int pi_dequantize_row(int type, const void *x, float *y, int64_t n);
 
 /* ---- memory ----------------------------------------------------------------------------- */
-/* 64-byte aligned buffer, asking the kernel for transparent huge pages when it is large. */
+/* A zeroed buffer of its own anonymous mapping (page aligned; huge-page aligned and advised
+ * when it is large); pages cost memory only once written. Free with the same `bytes`. */
 PI_API int pi_buffer_alloc(size_t bytes, void **out);
 PI_API void pi_buffer_free(void *ptr, size_t bytes);
 /* Reads `bytes` of `buf` (a multiple of 64) with all threads of `pool`; *checksum defeats
@@ -184,10 +185,17 @@ PI_API int pi_model_set_tensor(pi_model *m, const char *name, int type, int64_t 
 /* Per-layer FFN thresholds: thr [n_layer] (a predictor logit threshold in sparse mode, an
  * |act(gate)| threshold in threshold mode). Copied. Default: 0 for every layer. */
 PI_API int pi_model_set_thresholds(pi_model *m, const float *thr, int32_t n_layer);
-/* Whether pi_model_finalize repacks the matrices that only run dense (attention, output, and
- * the FFN matrices no sparse mode reads) into the rows8 layout, in memory the model owns.
- * Default: 1. The attached data is then read only during finalize (and for embedding rows). */
-PI_API int pi_model_set_repack(pi_model *m, int32_t enable);
+/* What pi_model_finalize does with the attached data (pi_repack):
+ * PI_REPACK_NONE: every tensor is read in place.
+ * PI_REPACK (default): the matrices that only run dense (attention, output, and the FFN matrices
+ *   no sparse mode reads) are copied into the rows8 layout, and the 1-D tensors (norms, biases)
+ *   copied, into memory the model owns; the attached data of those is then read only during
+ *   finalize. Embedding rows come from the repacked output matrix when it is tied.
+ * PI_REPACK_RELEASE: as PI_REPACK, and the pages of each copied tensor are dropped from the
+ *   process as soon as it is copied (MADV_DONTNEED), so loading never holds the file and its
+ *   copy at once. Only for tensors in a read-only shared file mapping. */
+typedef enum { PI_REPACK_NONE = 0, PI_REPACK = 1, PI_REPACK_RELEASE = 2 } pi_repack;
+PI_API int pi_model_set_repack(pi_model *m, int32_t mode);
 /* Checks that every required tensor is present and repacks (see above); after this the model
  * is read-only. */
 PI_API int pi_model_finalize(pi_model *m);

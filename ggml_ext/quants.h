@@ -27,4 +27,8 @@ void pi_quantize_row_q8_1_ref(const float *x, block_q8_1 *y, int64_t n);
  * n a positive multiple of its block size. */
 void pi_dequantize_row_ref(int type, const void *x, float *y, int64_t n);
 
+/* One row of a matrix repacked by pi_repack_rows8 (Wp: [n_rows][n_cols] of Q4_0, Q4_1 or Q8_0)
+ * back in the plain layout: out receives the row's bytes. No validation. */
+void pi_rows8_unpack_row(int type, const void *Wp, int64_t n_rows, int64_t n_cols, int64_t row, void *out);
+
 #endif /* PI_QUANTS_H */

@@ -65,3 +65,26 @@ int pi_repack_rows8(int type, const void *W, int64_t n_rows, int64_t n_cols, voi
     memcpy(dst + done, src + done, (size_t)n_rows * row_bytes - done); /* the plain tail rows */
     return pi_ok();
 }
+
+/* The inverse for one row: row `row` of a repacked matrix Wp -> out, one plain row (row_bytes).
+ * Every rows8 block is its 8 rows' scale fields (n_hdr halves each, field-major), then their
+ * quants in 4-byte chunks, chunk c of row r at 32 c + 4 r. */
+void pi_rows8_unpack_row(int type, const void *Wp, int64_t n_rows, int64_t n_cols, int64_t row, void *out) {
+    const int64_t nb = n_cols / 32, bb = pi_type_block_bytes(type);
+    const size_t row_bytes = (size_t)(nb * bb);
+    const uint8_t *src = Wp;
+    uint8_t *dst = out;
+    if (row >= n_rows / PI_ROWS8 * PI_ROWS8) { /* a plain tail row */
+        memcpy(dst, src + (size_t)row * row_bytes, row_bytes);
+        return;
+    }
+    const int hdr = type == PI_TYPE_Q4_1 ? 4 : 2; /* bytes of scale fields per row */
+    const int r = (int)(row % PI_ROWS8);
+    const uint8_t *grp = src + (size_t)(row / PI_ROWS8) * PI_ROWS8 * row_bytes;
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *blk = grp + (size_t)b * PI_ROWS8 * (size_t)bb;
+        uint8_t *o = dst + (size_t)b * (size_t)bb;
+        for (int f = 0; f < hdr / 2; f++) memcpy(o + 2 * f, blk + 2 * PI_ROWS8 * f + 2 * r, 2);
+        for (int c = 0; c < (bb - hdr) / 4; c++) memcpy(o + hdr + 4 * c, blk + PI_ROWS8 * hdr + 32 * c + 4 * r, 4);
+    }
+}

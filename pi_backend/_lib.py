@@ -10,7 +10,7 @@ import glob
 import os
 from ctypes import POINTER, c_char_p, c_float, c_int, c_int32, c_int64, c_size_t, c_void_p
 
-PI_API_VERSION = 3
+PI_API_VERSION = 4
 
 # ---- status codes (pi_status) -----------------------------------------------------------
 PI_OK = 0
@@ -34,6 +34,7 @@ PI_TYPE_Q8_1 = 9
 PI_ISA_SCALAR = 0
 PI_ISA_AVX2 = 1
 PI_ISA_AVX512 = 2
+ISA_NAMES = {"scalar": PI_ISA_SCALAR, "avx2": PI_ISA_AVX2, "avx512": PI_ISA_AVX512}
 
 
 # ---- model enums (pi_arch, pi_act, pi_ffn_mode) ------------------------------------------------
@@ -44,6 +45,9 @@ PI_ACT_RELU = 1
 PI_FFN_DENSE = 0
 PI_FFN_SPARSE = 1
 PI_FFN_THRESHOLD = 2
+PI_REPACK_NONE = 0
+PI_REPACK = 1
+PI_REPACK_RELEASE = 2
 
 
 class pi_pool(ctypes.Structure):
@@ -196,8 +200,29 @@ def lib() -> ctypes.CDLL:
             fn = getattr(handle, name)
             fn.restype = restype
             fn.argtypes = argtypes
+        isa = _env_isa()
+        if isa is not None and handle.pi_isa_set(isa) != PI_OK:
+            raise ValueError(f"PI_ISA={os.environ['PI_ISA']}: "
+                             f"{handle.pi_last_error().decode()}")
         _LIB = handle
     return _LIB
+
+
+def _env_isa() -> int | None:
+    """The instruction set $PI_ISA forces (scalar, avx2, avx512), or None when it is unset."""
+    name = os.environ.get("PI_ISA", "").strip().lower()
+    if not name:
+        return None
+    if name not in ISA_NAMES:
+        raise ValueError(f"PI_ISA={name!r} is not an instruction set; expected one of "
+                         f"{', '.join(ISA_NAMES)}")
+    return ISA_NAMES[name]
+
+
+def default_isa() -> int:
+    """The instruction set the library starts with: $PI_ISA when set, else the CPU's best."""
+    isa = _env_isa()
+    return lib().pi_isa_best() if isa is None else isa
 
 
 def check(status: int) -> None:
@@ -212,6 +237,17 @@ def check(status: int) -> None:
 def call(name: str, *args) -> None:
     """Calls pi.h function `name` and raises PiError on a non-OK status."""
     check(getattr(lib(), name)(*args))
+
+
+def trim_heap() -> None:
+    """Collects garbage and gives the C heap's free memory back to the system: glibc keeps it
+    after a burst of allocations (a parsed vocabulary's small objects, llama.cpp's vocab load)."""
+    import gc
+    gc.collect()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to trim
 
 
 # ---- zero-copy views of numpy arrays ---------------------------------------------------------

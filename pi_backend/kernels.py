@@ -15,7 +15,7 @@ from ._lib import call, fptr, iptr, vptr
 
 TYPES = {"f32": _lib.PI_TYPE_F32, "f16": _lib.PI_TYPE_F16, "q4_0": _lib.PI_TYPE_Q4_0,
          "q4_1": _lib.PI_TYPE_Q4_1, "q8_0": _lib.PI_TYPE_Q8_0, "q8_1": _lib.PI_TYPE_Q8_1}
-ISAS = {"scalar": _lib.PI_ISA_SCALAR, "avx2": _lib.PI_ISA_AVX2, "avx512": _lib.PI_ISA_AVX512}
+ISAS = _lib.ISA_NAMES
 
 
 def type_id(t) -> int:

@@ -115,6 +115,7 @@ class Llama:
                  last_n_tokens_size: int = 64, embedding: bool = False,
                  chat_format: Optional[str] = None, chat_handler: Optional[Callable] = None,
                  verbose: bool = True, ffn_mode: Optional[str] = None, **kwargs: Any):
+        from . import _lib
         from .model import Model  # the engine; imported here so `import pi_backend` stays light
 
         self._closed = True
@@ -136,6 +137,7 @@ class Llama:
         self._model = Model(self.model_path, ffn_mode=ffn_mode)
         try:
             self._tok = Tokenizer(self.model_path, verbose=False)
+            _lib.trim_heap()  # what llama.cpp's vocab load left free
             if n_ctx == 0:
                 n_ctx = int(self._model.n_ctx_train)
             if n_ctx < 0:

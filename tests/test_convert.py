@@ -446,17 +446,16 @@ def _greedy(llm, prompt: bytes, n: int) -> list[int]:
     return out
 
 
-def test_smollm2_dense_q8_0_generates_like_the_original(smollm2_path, smollm2_converted):
-    """The --dense q8_0 file greedy-generates the original's first 32 tokens on a fixed prompt.
+def test_smollm2_dense_q8_0_follows_the_original(smollm2_path, smollm2_converted):
+    """The --dense q8_0 file, run by llama.cpp, follows the original along the original's greedy
+    continuation, teacher-forced.
 
     Requantizing Q4_1 weights to q8_0 moves each weight by up to 1/254 of its block's max, and
     llama.cpp multiplies q4_1 and q8_0 weights with differently quantized activations, so the
     logits differ slightly (about as much as for an exact f32 copy of the weights: mean
-    |dlogit| ~0.2). Greedy decoding follows the original as long as no near-tie occurs; on
-    some prompts one occurs within 32 tokens (measured: 3 of 10 chat/completion prompts keep
-    all 32 tokens). Hence, besides the strict check on a fixed prompt, the teacher-forced check:
-    along the original's continuation, the converted file picks the same token except at
-    near-ties of the original."""
+    |dlogit| ~0.2). The converted file picks the same token as the original except at the
+    original's near-ties. (Generated text is not compared: one near-tie changes everything after
+    it, and where one falls depends on the CPU's summation order.)"""
     llama_cpp = pytest.importorskip("llama_cpp")
     prompt = (b"<|im_start|>user\nExplain what a CPU does.<|im_end|>\n<|im_start|>assistant\n")
     kw = dict(verbose=False, n_ctx=256, n_threads=1, n_threads_batch=1, logits_all=True)
@@ -465,7 +464,7 @@ def test_smollm2_dense_q8_0_generates_like_the_original(smollm2_path, smollm2_co
     try:
         toks = a.tokenize(prompt, add_bos=False, special=True)
         assert toks == b.tokenize(prompt, add_bos=False, special=True)
-        ga, gb = _greedy(a, prompt, 32), _greedy(b, prompt, 32)
+        ga = _greedy(a, prompt, 32)
         seq = toks + ga
         logits = []
         for llm in (a, b):
@@ -478,7 +477,6 @@ def test_smollm2_dense_q8_0_generates_like_the_original(smollm2_path, smollm2_co
         flips = np.nonzero(la.argmax(-1) != lb.argmax(-1))[0]
         assert all(margin[i] < 0.5 for i in flips), (flips, margin[flips])
         assert np.abs(la - lb).mean() < 0.5
-        assert ga == gb, f"greedy outputs differ: {a.detokenize(ga)!r} vs {b.detokenize(gb)!r}"
     finally:
         a.close()
         b.close()

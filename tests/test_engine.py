@@ -12,13 +12,6 @@ from pi_backend import _lib
 from pi_backend.model import ContextOverflowError, Model, ModelError
 
 PROSE = (Path(__file__).parent / "data" / "prose.txt").read_text()
-PROMPTS = [
-    "The capital of France is",
-    "def fibonacci(n):\n",
-    "Once upon a time, in a small village,",
-    "The three primary colors are",
-    "To make a cup of tea, first",
-]
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +36,47 @@ def ref_logits(ref, tokens):
     return np.array(ref.scores[:len(tokens)], dtype=np.float32)
 
 
+def ref_logits_one_by_one(ref, tokens):
+    ref.reset()
+    for t in tokens:
+        ref.eval([t])
+    return np.array(ref.scores[:len(tokens)], dtype=np.float32)
+
+
+def within_peer_noise(d: dict, peer: dict) -> bool:
+    """Whether divergence d is within twice llama.cpp's own (peer): both are another summation
+    order than the batched path's, and 256 positions leave a token or two of sampling noise."""
+    return 1 - d["top1"] <= 2 * (1 - peer["top1"]) and d["kl"] <= 2 * peer["kl"]
+
+
+def divergence(a, b) -> dict:
+    """How far logits a [n, vocab] are from logits b: top-1 agreement, mean KL(b || a), max |a - b|."""
+    la = a - a.max(-1, keepdims=True)
+    lb = b - b.max(-1, keepdims=True)
+    la = la - np.log(np.exp(la).sum(-1, keepdims=True))
+    lb = lb - np.log(np.exp(lb).sum(-1, keepdims=True))
+    kl = float(np.mean(np.sum(np.exp(lb) * (lb - la), -1)))
+    return {"top1": float(np.mean(a.argmax(-1) == b.argmax(-1))), "kl": kl,
+            "max": float(np.abs(a - b).max())}
+
+
+@pytest.fixture(scope="module")
+def prose_tokens(llama_ref):
+    tokens = llama_ref.tokenize(PROSE.encode(), add_bos=False)[:256]
+    assert len(tokens) == 256
+    return tokens
+
+
+@pytest.fixture(scope="module")
+def peer_noise(llama_ref, prose_tokens):
+    """The bound for every comparison with llama.cpp, measured in this run: how far llama.cpp's
+    own one-token path is from its batched path on the same text (a few percent of top-1 picks
+    differ; the difference is the float summation order, amplified through 30 layers, and it
+    changes with the CPU's instruction set)."""
+    return divergence(ref_logits_one_by_one(llama_ref, prose_tokens),
+                      ref_logits(llama_ref, prose_tokens))
+
+
 def test_plain_gguf_runs_dense_only(model):
     assert model.ffn_modes == ("dense",)
     assert model.n_vocab == 49152 and model.n_embd == 576 and model.n_layer == 30
@@ -50,49 +84,28 @@ def test_plain_gguf_runs_dense_only(model):
         model.new_context(64, 1, ffn_mode="threshold")
 
 
-def test_teacher_forced_top1_agreement(model, llama_ref):
-    tokens = llama_ref.tokenize(PROSE.encode(), add_bos=False)[:300]
-    assert len(tokens) >= 256
+def test_teacher_forced_logits_match_llama_cpp(model, llama_ref, prose_tokens, peer_noise):
+    """Our batched logits are as close to llama.cpp's batched path as llama.cpp's own one-token
+    path is (on AVX2 they are the same bits)."""
+    ours = model.new_context(n_ctx=512, n_threads=2).eval(prose_tokens, 0, logits_all=True)
+    d = divergence(ours, ref_logits(llama_ref, prose_tokens))
+    assert within_peer_noise(d, peer_noise), (d, peer_noise)
+
+
+def test_one_token_steps_match_llama_cpp(model, llama_ref, prose_tokens, peer_noise):
+    """Decoding one token at a time through the KV cache (what generation does) is as close to
+    llama.cpp's batched logits as llama.cpp's own one-token path is."""
     ctx = model.new_context(n_ctx=512, n_threads=2)
-    ours = ctx.eval(tokens, 0, logits_all=True)
-    ref = ref_logits(llama_ref, tokens)
-    agree = np.mean(ours.argmax(-1) == ref.argmax(-1))
-    assert agree >= 0.98, f"top-1 agreement {agree:.3f}"
-    # the logits themselves are close: both run Q4_1 x Q8_1 integer dots on the same weights
-    rel = np.abs(ours - ref).max(-1) / np.abs(ref).max(-1)
-    assert np.median(rel) < 0.05
+    ours = np.stack([ctx.eval([t], i) for i, t in enumerate(prose_tokens)])
+    d = divergence(ours, ref_logits(llama_ref, prose_tokens))
+    assert within_peer_noise(d, peer_noise), (d, peer_noise)
 
 
-def greedy(ctx, tokens, n):
-    logits = ctx.eval(tokens, 0)
-    out = []
-    for i in range(n):
-        t = int(np.argmax(logits))
-        out.append(t)
-        logits = ctx.eval([t], len(tokens) + i)
-    return out
-
-
-def test_greedy_continuations_match_llama_cpp(model, llama_ref):
-    ctx = model.new_context(n_ctx=256, n_threads=2)
-    same = 0
-    for p in PROMPTS:
-        toks = llama_ref.tokenize(p.encode(), add_bos=False)
-        ours = greedy(ctx, toks, 48)
-        llama_ref.reset()
-        ref = []
-        for t in llama_ref.generate(toks, top_k=1, temp=0.0, reset=True):
-            ref.append(t)
-            if len(ref) == 48:
-                break
-        same += ours == ref
-    assert same >= 4, f"only {same} of {len(PROMPTS)} greedy continuations identical"
-
-
-def test_repacked_weights_give_the_plain_kernels_logits(model, smollm2_path):
+def test_repacked_weights_give_the_plain_kernels_logits(model, smollm2_path, peer_noise):
     """The rows8 layout changes where bytes sit, not the arithmetic: on AVX2 the logits are the
-    plain kernels' bit for bit (llama.cpp's order); the model repacks exactly its quantized
-    dense matrices (here all of them: the file is plain)."""
+    plain kernels' bit for bit (llama.cpp's order); elsewhere the summation order differs, and the
+    two are as close as llama.cpp's own two paths. The model repacks exactly its quantized dense
+    matrices (here all of them: the file is plain)."""
     import gguf
     reader = gguf.GGUFReader(str(smollm2_path))
     quantized = sum(int(t.n_bytes) for t in reader.tensors if t.tensor_type.name != "F32")
@@ -106,33 +119,68 @@ def test_repacked_weights_give_the_plain_kernels_logits(model, smollm2_path):
     if _lib.lib().pi_isa_get() == _lib.PI_ISA_AVX2:
         np.testing.assert_array_equal(ours, ref)
     else:
-        np.testing.assert_allclose(ours, ref, atol=0.5)
-        assert np.mean(ours.argmax(-1) == ref.argmax(-1)) >= 0.9
+        d = divergence(ours, ref)
+        assert within_peer_noise(d, peer_noise), (d, peer_noise)
 
 
-def test_memory_stays_about_the_file_size(smollm2_path):
-    """Repacking copies the weights, then releases the mapped file pages: loading and running
-    the model grows the resident set by about the file size, not twice it."""
+_PROBE = """
+import sys
+def status(key):
+    for line in open('/proc/self/status'):
+        if line.startswith(key): return int(line.split()[1]) * 1024
+import numpy, gguf, llama_cpp, pi_backend.llama
+which, path, n_ctx, cycles = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+cls = llama_cpp.Llama if which == 'llama_cpp' else pi_backend.llama.Llama
+before = status('VmRSS:')
+for i in range(cycles):
+    llm = cls(path, n_ctx=n_ctx, n_threads=2, verbose=False)
+    llm.eval([1, 2, 3])
+    if i == cycles - 1:
+        print(status('VmRSS:') - before, status('VmHWM:') - before)
+    llm.close()
+    del llm
+    if i == 1:
+        warm = (status('VmRSS:'), sum(1 for _ in open('/proc/self/maps')))
+if cycles > 2:
+    print(status('VmRSS:') - warm[0], sum(1 for _ in open('/proc/self/maps')) - warm[1])
+"""
+
+
+def _probe(which: str, path, n_ctx: int, cycles: int = 1):
+    """(RSS growth after loading and a 3-token eval, peak RSS growth, RSS growth and mapping count
+    growth from the 2nd close to the last) of a fresh process, in bytes."""
+    import os
     import subprocess
     import sys
-    code = (
-        "import sys, resource\n"
-        "def rss():\n"
-        "    for line in open('/proc/self/status'):\n"
-        "        if line.startswith('VmRSS:'): return int(line.split()[1]) * 1024\n"
-        "import numpy, gguf, pi_backend.model as pm\n"
-        "before = rss()\n"
-        "m = pm.Model(sys.argv[1])\n"
-        "m.new_context(n_ctx=256, n_threads=1).eval([1, 2, 3], 0)\n"
-        "print(rss() - before)\n")
     # the production build, also under `make asan` (a sanitizer's allocator inflates the RSS)
-    import os
     env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "PI_BACKEND_LIB")}
-    out = subprocess.run([sys.executable, "-c", code, str(smollm2_path)], capture_output=True,
-                         text=True, check=True, env=env)
-    grown = int(out.stdout.strip())
-    size = smollm2_path.stat().st_size
-    assert grown < 1.5 * size, f"RSS grew by {grown / 2**20:.0f} MiB for a {size / 2**20:.0f} MiB file"
+    out = subprocess.run([sys.executable, "-c", _PROBE, which, str(path), str(n_ctx), str(cycles)],
+                         capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    return [int(v) for v in out.stdout.split()]
+
+
+@pytest.mark.parametrize("n_ctx", [256, 2048])
+def test_memory_at_or_below_llama_cpp(smollm2_path, n_ctx):
+    """Loading the file and evaluating 3 tokens through Llama takes no more memory, resident and
+    at the peak, than llama-cpp-python's Llama on the same file and n_ctx, measured in this run:
+    the weights are copied once (rows8) and their file pages dropped as they are copied, the
+    norms copied too, and the context's buffers take memory only where written."""
+    ours, ours_peak = _probe("ours", smollm2_path, n_ctx)[:2]
+    theirs, theirs_peak = _probe("llama_cpp", smollm2_path, n_ctx)[:2]
+    mib = 2 ** 20
+    assert ours <= theirs, f"n_ctx {n_ctx}: RSS grew {ours / mib:.1f} MiB, llama-cpp-python {theirs / mib:.1f}"
+    assert ours_peak <= theirs_peak, \
+        f"n_ctx {n_ctx}: peak RSS grew {ours_peak / mib:.1f} MiB, llama-cpp-python {theirs_peak / mib:.1f}"
+
+
+def test_create_close_cycles_keep_memory_flat(smollm2_path):
+    """10 create / eval / close cycles of Llama: after the second, neither the resident set nor
+    the number of mappings grows (a leaked model would add its ~95 MiB of weights per cycle, a
+    leaked context its KV cache and a thread)."""
+    rss_growth, maps_growth = _probe("ours", smollm2_path, 256, cycles=10)[2:]
+    assert maps_growth <= 0, f"{maps_growth} mappings more after 8 cycles"
+    assert rss_growth < 2 * 2 ** 20, f"RSS grew {rss_growth / 2**20:.1f} MiB over 8 cycles"
 
 
 def test_kv_cache_decode_equals_full_recompute(model):

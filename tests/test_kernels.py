@@ -36,7 +36,7 @@ ISAS = isas()
 @pytest.fixture(autouse=True)
 def restore_isa():
     yield
-    call("pi_isa_set", _lib.lib().pi_isa_best())
+    call("pi_isa_set", _lib.default_isa())
 
 
 @pytest.fixture(scope="module")
@@ -189,7 +189,7 @@ def test_isa_selection():
     L = _lib.lib()
     best = L.pi_isa_best()
     assert best in ISA_NAMES
-    assert L.pi_isa_get() == best
+    assert L.pi_isa_get() == _lib.default_isa()  # the best, unless $PI_ISA forces another
     for isa in ISAS:
         call("pi_isa_set", isa)
         assert L.pi_isa_get() == isa
@@ -593,3 +593,21 @@ def test_indexed_kernel_errors(small, fn):
         assert np.all(sentinel == 7.0)
     # an empty index list is fine
     assert st(n_idx=0) == E.PI_OK
+
+
+def test_pi_isa_environment_forces_the_instruction_set():
+    """$PI_ISA picks the library's instruction set at load (the suite runs under each); a name
+    that is not one, or one this CPU lacks, is a one-line error."""
+    import subprocess
+    import sys
+    code = "from pi_backend import _lib; print(_lib.lib().pi_isa_get())"
+
+    def run(value):
+        env = {**__import__("os").environ, "PI_ISA": value}
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    for isa in ISAS:
+        out = run(ISA_NAMES[isa])
+        assert out.returncode == 0 and int(out.stdout) == isa, out.stderr
+    bad = run("sse9")
+    assert bad.returncode != 0
+    assert bad.stderr.strip().splitlines()[-1].startswith("ValueError: PI_ISA='sse9' is not an instruction set")

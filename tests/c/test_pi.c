@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "kernels.h" /* internal: the per-ISA tables (test 4) */
+#include "quants.h"  /* internal: pi_rows8_unpack_row (test 3) */
 #include "pi.h"
 
 static int n_passed, n_failed;
@@ -283,6 +284,15 @@ static void test_rows8(pi_pool *pool3) {
             matrix m = make_matrix(type, R, C);
             uint8_t *packed = malloc((size_t)(R * m.row_bytes));
             EXPECT_STATUS(pi_repack_rows8(type, m.q, R, C, packed), PI_OK);
+            uint8_t *row = malloc((size_t)m.row_bytes);
+            int unpacked = 1;
+            for (int64_t r = 0; r < R; r++) {
+                pi_rows8_unpack_row(type, packed, R, C, r, row);
+                unpacked &= !memcmp(row, m.q + r * m.row_bytes, (size_t)m.row_bytes);
+            }
+            CHECK(unpacked, "rows8 type %d %lldx%lld: an unpacked row differs from the plain row", type,
+                  (long long)R, (long long)C);
+            free(row);
             float *X = random_vec(T * C), *ref = calloc((size_t)(T * R), 4), *got = calloc((size_t)(T * R), 4);
             float *plain = calloc((size_t)(T * R), 4);
             for (int isa = 0; isa <= best; isa++) {
