@@ -53,7 +53,7 @@ def converted_path() -> Path:
 def _converter():
     """The converter's Python API, or None when it is not available."""
     try:
-        from convert import convert, ConvertError  # noqa: F401
+        from .convert import convert, ConvertError  # noqa: F401
     except ImportError:
         return None
     return convert, ConvertError

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from pi_backend import _lib
+from pi_backend.bench import DEFAULT_TEXT
 from pi_backend.model import ContextOverflowError, Model, ModelError
 
-PROSE = (Path(__file__).parent / "data" / "prose.txt").read_text()
+PROSE = DEFAULT_TEXT.read_text()
 PROMPTS = [
     "The capital of France is",
     "def fibonacci(n):\n",
