@@ -404,7 +404,6 @@ def greedy_allocation(model, a, h, ev: Evaluator, budget: float, step: float, pr
     """Per-layer sparsity within `budget` (relative perplexity increase); returns (thresholds,
     targets, checks)."""
     levels = np.round(np.arange(0.0, MAX_LEVEL + 1e-9, step), 6)
-    K = len(levels)
     L = model.n_layer
     thr, err = local_errors(model, a, h, levels, progress)
     kp = int(np.argmin(np.abs(levels - probe)))

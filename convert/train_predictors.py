@@ -113,7 +113,6 @@ def collect(model, seqs: Sequence[Sequence[int]], n_tokens: int = DEFAULT_CALIB_
             progress: bool = False) -> Calibration:
     """Runs the dense engine over the windows `seqs` (each from position 0) and keeps a seeded
     sample of at most n_tokens positions: their FFN inputs and which neurons were active."""
-    L, d, ff = model.n_layer, model.n_embd, model.n_ff
     n_ctx = max(len(s) for s in seqs)
     total = sum(len(s) for s in seqs)
     keep_p = min(1.0, n_tokens / max(1, total))
