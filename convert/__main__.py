@@ -1,7 +1,7 @@
 """Command line: pi-convert INPUT --outfile OUT.gguf --outtype f32|f16|q8_0|q4_0|q4_1
 [--dense | --keep-down] [--predictors DIR] [--calibrate [TEXT_FILE]] [--calib-tokens N]
 [--[no-]train-predictors] [--target-recall R] [--predictor-ranks 32,64,128] [--reorder]
-[--sparsity S | --ppl-budget B] [--threads N]   (also: python -m convert ...)"""
+[--sparsity S | --ppl-budget B] [--threads N]   (also: python -m pi_backend.convert ...)"""
 from __future__ import annotations
 
 import argparse

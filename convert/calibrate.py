@@ -36,11 +36,13 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, List, Sequence
+from typing import Callable, List
 
 import numpy as np
 
+from pi_backend import format as F
 from pi_backend._cli import progress_bar
+from pi_backend.format import Keys, T, field_value, layer_name
 
 from .model import ConvertError
 
@@ -117,22 +119,12 @@ class Calibration:
                 f" KL {self.heldout_kl:.4f}")
 
     def metadata(self) -> dict:
-        return {"pi.sparse_mode": "threshold",
-                "pi.thresholds": [float(x) for x in self.thresholds],
-                "pi.calibration": self.summary()}
+        return {Keys.SPARSE_MODE: F.FFN_THRESHOLD,
+                Keys.THRESHOLDS: [float(x) for x in self.thresholds],
+                Keys.CALIBRATION: self.summary()}
 
 
 # ---- engine helpers ----------------------------------------------------------------------------
-def set_thresholds(model, thr: Sequence[float]) -> None:
-    thr = np.ascontiguousarray(thr, dtype=np.float32)
-    if hasattr(model, "set_thresholds"):
-        model.set_thresholds(thr)
-        return
-    from pi_backend import _lib
-    _lib.call("pi_model_set_thresholds", model.ptr, _lib.fptr(thr), len(thr))
-    model.thresholds = thr
-
-
 def silu(x: np.ndarray) -> np.ndarray:
     return x / (1.0 + np.exp(-x))
 
@@ -150,7 +142,7 @@ def generate_sequences(model, tok, n_tokens: int, seed: int = 0, n_threads: int 
     n_seq = max(2, min(len(PROMPTS), math.ceil(n_tokens / 48)))
     per_seq = min(max_len, math.ceil(n_tokens / n_seq))
     ctx = model.new_context(n_ctx=max_len, n_threads=n_threads, n_batch=max_len,
-                            ffn_mode="dense")
+                            ffn_mode=F.FFN_DENSE)
     order = rng.permutation(len(PROMPTS))
     seqs: List[np.ndarray] = []
     total = 0
@@ -239,7 +231,7 @@ def record_samples(model, seqs: List[np.ndarray], positions: int, seed: int = 0,
     a_parts: List[List[np.ndarray]] = [[] for _ in range(L)]
     h_parts: List[List[np.ndarray]] = [[] for _ in range(L)]
     n_ctx = max(len(s) for s in seqs)
-    ctx = model.new_context(n_ctx=n_ctx, n_threads=n_threads, n_batch=n_ctx, ffn_mode="dense")
+    ctx = model.new_context(n_ctx=n_ctx, n_threads=n_threads, n_batch=n_ctx, ffn_mode=F.FFN_DENSE)
     bar = progress_bar(progress, len(seqs), "recording", "seq")
     try:
         for s in seqs:
@@ -285,7 +277,7 @@ class Evaluator:
         self.seqs = seqs
         n_ctx = max(len(s) for s in seqs)
         self.ctx = model.new_context(n_ctx=n_ctx, n_threads=n_threads, n_batch=n_ctx,
-                                     ffn_mode="dense")
+                                     ffn_mode=F.FFN_DENSE)
         self.ref = []          # (logp, p) per sequence
         self.dense_nll = 0.0
         self.n = sum(len(s) - 1 for s in seqs)
@@ -294,7 +286,7 @@ class Evaluator:
             self.dense_nll += nll(lp, s[1:]).sum()
             self.ref.append((lp, np.exp(lp)))
         self.dense_nll /= self.n
-        self.ctx.set_ffn_mode("threshold")
+        self.ctx.set_ffn_mode(F.FFN_THRESHOLD)
         self.n_evals = 0
 
     def __call__(self, thresholds, max_tokens: int | None = None) -> dict:
@@ -302,7 +294,7 @@ class Evaluator:
         on the first max_tokens scored tokens (default: all; a prefix of a sequence has the
         same dense logits as the whole, so the cached reference serves)."""
         from pi_backend.perplexity import log_softmax, nll
-        set_thresholds(self.model, thresholds)
+        self.model.set_thresholds(thresholds)
         self.ctx.reset_stats()
         kl = s_nll = d_nll_ref = 0.0
         n = 0
@@ -340,7 +332,7 @@ def down_rows(model, il: int) -> np.ndarray:
     """ffn_down_t of layer il as float32 [n_ff, d] (dequantized from the file)."""
     from gguf import GGMLQuantizationType as QT
     from gguf.quants import dequantize
-    name = f"blk.{il}.ffn_down_t.weight"
+    name = layer_name(il, T.FFN_DOWN_T)
     try:
         ty, a = model.tensor(name)
     except KeyError:
@@ -412,7 +404,6 @@ def greedy_allocation(model, a, h, ev: Evaluator, budget: float, step: float, pr
     """Per-layer sparsity within `budget` (relative perplexity increase); returns (thresholds,
     targets, checks)."""
     levels = np.round(np.arange(0.0, MAX_LEVEL + 1e-9, step), 6)
-    K = len(levels)
     L = model.n_layer
     thr, err = local_errors(model, a, h, levels, progress)
     kp = int(np.argmin(np.abs(levels - probe)))
@@ -511,10 +502,10 @@ def calibrate(model, cfg: CalibConfig, log: Callable[[str], None] | None = None,
     model_path = model.path
     tok = None
     try:
-        if model.fields.get("pi.ffn_activation", "silu") != "silu":
+        if model.fields.get(Keys.FFN_ACTIVATION, F.ACT_SILU) != F.ACT_SILU:
             raise ConvertError("threshold calibration is for SwiGLU (silu) models; this file's "
-                               f"FFN is {model.fields.get('pi.ffn_activation')}")
-        if "threshold" not in model.ffn_modes:
+                               f"FFN is {model.fields.get(Keys.FFN_ACTIVATION)}")
+        if F.FFN_THRESHOLD not in model.ffn_modes:
             raise ConvertError(f"{model_path}: threshold mode needs a split file (ffn_down_t)")
         tok = Tokenizer(str(model_path))
         if cfg.text_file:
@@ -579,11 +570,11 @@ def layer_report(model, thresholds, seqs: List[np.ndarray], n_threads: int = 1,
     """Per layer: threshold, target sparsity (when given) and the true sparsity in threshold
     mode on `seqs` (share of neurons with |silu(gate)| <= threshold, gates recorded while the
     engine runs sparse), plus the engine's own overall count as a row with layer = 'all'."""
-    set_thresholds(model, thresholds)
+    model.set_thresholds(thresholds)
     L, n_ff = model.n_layer, model.n_ff
     n_ctx = max(len(s) for s in seqs)
     ctx = model.new_context(n_ctx=n_ctx, n_threads=n_threads, n_batch=n_ctx,
-                            ffn_mode="threshold")
+                            ffn_mode=F.FFN_THRESHOLD)
     dropped = np.zeros(L, np.int64)
     n = 0
     try:
@@ -618,45 +609,19 @@ def format_report(rows: List[dict]) -> str:
     return "\n".join(lines)
 
 
-def report_file(model_path: str | Path, text: str | None = None, seqs=None, n_tokens: int = 512,
-                n_threads: int = 1) -> str:
-    """The per-layer report of a calibrated file on held-out text (or given sequences)."""
-    from pi_backend.model import Model
-    from pi_backend.tokenizer import Tokenizer
-    model = Model(str(model_path))
-    try:
-        thr = getattr(model, "thresholds", None)
-        if thr is None:
-            raise ConvertError(f"{model_path} has no pi.thresholds")
-        if seqs is None:
-            tok = Tokenizer(str(model_path))
-            try:
-                seqs = text_sequences(tok, text or "", n_tokens)
-            finally:
-                tok.close()
-        return format_report(layer_report(model, thr, seqs, n_threads))
-    finally:
-        model.close()
-
-
 # ---- writing -----------------------------------------------------------------------------------
 def write_with_metadata(src: str | Path, dst: str | Path, updates: dict, reader=None) -> None:
     """Copy the GGUF file src to dst with the keys in `updates` set (added or replaced); written
     under a temporary name and renamed. `reader`: an open gguf.GGUFReader of src, if any."""
     import gguf
     from gguf import GGUFValueType as VT
-    from .layout import replacing_writer
+    from .layout import copy_fields, replacing_writer
     dst = Path(dst)
     if reader is None:
         reader = gguf.GGUFReader(str(src), "r")
-    arch = reader.fields["general.architecture"].contents()
+    arch = field_value(reader.fields[Keys.ARCHITECTURE])
     with replacing_writer(dst, arch, "meta.tmp") as w:
-        for f in reader.fields.values():
-            if f.name == "general.architecture" or f.name.startswith("GGUF.") or f.name in updates:
-                continue
-            vt = f.types[0]
-            sub = f.types[-1] if vt == VT.ARRAY else None
-            w.add_key_value(f.name, f.contents(), vt, sub)
+        copy_fields(reader, w, updates)
         for k, v in updates.items():
             if isinstance(v, str):
                 w.add_string(k, v)
@@ -691,7 +656,7 @@ def convert_and_calibrate_source(src, outfile, outtype: str = "f16", text_file=N
     from .layout import write_model
     t0 = time.perf_counter() if t0 is None else t0
     hp = src.hparams
-    if hp.activation != "silu":
+    if hp.activation != F.ACT_SILU:
         raise ConvertError(f"threshold calibration is for SwiGLU (silu) models; this model's "
                            f"FFN is {hp.activation}")
     if relu_only:

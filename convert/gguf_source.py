@@ -13,27 +13,21 @@ import numpy as np
 import gguf
 from gguf import GGUFValueType as VT
 
+from pi_backend import format as F
+from pi_backend.format import Keys, T, field_types, field_value
+
 from .model import ConvertError, HParams, SourceTensor
 
-SUPPORTED_ARCHS = ("llama", "qwen2")
+SUPPORTED_ARCHS = tuple(F.ARCHS)
 # keys re-derived by the writer, never copied
-_REDERIVED = {"general.architecture", "general.file_type", "general.quantization_version",
+_REDERIVED = {Keys.ARCHITECTURE, "general.file_type", "general.quantization_version",
               "general.alignment"}
 
 
-def _field_value(field) -> tuple[Any, VT, VT | None]:
-    """A reader field as (value, type, sub_type), strings kept as raw bytes."""
-    main = field.types[0]
-    if main == VT.ARRAY:
-        sub = field.types[-1]
-        if len(field.types) > 2:
-            raise ValueError("nested arrays")
-        if sub == VT.STRING:
-            return [bytes(field.parts[i]) for i in field.data], main, sub
-        return [field.parts[i].tolist()[0] for i in field.data], main, sub
-    if main == VT.STRING:
-        return bytes(field.parts[field.data[0]]), main, None
-    return field.parts[field.data[0]].tolist()[0], main, None
+def _typed_value(field) -> tuple[Any, VT, VT | None]:
+    """A reader field as (value, type, sub_type), strings kept as raw bytes, as GGUFWriter's
+    add_key_value takes it; value None for a nested array."""
+    return (field_value(field, text=False), *field_types(field))
 
 
 class GGUFSource:
@@ -46,16 +40,16 @@ class GGUFSource:
         except (ValueError, OSError, IndexError, KeyError) as e:
             raise ConvertError(f"{path}: not a readable GGUF file ({e})") from None
         r = self.reader
-        arch = self._get("general.architecture")
+        arch = self._get(Keys.ARCHITECTURE)
         if arch is None:
-            raise ConvertError(f"{path}: no general.architecture key")
+            raise ConvertError(f"{path}: no {Keys.ARCHITECTURE} key")
         arch = arch.decode() if isinstance(arch, bytes) else arch
         if arch not in SUPPORTED_ARCHS:
             raise ConvertError(f"unsupported architecture {arch!r} in {path.name} "
                                f"(supported: {', '.join(SUPPORTED_ARCHS)})")
-        if self._get("pi.format_version") is not None:
+        if self._get(Keys.FORMAT_VERSION) is not None:
             raise ConvertError(f"{path.name} is already a pi_backend file; convert from its source")
-        if any(t.name.endswith("ffn_down_t.weight") for t in r.tensors):
+        if any(F.split_name(t.name)[1] == T.FFN_DOWN_T for t in r.tensors):
             raise ConvertError(f"{path.name} has a split FFN already; convert from its source")
 
         def need(key: str) -> Any:
@@ -67,9 +61,9 @@ class GGUFSource:
         self.tensor_map = {t.name: t for t in r.tensors}
         n_embd = int(need("embedding_length"))
         n_head = int(need("attention.head_count"))
-        if "token_embd.weight" not in self.tensor_map:
-            raise ConvertError(f"{path.name}: no token_embd.weight tensor")
-        n_vocab = int(self.tensor_map["token_embd.weight"].shape[1])
+        if T.TOKEN_EMBD not in self.tensor_map:
+            raise ConvertError(f"{path.name}: no {T.TOKEN_EMBD} tensor")
+        n_vocab = int(self.tensor_map[T.TOKEN_EMBD].shape[1])
         n_ff = need("feed_forward_length")
         if isinstance(n_ff, list):
             raise ConvertError(f"{path.name}: per-layer feed_forward_length is not supported")
@@ -87,8 +81,8 @@ class GGUFSource:
             ctx_len=int(need("context_length")),
             rope_theta=float(self._get(f"{arch}.rope.freq_base") or 10000.0),
             rms_eps=float(need("attention.layer_norm_rms_epsilon")),
-            activation="silu",    # llama.cpp's llama/qwen2 FFN is SwiGLU
-            tied="output.weight" not in self.tensor_map,
+            activation=F.ACT_SILU,    # llama.cpp's llama/qwen2 FFN is SwiGLU
+            tied=T.OUTPUT not in self.tensor_map,
             name=(self._get("general.name") or b"").decode("utf-8", "replace")
             if isinstance(self._get("general.name"), bytes) else str(self._get("general.name") or ""),
         )
@@ -97,10 +91,9 @@ class GGUFSource:
         for key, field in r.fields.items():
             if key.startswith("GGUF.") or key in _REDERIVED or key.startswith("tokenizer."):
                 continue
-            try:
-                self.hparams.extra_kv[key] = _field_value(field)
-            except ValueError:
-                continue
+            typed = _typed_value(field)
+            if typed[0] is not None:
+                self.hparams.extra_kv[key] = typed
         types = sorted({t.tensor_type.name for t in r.tensors})
         self.description = f"{path.name} (GGUF, {'/'.join(types)})"
 
@@ -108,7 +101,7 @@ class GGUFSource:
         f = self.reader.fields.get(key)
         if f is None:
             return None
-        return _field_value(f)[0]
+        return field_value(f, text=False)
 
     def tensors(self) -> dict[str, SourceTensor]:
         out: dict[str, SourceTensor] = {}
@@ -124,7 +117,7 @@ class GGUFSource:
         for key, field in self.reader.fields.items():
             if not key.startswith("tokenizer."):
                 continue
-            val, typ, sub = _field_value(field)
+            val, typ, sub = _typed_value(field)
             writer.add_key_value(key, val, typ, sub)
             if key == "tokenizer.ggml.tokens":
                 n_tokens = len(val)

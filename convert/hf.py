@@ -15,6 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from pi_backend import format as F
+from pi_backend.format import T
+
 from .model import ConvertError, HParams, SourceTensor, SUPPORTED_ACTIVATIONS, permute_qk
 
 ARCHITECTURES = {
@@ -225,23 +228,16 @@ class HFSource:
             return _GLOBAL_MAP[hf_name]
         m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)", hf_name)
         if m and m.group(2) in _LAYER_MAP:
-            return f"blk.{int(m.group(1))}.{_LAYER_MAP[m.group(2)]}"
+            return F.layer_name(int(m.group(1)), _LAYER_MAP[m.group(2)])
         return None
 
     def expected_shape(self, name: str) -> tuple[int, ...] | None:
         hp = self.hparams
-        q, kv = hp.n_head * hp.head_dim, hp.n_head_kv * hp.head_dim
-        shapes = {
-            "token_embd.weight": (hp.n_vocab, hp.n_embd), "output.weight": (hp.n_vocab, hp.n_embd),
-            "output_norm.weight": (hp.n_embd,), "attn_norm.weight": (hp.n_embd,),
-            "ffn_norm.weight": (hp.n_embd,), "attn_q.weight": (q, hp.n_embd),
-            "attn_k.weight": (kv, hp.n_embd), "attn_v.weight": (kv, hp.n_embd),
-            "attn_output.weight": (hp.n_embd, q), "attn_q.bias": (q,), "attn_k.bias": (kv,),
-            "attn_v.bias": (kv,), "ffn_gate.weight": (hp.n_ff, hp.n_embd),
-            "ffn_up.weight": (hp.n_ff, hp.n_embd), "ffn_down.weight": (hp.n_embd, hp.n_ff),
-        }
-        key = name.split(".", 2)[2] if name.startswith("blk.") else name
-        return shapes.get(key)
+        spec = F.SPECS.get(F.split_name(name)[1])
+        if spec is None:
+            return None
+        return spec.shape(F.dims(hp.n_embd, hp.n_ff, hp.n_vocab, hp.n_head, hp.n_head_kv,
+                                 hp.head_dim))
 
     def tensors(self) -> dict[str, SourceTensor]:
         hp = self.hparams
@@ -253,17 +249,18 @@ class HFSource:
                     continue
                 raise ConvertError(f"unexpected tensor {hf_name!r} in {f.path.name} "
                                    f"(not a {hp.arch} checkpoint?)")
-            if name.startswith("blk.") and int(name.split(".")[1]) >= hp.n_layer:
+            il, part = F.split_name(name)
+            if il is not None and il >= hp.n_layer:
                 raise ConvertError(f"tensor {hf_name} is beyond num_hidden_layers={hp.n_layer}")
             shape = f.shape(hf_name)
             want = self.expected_shape(name)
             if want is not None and shape != want:
                 raise ConvertError(f"inconsistent shapes: {hf_name} is {list(shape)}, "
                                    f"config.json implies {list(want)}")
-            permute = None
-            if hp.arch == "llama" and name.endswith(("attn_q.weight", "attn_q.bias")):
+            permute = None   # adjacent-pair rope: Q/K rows interleaved as llama.cpp does
+            if not F.ARCHS[hp.arch].rope_neox and part in (T.ATTN_Q, T.ATTN_Q_BIAS):
                 permute = hp.n_head
-            elif hp.arch == "llama" and name.endswith(("attn_k.weight", "attn_k.bias")):
+            elif not F.ARCHS[hp.arch].rope_neox and part in (T.ATTN_K, T.ATTN_K_BIAS):
                 permute = hp.n_head_kv
             out[name] = SourceTensor(name, shape, _loader(f, hf_name, permute),
                                      f.dtype(hf_name).lower())

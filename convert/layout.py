@@ -9,7 +9,6 @@ and written, one at a time. The file is written under a temporary name and renam
 from __future__ import annotations
 
 import os
-import re
 import resource
 import time
 from collections import Counter
@@ -22,10 +21,11 @@ import numpy as np
 import gguf
 from gguf import GGMLQuantizationType as QT, GGUFValueType as VT
 
+from pi_backend import format as F
+from pi_backend.format import FORMAT_VERSION, Keys, T, field_types, field_value, layer_name
+
 from .model import ConvertError, HParams, SourceTensor
 from .predictors import Predictors
-
-FORMAT_VERSION = 1
 
 OUTTYPES: dict[str, QT] = {"f32": QT.F32, "f16": QT.F16, "q8_0": QT.Q8_0,
                            "q4_0": QT.Q4_0, "q4_1": QT.Q4_1}
@@ -33,14 +33,14 @@ FILE_TYPES = {QT.F32: gguf.LlamaFileType.ALL_F32, QT.F16: gguf.LlamaFileType.MOS
               QT.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0, QT.Q4_0: gguf.LlamaFileType.MOSTLY_Q4_0,
               QT.Q4_1: gguf.LlamaFileType.MOSTLY_Q4_1}
 
-_LAYER_ORDER = ["attn_norm.weight", "attn_q.weight", "attn_q.bias", "attn_k.weight",
-                "attn_k.bias", "attn_v.weight", "attn_v.bias", "attn_output.weight",
-                "ffn_norm.weight", "ffn_gate.weight", "ffn_up.weight", "ffn_down.weight"]
-_REQUIRED_LAYER = ["attn_norm.weight", "attn_q.weight", "attn_k.weight", "attn_v.weight",
-                   "attn_output.weight", "ffn_norm.weight", "ffn_gate.weight", "ffn_up.weight",
-                   "ffn_down.weight"]
-_GLOBALS_FIRST = ["token_embd.weight", "rope_freqs.weight"]
-_GLOBALS_LAST = ["output_norm.weight", "output.weight"]
+# A source's tensors, in the order they are written.
+_LAYER_ORDER = [T.ATTN_NORM, T.ATTN_Q, T.ATTN_Q_BIAS, T.ATTN_K, T.ATTN_K_BIAS, T.ATTN_V,
+                T.ATTN_V_BIAS, T.ATTN_OUT, T.FFN_NORM, T.FFN_GATE, T.FFN_UP, T.FFN_DOWN]
+# what the engine requires, and the plain down projection the split one is made from
+_REQUIRED_LAYER = [s.name for s in F.LAYER_TENSORS if s.required] + [T.FFN_DOWN]
+_ROPE_FREQS = "rope_freqs.weight"     # llama 3 sources; carried as it is
+_GLOBALS_FIRST = [T.TOKEN_EMBD, _ROPE_FREQS]
+_GLOBALS_LAST = [T.OUTPUT_NORM, T.OUTPUT]
 
 
 @dataclass
@@ -92,11 +92,11 @@ class Summary:
 
 
 def pick_type(name: str, shape: tuple[int, ...], outtype: QT, warnings: list[str]) -> QT:
-    if len(shape) == 1 or name.endswith(".bias") or "norm" in name or name == "rope_freqs.weight":
+    if len(shape) == 1 or name.endswith(".bias") or "norm" in name or name == _ROPE_FREQS:
         return QT.F32
-    if name.endswith(("fc1.weight", "fc2.weight")):
+    if F.split_name(name)[1] in (T.FC1, T.FC2):
         return QT.F32 if outtype == QT.F32 else QT.F16
-    if name in ("token_embd.weight", "output.weight") and outtype in (QT.Q4_0, QT.Q4_1):
+    if name in (T.TOKEN_EMBD, T.OUTPUT) and outtype in (QT.Q4_0, QT.Q4_1):
         # the output projection is the most sensitive matrix (llama.cpp's 4-bit file types keep
         # it at higher precision too): 4-bit files keep it at q8_0
         outtype = QT.Q8_0
@@ -123,11 +123,6 @@ def encode(a: np.ndarray, qtype: QT) -> np.ndarray:
     return out
 
 
-def _layer_key(name: str) -> tuple[int, str] | None:
-    m = re.fullmatch(r"blk\.(\d+)\.(.+)", name)
-    return (int(m.group(1)), m.group(2)) if m else None
-
-
 def plan_tensors(hp: HParams, src: dict[str, SourceTensor], outtype: QT, dense: bool,
                  preds: Predictors | None, warnings: list[str],
                  neuron_orders: list[np.ndarray] | None = None,
@@ -135,31 +130,32 @@ def plan_tensors(hp: HParams, src: dict[str, SourceTensor], outtype: QT, dense: 
     per_layer: list[dict[str, SourceTensor]] = [{} for _ in range(hp.n_layer)]
     glob: dict[str, SourceTensor] = {}
     for name, t in src.items():
-        lk = _layer_key(name)
-        if lk is None:
+        il, rest = F.split_name(name)
+        if il is None:
             if name not in _GLOBALS_FIRST + _GLOBALS_LAST:
                 raise ConvertError(f"unexpected tensor {name!r} in the source")
             glob[name] = t
             continue
-        il, rest = lk
         if il >= hp.n_layer or rest not in _LAYER_ORDER:
             raise ConvertError(f"unexpected tensor {name!r} in the source")
         per_layer[il][rest] = t
-    for g in ("token_embd.weight", "output_norm.weight"):
+    for g in (T.TOKEN_EMBD, T.OUTPUT_NORM):
         if g not in glob:
             raise ConvertError(f"missing tensor {g} in the source")
-    if glob["token_embd.weight"].shape != (hp.n_vocab, hp.n_embd):
-        raise ConvertError(f"inconsistent shapes: token_embd is {list(glob['token_embd.weight'].shape)}"
-                           f", expected [{hp.n_vocab}, {hp.n_embd}]")
+    dims = F.dims(hp.n_embd, hp.n_ff, hp.n_vocab, hp.n_head, hp.n_head_kv, hp.head_dim)
+    want = F.SPECS[T.TOKEN_EMBD].shape(dims)
+    if glob[T.TOKEN_EMBD].shape != want:
+        raise ConvertError(f"inconsistent shapes: token_embd is {list(glob[T.TOKEN_EMBD].shape)}"
+                           f", expected {list(want)}")
     for il, layer in enumerate(per_layer):
         for r in _REQUIRED_LAYER:
             if r not in layer:
-                raise ConvertError(f"missing tensor blk.{il}.{r} in the source")
-        for r, shp in (("ffn_gate.weight", (hp.n_ff, hp.n_embd)), ("ffn_up.weight", (hp.n_ff, hp.n_embd)),
-                       ("ffn_down.weight", (hp.n_embd, hp.n_ff))):
+                raise ConvertError(f"missing tensor {layer_name(il, r)} in the source")
+        for r in (T.FFN_GATE, T.FFN_UP, T.FFN_DOWN):
+            shp = F.SPECS[r].shape(dims)
             if layer[r].shape != shp:
-                raise ConvertError(f"inconsistent shapes: blk.{il}.{r} is {list(layer[r].shape)}, "
-                                   f"expected {list(shp)}")
+                raise ConvertError(f"inconsistent shapes: {layer_name(il, r)} is "
+                                   f"{list(layer[r].shape)}, expected {list(shp)}")
 
     plan: list[OutTensor] = []
 
@@ -174,22 +170,22 @@ def plan_tensors(hp: HParams, src: dict[str, SourceTensor], outtype: QT, dense: 
             if r not in layer:
                 continue
             t = layer[r]
-            if r == "ffn_down.weight" and not dense:
+            if r == T.FFN_DOWN and not dense:
                 if keep_down:  # the plain layout too: dense mode reads it at full speed
-                    add(f"blk.{il}.{r}", t.shape, t.load)
-                name, shape = f"blk.{il}.ffn_down_t.weight", (hp.n_ff, hp.n_embd)
+                    add(layer_name(il, r), t.shape, t.load)
+                name, shape = layer_name(il, T.FFN_DOWN_T), F.SPECS[T.FFN_DOWN_T].shape(dims)
                 qt = _down_t_type(outtype, t.src_type, warnings)
                 plan.append(OutTensor(name, shape, pick_type(name, shape, qt, warnings),
                                       _transposed(t.load)))
             else:
-                add(f"blk.{il}.{r}", t.shape, t.load)
+                add(layer_name(il, r), t.shape, t.load)
         if preds is not None and not dense:
             rank = preds.ranks[il]
-            add(f"blk.{il}.fc1.weight", (rank, hp.n_embd), _pred(preds, il, 0))
-            add(f"blk.{il}.fc2.weight", (hp.n_ff, rank), _pred(preds, il, 1))
+            add(layer_name(il, T.FC1), (rank, hp.n_embd), _pred(preds, il, 0))
+            add(layer_name(il, T.FC2), (hp.n_ff, rank), _pred(preds, il, 1))
         if neuron_orders is not None and not dense:   # hot-first permutation (int32)
             order = np.ascontiguousarray(neuron_orders[il], dtype=np.int32)
-            plan.append(OutTensor(f"blk.{il}.neuron_order", (hp.n_ff,), QT.I32,
+            plan.append(OutTensor(layer_name(il, T.NEURON_ORDER), (hp.n_ff,), QT.I32,
                                   lambda o=order: o))
     for g in _GLOBALS_LAST:
         if g in glob:
@@ -246,16 +242,33 @@ def _add_hparams(w: gguf.GGUFWriter, hp: HParams, source) -> None:
 
 def _add_pi_meta(w: gguf.GGUFWriter, hp: HParams, preds: Predictors | None, source_desc: str,
                  reordered: bool = False) -> None:
-    w.add_uint32("pi.format_version", FORMAT_VERSION)
-    w.add_string("pi.ffn_activation", hp.activation)
-    w.add_string("pi.ffn_layout", "split")
-    w.add_string("pi.sparse_mode", "sparse" if preds is not None else "dense")
-    w.add_bool("pi.neuron_order", reordered)
-    w.add_string("pi.source", source_desc)
+    w.add_uint32(Keys.FORMAT_VERSION, FORMAT_VERSION)
+    w.add_string(Keys.FFN_ACTIVATION, hp.activation)
+    w.add_string(Keys.FFN_LAYOUT, F.FFN_LAYOUT_SPLIT)
+    add_predictor_meta(w, preds, reordered)
+    w.add_string(Keys.SOURCE, source_desc)
+
+
+def add_predictor_meta(w: gguf.GGUFWriter, preds, reordered: bool) -> None:
+    """The file's default FFN mode, whether neurons are reordered, and the predictors'
+    thresholds and ranks (preds: anything with .thresholds, .ranks and .threshold, or None)."""
+    w.add_string(Keys.SPARSE_MODE, F.FFN_SPARSE if preds is not None else F.FFN_DENSE)
+    w.add_bool(Keys.NEURON_ORDER, reordered)
     if preds is not None:
-        w.add_key_value("pi.thresholds", [float(x) for x in preds.thresholds], VT.ARRAY, VT.FLOAT32)
-        w.add_key_value("pi.predictor.ranks", [int(r) for r in preds.ranks], VT.ARRAY, VT.UINT32)
-        w.add_float32("powerinfer.sparse_threshold", float(preds.threshold))
+        w.add_key_value(Keys.THRESHOLDS, [float(x) for x in preds.thresholds], VT.ARRAY,
+                        VT.FLOAT32)
+        w.add_key_value(Keys.PREDICTOR_RANKS, [int(r) for r in preds.ranks], VT.ARRAY,
+                        VT.UINT32)
+        w.add_float32(Keys.POWERINFER_THRESHOLD, float(preds.threshold))
+
+
+def copy_fields(reader, writer: gguf.GGUFWriter, skip=()) -> None:
+    """Copies every metadata field of `reader` (a gguf.GGUFReader) to `writer` as it is, except
+    the reader's own GGUF.* fields, the architecture (the writer has it) and the keys in skip."""
+    for key, f in reader.fields.items():
+        if key.startswith("GGUF.") or key == Keys.ARCHITECTURE or key in skip:
+            continue
+        writer.add_key_value(key, field_value(f, text=False), *field_types(f))
 
 
 @contextmanager
@@ -286,7 +299,7 @@ def write_model(source, outfile: Path, outtype_name: str, dense: bool,
     hp: HParams = source.hparams
     outtype = OUTTYPES[outtype_name]
     warnings: list[str] = []
-    if dense and hp.activation != "silu":
+    if dense and hp.activation != F.ACT_SILU:
         warnings.append(f"--dense with a {hp.activation} FFN: llama.cpp's {hp.arch} graph "
                         "applies SiLU, so llama.cpp will not reproduce this model")
     plan = plan_tensors(hp, source.tensors(), outtype, dense, preds, warnings, neuron_orders,

@@ -6,12 +6,14 @@ from typing import Any, Callable
 
 import numpy as np
 
+from pi_backend import format as F
+
 
 class ConvertError(Exception):
     """A user-facing error: printed as one line, exit status 1, no traceback."""
 
 
-SUPPORTED_ACTIVATIONS = ("silu", "relu")
+SUPPORTED_ACTIVATIONS = F.ACTIVATIONS
 
 
 @dataclass

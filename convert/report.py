@@ -1,6 +1,6 @@
 """Per-layer predictor report of a calibrated ReLU file on any text.
 
-    python -m convert.report MODEL.gguf TEXT_FILE [--tokens N]
+    python -m pi_backend.convert.report MODEL.gguf TEXT_FILE [--tokens N]
 
 Runs our dense engine over the text (as calibration does), records each layer's FFN input and
 which neurons were truly active (ReLU gate > 0), applies the file's stored predictors and
@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pi_backend.format import Keys, T, field_value, layer_name
+
 from .train_predictors import LayerReport, calibrate_file, evaluate, report_table
 
 
@@ -23,15 +25,15 @@ def stored_predictors(path: str | Path) -> tuple[list, list[float]]:
     """[(fc1 [r][d], fc2 [n_ff][r]) f32] and the thresholds of a calibrated file."""
     import gguf
     r = gguf.GGUFReader(path)
-    field = r.fields.get("pi.thresholds")
+    field = r.fields.get(Keys.THRESHOLDS)
     if field is None:
         raise ValueError(f"{path} holds no thresholds (not a calibrated file)")
-    thresholds = [float(field.parts[i][0]) for i in field.data]
+    thresholds = [float(x) for x in field_value(field)]
     tensors = {t.name: t for t in r.tensors}
     weights = []
     for il in range(len(thresholds)):
         pair = []
-        for name in (f"blk.{il}.fc1.weight", f"blk.{il}.fc2.weight"):
+        for name in (layer_name(il, T.FC1), layer_name(il, T.FC2)):
             if name not in tensors:
                 raise ValueError(f"{path} has no {name} (no trained predictors)")
             t = tensors[name]
@@ -53,7 +55,7 @@ def report(path: str | Path, text: str | Path, n_tokens: int | None = None) -> l
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m convert.report", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m pi_backend.convert.report", description=__doc__.split("\n\n")[0])
     p.add_argument("model", help="GGUF file calibrated with trained predictors")
     p.add_argument("text", help="text file to measure on")
     p.add_argument("--tokens", type=int, metavar="N", help="positions to record (default: as "
@@ -62,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(args.text).is_file():
         print(f"error: text file {args.text} does not exist", file=sys.stderr)
         return 2
-    from pi_backend._lib import PiError
+    from pi_backend import PiError
     from .model import ConvertError
     try:
         rows = report(args.model, args.text, args.tokens)

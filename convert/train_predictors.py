@@ -29,7 +29,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from pi_backend import format as F
 from pi_backend._cli import progress_bar
+from pi_backend.format import Keys, T, field_value, layer_name
 
 from .predictors import Predictors
 
@@ -69,7 +71,7 @@ def generate_tokens(model, n_tokens: int, seed: int = 0, n_ctx: int = 256,
     """Calibration text written by the model itself: sequences sampled at `temperature` from
     varied one-token prompts (seeded). Returns windows of at most n_ctx tokens."""
     rng = np.random.default_rng(seed)
-    ctx = model.new_context(n_ctx=n_ctx, n_threads=2, ffn_mode="dense")
+    ctx = model.new_context(n_ctx=n_ctx, n_threads=2, ffn_mode=F.FFN_DENSE)
     out: list[list[int]] = []
     total = 0
     try:
@@ -111,7 +113,6 @@ def collect(model, seqs: Sequence[Sequence[int]], n_tokens: int = DEFAULT_CALIB_
             progress: bool = False) -> Calibration:
     """Runs the dense engine over the windows `seqs` (each from position 0) and keeps a seeded
     sample of at most n_tokens positions: their FFN inputs and which neurons were active."""
-    L, d, ff = model.n_layer, model.n_embd, model.n_ff
     n_ctx = max(len(s) for s in seqs)
     total = sum(len(s) for s in seqs)
     keep_p = min(1.0, n_tokens / max(1, total))
@@ -119,7 +120,7 @@ def collect(model, seqs: Sequence[Sequence[int]], n_tokens: int = DEFAULT_CALIB_
     xs, acts, held = [], [], []
     kept = 0
     ctx = model.new_context(n_ctx=n_ctx, n_threads=n_threads, n_batch=min(n_ctx, 512),
-                            ffn_mode="dense")
+                            ffn_mode=F.FFN_DENSE)
     bar = progress_bar(progress, total, "calibrate", "tok")
     try:
         for wi, s in enumerate(seqs):
@@ -406,28 +407,12 @@ def is_pi_file(path: str | Path) -> bool:
         r = gguf.GGUFReader(path, "r")
     except Exception:  # noqa: BLE001 - not a GGUF file at all
         return False
-    return "pi.format_version" in r.fields
+    return Keys.FORMAT_VERSION in r.fields
 
 
-def _copy_kv(reader, writer, skip) -> None:
-    from gguf import GGUFValueType as VT
-    from pi_backend.model import _field_value
-    for key, f in reader.fields.items():
-        if key.startswith("GGUF.") or key == "general.architecture" or key in skip:
-            continue
-        typ = f.types[0]
-        val = _field_value(f)
-        if typ == VT.ARRAY:
-            sub = f.types[-1] if len(f.types) > 1 else VT.UINT8
-            if sub == VT.STRING:
-                val = [bytes(f.parts[i]) for i in f.data]
-            writer.add_key_value(key, val, typ, sub)
-        else:
-            writer.add_key_value(key, val, typ)
-
-
-_PI_KEYS = ("pi.sparse_mode", "pi.thresholds", "pi.predictor.ranks", "pi.neuron_order",
-            "powerinfer.sparse_threshold")
+# the keys write_calibrated writes anew
+_PI_KEYS = (Keys.SPARSE_MODE, Keys.THRESHOLDS, Keys.PREDICTOR_RANKS, Keys.NEURON_ORDER,
+            Keys.POWERINFER_THRESHOLD)
 
 
 def write_calibrated(split: str | Path, out: Path, preds: "TrainedPredictors | None",
@@ -437,52 +422,40 @@ def write_calibrated(split: str | Path, out: Path, preds: "TrainedPredictors | N
     ffn_gate / ffn_up / ffn_down_t are permuted as stored (quantized rows move whole, so the
     weights are bit-identical) and blk.N.neuron_order is added. Existing predictors, thresholds
     and orders of `split` are replaced."""
-    import re
     import gguf
-    from gguf import GGMLQuantizationType as QT, GGUFValueType as VT
-    from .layout import replacing_writer
+    from gguf import GGMLQuantizationType as QT
+    from .layout import add_predictor_meta, copy_fields, replacing_writer
     from .model import ConvertError
     r = gguf.GGUFReader(split, "r")
-    arch = r.fields["general.architecture"]
-    arch = bytes(arch.parts[arch.data[0]]).decode()
-    if r.fields.get("pi.neuron_order") is not None and \
-            bool(r.fields["pi.neuron_order"].parts[-1][0]) and orders is not None:
+    arch = field_value(r.fields[Keys.ARCHITECTURE])
+    reordered = r.fields.get(Keys.NEURON_ORDER)
+    if reordered is not None and field_value(reordered) and orders is not None:
         raise ConvertError(f"{Path(split).name}: neurons are reordered already")
     with replacing_writer(out, arch) as w:
-        _copy_kv(r, w, _PI_KEYS)
-        w.add_string("pi.sparse_mode", "sparse" if preds is not None else "dense")
-        w.add_bool("pi.neuron_order", orders is not None)
-        if preds is not None:
-            w.add_key_value("pi.thresholds", [float(x) for x in preds.thresholds], VT.ARRAY,
-                            VT.FLOAT32)
-            w.add_key_value("pi.predictor.ranks", [int(x) for x in preds.ranks], VT.ARRAY,
-                            VT.UINT32)
-            w.add_float32("powerinfer.sparse_threshold", float(preds.threshold))
+        copy_fields(r, w, _PI_KEYS)
+        add_predictor_meta(w, preds, orders is not None)
         plan = []      # (name, raw data, qtype)
         n_layer = None
         for t in r.tensors:
-            m = re.fullmatch(r"blk\.(\d+)\.(.+)", t.name)
-            part = m.group(2) if m else None
-            if part in ("fc1.weight", "fc2.weight", "neuron_order"):
+            il, part = F.split_name(t.name)
+            if part in (T.FC1, T.FC2, T.NEURON_ORDER):
                 continue
             data = t.data
-            if orders is not None and part in ("ffn_gate.weight", "ffn_up.weight",
-                                               "ffn_down_t.weight"):
-                data = np.ascontiguousarray(data[orders[int(m.group(1))]])
+            if orders is not None and part in (T.FFN_GATE, T.FFN_UP, T.FFN_DOWN_T):
+                data = np.ascontiguousarray(data[orders[il]])
             plan.append((t.name, data, t.tensor_type))
-            if part == "ffn_down_t.weight":
-                il = int(m.group(1))
+            if part == T.FFN_DOWN_T:
                 n_layer = il + 1 if n_layer is None else max(n_layer, il + 1)
                 if preds is not None:
                     w1, w2 = preds.load(il)
-                    for name, wk in (("fc1", w1), ("fc2", w2)):
+                    for name, wk in ((T.FC1, w1), (T.FC2, w2)):
                         if q8_storage(*w1.shape):
                             q = gguf.quants.quantize(np.ascontiguousarray(wk, dtype=np.float32), QT.Q8_0)
-                            plan.append((f"blk.{il}.{name}.weight", q, QT.Q8_0))
+                            plan.append((layer_name(il, name), q, QT.Q8_0))
                         else:
-                            plan.append((f"blk.{il}.{name}.weight", wk.astype(np.float16), QT.F16))
+                            plan.append((layer_name(il, name), wk.astype(np.float16), QT.F16))
                 if orders is not None:
-                    plan.append((f"blk.{il}.neuron_order",
+                    plan.append((layer_name(il, T.NEURON_ORDER),
                                  np.ascontiguousarray(orders[il], dtype=np.int32), QT.I32))
         for name, data, qt in plan:
             w.add_tensor(name, data, raw_dtype=qt) if qt not in (QT.F32, QT.F16, QT.I32) \
@@ -498,7 +471,7 @@ def calibrate_file(path: str | Path, text: str | Path | None,
     """Records calibration data on the file at `path` (calib_tokens None: the default for its
     size, default_calib_tokens)."""
     from pi_backend.model import Model
-    model = Model(str(path), ffn_mode="dense")
+    model = Model(str(path), ffn_mode=F.FFN_DENSE)
     try:
         if calib_tokens is None:
             calib_tokens = default_calib_tokens(model.n_layer, model.n_embd, model.n_ff)
@@ -529,8 +502,8 @@ def convert_calibrated(src, out: Path, outtype: str, text: str | Path | None,
     t0 = time.perf_counter() if t0 is None else t0
     activation = src.hparams.activation if src is not None else _activation(split_input)
     if train is None:
-        train = activation == "relu"
-    if train and activation != "relu":
+        train = activation == F.ACT_RELU
+    if train and activation != F.ACT_RELU:
         raise ConvertError("--train-predictors needs a ReLU model (this one uses "
                            f"{activation}); SwiGLU models calibrate thresholds instead")
     if calib_tokens is not None and calib_tokens < 64:
@@ -546,7 +519,7 @@ def convert_calibrated(src, out: Path, outtype: str, text: str | Path | None,
         split, desc, vocab = Path(split_input), f"{Path(split_input).name} (pi_backend)", "copied"
         import gguf
         outtype = next((t.tensor_type.name.lower() for t in gguf.GGUFReader(split, "r").tensors
-                        if t.name == "blk.0.ffn_gate.weight"), "f16")
+                        if t.name == layer_name(0, T.FFN_GATE)), "f16")
     try:
         calib = calibrate_file(split, text, calib_tokens, seed, progress)
         preds = None
@@ -587,6 +560,6 @@ def convert_calibrated(src, out: Path, outtype: str, text: str | Path | None,
 
 
 def _activation(path) -> str:
-    from pi_backend.model import read_gguf, _field_value
-    f = read_gguf(str(path)).fields.get("pi.ffn_activation")
-    return _field_value(f) if f is not None else "silu"
+    from pi_backend.model import read_gguf
+    f = read_gguf(str(path)).fields.get(Keys.FFN_ACTIVATION)
+    return field_value(f) if f is not None else F.ACT_SILU

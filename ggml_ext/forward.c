@@ -236,17 +236,6 @@ static int predictor_hidden(pi_context *c, const pi_layer *l, const float *xn) {
     return rc;
 }
 
-/* Active neuron ids of one token: the predictor's logits above the layer threshold. */
-static int predict_active(pi_context *c, const pi_layer *l, const float *xn, float thr, float *scratch,
-                          int32_t *n_active) {
-    const pi_weight *f2 = &l->fc2;
-    int rc = predictor_hidden(c, l, xn);
-    if (rc) return rc;
-    if ((rc = matmul(c, f2, c->pz, 1, scratch, f2->n_rows))) return rc;
-    *n_active = (int32_t)pi_kernels_active()->select(f2->n_rows, scratch, thr, 0, c->idx);
-    return PI_OK;
-}
-
 /* Sparse AXPY reads a row about this much slower per byte than the dense rows8 kernel reads its
  * weights (bench/results/kernels.json: 1.4-2.1x across types and thread counts). */
 #define PI_AXPY_COST 1.5
@@ -284,17 +273,16 @@ static int32_t select_threshold(pi_context *c, const float *g, float *u, float t
 }
 
 /* One token's sparse FFN: active ids -> gate/up (masked, or dense where repacked) -> act ->
- * AXPY over ffn_down_t. */
+ * AXPY over ffn_down_t. Sparse mode (gate and up of one type, pi_model_ffn_modes) is one pool
+ * job; threshold mode computes gate dense and selects on act(gate). */
 static int ffn_sparse_token(pi_context *c, const pi_layer *l, int il, const float *xn, float *g,
                             float *u, float *out) {
     const pi_hparams *hp = &c->m->hp;
     const int n_ff = hp->n_ff, d = hp->n_embd, kind = hp->ffn_act;
     const float thr = c->m->thresholds[il];
     const int dense_up = l->up.packed != NULL;
-    int h_done = 0; /* u already holds act(gate) * up (threshold mode with a dense up) */
-    int32_t n = 0;
     int rc;
-    if (c->ffn_mode == PI_FFN_SPARSE && l->gate.type == l->up.type) {
+    if (c->ffn_mode == PI_FFN_SPARSE) {
         /* predictor hidden layer here, the rest in one pool run (pi_ffn_sparse) */
         const pi_weight *f2 = &l->fc2;
         if ((rc = predictor_hidden(c, l, xn))) return rc;
@@ -309,25 +297,15 @@ static int ffn_sparse_token(pi_context *c, const pi_layer *l, int il, const floa
         c->stats.ffn_down_active += a.n_down;
         return rc;
     }
-    if (c->ffn_mode == PI_FFN_SPARSE) { /* gate and up masked together */
-        if ((rc = predict_active(c, l, xn, thr, u, &n))) return rc;
-        if (l->gate.type == l->up.type)
-            rc = pi_matvec_masked_pair(c->pool, l->gate.type, l->gate.data, l->up.data, n_ff, d, xn,
-                                       c->idx, n, g, u);
-        else if (!(rc = pi_matvec_masked(c->pool, l->gate.type, l->gate.data, n_ff, d, xn, c->idx, n, g)))
-            rc = pi_matvec_masked(c->pool, l->up.type, l->up.data, n_ff, d, xn, c->idx, n, u);
-        if (rc) return rc;
-    } else { /* threshold: gate dense, then drop |act(gate)| <= thr */
-        const pi_weight *gu[2] = {&l->gate, &l->up};
-        float *const gu_out[2] = {g, u};
-        if ((rc = matmul_n(c, gu, gu_out, dense_up ? 2 : 1, xn, 1))) return rc;
-        n = select_threshold(c, g, u, thr, dense_up);
-        h_done = dense_up;
-        if (!dense_up &&
-            (rc = pi_matvec_masked(c->pool, l->up.type, l->up.data, n_ff, d, xn, c->idx, n, u))) return rc;
-    }
+    /* threshold: gate dense, then drop |act(gate)| <= thr */
+    const pi_weight *gu[2] = {&l->gate, &l->up};
+    float *const gu_out[2] = {g, u};
+    if ((rc = matmul_n(c, gu, gu_out, dense_up ? 2 : 1, xn, 1))) return rc;
+    int32_t n = select_threshold(c, g, u, thr, dense_up); /* with a dense up, u = act(g) * up */
+    if (!dense_up &&
+        (rc = pi_matvec_masked(c->pool, l->up.type, l->up.data, n_ff, d, xn, c->idx, n, u))) return rc;
     c->stats.ffn_active += n; /* the gate and up rows computed */
-    if (!h_done) n = (int32_t)pi_down_input(kind, g, u, c->idx, n); /* most ReLU picks drop out */
+    if (!dense_up) n = (int32_t)pi_down_input(kind, g, u, c->idx, n); /* most ReLU picks drop out */
     if (l->down.data && dense_down_pays(l, n)) { /* u is 0 for every dropped neuron */
         c->stats.ffn_down_active += n_ff;
         return matmul(c, &l->down, u, 1, out, d);
@@ -530,7 +508,8 @@ int pi_context_set_ffn_mode(pi_context *c, int mode) {
     if (!(modes & (1 << mode)))
         return pi_fail(PI_ERR_RANGE, "pi_context_set_ffn_mode: this model cannot run FFN mode %s (%s)",
                        mode == PI_FFN_SPARSE ? "sparse" : "threshold",
-                       mode == PI_FFN_SPARSE ? "it needs ffn_down_t and predictors fc1/fc2"
+                       mode == PI_FFN_SPARSE ? "it needs ffn_down_t, predictors fc1/fc2, and "
+                                               "ffn_gate and ffn_up of one type"
                                              : "it needs the split-FFN tensor ffn_down_t");
     c->ffn_mode = mode;
     return pi_ok();

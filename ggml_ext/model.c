@@ -376,10 +376,13 @@ int pi_model_ffn_modes(const pi_model *m, int32_t *modes) {
     PI_CHECK_NULL(m);
     PI_CHECK_NULL(modes);
     if (!m->finalized) return pi_fail(PI_ERR_RANGE, "pi_model_ffn_modes: model is not finalized");
-    int split = 1;
-    for (int i = 0; i < m->hp.n_layer; i++) split &= m->layers[i].down_t.data != NULL;
+    int split = 1, same_type = 1; /* the sparse job reads gate and up rows of one type */
+    for (int i = 0; i < m->hp.n_layer; i++) {
+        split &= m->layers[i].down_t.data != NULL;
+        same_type &= m->layers[i].gate.type == m->layers[i].up.type;
+    }
     *modes = 1 << PI_FFN_DENSE;
     if (split) *modes |= 1 << PI_FFN_THRESHOLD;
-    if (split && m->max_rank > 0) *modes |= 1 << PI_FFN_SPARSE;
+    if (split && same_type && m->max_rank > 0) *modes |= 1 << PI_FFN_SPARSE;
     return pi_ok();
 }

@@ -54,7 +54,7 @@ typedef enum {
 typedef enum {
     PI_ISA_SCALAR = 0, /* portable C: the reference twin of every SIMD kernel */
     PI_ISA_AVX2 = 1,   /* AVX2 + FMA + F16C */
-    PI_ISA_AVX512 = 2, /* AVX-512 F/BW/VL (+VNNI when present) */
+    PI_ISA_AVX512 = 2, /* AVX-512 F/BW/VL */
 } pi_isa;
 
 /* ---- library ---------------------------------------------------------------------------- */
@@ -148,7 +148,8 @@ typedef enum { PI_ARCH_LLAMA = 0, PI_ARCH_QWEN2 = 1 } pi_arch;
 typedef enum { PI_ACT_SILU = 0, PI_ACT_RELU = 1 } pi_act;
 typedef enum {
     PI_FFN_DENSE = 0,     /* every neuron */
-    PI_FFN_SPARSE = 1,    /* predictor -> active ids -> masked gate/up -> AXPY down */
+    PI_FFN_SPARSE = 1,    /* predictor -> active ids -> masked gate/up -> AXPY down, one pool
+                             job (needs ffn_gate and ffn_up of one type) */
     PI_FFN_THRESHOLD = 2, /* gate dense; |act(gate)| <= threshold dropped -> up (masked, or
                              dense where the model repacked it) -> AXPY, or dense over a plain
                              ffn_down where few neurons are dropped */
@@ -201,7 +202,9 @@ PI_API int pi_model_set_repack(pi_model *m, int32_t mode);
 PI_API int pi_model_finalize(pi_model *m);
 /* Bytes of weights the model holds repacked (0 without repacking). */
 PI_API int pi_model_repacked_bytes(const pi_model *m, int64_t *bytes);
-/* Bit set of the pi_ffn_mode values this model supports (1 << mode). */
+/* Bit set of the pi_ffn_mode values this model supports (1 << mode): dense always; threshold
+ * with ffn_down_t in every layer; sparse with that, predictors, and ffn_gate and ffn_up of one
+ * type in every layer. */
 PI_API int pi_model_ffn_modes(const pi_model *m, int32_t *modes);
 PI_API void pi_model_free(pi_model *m);
 

@@ -1,7 +1,9 @@
 """pi_backend: PowerInfer-style activation-sparse LLM inference on the CPU."""
+from ._lib import PiError
+
 __version__ = "0.1.0"
 
-__all__ = ["Llama", "__version__"]
+__all__ = ["Llama", "PiError", "__version__"]
 
 
 def __getattr__(name):

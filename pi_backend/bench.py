@@ -40,8 +40,10 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_TEXT = REPO / "tests" / "data" / "prose.txt"
+from . import format as F
+from .format import Keys, T
+
+DEFAULT_TEXT = Path(__file__).resolve().parent / "data" / "prose.txt"  # package data
 
 
 class BenchError(RuntimeError):
@@ -54,28 +56,29 @@ def _gguf_info(src) -> dict:
     (what one decoded token reads)."""
     import gguf
     r = src if isinstance(src, gguf.GGUFReader) else gguf.GGUFReader(str(src), "r")
-    layout = r.fields.get("pi.ffn_layout")
+    layout = r.fields.get(Keys.FFN_LAYOUT)
     names = {t.name for t in r.tensors}
-    split = layout is not None or any(n.endswith("ffn_down_t.weight") for n in names)
-    b = {"ffn_gate": 0, "ffn_up": 0, "ffn_down": 0, "ffn_down_t": 0, "predictor": 0, "attn": 0,
-         "output": 0, "other": 0}
+    split = layout is not None or any(F.split_name(n)[1] == T.FFN_DOWN_T for n in names)
+    ffn = {T.FFN_GATE: "ffn_gate", T.FFN_UP: "ffn_up", T.FFN_DOWN: "ffn_down",
+           T.FFN_DOWN_T: "ffn_down_t"}   # tensor -> role
+    b = dict.fromkeys([*ffn.values(), "predictor", "attn", "output", "other"], 0)
     types: dict[str, str] = {}
     for t in r.tensors:
         n, nb = t.name, int(t.n_bytes)
-        part = n.split(".")[2] if n.startswith("blk.") else n
-        if part == "neuron_order":
+        part = F.split_name(n)[1]
+        if part == T.NEURON_ORDER:
             continue
-        if part in ("ffn_gate", "ffn_up", "ffn_down", "ffn_down_t"):
-            key = part
+        if part in ffn:
+            key = ffn[part]
             b[key] += nb
             types[key] = t.tensor_type.name
-        elif part in ("fc1", "fc2"):
+        elif part in (T.FC1, T.FC2):
             b["predictor"] += nb
         elif part.startswith("attn_"):
             b["attn"] += nb
-        elif n == "output.weight" or (n == "token_embd.weight" and "output.weight" not in names):
+        elif n == T.OUTPUT or (n == T.TOKEN_EMBD and T.OUTPUT not in names):
             b["output"] += nb  # a tied embedding is read in full as the output matrix
-        elif n == "token_embd.weight":
+        elif n == T.TOKEN_EMBD:
             pass  # one row per token: negligible
         else:
             b["other"] += nb
@@ -95,7 +98,7 @@ def _convert_cached(src: Path, tag: str, outtype: str, dense: bool, quiet: bool)
     out = _cache_file(src, tag, outtype)
     if out.is_file():
         return out
-    from convert import convert
+    from .convert import convert
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
     if not quiet:
@@ -265,7 +268,7 @@ def run_once(r, prompt, n_gen):
 
 # ---- calibration, perplexity, bandwidth ------------------------------------------------------
 def act_abs(kind: str, g: np.ndarray) -> np.ndarray:
-    if kind == "relu":
+    if kind == F.ACT_RELU:
         return np.maximum(g, 0)
     with np.errstate(over="ignore"):
         return np.abs(g / (1.0 + np.exp(-g)))
@@ -279,7 +282,7 @@ def calibrate(model, tokens, levels, threads) -> dict:
         rec = ctx.record(tokens, 0, ffn_in=False, gate=True, h=False)["gate"]  # [n, L, ff]
     finally:
         ctx.close()
-    kind = model.fields.get("pi.ffn_activation", "silu")
+    kind = model.fields.get(Keys.FFN_ACTIVATION, F.ACT_SILU)
     a = act_abs(kind, rec).transpose(1, 0, 2).reshape(model.n_layer, -1)  # [L, n*ff]
     pos = sorted({s for s in levels if s > 0})
     q = np.quantile(a, pos, axis=1).astype(np.float32) if pos else []  # one partition pass
@@ -297,7 +300,7 @@ def mean_nll(logits: list[np.ndarray], chunks) -> float:
 def read_bandwidth(threads: int, mib: int, reps: int = 5) -> float:
     """The machine's read bandwidth (GB/s), median over reps, with a pool of `threads`."""
     from . import kernels as K
-    from bench.timing import median_seconds
+    from .timing import median_seconds
     nbytes = mib << 20
     buf = K.HugeBuffer(nbytes)
     pool = K.Pool(threads)
@@ -343,10 +346,10 @@ def _floats(s: str) -> list[float]:
 
 def _modes(s: str) -> list[str]:
     v = [x.strip() for x in s.split(",") if x.strip()]
-    bad = [x for x in v if x not in ("dense", "threshold", "sparse")]
+    bad = [x for x in v if x not in F.FFN_MODES]
     if bad:
-        raise argparse.ArgumentTypeError(f"unknown mode(s) {bad}; choose from dense, threshold, "
-                                         "sparse")
+        raise argparse.ArgumentTypeError(f"unknown mode(s) {bad}; choose from "
+                                         f"{', '.join(F.FFN_MODES)}")
     return v
 
 
@@ -505,7 +508,7 @@ def run(args) -> dict:
     plain_info = (_gguf_info(plain_model.path) if plain_model is not None else
                   _gguf_info(plain_path) if use_llama else None)
     runners = []
-    file_mode = split_model.fields.get("pi.sparse_mode")
+    file_mode = split_model.fields.get(Keys.SPARSE_MODE)
     file_thr = getattr(split_model, "thresholds", None)     # before any calibration below
     file_thr = None if file_thr is None else np.array(file_thr, dtype=np.float32)
     try:

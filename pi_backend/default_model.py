@@ -50,34 +50,19 @@ def converted_path() -> Path:
     return cache_dir() / f"{Path(FILENAME).stem}.{CACHE_TAG}.gguf"
 
 
-def _converter():
-    """The converter's Python API, or None when it is not available."""
-    try:
-        from convert import convert, ConvertError  # noqa: F401
-    except ImportError:
-        return None
-    return convert, ConvertError
-
-
 def default_model_path(convert: bool = True, progress: bool = True, quiet: bool = False) -> Path:
     """Path of the model pi-chat runs by default.
 
     On first use the original file is converted into the cache (with a progress bar) and the
-    result is reused afterwards. If the converter is not available or fails, the original file
-    is returned; the engine runs it dense."""
+    result is reused afterwards. If the conversion fails, the original file is returned; the
+    engine runs it dense."""
     src = source_path()
     if not convert:
         return src
     out = converted_path()
     if out.is_file() and out.stat().st_mtime >= src.stat().st_mtime:
         return out
-    conv = _converter()
-    if conv is None:
-        if not quiet:
-            print("pi_backend: the converter is not available; running the original model "
-                  "dense", file=sys.stderr)
-        return src
-    convert_fn, convert_error = conv
+    from .convert import ConvertError, convert as convert_file   # installed with the package
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -90,9 +75,9 @@ def default_model_path(convert: bool = True, progress: bool = True, quiet: bool 
         print(f"pi_backend: converting {src.name} to the split-FFN format (once) into {out}",
               file=sys.stderr)
     try:
-        convert_fn(str(src), str(tmp), OUTTYPE, progress=progress and not quiet, keep_down=True)
+        convert_file(str(src), str(tmp), OUTTYPE, progress=progress and not quiet, keep_down=True)
         os.replace(tmp, out)
-    except (convert_error, OSError, ValueError, MemoryError) as e:
+    except (ConvertError, OSError, ValueError, MemoryError) as e:
         if not quiet:
             print(f"pi_backend: conversion failed ({e}); running the original model dense",
                   file=sys.stderr)

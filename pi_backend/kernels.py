@@ -179,19 +179,7 @@ class HugeBuffer:
         self.close()
 
 
-def isa_best() -> str:
-    return _isa_name(_lib.lib().pi_isa_best())
-
-
 def isa_get() -> str:
-    return _isa_name(_lib.lib().pi_isa_get())
-
-
-def isa_set(name: str) -> None:
-    if name not in ISAS:
-        raise ValueError(f"unknown ISA {name!r}; expected one of {', '.join(ISAS)}")
-    call("pi_isa_set", ISAS[name])
-
-
-def _isa_name(i: int) -> str:
-    return {v: k for k, v in ISAS.items()}[i]
+    """The name of the active instruction set (for benchmark reports)."""
+    i = _lib.lib().pi_isa_get()
+    return next(k for k, v in ISAS.items() if v == i)

@@ -15,12 +15,14 @@ from typing import Sequence
 import numpy as np
 
 from . import _lib
+from . import format as F
 from ._lib import call, check, fptr
+from .format import Keys, field_value
 
-FFN_MODES = {"dense": _lib.PI_FFN_DENSE, "sparse": _lib.PI_FFN_SPARSE,
-             "threshold": _lib.PI_FFN_THRESHOLD}
-ARCHS = {"llama": _lib.PI_ARCH_LLAMA, "qwen2": _lib.PI_ARCH_QWEN2}
-ACTS = {"silu": _lib.PI_ACT_SILU, "relu": _lib.PI_ACT_RELU}
+FFN_MODES = {F.FFN_DENSE: _lib.PI_FFN_DENSE, F.FFN_SPARSE: _lib.PI_FFN_SPARSE,
+             F.FFN_THRESHOLD: _lib.PI_FFN_THRESHOLD}
+ARCHS = {"llama": _lib.PI_ARCH_LLAMA, "qwen2": _lib.PI_ARCH_QWEN2}   # the keys of F.ARCHS
+ACTS = {F.ACT_SILU: _lib.PI_ACT_SILU, F.ACT_RELU: _lib.PI_ACT_RELU}
 # Large arrays that are not worth turning into metadata strings.
 _BULKY = ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type",
           "tokenizer.ggml.scores")
@@ -32,21 +34,6 @@ class ModelError(ValueError):
 
 class ContextOverflowError(ValueError):
     """More tokens than the context holds."""
-
-
-def _field_value(field):
-    """A GGUF metadata value as Python: scalar, str, or list."""
-    from gguf import GGUFValueType
-    types = field.types
-    if not types:
-        return None
-    if types[0] == GGUFValueType.ARRAY:
-        if len(types) > 1 and types[1] == GGUFValueType.STRING:
-            return [bytes(field.parts[i]).decode("utf-8", "replace") for i in field.data]
-        return [field.parts[i].tolist()[0] for i in field.data]
-    if types[0] == GGUFValueType.STRING:
-        return bytes(field.parts[field.data[0]]).decode("utf-8", "replace")
-    return field.parts[field.data[0]].tolist()[0]
 
 
 @functools.lru_cache(maxsize=None)
@@ -114,7 +101,7 @@ class Model:
         # single buffer outside those blocks) and is rebuilt after the parse is gone.
         tokens = reader.fields.get("tokenizer.ggml.tokens")
         kept = pickle.dumps((
-            {k: _field_value(f) for k, f in reader.fields.items()
+            {k: field_value(f) for k, f in reader.fields.items()
              if not k.startswith("GGUF.") and k not in _BULKY},
             len(tokens.data) if tokens is not None else None,
             [(t.name, int(t.tensor_type), [int(v) for v in t.shape], int(t.data_offset),
@@ -131,7 +118,7 @@ class Model:
         for t in tensors:
             self._attach(*t)
         del tensors
-        thr = self.fields.get("pi.thresholds")
+        thr = self.fields.get(Keys.THRESHOLDS)
         if thr is not None:
             self.thresholds = np.ascontiguousarray(thr, dtype=np.float32)
             call("pi_model_set_thresholds", self._ptr, fptr(self.thresholds), len(self.thresholds))
@@ -150,8 +137,8 @@ class Model:
         modes = ctypes.c_int32()
         call("pi_model_ffn_modes", self._ptr, ctypes.byref(modes))
         self.ffn_modes = tuple(k for k, v in FFN_MODES.items() if modes.value & (1 << v))
-        self.default_ffn_mode = self._check_mode(ffn_mode or self.fields.get("pi.sparse_mode")
-                                                 or "dense")
+        self.default_ffn_mode = self._check_mode(ffn_mode or self.fields.get(Keys.SPARSE_MODE)
+                                                 or F.FFN_DENSE)
 
     # ---- construction ------------------------------------------------------------------------
     def _get(self, key, default=None, required=True):
@@ -163,12 +150,12 @@ class Model:
     def _hparams(self, n_tokens, tensors) -> _lib.pi_hparams:
         """The C hyperparameters from the metadata; n_tokens: the vocabulary's length, tensors:
         (name, type, ne, offset, bytes) of each tensor (for token_embd's shape)."""
-        arch = self._get("general.architecture")
+        arch = self._get(Keys.ARCHITECTURE)
         if arch not in ARCHS:
             raise ModelError(f"{self.path}: unsupported architecture {arch!r} "
                              f"(supported: {', '.join(ARCHS)})")
         a = arch
-        act = self.fields.get("pi.ffn_activation", "silu")
+        act = self.fields.get(Keys.FFN_ACTIVATION, F.ACT_SILU)
         if act not in ACTS:
             raise ModelError(f"{self.path}: unsupported FFN activation {act!r}")
         n_embd = int(self._get(f"{a}.embedding_length"))
@@ -176,9 +163,9 @@ class Model:
         head_dim = int(self.fields.get(f"{a}.attention.key_length") or n_embd // n_head)
         n_vocab = self.fields.get(f"{a}.vocab_size") or n_tokens
         if n_vocab is None:
-            emb = [ne for name, _, ne, _, _ in tensors if name == "token_embd.weight"]
+            emb = [ne for name, _, ne, _, _ in tensors if name == F.T.TOKEN_EMBD]
             if not emb:
-                raise ModelError(f"{self.path}: no vocabulary size and no token_embd.weight")
+                raise ModelError(f"{self.path}: no vocabulary size and no {F.T.TOKEN_EMBD}")
             n_vocab = int(emb[0][1])
         scaling = self.fields.get(f"{a}.rope.scaling.type", "none")
         factor = float(self.fields.get(f"{a}.rope.scaling.factor") or 1.0)
@@ -193,7 +180,7 @@ class Model:
             n_head_kv=int(self.fields.get(f"{a}.attention.head_count_kv") or n_head),
             head_dim=head_dim,
             n_rot=int(self.fields.get(f"{a}.rope.dimension_count") or head_dim),
-            rope_neox=1 if arch == "qwen2" else 0,
+            rope_neox=int(F.ARCHS[arch].rope_neox),
             rope_freq_base=float(self.fields.get(f"{a}.rope.freq_base") or 10000.0),
             rope_freq_scale=1.0 / factor if scaling == "linear" else 1.0,
             norm_eps=float(self._get(f"{a}.attention.layer_norm_rms_epsilon")))
@@ -204,7 +191,7 @@ class Model:
         n_rows = int(np.prod(ne[1:])) if len(ne) > 1 else 1
         if nbytes == 0 or offset + nbytes > self._map.size:
             raise ModelError(f"{self.path}: tensor {name} has no data inside the file")
-        if name.endswith(".neuron_order"):  # metadata for the converter; the engine needs none
+        if F.split_name(name)[1] == F.T.NEURON_ORDER:  # metadata for the converter; the engine needs none
             return
         dtype = {_lib.PI_TYPE_F32: np.float32, _lib.PI_TYPE_F16: np.float16}.get(type_id, np.uint8)
         data = self._map.view(np.ndarray)[offset:offset + nbytes].view(dtype).reshape(n_rows, -1)
@@ -269,7 +256,6 @@ class Model:
             _lib.lib().pi_model_free(self._ptr)
             self._ptr = _lib.pi_model_p()
         self._tensors = {}
-        self._reader = None
         self._map = None
 
     def __del__(self):
@@ -291,7 +277,7 @@ class Context:
         self._ptr = _lib.pi_context_p()
         call("pi_context_create", model.ptr, self.n_ctx, int(n_batch), int(n_threads),
              ctypes.byref(self._ptr))
-        self.ffn_mode = "dense"
+        self.ffn_mode = F.FFN_DENSE
         self.set_ffn_mode(ffn_mode)
         # One-token steps (decoding) reuse a token and a logits buffer whose pointers are made
         # once: the pointer conversions cost more than a small model's whole step.

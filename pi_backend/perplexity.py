@@ -10,7 +10,7 @@ chunk is scored. Printed: `perplexity: X` for the chosen FFN mode (default: the 
 calibrated for), the dense perplexity, the mean KL divergence KL(dense || mode) per scored token
 and the FFN sparsity the engine measured (share of FFN neurons skipped).
 
-The helpers (`log_softmax`, `score_chunk`, `evaluate`) are used by convert.calibrate too.
+The helpers (`log_softmax`, `score_chunk`, `evaluate`) are used by pi_backend.convert.calibrate too.
 """
 from __future__ import annotations
 

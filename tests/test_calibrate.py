@@ -1,6 +1,6 @@
-"""Threshold-mode calibration of SwiGLU files (convert.calibrate) and pi-perplexity, on
+"""Threshold-mode calibration of SwiGLU files (pi_backend.convert.calibrate) and pi-perplexity, on
 SmolLM2-135M (q4_1 split file). Calibration text is tests/data/calib.txt; held-out text is
-tests/data/prose.txt (never used for calibrating)."""
+pi_backend/data/prose.txt (never used for calibrating)."""
 from __future__ import annotations
 
 import math
@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from pi_backend.bench import DEFAULT_TEXT
 
 DATA = Path(__file__).resolve().parent / "data"
 THREADS = 2
@@ -23,7 +25,7 @@ def calibrated(tmp_path_factory, smollm2_path):
     (path, printed summary)."""
     import contextlib
     import io
-    from convert.__main__ import main
+    from pi_backend.convert.__main__ import main
     d = tmp_path_factory.mktemp("calib")
     out = d / "smollm2.q4_1.gguf"
     buf = io.StringIO()
@@ -46,7 +48,7 @@ def model(calibrated):
 @pytest.fixture(scope="module")
 def heldout_chunks(calibrated):
     from pi_backend.perplexity import text_chunks
-    return text_chunks(str(calibrated[0]), (DATA / "prose.txt").read_text(), 96, max_scored=190)
+    return text_chunks(str(calibrated[0]), DEFAULT_TEXT.read_text(), 96, max_scored=190)
 
 
 def test_pi_convert_calibrate_cli(calibrated, model):
@@ -62,7 +64,7 @@ def test_pi_convert_calibrate_cli(calibrated, model):
 
 
 def test_pi_convert_calibrate_errors(smollm2_path, tmp_path, capsys):
-    from convert.__main__ import main
+    from pi_backend.convert.__main__ import main
     out = str(tmp_path / "x.gguf")
     assert main([str(smollm2_path), "--outfile", out, "--sparsity", "0.2"]) == 1
     err = capsys.readouterr().err
@@ -90,7 +92,7 @@ def test_threshold_zero_reproduces_dense(model, heldout_chunks):
 
 
 def test_uniform_calibration_hits_target_on_heldout_text(model, heldout_chunks):
-    from convert.calibrate import layer_report
+    from pi_backend.convert.calibrate import layer_report
     from pi_backend.perplexity import evaluate
     r = evaluate(model, heldout_chunks, "threshold", THREADS, with_dense=False)
     assert abs(r.sparsity - 0.2) <= 0.03, r.sparsity
@@ -101,7 +103,7 @@ def test_uniform_calibration_hits_target_on_heldout_text(model, heldout_chunks):
 
 
 def test_budget_calibration_stays_within_budget(model, heldout_chunks):
-    from convert.calibrate import HELDOUT_MARGIN, CalibConfig, calibrate
+    from pi_backend.convert.calibrate import HELDOUT_MARGIN, CalibConfig, calibrate
     from pi_backend.perplexity import evaluate
     budget = 0.02
     saved = model.thresholds.copy()
@@ -129,7 +131,7 @@ def test_budget_calibration_stays_within_budget(model, heldout_chunks):
 
 def test_pi_perplexity_dense_vs_dense(calibrated, capsys):
     from pi_backend.perplexity import main
-    rc = main([str(calibrated[0]), str(DATA / "prose.txt"), "--ffn-mode", "dense",
+    rc = main([str(calibrated[0]), str(DEFAULT_TEXT), "--ffn-mode", "dense",
                "--tokens", "62", "--ctx", "32", "--threads", str(THREADS), "--no-progress"])
     out = capsys.readouterr().out
     assert rc == 0
@@ -153,5 +155,5 @@ def test_pi_perplexity_errors(calibrated, tmp_path, capsys):
     bad.write_bytes(b"\xff\xfe\x00 not utf-8")
     assert main([path, str(bad)]) == 1
     assert capsys.readouterr().err.count("\n") == 1
-    assert main([path, str(DATA / "prose.txt"), "--tokens", "0"]) == 2
+    assert main([path, str(DEFAULT_TEXT), "--tokens", "0"]) == 2
     assert capsys.readouterr().err.count("\n") == 1

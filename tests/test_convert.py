@@ -17,9 +17,9 @@ import gguf
 from gguf import GGMLQuantizationType as QT
 
 from conftest import HF_VARIANTS, REPO, TINY_SPECIALS
-from convert import ConvertError, convert
-from convert.layout import OUTTYPES, encode
-from convert.model import permute_qk
+from pi_backend.convert import ConvertError, convert
+from pi_backend.convert.layout import OUTTYPES, encode
+from pi_backend.convert.model import permute_qk
 
 TYPES = list(OUTTYPES)
 SILU_VARIANTS = [v for v in HF_VARIANTS if v != "llama_relu"]
@@ -35,7 +35,7 @@ PROMPT_IDS = [5, 77, 100, 3, 250, 12, 40, 41, 90, 300, 7, 64]
 # helpers
 # --------------------------------------------------------------------------------------------
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "convert", *map(str, args)], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "pi_backend.convert", *map(str, args)], cwd=REPO,
                           capture_output=True, text=True, timeout=300)
 
 
@@ -695,4 +695,4 @@ def test_bad_inputs_api_raises(hf_model, tmp_path):
 
 def test_pyproject_declares_console_script():
     text = (REPO / "pyproject.toml").read_text()
-    assert 'pi-convert = "convert.__main__:main"' in text
+    assert 'pi-convert = "pi_backend.convert.__main__:main"' in text

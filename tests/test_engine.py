@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from pi_backend import _lib
+from pi_backend.bench import DEFAULT_TEXT
 from pi_backend.model import ContextOverflowError, Model, ModelError
 
-PROSE = (Path(__file__).parent / "data" / "prose.txt").read_text()
+PROSE = DEFAULT_TEXT.read_text()
 
 
 @pytest.fixture(scope="module")
@@ -305,3 +306,52 @@ def test_missing_tensor(tmp_path):
 def test_wrong_shape(tmp_path):
     with pytest.raises(ModelError, match=r"blk.0.attn_k.weight: shape \[17\]\[32\], expected \[16\]\[32\]"):
         Model(str(_write_gguf(tmp_path / "m.gguf", reshape="blk.0.attn_k.weight")))
+
+
+@pytest.mark.parametrize("up_type", [_lib.PI_TYPE_F32, _lib.PI_TYPE_F16])
+def test_sparse_mode_needs_gate_and_up_of_one_type(up_type):
+    """The sparse FFN is one job over gate and up rows of one type: a model whose ffn_up has
+    another type than ffn_gate offers dense and threshold mode only, and refuses sparse with a
+    message. Built through the C API from the format's tensor table."""
+    import ctypes
+    from pi_backend import format as F
+    from pi_backend._lib import PiError, call
+    hp = _lib.pi_hparams(arch=_lib.PI_ARCH_LLAMA, ffn_act=_lib.PI_ACT_RELU, n_vocab=40, n_embd=32,
+                         n_ff=64, n_layer=1, n_head=2, n_head_kv=2, head_dim=16, n_rot=16,
+                         rope_neox=0, rope_freq_base=10000.0, rope_freq_scale=1.0, norm_eps=1e-5)
+    dims = F.dims(32, 64, 40, 2, 2, 16, rank=8)
+    model = _lib.pi_model_p()
+    call("pi_model_create", ctypes.byref(hp), ctypes.byref(model))
+    keep = []
+    rng = np.random.default_rng(0)
+    skip = {F.T.FFN_DOWN, F.T.OUTPUT, F.T.ATTN_Q_BIAS, F.T.ATTN_K_BIAS, F.T.ATTN_V_BIAS}
+    try:
+        for spec in F.LAYER_TENSORS + F.GLOBAL_TENSORS:
+            if spec.name in skip:
+                continue
+            shape = spec.shape(dims)
+            name = spec.name if spec in F.GLOBAL_TENSORS else F.layer_name(0, spec.name)
+            f16 = spec.name == F.T.FFN_UP and up_type == _lib.PI_TYPE_F16
+            a = rng.standard_normal(shape).astype(np.float16 if f16 else np.float32)
+            keep.append(a)
+            rows, cols = (1, shape[0]) if len(shape) == 1 else shape
+            call("pi_model_set_tensor", model, name.encode(), up_type if f16 else _lib.PI_TYPE_F32,
+                 rows, cols, _lib.vptr(a))
+        call("pi_model_finalize", model)
+        modes = ctypes.c_int32()
+        call("pi_model_ffn_modes", model, ctypes.byref(modes))
+        sparse = bool(modes.value & (1 << _lib.PI_FFN_SPARSE))
+        assert modes.value & (1 << _lib.PI_FFN_THRESHOLD)
+        assert sparse == (up_type == _lib.PI_TYPE_F32)
+        ctx = _lib.pi_context_p()
+        call("pi_context_create", model, 16, 4, 1, ctypes.byref(ctx))
+        try:
+            if sparse:
+                call("pi_context_set_ffn_mode", ctx, _lib.PI_FFN_SPARSE)
+            else:
+                with pytest.raises(PiError, match="ffn_gate and ffn_up of one type"):
+                    call("pi_context_set_ffn_mode", ctx, _lib.PI_FFN_SPARSE)
+        finally:
+            _lib.lib().pi_context_free(ctx)
+    finally:
+        _lib.lib().pi_model_free(model)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from convert import convert
+from pi_backend.convert import convert
 from pi_backend.model import Model
 
 VARIANTS = ["llama_relu", "llama_silu", "mistral_silu", "qwen2_bias", "llama_tied"]

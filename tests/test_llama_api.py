@@ -381,7 +381,7 @@ def test_unknown_kwargs_warn_when_verbose(smollm2_path, capsys):
 
 # ---- default model ----------------------------------------------------------------------------
 def test_default_model_converted_once_and_reused(tmp_path, monkeypatch, smollm2_path):
-    pytest.importorskip("convert")
+    pytest.importorskip("pi_backend.convert")
     from pi_backend import default_model
     monkeypatch.setenv("PI_BACKEND_CACHE", str(tmp_path / "cache"))
     p = default_model.default_model_path(progress=False, quiet=True)

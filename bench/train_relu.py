@@ -16,7 +16,7 @@ writes 24 KB excerpts of them.
 
 Reproducing the test fixtures (about 12 minutes on one idle core; torch 2.13.0+cpu):
 
-    python -m convert.train_relu --out /tmp/relu-shakespeare --write-texts tests/data
+    python -m bench.train_relu --out /tmp/relu-shakespeare --write-texts tests/data
     pi-convert /tmp/relu-shakespeare --outfile tests/data/relu-shakespeare.q8_0.gguf --outtype q8_0
 
 The run is deterministic under --seed (default 0) and --threads (default 1): torch
@@ -241,7 +241,7 @@ def write_texts(out: Path, corpus: Path | None = None, sdist: Path | None = None
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m convert.train_relu", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.train_relu", description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, help="output Hugging Face checkpoint directory")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=300)

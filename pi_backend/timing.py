@@ -1,4 +1,5 @@
-"""Shared timing helpers for the benchmarks: repeated runs, medians."""
+"""Timing helpers of pi-bench and the repository's kernel benchmark (bench/kernels.py): repeated
+runs, medians."""
 from __future__ import annotations
 
 import statistics

@@ -1,0 +1,171 @@
+"""The pi_backend GGUF format in one place (docs/FORMAT.md), as gguf-py's constants.py is for
+llama.cpp: the `pi.*` metadata keys, the tensor names with their symbolic shapes, the FFN modes,
+the architectures and their flags, and the one reader of metadata fields.
+
+The runtime (pi_backend.model, pi-bench) and the converter (pi_backend.convert) both read it.
+The C engine has its own tables (ggml_ext/model.c `layer_specs` / `global_specs`, and the
+tensors `pi_model_finalize` requires); tests/test_format.py checks them equal to these.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+FORMAT_VERSION = 1
+
+
+class Keys:
+    """GGUF metadata keys written by the converter and read by the engine."""
+    FORMAT_VERSION = "pi.format_version"        # u32, FORMAT_VERSION
+    FFN_ACTIVATION = "pi.ffn_activation"        # string, one of ACTIVATIONS
+    FFN_LAYOUT = "pi.ffn_layout"                # string, FFN_LAYOUT_SPLIT
+    SPARSE_MODE = "pi.sparse_mode"              # string, one of FFN_MODES: the file's default
+    THRESHOLDS = "pi.thresholds"                # f32 [n_layer]
+    CALIBRATION = "pi.calibration"              # string, for people
+    PREDICTOR_RANKS = "pi.predictor.ranks"      # u32 [n_layer]
+    NEURON_ORDER = "pi.neuron_order"            # bool: blk.N.neuron_order tensors present
+    SOURCE = "pi.source"                        # string: what the file was converted from
+    POWERINFER_THRESHOLD = "powerinfer.sparse_threshold"   # f32, PowerInfer's global threshold
+    ARCHITECTURE = "general.architecture"
+
+
+FFN_LAYOUT_SPLIT = "split"
+
+# FFN modes (pi.h pi_ffn_mode, in its order) and FFN activations (pi_act, in its order).
+FFN_DENSE, FFN_SPARSE, FFN_THRESHOLD = FFN_MODES = ("dense", "sparse", "threshold")
+ACT_SILU, ACT_RELU = ACTIVATIONS = ("silu", "relu")
+
+
+@dataclass(frozen=True)
+class Arch:
+    """Per-architecture flags (pi.h pi_arch, in its order)."""
+    name: str
+    rope_neox: bool   # rotate halves (NeoX); else adjacent pairs, with Q/K rows permuted
+    qkv_bias: bool    # attn_q/k/v carry biases
+
+
+ARCHS: dict[str, Arch] = {a.name: a for a in (
+    Arch("llama", rope_neox=False, qkv_bias=False),
+    Arch("qwen2", rope_neox=True, qkv_bias=True),
+)}
+
+# ---- tensors -----------------------------------------------------------------------------------
+# Symbolic dimensions (model.c `enum dim`): resolved from the hyperparameters.
+DIM_ONE, DIM_EMBD, DIM_FF, DIM_VOCAB, DIM_Q, DIM_KV, DIM_RANK = (
+    "one", "embd", "ff", "vocab", "q", "kv", "rank")
+# Kinds (model.c `enum kind`): norms and biases are f32 vectors, matrices any weight type.
+NORM, MATRIX, BIAS = "norm", "matrix", "bias"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str         # after "blk.N." (per layer) or the whole name (global)
+    kind: str         # NORM, MATRIX or BIAS
+    rows: str         # DIM_*: numpy shape [rows][cols]; vectors have rows DIM_ONE
+    cols: str
+    required: bool = False   # pi_model_finalize refuses a model without it
+
+    def shape(self, dims: Mapping[str, int]) -> tuple[int, ...]:
+        """The numpy shape for `dims` (see `dims`): (cols,) for a vector."""
+        if self.rows == DIM_ONE:
+            return (dims[self.cols],)
+        return (dims[self.rows], dims[self.cols])
+
+
+def dims(n_embd: int, n_ff: int, n_vocab: int, n_head: int, n_head_kv: int, head_dim: int,
+         rank: int | None = None) -> dict[str, int]:
+    """The symbolic dimensions' values."""
+    out = {DIM_ONE: 1, DIM_EMBD: n_embd, DIM_FF: n_ff, DIM_VOCAB: n_vocab,
+           DIM_Q: n_head * head_dim, DIM_KV: n_head_kv * head_dim}
+    if rank is not None:
+        out[DIM_RANK] = rank
+    return out
+
+
+class T:
+    """Tensor names: per layer after "blk.N." (see `layer_name`), global as they are."""
+    ATTN_NORM = "attn_norm.weight"
+    ATTN_Q, ATTN_K, ATTN_V = "attn_q.weight", "attn_k.weight", "attn_v.weight"
+    ATTN_Q_BIAS, ATTN_K_BIAS, ATTN_V_BIAS = "attn_q.bias", "attn_k.bias", "attn_v.bias"
+    ATTN_OUT = "attn_output.weight"
+    FFN_NORM = "ffn_norm.weight"
+    FFN_GATE, FFN_UP = "ffn_gate.weight", "ffn_up.weight"
+    FFN_DOWN = "ffn_down.weight"         # [d][n_ff], the plain layout
+    FFN_DOWN_T = "ffn_down_t.weight"     # [n_ff][d], the split layout: one row per neuron
+    FC1, FC2 = "fc1.weight", "fc2.weight"   # the predictor fc2(relu(fc1 x))
+    NEURON_ORDER = "neuron_order"        # i32 [n_ff], for the converter; the engine skips it
+    TOKEN_EMBD = "token_embd.weight"
+    OUTPUT_NORM = "output_norm.weight"
+    OUTPUT = "output.weight"             # absent when tied to token_embd
+
+
+# The engine's tables, in model.c's order.
+LAYER_TENSORS: tuple[TensorSpec, ...] = (
+    TensorSpec(T.ATTN_NORM, NORM, DIM_ONE, DIM_EMBD, required=True),
+    TensorSpec(T.ATTN_Q, MATRIX, DIM_Q, DIM_EMBD, required=True),
+    TensorSpec(T.ATTN_K, MATRIX, DIM_KV, DIM_EMBD, required=True),
+    TensorSpec(T.ATTN_V, MATRIX, DIM_KV, DIM_EMBD, required=True),
+    TensorSpec(T.ATTN_Q_BIAS, BIAS, DIM_ONE, DIM_Q),
+    TensorSpec(T.ATTN_K_BIAS, BIAS, DIM_ONE, DIM_KV),
+    TensorSpec(T.ATTN_V_BIAS, BIAS, DIM_ONE, DIM_KV),
+    TensorSpec(T.ATTN_OUT, MATRIX, DIM_EMBD, DIM_Q, required=True),
+    TensorSpec(T.FFN_NORM, NORM, DIM_ONE, DIM_EMBD, required=True),
+    TensorSpec(T.FFN_GATE, MATRIX, DIM_FF, DIM_EMBD, required=True),
+    TensorSpec(T.FFN_UP, MATRIX, DIM_FF, DIM_EMBD, required=True),
+    TensorSpec(T.FFN_DOWN, MATRIX, DIM_EMBD, DIM_FF),      # one of ffn_down, ffn_down_t
+    TensorSpec(T.FFN_DOWN_T, MATRIX, DIM_FF, DIM_EMBD),
+    TensorSpec(T.FC1, MATRIX, DIM_RANK, DIM_EMBD),
+    TensorSpec(T.FC2, MATRIX, DIM_FF, DIM_RANK),
+)
+GLOBAL_TENSORS: tuple[TensorSpec, ...] = (
+    TensorSpec(T.TOKEN_EMBD, MATRIX, DIM_VOCAB, DIM_EMBD, required=True),
+    TensorSpec(T.OUTPUT_NORM, NORM, DIM_ONE, DIM_EMBD, required=True),
+    TensorSpec(T.OUTPUT, MATRIX, DIM_VOCAB, DIM_EMBD),
+)
+SPECS: dict[str, TensorSpec] = {s.name: s for s in LAYER_TENSORS + GLOBAL_TENSORS}
+
+
+def layer_name(il: int, name: str) -> str:
+    """The full name of per-layer tensor `name` of layer il: blk.<il>.<name>."""
+    return f"blk.{il}.{name}"
+
+
+def split_name(full: str) -> tuple[int | None, str]:
+    """(layer, name) of a full tensor name; layer None for a global tensor."""
+    if full.startswith("blk."):
+        layer, _, name = full[4:].partition(".")
+        if layer.isdigit() and name:
+            return int(layer), name
+    return None, full
+
+
+# ---- metadata ----------------------------------------------------------------------------------
+def field_value(field, *, text: bool = True) -> Any:
+    """A gguf.ReaderField's value as Python: a scalar, a string (bytes with text=False), or a
+    list of them; None for the nested arrays GGUF allows and no model uses."""
+    from gguf import GGUFValueType as VT
+    types = field.types
+    if not types or (types[0] == VT.ARRAY and len(types) > 2):
+        return None
+
+    def string(part) -> Any:
+        raw = bytes(part)
+        return raw.decode("utf-8", "replace") if text else raw
+
+    if types[0] == VT.ARRAY:
+        if len(types) > 1 and types[1] == VT.STRING:
+            return [string(field.parts[i]) for i in field.data]
+        return [field.parts[i].tolist()[0] for i in field.data]
+    if types[0] == VT.STRING:
+        return string(field.parts[field.data[0]])
+    return field.parts[field.data[0]].tolist()[0]
+
+
+def field_types(field) -> tuple[Any, Any]:
+    """(value type, element type or None) of a gguf.ReaderField, as GGUFWriter.add_key_value
+    takes them, so that a field is copied with `field_value(f, text=False)`."""
+    from gguf import GGUFValueType as VT
+    main = field.types[0]
+    if main != VT.ARRAY:
+        return main, None
+    return main, field.types[-1] if len(field.types) > 1 else VT.UINT8
