@@ -13,6 +13,8 @@ import numpy as np
 import gguf
 from gguf import GGUFValueType as VT
 
+from pi_backend.gguf_check import GGUFFormatError, check_file, check_hparams
+
 from .model import ConvertError, HParams, SourceTensor
 
 SUPPORTED_ARCHS = ("llama", "qwen2")
@@ -42,6 +44,7 @@ class GGUFSource:
     def __init__(self, path: Path):
         self.path = path
         try:
+            check_file(path)  # bounds every count and offset before the reader walks them
             self.reader = gguf.GGUFReader(path, "r")
         except (ValueError, OSError, IndexError, KeyError) as e:
             raise ConvertError(f"{path}: not a readable GGUF file ({e})") from None
@@ -49,10 +52,16 @@ class GGUFSource:
         arch = self._get("general.architecture")
         if arch is None:
             raise ConvertError(f"{path}: no general.architecture key")
-        arch = arch.decode() if isinstance(arch, bytes) else arch
+        arch = arch.decode("utf-8", "replace") if isinstance(arch, bytes) else arch
         if arch not in SUPPORTED_ARCHS:
             raise ConvertError(f"unsupported architecture {arch!r} in {path.name} "
                                f"(supported: {', '.join(SUPPORTED_ARCHS)})")
+        if isinstance(self._get(f"{arch}.feed_forward_length"), list):
+            raise ConvertError(f"{path.name}: per-layer feed_forward_length is not supported")
+        try:
+            check_hparams(self._get, arch)
+        except GGUFFormatError as e:
+            raise ConvertError(f"{path.name}: {e}") from None
         if self._get("pi.format_version") is not None:
             raise ConvertError(f"{path.name} is already a pi_backend file; convert from its source")
         if any(t.name.endswith("ffn_down_t.weight") for t in r.tensors):
@@ -69,10 +78,10 @@ class GGUFSource:
         n_head = int(need("attention.head_count"))
         if "token_embd.weight" not in self.tensor_map:
             raise ConvertError(f"{path.name}: no token_embd.weight tensor")
+        if len(self.tensor_map["token_embd.weight"].shape) != 2:
+            raise ConvertError(f"{path.name}: token_embd.weight is not a matrix")
         n_vocab = int(self.tensor_map["token_embd.weight"].shape[1])
         n_ff = need("feed_forward_length")
-        if isinstance(n_ff, list):
-            raise ConvertError(f"{path.name}: per-layer feed_forward_length is not supported")
         head_dim = int(self._get(f"{arch}.attention.key_length") or
                        self._get(f"{arch}.rope.dimension_count") or n_embd // n_head)
         self.hparams = HParams(

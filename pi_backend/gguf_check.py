@@ -155,12 +155,13 @@ def _check_extents(tensors: list[tuple[str, int, int]], data_start: int, size: i
                    alignment: int) -> None:
     """Every tensor inside the file; in offset order packed with padding only (as gguf and
     llama.cpp write them): a changed type or offset shows as an overlap, a gap or an overrun."""
-    end_prev, prev = 0, None
-    for name, offset, nbytes in sorted(tensors, key=lambda t: t[1]):
+    for name, offset, nbytes in tensors:
         if data_start + offset + nbytes > size:
             raise GGUFFormatError(f"tensor {name}: data [{data_start + offset}, "
                                   f"{data_start + offset + nbytes}) runs past the end of the file "
                                   f"({size} bytes)")
+    end_prev, prev = 0, None
+    for name, offset, nbytes in sorted(tensors, key=lambda t: t[1]):
         if offset < end_prev:
             raise GGUFFormatError(f"tensor {name}: data at offset {offset} overlaps tensor {prev} "
                                   f"(which ends at {end_prev})")
