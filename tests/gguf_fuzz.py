@@ -248,7 +248,7 @@ def _spawn(source, seed, indices, workdir, env):
     cmd = [sys.executable, str(Path(__file__).resolve()), "worker", "--source", source,
            "--seed", str(seed), "--workdir", str(workdir), "--indices", ",".join(map(str, indices))]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
-                            cwd=REPO, start_new_session=True, text=True)
+                            cwd=REPO, start_new_session=True, bufsize=0)
 
 
 def _kill(proc) -> None:
@@ -263,23 +263,27 @@ def _run_worker(source, seed, indices, workdir, env, case_timeout):
     """Runs indices in one worker until it finishes, hangs or dies. Returns (outcomes,
     (index, 'hang'|'crash', detail) of the case it stopped on, or None)."""
     proc = _spawn(source, seed, indices, workdir, env)
-    outcomes, current = {}, None
+    outcomes, current, pending = {}, None, b""
+    fd = proc.stdout.fileno()
     try:
         while True:
-            ready, _, _ = select.select([proc.stdout], [], [], case_timeout)
+            # unbuffered: every line read is handled before waiting on the pipe again
+            ready, _, _ = select.select([fd], [], [], case_timeout)
             if not ready:
                 return outcomes, (current, "hang", f"no answer in {case_timeout:g} s")
-            line = proc.stdout.readline()
-            if not line:
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
                 rc = proc.wait()
                 if current is None or current in outcomes:
                     return outcomes, None if rc == 0 else (current, "crash", f"worker exit {rc}")
                 return outcomes, (current, "crash", f"worker died with status {rc}")
-            msg = json.loads(line)
-            if "start" in msg:
-                current = msg["start"]
-            else:
-                outcomes[msg["done"]] = (msg["kind"], msg["detail"])
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines:
+                msg = json.loads(line)
+                if "start" in msg:
+                    current = msg["start"]
+                else:
+                    outcomes[msg["done"]] = (msg["kind"], msg["detail"])
     finally:
         if proc.poll() is None:
             _kill(proc)
