@@ -138,7 +138,7 @@ class GGUFSource:
             if key == "tokenizer.ggml.tokens":
                 n_tokens = len(val)
             elif key == "tokenizer.ggml.model":
-                model = val.decode() if isinstance(val, bytes) else str(val)
+                model = val.decode("utf-8", "replace") if isinstance(val, bytes) else str(val)
         if n_tokens == 0:
             raise ConvertError(f"{self.path.name}: no tokenizer (tokenizer.ggml.tokens) to carry over")
         if n_tokens != n_vocab:
