@@ -10,7 +10,7 @@ CHDR   := $(wildcard ggml_ext/*.h)
 SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 CFLAGS_C := -std=c11 -O1 -g -D_GNU_SOURCE -fno-strict-aliasing -Wall -Wextra -Wno-unused-parameter -Iggml_ext
 
-.PHONY: all venv test bench chat asan clean
+.PHONY: all venv test bench chat asan fuzz clean
 
 all: $(STAMP)
 	$(PY) setup.py -q build_ext --inplace
@@ -35,6 +35,15 @@ bench: all
 
 chat: all
 	$(VENV)/bin/pi-chat
+
+# The GGUF mutation fuzzer (tests/gguf_fuzz.py) at length: FUZZ_CASES mutants of the ReLU test
+# model and of a tiny plain GGUF through Model + eval, and a tenth as many through pi-convert.
+FUZZ_CASES ?= 5000
+FUZZ_SEED  ?= 1
+fuzz: all
+	$(PY) tests/gguf_fuzz.py run --source relu --cases $(FUZZ_CASES) --seed $(FUZZ_SEED)
+	$(PY) tests/gguf_fuzz.py run --source plain --cases $(FUZZ_CASES) --seed $(FUZZ_SEED)
+	$(PY) tests/gguf_fuzz.py run --source convert --cases $$(( $(FUZZ_CASES) / 10 )) --seed $(FUZZ_SEED)
 
 # C tests and the pytest suite under AddressSanitizer + UBSan.
 build/asan/libpi.so: $(CSRC) $(CHDR)

@@ -15,6 +15,7 @@ from gguf import GGUFValueType as VT
 
 from pi_backend import format as F
 from pi_backend.format import Keys, T, field_types, field_value
+from pi_backend.gguf_check import GGUFFormatError, check_file, check_hparams
 
 from .model import ConvertError, HParams, SourceTensor
 
@@ -36,6 +37,7 @@ class GGUFSource:
     def __init__(self, path: Path):
         self.path = path
         try:
+            check_file(path)  # bounds every count and offset before the reader walks them
             self.reader = gguf.GGUFReader(path, "r")
         except (ValueError, OSError, IndexError, KeyError) as e:
             raise ConvertError(f"{path}: not a readable GGUF file ({e})") from None
@@ -43,10 +45,16 @@ class GGUFSource:
         arch = self._get(Keys.ARCHITECTURE)
         if arch is None:
             raise ConvertError(f"{path}: no {Keys.ARCHITECTURE} key")
-        arch = arch.decode() if isinstance(arch, bytes) else arch
+        arch = arch.decode("utf-8", "replace") if isinstance(arch, bytes) else arch
         if arch not in SUPPORTED_ARCHS:
             raise ConvertError(f"unsupported architecture {arch!r} in {path.name} "
                                f"(supported: {', '.join(SUPPORTED_ARCHS)})")
+        if isinstance(self._get(f"{arch}.feed_forward_length"), list):
+            raise ConvertError(f"{path.name}: per-layer feed_forward_length is not supported")
+        try:
+            check_hparams(self._get, arch)
+        except GGUFFormatError as e:
+            raise ConvertError(f"{path.name}: {e}") from None
         if self._get(Keys.FORMAT_VERSION) is not None:
             raise ConvertError(f"{path.name} is already a pi_backend file; convert from its source")
         if any(F.split_name(t.name)[1] == T.FFN_DOWN_T for t in r.tensors):
@@ -63,10 +71,10 @@ class GGUFSource:
         n_head = int(need("attention.head_count"))
         if T.TOKEN_EMBD not in self.tensor_map:
             raise ConvertError(f"{path.name}: no {T.TOKEN_EMBD} tensor")
+        if len(self.tensor_map[T.TOKEN_EMBD].shape) != 2:
+            raise ConvertError(f"{path.name}: {T.TOKEN_EMBD} is not a matrix")
         n_vocab = int(self.tensor_map[T.TOKEN_EMBD].shape[1])
         n_ff = need("feed_forward_length")
-        if isinstance(n_ff, list):
-            raise ConvertError(f"{path.name}: per-layer feed_forward_length is not supported")
         head_dim = int(self._get(f"{arch}.attention.key_length") or
                        self._get(f"{arch}.rope.dimension_count") or n_embd // n_head)
         self.hparams = HParams(
@@ -122,7 +130,7 @@ class GGUFSource:
             if key == "tokenizer.ggml.tokens":
                 n_tokens = len(val)
             elif key == "tokenizer.ggml.model":
-                model = val.decode() if isinstance(val, bytes) else str(val)
+                model = val.decode("utf-8", "replace") if isinstance(val, bytes) else str(val)
         if n_tokens == 0:
             raise ConvertError(f"{self.path.name}: no tokenizer (tokenizer.ggml.tokens) to carry over")
         if n_tokens != n_vocab:

@@ -399,6 +399,17 @@ static int decode_chunk(pi_context *c, const int32_t *tokens, int B, int n_past,
     return matmul(c, pi_model_output(m), c->xn + (size_t)first * d, B - first, logits, hp->n_vocab);
 }
 
+/* 1 when no value is NaN or inf (exponent bits all ones); an integer loop, so it vectorizes. */
+static int all_finite(const float *x, size_t n) {
+    uint32_t bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, &x[i], sizeof u);
+        bad |= (u & 0x7F800000u) == 0x7F800000u;
+    }
+    return !bad;
+}
+
 int pi_decode(pi_context *c, const int32_t *tokens, int32_t n_tokens, int32_t n_past, float *logits,
               int32_t logits_all) {
     PI_CHECK_NULL(c);
@@ -425,6 +436,10 @@ int pi_decode(pi_context *c, const int32_t *tokens, int32_t n_tokens, int32_t n_
         int rc = decode_chunk(c, tokens + done, B, n_past + done, out, logits_all);
         if (rc) return rc;
     }
+    const size_t n_out = (size_t)(logits_all ? n_tokens : 1) * (size_t)hp->n_vocab;
+    if (logits && !all_finite(logits, n_out))
+        return pi_fail(PI_ERR_NUMERIC, "pi_decode: the logits are not finite (NaN or inf in the "
+                                       "model's weights, or an overflow)");
     return pi_ok();
 }
 

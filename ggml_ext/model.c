@@ -1,5 +1,6 @@
 /* model.c - the tensor table: weights attached by GGUF name, checked against the hyperparameters.
  * No file I/O: the caller (pi_backend/model.py) maps the GGUF and hands over pointers. */
+#include <math.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -65,22 +66,27 @@ static int check_hparams(const pi_hparams *hp) {
         return pi_fail(PI_ERR_RANGE, "pi_model_create: unknown architecture id %d", hp->arch);
     if (hp->ffn_act != PI_ACT_SILU && hp->ffn_act != PI_ACT_RELU)
         return pi_fail(PI_ERR_RANGE, "pi_model_create: unknown FFN activation id %d", hp->ffn_act);
-    const struct { const char *name; int32_t v; } pos[] = {
-        {"n_vocab", hp->n_vocab}, {"n_embd", hp->n_embd}, {"n_ff", hp->n_ff},
-        {"n_layer", hp->n_layer}, {"n_head", hp->n_head}, {"n_head_kv", hp->n_head_kv},
-        {"head_dim", hp->head_dim}};
+    /* Upper bounds far above any model of this kind, low enough that no size product overflows
+     * and no table is allocated before a shape check can fail (pi_backend/gguf_check.py has the
+     * same bounds for the metadata). */
+    const struct { const char *name; int32_t v, max; } pos[] = {
+        {"n_vocab", hp->n_vocab, 1 << 24}, {"n_embd", hp->n_embd, 1 << 17},
+        {"n_ff", hp->n_ff, 1 << 20}, {"n_layer", hp->n_layer, 4096},
+        {"n_head", hp->n_head, 4096}, {"n_head_kv", hp->n_head_kv, 4096},
+        {"head_dim", hp->head_dim, 4096}};
     for (size_t i = 0; i < sizeof pos / sizeof pos[0]; i++)
-        if (pos[i].v <= 0)
-            return pi_fail(PI_ERR_SHAPE, "pi_model_create: %s = %d must be positive", pos[i].name,
-                           pos[i].v);
+        if (pos[i].v <= 0 || pos[i].v > pos[i].max)
+            return pi_fail(PI_ERR_SHAPE, "pi_model_create: %s = %d must be in 1..%d", pos[i].name,
+                           pos[i].v, pos[i].max);
     if (hp->n_head % hp->n_head_kv != 0)
         return pi_fail(PI_ERR_SHAPE, "pi_model_create: n_head = %d is not a multiple of n_head_kv = %d",
                        hp->n_head, hp->n_head_kv);
     if (hp->n_rot <= 0 || hp->n_rot > hp->head_dim || hp->n_rot % 2)
         return pi_fail(PI_ERR_SHAPE, "pi_model_create: n_rot = %d must be even and in 1..head_dim = %d",
                        hp->n_rot, hp->head_dim);
-    if (!(hp->rope_freq_base > 0) || !(hp->rope_freq_scale > 0) || !(hp->norm_eps > 0))
-        return pi_fail(PI_ERR_RANGE, "pi_model_create: rope_freq_base, rope_freq_scale and norm_eps must be positive");
+    if (!(hp->rope_freq_base > 0) || !(hp->rope_freq_scale > 0) || !(hp->norm_eps > 0) ||
+        !isfinite(hp->rope_freq_base) || !isfinite(hp->rope_freq_scale) || !isfinite(hp->norm_eps))
+        return pi_fail(PI_ERR_RANGE, "pi_model_create: rope_freq_base, rope_freq_scale and norm_eps must be finite and positive");
     return PI_OK;
 }
 

@@ -38,6 +38,7 @@ typedef enum {
     PI_ERR_NOMEM = 5,   /* an allocation failed */
     PI_ERR_THREADS = 6, /* a worker thread could not be created */
     PI_ERR_ISA = 7,     /* the requested instruction set is not available on this CPU */
+    PI_ERR_NUMERIC = 8, /* a result is not finite (NaN or inf): corrupt weights or overflow */
 } pi_status;
 
 /* ---- tensor types: the ggml type ids, as stored in GGUF -------------------------------- */

@@ -18,6 +18,7 @@ const char *pi_status_str(int status) {
     case PI_ERR_NOMEM: return "out of memory";
     case PI_ERR_THREADS: return "thread creation failed";
     case PI_ERR_ISA: return "instruction set not available";
+    case PI_ERR_NUMERIC: return "not finite";
     default: return "unknown status";
     }
 }

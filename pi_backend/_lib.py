@@ -21,6 +21,7 @@ PI_ERR_RANGE = 4
 PI_ERR_NOMEM = 5
 PI_ERR_THREADS = 6
 PI_ERR_ISA = 7
+PI_ERR_NUMERIC = 8
 
 # ---- tensor types (pi_type): ggml type ids ------------------------------------------------
 PI_TYPE_F32 = 0

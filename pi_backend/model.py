@@ -10,6 +10,7 @@ import functools
 import mmap
 import os
 import pickle
+import weakref
 from typing import Sequence
 
 import numpy as np
@@ -18,6 +19,7 @@ from . import _lib
 from . import format as F
 from ._lib import call, check, fptr
 from .format import Keys, field_value
+from .gguf_check import GGUFFormatError, check_file, check_hparams
 
 FFN_MODES = {F.FFN_DENSE: _lib.PI_FFN_DENSE, F.FFN_SPARSE: _lib.PI_FFN_SPARSE,
              F.FFN_THRESHOLD: _lib.PI_FFN_THRESHOLD}
@@ -58,12 +60,14 @@ def _map_reader_class():
 
 
 def read_gguf(path: str):
-    """A gguf.GGUFReader for `path`, with every failure turned into a one-line ModelError."""
+    """A gguf.GGUFReader for `path`, with every failure turned into a one-line ModelError. The
+    header is bounds-checked first (gguf_check), so the reader only walks a sane file."""
     if not os.path.exists(path):
         raise ModelError(f"model file not found: {path}")
     if os.path.isdir(path):
         raise ModelError(f"model path is a directory, not a GGUF file: {path}")
     try:
+        check_file(path)
         return _map_reader_class()(path, "r")
     except Exception as e:  # the reader raises many kinds on truncated or corrupt files
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
@@ -91,8 +95,20 @@ class Model:
     """
 
     def __init__(self, path: str, *, ffn_mode: str | None = None, repack: bool = True):
-        self.path = os.fspath(path)
         self._ptr = _lib.pi_model_p()
+        self._contexts = weakref.WeakSet()  # the open ones, closed by close()
+        self._n_contexts = 0                # open contexts, counted (the C model outlives them)
+        self._closed = False
+        try:
+            self._load(path, ffn_mode, repack)
+        except BaseException as e:
+            self.close()  # a failed load frees the C model now, not at garbage collection
+            if isinstance(e, _lib.PiError):
+                raise ModelError(f"{getattr(self, 'path', path)}: {e}") from None
+            raise
+
+    def _load(self, path, ffn_mode: str | None, repack: bool) -> None:
+        self.path = os.fspath(path)
         reader = read_gguf(self.path)
         self._map = reader.mmap  # the memmap the C model points into
         # The parse of a large vocabulary makes ~70 MB of small objects. Python frees a block of
@@ -120,15 +136,13 @@ class Model:
         del tensors
         thr = self.fields.get(Keys.THRESHOLDS)
         if thr is not None:
+            if not isinstance(thr, list) or not all(isinstance(v, (int, float)) for v in thr):
+                raise ModelError(f"{self.path}: {Keys.THRESHOLDS} must be an array of numbers")
             self.thresholds = np.ascontiguousarray(thr, dtype=np.float32)
             call("pi_model_set_thresholds", self._ptr, fptr(self.thresholds), len(self.thresholds))
         call("pi_model_set_repack", self._ptr,
              _lib.PI_REPACK_RELEASE if repack else _lib.PI_REPACK_NONE)
-        try:
-            call("pi_model_finalize", self._ptr)
-        except _lib.PiError as e:
-            self.close()
-            raise ModelError(f"{self.path}: {e}") from None
+        call("pi_model_finalize", self._ptr)
         packed = ctypes.c_int64()
         call("pi_model_repacked_bytes", self._ptr, ctypes.byref(packed))
         self.repacked_bytes = packed.value
@@ -137,8 +151,10 @@ class Model:
         modes = ctypes.c_int32()
         call("pi_model_ffn_modes", self._ptr, ctypes.byref(modes))
         self.ffn_modes = tuple(k for k, v in FFN_MODES.items() if modes.value & (1 << v))
-        self.default_ffn_mode = self._check_mode(ffn_mode or self.fields.get(Keys.SPARSE_MODE)
-                                                 or F.FFN_DENSE)
+        mode = ffn_mode or self.fields.get(Keys.SPARSE_MODE) or F.FFN_DENSE
+        if not isinstance(mode, str):
+            raise ModelError(f"{self.path}: {Keys.SPARSE_MODE} must be a string")
+        self.default_ffn_mode = self._check_mode(mode)
 
     # ---- construction ------------------------------------------------------------------------
     def _get(self, key, default=None, required=True):
@@ -151,13 +167,17 @@ class Model:
         """The C hyperparameters from the metadata; n_tokens: the vocabulary's length, tensors:
         (name, type, ne, offset, bytes) of each tensor (for token_embd's shape)."""
         arch = self._get(Keys.ARCHITECTURE)
-        if arch not in ARCHS:
+        if not isinstance(arch, str) or arch not in ARCHS:
             raise ModelError(f"{self.path}: unsupported architecture {arch!r} "
                              f"(supported: {', '.join(ARCHS)})")
         a = arch
         act = self.fields.get(Keys.FFN_ACTIVATION, F.ACT_SILU)
-        if act not in ACTS:
+        if not isinstance(act, str) or act not in ACTS:
             raise ModelError(f"{self.path}: unsupported FFN activation {act!r}")
+        try:
+            check_hparams(self.fields.get, arch)
+        except GGUFFormatError as e:
+            raise ModelError(f"{self.path}: {e}") from None
         n_embd = int(self._get(f"{a}.embedding_length"))
         n_head = int(self._get(f"{a}.attention.head_count"))
         head_dim = int(self.fields.get(f"{a}.attention.key_length") or n_embd // n_head)
@@ -252,6 +272,23 @@ class Model:
         return Context(self, n_ctx, n_threads, n_batch, ffn_mode or self.default_ffn_mode)
 
     def close(self) -> None:
+        """Closes the model's open contexts (their eval then raises) and frees the C model."""
+        self._closed = True
+        for ctx in list(self._contexts):
+            ctx.close()
+        if self._n_contexts == 0:  # otherwise (contexts collected in a cycle) the last one frees
+            self._free()
+
+    def _context_opened(self, ctx: "Context") -> None:
+        self._contexts.add(ctx)
+        self._n_contexts += 1
+
+    def _context_closed(self) -> None:
+        self._n_contexts -= 1
+        if self._closed and self._n_contexts == 0:
+            self._free()
+
+    def _free(self) -> None:
         if self._ptr:
             _lib.lib().pi_model_free(self._ptr)
             self._ptr = _lib.pi_model_p()
@@ -272,11 +309,14 @@ class Context:
         if n_ctx <= 0 or n_threads <= 0 or n_batch <= 0:
             raise ValueError(f"n_ctx={n_ctx}, n_threads={n_threads} and n_batch={n_batch} "
                              "must be positive")
-        self.model = model
+        if model._closed:
+            raise ValueError(f"the model {os.path.basename(model.path)} is closed")
+        self.model = model  # kept alive while this context is open
         self.n_ctx = int(n_ctx)
         self._ptr = _lib.pi_context_p()
         call("pi_context_create", model.ptr, self.n_ctx, int(n_batch), int(n_threads),
              ctypes.byref(self._ptr))
+        model._context_opened(self)
         self.ffn_mode = F.FFN_DENSE
         self.set_ffn_mode(ffn_mode)
         # One-token steps (decoding) reuse a token and a logits buffer whose pointers are made
@@ -302,14 +342,28 @@ class Context:
                 f"Requested tokens ({n_past + n}) exceed context window of {self.n_ctx}")
         if n == 1 and not logits_all:
             self._tok1[0] = tokens[0]
-            check(self._decode(self._ptr, self._tok1_p, 1, int(n_past), self._last_p, 0))
+            status = self._decode(self._ptr, self._tok1_p, 1, int(n_past), self._last_p, 0)
+            if status:
+                self._fail(status)
             return self._last.copy()
         toks = np.ascontiguousarray(tokens, dtype=np.int32)
         nv = self.model.n_vocab
         out = np.empty((n, nv) if logits_all else (nv,), dtype=np.float32)
-        call("pi_decode", self._ptr, _lib.iptr(toks), n, int(n_past), fptr(out),
-             1 if logits_all else 0)
+        status = self._decode(self._ptr, _lib.iptr(toks), n, int(n_past), fptr(out),
+                              1 if logits_all else 0)
+        if status:
+            self._fail(status)
         return out
+
+    def _fail(self, status: int) -> None:
+        """Raises for a failed pi_decode: a closed context or non-finite logits (the model's
+        fault: ModelError) are told apart from the library's other errors (PiError)."""
+        if not self._ptr:
+            raise ValueError("this context is closed (or its model was closed)")
+        if status == _lib.PI_ERR_NUMERIC:
+            msg = _lib.lib().pi_last_error().decode("utf-8", "replace")
+            raise ModelError(f"{self.model.path}: {msg}")
+        check(status)
 
     def record(self, tokens: Sequence[int], n_past: int, *, ffn_in: bool = True,
                gate: bool = True, h: bool = True) -> dict:
@@ -345,6 +399,7 @@ class Context:
         if self._ptr:
             _lib.lib().pi_context_free(self._ptr)
             self._ptr = _lib.pi_context_p()
+            self.model._context_closed()
 
     def __del__(self):
         try:

@@ -355,3 +355,45 @@ def test_sparse_mode_needs_gate_and_up_of_one_type(up_type):
             _lib.lib().pi_context_free(ctx)
     finally:
         _lib.lib().pi_model_free(model)
+
+
+# ---- model and context lifetime ---------------------------------------------------------------
+def test_context_keeps_its_model_alive(tmp_path):
+    import gc
+    ctx = Model(str(_write_gguf(tmp_path / "m.gguf"))).new_context(16, 1)  # no other reference
+    gc.collect()
+    assert np.all(np.isfinite(ctx.eval([1, 2, 3], 0)))
+    ctx.close()
+
+
+def test_model_close_closes_its_contexts(tmp_path):
+    m = Model(str(_write_gguf(tmp_path / "m.gguf")))
+    a, b = m.new_context(16, 1), m.new_context(16, 1)
+    b.close()
+    m.close()  # frees the C model: its contexts cannot use it afterwards
+    for ctx in (a, b):
+        for tokens in ([1], [1, 2]):
+            with pytest.raises(ValueError, match="context is closed"):
+                ctx.eval(tokens, 0)
+    with pytest.raises(ValueError, match="is closed"):
+        m.new_context(16, 1)
+    m.close()
+    a.close()
+
+
+def test_failed_load_frees_the_c_model_at_once(tmp_path, monkeypatch):
+    import gc
+    L = _lib.lib()
+    real, freed = L.pi_model_free, []
+
+    def spy(ptr):
+        freed.append(bool(ptr))
+        real(ptr)
+    monkeypatch.setattr(L, "pi_model_free", spy)
+    gc.disable()  # the failed Model stays referenced from the traceback: no collection may help
+    try:
+        with pytest.raises(ModelError, match="shape"):
+            Model(str(_write_gguf(tmp_path / "m.gguf", reshape="blk.0.attn_k.weight")))
+        assert freed == [True]
+    finally:
+        gc.enable()
