@@ -212,3 +212,19 @@ def test_valid_edges_accepted():
                dict(temperature=-0.5), dict(penalty_last_n=0), dict(logit_bias={99: -math.inf}),
                dict(top_k=np.int64(3)), dict(temperature=np.float32(0.3))):
         assert check_params(SamplingParams(**kw), 100) is not None
+
+
+def test_calibration_text_same_seed_same_text(smollm2_path):
+    from convert.calibrate import generate_sequences
+    from pi_backend.model import Model
+    from pi_backend.tokenizer import Tokenizer
+    model, tok = Model(str(smollm2_path)), Tokenizer(str(smollm2_path))
+    try:
+        a, b, c = (generate_sequences(model, tok, 96, seed=s, n_threads=2, max_len=48)
+                   for s in (0, 0, 1))
+    finally:
+        tok.close()
+        model.close()
+    assert sum(map(len, a)) >= 48
+    assert len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert [x.tolist() for x in a] != [x.tolist() for x in c]
