@@ -223,6 +223,10 @@ class Sampler:
         self.params = check_params(params, n_vocab)
         self.n_vocab = int(n_vocab)
         lc = _bindings()
+        if ctypes.sizeof(lc.llama_token_data) != TOKEN_DATA.itemsize:
+            raise RuntimeError("these llama-cpp-python bindings lay out llama_token_data "
+                               f"in {ctypes.sizeof(lc.llama_token_data)} bytes, not "
+                               f"{TOKEN_DATA.itemsize}: pi_backend.sampling needs updating")
         self._lc = lc
         self._chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
         try:
@@ -242,8 +246,8 @@ class Sampler:
         the chain's state (penalty window, grammar, mirostat)."""
         if self._chain is None:
             raise RuntimeError("this Sampler is closed")
-        if logits.shape != (self.n_vocab,):
-            raise ValueError(f"logits must have shape ({self.n_vocab},), got {logits.shape}")
+        if np.shape(logits) != (self.n_vocab,):
+            raise ValueError(f"logits must have shape ({self.n_vocab},), got {np.shape(logits)}")
         cand, arr = self._cand, self._array
         cand["id"] = self._ids
         cand["logit"] = logits
