@@ -132,10 +132,11 @@ def silu(x: np.ndarray) -> np.ndarray:
 # ---- calibration tokens ------------------------------------------------------------------------
 def generate_sequences(model, tok, n_tokens: int, seed: int = 0, n_threads: int = 1,
                        max_len: int = 128, progress: bool = False) -> List[np.ndarray]:
-    """Self-generated calibration text: the model continues varied prompts (sampled with our
-    engine, temperature 0.8, top-k 40, top-p 0.95, repeat penalty 1.1) until n_tokens tokens
-    (prompts included) are collected, in sequences of at most max_len tokens."""
-    from pi_backend.sampling import SamplingParams, sample
+    """Self-generated calibration text: the model continues varied prompts (our engine, sampled
+    by llama.cpp's sampler chain: temperature 0.8, top-k 40, top-p 0.95, min-p 0.05, repeat
+    penalty 1.1) until n_tokens tokens (prompts included) are collected, in sequences of at most
+    max_len tokens. The same seed gives the same text."""
+    from pi_backend.sampling import LLAMA_DEFAULT_SEED, Sampler, SamplingParams
     rng = np.random.default_rng(seed)
     params = SamplingParams(temperature=0.8, top_k=40, top_p=0.95, min_p=0.05,
                             repeat_penalty=1.1)
@@ -157,15 +158,16 @@ def generate_sequences(model, tok, n_tokens: int, seed: int = 0, n_threads: int 
             if want < 8:
                 break
             logits = ctx.eval(ids, 0)
-            gen: List[int] = []
-            while len(ids) < want:
-                t = sample(logits, params, gen, rng)
-                if tok.is_eog(t):
-                    break
-                ids.append(t)
-                gen.append(t)
-                if len(ids) < want:
-                    logits = ctx.eval([t], len(ids) - 1)
+            # one chain per sequence (its own penalty window); its seed drawn from rng
+            seq_seed = int(rng.integers(0, LLAMA_DEFAULT_SEED))
+            with Sampler(params, len(logits), seq_seed) as sampler:
+                while len(ids) < want:
+                    t = sampler.sample(logits)
+                    if tok.is_eog(t):
+                        break
+                    ids.append(t)
+                    if len(ids) < want:
+                        logits = ctx.eval([t], len(ids) - 1)
             if len(ids) >= 8:
                 seqs.append(np.asarray(ids, dtype=np.int32))
                 total += len(ids)

@@ -8,7 +8,9 @@ FFN sparsity reached, the effective weight bandwidth and the perplexity change.
 Every configuration gets the same prompt tokens and thread count; the runs are interleaved
 (A B C A B C ...) after one untimed warm-up round, and the medians over --reps are reported.
 Decode is greedy for a fixed number of tokens (no stop on EOS) and only the decode steps are
-timed; prompt processing is one eval of the prompt from an empty KV cache.
+timed; prompt processing is one eval of the prompt from an empty KV cache. The row "ours dense,
+sampled" decodes with create_chat_completion's default sampling through llama.cpp's sampler
+chain (pi_backend.sampling, seed 0) instead of argmax: its "x dense" is what sampling costs.
 
 Files. Our sparse/threshold modes need the split-FFN file; llama-cpp-python needs a plain
 llama.cpp file of the same weights. With no MODEL: the converted default model and the
@@ -141,15 +143,35 @@ def resolve_files(model: str | None, baseline: str | None, outtype: str,
 
 
 # ---- runners ---------------------------------------------------------------------------------
+# create_chat_completion's default sampling, for the sampled row
+CHAT_SAMPLING = dict(temperature=0.2, top_k=40, top_p=0.95, min_p=0.05)
+
+
+class Greedy:
+    """The pick of every row but the sampled one: argmax."""
+    def sample(self, logits):
+        return int(np.argmax(logits))
+
+    def close(self):
+        pass
+
+
 class PiRunner:
-    """Our engine: one context on a shared Model, in one FFN mode (thresholds set per run)."""
+    """Our engine: one context on a shared Model, in one FFN mode (thresholds set per run);
+    greedy, or llama.cpp's sampler chain with `sampling` (SamplingParams arguments)."""
     engine = "pi_backend"
 
     def __init__(self, label, model, file_kind, mode, n_ctx, threads, target=None,
-                 thresholds=None):
+                 thresholds=None, sampling=None):
         self.label, self.model, self.file, self.mode = label, model, file_kind, mode
-        self.target, self.thresholds = target, thresholds
+        self.target, self.thresholds, self.sampling = target, thresholds, sampling
         self.ctx = model.new_context(n_ctx=n_ctx, n_threads=threads, n_batch=512, ffn_mode=mode)
+
+    def picker(self):
+        if self.sampling is None:
+            return Greedy()
+        from .sampling import Sampler, SamplingParams
+        return Sampler(SamplingParams(**self.sampling), self.model.n_vocab, seed=0)
 
     def prepare(self):
         if self.thresholds is not None:
@@ -186,6 +208,8 @@ class LlamaRunner:
     file = "plain"
     target = None
     thresholds = None
+    sampling = None
+    picker = Greedy
 
     def __init__(self, label, path, n_ctx, threads):
         import llama_cpp
@@ -244,7 +268,7 @@ class LlamaRunner:
 
 
 def run_once(r, prompt, n_gen):
-    """One prompt eval (timed) then n_gen greedy decode steps (timed together)."""
+    """One prompt eval (timed) then n_gen decode steps, each with its pick (timed together)."""
     r.prepare()
     t0 = time.perf_counter()
     logits = r.prefill(prompt)
@@ -252,15 +276,19 @@ def run_once(r, prompt, n_gen):
     s_prompt = r.sparsity()
     if hasattr(r, "ctx"):
         r.ctx.reset_stats()
-    tok = int(np.argmax(logits))
-    out = [tok]
-    n = len(prompt)
-    t2 = time.perf_counter()
-    for i in range(n_gen):
-        logits = r.step(tok, n + i)
-        tok = int(np.argmax(logits))
-        out.append(tok)
-    t3 = time.perf_counter()
+    picker = r.picker()
+    try:
+        tok = picker.sample(logits)
+        out = [tok]
+        n = len(prompt)
+        t2 = time.perf_counter()
+        for i in range(n_gen):
+            logits = r.step(tok, n + i)
+            tok = picker.sample(logits)
+            out.append(tok)
+        t3 = time.perf_counter()
+    finally:
+        picker.close()
     return {"prompt_s": t1 - t0, "decode_s": t3 - t2, "prompt_sparsity": s_prompt,
             "decode_sparsity": r.sparsity(), "decode_down_sparsity": r.down_sparsity(),
             "tokens": out}
@@ -520,6 +548,8 @@ def run(args) -> dict:
                                         args.threads))
             runners.append(PiRunner("ours dense", split_model, "split", "dense", n_ctx,
                                     args.threads))
+            runners.append(PiRunner("ours dense, sampled", split_model, "split", "dense", n_ctx,
+                                    args.threads, sampling=CHAT_SAMPLING))
         calib = {}
         if "threshold" in args.modes:
             if "threshold" not in split_model.ffn_modes:
@@ -573,7 +603,7 @@ def run(args) -> dict:
                                 "prompt": statistics.median(x["prompt_sparsity"] for x in rr)},
                    "decode_tps": statistics.median(dec), "prompt_tps": statistics.median(pp),
                    "decode_tps_reps": dec, "prompt_tps_reps": pp,
-                   "generated": rr[0]["tokens"]}
+                   "sampling": r.sampling, "generated": rr[0]["tokens"]}
             row["bytes_per_token"] = bytes_per_token(info, r.mode, s_dec, s_down)
             row["effective_gbs"] = row["bytes_per_token"] * row["decode_tps"] / 1e9
             row["bandwidth_fraction"] = row["effective_gbs"] / bw if bw else None
@@ -588,8 +618,8 @@ def run(args) -> dict:
                 row["sparsity"]["calib"] = r.sparsity()
             else:
                 row["sparsity"]["calib"] = 0.0
-            if args.no_ppl or not ppl_chunks:
-                continue
+            if args.no_ppl or not ppl_chunks or r.sampling is not None:
+                continue  # the sampled row runs ours dense's weights and mode: same perplexity
             logits, s = r.logits_all(ppl_chunks)
             row["nll"] = mean_nll(logits, ppl_chunks)
             row["ppl"] = math.exp(row["nll"])

@@ -1,14 +1,22 @@
 """`pi_backend.Llama`: a drop-in replacement for `llama_cpp.Llama` running on the pi_backend engine.
 
 Tokenization and chat templates come from llama.cpp (llama-cpp-python, vocab-only); the forward
-pass is ours (pi_backend.model); sampling follows llama.cpp (pi_backend.sampling). Return values
-have exactly the shapes llama-cpp-python returns (the chat conversion is llama-cpp-python's own).
+pass is ours (pi_backend.model); sampling is llama.cpp's sampler chain (pi_backend.sampling).
+Return values have exactly the shapes llama-cpp-python returns (the chat conversion is
+llama-cpp-python's own).
+
+Threads: one Llama serves one generation at a time. A generation (`generate`, a completion, a
+chat completion; a stream from its first chunk until it is exhausted or closed) holds the Llama;
+another thread that calls it meanwhile waits for it. The thread that holds it gets a RuntimeError
+if it starts a second one (an unfinished stream), since waiting would never end.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import sys
+import threading
 import time
 import uuid
 import warnings
@@ -17,7 +25,7 @@ from typing import (Any, Callable, Dict, Iterator, List, Optional, Sequence, Uni
 
 import numpy as np
 
-from .sampling import LLAMA_DEFAULT_SEED, SamplingParams, make_rng, sample
+from .sampling import LLAMA_DEFAULT_SEED, Sampler, SamplingParams, check_params
 from .tokenizer import Tokenizer
 
 __all__ = ["Llama", "LLAMA_DEFAULT_SEED"]
@@ -119,6 +127,8 @@ class Llama:
         from .model import Model  # the engine; imported here so `import pi_backend` stays light
 
         self._closed = True
+        self._lock = threading.Lock()   # held by the generation in progress (see the docstring)
+        self._owner: Optional[int] = None  # the thread that holds it
         self.verbose = verbose
         self.model_path = os.fspath(model_path)
         if embedding:
@@ -147,6 +157,9 @@ class Llama:
             n_batch = max(1, min(int(n_batch), int(n_ctx)))
             self.n_batch = n_batch
             self.n_threads = int(n_threads)
+            if int(last_n_tokens_size) < 0:
+                raise ValueError(f"last_n_tokens_size must be >= 0 (the repeat-penalty window), "
+                                 f"got {last_n_tokens_size}")
             self.last_n_tokens_size = int(last_n_tokens_size)
             self._ctx = self._model.new_context(int(n_ctx), self.n_threads, n_batch=n_batch,
                                                 ffn_mode=ffn_mode)
@@ -236,16 +249,35 @@ class Llama:
 
     def reset(self) -> None:
         """Forget the KV cache contents (the next call evaluates its prompt from scratch)."""
-        self._input_ids = []
-        self._last_logits = None
+        with self._exclusive():
+            self._input_ids = []
+            self._last_logits = None
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Hold this Llama for one operation: another thread waits; the thread that already
+        holds it (an unfinished stream) gets a RuntimeError instead of waiting forever."""
+        me = threading.get_ident()
+        if self._owner == me:
+            raise RuntimeError("this Llama is in the middle of a generation in this thread (an "
+                               "unfinished stream?): exhaust or close it first")
+        with self._lock:
+            self._owner = me
+            try:
+                if self._closed:
+                    raise RuntimeError("this Llama is closed")
+                yield
+            finally:
+                self._owner = None
 
     def close(self) -> None:
         if getattr(self, "_closed", True):
             return
-        self._closed = True
-        self._ctx.close()
-        self._model.close()
-        self._tok.close()
+        with self._exclusive():
+            self._closed = True
+            self._ctx.close()
+            self._model.close()
+            self._tok.close()
 
     def __del__(self):
         try:
@@ -268,7 +300,11 @@ class Llama:
     # ---- evaluation ---------------------------------------------------------------------------
     def eval(self, tokens: Sequence[int]) -> None:
         """Evaluate tokens after those already in the KV cache (llama_cpp.Llama.eval)."""
-        tokens = [int(t) for t in tokens]
+        tokens = self._tok.check_tokens(tokens)
+        with self._exclusive():
+            self._eval(tokens)
+
+    def _eval(self, tokens: List[int]) -> None:
         if not tokens:
             return
         n_ctx = self.n_ctx()
@@ -299,7 +335,7 @@ class Llama:
                   "eval", file=sys.stderr)
         del self._input_ids[n:]
         self._last_logits = None
-        self.eval(prompt_tokens[n:])
+        self._eval(prompt_tokens[n:])
         return self._last_logits
 
     def generate(self, tokens: Sequence[int], top_k: int = 40, top_p: float = 0.95,
@@ -311,56 +347,60 @@ class Llama:
                  logits_processor: Optional[Sequence[Callable]] = None,
                  stopping_criteria: Optional[Sequence[Callable]] = None,
                  grammar: Any = None, logit_bias: Optional[Dict[int, float]] = None,
-                 rng: Optional[np.random.Generator] = None) -> Iterator[int]:
-        """Yield sampled tokens forever (the caller stops); llama_cpp.Llama.generate."""
-        self._check_sampler_args(tfs_z=tfs_z, mirostat_mode=mirostat_mode, grammar=grammar)
-        params = SamplingParams(temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p,
-                                typical_p=typical_p, repeat_penalty=repeat_penalty,
-                                presence_penalty=presence_penalty,
-                                frequency_penalty=frequency_penalty,
-                                penalty_last_n=self.last_n_tokens_size, logit_bias=logit_bias)
-        if rng is None:
-            rng = make_rng(self._seed)
-        tokens = [int(t) for t in tokens]
+                 seed: Optional[int] = None) -> Iterator[int]:
+        """Yield sampled tokens until a stopping criterion fires or the context is full (the
+        caller may stop earlier); llama_cpp.Llama.generate. pi_backend adds `logit_bias` and
+        `seed` (default: the Llama's seed)."""
+        params = self._sampling_params(
+            temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p,
+            repeat_penalty=repeat_penalty, frequency_penalty=frequency_penalty,
+            presence_penalty=presence_penalty, tfs_z=tfs_z, mirostat_mode=mirostat_mode,
+            mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta, grammar=grammar,
+            logit_bias=logit_bias)
+        return self._generate(tokens, params, self._seed if seed is None else seed, reset,
+                              logits_processor, stopping_criteria)
+
+    def _sampling_params(self, **kwargs: Any) -> SamplingParams:
+        """Checked sampling parameters (one-line ValueError / TypeError)."""
+        return check_params(SamplingParams(penalty_last_n=self.last_n_tokens_size, **kwargs),
+                            self.n_vocab())
+
+    def _generate(self, tokens: Sequence[int], params: SamplingParams, seed: int, reset: bool,
+                  logits_processor: Optional[Sequence[Callable]],
+                  stopping_criteria: Optional[Sequence[Callable]]) -> Iterator[int]:
+        tokens = self._tok.check_tokens(tokens, "prompt token id")
         if not tokens:
             raise ValueError("generate needs at least one prompt token")
-        if not reset:
-            tokens = self._input_ids + tokens
-        logits = self._prefill(tokens)
-        sampled: List[int] = []
-        n_ctx = self.n_ctx()
-        while True:
-            scores = logits
-            if logits_processor:
-                ids = self.input_ids
-                scores = np.array(logits, dtype=np.float32, copy=True)
-                for proc in logits_processor:
-                    scores = proc(ids, scores)
-            tok = sample(scores, params, sampled, rng)
-            if stopping_criteria:
-                ids = np.asarray(self._input_ids + [tok], dtype=np.intc)
-                if any(crit(ids, scores) for crit in stopping_criteria):
+        with self._exclusive(), Sampler(params, self.n_vocab(), seed,
+                                        self._tok.llama_vocab) as sampler:
+            if not reset:
+                tokens = self._input_ids + tokens
+            logits = self._prefill(tokens)
+            n_ctx = self.n_ctx()
+            while True:
+                scores = logits
+                if logits_processor:
+                    ids = self.input_ids
+                    scores = np.array(logits, dtype=np.float32, copy=True)
+                    for proc in logits_processor:
+                        scores = proc(ids, scores)
+                tok = sampler.sample(scores)
+                if stopping_criteria:
+                    ids = np.asarray(self._input_ids + [tok], dtype=np.intc)
+                    if any(crit(ids, scores) for crit in stopping_criteria):
+                        return
+                yield tok
+                if len(self._input_ids) >= n_ctx:
                     return
-            sampled.append(tok)
-            yield tok
-            if len(self._input_ids) >= n_ctx:
-                return
-            self.eval([tok])
-            logits = self._last_logits
+                self._eval([tok])
+                logits = self._last_logits
 
     @staticmethod
-    def _check_sampler_args(*, tfs_z: float = 1.0, mirostat_mode: int = 0, grammar: Any = None,
-                            logprobs: Any = None, suffix: Any = None) -> None:
-        if grammar is not None:
-            raise _not_implemented("grammar", grammar)
+    def _check_unsupported(*, logprobs: Any = None, suffix: Any = None) -> None:
         if logprobs is not None:
             raise _not_implemented("logprobs", logprobs)
         if suffix is not None:
             raise _not_implemented("suffix", suffix)
-        if mirostat_mode:
-            raise _not_implemented("mirostat_mode", mirostat_mode)
-        if tfs_z != 1.0:
-            raise _not_implemented("tfs_z", tfs_z)
 
     # ---- completions --------------------------------------------------------------------------
     def create_completion(
@@ -377,9 +417,9 @@ class Llama:
         logit_bias: Optional[Dict[int, float]] = None,
     ) -> Union[Dict[str, Any], Iterator[Dict[str, Any]]]:
         """Generate text from a prompt (text or token ids); a dict, or an iterator of chunks
-        when stream=True. Raises ValueError when the prompt does not fit the context window."""
-        self._check_sampler_args(tfs_z=tfs_z, mirostat_mode=mirostat_mode, grammar=grammar,
-                                 logprobs=logprobs, suffix=suffix)
+        when stream=True. Raises ValueError when the prompt does not fit the context window or
+        an argument is out of range (checked before anything runs, also for a stream)."""
+        self._check_unsupported(logprobs=logprobs, suffix=suffix)
         if self._closed:
             raise RuntimeError("this Llama is closed")
         if isinstance(prompt, (bytes, bytearray)):
@@ -389,7 +429,7 @@ class Llama:
             prompt_tokens = bos + (self.tokenize(prompt.encode("utf-8"), add_bos=False,
                                                  special=True) if prompt else [])
         else:
-            prompt_tokens = [int(t) for t in prompt]
+            prompt_tokens = self._tok.check_tokens(prompt, "prompt token id")
         if not prompt_tokens:
             raise ValueError("the prompt is empty (no tokens to evaluate)")
         n_ctx = self.n_ctx()
@@ -401,17 +441,17 @@ class Llama:
         max_tokens = min(int(max_tokens), n_ctx - len(prompt_tokens))
         stops = [stop] if isinstance(stop, str) else list(stop or [])
         stop_bytes = [s.encode("utf-8") for s in stops if s]
-        if seed is not None:
-            self.set_seed(seed)
-        else:
-            self.set_seed(random.Random(self._seed).randint(0, 2 ** 32))
-        rng = make_rng(self._seed)
-        params = dict(top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p,
-                      temp=temperature, repeat_penalty=repeat_penalty,
-                      frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
-                      logits_processor=logits_processor, stopping_criteria=stopping_criteria,
-                      logit_bias=({int(k): float(v) for k, v in logit_bias.items()}
-                                  if logit_bias else None), rng=rng)
+        params = self._sampling_params(
+            temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+            typical_p=typical_p, repeat_penalty=repeat_penalty,
+            frequency_penalty=frequency_penalty, presence_penalty=presence_penalty, tfs_z=tfs_z,
+            mirostat_mode=mirostat_mode, mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta,
+            grammar=grammar, logit_bias=logit_bias)
+        if seed is None:  # as llama-cpp-python: the next seed of a chain started by the Llama's
+            seed = random.Random(self._seed).randint(0, 2 ** 32)
+        self.set_seed(seed)
+        gen_args = dict(params=params, seed=seed, reset=True, logits_processor=logits_processor,
+                        stopping_criteria=stopping_criteria)
         meta = dict(id=f"cmpl-{uuid.uuid4()}", created=int(time.time()),
                     model=model if model is not None else self.model_path)
         echo_text = ""
@@ -419,9 +459,9 @@ class Llama:
             echo_text = prompt if isinstance(prompt, str) else self.detokenize(
                 prompt_tokens).decode("utf-8", errors="ignore")
         if stream:
-            return self._stream(prompt_tokens, max_tokens, stop_bytes, params, meta, echo_text)
+            return self._stream(prompt_tokens, max_tokens, stop_bytes, gen_args, meta, echo_text)
         run = _Run()
-        for _ in self._run(prompt_tokens, max_tokens, stop_bytes, params, run):
+        for _ in self._run(prompt_tokens, max_tokens, stop_bytes, gen_args, run):
             pass
         return {
             "id": meta["id"], "object": "text_completion", "created": meta["created"],
@@ -442,7 +482,7 @@ class Llama:
     def _add_bos(self) -> bool:
         return self._tok.add_bos_token()
 
-    def _stream(self, prompt_tokens, max_tokens, stop_bytes, params, meta, echo_text):
+    def _stream(self, prompt_tokens, max_tokens, stop_bytes, gen_args, meta, echo_text):
         def chunk(text, finish):
             return {"id": meta["id"], "object": "text_completion", "created": meta["created"],
                     "model": meta["model"],
@@ -451,11 +491,11 @@ class Llama:
         if echo_text:
             yield chunk(echo_text, None)
         run = _Run()
-        for piece in self._run(prompt_tokens, max_tokens, stop_bytes, params, run):
+        for piece in self._run(prompt_tokens, max_tokens, stop_bytes, gen_args, run):
             yield chunk(piece, None)
         yield chunk("", run.finish_reason)
 
-    def _run(self, prompt_tokens, max_tokens, stop_bytes, params, run: _Run) -> Iterator[str]:
+    def _run(self, prompt_tokens, max_tokens, stop_bytes, gen_args, run: _Run) -> Iterator[str]:
         """Generate, cut at stop sequences, and yield text pieces that are safe to show: no
         incomplete UTF-8 character and nothing that could still turn into a stop sequence."""
         buf = bytearray()
@@ -464,7 +504,7 @@ class Llama:
         t0 = time.perf_counter()
         t_first = None
         n_prompt_eval = None
-        gen = self.generate(prompt_tokens, **params)
+        gen = self._generate(prompt_tokens, **gen_args)
         try:
             for tok in gen:
                 if t_first is None:
@@ -541,20 +581,20 @@ class Llama:
         """Chat completion through the model's chat template (llama-cpp-python's handler)."""
         for name, value in (("functions", functions), ("function_call", function_call),
                             ("tools", tools), ("tool_choice", tool_choice),
-                            ("response_format", response_format),
                             ("top_logprobs", top_logprobs)):
             if value is not None:
                 raise _not_implemented(name, value)
         if logprobs:
             raise _not_implemented("logprobs", logprobs)
-        self._check_sampler_args(tfs_z=tfs_z, mirostat_mode=mirostat_mode, grammar=grammar)
         handler = self._chat_handler()
         return handler(
             llama=self, messages=messages, temperature=temperature, top_p=top_p, top_k=top_k,
             min_p=min_p, typical_p=typical_p, stream=stream, stop=stop, seed=seed,
-            max_tokens=max_tokens, presence_penalty=presence_penalty,
-            frequency_penalty=frequency_penalty, repeat_penalty=repeat_penalty, model=model,
-            logits_processor=logits_processor, logit_bias=logit_bias)
+            response_format=response_format, max_tokens=max_tokens,
+            presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
+            repeat_penalty=repeat_penalty, tfs_z=tfs_z, mirostat_mode=mirostat_mode,
+            mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta, model=model,
+            logits_processor=logits_processor, grammar=grammar, logit_bias=logit_bias)
 
     def create_chat_completion_openai_v1(self, *args, **kwargs):
         raise NotImplementedError("create_chat_completion_openai_v1 is not supported; use "

@@ -12,6 +12,8 @@ import os
 import sys
 from typing import Callable, Dict, List, Optional, Sequence
 
+import numpy as np
+
 
 def _import_llama_cpp():
     try:
@@ -102,10 +104,32 @@ class Tokenizer:
     def eog_tokens(self) -> frozenset:
         return self._eog
 
+    @property
+    def llama_vocab(self):
+        """llama.cpp's `llama_vocab *` (for samplers that need it: grammar)."""
+        return self._vocab._model.vocab
+
+    def check_tokens(self, tokens: Sequence[int], what: str = "token id") -> List[int]:
+        """`tokens` as a list of ints, or a ValueError naming the first one outside the
+        vocabulary: llama.cpp aborts the process on an out-of-range id."""
+        ids = np.asarray(tokens if isinstance(tokens, np.ndarray) else list(tokens))
+        if ids.size == 0:
+            return []
+        if ids.ndim != 1 or ids.dtype.kind not in "iu":
+            raise TypeError(f"{what}s must be a flat sequence of integers, got {ids.dtype} "
+                            f"with shape {ids.shape}")
+        bad = np.flatnonzero((ids < 0) | (ids >= self.n_vocab))
+        if bad.size:
+            raise ValueError(f"{what} {int(ids[bad[0]])} (at index {int(bad[0])}) is outside "
+                             f"the vocabulary (0..{self.n_vocab - 1})")
+        return ids.tolist()
+
     def token_text(self, token: int) -> str:
-        """The token's text as stored in the vocabulary (special tokens included)."""
+        """The token's text as stored in the vocabulary (special tokens included); "" for a
+        negative id (none)."""
         if token < 0:
             return ""
+        (token,) = self.check_tokens([token])
         return self._vocab._model.token_get_text(token)
 
     # -- text <-> tokens ----------------------------------------------------------------------
@@ -116,14 +140,16 @@ class Tokenizer:
 
     def detokenize(self, tokens: Sequence[int], prev_tokens: Optional[Sequence[int]] = None,
                    special: bool = False) -> bytes:
-        return self._vocab.detokenize(list(tokens), prev_tokens=(
-            list(prev_tokens) if prev_tokens is not None else None), special=special)
+        tokens = self.check_tokens(tokens)
+        if prev_tokens is not None:
+            prev_tokens = self.check_tokens(prev_tokens, "prev_tokens: token id")
+        return self._vocab.detokenize(tokens, prev_tokens=prev_tokens, special=special)
 
     def piece(self, token: int) -> bytes:
         """The bytes of one token (cached), as llama.cpp renders it inside a text."""
         b = self._piece_cache.get(token)
         if b is None:
-            b = self._vocab.detokenize([int(token)], special=False)
+            b = self._vocab.detokenize(self.check_tokens([token]), special=False)
             self._piece_cache[token] = b
         return b
 

@@ -207,7 +207,7 @@ def run_model_case(path: Path) -> tuple[str, str]:
 
 
 def run_convert_case(path: Path) -> tuple[str, str]:
-    from convert import ConvertError, convert
+    from pi_backend.convert import ConvertError, convert
     out_dir = path.parent / "out"
     out_dir.mkdir(exist_ok=True)
     out = out_dir / "converted.gguf"

@@ -31,7 +31,7 @@ def test_pi_bench_tiny(bench_run, capsys):
     # the table: a header and one line per configuration
     labels = [r["label"] for r in res["rows"]]
     assert labels == ["llama-cpp-python dense", "ours dense (plain)", "ours dense",
-                      "ours threshold 0", "ours threshold 0.3"]
+                      "ours dense, sampled", "ours threshold 0", "ours threshold 0.3"]
     assert "decode t/s" in printed and "dppl%" in printed
     for label in labels:
         assert label in printed
@@ -44,11 +44,18 @@ def test_pi_bench_tiny(bench_run, capsys):
         assert r["decode_tps"] > 0 and r["prompt_tps"] > 0
         assert len(r["decode_tps_reps"]) == 1 and len(r["generated"]) == 5
         assert r["bytes_per_token"] > 0 and r["effective_gbs"] > 0
-        assert r["ppl"] > 1 and r["dppl_pct"] is not None
+        assert (r["ppl"] > 1 and r["dppl_pct"] is not None) if r["sampling"] is None else \
+            "ppl" not in r  # the sampled row: ours dense's perplexity, not measured twice
         assert r["decode_vs_llama"] > 0
     assert by["llama-cpp-python dense"]["decode_vs_llama"] == pytest.approx(1.0)
     assert by["ours dense"]["decode_vs_dense"] == pytest.approx(1.0)
     assert by["ours dense"]["dppl_pct"] == pytest.approx(0.0)
+    # the sampled row: llama.cpp's chain with create_chat_completion's defaults, seed 0
+    sampled = by["ours dense, sampled"]
+    assert sampled["sampling"] == {"temperature": 0.2, "top_k": 40, "top_p": 0.95, "min_p": 0.05}
+    assert sampled["decode_vs_dense"] > 0 and sampled["bytes_per_token"] == \
+        by["ours dense"]["bytes_per_token"]
+    assert "ours dense, sampled" in printed
 
     # threshold 0 keeps every neuron: no sparsity, the dense output
     t0 = by["ours threshold 0"]

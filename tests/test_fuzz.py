@@ -159,7 +159,7 @@ def test_non_finite_weights_are_an_error_at_eval(plain, tmp_path):
 
 
 def test_convert_refuses_a_hostile_gguf_and_leaves_nothing(plain, tmp_path):
-    from convert import ConvertError, convert
+    from pi_backend.convert import ConvertError, convert
     data, reader = plain
     p = tmp_path / "in.gguf"
     p.write_bytes(HOSTILE["array_count_flipped"][0](data, reader))

@@ -3,6 +3,10 @@ strings, max_tokens, streaming, seeds, tokenization, errors, and the call patter
 and LlamaIndex."""
 from __future__ import annotations
 
+import json
+import math
+import threading
+
 import numpy as np
 import pytest
 
@@ -276,20 +280,161 @@ def test_generation_stops_at_context_end(smollm2_path):
         small.close()
 
 
-@pytest.mark.parametrize("kwargs", [{"grammar": object()}, {"logprobs": 3}, {"suffix": "x"},
-                                    {"mirostat_mode": 2}])
+@pytest.mark.parametrize("kwargs", [{"logprobs": 3}, {"suffix": "x"}])
 def test_unsupported_completion_args_raise(llm, kwargs):
     with pytest.raises(NotImplementedError, match=list(kwargs)[0]):
         llm(PROMPT, max_tokens=2, **kwargs)
 
 
-@pytest.mark.parametrize("kwargs", [{"grammar": object()},
-                                    {"response_format": {"type": "json_object"}},
-                                    {"tools": [{"type": "function", "function": {"name": "f"}}]},
+@pytest.mark.parametrize("kwargs", [{"tools": [{"type": "function", "function": {"name": "f"}}]},
                                     {"functions": [{"name": "f"}]}, {"logprobs": True}])
 def test_unsupported_chat_args_raise(llm, kwargs):
     with pytest.raises(NotImplementedError, match=list(kwargs)[0]):
         llm.create_chat_completion(CHAT, max_tokens=2, **kwargs)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(temperature=math.nan), "temperature"), (dict(top_p=1.5), "top_p"),
+    (dict(top_k=-1), "top_k"), (dict(min_p=math.nan), "min_p"),
+    (dict(typical_p=2.0), "typical_p"), (dict(repeat_penalty=0.0), "repeat_penalty"),
+    (dict(frequency_penalty=math.nan), "frequency_penalty"),
+    (dict(mirostat_mode=3), "mirostat_mode"), (dict(tfs_z=0.5), "tfs_z"),
+    (dict(logit_bias={10 ** 6: 1.0}), "outside the vocabulary"),
+])
+def test_invalid_sampling_args_raise_before_generating(llm, kwargs, match):
+    for stream in (False, True):  # a stream raises at the call, not at the first chunk
+        with pytest.raises(ValueError, match=match):
+            llm(PROMPT, max_tokens=2, stream=stream, **kwargs)
+    with pytest.raises(ValueError, match=match):
+        llm.create_chat_completion(CHAT, max_tokens=2, **kwargs)
+    gen_kwargs = {("temp" if k == "temperature" else k): v for k, v in kwargs.items()}
+    with pytest.raises(ValueError, match=match):
+        llm.generate([1, 2, 3], **gen_kwargs)
+    assert llm(PROMPT, max_tokens=2, temperature=0)["usage"]["completion_tokens"] >= 1
+
+
+def test_wrong_grammar_type_raises(llm):
+    with pytest.raises(TypeError, match="LlamaGrammar"):
+        llm(PROMPT, max_tokens=2, grammar='root ::= "a"')
+
+
+@pytest.mark.parametrize("bad", ["n_vocab", -1, 10 ** 9])
+def test_out_of_range_tokens_raise_value_error(llm, bad):
+    bad = llm.n_vocab() if bad == "n_vocab" else bad
+    ok = llm.tokenize(b"Hello", add_bos=False)
+    calls = [lambda: llm.detokenize(ok + [bad]), lambda: llm.detokenize(ok, prev_tokens=[bad]),
+             lambda: llm.tokenizer().piece(bad), lambda: llm(ok + [bad], max_tokens=1),
+             lambda: llm.create_completion([bad], max_tokens=1, stream=True),
+             lambda: llm.eval([bad]), lambda: next(llm.generate(ok + [bad]))]
+    for call in calls:
+        with pytest.raises(ValueError, match=f"{bad} .*outside the vocabulary"):
+            call()
+    assert llm.detokenize(ok) == b"Hello"  # the process and the instance are fine
+
+
+# ---- llama.cpp's samplers -----------------------------------------------------------------------
+def test_grammar_constrains_completion(llm):
+    grammar = llama_cpp.LlamaGrammar.from_string('root ::= "true" | "false"')
+    for seed in range(3):
+        r = llm(PROMPT, max_tokens=8, temperature=0.8, seed=seed, grammar=grammar)
+        assert r["choices"][0]["text"] in ("true", "false")
+        assert r["choices"][0]["finish_reason"] == "stop"  # only EOG was left
+
+
+def test_response_format_json_object(llm):
+    r = llm.create_chat_completion(
+        [{"role": "user", "content": "Give a JSON object with a key 'fruit'."}],
+        max_tokens=48, temperature=0, response_format={"type": "json_object"})
+    content = r["choices"][0]["message"]["content"]
+    assert content.lstrip().startswith("{")
+    if r["choices"][0]["finish_reason"] == "stop":
+        assert isinstance(json.loads(content), dict)
+
+
+@pytest.mark.parametrize("mode", [1, 2])
+def test_mirostat_same_seed_same_text(llm, mode):
+    kw = dict(max_tokens=8, temperature=0.8, mirostat_mode=mode, mirostat_tau=3.0)
+    a, b = (llm(PROMPT, seed=42, **kw)["choices"][0]["text"] for _ in range(2))
+    assert a == b and len(a) > 0
+
+
+def test_penalties_change_the_completion(llm):
+    kw = dict(max_tokens=12, temperature=0)
+    plain = llm(PROMPT, **kw)
+    n_prompt = plain["usage"]["prompt_tokens"]
+    first = int(llm.input_ids[n_prompt])  # the first greedy pick
+    # with a huge presence penalty no token can repeat
+    r = llm(PROMPT, presence_penalty=1e4, **kw)
+    toks = [int(t) for t in llm.input_ids[n_prompt:]]
+    assert toks[0] == first  # nothing sampled yet, nothing penalized
+    assert len(set(toks)) == len(toks)
+    assert r["choices"][0]["text"] != plain["choices"][0]["text"]
+
+
+def test_logits_processor_runs_before_the_chain(llm):
+    tok = llm.tokenize(b" banana", add_bos=False)[0]
+    seen = []
+
+    def proc(input_ids, scores):
+        seen.append(len(input_ids))
+        out = np.full_like(scores, -np.inf)
+        out[tok] = 0.0
+        return out
+    r = llm(PROMPT, max_tokens=2, temperature=0.8, top_k=40, logits_processor=[proc], seed=1)
+    assert r["choices"][0]["text"] == " banana banana"
+    assert seen[1] == seen[0] + 1  # it sees the tokens evaluated so far
+
+
+# ---- threads ------------------------------------------------------------------------------------
+def _text(result_or_chunks):
+    if isinstance(result_or_chunks, dict):
+        return result_or_chunks["choices"][0]["text"]
+    return "".join(c["choices"][0]["text"] for c in result_or_chunks)
+
+
+def test_concurrent_use_is_serialized(llm):
+    prompts = [PROMPT, "Once upon a time", "The capital of France is"]
+    kw = dict(max_tokens=8, temperature=0)
+    want = {p: _text(llm(p, **kw)) for p in prompts}
+    results, errors = [], []
+
+    def work(i):
+        p = prompts[i % len(prompts)]
+        try:
+            for _ in range(2):
+                results.append((p, _text(llm(p, stream=bool(i % 2), **kw))))
+        except Exception as e:  # reported below
+            errors.append(e)
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(results) == 12
+    assert all(text == want[p] and text for p, text in results)
+
+
+def test_open_stream_holds_the_llama(llm):
+    kw = dict(max_tokens=8, temperature=0)
+    want = _text(llm(PROMPT, **kw))
+    other_want = _text(llm("Once upon a time", **kw))
+    stream = llm(PROMPT, stream=True, **kw)
+    first = next(stream)["choices"][0]["text"]
+    # the thread that holds it cannot start another generation: an error, not a deadlock
+    with pytest.raises(RuntimeError, match="unfinished stream"):
+        llm(PROMPT, **kw)
+    with pytest.raises(RuntimeError, match="unfinished stream"):
+        llm.reset()
+    other = []
+    t = threading.Thread(target=lambda: other.append(_text(llm("Once upon a time", **kw))))
+    t.start()
+    t.join(timeout=1.0)
+    assert t.is_alive() and not other  # another thread waits for the stream
+    rest = _text(stream)  # finishing the stream lets it through
+    t.join()
+    assert first + rest == want
+    assert other == [other_want]
 
 
 def test_embedding_not_supported(smollm2_path):
@@ -315,13 +460,17 @@ def test_langchain_llamacpp_pattern(smollm2_path):
                   "logprobs": None, "echo": False, "stop": ["\n\n"], "repeat_penalty": 1.1,
                   "top_k": 40}
         text = ""
+        client.set_seed(-1)
         for part in client(prompt="Q: What is 2+2?\nA:", stream=True, **params):
             logprobs = part["choices"][0].get("logprobs", None)
             assert logprobs is None
             text += part["choices"][0]["text"]
         assert "\n\n" not in text
+        streamed = text
+        client.set_seed(-1)  # the seed the stream started from: the same text again
         result = client(prompt="Q: What is 2+2?\nA:", **params)
-        assert isinstance(result["choices"][0]["text"], str)
+        assert result["choices"][0]["text"] == streamed
+        assert 1 <= result["usage"]["completion_tokens"] <= 8
         n = len(client.tokenize("How many tokens is this?".encode("utf-8")))
         assert n > 3
     finally:
@@ -360,14 +509,17 @@ def test_llamaindex_llamacpp_pattern(smollm2_path):
     try:
         assert model.context_params.n_ctx == 256
         generate_kwargs = {"temperature": 0.1, "max_tokens": 6, "stream": False}
+        model.set_seed(5)
         response = model(prompt="Hello", **generate_kwargs)
-        assert isinstance(response["choices"][0]["text"], str)
+        full = response["choices"][0]["text"]
+        assert 1 <= response["usage"]["completion_tokens"] <= 6
         generate_kwargs["stream"] = True
         text = ""
+        model.set_seed(5)  # the same seed: the stream gives the same text
         for response in model(prompt="Hello", **generate_kwargs):
             delta = response["choices"][0]["text"]
             text += delta
-        assert isinstance(text, str)
+        assert text == full and text.strip()
     finally:
         model.close()
 
