@@ -10,7 +10,7 @@ CHDR   := $(wildcard ggml_ext/*.h)
 SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 CFLAGS_C := -std=c11 -O1 -g -D_GNU_SOURCE -fno-strict-aliasing -Wall -Wextra -Wno-unused-parameter -Iggml_ext
 
-.PHONY: all venv test bench chat asan fuzz clean
+.PHONY: all venv test test-isa bench chat asan fuzz clean
 
 all: $(STAMP)
 	$(PY) setup.py -q build_ext --inplace
@@ -29,6 +29,12 @@ venv: $(STAMP)
 
 test: all
 	$(PY) -m pytest -q
+
+# The suite once per instruction set this CPU has, the library forced to it by $$PI_ISA: a
+# test that holds on an AVX-512 machine and not on an AVX2-only one is a defect.
+test-isa: all
+	for isa in $$($(PY) -c "from pi_backend import _lib as L; print(*[n for n, i in L.ISA_NAMES.items() if i <= L.lib().pi_isa_best()])"); do \
+		echo "== PI_ISA=$$isa"; PI_ISA=$$isa $(PY) -m pytest -q || exit 1; done
 
 bench: all
 	$(PY) -m bench.kernels

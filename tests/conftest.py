@@ -32,6 +32,31 @@ def find_smollm2() -> Path | None:
     return None
 
 
+@pytest.fixture(scope="session", autouse=True)
+def user_cache(tmp_path_factory) -> Path:
+    """The user cache of the whole run ($PI_BACKEND_CACHE, inherited by the tools the tests
+    start): a temporary directory, so the suite never writes into the real ~/.cache."""
+    import os
+    d = tmp_path_factory.mktemp("user_cache")
+    old = os.environ.get("PI_BACKEND_CACHE")
+    os.environ["PI_BACKEND_CACHE"] = str(d)
+    yield d
+    if old is None:
+        os.environ.pop("PI_BACKEND_CACHE", None)
+    else:
+        os.environ["PI_BACKEND_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def default_model(user_cache, smollm2_path) -> Path:
+    """The embedded SmolLM2 converted the way pi-chat converts it on first run, once for the
+    whole suite (pi-chat, pi-bench and the Llama tests reuse it from the run's user cache)."""
+    from pi_backend import default_model as dm
+    p = dm.default_model_path(progress=False, quiet=True)
+    assert p == dm.converted_path() and p.parent == user_cache, "the default model did not convert"
+    return p
+
+
 @pytest.fixture(scope="session")
 def smollm2_path() -> Path:
     p = find_smollm2()

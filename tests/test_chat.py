@@ -37,14 +37,16 @@ def ask(child, text):
     return answer.strip(), stats
 
 
-def test_default_model_chat_session(tmp_path, smollm2_path):
-    # no model argument: the embedded SmolLM2, converted into the (temporary) user cache
+def test_default_model_chat_session(user_cache, default_model):
+    # no model argument: the embedded SmolLM2, converted into the run's user cache (once)
+    mtime = default_model.stat().st_mtime_ns
     child = spawn(["--max-tokens", "120", "--n-ctx", "512", "--seed", "1", "--threads", "2"],
-                  tmp_path / "cache")
+                  user_cache)
     try:
         child.expect(r"pi-chat: .*\| FFN \w+ \| context 512 tokens")
         child.expect_exact(PROMPT)
-        assert list((tmp_path / "cache").glob("*.gguf")), "the default model was not converted"
+        assert sorted(user_cache.glob("*.gguf")) == [default_model], "pi-chat converted again"
+        assert default_model.stat().st_mtime_ns == mtime, "pi-chat converted again"
 
         child.sendline("/help")
         child.expect_exact("/reset")

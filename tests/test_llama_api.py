@@ -532,14 +532,12 @@ def test_unknown_kwargs_warn_when_verbose(smollm2_path, capsys):
 
 
 # ---- default model ----------------------------------------------------------------------------
-def test_default_model_converted_once_and_reused(tmp_path, monkeypatch, smollm2_path):
-    pytest.importorskip("pi_backend.convert")
-    from pi_backend import default_model
-    monkeypatch.setenv("PI_BACKEND_CACHE", str(tmp_path / "cache"))
-    p = default_model.default_model_path(progress=False, quiet=True)
-    assert p.parent == tmp_path / "cache" and p.is_file() and p != smollm2_path
+def test_default_model_converted_once_and_reused(user_cache, default_model, smollm2_path):
+    from pi_backend import default_model as dm
+    p = default_model   # converted once for the run, in its user cache
+    assert p.parent == user_cache and p.is_file() and p != smollm2_path
     mtime = p.stat().st_mtime_ns
-    assert default_model.default_model_path(progress=False, quiet=True) == p
+    assert dm.default_model_path(progress=False, quiet=True) == p
     assert p.stat().st_mtime_ns == mtime  # reused, not rebuilt
     m = Llama(str(p), n_ctx=128, n_threads=2, verbose=False)
     try:

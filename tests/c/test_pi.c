@@ -35,6 +35,14 @@ static int n_passed, n_failed;
         }                                                             \
     } while (0)
 
+/* Runs one group of checks and reports how many it made (tests/test_c.py wants every group). */
+#define RUN(call)                                                                        \
+    do {                                                                                 \
+        const int before_ = n_passed + n_failed;                                         \
+        call;                                                                            \
+        printf("group %s: %d checks\n", #call, n_passed + n_failed - before_);         \
+    } while (0)
+
 #define EXPECT_STATUS(call, want) \
     do { const int st_ = (call); CHECK(st_ == (want), "%s -> %d, want %d", #call, st_, (want)); } while (0)
 
@@ -552,14 +560,14 @@ int main(void) {
         printf("cannot create a pool: %s\n", pi_last_error());
         return 1;
     }
-    test_isa_selection();
-    test_validation();
-    test_simd_twins(pool3);
-    test_thread_independence(pool3);
-    test_rows8(pool3);
-    test_table_twins();
-    test_masked_pair(pool3);
-    test_ffn_sparse(pool3);
+    RUN(test_isa_selection());
+    RUN(test_validation());
+    RUN(test_simd_twins(pool3));
+    RUN(test_thread_independence(pool3));
+    RUN(test_rows8(pool3));
+    RUN(test_table_twins());
+    RUN(test_masked_pair(pool3));
+    RUN(test_ffn_sparse(pool3));
     pi_pool_free(pool3);
     printf("%d passed, %d failed\n", n_passed, n_failed);
     return n_failed ? 1 : 0;
