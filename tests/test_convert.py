@@ -397,13 +397,12 @@ def test_predictors_default_threshold_and_errors(hf_model, tmp_path):
 # SmolLM2 (an existing llama.cpp GGUF)
 # --------------------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
-def smollm2_converted(smollm2_path, tmp_path_factory):
-    out = tmp_path_factory.mktemp("smollm2")
-    dense = out / "smollm2.dense.q8_0.gguf"
-    split = out / "smollm2.split.q4_1.gguf"
+def smollm2_converted(smollm2_path, default_model, tmp_path_factory):
+    """The --dense q8_0 conversion, and the split q4_1 one: the suite's default model (pi-chat's
+    first-run conversion, with --keep-down)."""
+    dense = tmp_path_factory.mktemp("smollm2") / "smollm2.dense.q8_0.gguf"
     convert(smollm2_path, dense, "q8_0", dense=True)
-    convert(smollm2_path, split, "q4_1")
-    return {"dense": dense, "split": split}
+    return {"dense": dense, "split": default_model}
 
 
 def test_smollm2_split_structure(smollm2_path, smollm2_converted):
@@ -420,9 +419,11 @@ def test_smollm2_split_structure(smollm2_path, smollm2_converted):
     assert g.kv("pi.ffn_activation") == "silu" and g.kv("pi.ffn_layout") == "split"
     assert "SmolLM2" in g.kv("pi.source")
     n_layer = src.kv("llama.block_count")
-    assert len(g.tensors) == len(src.tensors)
+    # every source tensor, plus ffn_down_t beside the plain ffn_down it keeps (--keep-down)
+    assert len(g.tensors) == len(src.tensors) + n_layer
     for i in range(n_layer):
-        assert f"blk.{i}.ffn_down.weight" not in g.tensors
+        assert g.qtype(f"blk.{i}.ffn_down.weight") == src.qtype(f"blk.{i}.ffn_down.weight")
+        assert np.array_equal(g.raw(f"blk.{i}.ffn_down.weight"), src.raw(f"blk.{i}.ffn_down.weight"))
     for i in (0, n_layer - 1):
         down = src.f32(f"blk.{i}.ffn_down.weight")                       # [576][1536]
         t = f"blk.{i}.ffn_down_t.weight"
