@@ -334,15 +334,17 @@ def stored_tensors(preds: "TrainedPredictors | None") -> dict[int, list]:
     f16 (see `stored`)."""
     import gguf
     from gguf import GGMLQuantizationType as QT
+
+    def encode(w: np.ndarray, q8: bool) -> tuple[np.ndarray, QT]:
+        if q8:
+            return gguf.quants.quantize(np.ascontiguousarray(w, dtype=np.float32), QT.Q8_0), QT.Q8_0
+        return w.astype(np.float16), QT.F16
+
     out: dict[int, list] = {}
     for il in range(0 if preds is None else len(preds.ranks)):
         w1, w2 = preds.load(il)
-        if q8_storage(*w1.shape):
-            out[il] = [(part, gguf.quants.quantize(np.ascontiguousarray(w, dtype=np.float32),
-                                                   QT.Q8_0), QT.Q8_0)
-                       for part, w in ((T.FC1, w1), (T.FC2, w2))]
-        else:
-            out[il] = [(part, w.astype(np.float16), QT.F16) for part, w in ((T.FC1, w1), (T.FC2, w2))]
+        q8 = q8_storage(*w1.shape)
+        out[il] = [(part, *encode(w, q8)) for part, w in ((T.FC1, w1), (T.FC2, w2))]
     return out
 
 
