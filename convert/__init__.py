@@ -76,7 +76,7 @@ def convert(input: str | Path, outfile: str | Path, outtype: str = "f16", dense:
                 calib_tokens, train_predictors, reorder,
                 target_recall or tp.DEFAULT_TARGET_RECALL,
                 tuple(predictor_ranks or tp.DEFAULT_RANKS), seed, progress=progress, t0=t0,
-                split_input=input)
+                split_input=input, n_threads=n_threads)
     if calibrate is False and (sparsity is not None or ppl_budget is not None):
         raise ConvertError("--sparsity and --ppl-budget need --calibrate")
     src = open_source(input)
@@ -90,7 +90,8 @@ def convert(input: str | Path, outfile: str | Path, outtype: str = "f16", dense:
                 src, out, outtype, None if calibrate is True else calibrate,
                 calib_tokens, train_predictors, reorder,
                 target_recall or tp.DEFAULT_TARGET_RECALL,
-                tuple(predictor_ranks or tp.DEFAULT_RANKS), seed, progress=progress, t0=t0)
+                tuple(predictor_ranks or tp.DEFAULT_RANKS), seed, progress=progress, t0=t0,
+                n_threads=n_threads)
         if calibrate is not False:
             from .calibrate import convert_and_calibrate_source
             return convert_and_calibrate_source(

@@ -1,14 +1,13 @@
 """Threshold-mode calibration of SwiGLU (silu) files: per-layer thresholds on |silu(gate)|
 (the CATS criterion), stored as `pi.thresholds` with `pi.sparse_mode = "threshold"`.
 
-Pipeline (`calibrate()`):
+The fit of the calibration pipeline (calibration.py) for SwiGLU models (`calibrate()`):
 
-1. Calibration tokens: a text file, or, when none is given, text the model writes itself from a
-   handful of varied prompts (sampled with our engine; no corpus needed). The sequences are
-   split into a *record* set and a *held-out* set.
-2. The dense engine runs over the record set with the library's recorder on; per layer it keeps
-   |silu(gate)| and the down input h = silu(gate)*up at a random sample of positions (memory is
-   bounded by --calib-positions, not by the text length).
+1. Windows (calibration.py): a text file, or text the model writes itself; split into a
+   *record* set and a *held-out* set.
+2. The recorded sample (calibration.py `record`): gate pre-activations (and, for the greedy
+   allocation, the down input h = silu(gate)*up) at a random sample of positions of the record
+   set (memory bounded by --calib-positions, not by the text length).
 3. Thresholds:
    * `sparsity=S`: every layer gets the S-quantile of its |silu(gate)| (uniform CATS);
    * `ppl_budget=B` (default 0.02): TEAL-style greedy per-layer allocation. Start with 0 sparsity
@@ -24,15 +23,14 @@ Pipeline (`calibrate()`):
      within the budget (held to HELDOUT_MARGIN of it: a margin for text unlike the held-out).
 4. A per-layer report (`layer_report`) measures, in threshold mode, the sparsity each layer
    really has on held-out tokens.
+5. The result's `metadata()` is what the pipeline's one rewrite (calibration.py `rewrite`) sets.
 
 `convert_and_calibrate_source()` is the pi-convert --calibrate flow: convert to a temporary
-split file, calibrate on it, rewrite it with the calibration keys into the output (tmp +
-os.replace).
+split file, calibrate on it, rewrite it with the calibration keys into the output.
 """
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,25 +40,10 @@ import numpy as np
 
 from pi_backend import format as F
 from pi_backend._cli import progress_bar
-from pi_backend.format import Keys, T, field_value, layer_name
+from pi_backend.format import Keys, T, layer_name
 
+from .calibration import calibration_windows, first_pass, record, rewrite, split_heldout
 from .model import ConvertError
-
-# Varied prompts for self-generated calibration text: prose, dialogue, code, lists, science...
-PROMPTS = [
-    "The history of the printing press begins",
-    "def merge_sort(items):\n    \"\"\"Sort a list with merge sort.\"\"\"\n",
-    "Dear neighbours,\n\nAs many of you know, the community garden",
-    "Photosynthesis is the process by which",
-    "Q: What is the capital of Australia, and why was it chosen?\nA:",
-    "Once upon a time, in a village between two rivers,",
-    "Here is a simple recipe for vegetable soup:\n1.",
-    "The stock market fell sharply on Monday after",
-    "In mathematics, a prime number is",
-    "User: Can you explain how a bicycle gear works?\nAssistant:",
-    "Chapter 3\n\nThe rain had not stopped for three days when",
-    "SELECT name, COUNT(*) FROM orders",
-]
 
 DEFAULT_BUDGET = 0.02
 # The greedy allocation holds the held-out cost to this share of the budget: the held-out tokens
@@ -89,7 +72,7 @@ class CalibConfig:
 
 
 @dataclass
-class Calibration:
+class ThresholdFit:
     thresholds: np.ndarray           # [n_layer] f32
     targets: np.ndarray              # [n_layer] target sparsity per layer
     method: str                      # "uniform" or "greedy"
@@ -124,137 +107,9 @@ class Calibration:
                 Keys.CALIBRATION: self.summary()}
 
 
-# ---- engine helpers ----------------------------------------------------------------------------
+# ---- the fit ----------------------------------------------------------------------------
 def silu(x: np.ndarray) -> np.ndarray:
     return x / (1.0 + np.exp(-x))
-
-
-# ---- calibration tokens ------------------------------------------------------------------------
-def generate_sequences(model, tok, n_tokens: int, seed: int = 0, n_threads: int = 1,
-                       max_len: int = 128, progress: bool = False) -> List[np.ndarray]:
-    """Self-generated calibration text: the model continues varied prompts (our engine, sampled
-    by llama.cpp's sampler chain: temperature 0.8, top-k 40, top-p 0.95, min-p 0.05, repeat
-    penalty 1.1) until n_tokens tokens (prompts included) are collected, in sequences of at most
-    max_len tokens. The same seed gives the same text."""
-    from pi_backend.sampling import LLAMA_DEFAULT_SEED, Sampler, SamplingParams
-    rng = np.random.default_rng(seed)
-    params = SamplingParams(temperature=0.8, top_k=40, top_p=0.95, min_p=0.05,
-                            repeat_penalty=1.1)
-    n_seq = max(2, min(len(PROMPTS), math.ceil(n_tokens / 48)))
-    per_seq = min(max_len, math.ceil(n_tokens / n_seq))
-    ctx = model.new_context(n_ctx=max_len, n_threads=n_threads, n_batch=max_len,
-                            ffn_mode=F.FFN_DENSE)
-    order = rng.permutation(len(PROMPTS))
-    seqs: List[np.ndarray] = []
-    total = 0
-    bar = progress_bar(progress, n_tokens, "calibration text", "tok")
-    try:
-        k = 0
-        while total < n_tokens and k < 4 * len(PROMPTS):
-            prompt = PROMPTS[order[k % len(PROMPTS)]]
-            k += 1
-            ids = tok.tokenize(prompt.encode(), add_bos=tok.add_bos_token())[:per_seq - 1]
-            want = min(per_seq, n_tokens - total)
-            if want < 8:
-                break
-            logits = ctx.eval(ids, 0)
-            # one chain per sequence (its own penalty window); its seed drawn from rng
-            seq_seed = int(rng.integers(0, LLAMA_DEFAULT_SEED))
-            with Sampler(params, len(logits), seq_seed) as sampler:
-                while len(ids) < want:
-                    t = sampler.sample(logits)
-                    if tok.is_eog(t):
-                        break
-                    ids.append(t)
-                    if len(ids) < want:
-                        logits = ctx.eval([t], len(ids) - 1)
-            if len(ids) >= 8:
-                seqs.append(np.asarray(ids, dtype=np.int32))
-                total += len(ids)
-                bar.update(len(ids))
-    finally:
-        bar.close()
-        ctx.close()
-    return seqs
-
-
-def text_sequences(tok, text: str, n_tokens: int, seq_len: int = 128) -> List[np.ndarray]:
-    """A text's tokens cut into sequences of at most seq_len tokens (BOS first when the
-    vocabulary adds one), n_tokens in all at most."""
-    from pi_backend.perplexity import make_chunks
-    bos = tok.token_bos() if tok.add_bos_token() and tok.token_bos() >= 0 else None
-    ids = tok.tokenize(text.encode("utf-8"), add_bos=False)
-    chunks = make_chunks(ids, seq_len, bos)
-    out, total = [], 0
-    for c in chunks:
-        if total >= n_tokens:
-            break
-        c = c[:n_tokens - total]
-        if len(c) >= 8:
-            out.append(c)
-            total += len(c)
-    return out
-
-
-def split_heldout(seqs: List[np.ndarray], n_heldout: int):
-    """(record set, held-out set): sequences from the end go to the held-out set (the last one
-    taken cut short) until it has n_heldout tokens (at most half of the tokens)."""
-    total = sum(len(s) for s in seqs)
-    n_heldout = min(n_heldout, total // 2)
-    held: List[np.ndarray] = []
-    rest = list(seqs)
-    got = 0
-    while rest and got < n_heldout and len(rest) > 1:
-        s = rest.pop()
-        if got + len(s) > n_heldout:
-            s = s[:max(8, n_heldout - got)]
-        held.insert(0, s)
-        got += len(s)
-    if not held:   # one long sequence: cut it
-        s = rest.pop()
-        cut = len(s) - n_heldout
-        rest, held = [s[:cut]], [s[cut:]]
-        held = [np.concatenate([s[:1], held[0]])]   # keep BOS / first token as a start
-    return rest, held
-
-
-# ---- recording ---------------------------------------------------------------------------------
-def record_samples(model, seqs: List[np.ndarray], positions: int, seed: int = 0,
-                   n_threads: int = 1, with_h: bool = True, progress: bool = False):
-    """Dense run over seqs with the recorder on; returns (a, h): per layer, |silu(gate)| and the
-    down input h at a random sample of at most `positions` positions (the first position of
-    each sequence is skipped): lists of [n_pos, n_ff] float32 arrays (h None when not asked)."""
-    rng = np.random.default_rng(seed)
-    total = sum(max(0, len(s) - 1) for s in seqs)
-    if total == 0:
-        raise ConvertError("no calibration tokens to record")
-    keep_frac = min(1.0, positions / total)
-    L = model.n_layer
-    a_parts: List[List[np.ndarray]] = [[] for _ in range(L)]
-    h_parts: List[List[np.ndarray]] = [[] for _ in range(L)]
-    n_ctx = max(len(s) for s in seqs)
-    ctx = model.new_context(n_ctx=n_ctx, n_threads=n_threads, n_batch=n_ctx, ffn_mode=F.FFN_DENSE)
-    bar = progress_bar(progress, len(seqs), "recording", "seq")
-    try:
-        for s in seqs:
-            rec = ctx.record(s, 0, ffn_in=False, gate=True, h=with_h)
-            n = len(s) - 1
-            k = min(n, max(1, int(round(keep_frac * n))))
-            pos = 1 + np.sort(rng.choice(n, size=k, replace=False))
-            g = rec["gate"][pos]                       # [k, L, n_ff]
-            a = np.abs(silu(g))
-            for il in range(L):
-                a_parts[il].append(np.ascontiguousarray(a[:, il]))
-                if with_h:
-                    h_parts[il].append(np.ascontiguousarray(rec["h"][pos, il]))
-            del rec, g, a
-            bar.update(1)
-    finally:
-        bar.close()
-        ctx.close()
-    a_all = [np.concatenate(p) for p in a_parts]
-    h_all = [np.concatenate(p) for p in h_parts] if with_h else None
-    return a_all, h_all
 
 
 def quantile_thresholds(a: List[np.ndarray], sparsity) -> np.ndarray:
@@ -485,7 +340,7 @@ def greedy_allocation(model, a, h, ev: Evaluator, budget: float, step: float, pr
 
 # ---- the whole calibration ---------------------------------------------------------------------
 def calibrate(model, cfg: CalibConfig, log: Callable[[str], None] | None = None,
-              outfile: str | Path | None = None) -> Calibration:
+              outfile: str | Path | None = None) -> ThresholdFit:
     """Calibrate the thresholds of a split silu file: `model` is its path or an open
     pi_backend.model.Model (left open, with the calibrated thresholds set). The file itself is
     not modified; with `outfile`, a copy with the calibration keys is written there. The
@@ -510,28 +365,18 @@ def calibrate(model, cfg: CalibConfig, log: Callable[[str], None] | None = None,
         if F.FFN_THRESHOLD not in model.ffn_modes:
             raise ConvertError(f"{model_path}: threshold mode needs a split file (ffn_down_t)")
         tok = Tokenizer(str(model_path))
-        if cfg.text_file:
-            try:
-                text = Path(cfg.text_file).read_bytes().decode("utf-8")
-            except FileNotFoundError:
-                raise ConvertError(f"calibration text {cfg.text_file} does not exist") from None
-            except IsADirectoryError:
-                raise ConvertError(f"calibration text {cfg.text_file} is a directory") from None
-            except UnicodeDecodeError:
-                raise ConvertError(f"calibration text {cfg.text_file} is not UTF-8") from None
-            seqs = text_sequences(tok, text, cfg.n_tokens, cfg.seq_len)
-            source = f"text from {os.path.basename(cfg.text_file)}"
-        else:
-            seqs = generate_sequences(model, tok, cfg.n_tokens, cfg.seed, cfg.n_threads,
-                                      cfg.seq_len, cfg.progress)
-            source = f"self-generated text ({len(seqs)} prompts, seed {cfg.seed})"
+        seqs, source = calibration_windows(model, tok, cfg.text_file or None, cfg.n_tokens,
+                                           cfg.seq_len, cfg.seed, cfg.n_threads, cfg.progress)
         n_tok = sum(len(s) for s in seqs)
         if n_tok < 32 or len(seqs) == 0:
             raise ConvertError(f"too little calibration text: {n_tok} tokens (need 32)")
         rec, held = split_heldout(seqs, cfg.n_heldout)
         greedy = cfg.sparsity is None
-        a, h = record_samples(model, rec, cfg.positions, cfg.seed, cfg.n_threads,
-                              with_h=greedy, progress=cfg.progress)
+        sample = record(model, rec, cfg.positions, ("gate", "h") if greedy else ("gate",),
+                        seed=cfg.seed, n_threads=cfg.n_threads, progress=cfg.progress)
+        a = [np.abs(silu(sample.gate[:, il])) for il in range(model.n_layer)]
+        h = [sample.h[:, il] for il in range(model.n_layer)] if greedy else None
+        del sample
         ev = Evaluator(model, held, cfg.n_threads)
         try:
             checks = []
@@ -548,7 +393,7 @@ def calibrate(model, cfg: CalibConfig, log: Callable[[str], None] | None = None,
             ev.close()
         thr = np.asarray(thr, np.float32)
         rows = layer_report(model, thr, held, cfg.n_threads, targets)   # sets thr on the model
-        cal = Calibration(
+        cal = ThresholdFit(
             thresholds=thr, targets=np.asarray(targets, np.float64),
             method="greedy" if greedy else "uniform", source=source, n_tokens=n_tok,
             n_heldout=ev.n, heldout_sparsity=m["sparsity"], heldout_kl=m["kl"],
@@ -557,7 +402,7 @@ def calibrate(model, cfg: CalibConfig, log: Callable[[str], None] | None = None,
             seconds=time.perf_counter() - t0, n_evals=n_evals, path=checks, heldout_seqs=held,
             report_rows=rows)
         if outfile is not None:
-            write_with_metadata(model_path, outfile, cal.metadata())
+            rewrite(model_path, outfile, cal.metadata())
         return cal
     finally:
         if tok is not None:
@@ -611,39 +456,6 @@ def format_report(rows: List[dict]) -> str:
     return "\n".join(lines)
 
 
-# ---- writing -----------------------------------------------------------------------------------
-def write_with_metadata(src: str | Path, dst: str | Path, updates: dict, reader=None) -> None:
-    """Copy the GGUF file src to dst with the keys in `updates` set (added or replaced); written
-    under a temporary name and renamed. `reader`: an open gguf.GGUFReader of src, if any."""
-    import gguf
-    from gguf import GGUFValueType as VT
-    from .layout import copy_fields, replacing_writer
-    dst = Path(dst)
-    if reader is None:
-        reader = gguf.GGUFReader(str(src), "r")
-    arch = field_value(reader.fields[Keys.ARCHITECTURE])
-    with replacing_writer(dst, arch, "meta.tmp") as w:
-        copy_fields(reader, w, updates)
-        for k, v in updates.items():
-            if isinstance(v, str):
-                w.add_string(k, v)
-            elif isinstance(v, bool):
-                w.add_bool(k, v)
-            elif isinstance(v, (list, tuple, np.ndarray)):
-                w.add_key_value(k, [float(x) for x in v], VT.ARRAY, VT.FLOAT32)
-            elif isinstance(v, float):
-                w.add_float32(k, v)
-            else:
-                w.add_uint32(k, int(v))
-        for t in reader.tensors:
-            w.add_tensor_info(t.name, t.data.shape, t.data.dtype, t.data.nbytes, t.tensor_type)
-        w.write_header_to_file()
-        w.write_kv_data_to_file()
-        w.write_ti_data_to_file()
-        for t in reader.tensors:
-            w.write_tensor_data(t.data)
-
-
 def convert_and_calibrate_source(src, outfile, outtype: str = "f16", text_file=None,
                                  calib_tokens: int | None = None, sparsity: float | None = None,
                                  ppl_budget: float | None = None, seed: int = 0,
@@ -654,8 +466,7 @@ def convert_and_calibrate_source(src, outfile, outtype: str = "f16", text_file=N
     split file, calibrate its thresholds with our engine, and write the output with
     pi.thresholds / pi.sparse_mode / pi.calibration (tmp + os.replace). Returns the converter's
     Summary with the calibration summary and per-layer report in `.report` and the
-    Calibration in `.calibration`."""
-    from .layout import write_model
+    ThresholdFit in `.calibration`."""
     t0 = time.perf_counter() if t0 is None else t0
     hp = src.hparams
     if hp.activation != F.ACT_SILU:
@@ -675,16 +486,8 @@ def convert_and_calibrate_source(src, outfile, outtype: str = "f16", text_file=N
                       n_threads=n_threads or default_threads(), seed=seed, progress=progress)
     cfg.n_heldout = min(cfg.n_heldout, max(16, cfg.n_tokens // 4))
     out = Path(outfile)
-    split = out.with_name(f".{out.name}.{os.getpid()}.uncalibrated.gguf")
-    try:
-        summary = write_model(src, split, outtype, False, None, progress=progress, t0=t0,
-                              keep_down=keep_down)
+    with first_pass(src, out, outtype, progress, t0, keep_down) as (split, summary):
         cal = calibrate(split, cfg, outfile=out)
-    finally:
-        try:
-            split.unlink()
-        except FileNotFoundError:
-            pass
     summary.outfile = out
     summary.nbytes = out.stat().st_size
     summary.seconds = time.perf_counter() - t0

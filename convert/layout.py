@@ -245,21 +245,38 @@ def _add_pi_meta(w: gguf.GGUFWriter, hp: HParams, preds: Predictors | None, sour
     w.add_uint32(Keys.FORMAT_VERSION, FORMAT_VERSION)
     w.add_string(Keys.FFN_ACTIVATION, hp.activation)
     w.add_string(Keys.FFN_LAYOUT, F.FFN_LAYOUT_SPLIT)
-    add_predictor_meta(w, preds, reordered)
+    add_keys(w, predictor_keys(preds, reordered))
     w.add_string(Keys.SOURCE, source_desc)
 
 
-def add_predictor_meta(w: gguf.GGUFWriter, preds, reordered: bool) -> None:
+def predictor_keys(preds, reordered: bool) -> dict:
     """The file's default FFN mode, whether neurons are reordered, and the predictors'
     thresholds and ranks (preds: anything with .thresholds, .ranks and .threshold, or None)."""
-    w.add_string(Keys.SPARSE_MODE, F.FFN_SPARSE if preds is not None else F.FFN_DENSE)
-    w.add_bool(Keys.NEURON_ORDER, reordered)
+    keys = {Keys.SPARSE_MODE: F.FFN_SPARSE if preds is not None else F.FFN_DENSE,
+            Keys.NEURON_ORDER: bool(reordered)}
     if preds is not None:
-        w.add_key_value(Keys.THRESHOLDS, [float(x) for x in preds.thresholds], VT.ARRAY,
-                        VT.FLOAT32)
-        w.add_key_value(Keys.PREDICTOR_RANKS, [int(r) for r in preds.ranks], VT.ARRAY,
-                        VT.UINT32)
-        w.add_float32(Keys.POWERINFER_THRESHOLD, float(preds.threshold))
+        keys[Keys.THRESHOLDS] = [float(x) for x in preds.thresholds]
+        keys[Keys.PREDICTOR_RANKS] = [int(r) for r in preds.ranks]
+        keys[Keys.POWERINFER_THRESHOLD] = float(preds.threshold)
+    return keys
+
+
+def add_keys(w: gguf.GGUFWriter, keys) -> None:
+    """Adds metadata keys typed by their values: str, bool, float (f32), int (u32), and lists of
+    ints (u32 arrays) or of numbers (f32 arrays)."""
+    for k, v in keys.items():
+        if isinstance(v, str):
+            w.add_string(k, v)
+        elif isinstance(v, (bool, np.bool_)):
+            w.add_bool(k, bool(v))
+        elif isinstance(v, (list, tuple, np.ndarray)):
+            ints = all(isinstance(x, (int, np.integer)) and not isinstance(x, bool) for x in v)
+            w.add_key_value(k, [int(x) if ints else float(x) for x in v], VT.ARRAY,
+                            VT.UINT32 if ints else VT.FLOAT32)
+        elif isinstance(v, (float, np.floating)):
+            w.add_float32(k, float(v))
+        else:
+            w.add_uint32(k, int(v))
 
 
 def copy_fields(reader, writer: gguf.GGUFWriter, skip=()) -> None:

@@ -1,12 +1,12 @@
 """Activation predictors for ReLU models (the PowerInfer regime), trained here.
 
 Per layer, a low-rank predictor `fc2(relu(fc1(x)))` (d -> r -> n_ff, no biases; docs/FORMAT.md)
-is trained with binary cross-entropy on (FFN input, was-active) pairs recorded by our own dense
-engine (`Context.record`) on calibration text. A neuron is active when its ReLU gate is > 0.
+is trained with binary cross-entropy on (FFN input, was-active) pairs: the fit of the calibration
+pipeline (calibration.py) for ReLU models. A neuron is active when its ReLU gate is > 0.
 
-- Collection keeps memory bounded: the text runs in windows of `window` tokens, and only a
-  seeded random sample of positions (at most `n_tokens`) is kept.
-- The positions are split into a training part and a held-out part (every `holdout`-th window).
+- The recorded sample (calibration.py `record`) keeps FFN inputs and activity masks at a seeded
+  random sample of positions of windows of WINDOW tokens (memory bounded by the number kept,
+  `default_calib_tokens`); the last quarter of the windows is held out.
 - For each rank of a small ladder, the predictor is trained (torch when installed, else numpy;
   both deterministic under the seed), and the per-layer logit threshold is the largest one that
   still catches `target_recall` of the truly active neurons on the held-out positions.
@@ -18,6 +18,8 @@ engine (`Context.record`) on calibration text. A neuron is active when its ReLU 
   for q8_0 the input and the hidden layer quantized to 8 bits per block of 32 as the engine does.
 
 The engine's sparse mode computes neuron i iff fc2(relu(fc1 x))_i > threshold[layer].
+What the pipeline's one rewrite (calibration.py `rewrite`) writes: the predictors, their keys,
+and optionally the hot-first neuron order (`write_calibrated`).
 """
 from __future__ import annotations
 
@@ -33,6 +35,9 @@ from pi_backend import format as F
 from pi_backend._cli import progress_bar
 from pi_backend.format import Keys, T, field_value, layer_name
 
+from .calibration import (Calibration, bytes_per_position, calibration_windows, first_pass, record,
+                          rewrite, split_heldout)
+from .model import ConvertError
 from .predictors import Predictors
 
 log = logging.getLogger("pi-convert")
@@ -44,6 +49,10 @@ MAX_DEFAULT_CALIB_TOKENS = 16384
 CALIB_MEMORY_BUDGET = 1 << 29   # bytes of recorded inputs and masks the default may fill (the
                                 # peak while collecting is about twice: the windows, then one array)
 
+RECORD = ("x", "active")        # what the fit needs of each recorded position
+WINDOW = 256                    # tokens per calibration window (at most the training context)
+HOLDOUT = 4                     # one token in HOLDOUT (the last windows) is held out
+
 # bytes per weight of the FFN rows, by GGML type name (for the rank cost model)
 _BYTES_PER_WEIGHT = {"f32": 4.0, "f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32, "q4_1": 20 / 32}
 
@@ -51,94 +60,15 @@ _BYTES_PER_WEIGHT = {"f32": 4.0, "f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32, "
 # ---------------------------------------------------------------------------------------------
 # calibration data
 # ---------------------------------------------------------------------------------------------
-@dataclass
-class Calibration:
-    """Recorded FFN inputs x [N, L, d] (f32) and activity masks [N, L, n_ff] (bool), with
-    `held` [N] marking the held-out positions; `freq` [L, n_ff] the activation frequency over
-    all recorded positions."""
-    x: np.ndarray
-    active: np.ndarray
-    held: np.ndarray
-    n_seen: int
-
-    @property
-    def freq(self) -> np.ndarray:
-        return self.active.mean(axis=0)
-
-
-def generate_tokens(model, n_tokens: int, seed: int = 0, n_ctx: int = 256,
-                    temperature: float = 1.0) -> list[list[int]]:
-    """Calibration text written by the model itself: sequences sampled at `temperature` from
-    varied one-token prompts (seeded). Returns windows of at most n_ctx tokens."""
-    rng = np.random.default_rng(seed)
-    ctx = model.new_context(n_ctx=n_ctx, n_threads=2, ffn_mode=F.FFN_DENSE)
-    out: list[list[int]] = []
-    total = 0
-    try:
-        while total < n_tokens:
-            seq = [int(rng.integers(0, model.n_vocab))]
-            logits = ctx.eval(seq, 0)
-            while len(seq) < n_ctx and total + len(seq) < n_tokens:
-                z = logits.astype(np.float64) / temperature
-                p = np.exp(z - z.max())
-                p /= p.sum()
-                t = int(rng.choice(len(p), p=p))
-                seq.append(t)
-                logits = ctx.eval([t], len(seq) - 1)
-            out.append(seq)
-            total += len(seq)
-    finally:
-        ctx.close()
-    return out
-
-
 def default_calib_tokens(n_layer: int, d: int, n_ff: int) -> int:
     """The default number of calibration positions: as many as CALIB_MEMORY_BUDGET holds of
     recorded FFN inputs (f32) and activity masks (bool), between DEFAULT_CALIB_TOKENS and
     MAX_DEFAULT_CALIB_TOKENS. Small models get the most: on the 4-layer ReLU test model 16384
     positions instead of 4096 lift the predictors' precision from 0.10-0.17 to 0.42-0.64 at the
     same recall."""
-    per_position = n_layer * (4 * d + n_ff)
+    per_position = bytes_per_position(n_layer, d, n_ff, RECORD)
     fit = CALIB_MEMORY_BUDGET // max(1, per_position)
     return int(min(MAX_DEFAULT_CALIB_TOKENS, max(DEFAULT_CALIB_TOKENS, fit)))
-
-
-def windows(tokens: Sequence[int], n: int) -> list[list[int]]:
-    toks = list(tokens)
-    return [toks[i:i + n] for i in range(0, len(toks), n) if len(toks[i:i + n]) > 1]
-
-
-def collect(model, seqs: Sequence[Sequence[int]], n_tokens: int = DEFAULT_CALIB_TOKENS,
-            seed: int = 0, holdout: int = 4, n_threads: int = 2,
-            progress: bool = False) -> Calibration:
-    """Runs the dense engine over the windows `seqs` (each from position 0) and keeps a seeded
-    sample of at most n_tokens positions: their FFN inputs and which neurons were active."""
-    n_ctx = max(len(s) for s in seqs)
-    total = sum(len(s) for s in seqs)
-    keep_p = min(1.0, n_tokens / max(1, total))
-    rng = np.random.default_rng(seed)
-    xs, acts, held = [], [], []
-    kept = 0
-    ctx = model.new_context(n_ctx=n_ctx, n_threads=n_threads, n_batch=min(n_ctx, 512),
-                            ffn_mode=F.FFN_DENSE)
-    bar = progress_bar(progress, total, "calibrate", "tok")
-    try:
-        for wi, s in enumerate(seqs):
-            rec = ctx.record(s, 0, ffn_in=True, gate=True, h=False)
-            sel = np.flatnonzero(rng.random(len(s)) < keep_p)
-            sel = sel[: max(0, n_tokens - kept)]
-            if len(sel):
-                xs.append(rec["ffn_in"][sel].copy())
-                acts.append(rec["gate"][sel] > 0)
-                held.append(np.full(len(sel), wi % holdout == holdout - 1))
-                kept += len(sel)
-            bar.update(len(s))
-    finally:
-        bar.close()
-        ctx.close()
-    if not xs:
-        raise ValueError("no calibration positions were recorded")
-    return Calibration(np.concatenate(xs), np.concatenate(acts), np.concatenate(held), total)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -383,23 +313,6 @@ def hot_first_order(freq: np.ndarray) -> list[np.ndarray]:
 # ---------------------------------------------------------------------------------------------
 # the converter's --calibrate path for ReLU models
 # ---------------------------------------------------------------------------------------------
-def calibration_windows(model, path: Path, text: str | Path | None, n_tokens: int,
-                        window: int = 256, seed: int = 0) -> list[list[int]]:
-    """Token windows for calibration: the first n_tokens tokens of a text file, or (text None)
-    text the model writes itself."""
-    window = min(window, getattr(model, "n_ctx_train", window) or window)
-    if text is None:
-        return generate_tokens(model, n_tokens, seed=seed, n_ctx=window)
-    from pi_backend.tokenizer import Tokenizer
-    data = Path(text).read_bytes()
-    tok = Tokenizer(str(path))
-    try:
-        ids = tok.tokenize(data, add_bos=False)
-    finally:
-        tok.close()
-    return windows(ids[:n_tokens], window)
-
-
 def is_pi_file(path: str | Path) -> bool:
     """A pi_backend split file (has pi.format_version)."""
     try:
@@ -410,77 +323,69 @@ def is_pi_file(path: str | Path) -> bool:
     return Keys.FORMAT_VERSION in r.fields
 
 
-# the keys write_calibrated writes anew
+# the keys write_calibrated writes anew, and the tensors it replaces
 _PI_KEYS = (Keys.SPARSE_MODE, Keys.THRESHOLDS, Keys.PREDICTOR_RANKS, Keys.NEURON_ORDER,
             Keys.POWERINFER_THRESHOLD)
+_PI_PARTS = (T.FC1, T.FC2, T.NEURON_ORDER)
+
+
+def stored_tensors(preds: "TrainedPredictors | None") -> dict[int, list]:
+    """Per layer, [(part, data, ggml type)] of the predictors as the file stores them: q8_0 or
+    f16 (see `stored`)."""
+    import gguf
+    from gguf import GGMLQuantizationType as QT
+
+    def encode(w: np.ndarray, q8: bool) -> tuple[np.ndarray, QT]:
+        if q8:
+            return gguf.quants.quantize(np.ascontiguousarray(w, dtype=np.float32), QT.Q8_0), QT.Q8_0
+        return w.astype(np.float16), QT.F16
+
+    out: dict[int, list] = {}
+    for il in range(0 if preds is None else len(preds.ranks)):
+        w1, w2 = preds.load(il)
+        q8 = q8_storage(*w1.shape)
+        out[il] = [(part, *encode(w, q8)) for part, w in ((T.FC1, w1), (T.FC2, w2))]
+    return out
 
 
 def write_calibrated(split: str | Path, out: Path, preds: "TrainedPredictors | None",
                      orders: Sequence[np.ndarray] | None, progress: bool = False) -> None:
-    """Copies the pi split file `split` into `out` (temporary name, then renamed), adding the
-    predictors (q8_0 or f16, see `stored`), thresholds and ranks, and applying the hot-first orders: the rows of
-    ffn_gate / ffn_up / ffn_down_t are permuted as stored (quantized rows move whole, so the
-    weights are bit-identical) and blk.N.neuron_order is added. Existing predictors, thresholds
-    and orders of `split` are replaced."""
-    import gguf
-    from gguf import GGMLQuantizationType as QT
-    from .layout import add_predictor_meta, copy_fields, replacing_writer
-    from .model import ConvertError
-    r = gguf.GGUFReader(split, "r")
-    arch = field_value(r.fields[Keys.ARCHITECTURE])
-    reordered = r.fields.get(Keys.NEURON_ORDER)
-    if reordered is not None and field_value(reordered) and orders is not None:
-        raise ConvertError(f"{Path(split).name}: neurons are reordered already")
-    with replacing_writer(out, arch) as w:
-        copy_fields(r, w, _PI_KEYS)
-        add_predictor_meta(w, preds, orders is not None)
-        plan = []      # (name, raw data, qtype)
-        n_layer = None
-        for t in r.tensors:
-            il, part = F.split_name(t.name)
-            if part in (T.FC1, T.FC2, T.NEURON_ORDER):
-                continue
-            data = t.data
-            if orders is not None and part in (T.FFN_GATE, T.FFN_UP, T.FFN_DOWN_T):
-                data = np.ascontiguousarray(data[orders[il]])
-            plan.append((t.name, data, t.tensor_type))
-            if part == T.FFN_DOWN_T:
-                n_layer = il + 1 if n_layer is None else max(n_layer, il + 1)
-                if preds is not None:
-                    w1, w2 = preds.load(il)
-                    for name, wk in ((T.FC1, w1), (T.FC2, w2)):
-                        if q8_storage(*w1.shape):
-                            q = gguf.quants.quantize(np.ascontiguousarray(wk, dtype=np.float32), QT.Q8_0)
-                            plan.append((layer_name(il, name), q, QT.Q8_0))
-                        else:
-                            plan.append((layer_name(il, name), wk.astype(np.float16), QT.F16))
-                if orders is not None:
-                    plan.append((layer_name(il, T.NEURON_ORDER),
-                                 np.ascontiguousarray(orders[il], dtype=np.int32), QT.I32))
-        for name, data, qt in plan:
-            w.add_tensor(name, data, raw_dtype=qt) if qt not in (QT.F32, QT.F16, QT.I32) \
-                else w.add_tensor(name, data)
-        w.write_header_to_file()
-        w.write_kv_data_to_file()
-        w.write_tensors_to_file(progress=progress)
+    """The pipeline's rewrite of the pi split file `split` into `out` with the predictors (their
+    thresholds and ranks) and the hot-first orders (rows permuted, blk.N.neuron_order added);
+    existing predictors, thresholds and orders of `split` are replaced."""
+    from .layout import predictor_keys
+    rewrite(split, Path(out), predictor_keys(preds, orders is not None), drop_keys=_PI_KEYS,
+            drop_parts=_PI_PARTS, add=stored_tensors(preds), orders=orders, progress=progress)
 
 
 def calibrate_file(path: str | Path, text: str | Path | None,
                    calib_tokens: int | None = None, seed: int = 0,
-                   progress: bool = False) -> Calibration:
-    """Records calibration data on the file at `path` (calib_tokens None: the default for its
-    size, default_calib_tokens)."""
+                   progress: bool = False, n_threads: int | None = None) -> Calibration:
+    """The recorded sample (FFN inputs and activity masks) of the file at `path` on the text
+    file `text` (None: text the model writes itself); calib_tokens None: the default for its
+    size (default_calib_tokens)."""
+    from pi_backend.kernels import default_threads
     from pi_backend.model import Model
+    from pi_backend.tokenizer import Tokenizer
+    n_threads = n_threads or default_threads()
     model = Model(str(path), ffn_mode=F.FFN_DENSE)
+    tok = None
     try:
         if calib_tokens is None:
             calib_tokens = default_calib_tokens(model.n_layer, model.n_embd, model.n_ff)
-        seqs = calibration_windows(model, Path(path), text, calib_tokens, seed=seed)
-        if sum(len(s) for s in seqs) < 64:
-            from .model import ConvertError
+        tok = Tokenizer(str(path))
+        window = min(WINDOW, getattr(model, "n_ctx_train", WINDOW) or WINDOW)
+        seqs, _ = calibration_windows(model, tok, text, calib_tokens, window, seed, n_threads,
+                                      progress)
+        n_tok = sum(len(s) for s in seqs)
+        if n_tok < 64:
             raise ConvertError("the calibration text has fewer than 64 tokens")
-        return collect(model, seqs, n_tokens=calib_tokens, seed=seed, progress=progress)
+        rec, held = split_heldout(seqs, n_tok // HOLDOUT)
+        return record(model, rec, calib_tokens, RECORD, held=held, seed=seed,
+                      n_threads=n_threads, progress=progress)
     finally:
+        if tok is not None:
+            tok.close()
         model.close()
 
 
@@ -488,17 +393,17 @@ def convert_calibrated(src, out: Path, outtype: str, text: str | Path | None,
                        calib_tokens: int | None = None, train: bool | None = None,
                        reorder: bool = False, target_recall: float = DEFAULT_TARGET_RECALL,
                        ranks: Sequence[int] = DEFAULT_RANKS, seed: int = 0,
-                       progress: bool = False, t0: float | None = None, split_input=None):
+                       progress: bool = False, t0: float | None = None, split_input=None,
+                       n_threads: int | None = None):
     """pi-convert --calibrate for ReLU models: write a plain split file to a temporary path (or
     take `split_input`, a pi file, as it is), run our dense engine on it over the calibration
     text, train the predictors (and the hot-first order), then write the final file: the split
     file's tensors copied as they are, plus predictors and metadata."""
-    import os
     import resource
     import time
     from collections import Counter
-    from .layout import Summary, write_model
-    from .model import ConvertError
+    from contextlib import nullcontext
+    from .layout import Summary
     t0 = time.perf_counter() if t0 is None else t0
     activation = src.hparams.activation if src is not None else _activation(split_input)
     if train is None:
@@ -510,18 +415,19 @@ def convert_calibrated(src, out: Path, outtype: str, text: str | Path | None,
         raise ConvertError(f"--calib-tokens {calib_tokens} is too few (at least 64)")
     if text is not None and not Path(text).is_file():
         raise ConvertError(f"calibration text {text} does not exist")
-    tmp = None
     if split_input is None:
-        tmp = out.with_name(f".{out.name}.{os.getpid()}.pass1.gguf")
-        first = write_model(src, tmp, outtype, False, None, progress=False)
-        split, desc, vocab = tmp, first.source, first.vocab
+        stage = first_pass(src, out, outtype)
     else:
-        split, desc, vocab = Path(split_input), f"{Path(split_input).name} (pi_backend)", "copied"
-        import gguf
-        outtype = next((t.tensor_type.name.lower() for t in gguf.GGUFReader(split, "r").tensors
-                        if t.name == layer_name(0, T.FFN_GATE)), "f16")
-    try:
-        calib = calibrate_file(split, text, calib_tokens, seed, progress)
+        stage = nullcontext((Path(split_input), None))
+    with stage as (split, first):
+        if first is not None:
+            desc, vocab = first.source, first.vocab
+        else:
+            desc, vocab = f"{split.name} (pi_backend)", "copied"
+            import gguf
+            outtype = next((t.tensor_type.name.lower() for t in gguf.GGUFReader(split, "r").tensors
+                            if t.name == layer_name(0, T.FFN_GATE)), "f16")
+        calib = calibrate_file(split, text, calib_tokens, seed, progress, n_threads)
         preds = None
         if train:
             try:
@@ -533,12 +439,6 @@ def convert_calibrated(src, out: Path, outtype: str, text: str | Path | None,
         if orders is not None and preds is not None:
             preds = preds.permuted(orders)
         write_calibrated(split, out, preds, orders, progress=False)
-    finally:
-        if tmp is not None:
-            try:
-                tmp.unlink()
-            except FileNotFoundError:
-                pass
     import gguf
     r = gguf.GGUFReader(out, "r")
     txt = f"calibrate  {calib.n_seen} tokens run, {len(calib.x)} positions kept " \

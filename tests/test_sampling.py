@@ -215,7 +215,7 @@ def test_valid_edges_accepted():
 
 
 def test_calibration_text_same_seed_same_text(smollm2_path):
-    from pi_backend.convert.calibrate import generate_sequences
+    from pi_backend.convert.calibration import generate_sequences
     from pi_backend.model import Model
     from pi_backend.tokenizer import Tokenizer
     model, tok = Model(str(smollm2_path)), Tokenizer(str(smollm2_path))
