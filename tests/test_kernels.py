@@ -229,8 +229,14 @@ def test_matvec_close_to_float_product(t):
     x = rng.standard_normal(1536).astype(np.float32)
     ref = Wd @ x.astype(np.float64)
     y = run_matvec(None, t, q, 16, 1536, x)
-    rel = np.linalg.norm(y - ref) / np.linalg.norm(ref)
-    assert rel < (1e-6 if t in (F32, F16) else 2e-2)
+    if t in (F32, F16):
+        # f32 accumulation in any order: within the classic dot-product bound n u sum|w x|
+        # (a sequential scalar sum comes closest to it, a SIMD tree of partial sums far less)
+        bound = 1536 * np.finfo(np.float32).eps / 2 * (np.abs(Wd) @ np.abs(x.astype(np.float64)))
+        assert np.all(np.abs(y - ref) <= bound)
+    else:
+        rel = np.linalg.norm(y - ref) / np.linalg.norm(ref)
+        assert rel < 2e-2
 
 
 @pytest.mark.parametrize("isa", ISAS, ids=lambda i: ISA_NAMES[i])
