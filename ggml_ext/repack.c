@@ -12,20 +12,19 @@
 #include "common.h"
 #include "types.h"
 
-/* Where byte i of row r's plain block lies in its rows8 block of head bytes per row. */
-static size_t rows8_offset(int head, int r, int i) {
-    if (i < head) return (size_t)(2 * PI_ROWS8 * (i / 2) + 2 * r + i % 2);
-    const int q = i - head; /* quant byte q: chunk q / 4 */
-    return (size_t)(PI_ROWS8 * head + 32 * (q / 4) + 4 * r + q % 4);
-}
-
-/* Copies the block of row r between its plain form and a rows8 block, in 2-byte scale fields
- * and 4-byte quant chunks: src plain and dst rows8 when `pack`, else the other way round. */
-static void move_block(const pi_type_traits *t, int r, const uint8_t *src, uint8_t *dst, int pack) {
-    const int head = t->rows8_head;
-    for (int i = 0; i < (int)t->block_bytes; i += i < head ? 2 : 4) {
-        const size_t at8 = rows8_offset(head, r, i);
-        memcpy(dst + (pack ? at8 : (size_t)i), src + (pack ? (size_t)i : at8), i < head ? 2 : 4);
+/* Copies the block of row r between its plain form and a rows8 block: its 2-byte scale fields
+ * (field f at 2 f in the plain block, at 16 f + 2 r in the rows8 block) and its 4-byte quant
+ * chunks (chunk c at head + 4 c, at 8 head + 32 c + 4 r). src is plain and dst rows8 when `pack`,
+ * else the other way round. */
+static inline void move_block(int head, int n_chunks, int r, const uint8_t *src, uint8_t *dst,
+                              int pack) {
+    for (int f = 0; f < head / 2; f++) {
+        const size_t plain = (size_t)(2 * f), rows8 = (size_t)(2 * PI_ROWS8 * f + 2 * r);
+        memcpy(dst + (pack ? rows8 : plain), src + (pack ? plain : rows8), 2);
+    }
+    for (int c = 0; c < n_chunks; c++) {
+        const size_t plain = (size_t)(head + 4 * c), rows8 = (size_t)(PI_ROWS8 * head + 32 * c + 4 * r);
+        memcpy(dst + (pack ? rows8 : plain), src + (pack ? plain : rows8), 4);
     }
 }
 
@@ -44,6 +43,7 @@ int pi_repack_rows8(int type, const void *W, int64_t n_rows, int64_t n_cols, voi
                        (long long)n_rows, (long long)n_cols, (long long)t->block_elems);
     if (W == out) return pi_fail(PI_ERR_RANGE, "pi_repack_rows8: cannot repack in place");
     const int64_t nb = n_cols / t->block_elems, bb = t->block_bytes;
+    const int head = t->rows8_head, n_chunks = (int)(bb - head) / 4;
     const size_t row_bytes = (size_t)(nb * bb);
     const uint8_t *src = W;
     uint8_t *dst = out;
@@ -53,7 +53,7 @@ int pi_repack_rows8(int type, const void *W, int64_t n_rows, int64_t n_cols, voi
         uint8_t *grp = dst + (size_t)g * PI_ROWS8 * row_bytes;
         for (int64_t b = 0; b < nb; b++)
             for (int r = 0; r < PI_ROWS8; r++)
-                move_block(t, r, rows + (size_t)r * row_bytes + (size_t)(b * bb),
+                move_block(head, n_chunks, r, rows + (size_t)r * row_bytes + (size_t)(b * bb),
                            grp + (size_t)(b * PI_ROWS8 * bb), 1);
     }
     const size_t done = (size_t)n_groups * PI_ROWS8 * row_bytes;
@@ -65,6 +65,7 @@ int pi_repack_rows8(int type, const void *W, int64_t n_rows, int64_t n_cols, voi
 void pi_rows8_unpack_row(int type, const void *Wp, int64_t n_rows, int64_t n_cols, int64_t row, void *out) {
     const pi_type_traits *t = pi_type_traits_of(type);
     const int64_t nb = n_cols / t->block_elems, bb = t->block_bytes;
+    const int head = t->rows8_head, n_chunks = (int)(bb - head) / 4;
     const size_t row_bytes = (size_t)(nb * bb);
     const uint8_t *src = Wp;
     uint8_t *dst = out;
@@ -74,5 +75,5 @@ void pi_rows8_unpack_row(int type, const void *Wp, int64_t n_rows, int64_t n_col
     }
     const uint8_t *grp = src + (size_t)(row / PI_ROWS8) * PI_ROWS8 * row_bytes;
     for (int64_t b = 0; b < nb; b++)
-        move_block(t, (int)(row % PI_ROWS8), grp + (size_t)(b * PI_ROWS8 * bb), dst + (size_t)(b * bb), 0);
+        move_block(head, n_chunks, (int)(row % PI_ROWS8), grp + (size_t)(b * PI_ROWS8 * bb), dst + (size_t)(b * bb), 0);
 }
