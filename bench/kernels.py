@@ -57,7 +57,7 @@ def bench_type(pool, t, rows, cols, reps, rng) -> dict:
     y_cols = np.empty(cols, np.float32)
     dense_t = median_seconds(lambda: K.matvec(pool, t, W.next(), cols, x, y_rows), reps)
     res = {"dense_s": dense_t, "dense_gbs": rows * rb / dense_t / 1e9, "sparse": []}
-    if t in K.ROWS8_TYPES:
+    if t in K.rows8_types():
         P = Rotation([K.repack_rows8(t, w, cols) for w in W.items])
         r8 = median_seconds(lambda: K.matvec_rows8(pool, t, P.next(), cols, x, y_rows), reps)
         res.update(rows8_s=r8, rows8_gbs=rows * rb / r8 / 1e9)

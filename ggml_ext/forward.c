@@ -12,8 +12,8 @@
 #include "common.h"
 #include "kernels.h"
 #include "model.h"
-#include "quants.h"
 #include "threads.h"
+#include "types.h"
 
 struct pi_context {
     const pi_model *m;
@@ -381,7 +381,7 @@ static int decode_chunk(pi_context *c, const int32_t *tokens, int B, int n_past,
             pi_rows8_unpack_row(emb->type, emb->packed, emb->n_rows, emb->n_cols, tokens[t], c->emb_row);
             row = c->emb_row;
         }
-        pi_dequantize_row_ref(emb->type, row, c->x + (size_t)t * d, d);
+        pi_type_traits_of(emb->type)->dequantize(row, c->x + (size_t)t * d, d);
     }
     const float theta_scale = powf(hp->rope_freq_base, -2.0f / (float)hp->n_rot);
     for (int t = 0; t < B; t++) /* once per chunk: every layer rotates by the same angles */

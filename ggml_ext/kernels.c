@@ -15,8 +15,8 @@
 
 #include "common.h"
 #include "kernels.h"
-#include "quants.h"
 #include "threads.h"
+#include "types.h"
 
 /* ==== scalar twins ============================================================================ */
 
@@ -188,7 +188,7 @@ static void dot8_q8_0(int64_t n, const void *group, const void *act, float out[8
 
 /* The activation quantizers of the integer dots: ggml-cpu's x86 quantize_row_q8_0/q8_1 (the
  * path llama.cpp runs on AVX/AVX2/AVX-512), which differ from the reference format quantizer
- * pi_quantize_row_q8_*_ref in two roundings: id = 127 / amax (not 1 / d) and round half to even
+ * pi_quantize_q8_* (quants.c) in two roundings: id = 127 / amax (not 1 / d) and round half to even
  * (not half away from zero). Same format; the SIMD twins compute the same bits. */
 static float quantize_act_block(const float *x, int8_t qs[32], int *sum) {
     float amax = 0.0f;
@@ -206,14 +206,16 @@ static float quantize_act_block(const float *x, int8_t qs[32], int *sum) {
     return amax / 127.0f;
 }
 
-static void quantize_act_q8_0(const float *x, block_q8_0 *y, int64_t n) {
+static void quantize_act_q8_0(const float *x, void *vy, int64_t n) {
+    block_q8_0 *y = vy;
     for (int64_t b = 0; b < n / QK8_0; b++) {
         int sum;
         y[b].d = pi_float_to_half(quantize_act_block(x + b * QK8_0, y[b].qs, &sum));
     }
 }
 
-static void quantize_act_q8_1(const float *x, block_q8_1 *y, int64_t n) {
+static void quantize_act_q8_1(const float *x, void *vy, int64_t n) {
+    block_q8_1 *y = vy;
     for (int64_t b = 0; b < n / QK8_1; b++) {
         int sum;
         const float d = quantize_act_block(x + b * QK8_1, y[b].qs, &sum);
@@ -315,11 +317,12 @@ SCALAR_TWINS(q8_0)
 
 const pi_kernels pi_kernels_scalar = {
     .name = "scalar",
-    .dot = {dot_f32, dot_f16, dot_q4_0, dot_q4_1, dot_q8_0},
-    .dot8 = {NULL, NULL, dot8_q4_0, dot8_q4_1, dot8_q8_0},
-    .axpy = {axpy_f32, axpy_f16, axpy_q4_0, axpy_q4_1, axpy_q8_0},
-    .quantize_q8_0 = quantize_act_q8_0,
-    .quantize_q8_1 = quantize_act_q8_1,
+    .dot = {[PI_TYPE_F32] = dot_f32, [PI_TYPE_F16] = dot_f16, [PI_TYPE_Q4_0] = dot_q4_0,
+            [PI_TYPE_Q4_1] = dot_q4_1, [PI_TYPE_Q8_0] = dot_q8_0},
+    .dot8 = {[PI_TYPE_Q4_0] = dot8_q4_0, [PI_TYPE_Q4_1] = dot8_q4_1, [PI_TYPE_Q8_0] = dot8_q8_0},
+    .axpy = {[PI_TYPE_F32] = axpy_f32, [PI_TYPE_F16] = axpy_f16, [PI_TYPE_Q4_0] = axpy_q4_0,
+             [PI_TYPE_Q4_1] = axpy_q4_1, [PI_TYPE_Q8_0] = axpy_q8_0},
+    .quantize_act = {[PI_TYPE_Q8_0] = quantize_act_q8_0, [PI_TYPE_Q8_1] = quantize_act_q8_1},
     .attn_scores = attn_scores_scalar,
     .softmax_exp = softmax_exp_scalar,
     .attn_values = attn_values_scalar,
@@ -373,42 +376,36 @@ const pi_kernels *pi_kernels_active(void) { return active_kernels(); }
 
 /* ==== validation ============================================================================== */
 
-static int type_slot(int type) {
-    switch (type) {
-    case PI_TYPE_F32: return PI_SLOT_F32;
-    case PI_TYPE_F16: return PI_SLOT_F16;
-    case PI_TYPE_Q4_0: return PI_SLOT_Q4_0;
-    case PI_TYPE_Q4_1: return PI_SLOT_Q4_1;
-    case PI_TYPE_Q8_0: return PI_SLOT_Q8_0;
-    default: return -1;
-    }
-}
-
-/* A validated weight matrix: its kernel-table slot and row geometry. */
+/* A validated weight matrix: its type's row and its row bytes. */
 typedef struct {
-    int slot;
-    int64_t block_elems, block_bytes;
+    const pi_type_traits *t;
     size_t row_bytes;
 } matrix_info;
 
 /* Checks type and shape and fills *m. */
 static int check_matrix(const char *fn, int type, int64_t n_rows, int64_t n_cols, matrix_info *m) {
-    *m = (matrix_info){.slot = type_slot(type)};
-    if (m->slot < 0) {
-        const char *name = pi_type_name(type);
-        return pi_fail(PI_ERR_TYPE, "%s: type %d%s%s%s is not supported (F32, F16, Q4_0, Q4_1, Q8_0)",
-                       fn, type, name ? " (" : "", name ? name : "", name ? ")" : "");
+    *m = (matrix_info){.t = pi_type_traits_of(type)};
+    if (!m->t || !m->t->weight) {
+        char list[128];
+        pi_type_list(pi_type_is_weight, list, sizeof list);
+        return pi_fail(PI_ERR_TYPE, "%s: type %d (%s) is not supported (%s)", fn, type,
+                       pi_type_name(type), list);
     }
     if (n_rows <= 0 || n_cols <= 0)
         return pi_fail(PI_ERR_SHAPE, "%s: n_rows = %lld, n_cols = %lld must be positive", fn,
                        (long long)n_rows, (long long)n_cols);
-    m->block_elems = pi_type_block_elems(type);
-    m->block_bytes = pi_type_block_bytes(type);
-    if (n_cols % m->block_elems)
+    if (n_cols % m->t->block_elems)
         return pi_fail(PI_ERR_SHAPE, "%s: n_cols = %lld is not a multiple of the %s block size %lld",
-                       fn, (long long)n_cols, pi_type_name(type), (long long)m->block_elems);
-    m->row_bytes = (size_t)(n_cols / m->block_elems * m->block_bytes);
+                       fn, (long long)n_cols, m->t->name, (long long)m->t->block_elems);
+    m->row_bytes = (size_t)pi_type_row_bytes(m->t, n_cols);
     return PI_OK;
+}
+
+/* The error of a type without the rows8 layout. */
+static int fail_rows8(const char *fn, int type) {
+    char list[128];
+    pi_type_list(pi_type_is_rows8, list, sizeof list);
+    return pi_fail(PI_ERR_TYPE, "%s: type %s has no 8-row layout (%s)", fn, pi_type_name(type), list);
 }
 
 /* idx: [n_idx] all in [0, limit), n_idx in [0, limit]. */
@@ -449,19 +446,20 @@ static void *scratch(size_t bytes) {
     return scratch_buf;
 }
 
-/* The activations x [n_tok][n] as the weight type's dot wants them (see pi_dot_fn): x itself for
- * F32/F16, else quantized once into the scratch buffer from byte `at` on (the bytes before it
- * are kept: they hold an activation prepared earlier); *act_bytes is the stride of one row. */
+/* The activations x [n_tok][n] as the weight type's dot wants them (see pi_dot_fn): x itself
+ * when its act_type is F32, else quantized to the act_type once into the scratch buffer from byte
+ * `at` on (the bytes before it are kept: they hold an activation prepared earlier); *act_bytes is
+ * the stride of one row. */
 static int prepare_activations(const char *fn, const pi_kernels *K, int type, const float *x,
                                int64_t n, int64_t n_tok, size_t at, const void **act,
                                size_t *act_bytes) {
-    if (type == PI_TYPE_F32 || type == PI_TYPE_F16) {
+    const int act_type = pi_type_traits_of(type)->act_type;
+    if (act_type == PI_TYPE_F32) {
         *act = x;
         *act_bytes = (size_t)n * sizeof(float);
         return PI_OK;
     }
-    const int q8_1 = type == PI_TYPE_Q4_1;
-    const size_t row = (size_t)(n / 32) * (q8_1 ? sizeof(block_q8_1) : sizeof(block_q8_0));
+    const size_t row = (size_t)pi_type_row_bytes(pi_type_traits_of(act_type), n);
     if (at && scratch_cap < at + row * (size_t)n_tok)
         return pi_fail(PI_ERR_NOMEM, "%s: activation scratch not reserved", fn);
     uint8_t *buf = scratch(at + row * (size_t)n_tok);
@@ -469,12 +467,7 @@ static int prepare_activations(const char *fn, const pi_kernels *K, int type, co
         return pi_fail(PI_ERR_NOMEM, "%s: cannot allocate %zu bytes for the quantized activation",
                        fn, row * (size_t)n_tok);
     buf += at;
-    for (int64_t t = 0; t < n_tok; t++) {
-        if (q8_1)
-            K->quantize_q8_1(x + t * n, (block_q8_1 *)(buf + (size_t)t * row), n);
-        else
-            K->quantize_q8_0(x + t * n, (block_q8_0 *)(buf + (size_t)t * row), n);
-    }
+    for (int64_t t = 0; t < n_tok; t++) K->quantize_act[act_type](x + t * n, buf + (size_t)t * row, n);
     *act = buf;
     *act_bytes = row;
     return PI_OK;
@@ -652,32 +645,8 @@ static void axpy_task(void *arg, int ith, int nth) {
     if (c0 < c1) axpy_columns(j, c0, c1);
 }
 
-/* One element of a row, dequantized. */
-static inline float row_elem(int type, const uint8_t *row, int64_t c) {
-    switch (type) {
-    case PI_TYPE_F32: return ((const float *)row)[c];
-    case PI_TYPE_F16: return half(((const pi_half *)row)[c]);
-    case PI_TYPE_Q4_0: {
-        const block_q4_0 *b = (const block_q4_0 *)row + c / QK4_0;
-        const int j = (int)(c % QK4_0);
-        const int q = j < QK4_0 / 2 ? b->qs[j] & 0x0F : b->qs[j - QK4_0 / 2] >> 4;
-        return half(b->d) * (float)(q - 8);
-    }
-    case PI_TYPE_Q4_1: {
-        const block_q4_1 *b = (const block_q4_1 *)row + c / QK4_1;
-        const int j = (int)(c % QK4_1);
-        const int q = j < QK4_1 / 2 ? b->qs[j] & 0x0F : b->qs[j - QK4_1 / 2] >> 4;
-        return half(b->d) * (float)q + half(b->m);
-    }
-    default: { /* PI_TYPE_Q8_0 */
-        const block_q8_0 *b = (const block_q8_0 *)row + c / QK8_0;
-        return half(b->d) * (float)b->qs[c % QK8_0];
-    }
-    }
-}
-
 typedef struct {
-    int type;
+    float (*elem)(const void *row, int64_t c); /* the type's element reader (types.h) */
     const uint8_t *W;   /* [n_rows][row_bytes] */
     size_t row_bytes;
     int64_t n_rows;
@@ -688,26 +657,15 @@ typedef struct {
 } cols_job;
 
 /* The strided-gather ablation: per output row, one dequantized element per active column. */
-static inline void cols_sparse_rows(const cols_job *j, int type, int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; r++) {
-        const uint8_t *row = j->W + (size_t)r * j->row_bytes;
-        float sum = 0.0f;
-        for (int64_t k = 0; k < j->n_idx; k++) sum += row_elem(type, row, j->idx[k]) * j->a[j->idx[k]];
-        j->y[r] = sum;
-    }
-}
-
 static void cols_sparse_task(void *arg, int ith, int nth) {
     const cols_job *j = arg;
     int64_t r0, r1;
     pi_split(j->n_rows, 16, ith, nth, &r0, &r1);
-    /* A constant type per call, so the switch in row_elem folds away. */
-    switch (j->type) {
-    case PI_TYPE_F32: cols_sparse_rows(j, PI_TYPE_F32, r0, r1); break;
-    case PI_TYPE_F16: cols_sparse_rows(j, PI_TYPE_F16, r0, r1); break;
-    case PI_TYPE_Q4_0: cols_sparse_rows(j, PI_TYPE_Q4_0, r0, r1); break;
-    case PI_TYPE_Q4_1: cols_sparse_rows(j, PI_TYPE_Q4_1, r0, r1); break;
-    default: cols_sparse_rows(j, PI_TYPE_Q8_0, r0, r1); break;
+    for (int64_t r = r0; r < r1; r++) {
+        const uint8_t *row = j->W + (size_t)r * j->row_bytes;
+        float sum = 0.0f;
+        for (int64_t k = 0; k < j->n_idx; k++) sum += j->elem(row, j->idx[k]) * j->a[j->idx[k]];
+        j->y[r] = sum;
     }
 }
 
@@ -718,7 +676,7 @@ static void cols_sparse_task(void *arg, int ith, int nth) {
 static int matvec_run(const char *fn, pi_pool *pool, int type, const matrix_info *m,
                       int64_t n_rows, const float *x, job *j) {
     const pi_kernels *K = active_kernels();
-    j->dot = K->dot[m->slot];
+    j->dot = K->dot[type];
     j->row_bytes = m->row_bytes;
     if (j->idx) memset(j->y, 0, (size_t)n_rows * sizeof(float));
     if (j->y2) memset(j->y2, 0, (size_t)n_rows * sizeof(float));
@@ -770,11 +728,9 @@ int pi_matmat_rows8_multi(pi_pool *pool, int type, int64_t n_cols, const float *
         j.n_groups += outs[k].n_rows / PI_ROWS8;
     }
     const pi_kernels *K = active_kernels();
-    if (!K->dot8[m.slot])
-        return pi_fail(PI_ERR_TYPE, "%s: type %s has no 8-row layout (Q4_0, Q4_1, Q8_0)", fn,
-                       pi_type_name(type));
-    j.dot = K->dot[m.slot];
-    j.dot8 = K->dot8[m.slot];
+    if (!K->dot8[type]) return fail_rows8(fn, type);
+    j.dot = K->dot[type];
+    j.dot8 = K->dot8[type];
     j.row_bytes = m.row_bytes;
     if ((st = prepare_activations(fn, K, type, X, n_cols, n_tok, 0, &j.act, &j.act_bytes))) return st;
     pi_pool_run(pool, rows8_task, &j);
@@ -826,8 +782,8 @@ int pi_axpy_sparse(pi_pool *pool, int type, const void *Wt, int64_t n_rows, int6
     int st = check_matrix(__func__, type, n_rows, n_cols, &m);
     if (st) return st;
     if ((st = check_idx(__func__, idx, n_idx, n_rows))) return st;
-    const job j = {.axpy = active_kernels()->axpy[m.slot], .W = Wt, .row_bytes = m.row_bytes,
-                   .n_cols = n_cols, .block_elems = m.block_elems, .block_bytes = m.block_bytes,
+    const job j = {.axpy = active_kernels()->axpy[type], .W = Wt, .row_bytes = m.row_bytes,
+                   .n_cols = n_cols, .block_elems = m.t->block_elems, .block_bytes = m.t->block_bytes,
                    .a = a, .idx = idx, .n_items = n_idx, .y = y};
     pi_pool_run(pool, axpy_task, (void *)&j);
     return pi_ok();
@@ -894,15 +850,14 @@ int pi_ffn_sparse(pi_pool *pool, pi_ffn_sparse_args *a) {
     if ((st = check_matrix(fn, a->type, a->n_ff, a->d, &mg))) return st;
     if ((st = check_matrix(fn, a->down_type, a->n_ff, a->d, &md))) return st;
     const pi_kernels *K = active_kernels();
-    if (a->fc2_rows8 && !K->dot8[mf.slot])
-        return pi_fail(PI_ERR_TYPE, "%s: fc2 type %s has no 8-row layout", fn, pi_type_name(a->fc2_type));
+    if (a->fc2_rows8 && !K->dot8[a->fc2_type]) return fail_rows8(fn, a->fc2_type);
     int64_t counts[PI_MAX_THREADS][2]; /* not zeroed: every share writes its own (4 KB a call) */
-    ffn_job j = {.a = a, .fc2_dot8 = K->dot8[mf.slot], .fc2_dot = K->dot[mf.slot],
+    ffn_job j = {.a = a, .fc2_dot8 = K->dot8[a->fc2_type], .fc2_dot = K->dot[a->fc2_type],
                  .fc2_row_bytes = mf.row_bytes, .counts = counts};
-    j.gu = (job){.dot = K->dot[mg.slot], .W = a->gate, .W2 = a->up, .row_bytes = mg.row_bytes,
+    j.gu = (job){.dot = K->dot[a->type], .W = a->gate, .W2 = a->up, .row_bytes = mg.row_bytes,
                  .n_cols = a->d, .y = a->g, .y2 = a->u, .n_tok = 1};
-    j.down = (job){.axpy = K->axpy[md.slot], .W = a->down_t, .row_bytes = md.row_bytes,
-                   .n_cols = a->d, .block_elems = md.block_elems, .block_bytes = md.block_bytes,
+    j.down = (job){.axpy = K->axpy[a->down_type], .W = a->down_t, .row_bytes = md.row_bytes,
+                   .n_cols = a->d, .block_elems = md.t->block_elems, .block_bytes = md.t->block_bytes,
                    .a = a->u};
     /* x for gate/up and h for fc2, quantized side by side in this thread's scratch */
     const size_t x_bytes = (size_t)a->d * sizeof(float) + 64, h_bytes = (size_t)a->rank * sizeof(float) + 64;
@@ -936,7 +891,7 @@ int pi_matvec_cols_sparse(pi_pool *pool, int type, const void *W, int64_t n_rows
     int st = check_matrix(__func__, type, n_rows, n_cols, &m);
     if (st) return st;
     if ((st = check_idx(__func__, idx, n_idx, n_cols))) return st;
-    const cols_job j = {.type = type, .W = W, .row_bytes = m.row_bytes, .n_rows = n_rows, .a = a,
+    const cols_job j = {.elem = m.t->elem, .W = W, .row_bytes = m.row_bytes, .n_rows = n_rows, .a = a,
                         .idx = idx, .n_idx = n_idx, .y = y};
     pi_pool_run(pool, cols_sparse_task, (void *)&j);
     return pi_ok();

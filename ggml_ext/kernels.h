@@ -18,13 +18,10 @@
 /* Rows handled by one inner-kernel call (they share the activation loads). */
 #define PI_KERNEL_ROWS 4
 
-/* Weight types the kernels take, as compact slots of the tables below. */
-enum { PI_SLOT_F32, PI_SLOT_F16, PI_SLOT_Q4_0, PI_SLOT_Q4_1, PI_SLOT_Q8_0, PI_N_SLOTS };
-
 /* out[r] = rows[r] . act for r < nr (1 <= nr <= PI_KERNEL_ROWS).
  *   rows[r]: one weight row of n elements (n a multiple of the block size);
- *   act: the activation as the weight type wants it: [n] f32 for F32/F16, [n/32] block_q8_0 for
- *   Q4_0/Q8_0, [n/32] block_q8_1 for Q4_1. */
+ *   act: the activation in the weight type's act_type (types.h): [n] f32 for F32/F16, a row of
+ *   n elements of Q8_0 for Q4_0/Q8_0, of Q8_1 for Q4_1. */
 typedef void (*pi_dot_fn)(int64_t n, const void *const rows[], int nr, const void *act,
                           float *out);
 
@@ -34,22 +31,27 @@ typedef void (*pi_axpy_fn)(int64_t c0, int64_t c1, const void *const rows[], con
                            int nr, float *y);
 
 /* out[r] = row r . act for the 8 rows of one rows8 group (blocks.h), r < 8.
- *   group: [n / 32] interleaved blocks of the weight type; act: as pi_dot_fn takes it.
+ *   group: [n / block_elems] interleaved blocks of the weight type; act: as pi_dot_fn takes it.
  * Each row gets the bits of the AVX2 pi_dot_fn (llama.cpp's AVX2 vec_dot order): 8 lane
  * accumulators per row, lane k taking (d_w * d_x) * (integer sum of block elements 4k .. 4k + 3)
  * by fused multiply-add, block after block; then ggml's hsum of the lanes, plus (Q4_1) the min
  * terms m_w * s_x summed in block order. The scalar twin computes the same bits. */
 typedef void (*pi_dot8_fn)(int64_t n, const void *group, const void *act, float out[8]);
 
+/* x: [n] f32 -> y: a row of n elements of an activation type (n a multiple of its block size). */
+typedef void (*pi_quantize_act_fn)(const float *x, void *y, int64_t n);
+
+/* The kernels of one instruction set. The per-type kernels are indexed by ggml type id (types.h)
+ * and written with designated initializers ([PI_TYPE_Q4_0] = ...); NULL where a type has none.
+ * tests/c/test_pi.c walks the type table against every table. */
 typedef struct {
     const char *name;
-    pi_dot_fn dot[PI_N_SLOTS];
-    pi_dot8_fn dot8[PI_N_SLOTS]; /* NULL for F32/F16 (no rows8 layout) */
-    pi_axpy_fn axpy[PI_N_SLOTS];
-    /* Activation quantizers: ggml-cpu's x86 quantize_row_q8_{0,1} (id = 127 / amax, round half
-     * to even), the same bits on every ISA. n: multiple of 32. */
-    void (*quantize_q8_0)(const float *x, block_q8_0 *y, int64_t n);
-    void (*quantize_q8_1)(const float *x, block_q8_1 *y, int64_t n);
+    pi_dot_fn dot[PI_N_TYPE_IDS];           /* every weight type */
+    pi_dot8_fn dot8[PI_N_TYPE_IDS];         /* every type with a rows8 layout */
+    pi_axpy_fn axpy[PI_N_TYPE_IDS];         /* every weight type */
+    /* By activation type (every quantized act_type of a weight): ggml-cpu's x86
+     * quantize_row_q8_{0,1} (id = 127 / amax, round half to even), the same bits on every ISA. */
+    pi_quantize_act_fn quantize_act[PI_N_TYPE_IDS];
     /* The attention and SwiGLU steps of forward.c in llama.cpp's CPU order (ggml-cpu's tinyBLAS
      * f16 GEMM, ggml_vec_soft_max_f32, ggml_vec_swiglu_f32). A "lane" is one f32 accumulator:
      * element i of a sum goes into lane i % 8 by fused multiply-add, and the 8 lanes are added

@@ -16,7 +16,6 @@
 #include <immintrin.h>
 
 #include "kernels.h"
-#include "quants.h"
 
 #define AVX2_FN __attribute__((target("avx2,fma,f16c")))
 #define AVX512_FN __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl")))
@@ -467,14 +466,16 @@ INLINE AVX2_FN float quantize_block_q8(const float *x, int8_t qs[32], __m256i *l
     return mx / 127.0f;
 }
 
-AVX2_FN static void quantize_q8_0_avx2(const float *x, block_q8_0 *y, int64_t n) {
+AVX2_FN static void quantize_q8_0_avx2(const float *x, void *vy, int64_t n) {
+    block_q8_0 *y = vy;
     for (int64_t b = 0; b < n / QK8_0; b++) {
         __m256i sums;
         y[b].d = pi_float_to_half(quantize_block_q8(x + b * QK8_0, y[b].qs, &sums));
     }
 }
 
-AVX2_FN static void quantize_q8_1_avx2(const float *x, block_q8_1 *y, int64_t n) {
+AVX2_FN static void quantize_q8_1_avx2(const float *x, void *vy, int64_t n) {
+    block_q8_1 *y = vy;
     for (int64_t b = 0; b < n / QK8_1; b++) {
         __m256i sums;
         const float d = quantize_block_q8(x + b * QK8_1, y[b].qs, &sums);
@@ -712,11 +713,15 @@ AVX2_FN static void rope_avx2(int n_rot, int neox, const float *cs, float *v) {
 
 const pi_kernels pi_kernels_avx2 = {
     .name = "avx2",
-    .dot = {dot_f32_avx2, dot_f16_avx2, dot_q4_0_avx2, dot_q4_1_avx2, dot_q8_0_avx2},
-    .dot8 = {NULL, NULL, dot8_q4_0_avx2, dot8_q4_1_avx2, dot8_q8_0_avx2},
-    .axpy = {axpy_f32_avx2, axpy_f16_avx2, axpy_q4_0_avx2, axpy_q4_1_avx2, axpy_q8_0_avx2},
-    .quantize_q8_0 = quantize_q8_0_avx2,
-    .quantize_q8_1 = quantize_q8_1_avx2,
+    .dot = {[PI_TYPE_F32] = dot_f32_avx2, [PI_TYPE_F16] = dot_f16_avx2,
+            [PI_TYPE_Q4_0] = dot_q4_0_avx2, [PI_TYPE_Q4_1] = dot_q4_1_avx2,
+            [PI_TYPE_Q8_0] = dot_q8_0_avx2},
+    .dot8 = {[PI_TYPE_Q4_0] = dot8_q4_0_avx2, [PI_TYPE_Q4_1] = dot8_q4_1_avx2,
+             [PI_TYPE_Q8_0] = dot8_q8_0_avx2},
+    .axpy = {[PI_TYPE_F32] = axpy_f32_avx2, [PI_TYPE_F16] = axpy_f16_avx2,
+             [PI_TYPE_Q4_0] = axpy_q4_0_avx2, [PI_TYPE_Q4_1] = axpy_q4_1_avx2,
+             [PI_TYPE_Q8_0] = axpy_q8_0_avx2},
+    .quantize_act = {[PI_TYPE_Q8_0] = quantize_q8_0_avx2, [PI_TYPE_Q8_1] = quantize_q8_1_avx2},
     .attn_scores = attn_scores_avx2,
     .softmax_exp = softmax_exp_avx2,
     .attn_values = attn_values_avx2,
@@ -967,12 +972,16 @@ AXPY_ENTRY(AVX512_FN, axpy_q8_0_avx512, axpy_q8_0_rows512)
 
 const pi_kernels pi_kernels_avx512 = {
     .name = "avx512",
-    .dot = {dot_f32_avx512, dot_f16_avx512, dot_q4_0_avx512, dot_q4_1_avx512, dot_q8_0_avx512},
-    .dot8 = {NULL, NULL, dot8_q4_0_avx2, dot8_q4_1_avx2, dot8_q8_0_avx2}, /* 8 rows = 8 lanes */
-    .axpy = {axpy_f32_avx512, axpy_f16_avx512, axpy_q4_0_avx512, axpy_q4_1_avx512,
-             axpy_q8_0_avx512},
-    .quantize_q8_0 = quantize_q8_0_avx2, /* a few KB per call: AVX2 is plenty */
-    .quantize_q8_1 = quantize_q8_1_avx2,
+    .dot = {[PI_TYPE_F32] = dot_f32_avx512, [PI_TYPE_F16] = dot_f16_avx512,
+            [PI_TYPE_Q4_0] = dot_q4_0_avx512, [PI_TYPE_Q4_1] = dot_q4_1_avx512,
+            [PI_TYPE_Q8_0] = dot_q8_0_avx512},
+    .dot8 = {[PI_TYPE_Q4_0] = dot8_q4_0_avx2, [PI_TYPE_Q4_1] = dot8_q4_1_avx2, /* 8 rows = 8 lanes */
+             [PI_TYPE_Q8_0] = dot8_q8_0_avx2},
+    .axpy = {[PI_TYPE_F32] = axpy_f32_avx512, [PI_TYPE_F16] = axpy_f16_avx512,
+             [PI_TYPE_Q4_0] = axpy_q4_0_avx512, [PI_TYPE_Q4_1] = axpy_q4_1_avx512,
+             [PI_TYPE_Q8_0] = axpy_q8_0_avx512},
+    /* a few KB per call: AVX2 is plenty */
+    .quantize_act = {[PI_TYPE_Q8_0] = quantize_q8_0_avx2, [PI_TYPE_Q8_1] = quantize_q8_1_avx2},
     .attn_scores = attn_scores_avx2, /* 8 lanes: llama.cpp's order */
     .softmax_exp = softmax_exp_avx2,
     .attn_values = attn_values_avx2,

@@ -8,7 +8,6 @@
 
 #include "common.h"
 #include "model.h"
-#include "quants.h"
 
 /* What a tensor name may hold. Shapes are symbolic: resolved from the hyperparameters. */
 enum dim { D_ONE, D_EMBD, D_FF, D_VOCAB, D_Q, D_KV, D_RANK };
@@ -133,20 +132,18 @@ static const tensor_spec *find_spec(const pi_model *m, const char *name, int *la
 }
 
 static int check_type(const char *name, enum kind kind, int type, int64_t n_cols) {
-    const char *tn = pi_type_name(type);
+    const pi_type_traits *t = pi_type_traits_of(type);
     if (kind != K_MATRIX) {
         if (type != PI_TYPE_F32)
-            return pi_fail(PI_ERR_TYPE, "tensor %s: type %s, expected F32", name, tn ? tn : "unknown");
+            return pi_fail(PI_ERR_TYPE, "tensor %s: type %s, expected F32", name, pi_type_name(type));
         return PI_OK;
     }
-    if (type != PI_TYPE_F32 && type != PI_TYPE_F16 && type != PI_TYPE_Q4_0 &&
-        type != PI_TYPE_Q4_1 && type != PI_TYPE_Q8_0) {
-        if (tn) return pi_fail(PI_ERR_TYPE, "tensor %s: type %s is not supported for weights", name, tn);
-        return pi_fail(PI_ERR_TYPE, "tensor %s: unsupported ggml type id %d", name, type);
-    }
-    if (n_cols % pi_type_block_elems(type) != 0)
+    if (!t) return pi_fail(PI_ERR_TYPE, "tensor %s: unsupported ggml type id %d", name, type);
+    if (!t->weight)
+        return pi_fail(PI_ERR_TYPE, "tensor %s: type %s is not supported for weights", name, t->name);
+    if (n_cols % t->block_elems != 0)
         return pi_fail(PI_ERR_SHAPE, "tensor %s: row length %lld is not a multiple of the %s block size",
-                       name, (long long)n_cols, tn);
+                       name, (long long)n_cols, t->name);
     return PI_OK;
 }
 
@@ -217,8 +214,7 @@ static int dense_only(pi_model *m, pi_weight **list) {
 }
 
 static int packable(const pi_weight *w) {
-    return w->data && w->n_rows >= PI_ROWS8 &&
-           (w->type == PI_TYPE_Q4_0 || w->type == PI_TYPE_Q4_1 || w->type == PI_TYPE_Q8_0);
+    return w->data && w->n_rows >= PI_ROWS8 && pi_type_is_rows8(pi_type_traits_of(w->type));
 }
 
 /* A packed matrix's share of the buffer: its bytes, 64-byte aligned. */

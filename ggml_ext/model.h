@@ -5,7 +5,7 @@
 #include <stddef.h>
 
 #include "pi.h"
-#include "quants.h"
+#include "types.h"
 
 /* A weight in place: data is [n_rows][n_cols] of `type`; NULL data means absent. */
 typedef struct {
@@ -46,7 +46,7 @@ struct pi_model {
 
 /* Bytes of one row of a weight, and of its whole (present) data. */
 static inline size_t pi_weight_row_bytes(const pi_weight *w) {
-    return (size_t)(w->n_cols / pi_type_block_elems(w->type)) * (size_t)pi_type_block_bytes(w->type);
+    return (size_t)pi_type_row_bytes(pi_type_traits_of(w->type), w->n_cols);
 }
 
 static inline size_t pi_weight_bytes(const pi_weight *w) { return (size_t)w->n_rows * pi_weight_row_bytes(w); }

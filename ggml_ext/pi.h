@@ -20,7 +20,7 @@
 extern "C" {
 #endif
 
-#define PI_API_VERSION 4
+#define PI_API_VERSION 5
 
 #if defined(__GNUC__)
 #define PI_API __attribute__((visibility("default")))
@@ -50,6 +50,8 @@ typedef enum {
     PI_TYPE_Q8_0 = 8,
     PI_TYPE_Q8_1 = 9,
 } pi_type;
+/* Every ggml type id is below this (ggml's GGML_TYPE_COUNT). */
+#define PI_N_TYPE_IDS 40
 
 /* ---- instruction sets for the kernels --------------------------------------------------- */
 typedef enum {
@@ -71,10 +73,22 @@ PI_API int pi_isa_set(int isa);
 /* ---- types and blocks ------------------------------------------------------------------- */
 /* Elements per block and bytes per block of `type`. */
 PI_API int pi_type_info(int type, int64_t *block_elems, int64_t *block_bytes);
+/* What the library does with a type (one row of its type table). */
+typedef struct {
+    const char *name;    /* "Q4_0", ...: ggml's name */
+    int64_t block_elems;
+    int64_t block_bytes;
+    int32_t weight;      /* 1: a matrix type of the kernels (pi_matvec & co., pi_model_set_tensor) */
+    int32_t act_type;    /* weights: the type the kernels quantize x to (PI_TYPE_F32: x as is); else -1 */
+    int32_t rows8;       /* 1: pi_repack_rows8 and pi_matmat_rows8 take it */
+} pi_type_desc;
+/* The row of `type`; PI_ERR_TYPE for an id the library does not know (any id in
+ * [0, PI_N_TYPE_IDS) may be asked: the known ones are those that return PI_OK). */
+PI_API int pi_type_describe(int type, pi_type_desc *out);
 /* Bytes of one row of n elements of `type`. */
 PI_API int pi_row_bytes(int type, int64_t n, int64_t *bytes);
 
-/* x: [n] f32 -> y: row of n elements of `type` (F32, F16, Q4_0, Q4_1, Q8_0, Q8_1). */
+/* x: [n] f32 -> y: row of n elements of `type` (any type pi_type_describe knows). */
 PI_API int pi_quantize_row(int type, const float *x, void *y, int64_t n);
 /* x: row of n elements of `type` -> y: [n] f32. */
 PI_API int pi_dequantize_row(int type, const void *x, float *y, int64_t n);
@@ -98,10 +112,10 @@ PI_API int pi_pool_n_threads(const pi_pool *pool);
 
 /* ---- kernels ---------------------------------------------------------------------------- */
 /* Dense matrix-vector product y = W x.
- *   W: [n_rows][n_cols] of `type` (F32, F16, Q4_0, Q4_1, Q8_0)
+ *   W: [n_rows][n_cols] of `type` (a weight type: pi_type_desc.weight)
  *   x: [n_cols] f32, y: [n_rows] f32
- * Quantized W: x is quantized per block as ggml does (Q8_0 for Q4_0/Q8_0, Q8_1 for Q4_1),
- * followed by an integer dot. */
+ * Quantized W: x is quantized per block as ggml does, to the type's act_type (Q8_0 for
+ * Q4_0/Q8_0, Q8_1 for Q4_1), followed by an integer dot. */
 PI_API int pi_matvec(pi_pool *pool, int type, const void *W, int64_t n_rows, int64_t n_cols,
                      const float *x, float *y);
 
@@ -113,7 +127,7 @@ PI_API int pi_matmat(pi_pool *pool, int type, const void *W, int64_t n_rows, int
 
 /* The 8-row interleaved layout ("rows8") of the dense kernels: rows 8g .. 8g + 7 stored block by
  * block together, so that one 256-bit step serves 8 rows (docs/FORMAT.md). Same size as W; the
- * n_rows % 8 last rows stay plain. Q4_0, Q4_1 and Q8_0 only.
+ * n_rows % 8 last rows stay plain. The types with pi_type_desc.rows8 only (Q4_0, Q4_1, Q8_0).
  *   W: [n_rows][n_cols] of `type`; out: the same number of bytes, not overlapping W. */
 PI_API int pi_repack_rows8(int type, const void *W, int64_t n_rows, int64_t n_cols, void *out);
 /* pi_matmat over a repacked matrix Wp. Results agree with pi_matmat's up to f32 rounding (each

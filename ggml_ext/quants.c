@@ -1,4 +1,5 @@
-/* quants.c - block geometry and scalar (de)quantization of F32, F16, Q4_0, Q4_1, Q8_0, Q8_1.
+/* quants.c - scalar (de)quantization of F32, F16, Q4_0, Q4_1, Q8_0, Q8_1 (the type table of
+ * types.c points at these).
  *
  * Bit-identical to ggml's reference code (ggml-quants.c, quantize_row_*_ref / dequantize_row_*)
  * and to gguf-py's gguf.quants. What that takes:
@@ -45,27 +46,31 @@ static uint8_t quant4(float v, float bias) {
 
 /* ---- per-type row functions ---------------------------------------------------------------- */
 
-static void quantize_f32(const float *x, void *y, int64_t n) {
+void pi_quantize_f32(const float *x, void *y, int64_t n) {
     memcpy(y, x, (size_t)n * sizeof(float));
 }
 
-static void dequantize_f32(const void *x, float *y, int64_t n) {
+void pi_dequantize_f32(const void *x, float *y, int64_t n) {
     memcpy(y, x, (size_t)n * sizeof(float));
 }
 
-static void quantize_f16(const float *x, void *vy, int64_t n) {
+float pi_elem_f32(const void *row, int64_t c) { return ((const float *)row)[c]; }
+
+void pi_quantize_f16(const float *x, void *vy, int64_t n) {
     pi_half *y = vy;
     for (int64_t i = 0; i < n; i++) y[i] = pi_float_to_half(x[i]);
 }
 
-static void dequantize_f16(const void *vx, float *y, int64_t n) {
+void pi_dequantize_f16(const void *vx, float *y, int64_t n) {
     const pi_half *x = vx;
     for (int64_t i = 0; i < n; i++) y[i] = pi_half_to_float(x[i]);
 }
 
+float pi_elem_f16(const void *row, int64_t c) { return pi_half_to_float(((const pi_half *)row)[c]); }
+
 /* Q4_0: x ~ d * (q - 8), d = max / -8 where max is the element of largest magnitude, sign kept
  * (the first one on ties; +0.0f for an all-zero block, so d = -0.0f there). */
-static void quantize_q4_0(const float *x, void *vy, int64_t n) {
+void pi_quantize_q4_0(const float *x, void *vy, int64_t n) {
     block_q4_0 *y = vy;
     for (int64_t i = 0; i < n / QK4_0; i++, x += QK4_0) {
         float amax = 0.0f, max = 0.0f;
@@ -85,7 +90,7 @@ static void quantize_q4_0(const float *x, void *vy, int64_t n) {
     }
 }
 
-static void dequantize_q4_0(const void *vx, float *y, int64_t n) {
+void pi_dequantize_q4_0(const void *vx, float *y, int64_t n) {
     const block_q4_0 *x = vx;
     for (int64_t i = 0; i < n / QK4_0; i++, y += QK4_0) {
         const float d = pi_half_to_float(x[i].d);
@@ -95,8 +100,15 @@ static void dequantize_q4_0(const void *vx, float *y, int64_t n) {
     }
 }
 
+float pi_elem_q4_0(const void *row, int64_t c) {
+    const block_q4_0 *b = (const block_q4_0 *)row + c / QK4_0;
+    const int j = (int)(c % QK4_0);
+    const int q = j < QK4_0 / 2 ? b->qs[j] & 0x0F : b->qs[j - QK4_0 / 2] >> 4;
+    return pi_half_to_float(b->d) * (float)(q - 8);
+}
+
 /* Q4_1: x ~ d * q + m, m = min, d = (max - min) / 15. */
-static void quantize_q4_1(const float *x, void *vy, int64_t n) {
+void pi_quantize_q4_1(const float *x, void *vy, int64_t n) {
     block_q4_1 *y = vy;
     for (int64_t i = 0; i < n / QK4_1; i++, x += QK4_1) {
         float min = FLT_MAX, max = -FLT_MAX;
@@ -115,7 +127,7 @@ static void quantize_q4_1(const float *x, void *vy, int64_t n) {
     }
 }
 
-static void dequantize_q4_1(const void *vx, float *y, int64_t n) {
+void pi_dequantize_q4_1(const void *vx, float *y, int64_t n) {
     const block_q4_1 *x = vx;
     for (int64_t i = 0; i < n / QK4_1; i++, y += QK4_1) {
         const float d = pi_half_to_float(x[i].d);
@@ -124,6 +136,13 @@ static void dequantize_q4_1(const void *vx, float *y, int64_t n) {
         unpack_nibbles(x[i].qs, q);
         for (int j = 0; j < QK4_1; j++) y[j] = (float)q[j] * d + m;
     }
+}
+
+float pi_elem_q4_1(const void *row, int64_t c) {
+    const block_q4_1 *b = (const block_q4_1 *)row + c / QK4_1;
+    const int j = (int)(c % QK4_1);
+    const int q = j < QK4_1 / 2 ? b->qs[j] & 0x0F : b->qs[j - QK4_1 / 2] >> 4;
+    return pi_half_to_float(b->d) * (float)q + pi_half_to_float(b->m);
 }
 
 /* The 8-bit block shared by Q8_0 and Q8_1: d = amax / 127, qs[j] = roundf(x[j] / d) (half away
@@ -150,7 +169,8 @@ static void dequantize_block_q8(float d, const int8_t qs[32], float *y) {
     for (int j = 0; j < 32; j++) y[j] = (float)qs[j] * d;
 }
 
-void pi_quantize_row_q8_0_ref(const float *x, block_q8_0 *y, int64_t n) {
+void pi_quantize_q8_0(const float *x, void *vy, int64_t n) {
+    block_q8_0 *y = vy;
     for (int64_t i = 0; i < n / QK8_0; i++, x += QK8_0) {
         int sum;
         y[i].d = pi_float_to_half(quantize_block_q8(x, y[i].qs, &sum));
@@ -158,7 +178,8 @@ void pi_quantize_row_q8_0_ref(const float *x, block_q8_0 *y, int64_t n) {
 }
 
 /* Q8_1 adds s = d * sum(qs), computed in f32 from the unrounded d, then stored as fp16. */
-void pi_quantize_row_q8_1_ref(const float *x, block_q8_1 *y, int64_t n) {
+void pi_quantize_q8_1(const float *x, void *vy, int64_t n) {
+    block_q8_1 *y = vy;
     for (int64_t i = 0; i < n / QK8_1; i++, x += QK8_1) {
         int sum;
         const float d = quantize_block_q8(x, y[i].qs, &sum);
@@ -167,131 +188,20 @@ void pi_quantize_row_q8_1_ref(const float *x, block_q8_1 *y, int64_t n) {
     }
 }
 
-static void quantize_q8_0(const float *x, void *y, int64_t n) { pi_quantize_row_q8_0_ref(x, y, n); }
-
-static void quantize_q8_1(const float *x, void *y, int64_t n) { pi_quantize_row_q8_1_ref(x, y, n); }
-
-static void dequantize_q8_0(const void *vx, float *y, int64_t n) {
+void pi_dequantize_q8_0(const void *vx, float *y, int64_t n) {
     const block_q8_0 *x = vx;
     for (int64_t i = 0; i < n / QK8_0; i++, y += QK8_0)
         dequantize_block_q8(pi_half_to_float(x[i].d), x[i].qs, y);
 }
 
+float pi_elem_q8_0(const void *row, int64_t c) {
+    const block_q8_0 *b = (const block_q8_0 *)row + c / QK8_0;
+    return pi_half_to_float(b->d) * (float)b->qs[c % QK8_0];
+}
+
 /* ggml has no dequantize_row_q8_1 (Q8_1 is only a vec_dot operand); s is redundant here. */
-static void dequantize_q8_1(const void *vx, float *y, int64_t n) {
+void pi_dequantize_q8_1(const void *vx, float *y, int64_t n) {
     const block_q8_1 *x = vx;
     for (int64_t i = 0; i < n / QK8_1; i++, y += QK8_1)
         dequantize_block_q8(pi_half_to_float(x[i].d), x[i].qs, y);
-}
-
-/* ---- the type table ------------------------------------------------------------------------ */
-
-typedef struct {
-    const char *name; /* NULL: unsupported type id */
-    int64_t block_elems;
-    int64_t block_bytes;
-    void (*quantize)(const float *x, void *y, int64_t n);
-    void (*dequantize)(const void *x, float *y, int64_t n);
-} type_traits;
-
-static const type_traits TRAITS[] = {
-    [PI_TYPE_F32] = {"F32", 1, sizeof(float), quantize_f32, dequantize_f32},
-    [PI_TYPE_F16] = {"F16", 1, sizeof(pi_half), quantize_f16, dequantize_f16},
-    [PI_TYPE_Q4_0] = {"Q4_0", QK4_0, sizeof(block_q4_0), quantize_q4_0, dequantize_q4_0},
-    [PI_TYPE_Q4_1] = {"Q4_1", QK4_1, sizeof(block_q4_1), quantize_q4_1, dequantize_q4_1},
-    [PI_TYPE_Q8_0] = {"Q8_0", QK8_0, sizeof(block_q8_0), quantize_q8_0, dequantize_q8_0},
-    [PI_TYPE_Q8_1] = {"Q8_1", QK8_1, sizeof(block_q8_1), quantize_q8_1, dequantize_q8_1},
-};
-
-static const type_traits *traits_of(int type) {
-    const int n_ids = (int)(sizeof TRAITS / sizeof TRAITS[0]);
-    return type >= 0 && type < n_ids && TRAITS[type].name ? &TRAITS[type] : NULL;
-}
-
-int64_t pi_type_block_elems(int type) {
-    const type_traits *t = traits_of(type);
-    return t ? t->block_elems : 0;
-}
-
-int64_t pi_type_block_bytes(int type) {
-    const type_traits *t = traits_of(type);
-    return t ? t->block_bytes : 0;
-}
-
-const char *pi_type_name(int type) {
-    const type_traits *t = traits_of(type);
-    return t ? t->name : NULL;
-}
-
-void pi_dequantize_row_ref(int type, const void *x, float *y, int64_t n) {
-    traits_of(type)->dequantize(x, y, n);
-}
-
-/* ---- public entry points ------------------------------------------------------------------- */
-
-#define SUPPORTED_TYPES "F32=0, F16=1, Q4_0=2, Q4_1=3, Q8_0=8, Q8_1=9"
-
-static int fail_type(const char *func, int type) {
-    return pi_fail(PI_ERR_TYPE, "%s: unsupported type %d (supported: " SUPPORTED_TYPES ")", func,
-                   type);
-}
-
-/* Validates `type` and a row length n for `func`: the type's traits, or NULL with the error
- * recorded and its status in *status. */
-static const type_traits *check_row(const char *func, int type, int64_t n, int *status) {
-    const type_traits *t = traits_of(type);
-    if (!t) {
-        *status = fail_type(func, type);
-    } else if (n <= 0) {
-        *status = pi_fail(PI_ERR_SHAPE, "%s: n = %lld elements, must be positive", func,
-                          (long long)n);
-    } else if (n % t->block_elems != 0) {
-        *status = pi_fail(PI_ERR_SHAPE, "%s: n = %lld is not a multiple of the %s block size %lld",
-                          func, (long long)n, t->name, (long long)t->block_elems);
-    } else if (n / t->block_elems > INT64_MAX / t->block_bytes) {
-        *status = pi_fail(PI_ERR_SHAPE, "%s: n = %lld %s elements overflow a byte count", func,
-                          (long long)n, t->name);
-    } else {
-        return t;
-    }
-    return NULL;
-}
-
-int pi_type_info(int type, int64_t *block_elems, int64_t *block_bytes) {
-    PI_CHECK_NULL(block_elems);
-    PI_CHECK_NULL(block_bytes);
-    const type_traits *t = traits_of(type);
-    if (!t) return fail_type(__func__, type);
-    *block_elems = t->block_elems;
-    *block_bytes = t->block_bytes;
-    return pi_ok();
-}
-
-int pi_row_bytes(int type, int64_t n, int64_t *bytes) {
-    PI_CHECK_NULL(bytes);
-    int status;
-    const type_traits *t = check_row(__func__, type, n, &status);
-    if (!t) return status;
-    *bytes = n / t->block_elems * t->block_bytes;
-    return pi_ok();
-}
-
-int pi_quantize_row(int type, const float *x, void *y, int64_t n) {
-    PI_CHECK_NULL(x);
-    PI_CHECK_NULL(y);
-    int status;
-    const type_traits *t = check_row(__func__, type, n, &status);
-    if (!t) return status;
-    t->quantize(x, y, n);
-    return pi_ok();
-}
-
-int pi_dequantize_row(int type, const void *x, float *y, int64_t n) {
-    PI_CHECK_NULL(x);
-    PI_CHECK_NULL(y);
-    int status;
-    const type_traits *t = check_row(__func__, type, n, &status);
-    if (!t) return status;
-    t->dequantize(x, y, n);
-    return pi_ok();
 }

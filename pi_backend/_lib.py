@@ -10,7 +10,7 @@ import glob
 import os
 from ctypes import POINTER, c_char_p, c_float, c_int, c_int32, c_int64, c_size_t, c_void_p
 
-PI_API_VERSION = 4
+PI_API_VERSION = 5
 
 # ---- status codes (pi_status) -----------------------------------------------------------
 PI_OK = 0
@@ -30,6 +30,7 @@ PI_TYPE_Q4_0 = 2
 PI_TYPE_Q4_1 = 3
 PI_TYPE_Q8_0 = 8
 PI_TYPE_Q8_1 = 9
+PI_N_TYPE_IDS = 40
 
 # ---- instruction sets (pi_isa) ------------------------------------------------------------
 PI_ISA_SCALAR = 0
@@ -49,6 +50,17 @@ PI_FFN_THRESHOLD = 2
 PI_REPACK_NONE = 0
 PI_REPACK = 1
 PI_REPACK_RELEASE = 2
+
+
+class pi_type_desc(ctypes.Structure):
+    _fields_ = [
+        ("name", c_char_p),
+        ("block_elems", c_int64),
+        ("block_bytes", c_int64),
+        ("weight", c_int32),
+        ("act_type", c_int32),
+        ("rows8", c_int32),
+    ]
 
 
 class pi_pool(ctypes.Structure):
@@ -108,6 +120,7 @@ _PROTOTYPES = [
     ("pi_isa_set", c_int, [c_int]),
     # types and blocks
     ("pi_type_info", c_int, [c_int, i64_p, i64_p]),
+    ("pi_type_describe", c_int, [c_int, POINTER(pi_type_desc)]),
     ("pi_row_bytes", c_int, [c_int, c_int64, i64_p]),
     ("pi_quantize_row", c_int, [c_int, f32_p, c_void_p, c_int64]),
     ("pi_dequantize_row", c_int, [c_int, c_void_p, f32_p, c_int64]),

@@ -6,6 +6,7 @@ Weights are uint8 arrays holding rows of ggml blocks (as a GGUF memmap gives the
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 
 import numpy as np
@@ -13,17 +14,45 @@ import numpy as np
 from . import _lib
 from ._lib import call, fptr, iptr, vptr
 
-TYPES = {"f32": _lib.PI_TYPE_F32, "f16": _lib.PI_TYPE_F16, "q4_0": _lib.PI_TYPE_Q4_0,
-         "q4_1": _lib.PI_TYPE_Q4_1, "q8_0": _lib.PI_TYPE_Q8_0, "q8_1": _lib.PI_TYPE_Q8_1}
 ISAS = _lib.ISA_NAMES
+
+
+@functools.cache
+def types() -> dict[str, int]:
+    """{name ("q4_0"): ggml type id} of every type the library knows: its type table, read
+    through pi_type_describe over the ids."""
+    out = {}
+    for t in range(_lib.PI_N_TYPE_IDS):
+        d = _lib.pi_type_desc()
+        if _lib.lib().pi_type_describe(t, ctypes.byref(d)) == _lib.PI_OK:
+            out[d.name.decode().lower()] = t
+    return out
 
 
 def type_id(t) -> int:
     if isinstance(t, str):
-        if t.lower() not in TYPES:
-            raise ValueError(f"unknown tensor type {t!r}; expected one of {', '.join(TYPES)}")
-        return TYPES[t.lower()]
+        if t.lower() not in types():
+            raise ValueError(f"unknown tensor type {t!r}; expected one of {', '.join(types())}")
+        return types()[t.lower()]
     return int(t)
+
+
+def describe(t) -> _lib.pi_type_desc:
+    """The library's row of type t (a name or a ggml id): block size and bytes, whether it is a
+    weight type of the kernels, its activation type, whether it has the rows8 layout."""
+    d = _lib.pi_type_desc()
+    call("pi_type_describe", type_id(t), ctypes.byref(d))
+    return d
+
+
+def weight_types() -> list[str]:
+    """The names of the types the matrix kernels take."""
+    return [name for name in types() if describe(name).weight]
+
+
+def rows8_types() -> list[str]:
+    """The names of the types with the rows8 layout (repack_rows8, matvec_rows8)."""
+    return [name for name in types() if describe(name).rows8]
 
 
 def row_bytes(t, n: int) -> int:
@@ -107,9 +136,6 @@ def matvec(pool, t, W, n_cols, x, out=None):
     y = np.empty(n_rows, np.float32) if out is None else out
     call("pi_matvec", _pool_ptr(pool), type_id(t), vptr(W), n_rows, n_cols, fptr(x), fptr(y))
     return y
-
-
-ROWS8_TYPES = ("q4_0", "q4_1", "q8_0")
 
 
 def repack_rows8(t, W, n_cols):

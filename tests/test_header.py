@@ -22,7 +22,7 @@ BASE = {"int": ctypes.c_int, "int32_t": ctypes.c_int32, "int64_t": ctypes.c_int6
         "size_t": ctypes.c_size_t, "float": ctypes.c_float, "double": ctypes.c_double,
         "pi_pool": _lib.pi_pool,
         "pi_model": _lib.pi_model, "pi_context": _lib.pi_context,
-        "pi_hparams": _lib.pi_hparams, "pi_stats": _lib.pi_stats}
+        "pi_hparams": _lib.pi_hparams, "pi_stats": _lib.pi_stats, "pi_type_desc": _lib.pi_type_desc}
 ONE_STAR = {"char": ctypes.c_char_p, "void": ctypes.c_void_p}
 
 
@@ -77,7 +77,7 @@ def test_the_parser_sees_the_whole_header():
     """Every PI_API line is a parsed prototype (a declaration the regex misses would go
     unchecked)."""
     assert len(prototypes()) == HEADER.count("PI_API ") - HEADER.count("#define PI_API ")
-    assert {"pi_hparams", "pi_stats"} <= set(structs())
+    assert {"pi_hparams", "pi_stats", "pi_type_desc"} <= set(structs())
     assert "PI_API_VERSION" in constants() and "PI_FFN_THRESHOLD" in constants()
 
 

@@ -12,15 +12,10 @@ from gguf import quants as gq
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType as QT
 
 from pi_backend import _lib
+from pi_backend import kernels as K
 
-TYPES = {
-    _lib.PI_TYPE_F32: QT.F32,
-    _lib.PI_TYPE_F16: QT.F16,
-    _lib.PI_TYPE_Q4_0: QT.Q4_0,
-    _lib.PI_TYPE_Q4_1: QT.Q4_1,
-    _lib.PI_TYPE_Q8_0: QT.Q8_0,
-    _lib.PI_TYPE_Q8_1: QT.Q8_1,
-}
+# every type of the library's type table, by ggml id, as gguf names it
+TYPES = {t: QT[name.upper()] for name, t in K.types().items()}
 # gguf-py still lists Q8_1 as (32, 4 + 4 + 32), the old layout with f32 d and s. ggml's block_q8_1
 # has been two fp16 (d, s) + 32 int8 = 36 bytes for long (Q8_1 never occurs in GGUF files).
 BLOCK_SIZES = {t: GGML_QUANT_SIZES[qt] for t, qt in TYPES.items()} | {_lib.PI_TYPE_Q8_1: (32, 36)}
@@ -129,11 +124,31 @@ CASES = _cases()
 
 
 # ---- type geometry -------------------------------------------------------------------------
+def test_the_type_table_is_ggmls():
+    """The library knows its types by ggml's ids and names (gguf's enum), and the Python mirror
+    (kernels.types, kernels.describe) reads its table; the types of this suite are there as
+    weights (rows8 for the quantized ones) with ggml's activation types."""
+    for t, qt in TYPES.items():
+        assert t == qt.value
+    act = {name: K.describe(name).act_type for name in K.types()}
+    assert act | {"f32": _lib.PI_TYPE_F32, "f16": _lib.PI_TYPE_F32, "q4_0": _lib.PI_TYPE_Q8_0,
+                  "q4_1": _lib.PI_TYPE_Q8_1, "q8_0": _lib.PI_TYPE_Q8_0, "q8_1": -1} == act
+    assert {"f32", "f16", "q4_0", "q4_1", "q8_0"} <= set(K.weight_types())
+    assert "q8_1" not in K.weight_types()
+    assert {"q4_0", "q4_1", "q8_0"} <= set(K.rows8_types()) <= set(K.weight_types())
+    for t in range(_lib.PI_N_TYPE_IDS):
+        if t not in TYPES:
+            with pytest.raises(_lib.PiError, match=f"pi_type_describe: unsupported type {t} "):
+                K.describe(t)
+
+
 @pytest.mark.parametrize("t", list(TYPES))
 def test_type_info_matches_gguf(t):
     be, bb = ctypes.c_int64(), ctypes.c_int64()
     _lib.call("pi_type_info", t, ctypes.byref(be), ctypes.byref(bb))
     assert (be.value, bb.value) == BLOCK_SIZES[t]
+    d = K.describe(t)
+    assert (d.name.decode(), d.block_elems, d.block_bytes) == (TYPES[t].name, be.value, bb.value)
     for n_blocks in (1, 2, 7, 128, 11008 // 32):
         n = n_blocks * be.value
         assert row_bytes(t, n) == n_blocks * bb.value
@@ -273,6 +288,7 @@ def test_unknown_type(t):
         ("pi_dequantize_row", (t, _lib.vptr(q), _lib.fptr(x), 32)),
         ("pi_row_bytes", (t, 32, ctypes.byref(i64))),
         ("pi_type_info", (t, ctypes.byref(i64), ctypes.byref(ctypes.c_int64()))),
+        ("pi_type_describe", (t, ctypes.byref(_lib.pi_type_desc()))),
     ]:
         e = _error(fn, *args)
         assert e.status == _lib.PI_ERR_TYPE
@@ -292,6 +308,7 @@ def test_null_pointers():
         ("pi_row_bytes", (t, 32, None), "'bytes'"),
         ("pi_type_info", (t, None, ctypes.byref(i64)), "'block_elems'"),
         ("pi_type_info", (t, ctypes.byref(i64), None), "'block_bytes'"),
+        ("pi_type_describe", (t, None), "'out'"),
     ]:
         e = _error(fn, *args)
         assert e.status == _lib.PI_ERR_NULL

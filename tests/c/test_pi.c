@@ -9,6 +9,8 @@
  * 4. The internal kernel-table entries of the forward pass (attention, softmax, SwiGLU, f16
  *    conversion, activation quantizers): every SIMD table gives its scalar twin's bits.
  * 5. The masked pair (gate and up in one job) gives two masked calls' bits.
+ * 6. The type table (types.h) against every ISA table: each weight type has its kernels, its
+ *    activation type a quantizer and a block size dividing its own, and so on.
  * Prints "N passed, N failed" and exits non-zero on any failure.
  */
 #include <math.h>
@@ -17,8 +19,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels.h" /* internal: the per-ISA tables (test 4) */
-#include "quants.h"  /* internal: pi_rows8_unpack_row (test 3) */
+#include "kernels.h" /* internal: the per-ISA tables (tests 4, 6) */
+#include "types.h"   /* internal: the type table (tests 6), pi_rows8_unpack_row (test 3) */
 #include "pi.h"
 
 static int n_passed, n_failed;
@@ -46,8 +48,26 @@ static int n_passed, n_failed;
 #define EXPECT_STATUS(call, want) \
     do { const int st_ = (call); CHECK(st_ == (want), "%s -> %d, want %d", #call, st_, (want)); } while (0)
 
-static const int TYPES[] = {PI_TYPE_F32, PI_TYPE_F16, PI_TYPE_Q4_0, PI_TYPE_Q4_1, PI_TYPE_Q8_0};
-#define N_TYPES (int)(sizeof TYPES / sizeof TYPES[0])
+/* The weight types, and those of them with the rows8 layout, as the type table lists them. */
+static int TYPES[PI_N_TYPE_IDS], N_TYPES, ROWS8_TYPES[PI_N_TYPE_IDS], N_ROWS8_TYPES;
+
+static void list_types(void) {
+    for (int id = 0; id < PI_N_TYPE_IDS; id++) {
+        const pi_type_traits *t = pi_type_traits_of(id);
+        if (t && t->weight) TYPES[N_TYPES++] = id;
+        if (t && t->rows8_head) ROWS8_TYPES[N_ROWS8_TYPES++] = id;
+    }
+}
+
+/* Every kernel table this build has (whether this CPU runs it or not). */
+static const pi_kernels *const ALL_TABLES[] = {
+    &pi_kernels_scalar,
+#if defined(__x86_64__)
+    &pi_kernels_avx2,
+    &pi_kernels_avx512,
+#endif
+};
+#define N_TABLES (int)(sizeof ALL_TABLES / sizeof ALL_TABLES[0])
 
 /* A deterministic uniform [-1, 1) generator. */
 static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
@@ -281,13 +301,12 @@ static void test_thread_independence(pi_pool *pool3) {
 /* ---- 3. rows8 ------------------------------------------------------------------------------- */
 
 static void test_rows8(pi_pool *pool3) {
-    static const int types[] = {PI_TYPE_Q4_0, PI_TYPE_Q4_1, PI_TYPE_Q8_0};
     static const int64_t shapes[][2] = {{8, 32}, {37, 576}, {13, 1536}, {3, 64}, {64, 256}};
     const int64_t T = 3; /* tokens */
     const int best = pi_isa_best();
-    for (int ti = 0; ti < 3; ti++) {
+    for (int ti = 0; ti < N_ROWS8_TYPES; ti++) {
         for (int s = 0; s < 5; s++) {
-            const int type = types[ti];
+            const int type = ROWS8_TYPES[ti];
             const int64_t R = shapes[s][0], C = shapes[s][1], whole = R / 8 * 8;
             matrix m = make_matrix(type, R, C);
             uint8_t *packed = malloc((size_t)(R * m.row_bytes));
@@ -415,12 +434,15 @@ static void test_table_twins(void) {
                 CHECK(memcmp(a, x, sizeof x) && !memcmp(a + rots[k], x + rots[k], sizeof x - rots[k] * sizeof *x),
                       "rope n_rot %d: rotates exactly the first n_rot dims", rots[k]);
             }
-        block_q8_0 q0a[6], q0b[6];
-        block_q8_1 q1a[6], q1b[6];
-        S->quantize_q8_0(x, q0a, 192), K->quantize_q8_0(x, q0b, 192);
-        SAME(q0a, q0b, sizeof q0a, "quantize_q8_0", K->name);
-        S->quantize_q8_1(x, q1a, 192), K->quantize_q8_1(x, q1b, 192);
-        SAME(q1a, q1b, sizeof q1a, "quantize_q8_1", K->name);
+        for (int id = 0; id < PI_N_TYPE_IDS; id++) { /* the activation quantizers */
+            if (!S->quantize_act[id]) continue;
+            uint8_t qa[192 * sizeof(float)], qb[192 * sizeof(float)];
+            int64_t bytes = 0;
+            EXPECT_STATUS(pi_row_bytes(id, 192, &bytes), PI_OK);
+            S->quantize_act[id](x, qa, 192), K->quantize_act[id](x, qb, 192);
+            CHECK(!memcmp(qa, qb, (size_t)bytes), "%s quantize_act[%s]: differs from the scalar twin",
+                  K->name, pi_type_name(id));
+        }
     }
 #endif
     CHECK(S->to_f16 && S->round_f16 && S->select && S->rope, "scalar table complete");
@@ -554,7 +576,64 @@ static void test_ffn_sparse(pi_pool *pool3) {
     free(fc2p), free(h), free(x);
 }
 
+/* ---- 6. the type table ------------------------------------------------------------------------ */
+
+/* Whether any table has a kernel or quantizer for id. */
+static int in_any_table(int id) {
+    int any = 0;
+    for (int k = 0; k < N_TABLES; k++)
+        any |= ALL_TABLES[k]->dot[id] || ALL_TABLES[k]->dot8[id] || ALL_TABLES[k]->axpy[id] ||
+                ALL_TABLES[k]->quantize_act[id];
+    return any;
+}
+
+static void test_type_table(void) {
+    CHECK(N_TYPES > 0 && N_ROWS8_TYPES > 0, "the table lists weight and rows8 types");
+    for (int id = -1; id <= PI_N_TYPE_IDS; id++) {
+        const pi_type_traits *t = pi_type_traits_of(id);
+        pi_type_desc d;
+        if (!t) {
+            EXPECT_STATUS(pi_type_describe(id, &d), PI_ERR_TYPE);
+            CHECK(id < 0 || id >= PI_N_TYPE_IDS || !in_any_table(id), "id %d: kernels without a row", id);
+            continue;
+        }
+        /* the public view is the row */
+        EXPECT_STATUS(pi_type_describe(id, &d), PI_OK);
+        CHECK(!strcmp(d.name, t->name) && d.block_elems == t->block_elems &&
+              d.block_bytes == t->block_bytes && d.weight == t->weight &&
+              d.rows8 == (t->rows8_head > 0) && d.act_type == (t->weight ? t->act_type : -1),
+              "%s: pi_type_describe differs from the row", t->name);
+        CHECK(t->block_elems > 0 && t->block_bytes > 0 && t->quantize && t->dequantize,
+              "%s: block geometry and scalar code", t->name);
+        const pi_type_traits *a = t->weight ? pi_type_traits_of(t->act_type) : NULL;
+        CHECK(!t->weight || (a && t->elem && t->block_elems % a->block_elems == 0),
+              "%s: a weight needs a known activation type whose block divides its own, and elem",
+              t->name);
+        CHECK(!t->rows8_head || (t->weight && t->rows8_head % 2 == 0 &&
+                                 (t->block_bytes - t->rows8_head) % 4 == 0),
+              "%s: rows8 needs a weight of 2-byte scale fields and 4-byte quant chunks", t->name);
+        for (int k = 0; k < N_TABLES; k++) {
+            const pi_kernels *K = ALL_TABLES[k];
+            CHECK(!K->dot[id] == !t->weight && !K->axpy[id] == !t->weight,
+                  "%s table: %s: a dot and an axpy exactly for a weight type", K->name, t->name);
+            CHECK(!K->dot8[id] == !t->rows8_head, "%s table: %s: dot8 exactly with the rows8 layout",
+                  K->name, t->name);
+            CHECK(!a || a == pi_type_traits_of(PI_TYPE_F32) || K->quantize_act[t->act_type],
+                  "%s table: %s: no quantizer for its activation type %s", K->name, t->name, a->name);
+        }
+        if (!t->weight) continue;
+        /* elem reads what the row's dequantization gives */
+        const int64_t n = 4 * t->block_elems;
+        matrix m = make_matrix(id, 1, n);
+        int same = 1;
+        for (int64_t c = 0; c < n; c++) same &= t->elem(m.q, c) == m.deq[c];
+        CHECK(same, "%s: elem differs from the row's dequantization", t->name);
+        free_matrix(&m);
+    }
+}
+
 int main(void) {
+    list_types();
     pi_pool *pool3 = NULL;
     if (pi_pool_create(3, &pool3) != PI_OK) {
         printf("cannot create a pool: %s\n", pi_last_error());
@@ -568,6 +647,7 @@ int main(void) {
     RUN(test_table_twins());
     RUN(test_masked_pair(pool3));
     RUN(test_ffn_sparse(pool3));
+    RUN(test_type_table());
     pi_pool_free(pool3);
     printf("%d passed, %d failed\n", n_passed, n_failed);
     return n_failed ? 1 : 0;

@@ -1,0 +1,135 @@
+/* types.c - the type table (types.h) and the public entry points over it: pi_type_info,
+ * pi_type_describe, pi_row_bytes, pi_quantize_row, pi_dequantize_row. */
+#include <stdio.h>
+#include <string.h>
+
+#include "common.h"
+#include "quants.h"
+#include "types.h"
+
+static const pi_type_traits TRAITS[PI_N_TYPE_IDS] = {
+    [PI_TYPE_F32] = {.name = "F32", .block_elems = 1, .block_bytes = sizeof(float),
+                     .quantize = pi_quantize_f32, .dequantize = pi_dequantize_f32,
+                     .weight = 1, .act_type = PI_TYPE_F32, .elem = pi_elem_f32},
+    [PI_TYPE_F16] = {.name = "F16", .block_elems = 1, .block_bytes = sizeof(pi_half),
+                     .quantize = pi_quantize_f16, .dequantize = pi_dequantize_f16,
+                     .weight = 1, .act_type = PI_TYPE_F32, .elem = pi_elem_f16},
+    [PI_TYPE_Q4_0] = {.name = "Q4_0", .block_elems = QK4_0, .block_bytes = sizeof(block_q4_0),
+                      .quantize = pi_quantize_q4_0, .dequantize = pi_dequantize_q4_0,
+                      .weight = 1, .act_type = PI_TYPE_Q8_0, .elem = pi_elem_q4_0,
+                      .rows8_head = sizeof(pi_half)},
+    [PI_TYPE_Q4_1] = {.name = "Q4_1", .block_elems = QK4_1, .block_bytes = sizeof(block_q4_1),
+                      .quantize = pi_quantize_q4_1, .dequantize = pi_dequantize_q4_1,
+                      .weight = 1, .act_type = PI_TYPE_Q8_1, .elem = pi_elem_q4_1,
+                      .rows8_head = 2 * sizeof(pi_half)},
+    [PI_TYPE_Q8_0] = {.name = "Q8_0", .block_elems = QK8_0, .block_bytes = sizeof(block_q8_0),
+                      .quantize = pi_quantize_q8_0, .dequantize = pi_dequantize_q8_0,
+                      .weight = 1, .act_type = PI_TYPE_Q8_0, .elem = pi_elem_q8_0,
+                      .rows8_head = sizeof(pi_half)},
+    [PI_TYPE_Q8_1] = {.name = "Q8_1", .block_elems = QK8_1, .block_bytes = sizeof(block_q8_1),
+                      .quantize = pi_quantize_q8_1, .dequantize = pi_dequantize_q8_1},
+};
+
+const pi_type_traits *pi_type_traits_of(int type) {
+    return type >= 0 && type < PI_N_TYPE_IDS && TRAITS[type].name ? &TRAITS[type] : NULL;
+}
+
+const char *pi_type_name(int type) {
+    const pi_type_traits *t = pi_type_traits_of(type);
+    return t ? t->name : "unknown";
+}
+
+int pi_type_is_weight(const pi_type_traits *t) { return t->weight; }
+
+int pi_type_is_rows8(const pi_type_traits *t) { return t->rows8_head > 0; }
+
+static int is_known(const pi_type_traits *t) { return t != NULL; }
+
+void pi_type_list(int (*pred)(const pi_type_traits *t), char *buf, size_t cap) {
+    size_t len = 0;
+    buf[0] = '\0';
+    for (int id = 0; id < PI_N_TYPE_IDS; id++) {
+        const pi_type_traits *t = pi_type_traits_of(id);
+        if (!t || !pred(t) || len >= cap) continue;
+        len += (size_t)snprintf(buf + len, cap - len, "%s%s=%d", len ? ", " : "", t->name, id);
+    }
+}
+
+/* ---- public entry points ------------------------------------------------------------------- */
+
+static int fail_type(const char *func, int type) {
+    char list[256];
+    pi_type_list(is_known, list, sizeof list);
+    return pi_fail(PI_ERR_TYPE, "%s: unsupported type %d (supported: %s)", func, type, list);
+}
+
+/* Validates `type` and a row length n for `func`: the type's traits, or NULL with the error
+ * recorded and its status in *status. */
+static const pi_type_traits *check_row(const char *func, int type, int64_t n, int *status) {
+    const pi_type_traits *t = pi_type_traits_of(type);
+    if (!t) {
+        *status = fail_type(func, type);
+    } else if (n <= 0) {
+        *status = pi_fail(PI_ERR_SHAPE, "%s: n = %lld elements, must be positive", func,
+                          (long long)n);
+    } else if (n % t->block_elems != 0) {
+        *status = pi_fail(PI_ERR_SHAPE, "%s: n = %lld is not a multiple of the %s block size %lld",
+                          func, (long long)n, t->name, (long long)t->block_elems);
+    } else if (n / t->block_elems > INT64_MAX / t->block_bytes) {
+        *status = pi_fail(PI_ERR_SHAPE, "%s: n = %lld %s elements overflow a byte count", func,
+                          (long long)n, t->name);
+    } else {
+        return t;
+    }
+    return NULL;
+}
+
+int pi_type_info(int type, int64_t *block_elems, int64_t *block_bytes) {
+    PI_CHECK_NULL(block_elems);
+    PI_CHECK_NULL(block_bytes);
+    const pi_type_traits *t = pi_type_traits_of(type);
+    if (!t) return fail_type(__func__, type);
+    *block_elems = t->block_elems;
+    *block_bytes = t->block_bytes;
+    return pi_ok();
+}
+
+int pi_type_describe(int type, pi_type_desc *out) {
+    PI_CHECK_NULL(out);
+    const pi_type_traits *t = pi_type_traits_of(type);
+    if (!t) return fail_type(__func__, type);
+    *out = (pi_type_desc){.name = t->name, .block_elems = t->block_elems,
+                          .block_bytes = t->block_bytes, .weight = t->weight,
+                          .act_type = t->weight ? t->act_type : -1,
+                          .rows8 = pi_type_is_rows8(t)};
+    return pi_ok();
+}
+
+int pi_row_bytes(int type, int64_t n, int64_t *bytes) {
+    PI_CHECK_NULL(bytes);
+    int status;
+    const pi_type_traits *t = check_row(__func__, type, n, &status);
+    if (!t) return status;
+    *bytes = pi_type_row_bytes(t, n);
+    return pi_ok();
+}
+
+int pi_quantize_row(int type, const float *x, void *y, int64_t n) {
+    PI_CHECK_NULL(x);
+    PI_CHECK_NULL(y);
+    int status;
+    const pi_type_traits *t = check_row(__func__, type, n, &status);
+    if (!t) return status;
+    t->quantize(x, y, n);
+    return pi_ok();
+}
+
+int pi_dequantize_row(int type, const void *x, float *y, int64_t n) {
+    PI_CHECK_NULL(x);
+    PI_CHECK_NULL(y);
+    int status;
+    const pi_type_traits *t = check_row(__func__, type, n, &status);
+    if (!t) return status;
+    t->dequantize(x, y, n);
+    return pi_ok();
+}
