@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
 from pathlib import Path
 
@@ -22,8 +23,11 @@ TIMEOUT = 180
 def spawn(args, cache_dir):
     env = dict(os.environ, PI_BACKEND_CACHE=str(cache_dir), TERM="dumb", PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    # Ctrl-C as a terminal delivers it, whatever the test runner inherited (a shell's background
+    # job starts with SIGINT ignored, and an ignored signal stays ignored across exec)
     child = pexpect.spawn(sys.executable, ["-m", "pi_backend.chat", *args], env=env,
-                          encoding="utf-8", timeout=TIMEOUT, dimensions=(40, 200), cwd=str(REPO))
+                          encoding="utf-8", timeout=TIMEOUT, dimensions=(40, 200), cwd=str(REPO),
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     return child
 
 
