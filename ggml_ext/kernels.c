@@ -66,6 +66,30 @@ static float dot_row_q4_1(int64_t n, const void *row, const void *act) {
     return sum;
 }
 
+static float dot_row_q5_0(int64_t n, const void *row, const void *act) {
+    const block_q5_0 *w = row;
+    const block_q8_0 *x = act;
+    float sum = 0.0f;
+    for (int64_t b = 0; b < n / QK5_0; b++) {
+        int sumi = 0;
+        for (int j = 0; j < QK5_0; j++) sumi += (pi_q5_quant(w[b].qh, w[b].qs, j) - 16) * x[b].qs[j];
+        sum += (float)sumi * (half(w[b].d) * half(x[b].d));
+    }
+    return sum;
+}
+
+static float dot_row_q5_1(int64_t n, const void *row, const void *act) {
+    const block_q5_1 *w = row;
+    const block_q8_1 *x = act;
+    float sum = 0.0f;
+    for (int64_t b = 0; b < n / QK5_1; b++) {
+        int sumi = 0;
+        for (int j = 0; j < QK5_1; j++) sumi += pi_q5_quant(w[b].qh, w[b].qs, j) * x[b].qs[j];
+        sum += (half(w[b].d) * half(x[b].d)) * (float)sumi + half(w[b].m) * half(x[b].s);
+    }
+    return sum;
+}
+
 static float dot_row_q8_0(int64_t n, const void *row, const void *act) {
     const block_q8_0 *w = row, *x = act;
     float sum = 0.0f;
@@ -109,6 +133,24 @@ static void axpy_row_q4_1(int64_t c0, int64_t c1, const void *row, float a, floa
             yb[j] += s * (float)(w[b].qs[j] & 0x0F) + m;
             yb[j + QK4_1 / 2] += s * (float)(w[b].qs[j] >> 4) + m;
         }
+    }
+}
+
+static void axpy_row_q5_0(int64_t c0, int64_t c1, const void *row, float a, float *y) {
+    const block_q5_0 *w = row;
+    for (int64_t b = c0 / QK5_0; b < c1 / QK5_0; b++) {
+        const float s = a * half(w[b].d);
+        float *yb = y + b * QK5_0;
+        for (int j = 0; j < QK5_0; j++) yb[j] += s * (float)(pi_q5_quant(w[b].qh, w[b].qs, j) - 16);
+    }
+}
+
+static void axpy_row_q5_1(int64_t c0, int64_t c1, const void *row, float a, float *y) {
+    const block_q5_1 *w = row;
+    for (int64_t b = c0 / QK5_1; b < c1 / QK5_1; b++) {
+        const float s = a * half(w[b].d), m = a * half(w[b].m);
+        float *yb = y + b * QK5_1;
+        for (int j = 0; j < QK5_1; j++) yb[j] += s * (float)pi_q5_quant(w[b].qh, w[b].qs, j) + m;
     }
 }
 
@@ -312,16 +354,20 @@ SCALAR_TWINS(f32)
 SCALAR_TWINS(f16)
 SCALAR_TWINS(q4_0)
 SCALAR_TWINS(q4_1)
+SCALAR_TWINS(q5_0)
+SCALAR_TWINS(q5_1)
 SCALAR_TWINS(q8_0)
 #undef SCALAR_TWINS
 
 const pi_kernels pi_kernels_scalar = {
     .name = "scalar",
     .dot = {[PI_TYPE_F32] = dot_f32, [PI_TYPE_F16] = dot_f16, [PI_TYPE_Q4_0] = dot_q4_0,
-            [PI_TYPE_Q4_1] = dot_q4_1, [PI_TYPE_Q8_0] = dot_q8_0},
+            [PI_TYPE_Q4_1] = dot_q4_1, [PI_TYPE_Q5_0] = dot_q5_0, [PI_TYPE_Q5_1] = dot_q5_1,
+            [PI_TYPE_Q8_0] = dot_q8_0},
     .dot8 = {[PI_TYPE_Q4_0] = dot8_q4_0, [PI_TYPE_Q4_1] = dot8_q4_1, [PI_TYPE_Q8_0] = dot8_q8_0},
     .axpy = {[PI_TYPE_F32] = axpy_f32, [PI_TYPE_F16] = axpy_f16, [PI_TYPE_Q4_0] = axpy_q4_0,
-             [PI_TYPE_Q4_1] = axpy_q4_1, [PI_TYPE_Q8_0] = axpy_q8_0},
+             [PI_TYPE_Q4_1] = axpy_q4_1, [PI_TYPE_Q5_0] = axpy_q5_0, [PI_TYPE_Q5_1] = axpy_q5_1,
+             [PI_TYPE_Q8_0] = axpy_q8_0},
     .quantize_act = {[PI_TYPE_Q8_0] = quantize_act_q8_0, [PI_TYPE_Q8_1] = quantize_act_q8_1},
     .attn_scores = attn_scores_scalar,
     .softmax_exp = softmax_exp_scalar,
