@@ -38,58 +38,6 @@ static float dot_row_f16(int64_t n, const void *row, const void *act) {
     return sum;
 }
 
-static float dot_row_q4_0(int64_t n, const void *row, const void *act) {
-    const block_q4_0 *w = row;
-    const block_q8_0 *x = act;
-    float sum = 0.0f;
-    for (int64_t b = 0; b < n / QK4_0; b++) {
-        int sumi = 0;
-        for (int j = 0; j < QK4_0 / 2; j++) {
-            const int v0 = (w[b].qs[j] & 0x0F) - 8, v1 = (w[b].qs[j] >> 4) - 8;
-            sumi += v0 * x[b].qs[j] + v1 * x[b].qs[j + QK4_0 / 2];
-        }
-        sum += (float)sumi * (half(w[b].d) * half(x[b].d));
-    }
-    return sum;
-}
-
-static float dot_row_q4_1(int64_t n, const void *row, const void *act) {
-    const block_q4_1 *w = row;
-    const block_q8_1 *x = act;
-    float sum = 0.0f;
-    for (int64_t b = 0; b < n / QK4_1; b++) {
-        int sumi = 0;
-        for (int j = 0; j < QK4_1 / 2; j++)
-            sumi += (w[b].qs[j] & 0x0F) * x[b].qs[j] + (w[b].qs[j] >> 4) * x[b].qs[j + QK4_1 / 2];
-        sum += (half(w[b].d) * half(x[b].d)) * (float)sumi + half(w[b].m) * half(x[b].s);
-    }
-    return sum;
-}
-
-static float dot_row_q5_0(int64_t n, const void *row, const void *act) {
-    const block_q5_0 *w = row;
-    const block_q8_0 *x = act;
-    float sum = 0.0f;
-    for (int64_t b = 0; b < n / QK5_0; b++) {
-        int sumi = 0;
-        for (int j = 0; j < QK5_0; j++) sumi += (pi_q5_quant(w[b].qh, w[b].qs, j) - 16) * x[b].qs[j];
-        sum += (float)sumi * (half(w[b].d) * half(x[b].d));
-    }
-    return sum;
-}
-
-static float dot_row_q5_1(int64_t n, const void *row, const void *act) {
-    const block_q5_1 *w = row;
-    const block_q8_1 *x = act;
-    float sum = 0.0f;
-    for (int64_t b = 0; b < n / QK5_1; b++) {
-        int sumi = 0;
-        for (int j = 0; j < QK5_1; j++) sumi += pi_q5_quant(w[b].qh, w[b].qs, j) * x[b].qs[j];
-        sum += (half(w[b].d) * half(x[b].d)) * (float)sumi + half(w[b].m) * half(x[b].s);
-    }
-    return sum;
-}
-
 static float dot_row_q8_0(int64_t n, const void *row, const void *act) {
     const block_q8_0 *w = row, *x = act;
     float sum = 0.0f;
@@ -112,48 +60,6 @@ static void axpy_row_f16(int64_t c0, int64_t c1, const void *row, float a, float
     for (int64_t c = c0; c < c1; c++) y[c] += a * half(w[c]);
 }
 
-static void axpy_row_q4_0(int64_t c0, int64_t c1, const void *row, float a, float *y) {
-    const block_q4_0 *w = row;
-    for (int64_t b = c0 / QK4_0; b < c1 / QK4_0; b++) {
-        const float s = a * half(w[b].d);
-        float *yb = y + b * QK4_0;
-        for (int j = 0; j < QK4_0 / 2; j++) {
-            yb[j] += s * (float)((w[b].qs[j] & 0x0F) - 8);
-            yb[j + QK4_0 / 2] += s * (float)((w[b].qs[j] >> 4) - 8);
-        }
-    }
-}
-
-static void axpy_row_q4_1(int64_t c0, int64_t c1, const void *row, float a, float *y) {
-    const block_q4_1 *w = row;
-    for (int64_t b = c0 / QK4_1; b < c1 / QK4_1; b++) {
-        const float s = a * half(w[b].d), m = a * half(w[b].m);
-        float *yb = y + b * QK4_1;
-        for (int j = 0; j < QK4_1 / 2; j++) {
-            yb[j] += s * (float)(w[b].qs[j] & 0x0F) + m;
-            yb[j + QK4_1 / 2] += s * (float)(w[b].qs[j] >> 4) + m;
-        }
-    }
-}
-
-static void axpy_row_q5_0(int64_t c0, int64_t c1, const void *row, float a, float *y) {
-    const block_q5_0 *w = row;
-    for (int64_t b = c0 / QK5_0; b < c1 / QK5_0; b++) {
-        const float s = a * half(w[b].d);
-        float *yb = y + b * QK5_0;
-        for (int j = 0; j < QK5_0; j++) yb[j] += s * (float)(pi_q5_quant(w[b].qh, w[b].qs, j) - 16);
-    }
-}
-
-static void axpy_row_q5_1(int64_t c0, int64_t c1, const void *row, float a, float *y) {
-    const block_q5_1 *w = row;
-    for (int64_t b = c0 / QK5_1; b < c1 / QK5_1; b++) {
-        const float s = a * half(w[b].d), m = a * half(w[b].m);
-        float *yb = y + b * QK5_1;
-        for (int j = 0; j < QK5_1; j++) yb[j] += s * (float)pi_q5_quant(w[b].qh, w[b].qs, j) + m;
-    }
-}
-
 static void axpy_row_q8_0(int64_t c0, int64_t c1, const void *row, float a, float *y) {
     const block_q8_0 *w = row;
     for (int64_t b = c0 / QK8_0; b < c1 / QK8_0; b++) {
@@ -162,6 +68,58 @@ static void axpy_row_q8_0(int64_t c0, int64_t c1, const void *row, float a, floa
         for (int j = 0; j < QK8_0; j++) yb[j] += s * (float)w[b].qs[j];
     }
 }
+
+/* The 4- and 5-bit types: QUANT(w, j) is quant j of block w, OFF the _0 types' offset (ggml's
+ * x ~ d (q - OFF)); the _1 types have a min instead (x ~ d q + m), whose dot term is m times the
+ * Q8_1 activation's s. */
+#define Q4_QUANT(w, j) ((j) < 16 ? (w).qs[j] & 0x0F : (w).qs[(j) - 16] >> 4)
+#define Q5_QUANT(w, j) pi_q5_quant((w).qh, (w).qs, j)
+#define OFFSET_TWINS(T, QUANT, OFF)                                                             \
+    static float dot_row_##T(int64_t n, const void *row, const void *act) {                     \
+        const block_##T *w = row;                                                               \
+        const block_q8_0 *x = act;                                                              \
+        float sum = 0.0f;                                                                       \
+        for (int64_t b = 0; b < n / 32; b++) {                                                  \
+            int sumi = 0;                                                                       \
+            for (int j = 0; j < 32; j++) sumi += (QUANT(w[b], j) - (OFF)) * x[b].qs[j];        \
+            sum += (float)sumi * (half(w[b].d) * half(x[b].d));                                 \
+        }                                                                                       \
+        return sum;                                                                             \
+    }                                                                                           \
+    static void axpy_row_##T(int64_t c0, int64_t c1, const void *row, float a, float *y) {      \
+        const block_##T *w = row;                                                               \
+        for (int64_t b = c0 / 32; b < c1 / 32; b++) {                                           \
+            const float s = a * half(w[b].d);                                                   \
+            for (int j = 0; j < 32; j++) y[b * 32 + j] += s * (float)(QUANT(w[b], j) - (OFF));  \
+        }                                                                                       \
+    }
+#define MIN_TWINS(T, QUANT)                                                                     \
+    static float dot_row_##T(int64_t n, const void *row, const void *act) {                     \
+        const block_##T *w = row;                                                               \
+        const block_q8_1 *x = act;                                                              \
+        float sum = 0.0f;                                                                       \
+        for (int64_t b = 0; b < n / 32; b++) {                                                  \
+            int sumi = 0;                                                                       \
+            for (int j = 0; j < 32; j++) sumi += QUANT(w[b], j) * x[b].qs[j];                  \
+            sum += (half(w[b].d) * half(x[b].d)) * (float)sumi + half(w[b].m) * half(x[b].s);   \
+        }                                                                                       \
+        return sum;                                                                             \
+    }                                                                                           \
+    static void axpy_row_##T(int64_t c0, int64_t c1, const void *row, float a, float *y) {      \
+        const block_##T *w = row;                                                               \
+        for (int64_t b = c0 / 32; b < c1 / 32; b++) {                                           \
+            const float s = a * half(w[b].d), m = a * half(w[b].m);                             \
+            for (int j = 0; j < 32; j++) y[b * 32 + j] += s * (float)QUANT(w[b], j) + m;        \
+        }                                                                                       \
+    }
+OFFSET_TWINS(q4_0, Q4_QUANT, 8)
+OFFSET_TWINS(q5_0, Q5_QUANT, 16)
+MIN_TWINS(q4_1, Q4_QUANT)
+MIN_TWINS(q5_1, Q5_QUANT)
+#undef OFFSET_TWINS
+#undef MIN_TWINS
+#undef Q4_QUANT
+#undef Q5_QUANT
 
 /* ---- the 8-row kernels over the rows8 layout (see pi_dot8_fn) ---- */
 
