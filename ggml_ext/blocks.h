@@ -22,6 +22,29 @@ typedef struct {
 } block_q4_1;
 _Static_assert(sizeof(block_q4_1) == 4 + QK4_1 / 2, "block_q4_1 size");
 
+#define QK5_0 32
+typedef struct {
+    pi_half d;             /* scale */
+    uint8_t qh[4];         /* fifth bits: element j's in bit j of the little-endian u32 */
+    uint8_t qs[QK5_0 / 2]; /* low 4 bits: nibbles, as q4_0 */
+} block_q5_0;
+_Static_assert(sizeof(block_q5_0) == 2 + 4 + QK5_0 / 2, "block_q5_0 size");
+
+#define QK5_1 32
+typedef struct {
+    pi_half d;             /* scale */
+    pi_half m;             /* min */
+    uint8_t qh[4];         /* fifth bits, as q5_0 */
+    uint8_t qs[QK5_1 / 2]; /* low 4 bits, as q5_0 */
+} block_q5_1;
+_Static_assert(sizeof(block_q5_1) == 4 + 4 + QK5_1 / 2, "block_q5_1 size");
+
+/* The 5-bit quant (0..31) of element j of a Q5_0/Q5_1 block. */
+static inline int pi_q5_quant(const uint8_t qh[4], const uint8_t qs[16], int j) {
+    const int lo = j < 16 ? qs[j] & 0x0F : qs[j - 16] >> 4;
+    return lo | ((qh[j / 8] >> (j % 8)) & 1) << 4;
+}
+
 #define QK8_0 32
 typedef struct {
     pi_half d;         /* scale */

@@ -38,34 +38,6 @@ static float dot_row_f16(int64_t n, const void *row, const void *act) {
     return sum;
 }
 
-static float dot_row_q4_0(int64_t n, const void *row, const void *act) {
-    const block_q4_0 *w = row;
-    const block_q8_0 *x = act;
-    float sum = 0.0f;
-    for (int64_t b = 0; b < n / QK4_0; b++) {
-        int sumi = 0;
-        for (int j = 0; j < QK4_0 / 2; j++) {
-            const int v0 = (w[b].qs[j] & 0x0F) - 8, v1 = (w[b].qs[j] >> 4) - 8;
-            sumi += v0 * x[b].qs[j] + v1 * x[b].qs[j + QK4_0 / 2];
-        }
-        sum += (float)sumi * (half(w[b].d) * half(x[b].d));
-    }
-    return sum;
-}
-
-static float dot_row_q4_1(int64_t n, const void *row, const void *act) {
-    const block_q4_1 *w = row;
-    const block_q8_1 *x = act;
-    float sum = 0.0f;
-    for (int64_t b = 0; b < n / QK4_1; b++) {
-        int sumi = 0;
-        for (int j = 0; j < QK4_1 / 2; j++)
-            sumi += (w[b].qs[j] & 0x0F) * x[b].qs[j] + (w[b].qs[j] >> 4) * x[b].qs[j + QK4_1 / 2];
-        sum += (half(w[b].d) * half(x[b].d)) * (float)sumi + half(w[b].m) * half(x[b].s);
-    }
-    return sum;
-}
-
 static float dot_row_q8_0(int64_t n, const void *row, const void *act) {
     const block_q8_0 *w = row, *x = act;
     float sum = 0.0f;
@@ -88,30 +60,6 @@ static void axpy_row_f16(int64_t c0, int64_t c1, const void *row, float a, float
     for (int64_t c = c0; c < c1; c++) y[c] += a * half(w[c]);
 }
 
-static void axpy_row_q4_0(int64_t c0, int64_t c1, const void *row, float a, float *y) {
-    const block_q4_0 *w = row;
-    for (int64_t b = c0 / QK4_0; b < c1 / QK4_0; b++) {
-        const float s = a * half(w[b].d);
-        float *yb = y + b * QK4_0;
-        for (int j = 0; j < QK4_0 / 2; j++) {
-            yb[j] += s * (float)((w[b].qs[j] & 0x0F) - 8);
-            yb[j + QK4_0 / 2] += s * (float)((w[b].qs[j] >> 4) - 8);
-        }
-    }
-}
-
-static void axpy_row_q4_1(int64_t c0, int64_t c1, const void *row, float a, float *y) {
-    const block_q4_1 *w = row;
-    for (int64_t b = c0 / QK4_1; b < c1 / QK4_1; b++) {
-        const float s = a * half(w[b].d), m = a * half(w[b].m);
-        float *yb = y + b * QK4_1;
-        for (int j = 0; j < QK4_1 / 2; j++) {
-            yb[j] += s * (float)(w[b].qs[j] & 0x0F) + m;
-            yb[j + QK4_1 / 2] += s * (float)(w[b].qs[j] >> 4) + m;
-        }
-    }
-}
-
 static void axpy_row_q8_0(int64_t c0, int64_t c1, const void *row, float a, float *y) {
     const block_q8_0 *w = row;
     for (int64_t b = c0 / QK8_0; b < c1 / QK8_0; b++) {
@@ -120,6 +68,58 @@ static void axpy_row_q8_0(int64_t c0, int64_t c1, const void *row, float a, floa
         for (int j = 0; j < QK8_0; j++) yb[j] += s * (float)w[b].qs[j];
     }
 }
+
+/* The 4- and 5-bit types: QUANT(w, j) is quant j of block w, OFF the _0 types' offset (ggml's
+ * x ~ d (q - OFF)); the _1 types have a min instead (x ~ d q + m), whose dot term is m times the
+ * Q8_1 activation's s. */
+#define Q4_QUANT(w, j) ((j) < 16 ? (w).qs[j] & 0x0F : (w).qs[(j) - 16] >> 4)
+#define Q5_QUANT(w, j) pi_q5_quant((w).qh, (w).qs, j)
+#define OFFSET_TWINS(T, QUANT, OFF)                                                             \
+    static float dot_row_##T(int64_t n, const void *row, const void *act) {                     \
+        const block_##T *w = row;                                                               \
+        const block_q8_0 *x = act;                                                              \
+        float sum = 0.0f;                                                                       \
+        for (int64_t b = 0; b < n / 32; b++) {                                                  \
+            int sumi = 0;                                                                       \
+            for (int j = 0; j < 32; j++) sumi += (QUANT(w[b], j) - (OFF)) * x[b].qs[j];        \
+            sum += (float)sumi * (half(w[b].d) * half(x[b].d));                                 \
+        }                                                                                       \
+        return sum;                                                                             \
+    }                                                                                           \
+    static void axpy_row_##T(int64_t c0, int64_t c1, const void *row, float a, float *y) {      \
+        const block_##T *w = row;                                                               \
+        for (int64_t b = c0 / 32; b < c1 / 32; b++) {                                           \
+            const float s = a * half(w[b].d);                                                   \
+            for (int j = 0; j < 32; j++) y[b * 32 + j] += s * (float)(QUANT(w[b], j) - (OFF));  \
+        }                                                                                       \
+    }
+#define MIN_TWINS(T, QUANT)                                                                     \
+    static float dot_row_##T(int64_t n, const void *row, const void *act) {                     \
+        const block_##T *w = row;                                                               \
+        const block_q8_1 *x = act;                                                              \
+        float sum = 0.0f;                                                                       \
+        for (int64_t b = 0; b < n / 32; b++) {                                                  \
+            int sumi = 0;                                                                       \
+            for (int j = 0; j < 32; j++) sumi += QUANT(w[b], j) * x[b].qs[j];                  \
+            sum += (half(w[b].d) * half(x[b].d)) * (float)sumi + half(w[b].m) * half(x[b].s);   \
+        }                                                                                       \
+        return sum;                                                                             \
+    }                                                                                           \
+    static void axpy_row_##T(int64_t c0, int64_t c1, const void *row, float a, float *y) {      \
+        const block_##T *w = row;                                                               \
+        for (int64_t b = c0 / 32; b < c1 / 32; b++) {                                           \
+            const float s = a * half(w[b].d), m = a * half(w[b].m);                             \
+            for (int j = 0; j < 32; j++) y[b * 32 + j] += s * (float)QUANT(w[b], j) + m;        \
+        }                                                                                       \
+    }
+OFFSET_TWINS(q4_0, Q4_QUANT, 8)
+OFFSET_TWINS(q5_0, Q5_QUANT, 16)
+MIN_TWINS(q4_1, Q4_QUANT)
+MIN_TWINS(q5_1, Q5_QUANT)
+#undef OFFSET_TWINS
+#undef MIN_TWINS
+#undef Q4_QUANT
+#undef Q5_QUANT
 
 /* ---- the 8-row kernels over the rows8 layout (see pi_dot8_fn) ---- */
 
@@ -312,16 +312,20 @@ SCALAR_TWINS(f32)
 SCALAR_TWINS(f16)
 SCALAR_TWINS(q4_0)
 SCALAR_TWINS(q4_1)
+SCALAR_TWINS(q5_0)
+SCALAR_TWINS(q5_1)
 SCALAR_TWINS(q8_0)
 #undef SCALAR_TWINS
 
 const pi_kernels pi_kernels_scalar = {
     .name = "scalar",
     .dot = {[PI_TYPE_F32] = dot_f32, [PI_TYPE_F16] = dot_f16, [PI_TYPE_Q4_0] = dot_q4_0,
-            [PI_TYPE_Q4_1] = dot_q4_1, [PI_TYPE_Q8_0] = dot_q8_0},
+            [PI_TYPE_Q4_1] = dot_q4_1, [PI_TYPE_Q5_0] = dot_q5_0, [PI_TYPE_Q5_1] = dot_q5_1,
+            [PI_TYPE_Q8_0] = dot_q8_0},
     .dot8 = {[PI_TYPE_Q4_0] = dot8_q4_0, [PI_TYPE_Q4_1] = dot8_q4_1, [PI_TYPE_Q8_0] = dot8_q8_0},
     .axpy = {[PI_TYPE_F32] = axpy_f32, [PI_TYPE_F16] = axpy_f16, [PI_TYPE_Q4_0] = axpy_q4_0,
-             [PI_TYPE_Q4_1] = axpy_q4_1, [PI_TYPE_Q8_0] = axpy_q8_0},
+             [PI_TYPE_Q4_1] = axpy_q4_1, [PI_TYPE_Q5_0] = axpy_q5_0, [PI_TYPE_Q5_1] = axpy_q5_1,
+             [PI_TYPE_Q8_0] = axpy_q8_0},
     .quantize_act = {[PI_TYPE_Q8_0] = quantize_act_q8_0, [PI_TYPE_Q8_1] = quantize_act_q8_1},
     .attn_scores = attn_scores_scalar,
     .softmax_exp = softmax_exp_scalar,

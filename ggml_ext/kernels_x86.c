@@ -53,6 +53,19 @@ INLINE AVX2_FN __m256i nibbles32(const uint8_t qs[16]) {
     return _mm256_and_si256(shifted, _mm256_set1_epi8(0x0F));
 }
 
+/* The 32 quants (0..31) of a Q5 block as bytes, element j in byte j: its nibble, plus 16 where
+ * bit j of qh is set (byte j of `spread` is byte j / 8 of qh; bit j % 8 is tested). */
+INLINE AVX2_FN __m256i quants5_32(const uint8_t qh[4], const uint8_t qs[16]) {
+    int32_t h;
+    memcpy(&h, qh, 4);
+    const __m256i spread = _mm256_shuffle_epi8(
+        _mm256_set1_epi32(h), _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
+                                               2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3));
+    const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
+    const __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
+    return _mm256_or_si256(nibbles32(qs), _mm256_and_si256(set, _mm256_set1_epi8(0x10)));
+}
+
 /* u8 x s8 -> 8 x i32, each the sum of 4 adjacent products. Exact while |u| * |s| * 2 < 2^15,
  * which holds for nibbles (u < 16). */
 INLINE AVX2_FN __m256i dot_u8s8(__m256i u, __m256i s) {
@@ -85,6 +98,29 @@ INLINE AVX2_FN void step_q4_1(int nr, const block_q4_1 *const w[], int64_t b, co
     const float sy = h2f(x->s);
     for (int r = 0; r < nr; r++) {
         const __m256i s = dot_u8s8(nibbles32(w[r][b].qs), qy);
+        acc[r] = _mm256_fmadd_ps(scale8(w[r][b].d, dy), _mm256_cvtepi32_ps(s), acc[r]);
+        summ[r] += fp16_table[w[r][b].m] * sy;
+    }
+}
+
+INLINE AVX2_FN void step_q5_0(int nr, const block_q5_0 *const w[], int64_t b, const block_q8_0 *x,
+                              __m256 acc[]) {
+    const __m256i qy = _mm256_loadu_si256((const __m256i *)x->qs);
+    const __m256i corr = dot_u8s8(_mm256_set1_epi8(16), qy); /* (q - 16) . y = q . y - 16 sum(y) */
+    const __m256 dy = _mm256_set1_ps(h2f(x->d));
+    for (int r = 0; r < nr; r++) {
+        const __m256i s = _mm256_sub_epi32(dot_u8s8(quants5_32(w[r][b].qh, w[r][b].qs), qy), corr);
+        acc[r] = _mm256_fmadd_ps(scale8(w[r][b].d, dy), _mm256_cvtepi32_ps(s), acc[r]);
+    }
+}
+
+INLINE AVX2_FN void step_q5_1(int nr, const block_q5_1 *const w[], int64_t b, const block_q8_1 *x,
+                              __m256 acc[], float summ[]) {
+    const __m256i qy = _mm256_loadu_si256((const __m256i *)x->qs);
+    const __m256 dy = _mm256_set1_ps(h2f(x->d));
+    const float sy = h2f(x->s);
+    for (int r = 0; r < nr; r++) {
+        const __m256i s = dot_u8s8(quants5_32(w[r][b].qh, w[r][b].qs), qy);
         acc[r] = _mm256_fmadd_ps(scale8(w[r][b].d, dy), _mm256_cvtepi32_ps(s), acc[r]);
         summ[r] += fp16_table[w[r][b].m] * sy;
     }
@@ -167,6 +203,27 @@ INLINE AVX2_FN void dot_q4_1_rows(int nr, int64_t n, const void *const rows[], c
     for (int r = 0; r < nr; r++) out[r] = hsum8(acc[r]) + summ[r];
 }
 
+INLINE AVX2_FN void dot_q5_0_rows(int nr, int64_t n, const void *const rows[], const void *act,
+                                  float *out) {
+    const block_q5_0 *const *w = (const block_q5_0 *const *)rows;
+    const block_q8_0 *x = act;
+    __m256 acc[PI_KERNEL_ROWS];
+    for (int r = 0; r < nr; r++) acc[r] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < n / QK5_0; b++) step_q5_0(nr, w, b, x + b, acc);
+    for (int r = 0; r < nr; r++) out[r] = hsum8(acc[r]);
+}
+
+INLINE AVX2_FN void dot_q5_1_rows(int nr, int64_t n, const void *const rows[], const void *act,
+                                  float *out) {
+    const block_q5_1 *const *w = (const block_q5_1 *const *)rows;
+    const block_q8_1 *x = act;
+    __m256 acc[PI_KERNEL_ROWS];
+    float summ[PI_KERNEL_ROWS];
+    for (int r = 0; r < nr; r++) acc[r] = _mm256_setzero_ps(), summ[r] = 0.0f;
+    for (int64_t b = 0; b < n / QK5_1; b++) step_q5_1(nr, w, b, x + b, acc, summ);
+    for (int r = 0; r < nr; r++) out[r] = hsum8(acc[r]) + summ[r];
+}
+
 INLINE AVX2_FN void dot_q8_0_rows(int nr, int64_t n, const void *const rows[], const void *act,
                                   float *out) {
     const block_q8_0 *const *w = (const block_q8_0 *const *)rows;
@@ -191,6 +248,8 @@ DOT_ENTRY(AVX2_FN, dot_f32_avx2, dot_f32_rows)
 DOT_ENTRY(AVX2_FN, dot_f16_avx2, dot_f16_rows)
 DOT_ENTRY(AVX2_FN, dot_q4_0_avx2, dot_q4_0_rows)
 DOT_ENTRY(AVX2_FN, dot_q4_1_avx2, dot_q4_1_rows)
+DOT_ENTRY(AVX2_FN, dot_q5_0_avx2, dot_q5_0_rows)
+DOT_ENTRY(AVX2_FN, dot_q5_1_avx2, dot_q5_1_rows)
 DOT_ENTRY(AVX2_FN, dot_q8_0_avx2, dot_q8_0_rows)
 
 /* ==== AVX2 8-row kernels over the rows8 layout (scalar twins dot8_* in kernels.c) ============= */
@@ -282,27 +341,28 @@ AVX2_FN static void dot8_q8_0_avx2(int64_t n, const void *group, const void *act
 
 /* ==== AVX2 axpy =============================================================================== */
 
-/* yb[0..32) += sum_r s[r] * q_r + off, q_r the 32 unsigned nibbles of qs[r]. (Q4_0 folds its -8
- * into off = -8 sum(s), Q4_1 its min into off = sum(a m).) */
-INLINE AVX2_FN void axpy_nibbles(int nr, const uint8_t *const qs[], const float s[], float off,
-                                 float *yb) {
-    __m256 y0 = _mm256_loadu_ps(yb), y1 = _mm256_loadu_ps(yb + 8);
-    __m256 y2 = _mm256_loadu_ps(yb + 16), y3 = _mm256_loadu_ps(yb + 24);
-    const __m256i m4 = _mm256_set1_epi32(0x0F);
+/* yb[0..32) += sum_r s[r] * q_r + off, q_r the 32 unsigned bytes of q[r]. (Q4_0/Q5_0 fold their
+ * offset into off = -8 sum(s) or -16 sum(s), Q4_1/Q5_1 their min into off = sum(a m).) */
+INLINE AVX2_FN void axpy_u8x32(int nr, const __m256i q[], const float s[], float off, float *yb) {
+    __m256 y[4];
+    for (int k = 0; k < 4; k++) y[k] = _mm256_loadu_ps(yb + 8 * k);
     for (int r = 0; r < nr; r++) {
-        const __m256i v0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)qs[r]));
-        const __m256i v1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(qs[r] + 8)));
+        const __m128i lo = _mm256_castsi256_si128(q[r]), hi = _mm256_extracti128_si256(q[r], 1);
+        const __m128i part[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
         const __m256 sv = _mm256_set1_ps(s[r]);
-        y0 = _mm256_fmadd_ps(sv, _mm256_cvtepi32_ps(_mm256_and_si256(v0, m4)), y0);
-        y1 = _mm256_fmadd_ps(sv, _mm256_cvtepi32_ps(_mm256_and_si256(v1, m4)), y1);
-        y2 = _mm256_fmadd_ps(sv, _mm256_cvtepi32_ps(_mm256_srli_epi32(v0, 4)), y2);
-        y3 = _mm256_fmadd_ps(sv, _mm256_cvtepi32_ps(_mm256_srli_epi32(v1, 4)), y3);
+        for (int k = 0; k < 4; k++)
+            y[k] = _mm256_fmadd_ps(sv, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(part[k])), y[k]);
     }
     const __m256 o = _mm256_set1_ps(off);
-    _mm256_storeu_ps(yb, _mm256_add_ps(y0, o));
-    _mm256_storeu_ps(yb + 8, _mm256_add_ps(y1, o));
-    _mm256_storeu_ps(yb + 16, _mm256_add_ps(y2, o));
-    _mm256_storeu_ps(yb + 24, _mm256_add_ps(y3, o));
+    for (int k = 0; k < 4; k++) _mm256_storeu_ps(yb + 8 * k, _mm256_add_ps(y[k], o));
+}
+
+/* axpy_u8x32 over the nibbles of qs[r] (Q4). */
+INLINE AVX2_FN void axpy_nibbles(int nr, const uint8_t *const qs[], const float s[], float off,
+                                 float *yb) {
+    __m256i q[PI_KERNEL_ROWS];
+    for (int r = 0; r < nr; r++) q[r] = nibbles32(qs[r]);
+    axpy_u8x32(nr, q, s, off, yb);
 }
 
 INLINE AVX2_FN void axpy_q8(int nr, const int8_t *const qs[], const float s[], float *yb) {
@@ -341,6 +401,29 @@ INLINE AVX2_FN float scales_q4_1(int nr, const block_q4_1 *const w[], int64_t b,
     return off;
 }
 
+/* The Q5 axpys' per-block row scales and quants (AVX2 only; the AVX-512 table reuses them). */
+INLINE AVX2_FN float scales_q5_0(int nr, const block_q5_0 *const w[], int64_t b, const float a[],
+                                 float s[], __m256i q[]) {
+    float sum = 0.0f;
+    for (int r = 0; r < nr; r++) {
+        s[r] = a[r] * fp16_table[w[r][b].d];
+        q[r] = quants5_32(w[r][b].qh, w[r][b].qs);
+        sum += s[r];
+    }
+    return -16.0f * sum; /* the offset */
+}
+
+INLINE AVX2_FN float scales_q5_1(int nr, const block_q5_1 *const w[], int64_t b, const float a[],
+                                 float s[], __m256i q[]) {
+    float off = 0.0f;
+    for (int r = 0; r < nr; r++) {
+        s[r] = a[r] * fp16_table[w[r][b].d];
+        q[r] = quants5_32(w[r][b].qh, w[r][b].qs);
+        off += a[r] * fp16_table[w[r][b].m];
+    }
+    return off;
+}
+
 INLINE AVX2_FN void scales_q8_0(int nr, const block_q8_0 *const w[], int64_t b, const float a[],
                                 float s[], const int8_t *qs[]) {
     for (int r = 0; r < nr; r++) {
@@ -370,6 +453,22 @@ INLINE AVX2_FN void axpy_q4_1_rows(int nr, int64_t c0, int64_t c1, const void *c
         axpy_nibbles(nr, qs, s, off, y + b * QK4_1);
     }
 }
+
+/* The Q5 axpys: QK is 32 for both, the quants' offset or min folded into off. */
+#define AXPY_Q5_ROWS(T)                                                                          \
+    INLINE AVX2_FN void axpy_##T##_rows(int nr, int64_t c0, int64_t c1, const void *const rows[], \
+                                        const float *a, float *y) {                             \
+        const block_##T *const *w = (const block_##T *const *)rows;                             \
+        for (int64_t b = c0 / 32; b < c1 / 32; b++) {                                           \
+            float s[PI_KERNEL_ROWS];                                                            \
+            __m256i q[PI_KERNEL_ROWS];                                                          \
+            const float off = scales_##T(nr, w, b, a, s, q);                                    \
+            axpy_u8x32(nr, q, s, off, y + b * 32);                                              \
+        }                                                                                       \
+    }
+AXPY_Q5_ROWS(q5_0)
+AXPY_Q5_ROWS(q5_1)
+#undef AXPY_Q5_ROWS
 
 INLINE AVX2_FN void axpy_q8_0_rows(int nr, int64_t c0, int64_t c1, const void *const rows[],
                                    const float *a, float *y) {
@@ -435,6 +534,8 @@ AXPY_ENTRY(AVX2_FN, axpy_f32_avx2, axpy_f32_rows)
 AXPY_ENTRY(AVX2_FN, axpy_f16_avx2, axpy_f16_rows)
 AXPY_ENTRY(AVX2_FN, axpy_q4_0_avx2, axpy_q4_0_rows)
 AXPY_ENTRY(AVX2_FN, axpy_q4_1_avx2, axpy_q4_1_rows)
+AXPY_ENTRY(AVX2_FN, axpy_q5_0_avx2, axpy_q5_0_rows)
+AXPY_ENTRY(AVX2_FN, axpy_q5_1_avx2, axpy_q5_1_rows)
 AXPY_ENTRY(AVX2_FN, axpy_q8_0_avx2, axpy_q8_0_rows)
 
 /* ==== activation quantizers (bit-identical to the reference) =================================== */
@@ -715,11 +816,13 @@ const pi_kernels pi_kernels_avx2 = {
     .name = "avx2",
     .dot = {[PI_TYPE_F32] = dot_f32_avx2, [PI_TYPE_F16] = dot_f16_avx2,
             [PI_TYPE_Q4_0] = dot_q4_0_avx2, [PI_TYPE_Q4_1] = dot_q4_1_avx2,
+            [PI_TYPE_Q5_0] = dot_q5_0_avx2, [PI_TYPE_Q5_1] = dot_q5_1_avx2,
             [PI_TYPE_Q8_0] = dot_q8_0_avx2},
     .dot8 = {[PI_TYPE_Q4_0] = dot8_q4_0_avx2, [PI_TYPE_Q4_1] = dot8_q4_1_avx2,
              [PI_TYPE_Q8_0] = dot8_q8_0_avx2},
     .axpy = {[PI_TYPE_F32] = axpy_f32_avx2, [PI_TYPE_F16] = axpy_f16_avx2,
              [PI_TYPE_Q4_0] = axpy_q4_0_avx2, [PI_TYPE_Q4_1] = axpy_q4_1_avx2,
+             [PI_TYPE_Q5_0] = axpy_q5_0_avx2, [PI_TYPE_Q5_1] = axpy_q5_1_avx2,
              [PI_TYPE_Q8_0] = axpy_q8_0_avx2},
     .quantize_act = {[PI_TYPE_Q8_0] = quantize_q8_0_avx2, [PI_TYPE_Q8_1] = quantize_q8_1_avx2},
     .attn_scores = attn_scores_avx2,
@@ -974,11 +1077,13 @@ const pi_kernels pi_kernels_avx512 = {
     .name = "avx512",
     .dot = {[PI_TYPE_F32] = dot_f32_avx512, [PI_TYPE_F16] = dot_f16_avx512,
             [PI_TYPE_Q4_0] = dot_q4_0_avx512, [PI_TYPE_Q4_1] = dot_q4_1_avx512,
+            [PI_TYPE_Q5_0] = dot_q5_0_avx2, [PI_TYPE_Q5_1] = dot_q5_1_avx2, /* AVX2's */
             [PI_TYPE_Q8_0] = dot_q8_0_avx512},
     .dot8 = {[PI_TYPE_Q4_0] = dot8_q4_0_avx2, [PI_TYPE_Q4_1] = dot8_q4_1_avx2, /* 8 rows = 8 lanes */
              [PI_TYPE_Q8_0] = dot8_q8_0_avx2},
     .axpy = {[PI_TYPE_F32] = axpy_f32_avx512, [PI_TYPE_F16] = axpy_f16_avx512,
              [PI_TYPE_Q4_0] = axpy_q4_0_avx512, [PI_TYPE_Q4_1] = axpy_q4_1_avx512,
+             [PI_TYPE_Q5_0] = axpy_q5_0_avx2, [PI_TYPE_Q5_1] = axpy_q5_1_avx2, /* AVX2's */
              [PI_TYPE_Q8_0] = axpy_q8_0_avx512},
     /* a few KB per call: AVX2 is plenty */
     .quantize_act = {[PI_TYPE_Q8_0] = quantize_q8_0_avx2, [PI_TYPE_Q8_1] = quantize_q8_1_avx2},

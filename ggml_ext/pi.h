@@ -47,6 +47,8 @@ typedef enum {
     PI_TYPE_F16 = 1,
     PI_TYPE_Q4_0 = 2,
     PI_TYPE_Q4_1 = 3,
+    PI_TYPE_Q5_0 = 6,
+    PI_TYPE_Q5_1 = 7,
     PI_TYPE_Q8_0 = 8,
     PI_TYPE_Q8_1 = 9,
 } pi_type;

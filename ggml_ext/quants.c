@@ -1,4 +1,4 @@
-/* quants.c - scalar (de)quantization of F32, F16, Q4_0, Q4_1, Q8_0, Q8_1 (the type table of
+/* quants.c - scalar (de)quantization of F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1 (the type table of
  * types.c points at these).
  *
  * Bit-identical to ggml's reference code (ggml-quants.c, quantize_row_*_ref / dequantize_row_*)
@@ -7,7 +7,7 @@
  *     fp16 conversion with round-to-nearest-even (blocks.h);
  *   - no fused multiply-add in x*id + 8.5f (the product must be rounded before the add). GCC
  *     contracts only in GNU mode (the build uses -std=c11, i.e. -ffp-contract=off); clang is
- *     told by the pragma below. (The dequantizers' q*d products are exact, since a 4/8-bit q
+ *     told by the pragma below. (The dequantizers' q*d products are exact, since a 4/5/8-bit q
  *     times an 11-bit fp16 mantissa fits in f32, so q*d + m is the same with or without FMA.)
  *   - ggml's tie and zero rules, noted at each quantizer.
  */
@@ -22,7 +22,7 @@
 #pragma STDC FP_CONTRACT OFF
 #endif
 
-/* ---- 4-bit packing (Q4_0, Q4_1) ----------------------------------------------------------- */
+/* ---- 4- and 5-bit packing (Q4_0, Q4_1, Q5_0, Q5_1) ------------------------------------------ */
 
 /* Byte j of a 32-element block holds element j in its low nibble and element j + 16 in its
  * high nibble. q[] values are in [0, 15]. */
@@ -30,18 +30,57 @@ static void pack_nibbles(const uint8_t q[32], uint8_t qs[16]) {
     for (int j = 0; j < 16; j++) qs[j] = (uint8_t)(q[j] | (q[j + 16] << 4));
 }
 
-static void unpack_nibbles(const uint8_t qs[16], int q[32]) {
-    for (int j = 0; j < 16; j++) {
-        q[j] = qs[j] & 0x0F;
-        q[j + 16] = qs[j] >> 4;
+/* Q5: the low 4 bits of q[j] (in [0, 31]) as Q4's nibbles, after 4 bytes qh holding bit 4 of
+ * q[j] in bit j (little-endian): packed = qh then qs. */
+static void pack_q5(const uint8_t q[32], uint8_t *packed) {
+    uint8_t lo[32];
+    memset(packed, 0, 4);
+    for (int j = 0; j < 32; j++) {
+        lo[j] = q[j] & 0x0F;
+        packed[j / 8] |= (uint8_t)((q[j] >> 4) << (j % 8));
     }
+    pack_nibbles(lo, packed + 4);
 }
 
-/* ggml's float -> 4-bit quant: truncation toward zero of v + bias (v + bias >= 0 here), capped
- * at 15 (in Q4_0, an element equal to -max maps to 16 before the cap). */
-static uint8_t quant4(float v, float bias) {
+static int quant_q4(const uint8_t *qs, int j) { return j < 16 ? qs[j] & 0x0F : qs[j - 16] >> 4; }
+static int quant_q5(const uint8_t *packed, int j) { return pi_q5_quant(packed, packed + 4, j); }
+
+/* ggml's float -> 4/5-bit quant: truncation toward zero of v + bias (v + bias >= 0 here), capped
+ * at `top` (in Q4_0/Q5_0, an element equal to -max maps to top + 1 before the cap). */
+static uint8_t quant_trunc(float v, float bias, int top) {
     const int8_t q = (int8_t)(v + bias);
-    return (uint8_t)(q < 15 ? q : 15);
+    return (uint8_t)(q < top ? q : top);
+}
+
+/* Q4_0/Q5_0's block: x ~ d * (q - half), d = max / -half where max is the element of largest
+ * magnitude, sign kept (the first one on ties; +0.0f for an all-zero block, so d = -0.0f there);
+ * q in [0, 2 half - 1]. Returns d. */
+static float quantize_block_sym(const float *x, int half, uint8_t q[32]) {
+    float amax = 0.0f, max = 0.0f;
+    for (int j = 0; j < 32; j++) {
+        if (amax < fabsf(x[j])) {
+            amax = fabsf(x[j]);
+            max = x[j];
+        }
+    }
+    const float d = max / (float)-half;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    for (int j = 0; j < 32; j++) q[j] = quant_trunc(x[j] * id, (float)half + 0.5f, 2 * half - 1);
+    return d;
+}
+
+/* Q4_1/Q5_1's block: x ~ d * q + m, m = min, d = (max - min) / top, q in [0, top]. Returns d. */
+static float quantize_block_affine(const float *x, int top, uint8_t q[32], float *m) {
+    float min = FLT_MAX, max = -FLT_MAX;
+    for (int j = 0; j < 32; j++) {
+        if (x[j] < min) min = x[j];
+        if (x[j] > max) max = x[j];
+    }
+    const float d = (max - min) / (float)top;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    for (int j = 0; j < 32; j++) q[j] = quant_trunc((x[j] - min) * id, 0.5f, top);
+    *m = min;
+    return d;
 }
 
 /* ---- per-type row functions ---------------------------------------------------------------- */
@@ -68,82 +107,71 @@ void pi_dequantize_f16(const void *vx, float *y, int64_t n) {
 
 float pi_elem_f16(const void *row, int64_t c) { return pi_half_to_float(((const pi_half *)row)[c]); }
 
-/* Q4_0: x ~ d * (q - 8), d = max / -8 where max is the element of largest magnitude, sign kept
- * (the first one on ties; +0.0f for an all-zero block, so d = -0.0f there). */
-void pi_quantize_q4_0(const float *x, void *vy, int64_t n) {
-    block_q4_0 *y = vy;
-    for (int64_t i = 0; i < n / QK4_0; i++, x += QK4_0) {
-        float amax = 0.0f, max = 0.0f;
-        for (int j = 0; j < QK4_0; j++) {
-            if (amax < fabsf(x[j])) {
-                amax = fabsf(x[j]);
-                max = x[j];
-            }
-        }
-        const float d = max / -8;
-        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+/* ---- Q4_0, Q4_1, Q5_0, Q5_1: one block shape ------------------------------------------------
+ * The fp16 scale d, for the affine _1 types the fp16 min m, then the packed quants. */
+typedef struct {
+    int64_t bytes; /* of a block */
+    int half;      /* x ~ d * (q - half) (quantize_block_sym); 0: x ~ d * q + m (affine) */
+    int top;       /* the largest quant */
+    void (*pack)(const uint8_t q[32], uint8_t *packed);
+    int (*quant)(const uint8_t *packed, int j); /* quant j of the packed quants */
+} legacy_format;
 
-        uint8_t q[QK4_0];
-        for (int j = 0; j < QK4_0; j++) q[j] = quant4(x[j] * id, 8.5f);
-        y[i].d = pi_float_to_half(d);
-        pack_nibbles(q, y[i].qs);
+static const legacy_format Q4_0 = {sizeof(block_q4_0), 8, 15, pack_nibbles, quant_q4};
+static const legacy_format Q4_1 = {sizeof(block_q4_1), 0, 15, pack_nibbles, quant_q4};
+static const legacy_format Q5_0 = {sizeof(block_q5_0), 16, 31, pack_q5, quant_q5};
+static const legacy_format Q5_1 = {sizeof(block_q5_1), 0, 31, pack_q5, quant_q5};
+
+static int head_bytes(const legacy_format *f) { return f->half ? 2 : 4; }
+
+static float load_half(const uint8_t *p) {
+    pi_half h;
+    memcpy(&h, p, sizeof h);
+    return pi_half_to_float(h);
+}
+
+static void store_half(uint8_t *p, float v) {
+    const pi_half h = pi_float_to_half(v);
+    memcpy(p, &h, sizeof h);
+}
+
+static void quantize_legacy(const legacy_format *f, const float *x, void *vy, int64_t n) {
+    uint8_t *y = vy;
+    for (int64_t i = 0; i < n / 32; i++, x += 32, y += f->bytes) {
+        uint8_t q[32];
+        float m = 0.0f;
+        store_half(y, f->half ? quantize_block_sym(x, f->half, q) : quantize_block_affine(x, f->top, q, &m));
+        if (!f->half) store_half(y + 2, m);
+        f->pack(q, y + head_bytes(f));
     }
 }
 
-void pi_dequantize_q4_0(const void *vx, float *y, int64_t n) {
-    const block_q4_0 *x = vx;
-    for (int64_t i = 0; i < n / QK4_0; i++, y += QK4_0) {
-        const float d = pi_half_to_float(x[i].d);
-        int q[QK4_0];
-        unpack_nibbles(x[i].qs, q);
-        for (int j = 0; j < QK4_0; j++) y[j] = (float)(q[j] - 8) * d;
-    }
+/* Element j of a block, dequantized as ggml does. */
+static float legacy_value(const legacy_format *f, const uint8_t *block, int j) {
+    const int q = f->quant(block + head_bytes(f), j);
+    const float d = load_half(block);
+    return f->half ? (float)(q - f->half) * d : (float)q * d + load_half(block + 2);
 }
 
-float pi_elem_q4_0(const void *row, int64_t c) {
-    const block_q4_0 *b = (const block_q4_0 *)row + c / QK4_0;
-    const int j = (int)(c % QK4_0);
-    const int q = j < QK4_0 / 2 ? b->qs[j] & 0x0F : b->qs[j - QK4_0 / 2] >> 4;
-    return pi_half_to_float(b->d) * (float)(q - 8);
+static void dequantize_legacy(const legacy_format *f, const void *vx, float *y, int64_t n) {
+    const uint8_t *x = vx;
+    for (int64_t i = 0; i < n / 32; i++, x += f->bytes, y += 32)
+        for (int j = 0; j < 32; j++) y[j] = legacy_value(f, x, j);
 }
 
-/* Q4_1: x ~ d * q + m, m = min, d = (max - min) / 15. */
-void pi_quantize_q4_1(const float *x, void *vy, int64_t n) {
-    block_q4_1 *y = vy;
-    for (int64_t i = 0; i < n / QK4_1; i++, x += QK4_1) {
-        float min = FLT_MAX, max = -FLT_MAX;
-        for (int j = 0; j < QK4_1; j++) {
-            if (x[j] < min) min = x[j];
-            if (x[j] > max) max = x[j];
-        }
-        const float d = (max - min) / 15;
-        const float id = d != 0.0f ? 1.0f / d : 0.0f;
-
-        uint8_t q[QK4_1];
-        for (int j = 0; j < QK4_1; j++) q[j] = quant4((x[j] - min) * id, 0.5f);
-        y[i].d = pi_float_to_half(d);
-        y[i].m = pi_float_to_half(min);
-        pack_nibbles(q, y[i].qs);
-    }
+static float elem_legacy(const legacy_format *f, const void *row, int64_t c) {
+    return legacy_value(f, (const uint8_t *)row + c / 32 * f->bytes, (int)(c % 32));
 }
 
-void pi_dequantize_q4_1(const void *vx, float *y, int64_t n) {
-    const block_q4_1 *x = vx;
-    for (int64_t i = 0; i < n / QK4_1; i++, y += QK4_1) {
-        const float d = pi_half_to_float(x[i].d);
-        const float m = pi_half_to_float(x[i].m);
-        int q[QK4_1];
-        unpack_nibbles(x[i].qs, q);
-        for (int j = 0; j < QK4_1; j++) y[j] = (float)q[j] * d + m;
-    }
-}
-
-float pi_elem_q4_1(const void *row, int64_t c) {
-    const block_q4_1 *b = (const block_q4_1 *)row + c / QK4_1;
-    const int j = (int)(c % QK4_1);
-    const int q = j < QK4_1 / 2 ? b->qs[j] & 0x0F : b->qs[j - QK4_1 / 2] >> 4;
-    return pi_half_to_float(b->d) * (float)q + pi_half_to_float(b->m);
-}
+#define LEGACY_ENTRIES(t, F)                                                                       \
+    void pi_quantize_##t(const float *x, void *y, int64_t n) { quantize_legacy(&F, x, y, n); }    \
+    void pi_dequantize_##t(const void *x, float *y, int64_t n) { dequantize_legacy(&F, x, y, n); } \
+    float pi_elem_##t(const void *row, int64_t c) { return elem_legacy(&F, row, c); }
+LEGACY_ENTRIES(q4_0, Q4_0)
+LEGACY_ENTRIES(q4_1, Q4_1)
+LEGACY_ENTRIES(q5_0, Q5_0)
+LEGACY_ENTRIES(q5_1, Q5_1)
+#undef LEGACY_ENTRIES
 
 /* The 8-bit block shared by Q8_0 and Q8_1: d = amax / 127, qs[j] = roundf(x[j] / d) (half away
  * from zero). Stores qs, returns d (unrounded f32) and the sum of the quants in *sum. */

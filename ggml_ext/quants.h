@@ -16,6 +16,8 @@ void pi_quantize_f32(const float *x, void *y, int64_t n);
 void pi_quantize_f16(const float *x, void *y, int64_t n);
 void pi_quantize_q4_0(const float *x, void *y, int64_t n);
 void pi_quantize_q4_1(const float *x, void *y, int64_t n);
+void pi_quantize_q5_0(const float *x, void *y, int64_t n);
+void pi_quantize_q5_1(const float *x, void *y, int64_t n);
 void pi_quantize_q8_0(const float *x, void *y, int64_t n);
 void pi_quantize_q8_1(const float *x, void *y, int64_t n);
 
@@ -24,6 +26,8 @@ void pi_dequantize_f32(const void *x, float *y, int64_t n);
 void pi_dequantize_f16(const void *x, float *y, int64_t n);
 void pi_dequantize_q4_0(const void *x, float *y, int64_t n);
 void pi_dequantize_q4_1(const void *x, float *y, int64_t n);
+void pi_dequantize_q5_0(const void *x, float *y, int64_t n);
+void pi_dequantize_q5_1(const void *x, float *y, int64_t n);
 void pi_dequantize_q8_0(const void *x, float *y, int64_t n);
 void pi_dequantize_q8_1(const void *x, float *y, int64_t n);
 
@@ -32,6 +36,8 @@ float pi_elem_f32(const void *row, int64_t c);
 float pi_elem_f16(const void *row, int64_t c);
 float pi_elem_q4_0(const void *row, int64_t c);
 float pi_elem_q4_1(const void *row, int64_t c);
+float pi_elem_q5_0(const void *row, int64_t c);
+float pi_elem_q5_1(const void *row, int64_t c);
 float pi_elem_q8_0(const void *row, int64_t c);
 
 #endif /* PI_QUANTS_H */

@@ -3,10 +3,10 @@
 Every kernel runs on every instruction set this CPU has (scalar, AVX2, AVX-512) and is checked
 against a float64 numpy reference built from the library's own (de)quantizers, against its
 scalar twin, and across thread counts (1, 2, 3 must agree bit for bit). The reference for the
-quantized types reproduces ggml's arithmetic: x is quantized per block (Q8_0, or Q8_1 for Q4_1
-weights, with ggml-cpu's x86 activation quantizer: see quantize_act) and the dot uses the
-quantized x, with Q4_1's min term taken from Q8_1's fp16 s, so the tolerances only cover float32
-accumulation, not quantization error.
+quantized types reproduces ggml's arithmetic: x is quantized per block into the weight type's
+activation type (Q8_0, or Q8_1 for Q4_1/Q5_1, with ggml-cpu's x86 activation quantizer: see
+quantize_act) and the dot uses the quantized x, with the Q4_1/Q5_1 min term taken from Q8_1's
+fp16 s, so the tolerances only cover float32 accumulation, not quantization error.
 """
 import ctypes
 import mmap
@@ -15,12 +15,14 @@ import numpy as np
 import pytest
 
 from pi_backend import _lib
+from pi_backend import kernels as K
 from pi_backend._lib import PiError, call, fptr, iptr, vptr
 
 F32, F16, Q4_0, Q4_1, Q8_0, Q8_1 = (_lib.PI_TYPE_F32, _lib.PI_TYPE_F16, _lib.PI_TYPE_Q4_0,
                                     _lib.PI_TYPE_Q4_1, _lib.PI_TYPE_Q8_0, _lib.PI_TYPE_Q8_1)
-TYPES = [F32, F16, Q4_0, Q4_1, Q8_0]
-TYPE_NAMES = {F32: "f32", F16: "f16", Q4_0: "q4_0", Q4_1: "q4_1", Q8_0: "q8_0"}
+# every weight type of the library's type table, by ggml id
+TYPES = [K.type_id(name) for name in K.weight_types()]
+TYPE_NAMES = {t: name for name, t in K.types().items()}
 ISA_NAMES = {_lib.PI_ISA_SCALAR: "scalar", _lib.PI_ISA_AVX2: "avx2", _lib.PI_ISA_AVX512: "avx512"}
 SHAPES = [(1, 32), (5, 64), (37, 576), (13, 1536), (64, 256)]
 
@@ -102,12 +104,12 @@ def quantize_act(act_t, x):
 def activation_reference(t, x):
     """(x as the kernel multiplies it [n] f64, per-block correction [n_blocks] f64 or None).
 
-    For Q4_1, ggml uses the fp16 s = d * sum(qs) of the Q8_1 block for the weight minimum's term,
+    For Q4_1/Q5_1, ggml uses the fp16 s = d * sum(qs) of the Q8_1 block for the weight minimum's term,
     not the exact sum of the dequantized x: the correction holds s_b - d_b * sum(qs_b)."""
     n = x.size
-    if t in (F32, F16):
+    act_t = K.describe(t).act_type
+    if act_t == F32:
         return x.astype(np.float64), None
-    act_t = Q8_1 if t == Q4_1 else Q8_0
     qa = quantize_act(act_t, x)
     xq = dequantize(act_t, qa, n)[0].astype(np.float64)
     if act_t == Q8_0:
@@ -118,21 +120,21 @@ def activation_reference(t, x):
 
 
 def weight_min(t, q):
-    """Q4_1 block minimums m: [rows, n_blocks] f64."""
-    blocks = q.reshape(q.shape[0], -1, 20)
+    """Q4_1/Q5_1 block minimums m (the fp16 after the scale): [rows, n_blocks] f64."""
+    blocks = q.reshape(q.shape[0], -1, K.describe(t).block_bytes)
     return blocks[:, :, 2:4].copy().view(np.float16)[:, :, 0].astype(np.float64)
 
 
 def magnitude(t, q, Wd):
     """An elementwise bound on the weight terms the kernels add up, for error scales: |W| for
     F32/F16; for block types, twice the block's largest |W| (a kernel may add q * d and the
-    offset separately), plus |m| for Q4_1."""
+    offset separately), plus |m| for Q4_1/Q5_1."""
     if t in (F32, F16):
         return np.abs(Wd)
     rows, n = Wd.shape
     blockmax = np.abs(Wd).reshape(rows, -1, 32).max(axis=2, keepdims=True)
     mag = np.broadcast_to(2 * blockmax, (rows, n // 32, 32))
-    if t == Q4_1:
+    if K.describe(t).act_type == Q8_1:
         mag = mag + np.abs(weight_min(t, q))[:, :, None]
     return np.ascontiguousarray(mag).reshape(rows, n)
 
@@ -582,7 +584,7 @@ def test_indexed_kernel_errors(small, fn):
     assert st(idx=ctypes.POINTER(ctypes.c_int32)()) == E.PI_ERR_NULL
     assert st(out=None) == E.PI_ERR_NULL
     assert st(t=Q8_1) == E.PI_ERR_TYPE
-    assert st(t=7) == E.PI_ERR_TYPE
+    assert st(t=5) == E.PI_ERR_TYPE
     assert st(n_rows=0) == E.PI_ERR_SHAPE
     assert st(n_cols=-32) == E.PI_ERR_SHAPE
     assert st(n_cols=40) == E.PI_ERR_SHAPE

@@ -1,8 +1,8 @@
 """ggml_ext/quants.c against gguf-py (gguf.quants), byte for byte.
 
-gguf.quants reproduces ggml's reference quantizers bit-exactly for F16, Q4_0, Q4_1 and Q8_0; it
-has no Q8_1, so Q8_1 is checked against the small numpy reference below (itself checked against
-gguf's Q8_0, which shares its d and quants).
+gguf.quants reproduces ggml's reference quantizers bit-exactly for F16, Q4_0, Q4_1, Q5_0, Q5_1
+and Q8_0; it has no Q8_1, so Q8_1 is checked against the small numpy reference below (itself
+checked against gguf's Q8_0, which shares its d and quants).
 """
 import ctypes
 
@@ -19,7 +19,8 @@ TYPES = {t: QT[name.upper()] for name, t in K.types().items()}
 # gguf-py still lists Q8_1 as (32, 4 + 4 + 32), the old layout with f32 d and s. ggml's block_q8_1
 # has been two fp16 (d, s) + 32 int8 = 36 bytes for long (Q8_1 never occurs in GGUF files).
 BLOCK_SIZES = {t: GGML_QUANT_SIZES[qt] for t, qt in TYPES.items()} | {_lib.PI_TYPE_Q8_1: (32, 36)}
-QUANT_TYPES = [_lib.PI_TYPE_Q4_0, _lib.PI_TYPE_Q4_1, _lib.PI_TYPE_Q8_0, _lib.PI_TYPE_Q8_1]
+QUANT_TYPES = [_lib.PI_TYPE_Q4_0, _lib.PI_TYPE_Q4_1, _lib.PI_TYPE_Q5_0, _lib.PI_TYPE_Q5_1,
+               _lib.PI_TYPE_Q8_0, _lib.PI_TYPE_Q8_1]
 
 
 # ---- helpers -------------------------------------------------------------------------------
@@ -132,8 +133,9 @@ def test_the_type_table_is_ggmls():
         assert t == qt.value
     act = {name: K.describe(name).act_type for name in K.types()}
     assert act | {"f32": _lib.PI_TYPE_F32, "f16": _lib.PI_TYPE_F32, "q4_0": _lib.PI_TYPE_Q8_0,
-                  "q4_1": _lib.PI_TYPE_Q8_1, "q8_0": _lib.PI_TYPE_Q8_0, "q8_1": -1} == act
-    assert {"f32", "f16", "q4_0", "q4_1", "q8_0"} <= set(K.weight_types())
+                  "q4_1": _lib.PI_TYPE_Q8_1, "q5_0": _lib.PI_TYPE_Q8_0, "q5_1": _lib.PI_TYPE_Q8_1,
+                  "q8_0": _lib.PI_TYPE_Q8_0, "q8_1": -1} == act
+    assert {"f32", "f16", "q4_0", "q4_1", "q5_0", "q5_1", "q8_0"} <= set(K.weight_types())
     assert "q8_1" not in K.weight_types()
     assert {"q4_0", "q4_1", "q8_0"} <= set(K.rows8_types()) <= set(K.weight_types())
     for t in range(_lib.PI_N_TYPE_IDS):
@@ -244,7 +246,9 @@ def test_roundtrip_error_is_bounded(t):
     x = CASES["normal_4096"]
     err = np.abs(pi_dequantize(t, pi_quantize(t, x), x.size) - x).reshape(-1, 32)
     amax = np.abs(x).reshape(-1, 32).max(axis=1)
-    step = amax / (7.5 if t in (_lib.PI_TYPE_Q4_0, _lib.PI_TYPE_Q4_1) else 127)
+    half_steps = {_lib.PI_TYPE_Q4_0: 7.5, _lib.PI_TYPE_Q4_1: 7.5, _lib.PI_TYPE_Q5_0: 15.5,
+                  _lib.PI_TYPE_Q5_1: 15.5}
+    step = amax / half_steps.get(t, 127)
     assert np.all(err.max(axis=1) <= step * 1.01)
 
 
@@ -278,7 +282,7 @@ def test_f32_f16_accept_any_positive_n():
         np.testing.assert_array_equal(pi_dequantize(t, pi_quantize(t, x), 3), x)
 
 
-@pytest.mark.parametrize("t", [-1, 4, 5, 6, 7, 10, 12, 30, 1000])
+@pytest.mark.parametrize("t", [-1, 4, 5, 10, 12, 30, 1000])
 def test_unknown_type(t):
     x = np.zeros(32, np.float32)
     q = np.zeros(64, np.uint8)
@@ -327,7 +331,7 @@ def test_row_bytes_overflow():
 
 
 def test_success_clears_last_error():
-    _error("pi_row_bytes", 7, 32, ctypes.byref(ctypes.c_int64()))
+    _error("pi_row_bytes", 5, 32, ctypes.byref(ctypes.c_int64()))
     assert _lib.lib().pi_last_error() != b""
     row_bytes(_lib.PI_TYPE_Q4_0, 32)
     assert _lib.lib().pi_last_error() == b""
