@@ -11,6 +11,7 @@ import pytest
 from pi_backend import _lib
 from pi_backend.bench import DEFAULT_TEXT
 from pi_backend.model import ContextOverflowError, Model, ModelError
+from peer import divergence, within_peer_noise
 
 PROSE = DEFAULT_TEXT.read_text()
 
@@ -42,23 +43,6 @@ def ref_logits_one_by_one(ref, tokens):
     for t in tokens:
         ref.eval([t])
     return np.array(ref.scores[:len(tokens)], dtype=np.float32)
-
-
-def within_peer_noise(d: dict, peer: dict) -> bool:
-    """Whether divergence d is within twice llama.cpp's own (peer): both are another summation
-    order than the batched path's, and 256 positions leave a token or two of sampling noise."""
-    return 1 - d["top1"] <= 2 * (1 - peer["top1"]) and d["kl"] <= 2 * peer["kl"]
-
-
-def divergence(a, b) -> dict:
-    """How far logits a [n, vocab] are from logits b: top-1 agreement, mean KL(b || a), max |a - b|."""
-    la = a - a.max(-1, keepdims=True)
-    lb = b - b.max(-1, keepdims=True)
-    la = la - np.log(np.exp(la).sum(-1, keepdims=True))
-    lb = lb - np.log(np.exp(lb).sum(-1, keepdims=True))
-    kl = float(np.mean(np.sum(np.exp(lb) * (lb - la), -1)))
-    return {"top1": float(np.mean(a.argmax(-1) == b.argmax(-1))), "kl": kl,
-            "max": float(np.abs(a - b).max())}
 
 
 @pytest.fixture(scope="module")
