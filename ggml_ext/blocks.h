@@ -60,6 +60,72 @@ typedef struct {
 } block_q8_1;
 _Static_assert(sizeof(block_q8_1) == 4 + QK8_1, "block_q8_1 size");
 
+/* ---- the K-quants: super-blocks of 256 ------------------------------------------------------ */
+#define QK_K 256
+
+/* Q4_K: 8 groups of 32, x = d * sc_g * q - dmin * m_g with 6-bit sc_g, m_g and 4-bit q. */
+typedef struct {
+    pi_half d;            /* scale of the group scales */
+    pi_half dmin;         /* scale of the group mins */
+    uint8_t scales[12];   /* sc_g, m_g packed in 6 bits (pi_q4_K_scales) */
+    uint8_t qs[QK_K / 2]; /* 4 chunks of 64: byte l low nibble = element l, high = element l + 32 */
+} block_q4_K;
+_Static_assert(sizeof(block_q4_K) == 4 + 12 + QK_K / 2, "block_q4_K size");
+
+/* Q6_K: 16 groups of 16, x = d * sc_g * (q - 32) with int8 sc_g and 6-bit q. */
+typedef struct {
+    uint8_t ql[QK_K / 2];  /* low 4 bits (pi_q6_K_quants) */
+    uint8_t qh[QK_K / 4];  /* high 2 bits */
+    int8_t scales[QK_K / 16];
+    pi_half d;
+} block_q6_K;
+_Static_assert(sizeof(block_q6_K) == QK_K / 2 + QK_K / 4 + QK_K / 16 + 2, "block_q6_K size");
+
+/* Q8_K: the activation of the K-quant dots, x = d * qs; bsums[g] = sum of qs[16 g .. 16 g + 15]. */
+typedef struct {
+    float d;
+    int8_t qs[QK_K];
+    int16_t bsums[QK_K / 16];
+} block_q8_K;
+_Static_assert(sizeof(block_q8_K) == 4 + QK_K + QK_K / 8, "block_q8_K size");
+
+/* Q4_K's 6-bit group scales and mins: groups 0-3 in the low 6 bits of bytes 0-3 (scales) and
+ * 4-7 (mins); groups 4-7 in the nibbles of bytes 8-11 with their top 2 bits in the top bits of
+ * bytes 0-3 (scales) and 4-7 (mins). */
+static inline void pi_q4_K_scales(const uint8_t s[12], uint8_t sc[8], uint8_t m[8]) {
+    for (int g = 0; g < 4; g++) {
+        sc[g] = s[g] & 63;
+        m[g] = s[g + 4] & 63;
+        sc[g + 4] = (uint8_t)((s[g + 8] & 0x0F) | ((s[g] >> 6) << 4));
+        m[g + 4] = (uint8_t)((s[g + 8] >> 4) | ((s[g + 4] >> 6) << 4));
+    }
+}
+
+/* Q4_K's 256 quants q[e] in [0, 15], element order. */
+static inline void pi_q4_K_quants(const block_q4_K *b, uint8_t q[QK_K]) {
+    for (int c = 0; c < 4; c++)
+        for (int l = 0; l < 32; l++) {
+            q[64 * c + l] = b->qs[32 * c + l] & 0x0F;
+            q[64 * c + 32 + l] = b->qs[32 * c + l] >> 4;
+        }
+}
+
+/* Q6_K's 256 quants minus 32, in [-32, 31], element order: in each half of 128, element l (l <
+ * 32) takes ql[l]'s low nibble and qh[l]'s bits 0-1, l + 32 ql[l + 32]'s low nibble and bits 2-3,
+ * l + 64 ql[l]'s high nibble and bits 4-5, l + 96 ql[l + 32]'s high nibble and bits 6-7. */
+static inline void pi_q6_K_quants(const block_q6_K *b, int8_t q[QK_K]) {
+    for (int h = 0; h < 2; h++) {
+        const uint8_t *ql = b->ql + 64 * h, *qh = b->qh + 32 * h;
+        int8_t *qo = q + 128 * h;
+        for (int l = 0; l < 32; l++) {
+            qo[l] = (int8_t)(((ql[l] & 0x0F) | ((qh[l] & 3) << 4)) - 32);
+            qo[l + 32] = (int8_t)(((ql[l + 32] & 0x0F) | (((qh[l] >> 2) & 3) << 4)) - 32);
+            qo[l + 64] = (int8_t)(((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32);
+            qo[l + 96] = (int8_t)(((ql[l + 32] >> 4) | ((qh[l] >> 6) << 4)) - 32);
+        }
+    }
+}
+
 /* ---- the 8-row interleaved layout ("rows8") of the dense matrix kernels ----------------------
  * Block b of 8 consecutive rows, stored together: their scales, then their quants interleaved
  * in 4-byte chunks, chunk c of row r at qs[32 c + 4 r]. A 256-bit register then holds chunk c

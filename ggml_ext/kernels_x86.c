@@ -16,6 +16,7 @@
 #include <immintrin.h>
 
 #include "kernels.h"
+#include "quants.h"
 
 #define AVX2_FN __attribute__((target("avx2,fma,f16c")))
 #define AVX512_FN __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl")))
@@ -538,6 +539,166 @@ AXPY_ENTRY(AVX2_FN, axpy_q5_0_avx2, axpy_q5_0_rows)
 AXPY_ENTRY(AVX2_FN, axpy_q5_1_avx2, axpy_q5_1_rows)
 AXPY_ENTRY(AVX2_FN, axpy_q8_0_avx2, axpy_q8_0_rows)
 
+/* ==== AVX2 K-quants against Q8_K (scalar twins dot_row_q4_K & co. in kernels.c) ============== */
+/* ggml's AVX2 vec_dot_q4_K_q8_K / q6_K_q8_K, four rows sharing each activation load: per block
+ * an exact int32 sum per lane (lane k: elements 4k .. 4k + 3 of each group of 32, times the
+ * group's scale), then one fused multiply-add by d_x * d_w. */
+
+/* 16 int16: s0 in the low 8 (elements 0-15 of a group of 32 pairs), s1 in the high 8. */
+INLINE AVX2_FN __m256i scale_pair16(int s0, int s1) {
+    return _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_set1_epi16((short)s0)),
+                                   _mm_set1_epi16((short)s1), 1);
+}
+
+INLINE AVX2_FN void dot_q4_K_rows(int nr, int64_t n, const void *const rows[], const void *act,
+                                  float *out) {
+    const block_q4_K *const *w = (const block_q4_K *const *)rows;
+    const block_q8_K *x = act;
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    __m256 acc[PI_KERNEL_ROWS];
+    __m128 acc_m[PI_KERNEL_ROWS]; /* the min terms: lane p takes groups 2p, 2p + 1 */
+    for (int r = 0; r < nr; r++) acc[r] = _mm256_setzero_ps(), acc_m[r] = _mm_setzero_ps();
+    for (int64_t b = 0; b < n / QK_K; b++) {
+        const block_q8_K *xb = x + b;
+        const __m256i bs = _mm256_loadu_si256((const __m256i *)xb->bsums);
+        const __m128i group_sums = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
+        uint8_t sc[PI_KERNEL_ROWS][8], m[PI_KERNEL_ROWS][8];
+        __m256i sumi[PI_KERNEL_ROWS];
+        for (int r = 0; r < nr; r++) {
+            pi_q4_K_scales(w[r][b].scales, sc[r], m[r]);
+            sumi[r] = _mm256_setzero_si256();
+        }
+        for (int c = 0; c < 4; c++) { /* chunk c: groups 2c (low nibbles) and 2c + 1 (high) */
+            const __m256i ylo = _mm256_loadu_si256((const __m256i *)(xb->qs + 64 * c));
+            const __m256i yhi = _mm256_loadu_si256((const __m256i *)(xb->qs + 64 * c + 32));
+            for (int r = 0; r < nr; r++) {
+                const __m256i v = _mm256_loadu_si256((const __m256i *)(w[r][b].qs + 32 * c));
+                const __m256i plo = _mm256_maddubs_epi16(_mm256_and_si256(v, m4), ylo);
+                const __m256i phi = _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 4), m4), yhi);
+                sumi[r] = _mm256_add_epi32(sumi[r], _mm256_add_epi32(
+                    _mm256_madd_epi16(_mm256_set1_epi16(sc[r][2 * c]), plo),
+                    _mm256_madd_epi16(_mm256_set1_epi16(sc[r][2 * c + 1]), phi)));
+            }
+        }
+        for (int r = 0; r < nr; r++) {
+            const float d = xb->d * fp16_table[w[r][b].d], dmin = -xb->d * fp16_table[w[r][b].dmin];
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi[r]), acc[r]);
+            const __m128i mins = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)m[r]));
+            acc_m[r] = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(_mm_madd_epi16(mins, group_sums)), acc_m[r]);
+        }
+    }
+    for (int r = 0; r < nr; r++) {
+        __m128 s = _mm_add_ps(acc_m[r], _mm_movehl_ps(acc_m[r], acc_m[r]));
+        s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        out[r] = hsum8(acc[r]) + _mm_cvtss_f32(s);
+    }
+}
+
+/* The 6-bit quants of group k (of 4) in a half of a Q6_K block, as unsigned bytes (q + 32). */
+INLINE AVX2_FN __m256i q6_group(const uint8_t *ql, __m256i qh, int k) {
+    const __m256i low = _mm256_loadu_si256((const __m256i *)(ql + 32 * (k & 1)));
+    const __m256i nib = _mm256_and_si256(k < 2 ? low : _mm256_srli_epi16(low, 4), _mm256_set1_epi8(0x0F));
+    const __m256i hi2 = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * k), _mm256_set1_epi8(3));
+    return _mm256_or_si256(nib, _mm256_slli_epi16(hi2, 4));
+}
+
+INLINE AVX2_FN void dot_q6_K_rows(int nr, int64_t n, const void *const rows[], const void *act,
+                                  float *out) {
+    const block_q6_K *const *w = (const block_q6_K *const *)rows;
+    const block_q8_K *x = act;
+    __m256 acc[PI_KERNEL_ROWS];
+    for (int r = 0; r < nr; r++) acc[r] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < n / QK_K; b++) {
+        const block_q8_K *xb = x + b;
+        __m256i sumi[PI_KERNEL_ROWS];
+        for (int r = 0; r < nr; r++) sumi[r] = _mm256_setzero_si256();
+        for (int h = 0; h < 2; h++) { /* halves of 128: 4 groups of 32 each */
+            __m256i y[4], y32[4]; /* y32: 32 * the pair sums of y, i.e. the -32 of the quants */
+            for (int k = 0; k < 4; k++) {
+                y[k] = _mm256_loadu_si256((const __m256i *)(xb->qs + 128 * h + 32 * k));
+                y32[k] = _mm256_maddubs_epi16(_mm256_set1_epi8(32), y[k]);
+            }
+            for (int r = 0; r < nr; r++) {
+                const block_q6_K *wb = &w[r][b];
+                const __m256i qh = _mm256_loadu_si256((const __m256i *)(wb->qh + 32 * h));
+                for (int k = 0; k < 4; k++) {
+                    const __m256i p = _mm256_sub_epi16(_mm256_maddubs_epi16(q6_group(wb->ql + 64 * h, qh, k), y[k]), y32[k]);
+                    const int8_t *s = wb->scales + 8 * h + 2 * k;
+                    sumi[r] = _mm256_add_epi32(sumi[r], _mm256_madd_epi16(scale_pair16(s[0], s[1]), p));
+                }
+            }
+        }
+        for (int r = 0; r < nr; r++)
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(xb->d * fp16_table[w[r][b].d]), _mm256_cvtepi32_ps(sumi[r]), acc[r]);
+    }
+    for (int r = 0; r < nr; r++) out[r] = hsum8(acc[r]);
+}
+
+DOT_ENTRY(AVX2_FN, dot_q4_K_avx2, dot_q4_K_rows)
+DOT_ENTRY(AVX2_FN, dot_q6_K_avx2, dot_q6_K_rows)
+
+/* Group g (of 8, 32 elements) of a block dequantized as pi_dequantize_q4_K / q6_K compute it:
+ * w[i] holds elements 8i .. 8i + 7. */
+INLINE AVX2_FN __m256i u8x8(const uint8_t *p) { return _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p)); }
+
+INLINE AVX2_FN void group_q4_K(const void *block, int g, __m256 w[4]) {
+    const block_q4_K *b = block;
+    uint8_t sc[8], m[8];
+    pi_q4_K_scales(b->scales, sc, m);
+    const __m256 d = _mm256_set1_ps(fp16_table[b->d] * (float)sc[g]);
+    const __m256 mn = _mm256_set1_ps(fp16_table[b->dmin] * (float)m[g]);
+    for (int i = 0; i < 4; i++) {
+        const __m256i v = u8x8(b->qs + 32 * (g / 2) + 8 * i);
+        const __m256i q = _mm256_and_si256(g & 1 ? _mm256_srli_epi32(v, 4) : v, _mm256_set1_epi32(0x0F));
+        w[i] = _mm256_sub_ps(_mm256_mul_ps(d, _mm256_cvtepi32_ps(q)), mn);
+    }
+}
+
+INLINE AVX2_FN void group_q6_K(const void *block, int g, __m256 w[4]) {
+    const block_q6_K *b = block;
+    const int h = g / 4, k = g % 4;
+    const uint8_t *ql = b->ql + 64 * h + 32 * (k & 1), *qh = b->qh + 32 * h;
+    for (int i = 0; i < 4; i++) {
+        const __m256i lo = _mm256_and_si256(_mm256_srli_epi32(u8x8(ql + 8 * i), 4 * (k >> 1)), _mm256_set1_epi32(0x0F));
+        const __m256i hi = _mm256_and_si256(_mm256_srli_epi32(u8x8(qh + 8 * i), 2 * k), _mm256_set1_epi32(3));
+        const __m256i q = _mm256_sub_epi32(_mm256_or_si256(lo, _mm256_slli_epi32(hi, 4)), _mm256_set1_epi32(32));
+        const float d = fp16_table[b->d] * (float)b->scales[8 * h + 2 * k + i / 2];
+        w[i] = _mm256_mul_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(q));
+    }
+}
+
+/* y += a[r] * row r for r < nr, group by group: y[c] = fma(a[r], w_r[c], y[c]), rows in order
+ * (the scalar twin's bits). */
+INLINE AVX2_FN void axpy_k_rows(int nr, int64_t c0, int64_t c1, const void *const rows[],
+                                const float *a, float *y, size_t block_bytes,
+                                void (*group)(const void *, int, __m256[4])) {
+    for (int64_t b = c0 / QK_K; b < c1 / QK_K; b++)
+        for (int g = 0; g < QK_K / 32; g++) {
+            float *yg = y + b * QK_K + 32 * g;
+            __m256 yv[4];
+            for (int i = 0; i < 4; i++) yv[i] = _mm256_loadu_ps(yg + 8 * i);
+            for (int r = 0; r < nr; r++) {
+                __m256 wv[4];
+                group((const uint8_t *)rows[r] + (size_t)b * block_bytes, g, wv);
+                for (int i = 0; i < 4; i++) yv[i] = _mm256_fmadd_ps(_mm256_set1_ps(a[r]), wv[i], yv[i]);
+            }
+            for (int i = 0; i < 4; i++) _mm256_storeu_ps(yg + 8 * i, yv[i]);
+        }
+}
+
+INLINE AVX2_FN void axpy_q4_K_rows(int nr, int64_t c0, int64_t c1, const void *const rows[],
+                                   const float *a, float *y) {
+    axpy_k_rows(nr, c0, c1, rows, a, y, sizeof(block_q4_K), group_q4_K);
+}
+
+INLINE AVX2_FN void axpy_q6_K_rows(int nr, int64_t c0, int64_t c1, const void *const rows[],
+                                   const float *a, float *y) {
+    axpy_k_rows(nr, c0, c1, rows, a, y, sizeof(block_q6_K), group_q6_K);
+}
+
+AXPY_ENTRY(AVX2_FN, axpy_q4_K_avx2, axpy_q4_K_rows)
+AXPY_ENTRY(AVX2_FN, axpy_q6_K_avx2, axpy_q6_K_rows)
+
 /* ==== activation quantizers (bit-identical to the reference) =================================== */
 
 /* One block of 32 floats -> qs, as the scalar twin quantize_act_block (ggml-cpu's x86
@@ -817,14 +978,17 @@ const pi_kernels pi_kernels_avx2 = {
     .dot = {[PI_TYPE_F32] = dot_f32_avx2, [PI_TYPE_F16] = dot_f16_avx2,
             [PI_TYPE_Q4_0] = dot_q4_0_avx2, [PI_TYPE_Q4_1] = dot_q4_1_avx2,
             [PI_TYPE_Q5_0] = dot_q5_0_avx2, [PI_TYPE_Q5_1] = dot_q5_1_avx2,
-            [PI_TYPE_Q8_0] = dot_q8_0_avx2},
+            [PI_TYPE_Q8_0] = dot_q8_0_avx2, [PI_TYPE_Q4_K] = dot_q4_K_avx2,
+            [PI_TYPE_Q6_K] = dot_q6_K_avx2},
     .dot8 = {[PI_TYPE_Q4_0] = dot8_q4_0_avx2, [PI_TYPE_Q4_1] = dot8_q4_1_avx2,
              [PI_TYPE_Q8_0] = dot8_q8_0_avx2},
     .axpy = {[PI_TYPE_F32] = axpy_f32_avx2, [PI_TYPE_F16] = axpy_f16_avx2,
              [PI_TYPE_Q4_0] = axpy_q4_0_avx2, [PI_TYPE_Q4_1] = axpy_q4_1_avx2,
              [PI_TYPE_Q5_0] = axpy_q5_0_avx2, [PI_TYPE_Q5_1] = axpy_q5_1_avx2,
-             [PI_TYPE_Q8_0] = axpy_q8_0_avx2},
-    .quantize_act = {[PI_TYPE_Q8_0] = quantize_q8_0_avx2, [PI_TYPE_Q8_1] = quantize_q8_1_avx2},
+             [PI_TYPE_Q8_0] = axpy_q8_0_avx2, [PI_TYPE_Q4_K] = axpy_q4_K_avx2,
+             [PI_TYPE_Q6_K] = axpy_q6_K_avx2},
+    .quantize_act = {[PI_TYPE_Q8_0] = quantize_q8_0_avx2, [PI_TYPE_Q8_1] = quantize_q8_1_avx2,
+                     [PI_TYPE_Q8_K] = pi_quantize_q8_K /* ggml-cpu's x86 one is the reference */},
     .attn_scores = attn_scores_avx2,
     .softmax_exp = softmax_exp_avx2,
     .attn_values = attn_values_avx2,
@@ -1078,15 +1242,18 @@ const pi_kernels pi_kernels_avx512 = {
     .dot = {[PI_TYPE_F32] = dot_f32_avx512, [PI_TYPE_F16] = dot_f16_avx512,
             [PI_TYPE_Q4_0] = dot_q4_0_avx512, [PI_TYPE_Q4_1] = dot_q4_1_avx512,
             [PI_TYPE_Q5_0] = dot_q5_0_avx2, [PI_TYPE_Q5_1] = dot_q5_1_avx2, /* AVX2's */
-            [PI_TYPE_Q8_0] = dot_q8_0_avx512},
+            [PI_TYPE_Q8_0] = dot_q8_0_avx512,
+            [PI_TYPE_Q4_K] = dot_q4_K_avx2, [PI_TYPE_Q6_K] = dot_q6_K_avx2}, /* ggml's AVX2 order */
     .dot8 = {[PI_TYPE_Q4_0] = dot8_q4_0_avx2, [PI_TYPE_Q4_1] = dot8_q4_1_avx2, /* 8 rows = 8 lanes */
              [PI_TYPE_Q8_0] = dot8_q8_0_avx2},
     .axpy = {[PI_TYPE_F32] = axpy_f32_avx512, [PI_TYPE_F16] = axpy_f16_avx512,
              [PI_TYPE_Q4_0] = axpy_q4_0_avx512, [PI_TYPE_Q4_1] = axpy_q4_1_avx512,
              [PI_TYPE_Q5_0] = axpy_q5_0_avx2, [PI_TYPE_Q5_1] = axpy_q5_1_avx2, /* AVX2's */
-             [PI_TYPE_Q8_0] = axpy_q8_0_avx512},
+             [PI_TYPE_Q8_0] = axpy_q8_0_avx512, [PI_TYPE_Q4_K] = axpy_q4_K_avx2,
+             [PI_TYPE_Q6_K] = axpy_q6_K_avx2},
     /* a few KB per call: AVX2 is plenty */
-    .quantize_act = {[PI_TYPE_Q8_0] = quantize_q8_0_avx2, [PI_TYPE_Q8_1] = quantize_q8_1_avx2},
+    .quantize_act = {[PI_TYPE_Q8_0] = quantize_q8_0_avx2, [PI_TYPE_Q8_1] = quantize_q8_1_avx2,
+                     [PI_TYPE_Q8_K] = pi_quantize_q8_K},
     .attn_scores = attn_scores_avx2, /* 8 lanes: llama.cpp's order */
     .softmax_exp = softmax_exp_avx2,
     .attn_values = attn_values_avx2,

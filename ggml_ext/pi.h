@@ -51,6 +51,9 @@ typedef enum {
     PI_TYPE_Q5_1 = 7,
     PI_TYPE_Q8_0 = 8,
     PI_TYPE_Q8_1 = 9,
+    PI_TYPE_Q4_K = 12,
+    PI_TYPE_Q6_K = 14,
+    PI_TYPE_Q8_K = 15,
 } pi_type;
 /* Every ggml type id is below this (ggml's GGML_TYPE_COUNT). */
 #define PI_N_TYPE_IDS 40

@@ -1,5 +1,5 @@
-/* quants.c - scalar (de)quantization of F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1 (the type table of
- * types.c points at these).
+/* quants.c - scalar (de)quantization of F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, and the
+ * K-quants Q4_K, Q6_K (dequantization) and Q8_K (the type table of types.c points at these).
  *
  * Bit-identical to ggml's reference code (ggml-quants.c, quantize_row_*_ref / dequantize_row_*)
  * and to gguf-py's gguf.quants. What that takes:
@@ -232,4 +232,86 @@ void pi_dequantize_q8_1(const void *vx, float *y, int64_t n) {
     const block_q8_1 *x = vx;
     for (int64_t i = 0; i < n / QK8_1; i++, y += QK8_1)
         dequantize_block_q8(pi_half_to_float(x[i].d), x[i].qs, y);
+}
+
+/* ---- the K-quants (blocks of QK_K = 256) --------------------------------------------------- */
+
+/* ggml's nearest_int: round half to even by the 1.5 * 2^23 magic (|v| < 2^22). */
+static int nearest_int(float v) {
+    const float biased = v + 12582912.0f;
+    int32_t bits;
+    memcpy(&bits, &biased, sizeof bits);
+    return (bits & 0x007FFFFF) - 0x00400000;
+}
+
+/* Q8_K (quantize_row_q8_K_ref, which ggml-cpu also runs as the activation quantizer on x86):
+ * iscale = -127 / max where max is the element of largest magnitude, sign kept (the first one
+ * on ties); qs = min(127, nearest_int(iscale * x)); d = 1 / iscale (so d < 0 when max > 0).
+ * An all-zero block gets d = 0, qs = 0 and (ggml leaves them unset) bsums = 0. */
+void pi_quantize_q8_K(const float *x, void *vy, int64_t n) {
+    block_q8_K *y = vy;
+    for (int64_t i = 0; i < n / QK_K; i++, x += QK_K) {
+        float amax = 0.0f, max = 0.0f;
+        for (int j = 0; j < QK_K; j++) {
+            if (fabsf(x[j]) > amax) {
+                amax = fabsf(x[j]);
+                max = x[j];
+            }
+        }
+        memset(&y[i], 0, sizeof y[i]);
+        if (amax == 0.0f) continue;
+        const float iscale = -127.0f / max;
+        for (int j = 0; j < QK_K; j++) {
+            const int v = nearest_int(iscale * x[j]);
+            y[i].qs[j] = (int8_t)(v < 127 ? v : 127);
+            y[i].bsums[j / 16] = (int16_t)(y[i].bsums[j / 16] + y[i].qs[j]);
+        }
+        y[i].d = 1 / iscale;
+    }
+}
+
+void pi_dequantize_q8_K(const void *vx, float *y, int64_t n) {
+    const block_q8_K *x = vx;
+    for (int64_t i = 0; i < n / QK_K; i++, y += QK_K)
+        for (int j = 0; j < QK_K; j++) y[j] = x[i].d * (float)x[i].qs[j];
+}
+
+/* Q4_K: x = (d * sc_g) * q - dmin * m_g for group g = e / 32 (ggml's d1 * q - m1). */
+void pi_dequantize_q4_K(const void *vx, float *y, int64_t n) {
+    const block_q4_K *x = vx;
+    for (int64_t i = 0; i < n / QK_K; i++, y += QK_K) {
+        const float d = pi_half_to_float(x[i].d), dmin = pi_half_to_float(x[i].dmin);
+        uint8_t sc[8], m[8], q[QK_K];
+        pi_q4_K_scales(x[i].scales, sc, m);
+        pi_q4_K_quants(&x[i], q);
+        for (int e = 0; e < QK_K; e++)
+            y[e] = d * (float)sc[e / 32] * (float)q[e] - dmin * (float)m[e / 32];
+    }
+}
+
+/* Q6_K: x = (d * sc_g) * (q - 32) for group g = e / 16. */
+void pi_dequantize_q6_K(const void *vx, float *y, int64_t n) {
+    const block_q6_K *x = vx;
+    for (int64_t i = 0; i < n / QK_K; i++, y += QK_K) {
+        const float d = pi_half_to_float(x[i].d);
+        int8_t q[QK_K];
+        pi_q6_K_quants(&x[i], q);
+        for (int e = 0; e < QK_K; e++) y[e] = d * (float)x[i].scales[e / 16] * (float)q[e];
+    }
+}
+
+/* Element c of a K-quant row: its block dequantized (the strided ablation only). */
+static float elem_k(void (*dequantize)(const void *, float *, int64_t), size_t block_bytes,
+                    const void *row, int64_t c) {
+    float block[QK_K];
+    dequantize((const uint8_t *)row + (size_t)(c / QK_K) * block_bytes, block, QK_K);
+    return block[c % QK_K];
+}
+
+float pi_elem_q4_K(const void *row, int64_t c) {
+    return elem_k(pi_dequantize_q4_K, sizeof(block_q4_K), row, c);
+}
+
+float pi_elem_q6_K(const void *row, int64_t c) {
+    return elem_k(pi_dequantize_q6_K, sizeof(block_q6_K), row, c);
 }

@@ -2,7 +2,8 @@
  *
  * Bit-identical to ggml's reference code (ggml-quants.c: quantize_row_*_ref and
  * dequantize_row_*). The type table (types.h) points at these; nothing else calls them by name.
- * No validation: n is a positive multiple of the type's block size.
+ * No validation: n is a positive multiple of the type's block size. Q4_K and Q6_K have no
+ * quantizer here (ggml's searches scales; their rows come from llama.cpp's files).
  */
 #ifndef PI_QUANTS_H
 #define PI_QUANTS_H
@@ -20,6 +21,7 @@ void pi_quantize_q5_0(const float *x, void *y, int64_t n);
 void pi_quantize_q5_1(const float *x, void *y, int64_t n);
 void pi_quantize_q8_0(const float *x, void *y, int64_t n);
 void pi_quantize_q8_1(const float *x, void *y, int64_t n);
+void pi_quantize_q8_K(const float *x, void *y, int64_t n);
 
 /* x: a row of n elements of the type -> y: [n] f32. */
 void pi_dequantize_f32(const void *x, float *y, int64_t n);
@@ -30,6 +32,9 @@ void pi_dequantize_q5_0(const void *x, float *y, int64_t n);
 void pi_dequantize_q5_1(const void *x, float *y, int64_t n);
 void pi_dequantize_q8_0(const void *x, float *y, int64_t n);
 void pi_dequantize_q8_1(const void *x, float *y, int64_t n);
+void pi_dequantize_q4_K(const void *x, float *y, int64_t n);
+void pi_dequantize_q6_K(const void *x, float *y, int64_t n);
+void pi_dequantize_q8_K(const void *x, float *y, int64_t n);
 
 /* Element c of a row, dequantized (the same value as the row's dequantization gives). */
 float pi_elem_f32(const void *row, int64_t c);
@@ -39,5 +44,7 @@ float pi_elem_q4_1(const void *row, int64_t c);
 float pi_elem_q5_0(const void *row, int64_t c);
 float pi_elem_q5_1(const void *row, int64_t c);
 float pi_elem_q8_0(const void *row, int64_t c);
+float pi_elem_q4_K(const void *row, int64_t c);
+float pi_elem_q6_K(const void *row, int64_t c);
 
 #endif /* PI_QUANTS_H */

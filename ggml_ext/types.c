@@ -34,6 +34,15 @@ static const pi_type_traits TRAITS[PI_N_TYPE_IDS] = {
                       .rows8_head = sizeof(pi_half)},
     [PI_TYPE_Q8_1] = {.name = "Q8_1", .block_elems = QK8_1, .block_bytes = sizeof(block_q8_1),
                       .quantize = pi_quantize_q8_1, .dequantize = pi_dequantize_q8_1},
+    /* the K-quants: no quantizer for the weights (their rows come from llama.cpp's files) */
+    [PI_TYPE_Q4_K] = {.name = "Q4_K", .block_elems = QK_K, .block_bytes = sizeof(block_q4_K),
+                      .dequantize = pi_dequantize_q4_K, .weight = 1, .act_type = PI_TYPE_Q8_K,
+                      .elem = pi_elem_q4_K},
+    [PI_TYPE_Q6_K] = {.name = "Q6_K", .block_elems = QK_K, .block_bytes = sizeof(block_q6_K),
+                      .dequantize = pi_dequantize_q6_K, .weight = 1, .act_type = PI_TYPE_Q8_K,
+                      .elem = pi_elem_q6_K},
+    [PI_TYPE_Q8_K] = {.name = "Q8_K", .block_elems = QK_K, .block_bytes = sizeof(block_q8_K),
+                      .quantize = pi_quantize_q8_K, .dequantize = pi_dequantize_q8_K},
 };
 
 const pi_type_traits *pi_type_traits_of(int type) {
@@ -126,6 +135,9 @@ int pi_quantize_row(int type, const float *x, void *y, int64_t n) {
     int status;
     const pi_type_traits *t = check_row(__func__, type, n, &status);
     if (!t) return status;
+    if (!t->quantize)
+        return pi_fail(PI_ERR_TYPE, "%s: type %s has no quantizer (its rows come from llama.cpp's files)",
+                       __func__, t->name);
     t->quantize(x, y, n);
     return pi_ok();
 }

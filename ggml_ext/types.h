@@ -19,7 +19,8 @@ typedef struct {
     const char *name; /* ggml's name; NULL: an id the library does not know */
     int64_t block_elems;
     int64_t block_bytes;
-    /* The format's scalar code (quants.c), n a positive multiple of block_elems. */
+    /* The format's scalar code (quants.c), n a positive multiple of block_elems; quantize is
+     * NULL for the K-quant weights. */
     void (*quantize)(const float *x, void *y, int64_t n);
     void (*dequantize)(const void *x, float *y, int64_t n);
     /* As a weight of the matrix kernels (0: an activation type only). */

@@ -32,6 +32,9 @@ PI_TYPE_Q5_0 = 6
 PI_TYPE_Q5_1 = 7
 PI_TYPE_Q8_0 = 8
 PI_TYPE_Q8_1 = 9
+PI_TYPE_Q4_K = 12
+PI_TYPE_Q6_K = 14
+PI_TYPE_Q8_K = 15
 PI_N_TYPE_IDS = 40
 
 # ---- instruction sets (pi_isa) ------------------------------------------------------------
