@@ -152,7 +152,9 @@ def test_create_close_cycles_keep_memory_flat(smollm2_path):
     the number of mappings grows (a leaked model would add its ~95 MiB of weights per cycle, a
     leaked context its KV cache and a thread)."""
     rss_growth, maps_growth = _probe("ours", smollm2_path, 256, cycles=10)[2:]
-    assert maps_growth <= 0, f"{maps_growth} mappings more after 8 cycles"
+    # a leaked context or model leaves at least one mapping per cycle (its buffer, a thread's
+    # stack, the file map); the allocator may merge or split one now and then
+    assert maps_growth < 8 / 2, f"{maps_growth} mappings more after 8 cycles"
     assert rss_growth < 2 * 2 ** 20, f"RSS grew {rss_growth / 2**20:.1f} MiB over 8 cycles"
 
 
