@@ -146,6 +146,23 @@ typedef struct {
 } block_q4_1x8;
 _Static_assert(sizeof(block_q4_1x8) == PI_ROWS8 * sizeof(block_q4_1), "block_q4_1x8 size");
 
+/* The Q5 types: the fifth bits of row r as two 16-bit fields, qh[0][r] (elements 0..15, the
+ * low-nibble lanes) and qh[1][r] (elements 16..31, the high-nibble lanes). */
+typedef struct {
+    pi_half d[PI_ROWS8];              /* scales */
+    uint16_t qh[2][PI_ROWS8];         /* fifth bits: low, then high half of each row's qh */
+    uint8_t qs[PI_ROWS8 * QK5_0 / 2]; /* as block_q4_0x8 */
+} block_q5_0x8;
+_Static_assert(sizeof(block_q5_0x8) == PI_ROWS8 * sizeof(block_q5_0), "block_q5_0x8 size");
+
+typedef struct {
+    pi_half d[PI_ROWS8];              /* scales */
+    pi_half m[PI_ROWS8];              /* mins */
+    uint16_t qh[2][PI_ROWS8];         /* as block_q5_0x8 */
+    uint8_t qs[PI_ROWS8 * QK5_1 / 2]; /* as block_q4_0x8 */
+} block_q5_1x8;
+_Static_assert(sizeof(block_q5_1x8) == PI_ROWS8 * sizeof(block_q5_1), "block_q5_1x8 size");
+
 typedef struct {
     pi_half d[PI_ROWS8];           /* scales */
     int8_t qs[PI_ROWS8 * QK8_0];   /* 8 chunks of 8 rows x qs[4c .. 4c + 3] */

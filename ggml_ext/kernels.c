@@ -130,13 +130,14 @@ static inline float hsum_lanes(const float l[8]) {
     return (a0 + a2) + (a1 + a3);
 }
 
-/* Integer sum of elements 4k .. 4k + 3 of row r in an interleaved Q4 block (nibbles minus
- * `offset`) times the activation block x. Lanes 0-3 are low nibbles, 4-7 high nibbles. */
-static int lane_sum_q4x8(const uint8_t qs[128], int r, int k, int offset, const int8_t x[32]) {
+/* Integer sum of elements 4k .. 4k + 3 of row r in an interleaved Q4/Q5 block (quants minus
+ * `offset`) times the activation block x. Lanes 0-3 are low nibbles, 4-7 high nibbles; qh is the
+ * row's fifth bits (element e's in bit e), 0 for Q4. */
+static int lane_sum_nib8(const uint8_t qs[128], uint32_t qh, int r, int k, int offset, const int8_t x[32]) {
     int s = 0;
     for (int j = 0; j < 4; j++) {
-        const int q = qs[32 * (k % 4) + 4 * r + j];
-        s += ((k < 4 ? q & 0x0F : q >> 4) - offset) * x[4 * k + j];
+        const int q = qs[32 * (k % 4) + 4 * r + j], e = 4 * k + j;
+        s += ((k < 4 ? q & 0x0F : q >> 4) + (int)((qh >> e) & 1) * 16 - offset) * x[e];
     }
     return s;
 }
@@ -147,32 +148,47 @@ static int lane_sum_q8x8(const int8_t qs[256], int r, int k, const int8_t x[32])
     return s;
 }
 
-static void dot8_q4_0(int64_t n, const void *group, const void *act, float out[8]) {
-    const block_q4_0x8 *w = group;
-    const block_q8_0 *x = act;
-    for (int r = 0; r < PI_ROWS8; r++) {
-        float l[8] = {0};
-        for (int64_t b = 0; b < n / QK4_0; b++) {
-            const float d = half(w[b].d[r]) * half(x[b].d);
-            for (int k = 0; k < 8; k++) l[k] = fmaf(d, (float)lane_sum_q4x8(w[b].qs, r, k, 8, x[b].qs), l[k]);
-        }
-        out[r] = hsum_lanes(l);
+/* The 4- and 5-bit 8-row kernels: QH(w, r) is row r's fifth bits in block w, OFF as in
+ * OFFSET_TWINS; the _1 types add m times the activation's s per block, as dot_row_q4_1. */
+#define Q4_QH(w, r) 0u
+#define Q5_QH(w, r) ((uint32_t)(w).qh[0][r] | (uint32_t)(w).qh[1][r] << 16)
+#define OFFSET_DOT8(T, QH, OFF)                                                                 \
+    static void dot8_##T(int64_t n, const void *group, const void *act, float out[8]) {         \
+        const block_##T##x8 *w = group;                                                         \
+        const block_q8_0 *x = act;                                                              \
+        for (int r = 0; r < PI_ROWS8; r++) {                                                    \
+            float l[8] = {0};                                                                   \
+            for (int64_t b = 0; b < n / 32; b++) {                                              \
+                const float d = half(w[b].d[r]) * half(x[b].d);                                 \
+                for (int k = 0; k < 8; k++)                                                     \
+                    l[k] = fmaf(d, (float)lane_sum_nib8(w[b].qs, QH(w[b], r), r, k, OFF, x[b].qs), l[k]); \
+            }                                                                                   \
+            out[r] = hsum_lanes(l);                                                             \
+        }                                                                                       \
     }
-}
-
-static void dot8_q4_1(int64_t n, const void *group, const void *act, float out[8]) {
-    const block_q4_1x8 *w = group;
-    const block_q8_1 *x = act;
-    for (int r = 0; r < PI_ROWS8; r++) {
-        float l[8] = {0}, summ = 0.0f;
-        for (int64_t b = 0; b < n / QK4_1; b++) {
-            const float d = half(w[b].d[r]) * half(x[b].d);
-            for (int k = 0; k < 8; k++) l[k] = fmaf(d, (float)lane_sum_q4x8(w[b].qs, r, k, 0, x[b].qs), l[k]);
-            summ += half(w[b].m[r]) * half(x[b].s);
-        }
-        out[r] = hsum_lanes(l) + summ;
+#define MIN_DOT8(T, QH)                                                                         \
+    static void dot8_##T(int64_t n, const void *group, const void *act, float out[8]) {         \
+        const block_##T##x8 *w = group;                                                         \
+        const block_q8_1 *x = act;                                                              \
+        for (int r = 0; r < PI_ROWS8; r++) {                                                    \
+            float l[8] = {0}, summ = 0.0f;                                                      \
+            for (int64_t b = 0; b < n / 32; b++) {                                              \
+                const float d = half(w[b].d[r]) * half(x[b].d);                                 \
+                for (int k = 0; k < 8; k++)                                                     \
+                    l[k] = fmaf(d, (float)lane_sum_nib8(w[b].qs, QH(w[b], r), r, k, 0, x[b].qs), l[k]); \
+                summ += half(w[b].m[r]) * half(x[b].s);                                         \
+            }                                                                                   \
+            out[r] = hsum_lanes(l) + summ;                                                      \
+        }                                                                                       \
     }
-}
+OFFSET_DOT8(q4_0, Q4_QH, 8)
+OFFSET_DOT8(q5_0, Q5_QH, 16)
+MIN_DOT8(q4_1, Q4_QH)
+MIN_DOT8(q5_1, Q5_QH)
+#undef OFFSET_DOT8
+#undef MIN_DOT8
+#undef Q4_QH
+#undef Q5_QH
 
 static void dot8_q8_0(int64_t n, const void *group, const void *act, float out[8]) {
     const block_q8_0x8 *w = group;
@@ -389,7 +405,8 @@ const pi_kernels pi_kernels_scalar = {
     .dot = {[PI_TYPE_F32] = dot_f32, [PI_TYPE_F16] = dot_f16, [PI_TYPE_Q4_0] = dot_q4_0,
             [PI_TYPE_Q4_1] = dot_q4_1, [PI_TYPE_Q5_0] = dot_q5_0, [PI_TYPE_Q5_1] = dot_q5_1,
             [PI_TYPE_Q8_0] = dot_q8_0, [PI_TYPE_Q4_K] = dot_q4_K, [PI_TYPE_Q6_K] = dot_q6_K},
-    .dot8 = {[PI_TYPE_Q4_0] = dot8_q4_0, [PI_TYPE_Q4_1] = dot8_q4_1, [PI_TYPE_Q8_0] = dot8_q8_0},
+    .dot8 = {[PI_TYPE_Q4_0] = dot8_q4_0, [PI_TYPE_Q4_1] = dot8_q4_1, [PI_TYPE_Q5_0] = dot8_q5_0,
+             [PI_TYPE_Q5_1] = dot8_q5_1, [PI_TYPE_Q8_0] = dot8_q8_0},
     .axpy = {[PI_TYPE_F32] = axpy_f32, [PI_TYPE_F16] = axpy_f16, [PI_TYPE_Q4_0] = axpy_q4_0,
              [PI_TYPE_Q4_1] = axpy_q4_1, [PI_TYPE_Q5_0] = axpy_q5_0, [PI_TYPE_Q5_1] = axpy_q5_1,
              [PI_TYPE_Q8_0] = axpy_q8_0, [PI_TYPE_Q4_K] = axpy_q4_K, [PI_TYPE_Q6_K] = axpy_q6_K},

@@ -284,45 +284,83 @@ INLINE AVX2_FN void zero_lanes8(__m256 l[8]) {
     l[0] = l[1] = l[2] = l[3] = l[4] = l[5] = l[6] = l[7] = _mm256_setzero_ps();
 }
 
-/* The Q4 lanes of one interleaved block: chunk c's low nibbles are lane c, its high nibbles lane
- * 4 + c. `offset` 8 (Q4_0) subtracts 8 * the activation's 4-element sums. */
-INLINE AVX2_FN void lanes_q4x8(const uint8_t qs[128], const int8_t x[32], __m256 d, int offset,
-                               __m256 l[8]) {
-    const __m256i m4 = _mm256_set1_epi8(0x0F), eight = _mm256_set1_epi8(8);
+/* The fifth bits of the 8 rows of an interleaved Q5 block, row r's qh (as the plain block's
+ * little-endian u32) in 32-bit element r. */
+INLINE AVX2_FN __m256i qh8(const uint16_t qh[2][PI_ROWS8]) {
+    const __m128i lo = _mm_loadu_si128((const __m128i *)qh[0]), hi = _mm_loadu_si128((const __m128i *)qh[1]);
+    return _mm256_set_m128i(_mm_unpackhi_epi16(lo, hi), _mm_unpacklo_epi16(lo, hi));
+}
+
+/* 0x10 in byte j of each 32-bit element where bit 4k + j of its qh (h) is set: the fifth bits
+ * of lane k (elements 4k .. 4k + 3) for the 8 rows. */
+INLINE AVX2_FN __m256i fifth_bits8(__m256i h, int k) {
+    const char b = (char)(k / 2); /* the byte of qh that holds bits 4k .. 4k + 3 */
+    const __m256i spread = _mm256_shuffle_epi8(
+        h, _mm256_setr_epi8(b, b, b, b, b + 4, b + 4, b + 4, b + 4, b + 8, b + 8, b + 8, b + 8,
+                            b + 12, b + 12, b + 12, b + 12, b, b, b, b, b + 4, b + 4, b + 4, b + 4,
+                            b + 8, b + 8, b + 8, b + 8, b + 12, b + 12, b + 12, b + 12));
+    const __m256i bit = _mm256_set1_epi32(k % 2 ? (int)0x80402010 : 0x08040201);
+    return _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit), _mm256_set1_epi8(0x10));
+}
+
+/* The Q4/Q5 lanes of one interleaved block: chunk c's low nibbles are lane c, its high nibbles
+ * lane 4 + c, plus their fifth bits from h (qh8) when `five`. `offset` 8 (Q4_0) or 16 (Q5_0)
+ * subtracts offset * the activation's 4-element sums. */
+INLINE AVX2_FN void lanes_nib8(const uint8_t qs[128], int five, __m256i h, const int8_t x[32],
+                               __m256 d, int offset, __m256 l[8]) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F), off = _mm256_set1_epi8((char)offset);
     for (int c = 0; c < 4; c++) {
         const __m256i v = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));
         const __m256i ylo = bcast4(x + 4 * c), yhi = bcast4(x + 16 + 4 * c);
-        __m256i slo = dot_u8s8(_mm256_and_si256(v, m4), ylo);
-        __m256i shi = dot_u8s8(_mm256_and_si256(_mm256_srli_epi16(v, 4), m4), yhi);
+        __m256i qlo = _mm256_and_si256(v, m4), qhi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+        if (five) {
+            qlo = _mm256_or_si256(qlo, fifth_bits8(h, c));
+            qhi = _mm256_or_si256(qhi, fifth_bits8(h, 4 + c));
+        }
+        __m256i slo = dot_u8s8(qlo, ylo), shi = dot_u8s8(qhi, yhi);
         if (offset) {
-            slo = _mm256_sub_epi32(slo, dot_u8s8(eight, ylo));
-            shi = _mm256_sub_epi32(shi, dot_u8s8(eight, yhi));
+            slo = _mm256_sub_epi32(slo, dot_u8s8(off, ylo));
+            shi = _mm256_sub_epi32(shi, dot_u8s8(off, yhi));
         }
         l[c] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(slo), l[c]);
         l[4 + c] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(shi), l[4 + c]);
     }
 }
 
-AVX2_FN static void dot8_q4_0_avx2(int64_t n, const void *group, const void *act, float out[8]) {
-    const block_q4_0x8 *w = group;
-    const block_q8_0 *x = act;
-    __m256 l[8];
-    zero_lanes8(l);
-    for (int64_t b = 0; b < n / QK4_0; b++) lanes_q4x8(w[b].qs, x[b].qs, scales8(w[b].d, x[b].d), 8, l);
-    store_lanes8(l, _mm256_setzero_ps(), out);
-}
-
-AVX2_FN static void dot8_q4_1_avx2(int64_t n, const void *group, const void *act, float out[8]) {
-    const block_q4_1x8 *w = group;
-    const block_q8_1 *x = act;
-    __m256 l[8], summ = _mm256_setzero_ps();
-    zero_lanes8(l);
-    for (int64_t b = 0; b < n / QK4_1; b++) {
-        lanes_q4x8(w[b].qs, x[b].qs, scales8(w[b].d, x[b].d), 0, l);
-        summ = _mm256_add_ps(summ, scales8(w[b].m, x[b].s));
+/* The 4- and 5-bit entries (twins of kernels.c's OFFSET_DOT8 and MIN_DOT8): QH(w) is the block's
+ * fifth bits, FIVE whether there are any. */
+#define Q4_QH(w) _mm256_setzero_si256()
+#define Q5_QH(w) qh8((w).qh)
+#define OFFSET_DOT8_AVX2(T, FIVE, QH, OFF)                                                      \
+    AVX2_FN static void dot8_##T##_avx2(int64_t n, const void *group, const void *act, float out[8]) { \
+        const block_##T##x8 *w = group;                                                         \
+        const block_q8_0 *x = act;                                                              \
+        __m256 l[8];                                                                            \
+        zero_lanes8(l);                                                                         \
+        for (int64_t b = 0; b < n / 32; b++)                                                    \
+            lanes_nib8(w[b].qs, FIVE, QH(w[b]), x[b].qs, scales8(w[b].d, x[b].d), OFF, l);      \
+        store_lanes8(l, _mm256_setzero_ps(), out);                                              \
     }
-    store_lanes8(l, summ, out);
-}
+#define MIN_DOT8_AVX2(T, FIVE, QH)                                                              \
+    AVX2_FN static void dot8_##T##_avx2(int64_t n, const void *group, const void *act, float out[8]) { \
+        const block_##T##x8 *w = group;                                                         \
+        const block_q8_1 *x = act;                                                              \
+        __m256 l[8], summ = _mm256_setzero_ps();                                                \
+        zero_lanes8(l);                                                                         \
+        for (int64_t b = 0; b < n / 32; b++) {                                                  \
+            lanes_nib8(w[b].qs, FIVE, QH(w[b]), x[b].qs, scales8(w[b].d, x[b].d), 0, l);        \
+            summ = _mm256_add_ps(summ, scales8(w[b].m, x[b].s));                                \
+        }                                                                                       \
+        store_lanes8(l, summ, out);                                                             \
+    }
+OFFSET_DOT8_AVX2(q4_0, 0, Q4_QH, 8)
+OFFSET_DOT8_AVX2(q5_0, 1, Q5_QH, 16)
+MIN_DOT8_AVX2(q4_1, 0, Q4_QH)
+MIN_DOT8_AVX2(q5_1, 1, Q5_QH)
+#undef OFFSET_DOT8_AVX2
+#undef MIN_DOT8_AVX2
+#undef Q4_QH
+#undef Q5_QH
 
 AVX2_FN static void dot8_q8_0_avx2(int64_t n, const void *group, const void *act, float out[8]) {
     const block_q8_0x8 *w = group;
@@ -981,6 +1019,7 @@ const pi_kernels pi_kernels_avx2 = {
             [PI_TYPE_Q8_0] = dot_q8_0_avx2, [PI_TYPE_Q4_K] = dot_q4_K_avx2,
             [PI_TYPE_Q6_K] = dot_q6_K_avx2},
     .dot8 = {[PI_TYPE_Q4_0] = dot8_q4_0_avx2, [PI_TYPE_Q4_1] = dot8_q4_1_avx2,
+             [PI_TYPE_Q5_0] = dot8_q5_0_avx2, [PI_TYPE_Q5_1] = dot8_q5_1_avx2,
              [PI_TYPE_Q8_0] = dot8_q8_0_avx2},
     .axpy = {[PI_TYPE_F32] = axpy_f32_avx2, [PI_TYPE_F16] = axpy_f16_avx2,
              [PI_TYPE_Q4_0] = axpy_q4_0_avx2, [PI_TYPE_Q4_1] = axpy_q4_1_avx2,
@@ -1245,6 +1284,7 @@ const pi_kernels pi_kernels_avx512 = {
             [PI_TYPE_Q8_0] = dot_q8_0_avx512,
             [PI_TYPE_Q4_K] = dot_q4_K_avx2, [PI_TYPE_Q6_K] = dot_q6_K_avx2}, /* ggml's AVX2 order */
     .dot8 = {[PI_TYPE_Q4_0] = dot8_q4_0_avx2, [PI_TYPE_Q4_1] = dot8_q4_1_avx2, /* 8 rows = 8 lanes */
+             [PI_TYPE_Q5_0] = dot8_q5_0_avx2, [PI_TYPE_Q5_1] = dot8_q5_1_avx2,
              [PI_TYPE_Q8_0] = dot8_q8_0_avx2},
     .axpy = {[PI_TYPE_F32] = axpy_f32_avx512, [PI_TYPE_F16] = axpy_f16_avx512,
              [PI_TYPE_Q4_0] = axpy_q4_0_avx512, [PI_TYPE_Q4_1] = axpy_q4_1_avx512,

@@ -32,7 +32,7 @@ typedef struct {
     /* Weights: element c of a row, dequantized (the strided ablation, pi_matvec_cols_sparse). */
     float (*elem)(const void *row, int64_t c);
     /* The rows8 layout (blocks.h): bytes of scale fields at the head of each row's block (2-byte
-     * fields, stored field-major for the 8 rows), the rest of the block being quants stored in
+     * fields, stored field-major for the 8 rows; Q5's 4-byte qh counts as two), the rest of the block being quants stored in
      * 4-byte chunks, chunk c of row r at 32 c + 4 r. 0: no rows8 layout. */
     int rows8_head;
 } pi_type_traits;

@@ -441,8 +441,16 @@ def test_matvec_thread_counts_agree(t, pools):
 
 
 # ---- rows8: the repacked layout of the dense kernels ----------------------------------------------
-ROWS8_TYPES = [Q4_0, Q4_1, Q8_0]
-HEAD = {Q4_0: 2, Q4_1: 4, Q8_0: 2}  # bytes of scales (and mins) before the quants of a block
+# the types with the rows8 layout, as the library's type table lists them
+ROWS8_TYPES = [K.type_id(name) for name in K.rows8_types()]
+# bytes of scales (and mins, and Q5's fifth bits) before the quants of a block, by the formats
+HEAD = {Q4_0: 2, Q4_1: 4, _lib.PI_TYPE_Q5_0: 6, _lib.PI_TYPE_Q5_1: 8, Q8_0: 2}
+
+
+def test_rows8_types():
+    """Every type the table gives the rows8 layout is one the reference below knows, and the
+    4-, 5- and 8-bit types of llama.cpp's files all have it."""
+    assert set(ROWS8_TYPES) == set(HEAD)
 
 
 def repack(t, q, n_rows, n_cols):
@@ -455,7 +463,7 @@ def repack_reference(t, q):
     """The rows8 layout by numpy: per 8-row group and block, the 8 heads field by field, then
     the quants in 4-byte chunks, chunk c of row r at 32 c + 4 r; tail rows unchanged."""
     rows = q.shape[0]
-    bb = {Q4_0: 18, Q4_1: 20, Q8_0: 34}[t]
+    bb = K.describe(t).block_bytes
     blocks = q.reshape(rows, -1, bb)
     out = q.copy()
     whole = rows // 8 * 8

@@ -141,7 +141,7 @@ def test_the_type_table_is_ggmls():
                   "q8_0": _lib.PI_TYPE_Q8_0, "q8_1": -1} == act
     assert {"f32", "f16", "q4_0", "q4_1", "q5_0", "q5_1", "q8_0"} <= set(K.weight_types())
     assert "q8_1" not in K.weight_types()
-    assert {"q4_0", "q4_1", "q8_0"} <= set(K.rows8_types()) <= set(K.weight_types())
+    assert {"q4_0", "q4_1", "q5_0", "q5_1", "q8_0"} <= set(K.rows8_types()) <= set(K.weight_types())
     for t in range(_lib.PI_N_TYPE_IDS):
         if t not in TYPES:
             with pytest.raises(_lib.PiError, match=f"pi_type_describe: unsupported type {t} "):
