@@ -675,16 +675,31 @@ INLINE AVX2_FN void dot_q6_K_rows(int nr, int64_t n, const void *const rows[], c
 DOT_ENTRY(AVX2_FN, dot_q4_K_avx2, dot_q4_K_rows)
 DOT_ENTRY(AVX2_FN, dot_q6_K_avx2, dot_q6_K_rows)
 
-/* Group g (of 8, 32 elements) of a block dequantized as pi_dequantize_q4_K / q6_K compute it:
- * w[i] holds elements 8i .. 8i + 7. */
-INLINE AVX2_FN __m256i u8x8(const uint8_t *p) { return _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p)); }
-
-INLINE AVX2_FN void group_q4_K(const void *block, int g, __m256 w[4]) {
+/* A block's scale factors, once per block (not once per group): Q4_K: f[g] = d sc[g] and
+ * f[8 + g] = dmin m[g] for its 8 groups; Q6_K: f[j] = d scales[j] for its 16 sub-blocks. */
+INLINE AVX2_FN void scales_blk_q4_K(const void *block, float f[16]) {
     const block_q4_K *b = block;
     uint8_t sc[8], m[8];
     pi_q4_K_scales(b->scales, sc, m);
-    const __m256 d = _mm256_set1_ps(fp16_table[b->d] * (float)sc[g]);
-    const __m256 mn = _mm256_set1_ps(fp16_table[b->dmin] * (float)m[g]);
+    for (int g = 0; g < 8; g++) {
+        f[g] = fp16_table[b->d] * (float)sc[g];
+        f[8 + g] = fp16_table[b->dmin] * (float)m[g];
+    }
+}
+
+INLINE AVX2_FN void scales_blk_q6_K(const void *block, float f[16]) {
+    const block_q6_K *b = block;
+    for (int j = 0; j < 16; j++) f[j] = fp16_table[b->d] * (float)b->scales[j];
+}
+
+/* Group g (of 8, 32 elements) of a block dequantized as pi_dequantize_q4_K / q6_K compute it,
+ * f its scale factors: w[i] holds elements 8i .. 8i + 7. */
+INLINE AVX2_FN __m256i u8x8(const uint8_t *p) { return _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p)); }
+
+INLINE AVX2_FN void group_q4_K(const void *block, int g, const float f[16], __m256 w[4]) {
+    const block_q4_K *b = block;
+    const __m256 d = _mm256_set1_ps(f[g]);
+    const __m256 mn = _mm256_set1_ps(f[8 + g]);
     for (int i = 0; i < 4; i++) {
         const __m256i v = u8x8(b->qs + 32 * (g / 2) + 8 * i);
         const __m256i q = _mm256_and_si256(g & 1 ? _mm256_srli_epi32(v, 4) : v, _mm256_set1_epi32(0x0F));
@@ -692,7 +707,7 @@ INLINE AVX2_FN void group_q4_K(const void *block, int g, __m256 w[4]) {
     }
 }
 
-INLINE AVX2_FN void group_q6_K(const void *block, int g, __m256 w[4]) {
+INLINE AVX2_FN void group_q6_K(const void *block, int g, const float f[16], __m256 w[4]) {
     const block_q6_K *b = block;
     const int h = g / 4, k = g % 4;
     const uint8_t *ql = b->ql + 64 * h + 32 * (k & 1), *qh = b->qh + 32 * h;
@@ -700,8 +715,7 @@ INLINE AVX2_FN void group_q6_K(const void *block, int g, __m256 w[4]) {
         const __m256i lo = _mm256_and_si256(_mm256_srli_epi32(u8x8(ql + 8 * i), 4 * (k >> 1)), _mm256_set1_epi32(0x0F));
         const __m256i hi = _mm256_and_si256(_mm256_srli_epi32(u8x8(qh + 8 * i), 2 * k), _mm256_set1_epi32(3));
         const __m256i q = _mm256_sub_epi32(_mm256_or_si256(lo, _mm256_slli_epi32(hi, 4)), _mm256_set1_epi32(32));
-        const float d = fp16_table[b->d] * (float)b->scales[8 * h + 2 * k + i / 2];
-        w[i] = _mm256_mul_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(q));
+        w[i] = _mm256_mul_ps(_mm256_set1_ps(f[8 * h + 2 * k + i / 2]), _mm256_cvtepi32_ps(q));
     }
 }
 
@@ -709,29 +723,33 @@ INLINE AVX2_FN void group_q6_K(const void *block, int g, __m256 w[4]) {
  * (the scalar twin's bits). */
 INLINE AVX2_FN void axpy_k_rows(int nr, int64_t c0, int64_t c1, const void *const rows[],
                                 const float *a, float *y, size_t block_bytes,
-                                void (*group)(const void *, int, __m256[4])) {
-    for (int64_t b = c0 / QK_K; b < c1 / QK_K; b++)
+                                void (*scales)(const void *, float[16]),
+                                void (*group)(const void *, int, const float[16], __m256[4])) {
+    for (int64_t b = c0 / QK_K; b < c1 / QK_K; b++) {
+        float f[PI_KERNEL_ROWS][16];
+        for (int r = 0; r < nr; r++) scales((const uint8_t *)rows[r] + (size_t)b * block_bytes, f[r]);
         for (int g = 0; g < QK_K / 32; g++) {
             float *yg = y + b * QK_K + 32 * g;
             __m256 yv[4];
             for (int i = 0; i < 4; i++) yv[i] = _mm256_loadu_ps(yg + 8 * i);
             for (int r = 0; r < nr; r++) {
                 __m256 wv[4];
-                group((const uint8_t *)rows[r] + (size_t)b * block_bytes, g, wv);
+                group((const uint8_t *)rows[r] + (size_t)b * block_bytes, g, f[r], wv);
                 for (int i = 0; i < 4; i++) yv[i] = _mm256_fmadd_ps(_mm256_set1_ps(a[r]), wv[i], yv[i]);
             }
             for (int i = 0; i < 4; i++) _mm256_storeu_ps(yg + 8 * i, yv[i]);
         }
+    }
 }
 
 INLINE AVX2_FN void axpy_q4_K_rows(int nr, int64_t c0, int64_t c1, const void *const rows[],
                                    const float *a, float *y) {
-    axpy_k_rows(nr, c0, c1, rows, a, y, sizeof(block_q4_K), group_q4_K);
+    axpy_k_rows(nr, c0, c1, rows, a, y, sizeof(block_q4_K), scales_blk_q4_K, group_q4_K);
 }
 
 INLINE AVX2_FN void axpy_q6_K_rows(int nr, int64_t c0, int64_t c1, const void *const rows[],
                                    const float *a, float *y) {
-    axpy_k_rows(nr, c0, c1, rows, a, y, sizeof(block_q6_K), group_q6_K);
+    axpy_k_rows(nr, c0, c1, rows, a, y, sizeof(block_q6_K), scales_blk_q6_K, group_q6_K);
 }
 
 AXPY_ENTRY(AVX2_FN, axpy_q4_K_avx2, axpy_q4_K_rows)
