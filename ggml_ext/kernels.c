@@ -490,13 +490,6 @@ static int check_matrix(const char *fn, int type, int64_t n_rows, int64_t n_cols
     return PI_OK;
 }
 
-/* The error of a type without the rows8 layout. */
-static int fail_rows8(const char *fn, int type) {
-    char list[128];
-    pi_type_list(pi_type_is_rows8, list, sizeof list);
-    return pi_fail(PI_ERR_TYPE, "%s: type %s has no 8-row layout (%s)", fn, pi_type_name(type), list);
-}
-
 /* idx: [n_idx] all in [0, limit), n_idx in [0, limit]. */
 static int check_idx(const char *fn, const int32_t *idx, int64_t n_idx, int64_t limit) {
     if (n_idx < 0 || n_idx > limit)
@@ -817,7 +810,7 @@ int pi_matmat_rows8_multi(pi_pool *pool, int type, int64_t n_cols, const float *
         j.n_groups += outs[k].n_rows / PI_ROWS8;
     }
     const pi_kernels *K = active_kernels();
-    if (!K->dot8[type]) return fail_rows8(fn, type);
+    if (!K->dot8[type]) return pi_fail_rows8(fn, type);
     j.dot = K->dot[type];
     j.dot8 = K->dot8[type];
     j.row_bytes = m.row_bytes;
@@ -939,7 +932,7 @@ int pi_ffn_sparse(pi_pool *pool, pi_ffn_sparse_args *a) {
     if ((st = check_matrix(fn, a->type, a->n_ff, a->d, &mg))) return st;
     if ((st = check_matrix(fn, a->down_type, a->n_ff, a->d, &md))) return st;
     const pi_kernels *K = active_kernels();
-    if (a->fc2_rows8 && !K->dot8[a->fc2_type]) return fail_rows8(fn, a->fc2_type);
+    if (a->fc2_rows8 && !K->dot8[a->fc2_type]) return pi_fail_rows8(fn, a->fc2_type);
     int64_t counts[PI_MAX_THREADS][2]; /* not zeroed: every share writes its own (4 KB a call) */
     ffn_job j = {.a = a, .fc2_dot8 = K->dot8[a->fc2_type], .fc2_dot = K->dot[a->fc2_type],
                  .fc2_row_bytes = mf.row_bytes, .counts = counts};

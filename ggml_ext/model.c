@@ -217,8 +217,21 @@ static int packable(const pi_weight *w) {
     return w->data && w->n_rows >= PI_ROWS8 && pi_type_is_rows8(pi_type_traits_of(w->type));
 }
 
-/* A packed matrix's share of the buffer: its bytes, 64-byte aligned. */
-static size_t packed_share(const pi_weight *w) { return (pi_weight_bytes(w) + 63) / 64 * 64; }
+/* A tensor's share of a model buffer (packed matrices, the norms): its bytes, 64-byte aligned. */
+static size_t share(size_t bytes) { return (bytes + 63) / 64 * 64; }
+static size_t weight_share(const pi_weight *w) { return share(pi_weight_bytes(w)); }
+
+/* Frees the packed copies: every matrix reads its attached data again. */
+static void drop_packed(pi_model *m) {
+    for (size_t i = 0; i < sizeof global_specs / sizeof global_specs[0]; i++)
+        ((pi_weight *)((char *)m + global_specs[i].offset))->packed = NULL;
+    for (int l = 0; l < m->hp.n_layer; l++)
+        for (size_t i = 0; i < sizeof layer_specs / sizeof layer_specs[0]; i++)
+            ((pi_weight *)((char *)&m->layers[l] + layer_specs[i].offset))->packed = NULL;
+    if (m->packed_mem) pi_buffer_free(m->packed_mem, m->packed_bytes);
+    m->packed_mem = NULL;
+    m->packed_bytes = 0;
+}
 
 /* Repacks w into out in slices of whole groups of about REPACK_SLICE bytes (the rows8 layout
  * of a slice of whole groups is that slice of the layout), dropping each slice's source pages
@@ -247,7 +260,7 @@ static int repack_dense(pi_model *m) {
     const int n = dense_only(m, list);
     size_t total = 0;
     for (int k = 0; k < n; k++)
-        if (packable(list[k])) total += packed_share(list[k]);
+        if (packable(list[k])) total += weight_share(list[k]);
     int rc = PI_OK;
     if (total == 0) goto done;
     if ((rc = pi_buffer_alloc(total, &m->packed_mem))) {
@@ -261,15 +274,10 @@ static int repack_dense(pi_model *m) {
         if (!packable(w)) continue;
         if ((rc = repack_one(w, p, m->repack == PI_REPACK_RELEASE))) goto done;
         w->packed = p;
-        p += packed_share(w);
+        p += weight_share(w);
     }
 done:
-    if (rc && m->packed_mem) { /* leave the model as it was */
-        for (int k = 0; k < n; k++) list[k]->packed = NULL;
-        pi_buffer_free(m->packed_mem, m->packed_bytes);
-        m->packed_mem = NULL;
-        m->packed_bytes = 0;
-    }
+    if (rc) drop_packed(m); /* leave the model as it was */
     free(list);
     return rc;
 }
@@ -302,7 +310,7 @@ static int copy_small(pi_model *m) {
     if (!list) return pi_fail(PI_ERR_NOMEM, "pi_model_finalize: out of memory");
     small_tensors(m, list);
     size_t total = 0;
-    for (int k = 0; k < n; k++) total += (pi_weight_bytes(list[k]) + 63) / 64 * 64;
+    for (int k = 0; k < n; k++) total += weight_share(list[k]);
     int rc = pi_buffer_alloc(total, &m->small_mem);
     if (rc) {
         free(list);
@@ -315,7 +323,7 @@ static int copy_small(pi_model *m) {
         memcpy(p, list[k]->data, bytes);
         if (m->repack == PI_REPACK_RELEASE) pi_release_pages(list[k]->data, bytes);
         list[k]->data = p;
-        p += (bytes + 63) / 64 * 64;
+        p += share(bytes);
     }
     free(list);
     return PI_OK;
@@ -353,7 +361,10 @@ int pi_model_finalize(pi_model *m) {
     if (n_pred != 0 && n_pred != m->hp.n_layer)
         return pi_fail(PI_ERR_SHAPE, "predictors present in %d of %d layers; need all or none", n_pred,
                        m->hp.n_layer);
-    if (m->repack != PI_REPACK_NONE && ((rc = repack_dense(m)) || (rc = copy_small(m)))) return rc;
+    if (m->repack != PI_REPACK_NONE && ((rc = repack_dense(m)) || (rc = copy_small(m)))) {
+        drop_packed(m); /* a failed copy of the norms leaves the model as it was, too */
+        return rc;
+    }
     m->finalized = 1;
     return pi_ok();
 }

@@ -28,34 +28,36 @@ static inline void move_block(int head, int n_chunks, int r, const uint8_t *src,
     }
 }
 
+/* Moves row r (of 8) of a group between its plain form (n_cols elements of type t) and the
+ * group's rows8 blocks, block by block: src is the plain row and dst the group when `pack`,
+ * else the other way round (move_block). */
+static void move_row(const pi_type_traits *t, int64_t n_cols, int r, const uint8_t *src, uint8_t *dst,
+                     int pack) {
+    const int64_t nb = n_cols / t->block_elems, bb = t->block_bytes;
+    const int head = t->rows8_head, n_chunks = (int)(bb - head) / 4;
+    for (int64_t b = 0; b < nb; b++) {
+        const size_t plain = (size_t)(b * bb), rows8 = (size_t)(b * PI_ROWS8 * bb);
+        move_block(head, n_chunks, r, src + (pack ? plain : rows8), dst + (pack ? rows8 : plain), pack);
+    }
+}
+
 int pi_repack_rows8(int type, const void *W, int64_t n_rows, int64_t n_cols, void *out) {
     PI_CHECK_NULL(W);
     PI_CHECK_NULL(out);
     const pi_type_traits *t = pi_type_traits_of(type);
-    if (!t || !pi_type_is_rows8(t)) {
-        char list[128];
-        pi_type_list(pi_type_is_rows8, list, sizeof list);
-        return pi_fail(PI_ERR_TYPE, "pi_repack_rows8: type %s has no 8-row layout (%s)",
-                       pi_type_name(type), list);
-    }
+    if (!t || !pi_type_is_rows8(t)) return pi_fail_rows8(__func__, type);
     if (n_rows <= 0 || n_cols <= 0 || n_cols % t->block_elems)
         return pi_fail(PI_ERR_SHAPE, "pi_repack_rows8: n_rows = %lld, n_cols = %lld: need positive sizes, n_cols a multiple of %lld",
                        (long long)n_rows, (long long)n_cols, (long long)t->block_elems);
     if (W == out) return pi_fail(PI_ERR_RANGE, "pi_repack_rows8: cannot repack in place");
-    const int64_t nb = n_cols / t->block_elems, bb = t->block_bytes;
-    const int head = t->rows8_head, n_chunks = (int)(bb - head) / 4;
-    const size_t row_bytes = (size_t)(nb * bb);
+    const size_t row_bytes = (size_t)pi_type_row_bytes(t, n_cols);
     const uint8_t *src = W;
     uint8_t *dst = out;
     const int64_t n_groups = n_rows / PI_ROWS8;
-    for (int64_t g = 0; g < n_groups; g++) {
-        const uint8_t *rows = src + (size_t)g * PI_ROWS8 * row_bytes;
-        uint8_t *grp = dst + (size_t)g * PI_ROWS8 * row_bytes;
-        for (int64_t b = 0; b < nb; b++)
-            for (int r = 0; r < PI_ROWS8; r++)
-                move_block(head, n_chunks, r, rows + (size_t)r * row_bytes + (size_t)(b * bb),
-                           grp + (size_t)(b * PI_ROWS8 * bb), 1);
-    }
+    for (int64_t g = 0; g < n_groups; g++)
+        for (int r = 0; r < PI_ROWS8; r++)
+            move_row(t, n_cols, r, src + (size_t)(g * PI_ROWS8 + r) * row_bytes,
+                     dst + (size_t)g * PI_ROWS8 * row_bytes, 1);
     const size_t done = (size_t)n_groups * PI_ROWS8 * row_bytes;
     memcpy(dst + done, src + done, (size_t)n_rows * row_bytes - done); /* the plain tail rows */
     return pi_ok();
@@ -64,16 +66,11 @@ int pi_repack_rows8(int type, const void *W, int64_t n_rows, int64_t n_cols, voi
 /* The inverse for one row: row `row` of a repacked matrix Wp -> out, one plain row. */
 void pi_rows8_unpack_row(int type, const void *Wp, int64_t n_rows, int64_t n_cols, int64_t row, void *out) {
     const pi_type_traits *t = pi_type_traits_of(type);
-    const int64_t nb = n_cols / t->block_elems, bb = t->block_bytes;
-    const int head = t->rows8_head, n_chunks = (int)(bb - head) / 4;
-    const size_t row_bytes = (size_t)(nb * bb);
+    const size_t row_bytes = (size_t)pi_type_row_bytes(t, n_cols);
     const uint8_t *src = Wp;
-    uint8_t *dst = out;
     if (row >= n_rows / PI_ROWS8 * PI_ROWS8) { /* a plain tail row */
-        memcpy(dst, src + (size_t)row * row_bytes, row_bytes);
+        memcpy(out, src + (size_t)row * row_bytes, row_bytes);
         return;
     }
-    const uint8_t *grp = src + (size_t)(row / PI_ROWS8) * PI_ROWS8 * row_bytes;
-    for (int64_t b = 0; b < nb; b++)
-        move_block(head, n_chunks, (int)(row % PI_ROWS8), grp + (size_t)(b * PI_ROWS8 * bb), dst + (size_t)(b * bb), 0);
+    move_row(t, n_cols, (int)(row % PI_ROWS8), src + (size_t)(row / PI_ROWS8) * PI_ROWS8 * row_bytes, out, 0);
 }

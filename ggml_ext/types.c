@@ -1,11 +1,15 @@
 /* types.c - the type table (types.h) and the public entry points over it: pi_type_info,
  * pi_type_describe, pi_row_bytes, pi_quantize_row, pi_dequantize_row. */
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "common.h"
 #include "quants.h"
 #include "types.h"
+
+/* A rows8 block's scale fields per row: what precedes its quants, over 8 rows. */
+#define ROWS8_HEAD(x8) (int)(offsetof(x8, qs) / PI_ROWS8)
 
 static const pi_type_traits TRAITS[PI_N_TYPE_IDS] = {
     [PI_TYPE_F32] = {.name = "F32", .block_elems = 1, .block_bytes = sizeof(float),
@@ -17,23 +21,23 @@ static const pi_type_traits TRAITS[PI_N_TYPE_IDS] = {
     [PI_TYPE_Q4_0] = {.name = "Q4_0", .block_elems = QK4_0, .block_bytes = sizeof(block_q4_0),
                       .quantize = pi_quantize_q4_0, .dequantize = pi_dequantize_q4_0,
                       .weight = 1, .act_type = PI_TYPE_Q8_0, .elem = pi_elem_q4_0,
-                      .rows8_head = sizeof(pi_half)},
+                      .rows8_head = ROWS8_HEAD(block_q4_0x8)},
     [PI_TYPE_Q4_1] = {.name = "Q4_1", .block_elems = QK4_1, .block_bytes = sizeof(block_q4_1),
                       .quantize = pi_quantize_q4_1, .dequantize = pi_dequantize_q4_1,
                       .weight = 1, .act_type = PI_TYPE_Q8_1, .elem = pi_elem_q4_1,
-                      .rows8_head = 2 * sizeof(pi_half)},
+                      .rows8_head = ROWS8_HEAD(block_q4_1x8)},
     [PI_TYPE_Q5_0] = {.name = "Q5_0", .block_elems = QK5_0, .block_bytes = sizeof(block_q5_0),
                       .quantize = pi_quantize_q5_0, .dequantize = pi_dequantize_q5_0,
                       .weight = 1, .act_type = PI_TYPE_Q8_0, .elem = pi_elem_q5_0,
-                      .rows8_head = sizeof(pi_half) + 4 /* d, qh */},
+                      .rows8_head = ROWS8_HEAD(block_q5_0x8)},
     [PI_TYPE_Q5_1] = {.name = "Q5_1", .block_elems = QK5_1, .block_bytes = sizeof(block_q5_1),
                       .quantize = pi_quantize_q5_1, .dequantize = pi_dequantize_q5_1,
                       .weight = 1, .act_type = PI_TYPE_Q8_1, .elem = pi_elem_q5_1,
-                      .rows8_head = 2 * sizeof(pi_half) + 4 /* d, m, qh */},
+                      .rows8_head = ROWS8_HEAD(block_q5_1x8)},
     [PI_TYPE_Q8_0] = {.name = "Q8_0", .block_elems = QK8_0, .block_bytes = sizeof(block_q8_0),
                       .quantize = pi_quantize_q8_0, .dequantize = pi_dequantize_q8_0,
                       .weight = 1, .act_type = PI_TYPE_Q8_0, .elem = pi_elem_q8_0,
-                      .rows8_head = sizeof(pi_half)},
+                      .rows8_head = ROWS8_HEAD(block_q8_0x8)},
     [PI_TYPE_Q8_1] = {.name = "Q8_1", .block_elems = QK8_1, .block_bytes = sizeof(block_q8_1),
                       .quantize = pi_quantize_q8_1, .dequantize = pi_dequantize_q8_1},
     /* the K-quants: no quantizer for the weights (their rows come from llama.cpp's files) */
@@ -59,6 +63,12 @@ const char *pi_type_name(int type) {
 int pi_type_is_weight(const pi_type_traits *t) { return t->weight; }
 
 int pi_type_is_rows8(const pi_type_traits *t) { return t->rows8_head > 0; }
+
+int pi_fail_rows8(const char *fn, int type) {
+    char list[128];
+    pi_type_list(pi_type_is_rows8, list, sizeof list);
+    return pi_fail(PI_ERR_TYPE, "%s: type %s has no 8-row layout (%s)", fn, pi_type_name(type), list);
+}
 
 static int is_known(const pi_type_traits *t) { return t != NULL; }
 

@@ -47,6 +47,8 @@ const char *pi_type_name(int type);
 void pi_type_list(int (*pred)(const pi_type_traits *t), char *buf, size_t cap);
 int pi_type_is_weight(const pi_type_traits *t);
 int pi_type_is_rows8(const pi_type_traits *t);
+/* pi_fail(PI_ERR_TYPE) for a type without the rows8 layout, naming those that have it. */
+int pi_fail_rows8(const char *fn, int type);
 
 /* Bytes of n elements of a known `type` (n a multiple of its block size; not checked). */
 static inline int64_t pi_type_row_bytes(const pi_type_traits *t, int64_t n) {
