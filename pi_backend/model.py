@@ -13,6 +13,7 @@ import pickle
 import weakref
 from typing import Sequence
 
+import gguf
 import numpy as np
 
 from . import _lib
@@ -23,11 +24,11 @@ from .gguf_check import GGUFFormatError, check_file, check_hparams
 
 FFN_MODES = {F.FFN_DENSE: _lib.PI_FFN_DENSE, F.FFN_SPARSE: _lib.PI_FFN_SPARSE,
              F.FFN_THRESHOLD: _lib.PI_FFN_THRESHOLD}
-ARCHS = {"llama": _lib.PI_ARCH_LLAMA, "qwen2": _lib.PI_ARCH_QWEN2}   # the keys of F.ARCHS
+ARCHS = {name: getattr(_lib, f"PI_ARCH_{name.upper()}") for name in F.ARCHS}
 ACTS = {F.ACT_SILU: _lib.PI_ACT_SILU, F.ACT_RELU: _lib.PI_ACT_RELU}
 # Large arrays that are not worth turning into metadata strings.
-_BULKY = ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type",
-          "tokenizer.ggml.scores")
+_BULKY = (gguf.Keys.Tokenizer.LIST, gguf.Keys.Tokenizer.MERGES, gguf.Keys.Tokenizer.TOKEN_TYPE,
+          gguf.Keys.Tokenizer.SCORES)
 
 
 class ModelError(ValueError):
@@ -115,7 +116,7 @@ class Model:
         # small objects only once every one in it is free, so a value kept from amid the parse
         # would keep a megabyte of it resident: what is kept leaves the parse as one pickle (a
         # single buffer outside those blocks) and is rebuilt after the parse is gone.
-        tokens = reader.fields.get("tokenizer.ggml.tokens")
+        tokens = reader.fields.get(gguf.Keys.Tokenizer.LIST)
         kept = pickle.dumps((
             {k: field_value(f) for k, f in reader.fields.items()
              if not k.startswith("GGUF.") and k not in _BULKY},
@@ -206,11 +207,10 @@ class Model:
             norm_eps=float(self._get(f"{a}.attention.layer_norm_rms_epsilon")))
 
     def _attach(self, name: str, type_id: int, ne: list, offset: int, nbytes: int) -> None:
-        """Hands tensor `name` (ggml type, GGUF dims ne, at `offset` of the file) to the C model."""
+        """Hands tensor `name` (ggml type, GGUF dims ne, at `offset` of the file) to the C model.
+        gguf_check.check_file has placed [offset, offset + nbytes) inside the file."""
         n_cols = ne[0]
         n_rows = int(np.prod(ne[1:])) if len(ne) > 1 else 1
-        if nbytes == 0 or offset + nbytes > self._map.size:
-            raise ModelError(f"{self.path}: tensor {name} has no data inside the file")
         if F.split_name(name)[1] == F.T.NEURON_ORDER:  # metadata for the converter; the engine needs none
             return
         dtype = {_lib.PI_TYPE_F32: np.float32, _lib.PI_TYPE_F16: np.float16}.get(type_id, np.uint8)
