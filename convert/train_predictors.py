@@ -332,19 +332,14 @@ _PI_PARTS = (T.FC1, T.FC2, T.NEURON_ORDER)
 def stored_tensors(preds: "TrainedPredictors | None") -> dict[int, list]:
     """Per layer, [(part, data, ggml type)] of the predictors as the file stores them: q8_0 or
     f16 (see `stored`)."""
-    import gguf
     from gguf import GGMLQuantizationType as QT
 
-    def encode(w: np.ndarray, q8: bool) -> tuple[np.ndarray, QT]:
-        if q8:
-            return gguf.quants.quantize(np.ascontiguousarray(w, dtype=np.float32), QT.Q8_0), QT.Q8_0
-        return w.astype(np.float16), QT.F16
-
+    from .layout import encode
     out: dict[int, list] = {}
     for il in range(0 if preds is None else len(preds.ranks)):
         w1, w2 = preds.load(il)
-        q8 = q8_storage(*w1.shape)
-        out[il] = [(part, *encode(w, q8)) for part, w in ((T.FC1, w1), (T.FC2, w2))]
+        qt = QT.Q8_0 if q8_storage(*w1.shape) else QT.F16
+        out[il] = [(part, encode(w, qt), qt) for part, w in ((T.FC1, w1), (T.FC2, w2))]
     return out
 
 

@@ -190,14 +190,20 @@ def build_tiny_hf_model(variant: str, out_dir: Path, tokenizer_dir: Path, vocab_
     return out_dir
 
 
+def tokenizer_vocab_size(tokenizer_dir: Path) -> int:
+    """The vocabulary size of tokenizer_dir's tokenizer.json: the model's vocab plus the added
+    tokens that are not in it."""
+    vocab = json.loads((tokenizer_dir / "tokenizer.json").read_text())
+    return len(vocab["model"]["vocab"]) + sum(
+        1 for t in vocab.get("added_tokens", []) if t["content"] not in vocab["model"]["vocab"])
+
+
 @pytest.fixture(scope="session")
 def hf_model(tmp_path_factory, tiny_tokenizer_dir):
     """Factory: hf_model(variant) -> directory of a tiny random HF model (cached per session)."""
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    vocab = json.loads((tiny_tokenizer_dir / "tokenizer.json").read_text())
-    n_vocab = len(vocab["model"]["vocab"]) + sum(
-        1 for t in vocab.get("added_tokens", []) if t["content"] not in vocab["model"]["vocab"])
+    n_vocab = tokenizer_vocab_size(tiny_tokenizer_dir)
     cache: dict[str, Path] = {}
 
     def make(variant: str) -> Path:

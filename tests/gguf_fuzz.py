@@ -45,14 +45,17 @@ U64_VALUES = (0, 1, 2, 1 << 31, 1 << 32, 1 << 40, 1 << 62, 1 << 63, (1 << 64) - 
 
 
 # ---- sources ----------------------------------------------------------------------------------
-def write_plain_gguf(path: Path) -> Path:
-    """A tiny plain llama.cpp-style GGUF (1 layer; Q8_0, F16 and F32 tensors; a tokenizer with
-    string, float and int arrays), written with the gguf package."""
+def write_plain_gguf(path: Path, arch: str = "llama", drop: str | None = None,
+                     reshape: str | None = None, f32: bool = False) -> Path:
+    """A tiny plain llama.cpp-style GGUF (1 layer; Q8_0, F16 and F32 tensors, or F32 alone with
+    f32; a tokenizer with string, float and int arrays), written with the gguf package. For the
+    loader's errors: arch names the architecture, the tensor named by drop is left out, the one
+    named by reshape has one row more."""
     import gguf
     from gguf import GGMLQuantizationType as Q
     d, ff, nh, nkv, nv = 32, 64, 4, 2, 40
     hd = d // nh
-    w = gguf.GGUFWriter(str(path), "llama")
+    w = gguf.GGUFWriter(str(path), arch)
     w.add_name("fuzz-plain")
     w.add_block_count(1)
     w.add_context_length(64)
@@ -77,8 +80,12 @@ def write_plain_gguf(path: Path) -> Path:
               "blk.0.ffn_norm.weight": ((d,), Q.F32), "blk.0.ffn_gate.weight": ((ff, d), Q.Q8_0),
               "blk.0.ffn_up.weight": ((ff, d), Q.Q8_0), "blk.0.ffn_down.weight": ((d, ff), Q.Q8_0)}
     for name, (shape, qtype) in shapes.items():
+        if name == drop:
+            continue
+        if name == reshape:
+            shape = (shape[0] + 1,) + shape[1:]
         a = (rng.standard_normal(shape) * 0.3 + (1.0 if len(shape) == 1 else 0.0)).astype(np.float32)
-        if qtype == Q.F32:
+        if qtype == Q.F32 or f32:
             w.add_tensor(name, a)
         elif qtype == Q.F16:
             w.add_tensor(name, a.astype(np.float16))

@@ -18,6 +18,20 @@ def ref_logits_one_by_one(ref, tokens):
     return np.array(ref.scores[:len(tokens)], dtype=np.float32)
 
 
+def llama_quantize(src, dst, ftype: int, nthread: int | None = None) -> None:
+    """llama.cpp's own quantizer (through llama-cpp-python): the file src to dst in ftype (a
+    llama_cpp.LLAMA_FTYPE_* value), on nthread threads (llama.cpp's default when None)."""
+    import ctypes
+
+    import llama_cpp
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = ftype
+    if nthread is not None:
+        params.nthread = nthread
+    assert llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(),
+                                          ctypes.byref(params)) == 0
+
+
 def within_peer_noise(d: dict, peer: dict) -> bool:
     """Whether divergence d is within twice llama.cpp's own (peer): both are another summation
     order than the batched path's, and 256 positions leave a token or two of sampling noise."""

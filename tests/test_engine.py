@@ -155,7 +155,9 @@ def test_create_close_cycles_keep_memory_flat(smollm2_path):
     # a leaked context or model leaves at least one mapping per cycle (its buffer, a thread's
     # stack, the file map); the allocator may merge or split one now and then
     assert maps_growth < 8 / 2, f"{maps_growth} mappings more after 8 cycles"
-    assert rss_growth < 2 * 2 ** 20, f"RSS grew {rss_growth / 2**20:.1f} MiB over 8 cycles"
+    # a leaked context keeps its touched KV cache and buffers (about 4 MiB here) every cycle, a
+    # model its ~95 MiB; the allocator's own drift reached 2.9 MiB once under a loaded machine
+    assert rss_growth < 8 * 2 ** 20, f"RSS grew {rss_growth / 2**20:.1f} MiB over 8 cycles"
 
 
 def test_kv_cache_decode_equals_full_recompute(model):
@@ -228,37 +230,9 @@ def test_not_a_gguf(tmp_path):
 
 
 def _write_gguf(path, arch="llama", drop=None, reshape=None):
-    """A tiny random llama-architecture GGUF written with the gguf package."""
-    import gguf
-    d, ff, nh, nkv, nv, nl = 32, 64, 4, 2, 40, 1
-    hd = d // nh
-    w = gguf.GGUFWriter(str(path), arch)
-    w.add_block_count(nl)
-    w.add_context_length(64)
-    w.add_embedding_length(d)
-    w.add_feed_forward_length(ff)
-    w.add_head_count(nh)
-    w.add_head_count_kv(nkv)
-    w.add_layer_norm_rms_eps(1e-5)
-    w.add_vocab_size(nv)
-    rng = np.random.default_rng(0)
-    shapes = {"token_embd.weight": (nv, d), "output_norm.weight": (d,),
-              "blk.0.attn_norm.weight": (d,), "blk.0.attn_q.weight": (nh * hd, d),
-              "blk.0.attn_k.weight": (nkv * hd, d), "blk.0.attn_v.weight": (nkv * hd, d),
-              "blk.0.attn_output.weight": (d, nh * hd), "blk.0.ffn_norm.weight": (d,),
-              "blk.0.ffn_gate.weight": (ff, d), "blk.0.ffn_up.weight": (ff, d),
-              "blk.0.ffn_down.weight": (d, ff)}
-    for name, shape in shapes.items():
-        if name == drop:
-            continue
-        if name == reshape:
-            shape = (shape[0] + 1,) + shape[1:]
-        w.add_tensor(name, rng.standard_normal(shape).astype(np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+    """A tiny random llama-architecture GGUF, every tensor F32 (tests/gguf_fuzz.py's plain file)."""
+    from gguf_fuzz import write_plain_gguf
+    return write_plain_gguf(path, arch, drop, reshape, f32=True)
 
 
 def test_tiny_gguf_runs(tmp_path):

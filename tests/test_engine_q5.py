@@ -5,7 +5,6 @@ batched path (the peer noise, measured in this run on that file)."""
 from __future__ import annotations
 
 import collections
-import ctypes
 
 import gguf
 import numpy as np
@@ -16,7 +15,7 @@ from pi_backend.bench import DEFAULT_TEXT
 from pi_backend.convert import convert
 from pi_backend.model import Model
 
-from peer import divergence, ref_logits, ref_logits_one_by_one, within_peer_noise
+from peer import divergence, llama_quantize, ref_logits, ref_logits_one_by_one, within_peer_noise
 
 FTYPES = {"q5_0": "LLAMA_FTYPE_MOSTLY_Q5_0", "q5_1": "LLAMA_FTYPE_MOSTLY_Q5_1"}
 
@@ -33,12 +32,8 @@ def smollm2_f16_path(tmp_path_factory, smollm2_path):
 def q5_path(request, tmp_path_factory, smollm2_f16_path):
     """The f16 file quantized by llama.cpp to the ftype of the parameter."""
     import llama_cpp
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = getattr(llama_cpp, FTYPES[request.param])
-    params.nthread = 2
     out = tmp_path_factory.mktemp(f"smollm2_{request.param}") / f"smollm2-{request.param}.gguf"
-    assert llama_cpp.llama_model_quantize(str(smollm2_f16_path).encode(), str(out).encode(),
-                                          ctypes.byref(params)) == 0
+    llama_quantize(smollm2_f16_path, out, getattr(llama_cpp, FTYPES[request.param]), nthread=2)
     return request.param, out
 
 

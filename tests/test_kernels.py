@@ -18,6 +18,9 @@ from pi_backend import _lib
 from pi_backend import kernels as K
 from pi_backend._lib import PiError, call, fptr, iptr, vptr
 
+from kernel_util import (ISA_NAMES, ISAS, pools, restore_isa,  # noqa: F401 (fixtures)
+                         run_axpy, run_cols, run_masked, run_matvec)
+
 F32, F16, Q4_0, Q4_1, Q8_0, Q8_1 = (_lib.PI_TYPE_F32, _lib.PI_TYPE_F16, _lib.PI_TYPE_Q4_0,
                                     _lib.PI_TYPE_Q4_1, _lib.PI_TYPE_Q8_0, _lib.PI_TYPE_Q8_1)
 # every weight type of the library's type table with 32-element blocks, by ggml id (the
@@ -25,35 +28,7 @@ F32, F16, Q4_0, Q4_1, Q8_0, Q8_1 = (_lib.PI_TYPE_F32, _lib.PI_TYPE_F16, _lib.PI_
 TYPES = [K.type_id(name) for name in K.weight_types() if K.describe(name).block_elems == 32
          or name in ("f32", "f16")]
 TYPE_NAMES = {t: name for name, t in K.types().items()}
-ISA_NAMES = {_lib.PI_ISA_SCALAR: "scalar", _lib.PI_ISA_AVX2: "avx2", _lib.PI_ISA_AVX512: "avx512"}
 SHAPES = [(1, 32), (5, 64), (37, 576), (13, 1536), (64, 256)]
-
-
-def isas():
-    best = _lib.lib().pi_isa_best()
-    return [i for i in ISA_NAMES if i <= best]
-
-
-ISAS = isas()
-
-
-@pytest.fixture(autouse=True)
-def restore_isa():
-    yield
-    call("pi_isa_set", _lib.default_isa())
-
-
-@pytest.fixture(scope="module")
-def pools():
-    """{n_threads: pool}; 1 is the NULL pool (the calling thread alone)."""
-    out = {1: None}
-    for n in (2, 3):
-        p = _lib.pi_pool_p()
-        call("pi_pool_create", n, ctypes.byref(p))
-        out[n] = p
-    yield out
-    for n in (2, 3):
-        _lib.lib().pi_pool_free(out[n])
 
 
 # ---- helpers -----------------------------------------------------------------------------------
@@ -148,33 +123,6 @@ def matvec_reference(t, q, Wd, x):
     if corr is not None:
         y += weight_min(t, q) @ corr
     return y, magnitude(t, q, Wd) @ np.abs(xq) + 1e-30
-
-
-def run_matvec(pool, t, q, n_rows, n_cols, x):
-    y = np.full(n_rows, np.nan, np.float32)
-    call("pi_matvec", pool, t, vptr(q), n_rows, n_cols, fptr(x), fptr(y))
-    return y
-
-
-def run_masked(pool, t, q, n_rows, n_cols, x, idx):
-    y = np.full(n_rows, np.nan, np.float32)
-    call("pi_matvec_masked", pool, t, vptr(q), n_rows, n_cols, fptr(x), iptr(idx), idx.size,
-         fptr(y))
-    return y
-
-
-def run_axpy(pool, t, q, n_rows, n_cols, a, idx):
-    y = np.full(n_cols, np.nan, np.float32)
-    call("pi_axpy_sparse", pool, t, vptr(q), n_rows, n_cols, fptr(a), iptr(idx), idx.size,
-         fptr(y))
-    return y
-
-
-def run_cols(pool, t, q, n_rows, n_cols, a, idx):
-    y = np.full(n_rows, np.nan, np.float32)
-    call("pi_matvec_cols_sparse", pool, t, vptr(q), n_rows, n_cols, fptr(a), iptr(idx),
-         idx.size, fptr(y))
-    return y
 
 
 def assert_close(y, ref, scale, rtol=2e-6, what=""):

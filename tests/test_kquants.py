@@ -6,29 +6,21 @@ sane fp16 scales (as gguf-py's own tests do). The dots follow ggml's x86 order b
 (exact integer lane sums, the same float steps), so every ISA gives the scalar twin's bits; so do
 the AXPYs (one fused multiply-add per row and element, rows in order).
 """
-import ctypes
-
 import numpy as np
 import pytest
 from gguf import quants as gq
 from gguf.constants import GGMLQuantizationType as QT
 
 from pi_backend import _lib
-from pi_backend._lib import call, fptr, iptr, vptr
+from pi_backend._lib import call, fptr, vptr
+
+from kernel_util import (ISA_NAMES, ISAS, pools, restore_isa,  # noqa: F401 (fixtures)
+                         run_axpy, run_masked, run_matvec)
 
 Q4_K, Q6_K, Q8_K = _lib.PI_TYPE_Q4_K, _lib.PI_TYPE_Q6_K, _lib.PI_TYPE_Q8_K
 WEIGHTS = {Q4_K: QT.Q4_K, Q6_K: QT.Q6_K}
 BLOCK_BYTES = {Q4_K: 144, Q6_K: 210, Q8_K: 292}
-ISAS = [i for i in (_lib.PI_ISA_SCALAR, _lib.PI_ISA_AVX2, _lib.PI_ISA_AVX512)
-        if i <= _lib.lib().pi_isa_best()]
 ids = {Q4_K: "q4_K", Q6_K: "q6_K"}.get
-NAMES = {i: name for name, i in _lib.ISA_NAMES.items()}
-
-
-@pytest.fixture(autouse=True)
-def restore_isa():
-    yield
-    call("pi_isa_set", _lib.default_isa())
 
 
 def random_rows(rng, t, n_rows, n_cols, scale=0.05):
@@ -76,18 +68,6 @@ def q8_K_fields(y):
     b = y.reshape(-1, BLOCK_BYTES[Q8_K])
     return (b[:, 0:4].copy().view(np.float32)[:, 0], b[:, 4:260].view(np.int8),
             b[:, 260:].copy().view(np.int16))
-
-
-def matvec(t, q, n_rows, n_cols, x, pool=None):
-    y = np.full(n_rows, np.nan, np.float32)
-    call("pi_matvec", pool, t, vptr(q), n_rows, n_cols, fptr(x), fptr(y))
-    return y
-
-
-def axpy(t, q, n_rows, n_cols, a, idx, pool=None):
-    y = np.full(n_cols, np.nan, np.float32)
-    call("pi_axpy_sparse", pool, t, vptr(q), n_rows, n_cols, fptr(a), iptr(idx), idx.size, fptr(y))
-    return y
 
 
 def min_terms(t, q, n_rows, n_cols):
@@ -151,10 +131,10 @@ def test_dot_matches_reference_and_every_isa_is_the_scalar_twin(t):
     results = {}
     for isa in ISAS:
         call("pi_isa_set", isa)
-        results[isa] = matvec(t, q, n_rows, n_cols, x)
-        assert np.all(np.abs(results[isa] - ref) <= 1e-5 * scale), NAMES[isa]
+        results[isa] = run_matvec(None, t, q, n_rows, n_cols, x)
+        assert np.all(np.abs(results[isa] - ref) <= 1e-5 * scale), ISA_NAMES[isa]
     for isa in ISAS[1:]:
-        np.testing.assert_array_equal(results[isa], results[ISAS[0]], err_msg=NAMES[isa])
+        np.testing.assert_array_equal(results[isa], results[ISAS[0]], err_msg=ISA_NAMES[isa])
 
 
 @pytest.mark.parametrize("t", list(WEIGHTS), ids=ids)
@@ -170,34 +150,24 @@ def test_matvec_close_to_float_product(t):
     bound = np.abs(Wd) @ half_step + 1e-5 * (np.abs(Wd) + 2 * min_terms(t, q, 16, 1536)) @ np.abs(x)
     for isa in ISAS:
         call("pi_isa_set", isa)
-        y = matvec(t, q, 16, 1536, x)
+        y = run_matvec(None, t, q, 16, 1536, x)
         assert np.all(np.abs(y - ref) <= bound)
         assert np.mean(np.abs(y - ref) / bound) < 0.2  # random rounding errors: far from the worst case
 
 
 @pytest.mark.parametrize("t", list(WEIGHTS), ids=ids)
-def test_masked_rows_and_thread_counts(t):
+def test_masked_rows_and_thread_counts(t, pools):
     rng = np.random.default_rng(17)
     n_rows, n_cols = 37, 512
     q = random_rows(rng, t, n_rows, n_cols)
     x = rng.standard_normal(n_cols).astype(np.float32)
-    pools = [None]
-    for n in (2, 3):
-        p = _lib.pi_pool_p()
-        call("pi_pool_create", n, ctypes.byref(p))
-        pools.append(p)
-    try:
-        dense = [matvec(t, q, n_rows, n_cols, x, p) for p in pools]
-        for y in dense[1:]:
-            np.testing.assert_array_equal(y, dense[0])
-        idx = np.sort(rng.choice(n_rows, 11, replace=False)).astype(np.int32)
-        y = np.full(n_rows, np.nan, np.float32)
-        call("pi_matvec_masked", pools[2], t, vptr(q), n_rows, n_cols, fptr(x), iptr(idx), idx.size, fptr(y))
-        np.testing.assert_array_equal(y[idx], dense[0][idx])
-        assert np.all(np.delete(y, idx) == 0)
-    finally:
-        for p in pools[1:]:
-            _lib.lib().pi_pool_free(p)
+    dense = [run_matvec(pools[n], t, q, n_rows, n_cols, x) for n in (1, 2, 3)]
+    for y in dense[1:]:
+        np.testing.assert_array_equal(y, dense[0])
+    idx = np.sort(rng.choice(n_rows, 11, replace=False)).astype(np.int32)
+    y = run_masked(pools[3], t, q, n_rows, n_cols, x, idx)
+    np.testing.assert_array_equal(y[idx], dense[0][idx])
+    assert np.all(np.delete(y, idx) == 0)
 
 
 # ---- AXPY --------------------------------------------------------------------------------------
@@ -215,8 +185,8 @@ def test_axpy_matches_numpy_and_the_scalar_twin(t):
         results = []
         for isa in ISAS:
             call("pi_isa_set", isa)
-            results.append(axpy(t, q, n_rows, n_cols, a, idx))
-            assert np.all(np.abs(results[-1] - ref) <= bound), (NAMES[isa], idx)
+            results.append(run_axpy(None, t, q, n_rows, n_cols, a, idx))
+            assert np.all(np.abs(results[-1] - ref) <= bound), (ISA_NAMES[isa], idx)
         for y in results[1:]:
             np.testing.assert_array_equal(y, results[0])
 
@@ -225,30 +195,25 @@ def test_axpy_matches_numpy_and_the_scalar_twin(t):
 @pytest.fixture(scope="module")
 def q4_k_m_path(tmp_path_factory, tiny_tokenizer_dir):
     """A tiny random llama (widths multiples of 256) as f32, quantized by llama.cpp to Q4_K_M."""
-    import json
-
     import llama_cpp
-    from conftest import build_tiny_hf_model
+    from conftest import build_tiny_hf_model, tokenizer_vocab_size
+    from peer import llama_quantize
     from pi_backend.convert import convert
     d = tmp_path_factory.mktemp("kquant")
-    vocab = json.loads((tiny_tokenizer_dir / "tokenizer.json").read_text())
-    n_vocab = len(vocab["model"]["vocab"]) + sum(
-        1 for t in vocab.get("added_tokens", []) if t["content"] not in vocab["model"]["vocab"])
+    n_vocab = tokenizer_vocab_size(tiny_tokenizer_dir)
     hf = build_tiny_hf_model("llama_silu", d / "hf", tiny_tokenizer_dir, n_vocab, seed=3,
                              hidden_size=256, intermediate_size=512, num_attention_heads=4,
                              num_key_value_heads=2, max_position_embeddings=512)
     src, dst = d / "f32.gguf", d / "q4_k_m.gguf"
     convert(str(hf), str(src), "f32", dense=True)
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M
-    assert llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params)) == 0
+    llama_quantize(src, dst, llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M)
     return dst
 
 
 def test_q4_k_m_file_matches_llama_cpp(q4_k_m_path):
     import gguf
     import llama_cpp
-    from peer import divergence, within_peer_noise
+    from peer import divergence, ref_logits, ref_logits_one_by_one, within_peer_noise
     from pi_backend.model import Model
     types = {t.tensor_type.name for t in gguf.GGUFReader(q4_k_m_path).tensors if len(t.shape) == 2}
     assert {"Q4_K", "Q6_K"} <= types <= {"Q4_K", "Q6_K", "Q8_0"}, types
@@ -256,13 +221,8 @@ def test_q4_k_m_file_matches_llama_cpp(q4_k_m_path):
     ref = llama_cpp.Llama(str(q4_k_m_path), n_ctx=512, n_threads=2, logits_all=True, verbose=False)
     tokens = [int(t) for t in rng.integers(3, ref.n_vocab(), 200)]
     try:
-        ref.reset()
-        ref.eval(tokens)
-        batched = np.array(ref.scores[:len(tokens)], np.float32)
-        ref.reset()
-        for t in tokens:
-            ref.eval([t])
-        one_by_one = np.array(ref.scores[:len(tokens)], np.float32)
+        batched = ref_logits(ref, tokens)
+        one_by_one = ref_logits_one_by_one(ref, tokens)
     finally:
         ref.close()
     peer = divergence(one_by_one, batched)
