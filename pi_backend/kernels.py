@@ -50,6 +50,12 @@ def weight_types() -> list[str]:
     return [name for name in types() if describe(name).weight]
 
 
+@functools.cache
+def weight_type_ids() -> frozenset[int]:
+    """The ggml ids of weight_types()."""
+    return frozenset(types()[name] for name in weight_types())
+
+
 def rows8_types() -> list[str]:
     """The names of the types with the rows8 layout (repack_rows8, matvec_rows8)."""
     return [name for name in types() if describe(name).rows8]

@@ -18,6 +18,7 @@ import numpy as np
 
 from . import _lib
 from . import format as F
+from . import kernels
 from ._lib import call, check, fptr
 from .format import Keys, field_value
 from .gguf_check import GGUFFormatError, check_file, check_hparams
@@ -29,6 +30,13 @@ ACTS = {F.ACT_SILU: _lib.PI_ACT_SILU, F.ACT_RELU: _lib.PI_ACT_RELU}
 # Large arrays that are not worth turning into metadata strings.
 _BULKY = (gguf.Keys.Tokenizer.LIST, gguf.Keys.Tokenizer.MERGES, gguf.Keys.Tokenizer.TOKEN_TYPE,
           gguf.Keys.Tokenizer.SCORES)
+
+
+def _ggml_type_name(type_id: int) -> str:
+    try:
+        return gguf.GGMLQuantizationType(type_id).name
+    except ValueError:
+        return f"ggml type id {type_id}"
 
 
 class ModelError(ValueError):
@@ -213,6 +221,9 @@ class Model:
         n_rows = int(np.prod(ne[1:])) if len(ne) > 1 else 1
         if F.split_name(name)[1] == F.T.NEURON_ORDER:  # metadata for the converter; the engine needs none
             return
+        if type_id not in kernels.weight_type_ids():
+            raise ModelError(f"{self.path}: tensor {name} has type {_ggml_type_name(type_id)}, which "
+                             f"pi_backend does not run (supported: {', '.join(kernels.weight_types()).upper()})")
         dtype = {_lib.PI_TYPE_F32: np.float32, _lib.PI_TYPE_F16: np.float16}.get(type_id, np.uint8)
         data = self._map.view(np.ndarray)[offset:offset + nbytes].view(dtype).reshape(n_rows, -1)
         try:

@@ -46,11 +46,13 @@ U64_VALUES = (0, 1, 2, 1 << 31, 1 << 32, 1 << 40, 1 << 62, 1 << 63, (1 << 64) - 
 
 # ---- sources ----------------------------------------------------------------------------------
 def write_plain_gguf(path: Path, arch: str = "llama", drop: str | None = None,
-                     reshape: str | None = None, f32: bool = False) -> Path:
+                     reshape: str | None = None, f32: bool = False,
+                     raw_type: tuple[str, int, int] | None = None) -> Path:
     """A tiny plain llama.cpp-style GGUF (1 layer; Q8_0, F16 and F32 tensors, or F32 alone with
     f32; a tokenizer with string, float and int arrays), written with the gguf package. For the
     loader's errors: arch names the architecture, the tensor named by drop is left out, the one
-    named by reshape has one row more."""
+    named by reshape has one row more; raw_type (name, ggml type, bytes per row) stores that
+    tensor as random bytes of another type."""
     import gguf
     from gguf import GGMLQuantizationType as Q
     d, ff, nh, nkv, nv = 32, 64, 4, 2, 40
@@ -85,7 +87,10 @@ def write_plain_gguf(path: Path, arch: str = "llama", drop: str | None = None,
         if name == reshape:
             shape = (shape[0] + 1,) + shape[1:]
         a = (rng.standard_normal(shape) * 0.3 + (1.0 if len(shape) == 1 else 0.0)).astype(np.float32)
-        if qtype == Q.F32 or f32:
+        if raw_type is not None and name == raw_type[0]:
+            rows = rng.integers(0, 256, (shape[0], raw_type[2]), dtype=np.uint8)
+            w.add_tensor(name, rows, raw_dtype=Q(raw_type[1]))
+        elif qtype == Q.F32 or f32:
             w.add_tensor(name, a)
         elif qtype == Q.F16:
             w.add_tensor(name, a.astype(np.float16))

@@ -229,10 +229,10 @@ def test_not_a_gguf(tmp_path):
         Model(str(p))
 
 
-def _write_gguf(path, arch="llama", drop=None, reshape=None):
+def _write_gguf(path, arch="llama", drop=None, reshape=None, raw_type=None):
     """A tiny random llama-architecture GGUF, every tensor F32 (tests/gguf_fuzz.py's plain file)."""
     from gguf_fuzz import write_plain_gguf
-    return write_plain_gguf(path, arch, drop, reshape, f32=True)
+    return write_plain_gguf(path, arch, drop, reshape, f32=True, raw_type=raw_type)
 
 
 def test_tiny_gguf_runs(tmp_path):
@@ -249,6 +249,15 @@ def test_unsupported_architecture(tmp_path):
 def test_missing_tensor(tmp_path):
     with pytest.raises(ModelError, match="missing tensor blk.0.ffn_up.weight"):
         Model(str(_write_gguf(tmp_path / "m.gguf", drop="blk.0.ffn_up.weight")))
+
+
+def test_unsupported_weight_type_names_tensor_type_and_the_supported_list(tmp_path):
+    """Q8_1 is a type ggml knows (and our kernels' activation type) but no weight type."""
+    path = _write_gguf(tmp_path / "m.gguf", raw_type=("blk.0.ffn_up.weight", _lib.PI_TYPE_Q8_1, 40))
+    with pytest.raises(ModelError, match=r"tensor blk.0.ffn_up.weight has type Q8_1, which "
+                       r"pi_backend does not run \(supported: F32, F16, .*Q4_K.*\)") as e:
+        Model(str(path))
+    assert "\n" not in str(e.value)
 
 
 def test_wrong_shape(tmp_path):
