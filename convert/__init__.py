@@ -7,7 +7,7 @@ from pathlib import Path
 from pi_backend.format import ACT_RELU, FORMAT_VERSION
 
 from .model import ConvertError, HParams, SourceTensor
-from .layout import OUTTYPES, Summary
+from .layout import DOWN_TYPES, OUTTYPES, Summary
 
 __all__ = ["convert", "open_source", "ConvertError", "HParams", "SourceTensor", "OUTTYPES",
            "FORMAT_VERSION", "Summary"]
@@ -29,13 +29,14 @@ def open_source(path: str | Path):
     raise ConvertError(f"input {p} is neither a Hugging Face model directory nor a GGUF file")
 
 
-def convert(input: str | Path, outfile: str | Path, outtype: str = "f16", dense: bool = False,
+def convert(input: str | Path, outfile: str | Path, outtype: str = "auto", dense: bool = False,
             predictors: str | Path | None = None, progress: bool = False,
             calibrate: bool | str | Path = False, calib_tokens: int | None = None,
             train_predictors: bool | None = None, reorder: bool = False,
             target_recall: float | None = None, predictor_ranks=None, seed: int = 0,
             sparsity: float | None = None, ppl_budget: float | None = None,
-            n_threads: int | None = None, keep_down: bool = False) -> Summary:
+            n_threads: int | None = None, keep_down: bool = False,
+            down_type: str | None = None) -> Summary:
     """Convert `input` into `outfile`; raises ConvertError on bad inputs.
 
     calibrate: False, True (calibration text written by the model itself) or a text file: run
@@ -43,6 +44,9 @@ def convert(input: str | Path, outfile: str | Path, outtype: str = "f16", dense:
     (train_predictors, default on) and, with reorder, orders the neurons hot-first; for SwiGLU
     (silu) models it sets threshold-mode thresholds (pi_backend.convert.calibrate): a uniform `sparsity`,
     or the largest sparsity within a perplexity budget `ppl_budget` (default 0.02).
+    outtype: "auto" keeps a GGUF source's tensor types and bytes (only ffn_down_t is made, of
+    down_type or of the type chosen for the source's ffn_down); from a Hugging Face checkpoint
+    it means f16.
     keep_down: a split file that also keeps the plain ffn_down, which dense mode then reads
     (the dense FFN at the plain file's speed, for one more copy of the down weights)."""
     import time
@@ -50,6 +54,10 @@ def convert(input: str | Path, outfile: str | Path, outtype: str = "f16", dense:
     t0 = time.perf_counter()
     if outtype not in OUTTYPES:
         raise ConvertError(f"unknown output type {outtype!r} (choose from {', '.join(OUTTYPES)})")
+    if down_type is not None and down_type not in DOWN_TYPES:
+        raise ConvertError(f"unknown ffn_down_t type {down_type!r} (choose from {', '.join(DOWN_TYPES)})")
+    if down_type is not None and dense:
+        raise ConvertError("--down-type is for split files; --dense writes no ffn_down_t")
     out = Path(outfile)
     if out.is_dir():
         raise ConvertError(f"output {out} is a directory; give a file name")
@@ -91,18 +99,19 @@ def convert(input: str | Path, outfile: str | Path, outtype: str = "f16", dense:
                 calib_tokens, train_predictors, reorder,
                 target_recall or tp.DEFAULT_TARGET_RECALL,
                 tuple(predictor_ranks or tp.DEFAULT_RANKS), seed, progress=progress, t0=t0,
-                n_threads=n_threads)
+                n_threads=n_threads, down_type=down_type)
         if calibrate is not False:
             from .calibrate import convert_and_calibrate_source
             return convert_and_calibrate_source(
                 src, out, outtype, None if calibrate is True else calibrate, calib_tokens,
                 sparsity, ppl_budget, seed, n_threads, progress=progress, t0=t0,
-                relu_only=bool(train_predictors or reorder), keep_down=keep_down)
+                relu_only=bool(train_predictors or reorder), keep_down=keep_down,
+                down_type=down_type)
         preds = None
         if predictors is not None:
             from .predictors import open_predictors
             preds = open_predictors(Path(predictors), src.hparams)
         return write_model(src, out, outtype, dense, preds, progress=progress, t0=t0,
-                           keep_down=keep_down)
+                           keep_down=keep_down, down_type=down_type)
     finally:
         src.close()

@@ -1,5 +1,5 @@
-"""Command line: pi-convert INPUT --outfile OUT.gguf --outtype f32|f16|q8_0|q4_0|q4_1
-[--dense | --keep-down] [--predictors DIR] [--calibrate [TEXT_FILE]] [--calib-tokens N]
+"""Command line: pi-convert INPUT --outfile OUT.gguf [--outtype auto|f32|f16|q8_0|q4_0|q4_1]
+[--down-type TYPE] [--dense | --keep-down] [--predictors DIR] [--calibrate [TEXT_FILE]] [--calib-tokens N]
 [--[no-]train-predictors] [--target-recall R] [--predictor-ranks 32,64,128] [--reorder]
 [--sparsity S | --ppl-budget B] [--threads N]   (also: python -m pi_backend.convert ...)"""
 from __future__ import annotations
@@ -14,13 +14,18 @@ PROG = "pi-convert"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .layout import OUTTYPES
+    from .layout import DOWN_TYPES, OUTTYPES
     p = OneLineErrorParser(prog=PROG, description="Convert a Hugging Face checkpoint directory or a llama.cpp "
                 "GGUF file into a pi_backend GGUF file (split FFN, down transposed, quantized).")
     p.add_argument("input", help="Hugging Face model directory, or a .gguf file")
     p.add_argument("--outfile", required=True, help="output .gguf path")
-    p.add_argument("--outtype", default="f16", choices=list(OUTTYPES),
-                   help="type of the weight matrices (norms and vectors stay f32); default f16")
+    p.add_argument("--outtype", default="auto", choices=list(OUTTYPES),
+                   help="type of the weight matrices (norms and vectors stay f32); default auto: "
+                   "a GGUF source's tensors keep their types and bytes, a Hugging Face "
+                   "checkpoint's become f16")
+    p.add_argument("--down-type", choices=list(DOWN_TYPES),
+                   help="type of ffn_down_t (the transposed down weight, re-quantized); default: "
+                   "q8_0 from a quantized source under --outtype auto, else the outtype")
     p.add_argument("--dense", action="store_true",
                    help="write a plain llama.cpp-compatible file instead (no split FFN, no pi.* keys)")
     p.add_argument("--keep-down", action="store_true",
@@ -71,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
                           target_recall=args.target_recall,
                           predictor_ranks=args.predictor_ranks, seed=args.seed,
                           sparsity=args.sparsity, ppl_budget=args.ppl_budget,
-                          n_threads=args.threads, keep_down=args.keep_down)
+                          n_threads=args.threads, keep_down=args.keep_down,
+                          down_type=args.down_type)
     except ConvertError as e:
         sys.stderr.write(f"{PROG}: error: {e}\n")
         return 1

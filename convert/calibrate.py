@@ -461,7 +461,7 @@ def convert_and_calibrate_source(src, outfile, outtype: str = "f16", text_file=N
                                  ppl_budget: float | None = None, seed: int = 0,
                                  n_threads: int | None = None, progress: bool = False,
                                  t0: float | None = None, relu_only: bool = False,
-                                 keep_down: bool = False):
+                                 keep_down: bool = False, down_type: str | None = None):
     """pi-convert --calibrate for a silu source (an open converter source): write a temporary
     split file, calibrate its thresholds with our engine, and write the output with
     pi.thresholds / pi.sparse_mode / pi.calibration (tmp + os.replace). Returns the converter's
@@ -486,7 +486,7 @@ def convert_and_calibrate_source(src, outfile, outtype: str = "f16", text_file=N
                       n_threads=n_threads or default_threads(), seed=seed, progress=progress)
     cfg.n_heldout = min(cfg.n_heldout, max(16, cfg.n_tokens // 4))
     out = Path(outfile)
-    with first_pass(src, out, outtype, progress, t0, keep_down) as (split, summary):
+    with first_pass(src, out, outtype, progress, t0, keep_down, down_type) as (split, summary):
         cal = calibrate(split, cfg, outfile=out)
     summary.outfile = out
     summary.nbytes = out.stat().st_size

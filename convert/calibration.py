@@ -242,14 +242,14 @@ def record(model, seqs: Sequence[np.ndarray], positions: int, keep: Sequence[str
 # ---- the one rewrite ---------------------------------------------------------------------------
 @contextmanager
 def first_pass(src, out: Path, outtype: str, progress: bool = False, t0: float | None = None,
-               keep_down: bool = False):
+               keep_down: bool = False, down_type: str | None = None):
     """The converter's plain split file of `src`, written beside `out` under a temporary name
     and removed when the block ends: yields (its path, the converter's Summary)."""
     from .layout import write_model
     tmp = out.with_name(f".{out.name}.{os.getpid()}.uncalibrated.gguf")
     try:
         yield tmp, write_model(src, tmp, outtype, False, None, progress=progress, t0=t0,
-                               keep_down=keep_down)
+                               keep_down=keep_down, down_type=down_type)
     finally:
         try:
             tmp.unlink()

@@ -102,6 +102,7 @@ class GGUFSource:
             typed = _typed_value(field)
             if typed[0] is not None:
                 self.hparams.extra_kv[key] = typed
+        self.file_type = self._get("general.file_type")   # what --outtype auto writes back
         types = sorted({t.tensor_type.name for t in r.tensors})
         self.description = f"{path.name} (GGUF, {'/'.join(types)})"
 
@@ -116,7 +117,8 @@ class GGUFSource:
         for name, t in self.tensor_map.items():
             shape = tuple(int(x) for x in reversed(t.shape.tolist()))
             out[name] = SourceTensor(name, shape, _loader(t, shape, self.path.name),
-                                     t.tensor_type.name)
+                                     t.tensor_type.name, int(t.tensor_type),
+                                     lambda t=t: np.asarray(t.data))
         return out
 
     def add_vocab(self, writer, n_vocab: int) -> str:

@@ -27,8 +27,14 @@ from pi_backend.format import FORMAT_VERSION, Keys, T, field_types, field_value,
 from .model import ConvertError, HParams, SourceTensor
 from .predictors import Predictors
 
-OUTTYPES: dict[str, QT] = {"f32": QT.F32, "f16": QT.F16, "q8_0": QT.Q8_0,
-                           "q4_0": QT.Q4_0, "q4_1": QT.Q4_1}
+# "auto" (None): a GGUF source's tensors keep their types and bytes (only ffn_down_t is made);
+# from a Hugging Face checkpoint it means f16 (convert resolves it: resolve_outtype).
+AUTO = "auto"
+OUTTYPES: dict[str, QT | None] = {AUTO: None, "f32": QT.F32, "f16": QT.F16, "q8_0": QT.Q8_0,
+                                  "q4_0": QT.Q4_0, "q4_1": QT.Q4_1}
+# ffn_down_t's types (--down-type): those gguf.quants can write, as ffn_down_t is re-quantized
+DOWN_TYPES: dict[str, QT] = {"f32": QT.F32, "f16": QT.F16, "q8_0": QT.Q8_0, "q5_1": QT.Q5_1,
+                             "q5_0": QT.Q5_0, "q4_1": QT.Q4_1, "q4_0": QT.Q4_0}
 FILE_TYPES = {QT.F32: gguf.LlamaFileType.ALL_F32, QT.F16: gguf.LlamaFileType.MOSTLY_F16,
               QT.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0, QT.Q4_0: gguf.LlamaFileType.MOSTLY_Q4_0,
               QT.Q4_1: gguf.LlamaFileType.MOSTLY_Q4_1}
@@ -48,7 +54,9 @@ class OutTensor:
     name: str
     shape: tuple[int, ...]        # numpy shape [rows][cols]
     qtype: QT
-    produce: Callable[[], np.ndarray]   # float32 data in the final shape
+    produce: Callable[[], np.ndarray]   # float32 data in the final shape (raw: the stored bytes)
+    raw: bool = False             # produce gives the source's bytes of qtype, written as they are
+    why: str = ""                 # the summary's reason for qtype
 
     @property
     def nbytes(self) -> int:
@@ -73,6 +81,15 @@ class Summary:
     predictors: str
     warnings: list[str] = field(default_factory=list)
     report: str = ""              # calibration report (per-layer table), when calibrated
+    placement: Counter = field(default_factory=Counter)   # (type, why) -> tensors
+
+    def placement_lines(self) -> list[str]:
+        """One line per reason: the types (with tensor counts) that reason placed."""
+        by_why: dict[str, list[str]] = {}
+        for (qtype, why), n in sorted(self.placement.items()):
+            by_why.setdefault(why, []).append(f"{qtype} x{n}")
+        return [f"{'types' if i == 0 else '':<10} {', '.join(v)}: {why}"
+                for i, (why, v) in enumerate(by_why.items())]
 
     def text(self) -> str:
         types = ", ".join(f"{k} x{v}" for k, v in sorted(self.types.items()))
@@ -81,6 +98,7 @@ class Summary:
             f"source     {self.source}",
             f"size       {self.nbytes / 2**20:.1f} MiB, {self.n_tensors} tensors ({types})",
             f"outtype    {self.outtype}; layout {self.layout}; FFN activation {self.activation}",
+            *self.placement_lines(),
             f"tokenizer  {self.vocab}",
             f"predictors {self.predictors}",
             f"time       {self.seconds:.1f} s; peak RSS {self.peak_rss_mib:.0f} MiB",
@@ -123,10 +141,12 @@ def encode(a: np.ndarray, qtype: QT) -> np.ndarray:
     return out
 
 
-def plan_tensors(hp: HParams, src: dict[str, SourceTensor], outtype: QT, dense: bool,
+def plan_tensors(hp: HParams, src: dict[str, SourceTensor], outtype: QT | None, dense: bool,
                  preds: Predictors | None, warnings: list[str],
                  neuron_orders: list[np.ndarray] | None = None,
-                 keep_down: bool = False) -> list[OutTensor]:
+                 keep_down: bool = False, down_type: str | None = None) -> list[OutTensor]:
+    """The output tensors in order. outtype None (auto): every source tensor as it is where the
+    engine runs its type; ffn_down_t of down_type, or of the type chosen for the source's."""
     per_layer: list[dict[str, SourceTensor]] = [{} for _ in range(hp.n_layer)]
     glob: dict[str, SourceTensor] = {}
     for name, t in src.items():
@@ -159,12 +179,21 @@ def plan_tensors(hp: HParams, src: dict[str, SourceTensor], outtype: QT, dense: 
 
     plan: list[OutTensor] = []
 
-    def add(name: str, shape: tuple[int, ...], produce: Callable[[], np.ndarray]) -> None:
-        plan.append(OutTensor(name, tuple(shape), pick_type(name, shape, outtype, warnings), produce))
+    def add(name: str, shape: tuple[int, ...], produce: Callable[[], np.ndarray],
+            t: SourceTensor | None = None) -> None:
+        if outtype is None and t is not None:
+            plan.append(_kept(name, t, warnings))
+            return
+        ot = QT.F16 if outtype is None else outtype      # (QT.F32 is 0: no `or` here)
+        qt = pick_type(name, shape, ot, warnings)
+        why = ("norms and vectors are f32" if qt == QT.F32 and len(shape) == 1 else
+               "predictors" if F.split_name(name)[1] in (T.FC1, T.FC2) else
+               f"--outtype {ot.name.lower()}")
+        plan.append(OutTensor(name, tuple(shape), qt, produce, why=why))
 
     for g in _GLOBALS_FIRST:
         if g in glob:
-            add(g, glob[g].shape, glob[g].load)
+            add(g, glob[g].shape, glob[g].load, glob[g])
     for il, layer in enumerate(per_layer):
         for r in _LAYER_ORDER:
             if r not in layer:
@@ -172,13 +201,13 @@ def plan_tensors(hp: HParams, src: dict[str, SourceTensor], outtype: QT, dense: 
             t = layer[r]
             if r == T.FFN_DOWN and not dense:
                 if keep_down:  # the plain layout too: dense mode reads it at full speed
-                    add(layer_name(il, r), t.shape, t.load)
+                    add(layer_name(il, r), t.shape, t.load, t)
                 name, shape = layer_name(il, T.FFN_DOWN_T), F.SPECS[T.FFN_DOWN_T].shape(dims)
-                qt = _down_t_type(outtype, t.src_type, warnings)
+                qt, why = down_t_type(outtype, down_type, t.src_type, warnings)
                 plan.append(OutTensor(name, shape, pick_type(name, shape, qt, warnings),
-                                      _transposed(t.load)))
+                                      _transposed(t.load), why=why))
             else:
-                add(layer_name(il, r), t.shape, t.load)
+                add(layer_name(il, r), t.shape, t.load, t)
         if preds is not None and not dense:
             rank = preds.ranks[il]
             add(layer_name(il, T.FC1), (rank, hp.n_embd), _pred(preds, il, 0))
@@ -189,20 +218,52 @@ def plan_tensors(hp: HParams, src: dict[str, SourceTensor], outtype: QT, dense: 
                                   lambda o=order: o))
     for g in _GLOBALS_LAST:
         if g in glob:
-            add(g, glob[g].shape, glob[g].load)
+            add(g, glob[g].shape, glob[g].load, glob[g])
     return plan
 
 
-def _down_t_type(outtype: QT, src_type: str, warnings: list[str]) -> QT:
-    """ffn_down_t's type. A source already quantized to few bits along n_ff (a llama.cpp
-    ffn_down) loses much more when re-quantized to 4 bits along d (SmolLM2-135M Q4_1: +3.6%
-    perplexity, KL 0.074 against its own ffn_down): such a source keeps ffn_down_t at q8_0."""
-    if outtype in (QT.Q4_0, QT.Q4_1) and src_type.upper().startswith(("Q", "IQ", "TQ")):
+def _kept(name: str, t: SourceTensor, warnings: list[str]) -> OutTensor:
+    """--outtype auto: the source's tensor as it is where the engine runs its type (matrices:
+    any weight type of the kernels; vectors: f32); else re-encoded at q8_0 (or f16/f32)."""
+    from pi_backend import kernels
+    if t.qtype is not None and t.load_raw is not None:
+        runs = (t.qtype == QT.F32 if len(t.shape) == 1 or "norm" in name
+                else t.qtype in kernels.weight_type_ids())
+        if runs:
+            return OutTensor(name, t.shape, QT(t.qtype), t.load_raw, raw=True,
+                             why="as in the source")
+        qt = pick_type(name, t.shape, QT.Q8_0, warnings)
+        return OutTensor(name, t.shape, qt, t.load,
+                         why=f"the source's {QT(t.qtype).name} is not a type pi_backend runs")
+    return OutTensor(name, t.shape, pick_type(name, t.shape, QT.F16, warnings), t.load,
+                     why="--outtype auto from floating-point weights")
+
+
+def down_t_type(outtype: QT | None, down_type: str | None, src_type: str,
+                warnings: list[str]) -> tuple[QT, str]:
+    """ffn_down_t's type and why. The down weight is transposed, so a quantized source's blocks
+    are re-quantized along the other axis: a source already quantized to few bits along n_ff
+    (a llama.cpp ffn_down) loses much more when re-quantized to 4 bits along d (SmolLM2-135M
+    Q4_1: +3.6% perplexity, KL 0.074 against its own ffn_down), so such a source gets q8_0,
+    which keeps the cost within AUTO_DOWN_COST (docs/FORMAT.md gives the measurements)."""
+    quantized = src_type.upper().startswith(("Q", "IQ", "TQ"))
+    if down_type is not None:
+        return DOWN_TYPES[down_type], "--down-type"
+    if outtype is None:
+        if quantized:
+            return QT.Q8_0, (f"ffn_down ({src_type}) transposed and re-quantized along d: q8_0 "
+                             f"keeps the cost within {AUTO_DOWN_COST:.1%} perplexity")
+        return QT.F16, f"ffn_down ({src_type}) transposed, f16"
+    if outtype in (QT.Q4_0, QT.Q4_1) and quantized:
         note = "ffn_down_t kept at q8_0: the source's 4-bit ffn_down re-quantized along the other axis loses too much"
         if note not in warnings:
             warnings.append(note)
-        return QT.Q8_0
-    return outtype
+        return QT.Q8_0, note
+    return outtype, f"--outtype {outtype.name.lower()}, transposed"
+
+
+# The perplexity cost --outtype auto allows ffn_down_t's re-quantization (issue: at most 0.5%).
+AUTO_DOWN_COST = 0.005
 
 
 def _transposed(load: Callable[[], np.ndarray]) -> Callable[[], np.ndarray]:
@@ -311,7 +372,7 @@ def write_model(source, outfile: Path, outtype_name: str, dense: bool,
                 preds: Predictors | None, progress: bool = True,
                 t0: float | None = None,
                 neuron_orders: list[np.ndarray] | None = None,
-                keep_down: bool = False) -> Summary:
+                keep_down: bool = False, down_type: str | None = None) -> Summary:
     t0 = time.perf_counter() if t0 is None else t0
     hp: HParams = source.hparams
     outtype = OUTTYPES[outtype_name]
@@ -320,11 +381,13 @@ def write_model(source, outfile: Path, outtype_name: str, dense: bool,
         warnings.append(f"--dense with a {hp.activation} FFN: llama.cpp's {hp.arch} graph "
                         "applies SiLU, so llama.cpp will not reproduce this model")
     plan = plan_tensors(hp, source.tensors(), outtype, dense, preds, warnings, neuron_orders,
-                        keep_down)
+                        keep_down, down_type)
+    file_type = (FILE_TYPES[outtype] if outtype is not None else
+                 getattr(source, "file_type", None) or gguf.LlamaFileType.MOSTLY_F16)
 
     with replacing_writer(outfile, hp.arch) as w:
         _add_hparams(w, hp, source)
-        w.add_file_type(int(FILE_TYPES[outtype]))
+        w.add_file_type(int(file_type))
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)
         vocab_desc = source.add_vocab(w, hp.n_vocab)
         if not dense:
@@ -341,10 +404,14 @@ def write_model(source, outfile: Path, outtype_name: str, dense: bool,
         try:
             for t in plan:
                 a = t.produce()
-                if tuple(a.shape) != t.shape:
+                if t.raw:
+                    if a.nbytes != t.nbytes:
+                        raise ConvertError(f"inconsistent sizes: {t.name} has {a.nbytes} bytes, "
+                                           f"expected {t.nbytes}")
+                elif tuple(a.shape) != t.shape:
                     raise ConvertError(f"inconsistent shapes: {t.name} is {list(a.shape)}, "
                                        f"expected {list(t.shape)}")
-                data = encode(a, t.qtype)
+                data = a if t.raw else encode(a, t.qtype)
                 del a
                 w.write_tensor_data(data)
                 del data
@@ -365,5 +432,6 @@ def write_model(source, outfile: Path, outtype_name: str, dense: bool,
         "split (ffn_down_t, and ffn_down for dense mode)" if keep_down else "split (ffn_down_t)",
         activation=hp.activation, outtype=outtype_name, n_tensors=len(plan),
         nbytes=outfile.stat().st_size, types=Counter(t.qtype.name.lower() for t in plan),
+        placement=Counter((t.qtype.name.lower(), t.why) for t in plan),
         seconds=time.perf_counter() - t0, peak_rss_mib=rss, predictors=pred_desc,
         warnings=warnings)

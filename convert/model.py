@@ -46,6 +46,10 @@ class SourceTensor:
     shape: tuple[int, ...]
     load: Callable[[], np.ndarray]
     src_type: str = ""        # what the source stores ("bf16", "Q4_1", ...), for the summary
+    # a GGUF source: the ggml type and a loader of the stored bytes as they are (quantized rows
+    # [rows][row bytes] as uint8, F32/F16 as their numpy dtype), for --outtype auto
+    qtype: int | None = None
+    load_raw: Callable[[], np.ndarray] | None = None
 
 
 def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:

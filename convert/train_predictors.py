@@ -389,7 +389,7 @@ def convert_calibrated(src, out: Path, outtype: str, text: str | Path | None,
                        reorder: bool = False, target_recall: float = DEFAULT_TARGET_RECALL,
                        ranks: Sequence[int] = DEFAULT_RANKS, seed: int = 0,
                        progress: bool = False, t0: float | None = None, split_input=None,
-                       n_threads: int | None = None):
+                       n_threads: int | None = None, down_type: str | None = None):
     """pi-convert --calibrate for ReLU models: write a plain split file to a temporary path (or
     take `split_input`, a pi file, as it is), run our dense engine on it over the calibration
     text, train the predictors (and the hot-first order), then write the final file: the split
@@ -411,7 +411,7 @@ def convert_calibrated(src, out: Path, outtype: str, text: str | Path | None,
     if text is not None and not Path(text).is_file():
         raise ConvertError(f"calibration text {text} does not exist")
     if split_input is None:
-        stage = first_pass(src, out, outtype)
+        stage = first_pass(src, out, outtype, down_type=down_type)
     else:
         stage = nullcontext((Path(split_input), None))
     with stage as (split, first):

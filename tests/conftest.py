@@ -215,6 +215,19 @@ def hf_model(tmp_path_factory, tiny_tokenizer_dir):
 
 
 @pytest.fixture(scope="session")
+def tiny256_f32(tmp_path_factory, tiny_tokenizer_dir) -> Path:
+    """A tiny random llama whose widths are multiples of 256 (quant_files.TINY_256), as a plain
+    f32 GGUF: the source of genuine K-quant test files."""
+    from quant_files import TINY_256
+    from pi_backend.convert import convert
+    d = tmp_path_factory.mktemp("tiny256")
+    hf = build_tiny_hf_model("llama_silu", d / "hf", tiny_tokenizer_dir,
+                             tokenizer_vocab_size(tiny_tokenizer_dir), seed=5, **TINY_256)
+    convert(str(hf), str(d / "tiny256.f32.gguf"), "f32", dense=True)
+    return d / "tiny256.f32.gguf"
+
+
+@pytest.fixture(scope="session")
 def smollm2_hf_tokenizer_model(tmp_path_factory, smollm2_path) -> Path:
     """A tiny random llama (1 layer) carrying SmolLM2's tokenizer rebuilt as a HF tokenizer.json."""
     pytest.importorskip("torch")

@@ -21,7 +21,7 @@ from pi_backend.convert import ConvertError, convert
 from pi_backend.convert.layout import OUTTYPES, encode
 from pi_backend.convert.model import permute_qk
 
-TYPES = list(OUTTYPES)
+TYPES = [t for t, qt in OUTTYPES.items() if qt is not None]   # "auto": test_auto_*
 SILU_VARIANTS = [v for v in HF_VARIANTS if v != "llama_relu"]
 # max |logit error| / max |logit| of llama.cpp on the --dense file vs transformers (fp32 weights)
 LOGIT_TOL = {"f32": 3e-3, "f16": 6e-3, "q8_0": 6e-2, "q4_0": 0.6, "q4_1": 0.6}
@@ -697,3 +697,66 @@ def test_bad_inputs_api_raises(hf_model, tmp_path):
 def test_pyproject_declares_console_script():
     text = (REPO / "pyproject.toml").read_text()
     assert 'pi-convert = "pi_backend.convert.__main__:main"' in text
+
+
+# --------------------------------------------------------------------------------------------
+# --outtype auto (the default): a quantized GGUF keeps its types; only ffn_down_t is made
+# --------------------------------------------------------------------------------------------
+def _logits(path, tokens):
+    from pi_backend.model import Model
+    m = Model(str(path))
+    try:
+        return m.new_context(len(tokens) + 8, 2, ffn_mode="dense").eval(tokens, 0, logits_all=True)
+    finally:
+        m.close()
+
+
+def test_auto_keeps_a_quantized_source_and_re_lays_only_ffn_down(tiny256_f32, tmp_path):
+    from peer import divergence
+    from quant_files import quantized
+    src_path = quantized(tiny256_f32, "Q4_K_M")
+    out = tmp_path / "auto.gguf"
+    summary = convert(src_path, out)            # the default: auto
+    src, g = GGUFFile(src_path), GGUFFile(out)
+    assert g.kv("general.file_type") == src.kv("general.file_type")
+    down_types = set()
+    for name in src.tensors:
+        if ".ffn_down." in name:
+            assert name not in g.tensors
+            t = name.replace(".ffn_down.", ".ffn_down_t.")
+            down_types.add(src.qtype(name).name)
+            # transposed, then q8_0 along d: exactly what encoding the dequantized transpose gives
+            assert g.qtype(t) == QT.Q8_0 and g.shape(t) == src.shape(name)[::-1]
+            assert np.array_equal(g.raw(t), encode(src.f32(name).T.copy(), QT.Q8_0))
+        else:   # everything else: the source's type and bytes
+            assert g.qtype(name) == src.qtype(name), name
+            assert np.array_equal(g.raw(name), src.raw(name)), name
+    assert down_types == {"Q4_K", "Q6_K"}       # llama.cpp's Q4_K_M mix
+    text = summary.text()
+    assert "as in the source" in text
+    for t in down_types:
+        assert f"ffn_down ({t}) transposed and re-quantized along d" in text, text
+    # the choice of q8_0: closer to the source than the next smaller type, q5_0
+    lower = tmp_path / "q5_0.gguf"
+    convert(src_path, lower, down_type="q5_0")
+    tokens = list(range(3, 131))
+    ref = _logits(src_path, tokens)
+    kl_auto = divergence(_logits(out, tokens), ref)["kl"]
+    kl_q5_0 = divergence(_logits(lower, tokens), ref)["kl"]
+    assert kl_auto < kl_q5_0, (kl_auto, kl_q5_0)
+
+
+def test_auto_from_a_checkpoint_is_f16(hf_model, tmp_path):
+    s = convert(hf_model("llama_silu"), tmp_path / "a.gguf")
+    assert set(s.types) == {"f16", "f32"}
+    assert "--outtype auto from floating-point weights" in s.text()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--down-type", "q3_k"], "invalid choice"),
+    (["--down-type", "q8_0", "--dense"], "--down-type is for split files"),
+])
+def test_down_type_errors(hf_model, tmp_path, args, message):
+    r = subprocess.run([sys.executable, "-m", "pi_backend.convert", str(hf_model("llama_silu")),
+                        "--outfile", str(tmp_path / "x.gguf"), *args], capture_output=True, text=True)
+    assert r.returncode != 0 and message in r.stderr and r.stderr.count("\n") == 1, r.stderr

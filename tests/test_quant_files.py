@@ -20,23 +20,16 @@ import pi_backend
 from pi_backend.model import Model
 
 from peer import divergence, ref_logits, ref_logits_one_by_one, within_peer_noise
-from quant_files import FTYPES, TINY_256, quantized, tensor_types
+from quant_files import FTYPES, quantized, tensor_types
 
 N_TOKENS = 256
 TEXT = (Path(pi_backend.__file__).parent / "data" / "prose.txt").read_text()
 
 
 @pytest.fixture(scope="module")
-def sources(smollm2_path, tmp_path_factory, tiny_tokenizer_dir):
+def sources(smollm2_path, tiny256_f32):
     """name -> the unquantized source GGUF of that name."""
-    from conftest import build_tiny_hf_model, tokenizer_vocab_size
-    from pi_backend.convert import convert
-    d = tmp_path_factory.mktemp("quant_files")
-    hf = build_tiny_hf_model("llama_silu", d / "hf", tiny_tokenizer_dir,
-                             tokenizer_vocab_size(tiny_tokenizer_dir), seed=5, **TINY_256)
-    tiny = d / "tiny256.f32.gguf"
-    convert(str(hf), str(tiny), "f32", dense=True)
-    return {"smollm2": smollm2_path, "tiny256": tiny}
+    return {"smollm2": smollm2_path, "tiny256": tiny256_f32}
 
 
 def compare_with_llama_cpp(path: Path) -> tuple[dict, dict]:
