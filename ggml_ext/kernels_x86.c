@@ -697,6 +697,13 @@ INLINE AVX2_FN __m256i min_words(__m128i m, int group) {
     return _mm256_cvtepi8_epi16(group == 16 ? m : _mm_unpacklo_epi8(m, m));
 }
 
+/* Blocks ahead of the one being read that the dots prefetch, every cache line of it, within the
+ * row. Measured on an AMD EPYC (AVX2, one thread, 4096 x 4096 rotated through 384 MiB of copies,
+ * a shared machine): without it Q3_K and Q6_K ran 2-4x slower from memory than from cache (Q3_K
+ * 1.5-1.7 ms, Q6_K 1.8-4.5 ms; the hardware prefetchers miss their layouts), with it Q3_K 0.9-1.1
+ * ms and Q6_K 1.1-1.6 ms; Q2_K, Q4_K and Q5_K read as fast from memory either way (within 5%). */
+#define K_PREFETCH_BLOCKS 4
+
 /* ggml's AVX2 vec_dot_q*_K_q8_K, four rows sharing each activation load: per block an exact
  * int32 sum per lane (lane k: elements 4k .. 4k + 3 of each group of 32, times their scale), one
  * fused multiply-add by d_x * d_w, and the mins' term in the type's order. */
@@ -718,6 +725,9 @@ INLINE AVX2_FN void dot_k_rows(int nr, int64_t n, const void *const rows[], cons
         __m256i sw[PI_KERNEL_ROWS][2], sumi[PI_KERNEL_ROWS];
         for (int r = 0; r < nr; r++) {
             wb[r] = (const uint8_t *)rows[r] + (size_t)b * t.bytes;
+            if (b + K_PREFETCH_BLOCKS < n / QK_K)
+                for (size_t o = 0; o < t.bytes; o += 64)
+                    _mm_prefetch((const char *)wb[r] + K_PREFETCH_BLOCKS * t.bytes + o, _MM_HINT_T0);
             s[r] = t.scales(wb[r]);
             scale_words(s[r].sc, t.group, sw[r]);
             sumi[r] = _mm256_setzero_si256();
