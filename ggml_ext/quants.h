@@ -3,7 +3,8 @@
  * Bit-identical to ggml's reference code (ggml-quants.c: quantize_row_*_ref and
  * dequantize_row_*). The type table (types.h) points at these; nothing else calls them by name.
  * No validation: n is a positive multiple of the type's block size. The K-quant weights (Q2_K ..
- * Q6_K) have no quantizer here (ggml's search scales; their rows come from llama.cpp's files).
+ * Q6_K) have no quantizer here (ggml's quantizers search their scales; their rows come from
+ * llama.cpp's files).
  */
 #ifndef PI_QUANTS_H
 #define PI_QUANTS_H
