@@ -60,17 +60,50 @@ typedef struct {
 } block_q8_1;
 _Static_assert(sizeof(block_q8_1) == 4 + QK8_1, "block_q8_1 size");
 
-/* ---- the K-quants: super-blocks of 256 ------------------------------------------------------ */
+/* ---- the K-quants: super-blocks of 256 ------------------------------------------------------
+ * Each unpacks (pi_k_scales, pi_q*_K_quants below) to x[e] = d * sc[e / 16] * q[e] - dmin *
+ * m[e / 16], the types without mins having m = 0 and dmin = 0. Group g of 32 elements of a
+ * 2- or 3-bit type is bits 2 (g % 4) .. 2 (g % 4) + 1 of qs[32 (g / 4) .. 32 (g / 4) + 31]; of a
+ * 4- or 5-bit type, the low (g even) or high (g odd) nibbles of qs[32 (g / 2) ..]; a third or
+ * fifth bit of element e is bit e / 32 of hmask[e % 32] (qh). */
 #define QK_K 256
+
+/* Q2_K: 16 groups of 16, x = d * sc_g * q - dmin * m_g with 4-bit sc_g, m_g and 2-bit q. */
+typedef struct {
+    uint8_t scales[QK_K / 16]; /* group g: sc_g in the low nibble, m_g in the high */
+    uint8_t qs[QK_K / 4];      /* 2-bit quants (pi_q2_K_quants) */
+    pi_half d;                 /* scale of the group scales */
+    pi_half dmin;              /* scale of the group mins */
+} block_q2_K;
+_Static_assert(sizeof(block_q2_K) == QK_K / 16 + QK_K / 4 + 4, "block_q2_K size");
+
+/* Q3_K: 16 groups of 16, x = d * (sc_g - 32) * (q - 4) with 6-bit sc_g and 3-bit q. */
+typedef struct {
+    uint8_t hmask[QK_K / 8]; /* third bits of the quants */
+    uint8_t qs[QK_K / 4];    /* their low 2 bits, as Q2_K's */
+    uint8_t scales[12];      /* sc_g packed in 6 bits (pi_q3_K_scale_words) */
+    pi_half d;
+} block_q3_K;
+_Static_assert(sizeof(block_q3_K) == QK_K / 8 + QK_K / 4 + 12 + 2, "block_q3_K size");
 
 /* Q4_K: 8 groups of 32, x = d * sc_g * q - dmin * m_g with 6-bit sc_g, m_g and 4-bit q. */
 typedef struct {
     pi_half d;            /* scale of the group scales */
     pi_half dmin;         /* scale of the group mins */
-    uint8_t scales[12];   /* sc_g, m_g packed in 6 bits (pi_q4_K_scales) */
+    uint8_t scales[12];   /* sc_g, m_g packed in 6 bits (pi_q4_K_scale_words) */
     uint8_t qs[QK_K / 2]; /* 4 chunks of 64: byte l low nibble = element l, high = element l + 32 */
 } block_q4_K;
 _Static_assert(sizeof(block_q4_K) == 4 + 12 + QK_K / 2, "block_q4_K size");
+
+/* Q5_K: Q4_K with 5-bit q: x = d * sc_g * q - dmin * m_g. */
+typedef struct {
+    pi_half d;
+    pi_half dmin;
+    uint8_t scales[12];   /* as Q4_K's */
+    uint8_t qh[QK_K / 8]; /* fifth bits of the quants */
+    uint8_t qs[QK_K / 2]; /* their low 4 bits, as Q4_K's */
+} block_q5_K;
+_Static_assert(sizeof(block_q5_K) == 4 + 12 + QK_K / 8 + QK_K / 2, "block_q5_K size");
 
 /* Q6_K: 16 groups of 16, x = d * sc_g * (q - 32) with int8 sc_g and 6-bit q. */
 typedef struct {
@@ -89,31 +122,127 @@ typedef struct {
 } block_q8_K;
 _Static_assert(sizeof(block_q8_K) == 4 + QK_K + QK_K / 8, "block_q8_K size");
 
-/* Q4_K's 6-bit group scales and mins: groups 0-3 in the low 6 bits of bytes 0-3 (scales) and
- * 4-7 (mins); groups 4-7 in the nibbles of bytes 8-11 with their top 2 bits in the top bits of
- * bytes 0-3 (scales) and 4-7 (mins). */
-static inline void pi_q4_K_scales(const uint8_t s[12], uint8_t sc[8], uint8_t m[8]) {
-    for (int g = 0; g < 4; g++) {
-        sc[g] = s[g] & 63;
-        m[g] = s[g + 4] & 63;
-        sc[g + 4] = (uint8_t)((s[g + 8] & 0x0F) | ((s[g] >> 6) << 4));
-        m[g + 4] = (uint8_t)((s[g + 8] >> 4) | ((s[g + 4] >> 6) << 4));
-    }
+/* A K-quant block's scale fields, unpacked: group g (of 16 elements for Q2_K, Q3_K and Q6_K, of
+ * 32 for Q4_K and Q5_K, which use sc[0 .. 7] and m[0 .. 7]) has scale sc[g] and min m[g]; m and
+ * dmin are 0 for the types without mins (Q3_K, Q6_K). */
+typedef struct {
+    pi_half d, dmin;
+    int8_t sc[16], m[16];
+} pi_k_scales;
+
+/* Elements per scale, by type. */
+enum { pi_q2_K_group = 16, pi_q3_K_group = 16, pi_q4_K_group = 32, pi_q5_K_group = 32, pi_q6_K_group = 16 };
+
+/* The little-endian 32-bit word at p. */
+static inline uint32_t pi_le32(const uint8_t *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
-/* Q4_K's 256 quants q[e] in [0, 15], element order. */
-static inline void pi_q4_K_quants(const block_q4_K *b, uint8_t q[QK_K]) {
+/* Byte i of the little-endian words w (i < 4 * words). */
+static inline uint8_t pi_word_byte(const uint32_t *w, int i) { return (uint8_t)(w[i / 4] >> (8 * (i % 4))); }
+
+/* Q4_K's (and Q5_K's) 6-bit group scales and mins as 4 words of bytes (ggml's utmp): w[0], w[1]
+ * hold sc[0..3], sc[4..7], w[2], w[3] m[0..3], m[4..7]. Groups 0-3 are the low 6 bits of bytes
+ * 0-3 (scales) and 4-7 (mins) of s; groups 4-7 the nibbles of bytes 8-11 (low: scales, high:
+ * mins) with their top 2 bits in the top bits of bytes 0-3 (scales) and 4-7 (mins). */
+static inline void pi_q4_K_scale_words(const uint8_t s[12], uint32_t w[4]) {
+    const uint32_t a = pi_le32(s), b = pi_le32(s + 4), c = pi_le32(s + 8);
+    w[0] = a & 0x3F3F3F3Fu;
+    w[1] = (c & 0x0F0F0F0Fu) | ((a >> 6) & 0x03030303u) << 4;
+    w[2] = b & 0x3F3F3F3Fu;
+    w[3] = ((c >> 4) & 0x0F0F0F0Fu) | ((b >> 6) & 0x03030303u) << 4;
+}
+
+/* Q3_K's 6-bit scales (sc + 32) as 4 words of bytes (ggml's aux), scale j in byte j: its low 4
+ * bits the nibbles of bytes 0-7 of s (j < 8 low, j >= 8 high nibble of byte j - 8), its top 2
+ * bits bits 2 (j / 4) .. 2 (j / 4) + 1 of byte 8 + j % 4. */
+static inline void pi_q3_K_scale_words(const uint8_t s[12], uint32_t w[4]) {
+    const uint32_t a = pi_le32(s), b = pi_le32(s + 4), c = pi_le32(s + 8);
+    w[0] = (a & 0x0F0F0F0Fu) | (c & 0x03030303u) << 4;
+    w[1] = (b & 0x0F0F0F0Fu) | ((c >> 2) & 0x03030303u) << 4;
+    w[2] = ((a >> 4) & 0x0F0F0F0Fu) | ((c >> 4) & 0x03030303u) << 4;
+    w[3] = ((b >> 4) & 0x0F0F0F0Fu) | ((c >> 6) & 0x03030303u) << 4;
+}
+
+/* Bit e / 32 of h[e % 32]: the third (Q3_K) or fifth (Q5_K) bit of element e. */
+static inline int pi_k_high_bit(const uint8_t h[32], int e) { return (h[e % 32] >> (e / 32)) & 1; }
+
+/* The 2-bit quants of Q2_K and Q3_K, element order: element 128 h + 32 j + l is bits 2j, 2j + 1
+ * of qs[32 h + l]. */
+static inline void pi_k_crumbs(const uint8_t qs[QK_K / 4], int8_t q[QK_K]) {
+    for (int e = 0; e < QK_K; e++) q[e] = (int8_t)((qs[32 * (e / 128) + e % 32] >> (2 * (e % 128 / 32))) & 3);
+}
+
+/* The 4-bit quants of Q4_K and Q5_K, element order (4 chunks of 64: byte l of a chunk's 32 holds
+ * element l in its low nibble, element l + 32 in its high). */
+static inline void pi_k_nibbles(const uint8_t qs[QK_K / 2], int8_t q[QK_K]) {
     for (int c = 0; c < 4; c++)
         for (int l = 0; l < 32; l++) {
-            q[64 * c + l] = b->qs[32 * c + l] & 0x0F;
-            q[64 * c + 32 + l] = b->qs[32 * c + l] >> 4;
+            q[64 * c + l] = (int8_t)(qs[32 * c + l] & 0x0F);
+            q[64 * c + 32 + l] = (int8_t)(qs[32 * c + l] >> 4);
         }
 }
 
-/* Q6_K's 256 quants minus 32, in [-32, 31], element order: in each half of 128, element l (l <
- * 32) takes ql[l]'s low nibble and qh[l]'s bits 0-1, l + 32 ql[l + 32]'s low nibble and bits 2-3,
- * l + 64 ql[l]'s high nibble and bits 4-5, l + 96 ql[l + 32]'s high nibble and bits 6-7. */
-static inline void pi_q6_K_quants(const block_q6_K *b, int8_t q[QK_K]) {
+/* Per type: the block's scale fields (pi_k_scales) and its 256 quants in element order with the
+ * offset removed (Q2_K [0, 3], Q3_K [-4, 3], Q4_K [0, 15], Q5_K [0, 31], Q6_K [-32, 31]). */
+static inline void pi_q2_K_unpack(const void *block, pi_k_scales *s) {
+    const block_q2_K *b = block;
+    s->d = b->d, s->dmin = b->dmin;
+    for (int g = 0; g < 16; g++) s->sc[g] = (int8_t)(b->scales[g] & 0x0F), s->m[g] = (int8_t)(b->scales[g] >> 4);
+}
+
+static inline void pi_q2_K_quants(const void *block, int8_t q[QK_K]) {
+    pi_k_crumbs(((const block_q2_K *)block)->qs, q);
+}
+
+static inline void pi_q3_K_unpack(const void *block, pi_k_scales *s) {
+    const block_q3_K *b = block;
+    uint32_t w[4];
+    pi_q3_K_scale_words(b->scales, w);
+    s->d = b->d, s->dmin = 0;
+    for (int j = 0; j < 16; j++) s->sc[j] = (int8_t)(pi_word_byte(w, j) - 32), s->m[j] = 0;
+}
+
+static inline void pi_q3_K_quants(const void *block, int8_t q[QK_K]) {
+    const block_q3_K *b = block;
+    pi_k_crumbs(b->qs, q);
+    for (int e = 0; e < QK_K; e++) q[e] = (int8_t)(q[e] - 4 * !pi_k_high_bit(b->hmask, e));
+}
+
+/* Q4_K and Q5_K: the same scale fields at the same place. */
+static inline void pi_q4_K_unpack(const void *block, pi_k_scales *s) {
+    const block_q4_K *b = block;
+    uint32_t w[4];
+    pi_q4_K_scale_words(b->scales, w);
+    s->d = b->d, s->dmin = b->dmin;
+    for (int g = 0; g < 16; g++) /* groups of 32: entries 8-15 unused */
+        s->sc[g] = g < 8 ? (int8_t)pi_word_byte(w, g) : 0, s->m[g] = g < 8 ? (int8_t)pi_word_byte(w, 8 + g) : 0;
+}
+
+static inline void pi_q4_K_quants(const void *block, int8_t q[QK_K]) {
+    pi_k_nibbles(((const block_q4_K *)block)->qs, q);
+}
+
+static inline void pi_q5_K_unpack(const void *block, pi_k_scales *s) { pi_q4_K_unpack(block, s); }
+
+static inline void pi_q5_K_quants(const void *block, int8_t q[QK_K]) {
+    const block_q5_K *b = block;
+    pi_k_nibbles(b->qs, q);
+    for (int e = 0; e < QK_K; e++) q[e] = (int8_t)(q[e] + 16 * pi_k_high_bit(b->qh, e));
+}
+
+static inline void pi_q6_K_unpack(const void *block, pi_k_scales *s) {
+    const block_q6_K *b = block;
+    s->d = b->d, s->dmin = 0;
+    memcpy(s->sc, b->scales, sizeof s->sc);
+    memset(s->m, 0, sizeof s->m);
+}
+
+/* Q6_K: in each half of 128, element l (l < 32) takes ql[l]'s low nibble and qh[l]'s bits 0-1,
+ * l + 32 ql[l + 32]'s low nibble and bits 2-3, l + 64 ql[l]'s high nibble and bits 4-5, l + 96
+ * ql[l + 32]'s high nibble and bits 6-7; minus 32. */
+static inline void pi_q6_K_quants(const void *block, int8_t q[QK_K]) {
+    const block_q6_K *b = block;
     for (int h = 0; h < 2; h++) {
         const uint8_t *ql = b->ql + 64 * h, *qh = b->qh + 32 * h;
         int8_t *qo = q + 128 * h;

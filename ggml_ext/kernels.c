@@ -205,48 +205,38 @@ static void dot8_q8_0(int64_t n, const void *group, const void *act, float out[8
 
 /* ---- the K-quants against Q8_K ---- */
 
-/* The dots in ggml's x86 order (ggml_vec_dot_q4_K_q8_K, ggml_vec_dot_q6_K_q8_K on AVX2): per
- * block, 8 exact integer lane sums, lane k taking elements 4k .. 4k + 3 of every group of 32
- * times their group's scale; lane k += (d_x * d_w) * lane sum by fused multiply-add, block after
- * block; then ggml's hsum (plus, for Q4_K, its min terms in 4 lanes, below). The SIMD twins
- * compute the same bits. */
+/* The dots in ggml's x86 order (ggml_vec_dot_q*_K_q8_K on AVX2): per block, 8 exact integer lane
+ * sums, lane k taking elements 4k .. 4k + 3 of every group of 32 times their scale;
+ * lane k += (d_x * d_w) * lane sum by fused multiply-add, block after block; then ggml's hsum,
+ * with the mins' term in the type's order (pi_k_mins). The SIMD twins compute the same bits. */
 static inline int k_lane(int e) { return (e & 31) >> 2; }
 
-static float dot_row_q4_K(int64_t n, const void *row, const void *act) {
-    const block_q4_K *w = row;
+static float dot_row_k(const pi_k_format *f, pi_k_mins mins, int64_t n, const void *row,
+                       const void *act) {
     const block_q8_K *x = act;
-    float l[8] = {0}, lm[4] = {0};
+    float l[8] = {0}, lm[4] = {0}, summ = 0.0f;
     for (int64_t b = 0; b < n / QK_K; b++) {
-        uint8_t sc[8], m[8], q[QK_K];
-        pi_q4_K_scales(w[b].scales, sc, m);
-        pi_q4_K_quants(&w[b], q);
-        int32_t lane[8] = {0};
-        for (int e = 0; e < QK_K; e++) lane[k_lane(e)] += sc[e / 32] * q[e] * x[b].qs[e];
-        const float d = x[b].d * half(w[b].d), dmin = -x[b].d * half(w[b].dmin);
-        for (int k = 0; k < 8; k++) l[k] = fmaf(d, (float)lane[k], l[k]);
-        /* the mins: lane p takes groups 2p and 2p + 1, each group's sum of x from bsums */
-        const int16_t *bs = x[b].bsums;
-        for (int p = 0; p < 4; p++) {
-            const int s = m[2 * p] * (bs[4 * p] + bs[4 * p + 1]) + m[2 * p + 1] * (bs[4 * p + 2] + bs[4 * p + 3]);
-            lm[p] = fmaf(dmin, (float)s, lm[p]);
-        }
-    }
-    return hsum_lanes(l) + ((lm[0] + lm[2]) + (lm[1] + lm[3]));
-}
-
-static float dot_row_q6_K(int64_t n, const void *row, const void *act) {
-    const block_q6_K *w = row;
-    const block_q8_K *x = act;
-    float l[8] = {0};
-    for (int64_t b = 0; b < n / QK_K; b++) {
+        const void *wb = (const uint8_t *)row + (size_t)b * f->block_bytes;
+        pi_k_scales s;
         int8_t q[QK_K];
-        pi_q6_K_quants(&w[b], q);
-        int32_t lane[8] = {0};
-        for (int e = 0; e < QK_K; e++) lane[k_lane(e)] += w[b].scales[e / 16] * q[e] * x[b].qs[e];
-        const float d = x[b].d * half(w[b].d);
+        f->unpack(wb, &s);
+        f->quants(wb, q);
+        int32_t lane[8] = {0}, mlane[8] = {0}, msum = 0;
+        for (int e = 0; e < QK_K; e++) lane[k_lane(e)] += s.sc[e / f->group] * q[e] * x[b].qs[e];
+        for (int j = 0; j < 16; j++) mlane[j / 2] += s.m[16 * j / f->group] * x[b].bsums[j];
+        for (int k = 0; k < 8; k++) msum += mlane[k];
+        const float d = x[b].d * half(s.d), dmin = -x[b].d * half(s.dmin);
+        if (mins == K_MINS_8)
+            for (int k = 0; k < 8; k++) l[k] = fmaf(dmin, (float)mlane[k], l[k]);
+        if (mins == K_MINS_4)
+            for (int p = 0; p < 4; p++) lm[p] = fmaf(dmin, (float)(mlane[2 * p] + mlane[2 * p + 1]), lm[p]);
+        if (mins == K_MINS_1) summ = fmaf(dmin, (float)msum, summ);
         for (int k = 0; k < 8; k++) l[k] = fmaf(d, (float)lane[k], l[k]);
     }
-    return hsum_lanes(l);
+    const float sum = hsum_lanes(l);
+    if (mins == K_MINS_4) return sum + ((lm[0] + lm[2]) + (lm[1] + lm[3]));
+    if (mins == K_MINS_1) return sum + summ;
+    return sum;
 }
 
 /* y[c] = fmaf(a, w[c], y[c]) over the row's dequantized blocks (the SIMD twins: the same bits). */
@@ -259,13 +249,19 @@ static void axpy_row_k(void (*dequantize)(const void *, float *, int64_t), size_
     }
 }
 
-static void axpy_row_q4_K(int64_t c0, int64_t c1, const void *row, float a, float *y) {
-    axpy_row_k(pi_dequantize_q4_K, sizeof(block_q4_K), c0, c1, row, a, y);
-}
-
-static void axpy_row_q6_K(int64_t c0, int64_t c1, const void *row, float a, float *y) {
-    axpy_row_k(pi_dequantize_q6_K, sizeof(block_q6_K), c0, c1, row, a, y);
-}
+#define K_ROW_TWINS(T, MINS)                                                                    \
+    static float dot_row_##T(int64_t n, const void *row, const void *act) {                     \
+        return dot_row_k(&pi_k_##T, MINS, n, row, act);                                         \
+    }                                                                                           \
+    static void axpy_row_##T(int64_t c0, int64_t c1, const void *row, float a, float *y) {      \
+        axpy_row_k(pi_dequantize_##T, sizeof(block_##T), c0, c1, row, a, y);                    \
+    }
+K_ROW_TWINS(q2_K, K_MINS_8)
+K_ROW_TWINS(q3_K, K_MINS_NONE)
+K_ROW_TWINS(q4_K, K_MINS_4)
+K_ROW_TWINS(q5_K, K_MINS_1)
+K_ROW_TWINS(q6_K, K_MINS_NONE)
+#undef K_ROW_TWINS
 
 /* The activation quantizers of the integer dots: ggml-cpu's x86 quantize_row_q8_0/q8_1 (the
  * path llama.cpp runs on AVX/AVX2/AVX-512), which differ from the reference format quantizer
@@ -396,7 +392,10 @@ SCALAR_TWINS(q4_1)
 SCALAR_TWINS(q5_0)
 SCALAR_TWINS(q5_1)
 SCALAR_TWINS(q8_0)
+SCALAR_TWINS(q2_K)
+SCALAR_TWINS(q3_K)
 SCALAR_TWINS(q4_K)
+SCALAR_TWINS(q5_K)
 SCALAR_TWINS(q6_K)
 #undef SCALAR_TWINS
 
@@ -404,12 +403,14 @@ const pi_kernels pi_kernels_scalar = {
     .name = "scalar",
     .dot = {[PI_TYPE_F32] = dot_f32, [PI_TYPE_F16] = dot_f16, [PI_TYPE_Q4_0] = dot_q4_0,
             [PI_TYPE_Q4_1] = dot_q4_1, [PI_TYPE_Q5_0] = dot_q5_0, [PI_TYPE_Q5_1] = dot_q5_1,
-            [PI_TYPE_Q8_0] = dot_q8_0, [PI_TYPE_Q4_K] = dot_q4_K, [PI_TYPE_Q6_K] = dot_q6_K},
+            [PI_TYPE_Q8_0] = dot_q8_0, [PI_TYPE_Q2_K] = dot_q2_K, [PI_TYPE_Q3_K] = dot_q3_K,
+            [PI_TYPE_Q4_K] = dot_q4_K, [PI_TYPE_Q5_K] = dot_q5_K, [PI_TYPE_Q6_K] = dot_q6_K},
     .dot8 = {[PI_TYPE_Q4_0] = dot8_q4_0, [PI_TYPE_Q4_1] = dot8_q4_1, [PI_TYPE_Q5_0] = dot8_q5_0,
              [PI_TYPE_Q5_1] = dot8_q5_1, [PI_TYPE_Q8_0] = dot8_q8_0},
     .axpy = {[PI_TYPE_F32] = axpy_f32, [PI_TYPE_F16] = axpy_f16, [PI_TYPE_Q4_0] = axpy_q4_0,
              [PI_TYPE_Q4_1] = axpy_q4_1, [PI_TYPE_Q5_0] = axpy_q5_0, [PI_TYPE_Q5_1] = axpy_q5_1,
-             [PI_TYPE_Q8_0] = axpy_q8_0, [PI_TYPE_Q4_K] = axpy_q4_K, [PI_TYPE_Q6_K] = axpy_q6_K},
+             [PI_TYPE_Q8_0] = axpy_q8_0, [PI_TYPE_Q2_K] = axpy_q2_K, [PI_TYPE_Q3_K] = axpy_q3_K,
+             [PI_TYPE_Q4_K] = axpy_q4_K, [PI_TYPE_Q5_K] = axpy_q5_K, [PI_TYPE_Q6_K] = axpy_q6_K},
     .quantize_act = {[PI_TYPE_Q8_0] = quantize_act_q8_0, [PI_TYPE_Q8_1] = quantize_act_q8_1,
                      [PI_TYPE_Q8_K] = pi_quantize_q8_K /* ggml-cpu's x86 one is the reference */},
     .attn_scores = attn_scores_scalar,

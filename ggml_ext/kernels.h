@@ -41,6 +41,17 @@ typedef void (*pi_dot8_fn)(int64_t n, const void *group, const void *act, float 
 /* x: [n] f32 -> y: a row of n elements of an activation type (n a multiple of its block size). */
 typedef void (*pi_quantize_act_fn)(const float *x, void *y, int64_t n);
 
+/* How a K-quant dot adds its mins' term -d_x dmin sum_e m_e x_e (pi_k_scales), in ggml's x86
+ * order for the type; from the activation's bsums, mlane[k] = the sum of m_e x_e over elements
+ * 32k .. 32k + 31 = m_(32k) bsums[2k] + m_(32k + 16) bsums[2k + 1] (exact):
+ *   K_MINS_8 (Q2_K): lane k += -d_x dmin * mlane[k] by fma, before the block's lane sums;
+ *   K_MINS_4 (Q4_K): 4 more lanes, lane p += -d_x dmin * (mlane[2p] + mlane[2p + 1]) by fma,
+ *     added after the hsum as (l0 + l2) + (l1 + l3);
+ *   K_MINS_1 (Q5_K): one float, += -d_x dmin * (the sum of mlane) by fma (ggml's summs += dmin
+ *     * sum, contracted), added after the hsum;
+ *   K_MINS_NONE (Q3_K, Q6_K): no mins. */
+typedef enum { K_MINS_NONE, K_MINS_8, K_MINS_4, K_MINS_1 } pi_k_mins;
+
 /* The kernels of one instruction set. The per-type kernels are indexed by ggml type id (types.h)
  * and written with designated initializers ([PI_TYPE_Q4_0] = ...); NULL where a type has none.
  * tests/c/test_pi.c walks the type table against every table. */

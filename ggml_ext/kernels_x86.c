@@ -577,183 +577,267 @@ AXPY_ENTRY(AVX2_FN, axpy_q5_0_avx2, axpy_q5_0_rows)
 AXPY_ENTRY(AVX2_FN, axpy_q5_1_avx2, axpy_q5_1_rows)
 AXPY_ENTRY(AVX2_FN, axpy_q8_0_avx2, axpy_q8_0_rows)
 
-/* ==== AVX2 K-quants against Q8_K (scalar twins dot_row_q4_K & co. in kernels.c) ============== */
-/* ggml's AVX2 vec_dot_q4_K_q8_K / q6_K_q8_K, four rows sharing each activation load: per block
- * an exact int32 sum per lane (lane k: elements 4k .. 4k + 3 of each group of 32, times the
- * group's scale), then one fused multiply-add by d_x * d_w. */
+/* ==== AVX2 K-quants against Q8_K (scalar twins dot_row_k, axpy_row_k in kernels.c) =========== */
+/* One dot and one AXPY for the five types (k_kernel): each type gives its scale fields in
+ * registers (vscales_*, one call per block and row) and the quants of a group of 32 as unsigned
+ * bytes q + offset (quants_*: Q3_K's offset is 4, Q6_K's 32, the others' 0). The dots' pair sums
+ * stay exact: q + offset <= 63 and |y| <= 127. */
 
-/* 16 int16: s0 in the low 8 (elements 0-15 of a group of 32 pairs), s1 in the high 8. */
-INLINE AVX2_FN __m256i scale_pair16(int s0, int s1) {
-    return _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_set1_epi16((short)s0)),
-                                   _mm_set1_epi16((short)s1), 1);
+INLINE AVX2_FN __m256i load32(const uint8_t *p) { return _mm256_loadu_si256((const __m256i *)p); }
+
+/* Bits shift .. of each byte of v, masked by `mask`. */
+INLINE AVX2_FN __m256i bits8(__m256i v, int shift, int mask) {
+    return _mm256_and_si256(_mm256_srli_epi16(v, shift), _mm256_set1_epi8((char)mask));
 }
 
-INLINE AVX2_FN void dot_q4_K_rows(int nr, int64_t n, const void *const rows[], const void *act,
-                                  float *out) {
-    const block_q4_K *const *w = (const block_q4_K *const *)rows;
+/* Group g (of 8) of a block, elements 32 g .. 32 g + 31, as bytes q + offset (blocks.h's layouts). */
+
+INLINE AVX2_FN __m256i quants_q2_K(const void *block, int g) {
+    return bits8(load32(((const block_q2_K *)block)->qs + 32 * (g / 4)), 2 * (g % 4), 3);
+}
+
+INLINE AVX2_FN __m256i quants_q3_K(const void *block, int g) {
+    const block_q3_K *b = block;
+    return _mm256_or_si256(bits8(load32(b->qs + 32 * (g / 4)), 2 * (g % 4), 3),
+                           _mm256_slli_epi16(bits8(load32(b->hmask), g, 1), 2));
+}
+
+INLINE AVX2_FN __m256i quants_q4_K(const void *block, int g) {
+    return bits8(load32(((const block_q4_K *)block)->qs + 32 * (g / 2)), 4 * (g % 2), 0x0F);
+}
+
+INLINE AVX2_FN __m256i quants_q5_K(const void *block, int g) {
+    const block_q5_K *b = block;
+    return _mm256_or_si256(bits8(load32(b->qs + 32 * (g / 2)), 4 * (g % 2), 0x0F),
+                           _mm256_slli_epi16(bits8(load32(b->qh), g, 1), 4));
+}
+
+INLINE AVX2_FN __m256i quants_q6_K(const void *block, int g) {
+    const block_q6_K *b = block;
+    const int h = g / 4, k = g % 4;
+    return _mm256_or_si256(bits8(load32(b->ql + 64 * h + 32 * (k & 1)), 4 * (k >> 1), 0x0F),
+                           _mm256_slli_epi16(bits8(load32(b->qh + 32 * h), 2 * k, 3), 4));
+}
+
+/* A block's scale fields in registers, sc and m 16 int8 each as pi_k_scales holds them (the
+ * groups of 32 of Q4_K, Q5_K in bytes 0-7). Built without a round trip through memory: a vector
+ * load of bytes just stored one by one would stall on store forwarding. */
+typedef struct {
+    __m128i sc, m;
+    pi_half d, dmin;
+} k_vscales;
+
+INLINE AVX2_FN __m128i words128(const uint32_t w[4]) {
+    return _mm_setr_epi32((int)w[0], (int)w[1], (int)w[2], (int)w[3]);
+}
+
+INLINE AVX2_FN k_vscales vscales_q2_K(const void *block) {
+    const block_q2_K *b = block;
+    const __m128i v = _mm_loadu_si128((const __m128i *)b->scales), low = _mm_set1_epi8(0x0F);
+    return (k_vscales){_mm_and_si128(v, low), _mm_and_si128(_mm_srli_epi16(v, 4), low), b->d, b->dmin};
+}
+
+INLINE AVX2_FN k_vscales vscales_q3_K(const void *block) {
+    const block_q3_K *b = block;
+    uint32_t w[4];
+    pi_q3_K_scale_words(b->scales, w);
+    return (k_vscales){_mm_sub_epi8(words128(w), _mm_set1_epi8(32)), _mm_setzero_si128(), b->d, 0};
+}
+
+/* Q4_K and Q5_K: sc[0..7] and m[0..7] (groups of 32). */
+INLINE AVX2_FN k_vscales vscales_q4_K(const void *block) {
+    const block_q4_K *b = block;
+    uint32_t w[4];
+    pi_q4_K_scale_words(b->scales, w);
+    const __m128i v = words128(w);
+    return (k_vscales){v, _mm_unpackhi_epi64(v, v), b->d, b->dmin};
+}
+
+INLINE AVX2_FN k_vscales vscales_q5_K(const void *block) { return vscales_q4_K(block); }
+
+INLINE AVX2_FN k_vscales vscales_q6_K(const void *block) {
+    const block_q6_K *b = block;
+    return (k_vscales){_mm_loadu_si128((const __m128i *)b->scales), _mm_setzero_si128(), b->d, 0};
+}
+
+typedef struct {
+    size_t bytes;   /* of a block */
+    int group;      /* elements per scale: 16 or 32 (pi_k_scales) */
+    int offset;     /* the quants' bytes are q + offset */
+    pi_k_mins mins; /* the order of the mins' term (kernels.h) */
+    k_vscales (*scales)(const void *block);
+    __m256i (*quants)(const void *block, int g);
+} k_kernel;
+
+/* A block's scales as int16 words, the source of group_scales: groups of 16, sw[0] = scales 0-7
+ * and sw[1] = 8-15, each in both 128-bit halves; groups of 32, sw[0] = sw[1] = scales 0-7 in both
+ * halves. */
+INLINE AVX2_FN void scale_words(__m128i sc, int group, __m256i sw[2]) {
+    if (group == 16) {
+        const __m256i w = _mm256_cvtepi8_epi16(sc);
+        sw[0] = _mm256_permute2x128_si256(w, w, 0x00);
+        sw[1] = _mm256_permute2x128_si256(w, w, 0x11);
+    } else {
+        sw[0] = sw[1] = _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(sc));
+    }
+}
+
+/* The madd factors of group g (of 8, 32 elements) against its 16 pair sums: the scale of its
+ * elements 0-15 in the low 8 words, of 16-31 in the high 8. */
+INLINE AVX2_FN __m256i group_scales(const __m256i sw[2], int g, int group) {
+    const int w0 = group == 16 ? 2 * (g % 4) : g, w1 = group == 16 ? w0 + 1 : w0;
+    const __m128i pick0 = _mm_set1_epi16((short)(2 * w0 | (2 * w0 + 1) << 8)); /* bytes of word w0 */
+    const __m128i pick1 = _mm_set1_epi16((short)(2 * w1 | (2 * w1 + 1) << 8));
+    const __m256i pick = _mm256_inserti128_si256(_mm256_castsi128_si256(pick0), pick1, 1);
+    return _mm256_shuffle_epi8(sw[group == 16 ? g / 4 : 0], pick);
+}
+
+/* The mins of the 16 runs of 16 elements as int16 words. */
+INLINE AVX2_FN __m256i min_words(__m128i m, int group) {
+    return _mm256_cvtepi8_epi16(group == 16 ? m : _mm_unpacklo_epi8(m, m));
+}
+
+/* Blocks ahead of the one being read that the dots prefetch, every cache line of it, within the
+ * row. Measured on an AMD EPYC (AVX2, one thread, 4096 x 4096 rotated through 384 MiB of copies,
+ * a shared machine): without it Q3_K and Q6_K ran 2-4x slower from memory than from cache (Q3_K
+ * 1.5-1.7 ms, Q6_K 1.8-4.5 ms; the hardware prefetchers miss their layouts), with it Q3_K 0.9-1.1
+ * ms and Q6_K 1.1-1.6 ms; Q2_K, Q4_K and Q5_K read as fast from memory either way (within 5%). */
+#define K_PREFETCH_BLOCKS 4
+
+/* ggml's AVX2 vec_dot_q*_K_q8_K, four rows sharing each activation load: per block an exact
+ * int32 sum per lane (lane k: elements 4k .. 4k + 3 of each group of 32, times their scale), one
+ * fused multiply-add by d_x * d_w, and the mins' term in the type's order. */
+INLINE AVX2_FN void dot_k_rows(int nr, int64_t n, const void *const rows[], const void *act,
+                               float *out, k_kernel t) {
     const block_q8_K *x = act;
-    const __m256i m4 = _mm256_set1_epi8(0x0F);
     __m256 acc[PI_KERNEL_ROWS];
-    __m128 acc_m[PI_KERNEL_ROWS]; /* the min terms: lane p takes groups 2p, 2p + 1 */
-    for (int r = 0; r < nr; r++) acc[r] = _mm256_setzero_ps(), acc_m[r] = _mm_setzero_ps();
+    __m128 acc_m[PI_KERNEL_ROWS]; /* K_MINS_4 */
+    float summ[PI_KERNEL_ROWS];   /* K_MINS_1 */
+    for (int r = 0; r < nr; r++) {
+        acc[r] = _mm256_setzero_ps();
+        acc_m[r] = _mm_setzero_ps();
+        summ[r] = 0.0f;
+    }
     for (int64_t b = 0; b < n / QK_K; b++) {
         const block_q8_K *xb = x + b;
-        const __m256i bs = _mm256_loadu_si256((const __m256i *)xb->bsums);
-        const __m128i group_sums = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
-        uint8_t sc[PI_KERNEL_ROWS][8], m[PI_KERNEL_ROWS][8];
-        __m256i sumi[PI_KERNEL_ROWS];
+        const void *wb[PI_KERNEL_ROWS];
+        k_vscales s[PI_KERNEL_ROWS];
+        __m256i sw[PI_KERNEL_ROWS][2], sumi[PI_KERNEL_ROWS];
         for (int r = 0; r < nr; r++) {
-            pi_q4_K_scales(w[r][b].scales, sc[r], m[r]);
+            wb[r] = (const uint8_t *)rows[r] + (size_t)b * t.bytes;
+            if (b + K_PREFETCH_BLOCKS < n / QK_K)
+                for (size_t o = 0; o < t.bytes; o += 64)
+                    _mm_prefetch((const char *)wb[r] + K_PREFETCH_BLOCKS * t.bytes + o, _MM_HINT_T0);
+            s[r] = t.scales(wb[r]);
+            scale_words(s[r].sc, t.group, sw[r]);
             sumi[r] = _mm256_setzero_si256();
         }
-        for (int c = 0; c < 4; c++) { /* chunk c: groups 2c (low nibbles) and 2c + 1 (high) */
-            const __m256i ylo = _mm256_loadu_si256((const __m256i *)(xb->qs + 64 * c));
-            const __m256i yhi = _mm256_loadu_si256((const __m256i *)(xb->qs + 64 * c + 32));
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; c++) { /* groups 2c and 2c + 1 */
+            const __m256i y0 = load32((const uint8_t *)(xb->qs + 64 * c));
+            const __m256i y1 = load32((const uint8_t *)(xb->qs + 64 * c + 32));
+            /* offset * the pair sums of y: (q + offset) . y - offset sum(y) = q . y */
+            const __m256i off = _mm256_set1_epi8((char)t.offset);
+            const __m256i c0 = _mm256_maddubs_epi16(off, y0), c1 = _mm256_maddubs_epi16(off, y1);
             for (int r = 0; r < nr; r++) {
-                const __m256i v = _mm256_loadu_si256((const __m256i *)(w[r][b].qs + 32 * c));
-                const __m256i plo = _mm256_maddubs_epi16(_mm256_and_si256(v, m4), ylo);
-                const __m256i phi = _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 4), m4), yhi);
+                __m256i p0 = _mm256_maddubs_epi16(t.quants(wb[r], 2 * c), y0);
+                __m256i p1 = _mm256_maddubs_epi16(t.quants(wb[r], 2 * c + 1), y1);
+                if (t.offset) p0 = _mm256_sub_epi16(p0, c0), p1 = _mm256_sub_epi16(p1, c1);
                 sumi[r] = _mm256_add_epi32(sumi[r], _mm256_add_epi32(
-                    _mm256_madd_epi16(_mm256_set1_epi16(sc[r][2 * c]), plo),
-                    _mm256_madd_epi16(_mm256_set1_epi16(sc[r][2 * c + 1]), phi)));
+                    _mm256_madd_epi16(group_scales(sw[r], 2 * c, t.group), p0),
+                    _mm256_madd_epi16(group_scales(sw[r], 2 * c + 1, t.group), p1)));
             }
         }
+        const __m256i bsums = load32((const uint8_t *)xb->bsums);
         for (int r = 0; r < nr; r++) {
-            const float d = xb->d * fp16_table[w[r][b].d], dmin = -xb->d * fp16_table[w[r][b].dmin];
+            const float d = xb->d * fp16_table[s[r].d], dmin = -xb->d * fp16_table[s[r].dmin];
+            if (t.mins != K_MINS_NONE) {
+                const __m256i mlane = _mm256_madd_epi16(min_words(s[r].m, t.group), bsums);
+                if (t.mins == K_MINS_8)
+                    acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(mlane), acc[r]);
+                const __m128i m4 = _mm_hadd_epi32(_mm256_castsi256_si128(mlane),
+                                                  _mm256_extracti128_si256(mlane, 1));
+                if (t.mins == K_MINS_4)
+                    acc_m[r] = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(m4), acc_m[r]);
+                if (t.mins == K_MINS_1) {
+                    const __m128i m2 = _mm_add_epi32(m4, _mm_unpackhi_epi64(m4, m4));
+                    const int sum = _mm_cvtsi128_si32(_mm_add_epi32(m2, _mm_shuffle_epi32(m2, 1)));
+                    summ[r] = fmaf(dmin, (float)sum, summ[r]);
+                }
+            }
             acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi[r]), acc[r]);
-            const __m128i mins = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)m[r]));
-            acc_m[r] = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(_mm_madd_epi16(mins, group_sums)), acc_m[r]);
         }
     }
     for (int r = 0; r < nr; r++) {
-        __m128 s = _mm_add_ps(acc_m[r], _mm_movehl_ps(acc_m[r], acc_m[r]));
-        s = _mm_add_ss(s, _mm_movehdup_ps(s));
-        out[r] = hsum8(acc[r]) + _mm_cvtss_f32(s);
+        out[r] = hsum8(acc[r]);
+        if (t.mins == K_MINS_4) {
+            __m128 m = _mm_add_ps(acc_m[r], _mm_movehl_ps(acc_m[r], acc_m[r]));
+            m = _mm_add_ss(m, _mm_movehdup_ps(m));
+            out[r] += _mm_cvtss_f32(m);
+        }
+        if (t.mins == K_MINS_1) out[r] += summ[r];
     }
 }
 
-/* The 6-bit quants of group k (of 4) in a half of a Q6_K block, as unsigned bytes (q + 32). */
-INLINE AVX2_FN __m256i q6_group(const uint8_t *ql, __m256i qh, int k) {
-    const __m256i low = _mm256_loadu_si256((const __m256i *)(ql + 32 * (k & 1)));
-    const __m256i nib = _mm256_and_si256(k < 2 ? low : _mm256_srli_epi16(low, 4), _mm256_set1_epi8(0x0F));
-    const __m256i hi2 = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * k), _mm256_set1_epi8(3));
-    return _mm256_or_si256(nib, _mm256_slli_epi16(hi2, 4));
-}
-
-INLINE AVX2_FN void dot_q6_K_rows(int nr, int64_t n, const void *const rows[], const void *act,
-                                  float *out) {
-    const block_q6_K *const *w = (const block_q6_K *const *)rows;
-    const block_q8_K *x = act;
-    __m256 acc[PI_KERNEL_ROWS];
-    for (int r = 0; r < nr; r++) acc[r] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < n / QK_K; b++) {
-        const block_q8_K *xb = x + b;
-        __m256i sumi[PI_KERNEL_ROWS];
-        for (int r = 0; r < nr; r++) sumi[r] = _mm256_setzero_si256();
-        for (int h = 0; h < 2; h++) { /* halves of 128: 4 groups of 32 each */
-            __m256i y[4], y32[4]; /* y32: 32 * the pair sums of y, i.e. the -32 of the quants */
-            for (int k = 0; k < 4; k++) {
-                y[k] = _mm256_loadu_si256((const __m256i *)(xb->qs + 128 * h + 32 * k));
-                y32[k] = _mm256_maddubs_epi16(_mm256_set1_epi8(32), y[k]);
-            }
-            for (int r = 0; r < nr; r++) {
-                const block_q6_K *wb = &w[r][b];
-                const __m256i qh = _mm256_loadu_si256((const __m256i *)(wb->qh + 32 * h));
-                for (int k = 0; k < 4; k++) {
-                    const __m256i p = _mm256_sub_epi16(_mm256_maddubs_epi16(q6_group(wb->ql + 64 * h, qh, k), y[k]), y32[k]);
-                    const int8_t *s = wb->scales + 8 * h + 2 * k;
-                    sumi[r] = _mm256_add_epi32(sumi[r], _mm256_madd_epi16(scale_pair16(s[0], s[1]), p));
-                }
+/* y += a[r] * row r for r < nr, group by group: y[c] = fma(a[r], w_r[c], y[c]), rows in order,
+ * w as pi_dequantize_* computes it, (d sc) q - dmin m (the scalar twin's bits). A block's scale
+ * factors are formed once per block and row. */
+INLINE AVX2_FN void axpy_k_rows(int nr, int64_t c0, int64_t c1, const void *const rows[],
+                                const float *a, float *y, k_kernel t) {
+    for (int64_t b = c0 / QK_K; b < c1 / QK_K; b++) {
+        const void *wb[PI_KERNEL_ROWS];
+        float f[PI_KERNEL_ROWS][16], fm[PI_KERNEL_ROWS][16]; /* d sc[j], dmin m[j], j < QK_K / group */
+        for (int r = 0; r < nr; r++) {
+            wb[r] = (const uint8_t *)rows[r] + (size_t)b * t.bytes;
+            const k_vscales s = t.scales(wb[r]);
+            const __m256 d = _mm256_set1_ps(fp16_table[s.d]), dmin = _mm256_set1_ps(fp16_table[s.dmin]);
+            for (int h = 0; h < QK_K / t.group / 8; h++) { /* 8 scale factors at a time */
+                const __m128i sc = h ? _mm_unpackhi_epi64(s.sc, s.sc) : s.sc;
+                const __m128i m = h ? _mm_unpackhi_epi64(s.m, s.m) : s.m;
+                _mm256_storeu_ps(f[r] + 8 * h, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(sc))));
+                _mm256_storeu_ps(fm[r] + 8 * h, _mm256_mul_ps(dmin, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(m))));
             }
         }
-        for (int r = 0; r < nr; r++)
-            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(xb->d * fp16_table[w[r][b].d]), _mm256_cvtepi32_ps(sumi[r]), acc[r]);
-    }
-    for (int r = 0; r < nr; r++) out[r] = hsum8(acc[r]);
-}
-
-DOT_ENTRY(AVX2_FN, dot_q4_K_avx2, dot_q4_K_rows)
-DOT_ENTRY(AVX2_FN, dot_q6_K_avx2, dot_q6_K_rows)
-
-/* A block's scale factors, once per block (not once per group): Q4_K: f[g] = d sc[g] and
- * f[8 + g] = dmin m[g] for its 8 groups; Q6_K: f[j] = d scales[j] for its 16 sub-blocks. */
-INLINE AVX2_FN void scales_blk_q4_K(const void *block, float f[16]) {
-    const block_q4_K *b = block;
-    uint8_t sc[8], m[8];
-    pi_q4_K_scales(b->scales, sc, m);
-    for (int g = 0; g < 8; g++) {
-        f[g] = fp16_table[b->d] * (float)sc[g];
-        f[8 + g] = fp16_table[b->dmin] * (float)m[g];
-    }
-}
-
-INLINE AVX2_FN void scales_blk_q6_K(const void *block, float f[16]) {
-    const block_q6_K *b = block;
-    for (int j = 0; j < 16; j++) f[j] = fp16_table[b->d] * (float)b->scales[j];
-}
-
-/* Group g (of 8, 32 elements) of a block dequantized as pi_dequantize_q4_K / q6_K compute it,
- * f its scale factors: w[i] holds elements 8i .. 8i + 7. */
-INLINE AVX2_FN __m256i u8x8(const uint8_t *p) { return _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p)); }
-
-INLINE AVX2_FN void group_q4_K(const void *block, int g, const float f[16], __m256 w[4]) {
-    const block_q4_K *b = block;
-    const __m256 d = _mm256_set1_ps(f[g]);
-    const __m256 mn = _mm256_set1_ps(f[8 + g]);
-    for (int i = 0; i < 4; i++) {
-        const __m256i v = u8x8(b->qs + 32 * (g / 2) + 8 * i);
-        const __m256i q = _mm256_and_si256(g & 1 ? _mm256_srli_epi32(v, 4) : v, _mm256_set1_epi32(0x0F));
-        w[i] = _mm256_sub_ps(_mm256_mul_ps(d, _mm256_cvtepi32_ps(q)), mn);
-    }
-}
-
-INLINE AVX2_FN void group_q6_K(const void *block, int g, const float f[16], __m256 w[4]) {
-    const block_q6_K *b = block;
-    const int h = g / 4, k = g % 4;
-    const uint8_t *ql = b->ql + 64 * h + 32 * (k & 1), *qh = b->qh + 32 * h;
-    for (int i = 0; i < 4; i++) {
-        const __m256i lo = _mm256_and_si256(_mm256_srli_epi32(u8x8(ql + 8 * i), 4 * (k >> 1)), _mm256_set1_epi32(0x0F));
-        const __m256i hi = _mm256_and_si256(_mm256_srli_epi32(u8x8(qh + 8 * i), 2 * k), _mm256_set1_epi32(3));
-        const __m256i q = _mm256_sub_epi32(_mm256_or_si256(lo, _mm256_slli_epi32(hi, 4)), _mm256_set1_epi32(32));
-        w[i] = _mm256_mul_ps(_mm256_set1_ps(f[8 * h + 2 * k + i / 2]), _mm256_cvtepi32_ps(q));
-    }
-}
-
-/* y += a[r] * row r for r < nr, group by group: y[c] = fma(a[r], w_r[c], y[c]), rows in order
- * (the scalar twin's bits). */
-INLINE AVX2_FN void axpy_k_rows(int nr, int64_t c0, int64_t c1, const void *const rows[],
-                                const float *a, float *y, size_t block_bytes,
-                                void (*scales)(const void *, float[16]),
-                                void (*group)(const void *, int, const float[16], __m256[4])) {
-    for (int64_t b = c0 / QK_K; b < c1 / QK_K; b++) {
-        float f[PI_KERNEL_ROWS][16];
-        for (int r = 0; r < nr; r++) scales((const uint8_t *)rows[r] + (size_t)b * block_bytes, f[r]);
         for (int g = 0; g < QK_K / 32; g++) {
             float *yg = y + b * QK_K + 32 * g;
             __m256 yv[4];
             for (int i = 0; i < 4; i++) yv[i] = _mm256_loadu_ps(yg + 8 * i);
             for (int r = 0; r < nr; r++) {
-                __m256 wv[4];
-                group((const uint8_t *)rows[r] + (size_t)b * block_bytes, g, f[r], wv);
-                for (int i = 0; i < 4; i++) yv[i] = _mm256_fmadd_ps(_mm256_set1_ps(a[r]), wv[i], yv[i]);
+                const __m256i q = t.quants(wb[r], g);
+                const __m128i half[2] = {_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1)};
+                for (int i = 0; i < 4; i++) { /* elements 8i .. 8i + 7 of the group */
+                    const int j = (32 * g + 8 * i) / t.group;
+                    const __m128i h = half[i / 2], bytes = i % 2 ? _mm_unpackhi_epi64(h, h) : h;
+                    const __m256i qi = _mm256_sub_epi32(_mm256_cvtepu8_epi32(bytes), _mm256_set1_epi32(t.offset));
+                    __m256 w = _mm256_mul_ps(_mm256_set1_ps(f[r][j]), _mm256_cvtepi32_ps(qi));
+                    if (t.mins != K_MINS_NONE) w = _mm256_sub_ps(w, _mm256_set1_ps(fm[r][j]));
+                    yv[i] = _mm256_fmadd_ps(_mm256_set1_ps(a[r]), w, yv[i]);
+                }
             }
             for (int i = 0; i < 4; i++) _mm256_storeu_ps(yg + 8 * i, yv[i]);
         }
     }
 }
 
-INLINE AVX2_FN void axpy_q4_K_rows(int nr, int64_t c0, int64_t c1, const void *const rows[],
-                                   const float *a, float *y) {
-    axpy_k_rows(nr, c0, c1, rows, a, y, sizeof(block_q4_K), scales_blk_q4_K, group_q4_K);
-}
-
-INLINE AVX2_FN void axpy_q6_K_rows(int nr, int64_t c0, int64_t c1, const void *const rows[],
-                                   const float *a, float *y) {
-    axpy_k_rows(nr, c0, c1, rows, a, y, sizeof(block_q6_K), scales_blk_q6_K, group_q6_K);
-}
-
-AXPY_ENTRY(AVX2_FN, axpy_q4_K_avx2, axpy_q4_K_rows)
-AXPY_ENTRY(AVX2_FN, axpy_q6_K_avx2, axpy_q6_K_rows)
+#define K_KERNELS(T, OFFSET, MINS)                                                              \
+    static const k_kernel K_##T = {sizeof(block_##T), pi_##T##_group, OFFSET, MINS, vscales_##T, \
+                                   quants_##T};                                                 \
+    INLINE AVX2_FN void dot_##T##_rows(int nr, int64_t n, const void *const rows[],             \
+                                       const void *act, float *out) {                           \
+        dot_k_rows(nr, n, rows, act, out, K_##T);                                               \
+    }                                                                                           \
+    INLINE AVX2_FN void axpy_##T##_rows(int nr, int64_t c0, int64_t c1, const void *const rows[], \
+                                        const float *a, float *y) {                             \
+        axpy_k_rows(nr, c0, c1, rows, a, y, K_##T);                                             \
+    }                                                                                           \
+    DOT_ENTRY(AVX2_FN, dot_##T##_avx2, dot_##T##_rows)                                          \
+    AXPY_ENTRY(AVX2_FN, axpy_##T##_avx2, axpy_##T##_rows)
+K_KERNELS(q2_K, 0, K_MINS_8)
+K_KERNELS(q3_K, 4, K_MINS_NONE)
+K_KERNELS(q4_K, 0, K_MINS_4)
+K_KERNELS(q5_K, 0, K_MINS_1)
+K_KERNELS(q6_K, 32, K_MINS_NONE)
+#undef K_KERNELS
 
 /* ==== activation quantizers (bit-identical to the reference) =================================== */
 
@@ -1034,16 +1118,18 @@ const pi_kernels pi_kernels_avx2 = {
     .dot = {[PI_TYPE_F32] = dot_f32_avx2, [PI_TYPE_F16] = dot_f16_avx2,
             [PI_TYPE_Q4_0] = dot_q4_0_avx2, [PI_TYPE_Q4_1] = dot_q4_1_avx2,
             [PI_TYPE_Q5_0] = dot_q5_0_avx2, [PI_TYPE_Q5_1] = dot_q5_1_avx2,
-            [PI_TYPE_Q8_0] = dot_q8_0_avx2, [PI_TYPE_Q4_K] = dot_q4_K_avx2,
-            [PI_TYPE_Q6_K] = dot_q6_K_avx2},
+            [PI_TYPE_Q8_0] = dot_q8_0_avx2, [PI_TYPE_Q2_K] = dot_q2_K_avx2,
+            [PI_TYPE_Q3_K] = dot_q3_K_avx2, [PI_TYPE_Q4_K] = dot_q4_K_avx2,
+            [PI_TYPE_Q5_K] = dot_q5_K_avx2, [PI_TYPE_Q6_K] = dot_q6_K_avx2},
     .dot8 = {[PI_TYPE_Q4_0] = dot8_q4_0_avx2, [PI_TYPE_Q4_1] = dot8_q4_1_avx2,
              [PI_TYPE_Q5_0] = dot8_q5_0_avx2, [PI_TYPE_Q5_1] = dot8_q5_1_avx2,
              [PI_TYPE_Q8_0] = dot8_q8_0_avx2},
     .axpy = {[PI_TYPE_F32] = axpy_f32_avx2, [PI_TYPE_F16] = axpy_f16_avx2,
              [PI_TYPE_Q4_0] = axpy_q4_0_avx2, [PI_TYPE_Q4_1] = axpy_q4_1_avx2,
              [PI_TYPE_Q5_0] = axpy_q5_0_avx2, [PI_TYPE_Q5_1] = axpy_q5_1_avx2,
-             [PI_TYPE_Q8_0] = axpy_q8_0_avx2, [PI_TYPE_Q4_K] = axpy_q4_K_avx2,
-             [PI_TYPE_Q6_K] = axpy_q6_K_avx2},
+             [PI_TYPE_Q8_0] = axpy_q8_0_avx2, [PI_TYPE_Q2_K] = axpy_q2_K_avx2,
+             [PI_TYPE_Q3_K] = axpy_q3_K_avx2, [PI_TYPE_Q4_K] = axpy_q4_K_avx2,
+             [PI_TYPE_Q5_K] = axpy_q5_K_avx2, [PI_TYPE_Q6_K] = axpy_q6_K_avx2},
     .quantize_act = {[PI_TYPE_Q8_0] = quantize_q8_0_avx2, [PI_TYPE_Q8_1] = quantize_q8_1_avx2,
                      [PI_TYPE_Q8_K] = pi_quantize_q8_K /* ggml-cpu's x86 one is the reference */},
     .attn_scores = attn_scores_avx2,
@@ -1300,15 +1386,19 @@ const pi_kernels pi_kernels_avx512 = {
             [PI_TYPE_Q4_0] = dot_q4_0_avx512, [PI_TYPE_Q4_1] = dot_q4_1_avx512,
             [PI_TYPE_Q5_0] = dot_q5_0_avx2, [PI_TYPE_Q5_1] = dot_q5_1_avx2, /* AVX2's */
             [PI_TYPE_Q8_0] = dot_q8_0_avx512,
-            [PI_TYPE_Q4_K] = dot_q4_K_avx2, [PI_TYPE_Q6_K] = dot_q6_K_avx2}, /* ggml's AVX2 order */
+            /* the K-quants: ggml's AVX2 order */
+            [PI_TYPE_Q2_K] = dot_q2_K_avx2, [PI_TYPE_Q3_K] = dot_q3_K_avx2,
+            [PI_TYPE_Q4_K] = dot_q4_K_avx2, [PI_TYPE_Q5_K] = dot_q5_K_avx2,
+            [PI_TYPE_Q6_K] = dot_q6_K_avx2},
     .dot8 = {[PI_TYPE_Q4_0] = dot8_q4_0_avx2, [PI_TYPE_Q4_1] = dot8_q4_1_avx2, /* 8 rows = 8 lanes */
              [PI_TYPE_Q5_0] = dot8_q5_0_avx2, [PI_TYPE_Q5_1] = dot8_q5_1_avx2,
              [PI_TYPE_Q8_0] = dot8_q8_0_avx2},
     .axpy = {[PI_TYPE_F32] = axpy_f32_avx512, [PI_TYPE_F16] = axpy_f16_avx512,
              [PI_TYPE_Q4_0] = axpy_q4_0_avx512, [PI_TYPE_Q4_1] = axpy_q4_1_avx512,
              [PI_TYPE_Q5_0] = axpy_q5_0_avx2, [PI_TYPE_Q5_1] = axpy_q5_1_avx2, /* AVX2's */
-             [PI_TYPE_Q8_0] = axpy_q8_0_avx512, [PI_TYPE_Q4_K] = axpy_q4_K_avx2,
-             [PI_TYPE_Q6_K] = axpy_q6_K_avx2},
+             [PI_TYPE_Q8_0] = axpy_q8_0_avx512, [PI_TYPE_Q2_K] = axpy_q2_K_avx2,
+             [PI_TYPE_Q3_K] = axpy_q3_K_avx2, [PI_TYPE_Q4_K] = axpy_q4_K_avx2,
+             [PI_TYPE_Q5_K] = axpy_q5_K_avx2, [PI_TYPE_Q6_K] = axpy_q6_K_avx2},
     /* a few KB per call: AVX2 is plenty */
     .quantize_act = {[PI_TYPE_Q8_0] = quantize_q8_0_avx2, [PI_TYPE_Q8_1] = quantize_q8_1_avx2,
                      [PI_TYPE_Q8_K] = pi_quantize_q8_K},

@@ -51,7 +51,10 @@ typedef enum {
     PI_TYPE_Q5_1 = 7,
     PI_TYPE_Q8_0 = 8,
     PI_TYPE_Q8_1 = 9,
+    PI_TYPE_Q2_K = 10,
+    PI_TYPE_Q3_K = 11,
     PI_TYPE_Q4_K = 12,
+    PI_TYPE_Q5_K = 13,
     PI_TYPE_Q6_K = 14,
     PI_TYPE_Q8_K = 15,
 } pi_type;

@@ -1,5 +1,6 @@
 /* quants.c - scalar (de)quantization of F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, and the
- * K-quants Q4_K, Q6_K (dequantization) and Q8_K (the type table of types.c points at these).
+ * K-quants Q2_K, Q3_K, Q4_K, Q5_K, Q6_K (dequantization) and Q8_K (the type table of types.c
+ * points at these).
  *
  * Bit-identical to ggml's reference code (ggml-quants.c, quantize_row_*_ref / dequantize_row_*)
  * and to gguf-py's gguf.quants. What that takes:
@@ -276,42 +277,44 @@ void pi_dequantize_q8_K(const void *vx, float *y, int64_t n) {
         for (int j = 0; j < QK_K; j++) y[j] = x[i].d * (float)x[i].qs[j];
 }
 
-/* Q4_K: x = (d * sc_g) * q - dmin * m_g for group g = e / 32 (ggml's d1 * q - m1). */
-void pi_dequantize_q4_K(const void *vx, float *y, int64_t n) {
-    const block_q4_K *x = vx;
-    for (int64_t i = 0; i < n / QK_K; i++, y += QK_K) {
-        const float d = pi_half_to_float(x[i].d), dmin = pi_half_to_float(x[i].dmin);
-        uint8_t sc[8], m[8], q[QK_K];
-        pi_q4_K_scales(x[i].scales, sc, m);
-        pi_q4_K_quants(&x[i], q);
-        for (int e = 0; e < QK_K; e++)
-            y[e] = d * (float)sc[e / 32] * (float)q[e] - dmin * (float)m[e / 32];
-    }
-}
+/* The K-quant weights: x = (d * sc_g) * q - dmin * m_g for element e of group g = e / group
+ * (ggml's dl * q - ml; the types without mins have m = 0, and x - 0 is x), over the block's
+ * unpacked fields (blocks.h). */
+#define K_FORMAT(T) \
+    const pi_k_format pi_k_##T = {sizeof(block_##T), pi_##T##_group, pi_##T##_unpack, pi_##T##_quants};
+K_FORMAT(q2_K)
+K_FORMAT(q3_K)
+K_FORMAT(q4_K)
+K_FORMAT(q5_K)
+K_FORMAT(q6_K)
+#undef K_FORMAT
 
-/* Q6_K: x = (d * sc_g) * (q - 32) for group g = e / 16. */
-void pi_dequantize_q6_K(const void *vx, float *y, int64_t n) {
-    const block_q6_K *x = vx;
-    for (int64_t i = 0; i < n / QK_K; i++, y += QK_K) {
-        const float d = pi_half_to_float(x[i].d);
+static void dequantize_k(const pi_k_format *f, const void *vx, float *y, int64_t n) {
+    const uint8_t *x = vx;
+    for (int64_t i = 0; i < n / QK_K; i++, x += f->block_bytes, y += QK_K) {
+        pi_k_scales s;
         int8_t q[QK_K];
-        pi_q6_K_quants(&x[i], q);
-        for (int e = 0; e < QK_K; e++) y[e] = d * (float)x[i].scales[e / 16] * (float)q[e];
+        f->unpack(x, &s);
+        f->quants(x, q);
+        const float d = pi_half_to_float(s.d), dmin = pi_half_to_float(s.dmin);
+        for (int e = 0; e < QK_K; e++)
+            y[e] = d * (float)s.sc[e / f->group] * (float)q[e] - dmin * (float)s.m[e / f->group];
     }
 }
 
 /* Element c of a K-quant row: its block dequantized (the strided ablation only). */
-static float elem_k(void (*dequantize)(const void *, float *, int64_t), size_t block_bytes,
-                    const void *row, int64_t c) {
+static float elem_k(const pi_k_format *f, const void *row, int64_t c) {
     float block[QK_K];
-    dequantize((const uint8_t *)row + (size_t)(c / QK_K) * block_bytes, block, QK_K);
+    dequantize_k(f, (const uint8_t *)row + (size_t)(c / QK_K) * f->block_bytes, block, QK_K);
     return block[c % QK_K];
 }
 
-float pi_elem_q4_K(const void *row, int64_t c) {
-    return elem_k(pi_dequantize_q4_K, sizeof(block_q4_K), row, c);
-}
-
-float pi_elem_q6_K(const void *row, int64_t c) {
-    return elem_k(pi_dequantize_q6_K, sizeof(block_q6_K), row, c);
-}
+#define K_ENTRIES(T)                                                                               \
+    void pi_dequantize_##T(const void *x, float *y, int64_t n) { dequantize_k(&pi_k_##T, x, y, n); } \
+    float pi_elem_##T(const void *row, int64_t c) { return elem_k(&pi_k_##T, row, c); }
+K_ENTRIES(q2_K)
+K_ENTRIES(q3_K)
+K_ENTRIES(q4_K)
+K_ENTRIES(q5_K)
+K_ENTRIES(q6_K)
+#undef K_ENTRIES

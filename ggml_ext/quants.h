@@ -2,12 +2,14 @@
  *
  * Bit-identical to ggml's reference code (ggml-quants.c: quantize_row_*_ref and
  * dequantize_row_*). The type table (types.h) points at these; nothing else calls them by name.
- * No validation: n is a positive multiple of the type's block size. Q4_K and Q6_K have no
- * quantizer here (ggml's searches scales; their rows come from llama.cpp's files).
+ * No validation: n is a positive multiple of the type's block size. The K-quant weights (Q2_K ..
+ * Q6_K) have no quantizer here (ggml's quantizers search their scales; their rows come from
+ * llama.cpp's files).
  */
 #ifndef PI_QUANTS_H
 #define PI_QUANTS_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "blocks.h"
@@ -32,7 +34,10 @@ void pi_dequantize_q5_0(const void *x, float *y, int64_t n);
 void pi_dequantize_q5_1(const void *x, float *y, int64_t n);
 void pi_dequantize_q8_0(const void *x, float *y, int64_t n);
 void pi_dequantize_q8_1(const void *x, float *y, int64_t n);
+void pi_dequantize_q2_K(const void *x, float *y, int64_t n);
+void pi_dequantize_q3_K(const void *x, float *y, int64_t n);
 void pi_dequantize_q4_K(const void *x, float *y, int64_t n);
+void pi_dequantize_q5_K(const void *x, float *y, int64_t n);
 void pi_dequantize_q6_K(const void *x, float *y, int64_t n);
 void pi_dequantize_q8_K(const void *x, float *y, int64_t n);
 
@@ -44,7 +49,20 @@ float pi_elem_q4_1(const void *row, int64_t c);
 float pi_elem_q5_0(const void *row, int64_t c);
 float pi_elem_q5_1(const void *row, int64_t c);
 float pi_elem_q8_0(const void *row, int64_t c);
+float pi_elem_q2_K(const void *row, int64_t c);
+float pi_elem_q3_K(const void *row, int64_t c);
 float pi_elem_q4_K(const void *row, int64_t c);
+float pi_elem_q5_K(const void *row, int64_t c);
 float pi_elem_q6_K(const void *row, int64_t c);
+
+/* A K-quant weight type for the generic scalar code (the dequantizers, the scalar twins of
+ * kernels.c): its block size and its blocks.h unpackers. */
+typedef struct {
+    size_t block_bytes;
+    int group; /* elements per scale (pi_k_scales): 16 or 32 */
+    void (*unpack)(const void *block, pi_k_scales *s);
+    void (*quants)(const void *block, int8_t q[QK_K]); /* element order, offset removed */
+} pi_k_format;
+extern const pi_k_format pi_k_q2_K, pi_k_q3_K, pi_k_q4_K, pi_k_q5_K, pi_k_q6_K;
 
 #endif /* PI_QUANTS_H */

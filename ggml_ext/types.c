@@ -41,12 +41,16 @@ static const pi_type_traits TRAITS[PI_N_TYPE_IDS] = {
     [PI_TYPE_Q8_1] = {.name = "Q8_1", .block_elems = QK8_1, .block_bytes = sizeof(block_q8_1),
                       .quantize = pi_quantize_q8_1, .dequantize = pi_dequantize_q8_1},
     /* the K-quants: no quantizer for the weights (their rows come from llama.cpp's files) */
-    [PI_TYPE_Q4_K] = {.name = "Q4_K", .block_elems = QK_K, .block_bytes = sizeof(block_q4_K),
-                      .dequantize = pi_dequantize_q4_K, .weight = 1, .act_type = PI_TYPE_Q8_K,
-                      .elem = pi_elem_q4_K},
-    [PI_TYPE_Q6_K] = {.name = "Q6_K", .block_elems = QK_K, .block_bytes = sizeof(block_q6_K),
-                      .dequantize = pi_dequantize_q6_K, .weight = 1, .act_type = PI_TYPE_Q8_K,
-                      .elem = pi_elem_q6_K},
+#define K_WEIGHT(ID, T)                                                                        \
+    [PI_TYPE_##ID] = {.name = #ID, .block_elems = QK_K, .block_bytes = sizeof(block_##T),       \
+                      .dequantize = pi_dequantize_##T, .weight = 1, .act_type = PI_TYPE_Q8_K,   \
+                      .elem = pi_elem_##T}
+    K_WEIGHT(Q2_K, q2_K),
+    K_WEIGHT(Q3_K, q3_K),
+    K_WEIGHT(Q4_K, q4_K),
+    K_WEIGHT(Q5_K, q5_K),
+    K_WEIGHT(Q6_K, q6_K),
+#undef K_WEIGHT
     [PI_TYPE_Q8_K] = {.name = "Q8_K", .block_elems = QK_K, .block_bytes = sizeof(block_q8_K),
                       .quantize = pi_quantize_q8_K, .dequantize = pi_dequantize_q8_K},
 };

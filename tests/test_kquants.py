@@ -1,15 +1,15 @@
-"""The K-quants: Q8_K activations, Q4_K and Q6_K weights (ggml_ext/quants.c, kernels.c,
-kernels_x86.c), and a llama.cpp Q4_K_M file end to end.
+"""The K-quants: Q8_K activations, Q2_K, Q3_K, Q4_K, Q5_K and Q6_K weights (ggml_ext/quants.c,
+kernels.c, kernels_x86.c), and a llama.cpp Q4_K_M file end to end.
 
-gguf-py dequantizes Q4_K and Q6_K but quantizes neither, so the weights are random bytes with
-sane fp16 scales (as gguf-py's own tests do). The dots follow ggml's x86 order by construction
-(exact integer lane sums, the same float steps), so every ISA gives the scalar twin's bits; so do
-the AXPYs (one fused multiply-add per row and element, rows in order).
+gguf-py dequantizes the K-quant weights but quantizes none of them, so the weights are random
+bytes with sane fp16 scales (as gguf-py's own tests do). The dots follow ggml's x86 order by
+construction (exact integer lane sums, the same float steps), so every ISA gives the scalar twin's
+bits; so do the AXPYs (one fused multiply-add per row and element, rows in order).
 """
 import numpy as np
 import pytest
 from gguf import quants as gq
-from gguf.constants import GGMLQuantizationType as QT
+from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType as QT
 
 from pi_backend import _lib
 from pi_backend._lib import call, fptr, vptr
@@ -17,21 +17,23 @@ from pi_backend._lib import call, fptr, vptr
 from kernel_util import (ISA_NAMES, ISAS, pools, restore_isa,  # noqa: F401 (fixtures)
                          run_axpy, run_masked, run_matvec)
 
-Q4_K, Q6_K, Q8_K = _lib.PI_TYPE_Q4_K, _lib.PI_TYPE_Q6_K, _lib.PI_TYPE_Q8_K
-WEIGHTS = {Q4_K: QT.Q4_K, Q6_K: QT.Q6_K}
-BLOCK_BYTES = {Q4_K: 144, Q6_K: 210, Q8_K: 292}
-ids = {Q4_K: "q4_K", Q6_K: "q6_K"}.get
+Q8_K = _lib.PI_TYPE_Q8_K
+WEIGHTS = {getattr(_lib, f"PI_TYPE_{name}"): QT[name] for name in ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")}
+BLOCK_BYTES = {t: GGML_QUANT_SIZES[qt][1] for t, qt in WEIGHTS.items()} | {Q8_K: 292}
+# ggml-common.h's blocks: the bytes of the fp16 fields (d, then dmin where the type has mins) and
+# of the quants (what multiplies d: zeroed, a block dequantizes to its min terms)
+FP16_AT = {QT.Q2_K: (80, 82), QT.Q3_K: (108,), QT.Q4_K: (0, 2), QT.Q5_K: (0, 2), QT.Q6_K: (208,)}
+QUANTS_AT = {QT.Q2_K: slice(16, 80), QT.Q4_K: slice(16, 144), QT.Q5_K: slice(16, 176)}
+ids = {t: qt.name.lower().replace("_k", "_K") for t, qt in WEIGHTS.items()}.get
 
 
 def random_rows(rng, t, n_rows, n_cols, scale=0.05):
-    """[n_rows][row bytes] random blocks; the fp16 fields (d, and Q4_K's dmin) set to sane values."""
+    """[n_rows][row bytes] random blocks; the fp16 fields (d, and dmin) set to sane values."""
     n_blocks = n_rows * n_cols // 256
     q = rng.integers(0, 256, (n_blocks, BLOCK_BYTES[t]), dtype=np.uint8)
     halves = (rng.uniform(0.2, 1.0, (n_blocks, 2)) * scale).astype(np.float16).view(np.uint8)
-    if t == Q4_K:
-        q[:, 0:4] = halves.reshape(n_blocks, 4)  # d, dmin
-    else:
-        q[:, 208:210] = halves[:, 0:2]  # d
+    for i, at in enumerate(FP16_AT[WEIGHTS[t]]):
+        q[:, at:at + 2] = halves[:, 2 * i:2 * i + 2]
     return q.reshape(n_rows, -1)
 
 
@@ -71,11 +73,13 @@ def q8_K_fields(y):
 
 
 def min_terms(t, q, n_rows, n_cols):
-    """Q4_K's dmin * m per element (the row dequantized with every quant 0, negated); 0 for Q6_K."""
-    if t != Q4_K:
+    """dmin * m per element (the row dequantized with every quant 0, negated); 0 for the types
+    without mins."""
+    at = QUANTS_AT.get(WEIGHTS[t])
+    if at is None:
         return np.zeros((n_rows, n_cols))
-    z = q.reshape(-1, 144).copy()
-    z[:, 16:] = 0
+    z = q.reshape(-1, BLOCK_BYTES[t]).copy()
+    z[:, at] = 0
     return -dequantize(t, z, n_rows * n_cols).reshape(n_rows, n_cols).astype(np.float64)
 
 
@@ -126,7 +130,7 @@ def test_dot_matches_reference_and_every_isa_is_the_scalar_twin(t):
     x = rng.standard_normal(n_cols).astype(np.float32)
     xq = dequantize(Q8_K, quantize_q8_K(x), n_cols).astype(np.float64)
     ref = Wd @ xq
-    # float error only: every term d * sc * q * x (and Q4_K's dmin * m * x) rounded a few times
+    # float error only: every term d * sc * q * x (and dmin * m * x) rounded a few times
     scale = (np.abs(Wd) + 2 * min_terms(t, q, n_rows, n_cols)) @ np.abs(xq)
     results = {}
     for isa in ISAS:

@@ -21,7 +21,7 @@ TYPES = {t: QT[name.upper()] for name, t in K.types().items()}
 BLOCK_SIZES = {t: GGML_QUANT_SIZES[qt] for t, qt in TYPES.items()} | {_lib.PI_TYPE_Q8_1: (32, 36)}
 # the K-quants (blocks of 256, quantized by gguf-py for none, Q8_K unknown to it) have their own
 # tests (test_kquants.py); the tests over the float cases below take the others
-K_TYPES = {_lib.PI_TYPE_Q4_K, _lib.PI_TYPE_Q6_K, _lib.PI_TYPE_Q8_K}
+K_TYPES = {t for t in TYPES if K.describe(t).block_elems == 256}
 BLOCK32_TYPES = [t for t in TYPES if t not in K_TYPES]
 QUANT_TYPES = [_lib.PI_TYPE_Q4_0, _lib.PI_TYPE_Q4_1, _lib.PI_TYPE_Q5_0, _lib.PI_TYPE_Q5_1,
                _lib.PI_TYPE_Q8_0, _lib.PI_TYPE_Q8_1]
@@ -286,7 +286,8 @@ def test_f32_f16_accept_any_positive_n():
         np.testing.assert_array_equal(pi_dequantize(t, pi_quantize(t, x), 3), x)
 
 
-@pytest.mark.parametrize("t", [-1, 4, 5, 10, 13, 30, 1000])
+@pytest.mark.parametrize("t", [-1, _lib.PI_N_TYPE_IDS, 1000]
+                         + [t for t in range(_lib.PI_N_TYPE_IDS) if t not in TYPES])
 def test_unknown_type(t):
     x = np.zeros(32, np.float32)
     q = np.zeros(64, np.uint8)
