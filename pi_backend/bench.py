@@ -405,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tokens per perplexity chunk, BOS included (default: %(default)s, at "
                    "most the model's training context)")
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default: 1)")
-    p.add_argument("--outtype", default="q4_1", help="quantization when MODEL must be "
+    p.add_argument("--outtype", default="auto", help="quantization when MODEL must be "
                    "converted (default: %(default)s)")
     p.add_argument("--no-llama", action="store_true", help="skip llama-cpp-python")
     p.add_argument("--no-ppl", action="store_true", help="skip the perplexity columns")
