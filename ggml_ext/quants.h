@@ -47,4 +47,13 @@ float pi_elem_q8_0(const void *row, int64_t c);
 float pi_elem_q4_K(const void *row, int64_t c);
 float pi_elem_q6_K(const void *row, int64_t c);
 
+/* IQ4_NL and IQ4_XS (no quantizer: their rows come from llama.cpp's files), and BF16. */
+void pi_dequantize_iq4_nl(const void *x, float *y, int64_t n);
+void pi_dequantize_iq4_xs(const void *x, float *y, int64_t n);
+float pi_elem_iq4_nl(const void *row, int64_t c);
+float pi_elem_iq4_xs(const void *row, int64_t c);
+void pi_quantize_bf16(const float *x, void *y, int64_t n);
+void pi_dequantize_bf16(const void *x, float *y, int64_t n);
+float pi_elem_bf16(const void *row, int64_t c);
+
 #endif /* PI_QUANTS_H */
