@@ -202,6 +202,10 @@ typedef struct {
 } block_q8_0x8;
 _Static_assert(sizeof(block_q8_0x8) == PI_ROWS8 * sizeof(block_q8_0), "block_q8_0x8 size");
 
+/* IQ4_NL: block_q4_0x8's geometry (the scales, then the nibbles in 4-byte chunks). */
+typedef block_q4_0x8 block_iq4_nlx8;
+_Static_assert(sizeof(block_iq4_nlx8) == PI_ROWS8 * sizeof(block_iq4_nl), "block_iq4_nlx8 size");
+
 /* Portable binary16 <-> binary32, round-to-nearest-even (matches F16C and numpy). */
 static inline float pi_fp32_from_bits(uint32_t w) { float f; memcpy(&f, &w, 4); return f; }
 static inline uint32_t pi_fp32_to_bits(float f) { uint32_t w; memcpy(&w, &f, 4); return w; }

@@ -286,7 +286,7 @@ static void iq4_lanes(const uint8_t qs[16], const int8_t x[32], int ls, int32_t 
  * pairs go into two sets of 8 lanes (accum1: even blocks, accum2: odd), lane k += d * (integer
  * sum of the block's elements 4k .. 4k + 3) by fused multiply-add, d = d_w * d_x; the sets are
  * added lane by lane and summed as ggml's hsum; an odd last block then adds d * its integer sum
- * (ggml's scalar tail). The SIMD twins compute the same bits. */
+ * (ggml's scalar tail). The SIMD twins and the rows8 kernels compute the same bits. */
 typedef struct {
     float l[2][8];
     float tail;   /* the odd last block's d * sum */
@@ -322,6 +322,25 @@ static float dot_row_iq4_nl(int64_t n, const void *row, const void *act) {
         iq4_nl_add(&s, b, nb, half(w[b].d) * half(x[b].d), lane);
     }
     return iq4_nl_total(&s);
+}
+
+/* The rows8 twin: row r's lanes from the interleaved block (chunk c's low nibbles are lane c,
+ * its high nibbles lane 4 + c, as in lane_sum_nib8). */
+static void dot8_iq4_nl(int64_t n, const void *group, const void *act, float out[8]) {
+    const block_iq4_nlx8 *w = group;
+    const block_q8_0 *x = act;
+    const int64_t nb = n / QK4_NL;
+    for (int r = 0; r < PI_ROWS8; r++) {
+        iq4_nl_sum s = {0};
+        for (int64_t b = 0; b < nb; b++) {
+            uint8_t qs[16]; /* row r's plain nibbles */
+            for (int c = 0; c < 4; c++) memcpy(qs + 4 * c, w[b].qs + 32 * c + 4 * r, 4);
+            int32_t lane[8] = {0};
+            iq4_lanes(qs, x[b].qs, 1, lane);
+            iq4_nl_add(&s, b, nb, half(w[b].d[r]) * half(x[b].d), lane);
+        }
+        out[r] = iq4_nl_total(&s);
+    }
 }
 
 /* IQ4_XS in ggml's AVX2 order (ggml_vec_dot_iq4_xs_q8_K), as the K-quants: per block 8 exact
@@ -510,7 +529,8 @@ const pi_kernels pi_kernels_scalar = {
             [PI_TYPE_F32] = dot_f32, [PI_TYPE_F16] = dot_f16, [PI_TYPE_Q4_0] = dot_q4_0,
             [PI_TYPE_Q4_1] = dot_q4_1, [PI_TYPE_Q5_0] = dot_q5_0, [PI_TYPE_Q5_1] = dot_q5_1,
             [PI_TYPE_Q8_0] = dot_q8_0, [PI_TYPE_Q4_K] = dot_q4_K, [PI_TYPE_Q6_K] = dot_q6_K},
-    .dot8 = {[PI_TYPE_Q4_0] = dot8_q4_0, [PI_TYPE_Q4_1] = dot8_q4_1, [PI_TYPE_Q5_0] = dot8_q5_0,
+    .dot8 = {[PI_TYPE_IQ4_NL] = dot8_iq4_nl,
+             [PI_TYPE_Q4_0] = dot8_q4_0, [PI_TYPE_Q4_1] = dot8_q4_1, [PI_TYPE_Q5_0] = dot8_q5_0,
              [PI_TYPE_Q5_1] = dot8_q5_1, [PI_TYPE_Q8_0] = dot8_q8_0},
     .axpy = {[PI_TYPE_IQ4_NL] = axpy_iq4_nl, [PI_TYPE_IQ4_XS] = axpy_iq4_xs, [PI_TYPE_BF16] = axpy_bf16,
              [PI_TYPE_F32] = axpy_f32, [PI_TYPE_F16] = axpy_f16, [PI_TYPE_Q4_0] = axpy_q4_0,

@@ -872,9 +872,63 @@ INLINE AVX2_FN void dot_bf16_rows(int nr, int64_t n, const void *const rows[], c
     }
 }
 
-DOT_ENTRY(AVX2_FN, dot_iq4_nl_avx2, dot_iq4_nl_rows)
+/* Two rows at a time: four rows' two sets of accumulators would not fit in the 16 registers
+ * (the spills cost 2.5x). */
+AVX2_FN static void dot_iq4_nl_avx2(int64_t n, const void *const rows[], int nr, const void *act,
+                                    float *out) {
+    int r = 0;
+    for (; r + 2 <= nr; r += 2) dot_iq4_nl_rows(2, n, rows + r, act, out + r);
+    if (r < nr) dot_iq4_nl_rows(1, n, rows + r, act, out + r);
+}
 DOT_ENTRY(AVX2_FN, dot_iq4_xs_avx2, dot_iq4_xs_rows)
 DOT_ENTRY(AVX2_FN, dot_bf16_avx2, dot_bf16_rows)
+
+/* IQ4_NL over the rows8 layout (scalar twin dot8_iq4_nl): chunk c of the 8 rows' nibbles looked
+ * up into lanes c (low) and 4 + c (high), as lanes_nib8 without the offset. The integer lane
+ * sums of block b go to ints[0 .. 8). */
+INLINE AVX2_FN void lanes_iq4_8(__m256i table, const uint8_t qs[128], const int8_t x[32], __m256i ints[8]) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    for (int c = 0; c < 4; c++) {
+        const __m256i v = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));
+        const __m256i lo = _mm256_shuffle_epi8(table, _mm256_and_si256(v, m4));
+        const __m256i hi = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(v, 4), m4));
+        ints[c] = dot_s8s8(lo, bcast4(x + 4 * c));
+        ints[4 + c] = dot_s8s8(hi, bcast4(x + 16 + 4 * c));
+    }
+}
+
+/* l[k] += d * ints[k] by fma over the blocks b0, b0 + 2, .. below end (one of ggml's two sets). */
+INLINE AVX2_FN void pass_iq4_nl8(__m256i table, const block_iq4_nlx8 *w, const block_q8_0 *x,
+                                 int64_t b0, int64_t end, __m256 l[8]) {
+    zero_lanes8(l);
+    for (int64_t b = b0; b < end; b += 2) {
+        __m256i ints[8];
+        lanes_iq4_8(table, w[b].qs, x[b].qs, ints);
+        const __m256 d = scales8(w[b].d, x[b].d);
+        for (int k = 0; k < 8; k++) l[k] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(ints[k]), l[k]);
+    }
+}
+
+/* The even blocks' lanes, then the odd blocks' (two passes over the group: 8 accumulators each,
+ * not 16 at once), added; the odd last block's d * (integer sum) after the hsum. */
+AVX2_FN static void dot8_iq4_nl_avx2(int64_t n, const void *group, const void *act, float out[8]) {
+    const block_iq4_nlx8 *w = group;
+    const block_q8_0 *x = act;
+    const __m256i table = iq4_table();
+    const int64_t nb = n / QK4_NL, paired = nb & ~(int64_t)1;
+    __m256 even[8], l[8];
+    pass_iq4_nl8(table, w, x, 0, paired, even);
+    pass_iq4_nl8(table, w, x, 1, paired, l);
+    for (int k = 0; k < 8; k++) l[k] = _mm256_add_ps(even[k], l[k]);
+    store_lanes8(l, _mm256_setzero_ps(), out);
+    if (paired == nb) return;
+    __m256i ints[8];
+    lanes_iq4_8(table, w[paired].qs, x[paired].qs, ints);
+    __m256i t = ints[0];
+    for (int k = 1; k < 8; k++) t = _mm256_add_epi32(t, ints[k]);
+    const __m256 tail = _mm256_mul_ps(scales8(w[paired].d, x[paired].d), _mm256_cvtepi32_ps(t));
+    _mm256_storeu_ps(out, _mm256_add_ps(_mm256_loadu_ps(out), tail));
+}
 
 /* A block of 32 IQ4 values times d (dequantize_iq4_32's exact products): w[i] holds elements
  * 8i .. 8i + 7. */
@@ -1213,7 +1267,8 @@ const pi_kernels pi_kernels_avx2 = {
             [PI_TYPE_Q5_0] = dot_q5_0_avx2, [PI_TYPE_Q5_1] = dot_q5_1_avx2,
             [PI_TYPE_Q8_0] = dot_q8_0_avx2, [PI_TYPE_Q4_K] = dot_q4_K_avx2,
             [PI_TYPE_Q6_K] = dot_q6_K_avx2},
-    .dot8 = {[PI_TYPE_Q4_0] = dot8_q4_0_avx2, [PI_TYPE_Q4_1] = dot8_q4_1_avx2,
+    .dot8 = {[PI_TYPE_IQ4_NL] = dot8_iq4_nl_avx2,
+             [PI_TYPE_Q4_0] = dot8_q4_0_avx2, [PI_TYPE_Q4_1] = dot8_q4_1_avx2,
              [PI_TYPE_Q5_0] = dot8_q5_0_avx2, [PI_TYPE_Q5_1] = dot8_q5_1_avx2,
              [PI_TYPE_Q8_0] = dot8_q8_0_avx2},
     .axpy = {[PI_TYPE_IQ4_NL] = axpy_iq4_nl_avx2, [PI_TYPE_IQ4_XS] = axpy_iq4_xs_avx2, [PI_TYPE_BF16] = axpy_bf16_avx2,
@@ -1481,7 +1536,8 @@ const pi_kernels pi_kernels_avx512 = {
             [PI_TYPE_Q5_0] = dot_q5_0_avx2, [PI_TYPE_Q5_1] = dot_q5_1_avx2, /* AVX2's */
             [PI_TYPE_Q8_0] = dot_q8_0_avx512,
             [PI_TYPE_Q4_K] = dot_q4_K_avx2, [PI_TYPE_Q6_K] = dot_q6_K_avx2}, /* ggml's AVX2 order */
-    .dot8 = {[PI_TYPE_Q4_0] = dot8_q4_0_avx2, [PI_TYPE_Q4_1] = dot8_q4_1_avx2, /* 8 rows = 8 lanes */
+    .dot8 = {[PI_TYPE_IQ4_NL] = dot8_iq4_nl_avx2,
+             [PI_TYPE_Q4_0] = dot8_q4_0_avx2, [PI_TYPE_Q4_1] = dot8_q4_1_avx2, /* 8 rows = 8 lanes */
              [PI_TYPE_Q5_0] = dot8_q5_0_avx2, [PI_TYPE_Q5_1] = dot8_q5_1_avx2,
              [PI_TYPE_Q8_0] = dot8_q8_0_avx2},
     .axpy = {[PI_TYPE_IQ4_NL] = axpy_iq4_nl_avx2, [PI_TYPE_IQ4_XS] = axpy_iq4_xs_avx2, /* AVX2's */

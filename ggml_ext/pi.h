@@ -137,7 +137,7 @@ PI_API int pi_matmat(pi_pool *pool, int type, const void *W, int64_t n_rows, int
 /* The 8-row interleaved layout ("rows8") of the dense kernels: rows 8g .. 8g + 7 stored block by
  * block together, so that one 256-bit step serves 8 rows (docs/FORMAT.md). Same size as W; the
  * n_rows % 8 last rows stay plain. The types with pi_type_desc.rows8 only (the 4-, 5- and
- * 8-bit types of 32-element blocks: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0).
+ * 8-bit types of 32-element blocks: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL).
  *   W: [n_rows][n_cols] of `type`; out: the same number of bytes, not overlapping W. */
 PI_API int pi_repack_rows8(int type, const void *W, int64_t n_rows, int64_t n_cols, void *out);
 /* pi_matmat over a repacked matrix Wp. Results agree with pi_matmat's up to f32 rounding (each

@@ -64,13 +64,14 @@ def reference(t, Wd, x):
 
 # ---- the table and the formats -----------------------------------------------------------------
 def test_the_type_table():
-    """ggml's ids and names; weights with ggml's x86 activation types (BF16: x as it is)."""
+    """ggml's ids and names; weights with ggml's x86 activation types (BF16: x as it is); the
+    rows8 layout for IQ4_NL, which has Q4_0's geometry."""
     for t in TYPES:
         d = K.describe(t)
         assert (d.name.decode(), d.weight) == (GGUF[t].name, 1)
         assert t == GGUF[t].value
     assert [K.describe(t).act_type for t in TYPES] == [Q8_0, Q8_K, F32]
-    assert [K.describe(t).rows8 for t in TYPES] == [0, 0, 0]
+    assert [K.describe(t).rows8 for t in TYPES] == [1, 0, 0]
     assert {"iq4_nl", "iq4_xs", "bf16"} <= set(K.weight_types())
 
 
@@ -161,6 +162,30 @@ def test_masked_rows_and_thread_counts(t, pools):
         y = run_masked(pools[3], t, q, n_rows, n_cols, x, idx)
         np.testing.assert_array_equal(y[idx], dense[0][idx])
         assert np.all(np.delete(y, idx) == 0)
+
+
+def test_iq4_nl_rows8_odd_block_counts(pools):
+    """The rows8 kernel of IQ4_NL keeps ggml's two accumulators and odd last block: an odd number
+    of blocks above one gives the AVX2 plain kernel's bits and the scalar twin's on every ISA."""
+    rng = np.random.default_rng(8)
+    n_rows, n_cols, n_tok = 21, 32 * 7, 3
+    q, _ = weights(rng, IQ4_NL, n_rows, n_cols)
+    p = np.zeros_like(q)
+    call("pi_repack_rows8", IQ4_NL, vptr(q), n_rows, n_cols, vptr(p))
+    X = rng.standard_normal((n_tok, n_cols)).astype(np.float32)
+
+    def matmat(fn, pool, w):
+        Y = np.full((n_tok, n_rows), np.nan, np.float32)
+        call(fn, pool, IQ4_NL, vptr(w), n_rows, n_cols, fptr(X), n_tok, fptr(Y), n_rows)
+        return Y
+    results = {}
+    for isa in ISAS:
+        call("pi_isa_set", isa)
+        results[isa] = matmat("pi_matmat_rows8", None, p)
+        np.testing.assert_array_equal(matmat("pi_matmat_rows8", pools[3], p), results[isa])
+        np.testing.assert_array_equal(results[isa], matmat("pi_matmat", None, q), err_msg=ISA_NAMES[isa])
+    for isa in ISAS[1:]:
+        np.testing.assert_array_equal(results[isa], results[ISAS[0]])
 
 
 # ---- AXPY and the column gather ----------------------------------------------------------------

@@ -395,7 +395,8 @@ def test_matvec_thread_counts_agree(t, pools):
 # the types with the rows8 layout, as the library's type table lists them
 ROWS8_TYPES = [K.type_id(name) for name in K.rows8_types()]
 # bytes of scales (and mins, and Q5's fifth bits) before the quants of a block, by the formats
-HEAD = {Q4_0: 2, Q4_1: 4, _lib.PI_TYPE_Q5_0: 6, _lib.PI_TYPE_Q5_1: 8, Q8_0: 2}
+HEAD = {Q4_0: 2, Q4_1: 4, _lib.PI_TYPE_Q5_0: 6, _lib.PI_TYPE_Q5_1: 8, Q8_0: 2,
+        _lib.PI_TYPE_IQ4_NL: 2}
 
 
 def test_rows8_types():
