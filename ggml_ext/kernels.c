@@ -367,10 +367,10 @@ static void axpy_row_iq4_xs(int64_t c0, int64_t c1, const void *row, float a, fl
     axpy_row_k(pi_dequantize_iq4_xs, sizeof(block_iq4_xs), c0, c1, row, a, y);
 }
 
-/* BF16 with x in f32 (exact products of the bf16 weights and x, no rounding of x to BF16 as
- * ggml's vec_dot_bf16 has): element i into lane i % 8 by fused multiply-add, ggml's hsum of the
- * lanes, then the n % 8 last elements by fused multiply-add in order. The AXPY: y[c] =
- * fmaf(a, w[c], y[c]). The SIMD twins compute the same bits. */
+/* BF16 with x in f32 (not rounded to BF16 first, as ggml's vec_dot_bf16 takes it): element i
+ * into lane i % 8 by fused multiply-add, ggml's hsum of the lanes, then the n % 8 last elements
+ * by fused multiply-add in order. The AXPY: y[c] = fmaf(a, w[c], y[c]). The SIMD twins compute
+ * the same bits. */
 static float dot_row_bf16(int64_t n, const void *row, const void *act) {
     const pi_bf16 *w = row;
     const float *x = act;

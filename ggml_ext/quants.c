@@ -1,5 +1,6 @@
 /* quants.c - scalar (de)quantization of F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, and the
- * K-quants Q4_K, Q6_K (dequantization) and Q8_K (the type table of types.c points at these).
+ * K-quants Q4_K, Q6_K (dequantization) and Q8_K (the type table of types.c points at these);
+ * IQ4_NL and IQ4_XS (dequantization) and BF16 at the end.
  *
  * Bit-identical to ggml's reference code (ggml-quants.c, quantize_row_*_ref / dequantize_row_*)
  * and to gguf-py's gguf.quants. What that takes:

@@ -2,8 +2,8 @@
  *
  * Bit-identical to ggml's reference code (ggml-quants.c: quantize_row_*_ref and
  * dequantize_row_*). The type table (types.h) points at these; nothing else calls them by name.
- * No validation: n is a positive multiple of the type's block size. Q4_K and Q6_K have no
- * quantizer here (ggml's searches scales; their rows come from llama.cpp's files).
+ * No validation: n is a positive multiple of the type's block size. Q4_K, Q6_K, IQ4_NL and
+ * IQ4_XS have no quantizer here (ggml's searches scales; their rows come from llama.cpp's files).
  */
 #ifndef PI_QUANTS_H
 #define PI_QUANTS_H
