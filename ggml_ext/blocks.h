@@ -143,7 +143,7 @@ _Static_assert(sizeof(block_iq4_nl) == 2 + QK4_NL / 2, "block_iq4_nl size");
 typedef struct {
     pi_half d;                 /* scale of the sub-block scales */
     uint16_t scales_h;         /* top 2 bits of ls_s at bits 2s, 2s + 1 */
-    uint8_t scales_l[QK_K / 64]; /* low 4 bits of ls_s: the low nibble of byte s / 2 for even s */
+    uint8_t scales_l[QK_K / 64]; /* low 4 bits of ls_s: byte s / 2, low nibble for even s */
     uint8_t qs[QK_K / 2];
 } block_iq4_xs;
 _Static_assert(sizeof(block_iq4_xs) == 2 + 2 + QK_K / 64 + QK_K / 2, "block_iq4_xs size");
