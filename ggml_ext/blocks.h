@@ -255,6 +255,39 @@ static inline void pi_q6_K_quants(const void *block, int8_t q[QK_K]) {
     }
 }
 
+/* ---- the non-linear 4-bit types: IQ4_NL (blocks of 32) and IQ4_XS (super-blocks of 256) ----
+ * A nibble q stands for pi_kvalues_iq4nl[q] (ggml's kvalues_iq4nl, defined in quants.c), times
+ * the block's scale. */
+extern const int8_t pi_kvalues_iq4nl[16];
+
+#define QK4_NL 32
+typedef struct {
+    pi_half d;              /* scale */
+    uint8_t qs[QK4_NL / 2]; /* nibbles, as q4_0: x = d * kvalues[q] */
+} block_iq4_nl;
+_Static_assert(sizeof(block_iq4_nl) == 2 + QK4_NL / 2, "block_iq4_nl size");
+
+/* IQ4_XS: 8 sub-blocks of 32, x = d * (ls_s - 32) * kvalues[q] with a 6-bit ls_s (pi_iq4_xs_scale);
+ * sub-block s's 16 bytes of nibbles at qs[16 s], as an IQ4_NL block's. */
+typedef struct {
+    pi_half d;                 /* scale of the sub-block scales */
+    uint16_t scales_h;         /* top 2 bits of ls_s at bits 2s, 2s + 1 */
+    uint8_t scales_l[QK_K / 64]; /* low 4 bits of ls_s: byte s / 2, low nibble for even s */
+    uint8_t qs[QK_K / 2];
+} block_iq4_xs;
+_Static_assert(sizeof(block_iq4_xs) == 2 + 2 + QK_K / 64 + QK_K / 2, "block_iq4_xs size");
+
+/* Sub-block s's scale of an IQ4_XS block minus 32, in [-32, 31]. */
+static inline int pi_iq4_xs_scale(const block_iq4_xs *b, int s) {
+    const int lo = (b->scales_l[s / 2] >> (4 * (s % 2))) & 0x0F, hi = (b->scales_h >> (2 * s)) & 3;
+    return (lo | hi << 4) - 32;
+}
+
+/* Element j (< 32) of an IQ4 block of nibbles qs: its nibble (low: j < 16, high: j - 16). */
+static inline int pi_iq4_value(const uint8_t qs[16], int j) {
+    return pi_kvalues_iq4nl[j < 16 ? qs[j] & 0x0F : qs[j - 16] >> 4];
+}
+
 /* ---- the 8-row interleaved layout ("rows8") of the dense matrix kernels ----------------------
  * Block b of 8 consecutive rows, stored together: their scales, then their quants interleaved
  * in 4-byte chunks, chunk c of row r at qs[32 c + 4 r]. A 256-bit register then holds chunk c
@@ -298,6 +331,10 @@ typedef struct {
 } block_q8_0x8;
 _Static_assert(sizeof(block_q8_0x8) == PI_ROWS8 * sizeof(block_q8_0), "block_q8_0x8 size");
 
+/* IQ4_NL: block_q4_0x8's geometry (the scales, then the nibbles in 4-byte chunks). */
+typedef block_q4_0x8 block_iq4_nlx8;
+_Static_assert(sizeof(block_iq4_nlx8) == PI_ROWS8 * sizeof(block_iq4_nl), "block_iq4_nlx8 size");
+
 /* Portable binary16 <-> binary32, round-to-nearest-even (matches F16C and numpy). */
 static inline float pi_fp32_from_bits(uint32_t w) { float f; memcpy(&f, &w, 4); return f; }
 static inline uint32_t pi_fp32_to_bits(float f) { uint32_t w; memcpy(&w, &f, 4); return w; }
@@ -333,6 +370,18 @@ static inline pi_half pi_float_to_half(float f) {
     const uint32_t mantissa_bits = bits & 0x00000FFFu;
     const uint32_t nonsign = exp_bits + mantissa_bits;
     return (pi_half)((sign >> 16) | (shl1_w > 0xFF000000u ? 0x7E00u : nonsign));
+}
+
+/* BF16: the top half of an f32. To f32 exactly; from f32 as ggml_compute_fp32_to_bf16 (and
+ * gguf-py): round to nearest even, a NaN kept a quiet NaN (its top half with bit 6 set). */
+typedef uint16_t pi_bf16;
+
+static inline float pi_bf16_to_float(pi_bf16 h) { return pi_fp32_from_bits((uint32_t)h << 16); }
+
+static inline pi_bf16 pi_float_to_bf16(float f) {
+    const uint32_t w = pi_fp32_to_bits(f);
+    if ((w & 0x7FFFFFFFu) > 0x7F800000u) return (pi_bf16)((w >> 16) | 64);
+    return (pi_bf16)((w + 0x7FFFu + ((w >> 16) & 1)) >> 16);
 }
 
 #endif /* PI_BLOCKS_H */

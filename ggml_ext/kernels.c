@@ -239,14 +239,21 @@ static float dot_row_k(const pi_k_format *f, pi_k_mins mins, int64_t n, const vo
     return sum;
 }
 
-/* y[c] = fmaf(a, w[c], y[c]) over the row's dequantized blocks (the SIMD twins: the same bits). */
+/* y[c] = fmaf(a, w[c], y[c]) over the row's dequantized blocks of block_elems (<= QK_K) (the
+ * SIMD twins: the same bits). */
+static void axpy_row_blocks(void (*dequantize)(const void *, float *, int64_t), int64_t block_elems,
+                            size_t block_bytes, int64_t c0, int64_t c1, const void *row, float a,
+                            float *y) {
+    for (int64_t b = c0 / block_elems; b < c1 / block_elems; b++) {
+        float w[QK_K];
+        dequantize((const uint8_t *)row + (size_t)b * block_bytes, w, block_elems);
+        for (int j = 0; j < block_elems; j++) y[b * block_elems + j] = fmaf(a, w[j], y[b * block_elems + j]);
+    }
+}
+
 static void axpy_row_k(void (*dequantize)(const void *, float *, int64_t), size_t block_bytes,
                        int64_t c0, int64_t c1, const void *row, float a, float *y) {
-    for (int64_t b = c0 / QK_K; b < c1 / QK_K; b++) {
-        float w[QK_K];
-        dequantize((const uint8_t *)row + (size_t)b * block_bytes, w, QK_K);
-        for (int j = 0; j < QK_K; j++) y[b * QK_K + j] = fmaf(a, w[j], y[b * QK_K + j]);
-    }
+    axpy_row_blocks(dequantize, QK_K, block_bytes, c0, c1, row, a, y);
 }
 
 #define K_ROW_TWINS(T, MINS)                                                                    \
@@ -262,6 +269,119 @@ K_ROW_TWINS(q4_K, K_MINS_4)
 K_ROW_TWINS(q5_K, K_MINS_1)
 K_ROW_TWINS(q6_K, K_MINS_NONE)
 #undef K_ROW_TWINS
+
+/* ---- IQ4_NL against Q8_0, IQ4_XS against Q8_K, BF16 against x as it is ---- */
+
+/* The exact integer lane sums of 32 IQ4 nibbles (an IQ4_NL block, an IQ4_XS sub-block) times
+ * 32 activation quants, scaled by ls: lane k += ls * (elements 4k .. 4k + 3). */
+static void iq4_lanes(const uint8_t qs[16], const int8_t x[32], int ls, int32_t lane[8]) {
+    for (int j = 0; j < 32; j++) lane[j / 4] += ls * pi_iq4_value(qs, j) * x[j];
+}
+
+/* IQ4_NL's float steps in ggml's AVX2 order (ggml_vec_dot_iq4_nl_q8_0): the blocks of whole
+ * pairs go into two sets of 8 lanes (accum1: even blocks, accum2: odd), lane k += d * (integer
+ * sum of the block's elements 4k .. 4k + 3) by fused multiply-add, d = d_w * d_x; the sets are
+ * added lane by lane and summed as ggml's hsum; an odd last block then adds d * its integer sum
+ * (ggml's scalar tail). The SIMD twins and the rows8 kernels compute the same bits. */
+typedef struct {
+    float l[2][8];
+    float tail;   /* the odd last block's d * sum */
+    int has_tail;
+} iq4_nl_sum;
+
+static void iq4_nl_add(iq4_nl_sum *s, int64_t b, int64_t nb, float d, const int32_t lane[8]) {
+    if (b < (nb & ~(int64_t)1)) {
+        for (int k = 0; k < 8; k++) s->l[b % 2][k] = fmaf(d, (float)lane[k], s->l[b % 2][k]);
+        return;
+    }
+    int32_t t = 0;
+    for (int k = 0; k < 8; k++) t += lane[k];
+    s->tail = d * (float)t;
+    s->has_tail = 1;
+}
+
+static float iq4_nl_total(const iq4_nl_sum *s) {
+    float l[8];
+    for (int k = 0; k < 8; k++) l[k] = s->l[0][k] + s->l[1][k];
+    const float sum = hsum_lanes(l);
+    return s->has_tail ? sum + s->tail : sum;
+}
+
+static float dot_row_iq4_nl(int64_t n, const void *row, const void *act) {
+    const block_iq4_nl *w = row;
+    const block_q8_0 *x = act;
+    const int64_t nb = n / QK4_NL;
+    iq4_nl_sum s = {0};
+    for (int64_t b = 0; b < nb; b++) {
+        int32_t lane[8] = {0};
+        iq4_lanes(w[b].qs, x[b].qs, 1, lane);
+        iq4_nl_add(&s, b, nb, half(w[b].d) * half(x[b].d), lane);
+    }
+    return iq4_nl_total(&s);
+}
+
+/* The rows8 twin: row r's lanes from the interleaved block (chunk c's low nibbles are lane c,
+ * its high nibbles lane 4 + c, as in lane_sum_nib8). */
+static void dot8_iq4_nl(int64_t n, const void *group, const void *act, float out[8]) {
+    const block_iq4_nlx8 *w = group;
+    const block_q8_0 *x = act;
+    const int64_t nb = n / QK4_NL;
+    for (int r = 0; r < PI_ROWS8; r++) {
+        iq4_nl_sum s = {0};
+        for (int64_t b = 0; b < nb; b++) {
+            uint8_t qs[16]; /* row r's plain nibbles */
+            for (int c = 0; c < 4; c++) memcpy(qs + 4 * c, w[b].qs + 32 * c + 4 * r, 4);
+            int32_t lane[8] = {0};
+            iq4_lanes(qs, x[b].qs, 1, lane);
+            iq4_nl_add(&s, b, nb, half(w[b].d[r]) * half(x[b].d), lane);
+        }
+        out[r] = iq4_nl_total(&s);
+    }
+}
+
+/* IQ4_XS in ggml's AVX2 order (ggml_vec_dot_iq4_xs_q8_K), as the K-quants: per block 8 exact
+ * integer lane sums over its sub-blocks (times their scales), lane k += (d_w * d_x) * lane sum
+ * by fused multiply-add, block after block, then ggml's hsum. */
+static float dot_row_iq4_xs(int64_t n, const void *row, const void *act) {
+    const block_iq4_xs *w = row;
+    const block_q8_K *x = act;
+    float l[8] = {0};
+    for (int64_t b = 0; b < n / QK_K; b++) {
+        int32_t lane[8] = {0};
+        for (int s = 0; s < QK_K / 32; s++) iq4_lanes(w[b].qs + 16 * s, x[b].qs + 32 * s, pi_iq4_xs_scale(&w[b], s), lane);
+        const float d = half(w[b].d) * x[b].d;
+        for (int k = 0; k < 8; k++) l[k] = fmaf(d, (float)lane[k], l[k]);
+    }
+    return hsum_lanes(l);
+}
+
+static void axpy_row_iq4_nl(int64_t c0, int64_t c1, const void *row, float a, float *y) {
+    axpy_row_blocks(pi_dequantize_iq4_nl, QK4_NL, sizeof(block_iq4_nl), c0, c1, row, a, y);
+}
+
+static void axpy_row_iq4_xs(int64_t c0, int64_t c1, const void *row, float a, float *y) {
+    axpy_row_k(pi_dequantize_iq4_xs, sizeof(block_iq4_xs), c0, c1, row, a, y);
+}
+
+/* BF16 with x in f32 (not rounded to BF16 first, as ggml's vec_dot_bf16 takes it): element i
+ * into lane i % 8 by fused multiply-add, ggml's hsum of the lanes, then the n % 8 last elements
+ * by fused multiply-add in order. The AXPY: y[c] = fmaf(a, w[c], y[c]). The SIMD twins compute
+ * the same bits. */
+static float dot_row_bf16(int64_t n, const void *row, const void *act) {
+    const pi_bf16 *w = row;
+    const float *x = act;
+    const int64_t n8 = n / 8 * 8;
+    float l[8] = {0};
+    for (int64_t i = 0; i < n8; i++) l[i % 8] = fmaf(pi_bf16_to_float(w[i]), x[i], l[i % 8]);
+    float sum = hsum_lanes(l);
+    for (int64_t i = n8; i < n; i++) sum = fmaf(pi_bf16_to_float(w[i]), x[i], sum);
+    return sum;
+}
+
+static void axpy_row_bf16(int64_t c0, int64_t c1, const void *row, float a, float *y) {
+    const pi_bf16 *w = row;
+    for (int64_t c = c0; c < c1; c++) y[c] = fmaf(a, pi_bf16_to_float(w[c]), y[c]);
+}
 
 /* The activation quantizers of the integer dots: ggml-cpu's x86 quantize_row_q8_0/q8_1 (the
  * path llama.cpp runs on AVX/AVX2/AVX-512), which differ from the reference format quantizer
@@ -397,17 +517,23 @@ SCALAR_TWINS(q3_K)
 SCALAR_TWINS(q4_K)
 SCALAR_TWINS(q5_K)
 SCALAR_TWINS(q6_K)
+SCALAR_TWINS(iq4_nl)
+SCALAR_TWINS(iq4_xs)
+SCALAR_TWINS(bf16)
 #undef SCALAR_TWINS
 
 const pi_kernels pi_kernels_scalar = {
     .name = "scalar",
-    .dot = {[PI_TYPE_F32] = dot_f32, [PI_TYPE_F16] = dot_f16, [PI_TYPE_Q4_0] = dot_q4_0,
+    .dot = {[PI_TYPE_IQ4_NL] = dot_iq4_nl, [PI_TYPE_IQ4_XS] = dot_iq4_xs, [PI_TYPE_BF16] = dot_bf16,
+            [PI_TYPE_F32] = dot_f32, [PI_TYPE_F16] = dot_f16, [PI_TYPE_Q4_0] = dot_q4_0,
             [PI_TYPE_Q4_1] = dot_q4_1, [PI_TYPE_Q5_0] = dot_q5_0, [PI_TYPE_Q5_1] = dot_q5_1,
             [PI_TYPE_Q8_0] = dot_q8_0, [PI_TYPE_Q2_K] = dot_q2_K, [PI_TYPE_Q3_K] = dot_q3_K,
             [PI_TYPE_Q4_K] = dot_q4_K, [PI_TYPE_Q5_K] = dot_q5_K, [PI_TYPE_Q6_K] = dot_q6_K},
-    .dot8 = {[PI_TYPE_Q4_0] = dot8_q4_0, [PI_TYPE_Q4_1] = dot8_q4_1, [PI_TYPE_Q5_0] = dot8_q5_0,
+    .dot8 = {[PI_TYPE_IQ4_NL] = dot8_iq4_nl,
+             [PI_TYPE_Q4_0] = dot8_q4_0, [PI_TYPE_Q4_1] = dot8_q4_1, [PI_TYPE_Q5_0] = dot8_q5_0,
              [PI_TYPE_Q5_1] = dot8_q5_1, [PI_TYPE_Q8_0] = dot8_q8_0},
-    .axpy = {[PI_TYPE_F32] = axpy_f32, [PI_TYPE_F16] = axpy_f16, [PI_TYPE_Q4_0] = axpy_q4_0,
+    .axpy = {[PI_TYPE_IQ4_NL] = axpy_iq4_nl, [PI_TYPE_IQ4_XS] = axpy_iq4_xs, [PI_TYPE_BF16] = axpy_bf16,
+             [PI_TYPE_F32] = axpy_f32, [PI_TYPE_F16] = axpy_f16, [PI_TYPE_Q4_0] = axpy_q4_0,
              [PI_TYPE_Q4_1] = axpy_q4_1, [PI_TYPE_Q5_0] = axpy_q5_0, [PI_TYPE_Q5_1] = axpy_q5_1,
              [PI_TYPE_Q8_0] = axpy_q8_0, [PI_TYPE_Q2_K] = axpy_q2_K, [PI_TYPE_Q3_K] = axpy_q3_K,
              [PI_TYPE_Q4_K] = axpy_q4_K, [PI_TYPE_Q5_K] = axpy_q5_K, [PI_TYPE_Q6_K] = axpy_q6_K},

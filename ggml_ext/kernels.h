@@ -21,7 +21,7 @@
 /* out[r] = rows[r] . act for r < nr (1 <= nr <= PI_KERNEL_ROWS).
  *   rows[r]: one weight row of n elements (n a multiple of the block size);
  *   act: the activation in the weight type's act_type (types.h): [n] f32 for F32/F16, a row of
- *   n elements of Q8_0 for Q4_0/Q8_0, of Q8_1 for Q4_1. */
+ *   n elements of Q8_0 for Q4_0/Q8_0, of Q8_1 for Q4_1 (and so on: the table's act_type). */
 typedef void (*pi_dot_fn)(int64_t n, const void *const rows[], int nr, const void *act,
                           float *out);
 
@@ -35,7 +35,8 @@ typedef void (*pi_axpy_fn)(int64_t c0, int64_t c1, const void *const rows[], con
  * Each row gets the bits of the AVX2 pi_dot_fn (llama.cpp's AVX2 vec_dot order): 8 lane
  * accumulators per row, lane k taking (d_w * d_x) * (integer sum of block elements 4k .. 4k + 3)
  * by fused multiply-add, block after block; then ggml's hsum of the lanes, plus (Q4_1) the min
- * terms m_w * s_x summed in block order. The scalar twin computes the same bits. */
+ * terms m_w * s_x summed in block order (IQ4_NL: ggml's two sets of lanes, even and odd blocks,
+ * then its odd last block: iq4_nl_sum in kernels.c). The scalar twin computes the same bits. */
 typedef void (*pi_dot8_fn)(int64_t n, const void *group, const void *act, float out[8]);
 
 /* x: [n] f32 -> y: a row of n elements of an activation type (n a multiple of its block size). */

@@ -839,6 +839,253 @@ K_KERNELS(q5_K, 0, K_MINS_1)
 K_KERNELS(q6_K, 32, K_MINS_NONE)
 #undef K_KERNELS
 
+/* y += a[r] * row r for r < nr, group (of 32) by group, for blocks of block_elems (a multiple of
+ * 32, <= QK_K): y[c] = fma(a[r], w_r[c], y[c]), rows in order (the scalar twin's bits). */
+INLINE AVX2_FN void axpy_blocks_rows(int nr, int64_t c0, int64_t c1, const void *const rows[],
+                                     const float *a, float *y, int64_t block_elems, size_t block_bytes,
+                                     void (*scales)(const void *, float[16]),
+                                     void (*group)(const void *, int, const float[16], __m256[4])) {
+    for (int64_t b = c0 / block_elems; b < c1 / block_elems; b++) {
+        float f[PI_KERNEL_ROWS][16];
+        for (int r = 0; r < nr; r++) scales((const uint8_t *)rows[r] + (size_t)b * block_bytes, f[r]);
+        for (int g = 0; g < block_elems / 32; g++) {
+            float *yg = y + b * block_elems + 32 * g;
+            __m256 yv[4];
+            for (int i = 0; i < 4; i++) yv[i] = _mm256_loadu_ps(yg + 8 * i);
+            for (int r = 0; r < nr; r++) {
+                __m256 wv[4];
+                group((const uint8_t *)rows[r] + (size_t)b * block_bytes, g, f[r], wv);
+                for (int i = 0; i < 4; i++) yv[i] = _mm256_fmadd_ps(_mm256_set1_ps(a[r]), wv[i], yv[i]);
+            }
+            for (int i = 0; i < 4; i++) _mm256_storeu_ps(yg + 8 * i, yv[i]);
+        }
+    }
+}
+
+
+/* ==== AVX2 IQ4_NL, IQ4_XS and BF16 (scalar twins dot_row_iq4_nl & co. in kernels.c) ========= */
+
+/* ggml's kvalues_iq4nl in both 128-bit halves: a nibble byte shuffled through it (pshufb) becomes
+ * its value. */
+INLINE AVX2_FN __m256i iq4_table(void) {
+    return _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)pi_kvalues_iq4nl));
+}
+
+/* The 32 values of a block of IQ4 nibbles as int8, element j in byte j. */
+INLINE AVX2_FN __m256i iq4_values32(__m256i table, const uint8_t qs[16]) {
+    return _mm256_shuffle_epi8(table, nibbles32(qs));
+}
+
+/* IQ4_NL: one block of nr rows into acc (step_q8_0 with the looked-up values; exact: |value|,
+ * |x| <= 127). */
+INLINE AVX2_FN void step_iq4_nl(int nr, __m256i table, const block_iq4_nl *const w[], int64_t b,
+                                const block_q8_0 *x, __m256 acc[]) {
+    const __m256i qy = _mm256_loadu_si256((const __m256i *)x->qs);
+    const __m256 dy = _mm256_set1_ps(h2f(x->d));
+    for (int r = 0; r < nr; r++) {
+        const __m256i s = dot_s8s8(iq4_values32(table, w[r][b].qs), qy);
+        acc[r] = _mm256_fmadd_ps(scale8(w[r][b].d, dy), _mm256_cvtepi32_ps(s), acc[r]);
+    }
+}
+
+/* The sum of the 8 int32 lanes of v. */
+INLINE AVX2_FN int32_t hsum_i32x8(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
+    return _mm_cvtsi128_si32(s);
+}
+
+/* ggml's order (iq4_nl_sum in kernels.c): even blocks of whole pairs in acc1, odd in acc2, added
+ * lane by lane and hsum'd; an odd last block adds (d_w * d_x) * its integer sum. */
+INLINE AVX2_FN void dot_iq4_nl_rows(int nr, int64_t n, const void *const rows[], const void *act,
+                                    float *out) {
+    const block_iq4_nl *const *w = (const block_iq4_nl *const *)rows;
+    const block_q8_0 *x = act;
+    const __m256i table = iq4_table();
+    const int64_t nb = n / QK4_NL;
+    __m256 acc1[PI_KERNEL_ROWS], acc2[PI_KERNEL_ROWS];
+    for (int r = 0; r < nr; r++) acc1[r] = acc2[r] = _mm256_setzero_ps();
+    int64_t b = 0;
+    for (; b + 1 < nb; b += 2) {
+        step_iq4_nl(nr, table, w, b, x + b, acc1);
+        step_iq4_nl(nr, table, w, b + 1, x + b + 1, acc2);
+    }
+    for (int r = 0; r < nr; r++) out[r] = hsum8(_mm256_add_ps(acc1[r], acc2[r]));
+    if (b == nb) return;
+    const __m256i qy = _mm256_loadu_si256((const __m256i *)x[b].qs);
+    for (int r = 0; r < nr; r++) {
+        const int32_t t = hsum_i32x8(dot_s8s8(iq4_values32(table, w[r][b].qs), qy));
+        out[r] += (fp16_table[w[r][b].d] * h2f(x[b].d)) * (float)t;
+    }
+}
+
+/* IQ4_XS: per block, each sub-block's values times the activation (pairs of int16, exact), times
+ * its scale into 8 int32 lanes (madd); then one fused multiply-add by d_w * d_x. */
+INLINE AVX2_FN void dot_iq4_xs_rows(int nr, int64_t n, const void *const rows[], const void *act,
+                                    float *out) {
+    const block_iq4_xs *const *w = (const block_iq4_xs *const *)rows;
+    const block_q8_K *x = act;
+    const __m256i table = iq4_table();
+    __m256 acc[PI_KERNEL_ROWS];
+    for (int r = 0; r < nr; r++) acc[r] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < n / QK_K; b++) {
+        const block_q8_K *xb = x + b;
+        __m256i sumi[PI_KERNEL_ROWS];
+        for (int r = 0; r < nr; r++) sumi[r] = _mm256_setzero_si256();
+        for (int s = 0; s < QK_K / 32; s++) {
+            const __m256i y = _mm256_loadu_si256((const __m256i *)(xb->qs + 32 * s));
+            for (int r = 0; r < nr; r++) {
+                const __m256i v = iq4_values32(table, w[r][b].qs + 16 * s);
+                const __m256i p16 = _mm256_maddubs_epi16(_mm256_abs_epi8(v), _mm256_sign_epi8(y, v));
+                const __m256i ls = _mm256_set1_epi16((short)pi_iq4_xs_scale(&w[r][b], s));
+                sumi[r] = _mm256_add_epi32(sumi[r], _mm256_madd_epi16(p16, ls));
+            }
+        }
+        for (int r = 0; r < nr; r++)
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(fp16_table[w[r][b].d] * xb->d), _mm256_cvtepi32_ps(sumi[r]), acc[r]);
+    }
+    for (int r = 0; r < nr; r++) out[r] = hsum8(acc[r]);
+}
+
+/* 8 bf16 -> 8 f32 (exact: the bits shifted up). */
+INLINE AVX2_FN __m256 bf16x8(const pi_bf16 *p) {
+    const __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+}
+
+/* BF16: element i into lane i % 8 by fma, hsum, then the tail by fma in order (dot_row_bf16). */
+INLINE AVX2_FN void dot_bf16_rows(int nr, int64_t n, const void *const rows[], const void *act,
+                                  float *out) {
+    const pi_bf16 *const *w = (const pi_bf16 *const *)rows;
+    const float *x = act;
+    __m256 acc[PI_KERNEL_ROWS];
+    for (int r = 0; r < nr; r++) acc[r] = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 xv = _mm256_loadu_ps(x + i);
+        for (int r = 0; r < nr; r++) acc[r] = _mm256_fmadd_ps(bf16x8(w[r] + i), xv, acc[r]);
+    }
+    for (int r = 0; r < nr; r++) {
+        out[r] = hsum8(acc[r]);
+        for (int64_t j = i; j < n; j++) out[r] = fmaf(pi_bf16_to_float(w[r][j]), x[j], out[r]);
+    }
+}
+
+/* Two rows at a time: four rows' two sets of accumulators would not fit in the 16 registers
+ * (the spills cost 2.5x). */
+AVX2_FN static void dot_iq4_nl_avx2(int64_t n, const void *const rows[], int nr, const void *act,
+                                    float *out) {
+    int r = 0;
+    for (; r + 2 <= nr; r += 2) dot_iq4_nl_rows(2, n, rows + r, act, out + r);
+    if (r < nr) dot_iq4_nl_rows(1, n, rows + r, act, out + r);
+}
+DOT_ENTRY(AVX2_FN, dot_iq4_xs_avx2, dot_iq4_xs_rows)
+DOT_ENTRY(AVX2_FN, dot_bf16_avx2, dot_bf16_rows)
+
+/* IQ4_NL over the rows8 layout (scalar twin dot8_iq4_nl): chunk c of the 8 rows' nibbles looked
+ * up into lanes c (low) and 4 + c (high), as lanes_nib8 without the offset. The integer lane
+ * sums of block b go to ints[0 .. 8). */
+INLINE AVX2_FN void lanes_iq4_8(__m256i table, const uint8_t qs[128], const int8_t x[32], __m256i ints[8]) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    for (int c = 0; c < 4; c++) {
+        const __m256i v = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));
+        const __m256i lo = _mm256_shuffle_epi8(table, _mm256_and_si256(v, m4));
+        const __m256i hi = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(v, 4), m4));
+        ints[c] = dot_s8s8(lo, bcast4(x + 4 * c));
+        ints[4 + c] = dot_s8s8(hi, bcast4(x + 16 + 4 * c));
+    }
+}
+
+/* l[k] += d * ints[k] by fma over the blocks b0, b0 + 2, .. below end (one of ggml's two sets). */
+INLINE AVX2_FN void pass_iq4_nl8(__m256i table, const block_iq4_nlx8 *w, const block_q8_0 *x,
+                                 int64_t b0, int64_t end, __m256 l[8]) {
+    zero_lanes8(l);
+    for (int64_t b = b0; b < end; b += 2) {
+        __m256i ints[8];
+        lanes_iq4_8(table, w[b].qs, x[b].qs, ints);
+        const __m256 d = scales8(w[b].d, x[b].d);
+        for (int k = 0; k < 8; k++) l[k] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(ints[k]), l[k]);
+    }
+}
+
+/* The even blocks' lanes, then the odd blocks' (two passes over the group: 8 accumulators each,
+ * not 16 at once), added; the odd last block's d * (integer sum) after the hsum. */
+AVX2_FN static void dot8_iq4_nl_avx2(int64_t n, const void *group, const void *act, float out[8]) {
+    const block_iq4_nlx8 *w = group;
+    const block_q8_0 *x = act;
+    const __m256i table = iq4_table();
+    const int64_t nb = n / QK4_NL, paired = nb & ~(int64_t)1;
+    __m256 even[8], l[8];
+    pass_iq4_nl8(table, w, x, 0, paired, even);
+    pass_iq4_nl8(table, w, x, 1, paired, l);
+    for (int k = 0; k < 8; k++) l[k] = _mm256_add_ps(even[k], l[k]);
+    store_lanes8(l, _mm256_setzero_ps(), out);
+    if (paired == nb) return;
+    __m256i ints[8];
+    lanes_iq4_8(table, w[paired].qs, x[paired].qs, ints);
+    __m256i t = ints[0];
+    for (int k = 1; k < 8; k++) t = _mm256_add_epi32(t, ints[k]);
+    const __m256 tail = _mm256_mul_ps(scales8(w[paired].d, x[paired].d), _mm256_cvtepi32_ps(t));
+    _mm256_storeu_ps(out, _mm256_add_ps(_mm256_loadu_ps(out), tail));
+}
+
+/* A block of 32 IQ4 values times d (dequantize_iq4_32's exact products): w[i] holds elements
+ * 8i .. 8i + 7. */
+INLINE AVX2_FN void iq4_group(const uint8_t qs[16], float d, __m256 w[4]) {
+    const __m256i v = iq4_values32(iq4_table(), qs);
+    const __m128i lo = _mm256_castsi256_si128(v), hi = _mm256_extracti128_si256(v, 1);
+    const __m128i part[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
+    for (int i = 0; i < 4; i++) w[i] = _mm256_mul_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(part[i])));
+}
+
+/* The scale factors of axpy_blocks_rows: IQ4_NL's d; IQ4_XS's d * (ls_s - 32) per sub-block. */
+INLINE AVX2_FN void scales_blk_iq4_nl(const void *block, float f[16]) {
+    f[0] = fp16_table[((const block_iq4_nl *)block)->d];
+}
+
+INLINE AVX2_FN void scales_blk_iq4_xs(const void *block, float f[16]) {
+    const block_iq4_xs *b = block;
+    for (int s = 0; s < QK_K / 32; s++) f[s] = fp16_table[b->d] * (float)pi_iq4_xs_scale(b, s);
+}
+
+INLINE AVX2_FN void group_iq4_nl(const void *block, int g, const float f[16], __m256 w[4]) {
+    iq4_group(((const block_iq4_nl *)block)->qs, f[0], w);
+}
+
+INLINE AVX2_FN void group_iq4_xs(const void *block, int g, const float f[16], __m256 w[4]) {
+    iq4_group(((const block_iq4_xs *)block)->qs + 16 * g, f[g], w);
+}
+
+INLINE AVX2_FN void axpy_iq4_nl_rows(int nr, int64_t c0, int64_t c1, const void *const rows[],
+                                     const float *a, float *y) {
+    axpy_blocks_rows(nr, c0, c1, rows, a, y, QK4_NL, sizeof(block_iq4_nl), scales_blk_iq4_nl, group_iq4_nl);
+}
+
+INLINE AVX2_FN void axpy_iq4_xs_rows(int nr, int64_t c0, int64_t c1, const void *const rows[],
+                                     const float *a, float *y) {
+    axpy_blocks_rows(nr, c0, c1, rows, a, y, QK_K, sizeof(block_iq4_xs), scales_blk_iq4_xs,
+                     group_iq4_xs);
+}
+
+/* BF16: y[c] = fma(a[r], w_r[c], y[c]), rows in order (axpy_row_bf16's bits). */
+INLINE AVX2_FN void axpy_bf16_rows(int nr, int64_t c0, int64_t c1, const void *const rows[],
+                                   const float *a, float *y) {
+    const pi_bf16 *const *w = (const pi_bf16 *const *)rows;
+    int64_t c = c0;
+    for (; c + 8 <= c1; c += 8) {
+        __m256 yv = _mm256_loadu_ps(y + c);
+        for (int r = 0; r < nr; r++) yv = _mm256_fmadd_ps(_mm256_set1_ps(a[r]), bf16x8(w[r] + c), yv);
+        _mm256_storeu_ps(y + c, yv);
+    }
+    for (; c < c1; c++)
+        for (int r = 0; r < nr; r++) y[c] = fmaf(a[r], pi_bf16_to_float(w[r][c]), y[c]);
+}
+
+AXPY_ENTRY(AVX2_FN, axpy_iq4_nl_avx2, axpy_iq4_nl_rows)
+AXPY_ENTRY(AVX2_FN, axpy_iq4_xs_avx2, axpy_iq4_xs_rows)
+AXPY_ENTRY(AVX2_FN, axpy_bf16_avx2, axpy_bf16_rows)
+
 /* ==== activation quantizers (bit-identical to the reference) =================================== */
 
 /* One block of 32 floats -> qs, as the scalar twin quantize_act_block (ggml-cpu's x86
@@ -1115,16 +1362,19 @@ AVX2_FN static void rope_avx2(int n_rot, int neox, const float *cs, float *v) {
 
 const pi_kernels pi_kernels_avx2 = {
     .name = "avx2",
-    .dot = {[PI_TYPE_F32] = dot_f32_avx2, [PI_TYPE_F16] = dot_f16_avx2,
+    .dot = {[PI_TYPE_IQ4_NL] = dot_iq4_nl_avx2, [PI_TYPE_IQ4_XS] = dot_iq4_xs_avx2, [PI_TYPE_BF16] = dot_bf16_avx2,
+            [PI_TYPE_F32] = dot_f32_avx2, [PI_TYPE_F16] = dot_f16_avx2,
             [PI_TYPE_Q4_0] = dot_q4_0_avx2, [PI_TYPE_Q4_1] = dot_q4_1_avx2,
             [PI_TYPE_Q5_0] = dot_q5_0_avx2, [PI_TYPE_Q5_1] = dot_q5_1_avx2,
             [PI_TYPE_Q8_0] = dot_q8_0_avx2, [PI_TYPE_Q2_K] = dot_q2_K_avx2,
             [PI_TYPE_Q3_K] = dot_q3_K_avx2, [PI_TYPE_Q4_K] = dot_q4_K_avx2,
             [PI_TYPE_Q5_K] = dot_q5_K_avx2, [PI_TYPE_Q6_K] = dot_q6_K_avx2},
-    .dot8 = {[PI_TYPE_Q4_0] = dot8_q4_0_avx2, [PI_TYPE_Q4_1] = dot8_q4_1_avx2,
+    .dot8 = {[PI_TYPE_IQ4_NL] = dot8_iq4_nl_avx2,
+             [PI_TYPE_Q4_0] = dot8_q4_0_avx2, [PI_TYPE_Q4_1] = dot8_q4_1_avx2,
              [PI_TYPE_Q5_0] = dot8_q5_0_avx2, [PI_TYPE_Q5_1] = dot8_q5_1_avx2,
              [PI_TYPE_Q8_0] = dot8_q8_0_avx2},
-    .axpy = {[PI_TYPE_F32] = axpy_f32_avx2, [PI_TYPE_F16] = axpy_f16_avx2,
+    .axpy = {[PI_TYPE_IQ4_NL] = axpy_iq4_nl_avx2, [PI_TYPE_IQ4_XS] = axpy_iq4_xs_avx2, [PI_TYPE_BF16] = axpy_bf16_avx2,
+             [PI_TYPE_F32] = axpy_f32_avx2, [PI_TYPE_F16] = axpy_f16_avx2,
              [PI_TYPE_Q4_0] = axpy_q4_0_avx2, [PI_TYPE_Q4_1] = axpy_q4_1_avx2,
              [PI_TYPE_Q5_0] = axpy_q5_0_avx2, [PI_TYPE_Q5_1] = axpy_q5_1_avx2,
              [PI_TYPE_Q8_0] = axpy_q8_0_avx2, [PI_TYPE_Q2_K] = axpy_q2_K_avx2,
@@ -1382,7 +1632,9 @@ AXPY_ENTRY(AVX512_FN, axpy_q8_0_avx512, axpy_q8_0_rows512)
 
 const pi_kernels pi_kernels_avx512 = {
     .name = "avx512",
-    .dot = {[PI_TYPE_F32] = dot_f32_avx512, [PI_TYPE_F16] = dot_f16_avx512,
+    .dot = {[PI_TYPE_IQ4_NL] = dot_iq4_nl_avx2, [PI_TYPE_IQ4_XS] = dot_iq4_xs_avx2, /* ggml's AVX2 order */
+            [PI_TYPE_BF16] = dot_bf16_avx2, /* the scalar twin's 8 lanes */
+            [PI_TYPE_F32] = dot_f32_avx512, [PI_TYPE_F16] = dot_f16_avx512,
             [PI_TYPE_Q4_0] = dot_q4_0_avx512, [PI_TYPE_Q4_1] = dot_q4_1_avx512,
             [PI_TYPE_Q5_0] = dot_q5_0_avx2, [PI_TYPE_Q5_1] = dot_q5_1_avx2, /* AVX2's */
             [PI_TYPE_Q8_0] = dot_q8_0_avx512,
@@ -1390,10 +1642,13 @@ const pi_kernels pi_kernels_avx512 = {
             [PI_TYPE_Q2_K] = dot_q2_K_avx2, [PI_TYPE_Q3_K] = dot_q3_K_avx2,
             [PI_TYPE_Q4_K] = dot_q4_K_avx2, [PI_TYPE_Q5_K] = dot_q5_K_avx2,
             [PI_TYPE_Q6_K] = dot_q6_K_avx2},
-    .dot8 = {[PI_TYPE_Q4_0] = dot8_q4_0_avx2, [PI_TYPE_Q4_1] = dot8_q4_1_avx2, /* 8 rows = 8 lanes */
+    .dot8 = {[PI_TYPE_IQ4_NL] = dot8_iq4_nl_avx2,
+             [PI_TYPE_Q4_0] = dot8_q4_0_avx2, [PI_TYPE_Q4_1] = dot8_q4_1_avx2, /* 8 rows = 8 lanes */
              [PI_TYPE_Q5_0] = dot8_q5_0_avx2, [PI_TYPE_Q5_1] = dot8_q5_1_avx2,
              [PI_TYPE_Q8_0] = dot8_q8_0_avx2},
-    .axpy = {[PI_TYPE_F32] = axpy_f32_avx512, [PI_TYPE_F16] = axpy_f16_avx512,
+    .axpy = {[PI_TYPE_IQ4_NL] = axpy_iq4_nl_avx2, [PI_TYPE_IQ4_XS] = axpy_iq4_xs_avx2, /* AVX2's */
+             [PI_TYPE_BF16] = axpy_bf16_avx2,
+             [PI_TYPE_F32] = axpy_f32_avx512, [PI_TYPE_F16] = axpy_f16_avx512,
              [PI_TYPE_Q4_0] = axpy_q4_0_avx512, [PI_TYPE_Q4_1] = axpy_q4_1_avx512,
              [PI_TYPE_Q5_0] = axpy_q5_0_avx2, [PI_TYPE_Q5_1] = axpy_q5_1_avx2, /* AVX2's */
              [PI_TYPE_Q8_0] = axpy_q8_0_avx512, [PI_TYPE_Q2_K] = axpy_q2_K_avx2,

@@ -57,6 +57,9 @@ typedef enum {
     PI_TYPE_Q5_K = 13,
     PI_TYPE_Q6_K = 14,
     PI_TYPE_Q8_K = 15,
+    PI_TYPE_IQ4_NL = 20,
+    PI_TYPE_IQ4_XS = 23,
+    PI_TYPE_BF16 = 30,
 } pi_type;
 /* Every ggml type id is below this (ggml's GGML_TYPE_COUNT). */
 #define PI_N_TYPE_IDS 40
@@ -123,7 +126,8 @@ PI_API int pi_pool_n_threads(const pi_pool *pool);
  *   W: [n_rows][n_cols] of `type` (a weight type: pi_type_desc.weight)
  *   x: [n_cols] f32, y: [n_rows] f32
  * Quantized W: x is quantized per block as ggml does, to the type's act_type (Q8_0 for
- * Q4_0/Q8_0, Q8_1 for Q4_1), followed by an integer dot. */
+ * Q4_0/Q8_0, Q8_1 for Q4_1), followed by an integer dot (pi_type_describe lists each type's).
+ * BF16 W takes x as it is (f32; ggml rounds x to BF16 first). */
 PI_API int pi_matvec(pi_pool *pool, int type, const void *W, int64_t n_rows, int64_t n_cols,
                      const float *x, float *y);
 
@@ -135,7 +139,8 @@ PI_API int pi_matmat(pi_pool *pool, int type, const void *W, int64_t n_rows, int
 
 /* The 8-row interleaved layout ("rows8") of the dense kernels: rows 8g .. 8g + 7 stored block by
  * block together, so that one 256-bit step serves 8 rows (docs/FORMAT.md). Same size as W; the
- * n_rows % 8 last rows stay plain. The types with pi_type_desc.rows8 only (Q4_0, Q4_1, Q8_0).
+ * n_rows % 8 last rows stay plain. The types with pi_type_desc.rows8 only (the 4-, 5- and
+ * 8-bit types of 32-element blocks: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL).
  *   W: [n_rows][n_cols] of `type`; out: the same number of bytes, not overlapping W. */
 PI_API int pi_repack_rows8(int type, const void *W, int64_t n_rows, int64_t n_cols, void *out);
 /* pi_matmat over a repacked matrix Wp. Results agree with pi_matmat's up to f32 rounding (each

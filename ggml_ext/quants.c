@@ -1,6 +1,6 @@
 /* quants.c - scalar (de)quantization of F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, and the
  * K-quants Q2_K, Q3_K, Q4_K, Q5_K, Q6_K (dequantization) and Q8_K (the type table of types.c
- * points at these).
+ * points at these); IQ4_NL and IQ4_XS (dequantization) and BF16 at the end.
  *
  * Bit-identical to ggml's reference code (ggml-quants.c, quantize_row_*_ref / dequantize_row_*)
  * and to gguf-py's gguf.quants. What that takes:
@@ -318,3 +318,56 @@ K_ENTRIES(q4_K)
 K_ENTRIES(q5_K)
 K_ENTRIES(q6_K)
 #undef K_ENTRIES
+
+/* ---- IQ4_NL and IQ4_XS (dequantization only, as the K-quants) ------------------------------ */
+
+const int8_t pi_kvalues_iq4nl[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
+                                     1,    13,   25,  38,  53,  69,  89,  113};
+
+/* One block of 32 nibbles with the scale d: y[j] = d * kvalues[q_j] (dequantize_row_iq4_nl's
+ * product; exact in f32: an 11-bit fp16 mantissa times a 7-bit value). */
+static void dequantize_iq4_32(float d, const uint8_t qs[16], float *y) {
+    for (int j = 0; j < 32; j++) y[j] = d * (float)pi_iq4_value(qs, j);
+}
+
+void pi_dequantize_iq4_nl(const void *vx, float *y, int64_t n) {
+    const block_iq4_nl *x = vx;
+    for (int64_t i = 0; i < n / QK4_NL; i++, y += QK4_NL) dequantize_iq4_32(pi_half_to_float(x[i].d), x[i].qs, y);
+}
+
+float pi_elem_iq4_nl(const void *row, int64_t c) {
+    const block_iq4_nl *b = (const block_iq4_nl *)row + c / QK4_NL;
+    return pi_half_to_float(b->d) * (float)pi_iq4_value(b->qs, (int)(c % QK4_NL));
+}
+
+/* IQ4_XS: sub-block s scaled by dl = d * (ls_s - 32) (dequantize_row_iq4_xs's dl, exact), then
+ * dl * kvalues[q] as IQ4_NL's (exact: 11 + 5 + 7 bits). */
+static float iq4_xs_dl(const block_iq4_xs *b, int s) {
+    return pi_half_to_float(b->d) * (float)pi_iq4_xs_scale(b, s);
+}
+
+void pi_dequantize_iq4_xs(const void *vx, float *y, int64_t n) {
+    const block_iq4_xs *x = vx;
+    for (int64_t i = 0; i < n / QK_K; i++)
+        for (int s = 0; s < QK_K / 32; s++, y += 32) dequantize_iq4_32(iq4_xs_dl(&x[i], s), x[i].qs + 16 * s, y);
+}
+
+float pi_elem_iq4_xs(const void *row, int64_t c) {
+    const block_iq4_xs *b = (const block_iq4_xs *)row + c / QK_K;
+    const int e = (int)(c % QK_K);
+    return iq4_xs_dl(b, e / 32) * (float)pi_iq4_value(b->qs + 16 * (e / 32), e % 32);
+}
+
+/* ---- BF16 ---------------------------------------------------------------------------------- */
+
+void pi_quantize_bf16(const float *x, void *vy, int64_t n) {
+    pi_bf16 *y = vy;
+    for (int64_t i = 0; i < n; i++) y[i] = pi_float_to_bf16(x[i]);
+}
+
+void pi_dequantize_bf16(const void *vx, float *y, int64_t n) {
+    const pi_bf16 *x = vx;
+    for (int64_t i = 0; i < n; i++) y[i] = pi_bf16_to_float(x[i]);
+}
+
+float pi_elem_bf16(const void *row, int64_t c) { return pi_bf16_to_float(((const pi_bf16 *)row)[c]); }

@@ -3,8 +3,8 @@
  * Bit-identical to ggml's reference code (ggml-quants.c: quantize_row_*_ref and
  * dequantize_row_*). The type table (types.h) points at these; nothing else calls them by name.
  * No validation: n is a positive multiple of the type's block size. The K-quant weights (Q2_K ..
- * Q6_K) have no quantizer here (ggml's quantizers search their scales; their rows come from
- * llama.cpp's files).
+ * Q6_K), IQ4_NL and IQ4_XS have no quantizer here (ggml's quantizers search their scales;
+ * their rows come from llama.cpp's files).
  */
 #ifndef PI_QUANTS_H
 #define PI_QUANTS_H
@@ -64,5 +64,14 @@ typedef struct {
     void (*quants)(const void *block, int8_t q[QK_K]); /* element order, offset removed */
 } pi_k_format;
 extern const pi_k_format pi_k_q2_K, pi_k_q3_K, pi_k_q4_K, pi_k_q5_K, pi_k_q6_K;
+
+/* IQ4_NL and IQ4_XS (no quantizer: their rows come from llama.cpp's files), and BF16. */
+void pi_dequantize_iq4_nl(const void *x, float *y, int64_t n);
+void pi_dequantize_iq4_xs(const void *x, float *y, int64_t n);
+float pi_elem_iq4_nl(const void *row, int64_t c);
+float pi_elem_iq4_xs(const void *row, int64_t c);
+void pi_quantize_bf16(const float *x, void *y, int64_t n);
+void pi_dequantize_bf16(const void *x, float *y, int64_t n);
+float pi_elem_bf16(const void *row, int64_t c);
 
 #endif /* PI_QUANTS_H */

@@ -53,6 +53,16 @@ static const pi_type_traits TRAITS[PI_N_TYPE_IDS] = {
 #undef K_WEIGHT
     [PI_TYPE_Q8_K] = {.name = "Q8_K", .block_elems = QK_K, .block_bytes = sizeof(block_q8_K),
                       .quantize = pi_quantize_q8_K, .dequantize = pi_dequantize_q8_K},
+    /* IQ4_NL, IQ4_XS: no quantizer either; BF16 takes x as it is (ggml rounds it to BF16) */
+    [PI_TYPE_IQ4_NL] = {.name = "IQ4_NL", .block_elems = QK4_NL, .block_bytes = sizeof(block_iq4_nl),
+                        .dequantize = pi_dequantize_iq4_nl, .weight = 1, .act_type = PI_TYPE_Q8_0,
+                        .elem = pi_elem_iq4_nl, .rows8_head = ROWS8_HEAD(block_iq4_nlx8)},
+    [PI_TYPE_IQ4_XS] = {.name = "IQ4_XS", .block_elems = QK_K, .block_bytes = sizeof(block_iq4_xs),
+                        .dequantize = pi_dequantize_iq4_xs, .weight = 1, .act_type = PI_TYPE_Q8_K,
+                        .elem = pi_elem_iq4_xs},
+    [PI_TYPE_BF16] = {.name = "BF16", .block_elems = 1, .block_bytes = sizeof(pi_bf16),
+                      .quantize = pi_quantize_bf16, .dequantize = pi_dequantize_bf16,
+                      .weight = 1, .act_type = PI_TYPE_F32, .elem = pi_elem_bf16},
 };
 
 const pi_type_traits *pi_type_traits_of(int type) {

@@ -38,6 +38,9 @@ PI_TYPE_Q4_K = 12
 PI_TYPE_Q5_K = 13
 PI_TYPE_Q6_K = 14
 PI_TYPE_Q8_K = 15
+PI_TYPE_IQ4_NL = 20
+PI_TYPE_IQ4_XS = 23
+PI_TYPE_BF16 = 30
 PI_N_TYPE_IDS = 40
 
 # ---- instruction sets (pi_isa) ------------------------------------------------------------

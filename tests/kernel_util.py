@@ -1,7 +1,8 @@
-"""What the kernel tests (tests/test_kernels.py, tests/test_kquants.py) share: the instruction
-sets this CPU has, a fixture that puts the library's back after each test, thread pools, and
-runners of the kernels into fresh NaN-filled outputs. A test module imports the fixtures it uses
-(restore_isa is autouse: importing it is enough)."""
+"""What the kernel tests (tests/test_kernels.py, tests/test_kquants.py, tests/test_iquants.py)
+share: the instruction sets this CPU has, a fixture that puts the library's back after each test,
+thread pools, runners of the kernels into fresh NaN-filled outputs, and random rows of the types
+nobody quantizes here. A test module imports the fixtures it uses (restore_isa is autouse:
+importing it is enough)."""
 import ctypes
 
 import numpy as np
@@ -58,3 +59,21 @@ def run_cols(pool, t, q, n_rows, n_cols, a, idx):
     call("pi_matvec_cols_sparse", pool, t, vptr(q), n_rows, n_cols, fptr(a), iptr(idx),
          idx.size, fptr(y))
     return y
+
+
+# The weight types without a quantizer (their rows come from llama.cpp's files), by the byte
+# offsets of their fp16 scales in a block: random_blocks sets those to sane values.
+SCALE_OFFSETS = {_lib.PI_TYPE_IQ4_NL: (0,), _lib.PI_TYPE_IQ4_XS: (0,)}
+
+
+def random_blocks(rng, t, n_rows, n_cols, scale=0.05):
+    """[n_rows][row bytes] uint8 of type t (one of SCALE_OFFSETS): random bytes, the fp16 scales
+    uniform in [0.2, 1) * scale (gguf-py's own tests do the same for the types it cannot
+    quantize)."""
+    d = _lib.pi_type_desc()
+    call("pi_type_describe", t, ctypes.byref(d))
+    n_blocks = n_rows * n_cols // d.block_elems
+    q = rng.integers(0, 256, (n_blocks, d.block_bytes), dtype=np.uint8)
+    for at in SCALE_OFFSETS[t]:
+        q[:, at:at + 2] = (rng.uniform(0.2, 1.0, (n_blocks, 1)) * scale).astype(np.float16).view(np.uint8)
+    return q.reshape(n_rows, -1)

@@ -18,15 +18,15 @@ from pi_backend import _lib
 from pi_backend import kernels as K
 from pi_backend._lib import PiError, call, fptr, iptr, vptr
 
-from kernel_util import (ISA_NAMES, ISAS, pools, restore_isa,  # noqa: F401 (fixtures)
-                         run_axpy, run_cols, run_masked, run_matvec)
+from kernel_util import (ISA_NAMES, ISAS, SCALE_OFFSETS, pools,  # noqa: F401 (fixtures)
+                         random_blocks, restore_isa, run_axpy, run_cols, run_masked, run_matvec)
 
 F32, F16, Q4_0, Q4_1, Q8_0, Q8_1 = (_lib.PI_TYPE_F32, _lib.PI_TYPE_F16, _lib.PI_TYPE_Q4_0,
                                     _lib.PI_TYPE_Q4_1, _lib.PI_TYPE_Q8_0, _lib.PI_TYPE_Q8_1)
-# every weight type of the library's type table with 32-element blocks, by ggml id (the
-# K-quants' blocks of 256, which gguf-py cannot quantize, have tests/test_kquants.py)
-TYPES = [K.type_id(name) for name in K.weight_types() if K.describe(name).block_elems == 32
-         or name in ("f32", "f16")]
+# every weight type of the library's type table with 32-element blocks or single elements, by
+# ggml id (the blocks of 256 of the K-quants and IQ4_XS have tests/test_kquants.py and
+# tests/test_iquants.py)
+TYPES = [K.type_id(name) for name in K.weight_types() if K.describe(name).block_elems in (1, 32)]
 TYPE_NAMES = {t: name for name, t in K.types().items()}
 SHAPES = [(1, 32), (5, 64), (37, 576), (13, 1536), (64, 256)]
 
@@ -53,6 +53,9 @@ def dequantize(t, q, n):
 
 
 def random_weights(rng, t, n_rows, n_cols):
+    if t in SCALE_OFFSETS:  # no quantizer (IQ4_NL): random blocks
+        q = random_blocks(rng, t, n_rows, n_cols, scale=rng.uniform(0.1, 3.0) / 64)
+        return q, dequantize(t, q, n_cols).astype(np.float64)
     W = rng.standard_normal((n_rows, n_cols)).astype(np.float32)
     if t != F32:
         W *= rng.uniform(0.1, 3.0, size=(n_rows, 1)).astype(np.float32)  # vary the scales
@@ -104,9 +107,9 @@ def weight_min(t, q):
 
 def magnitude(t, q, Wd):
     """An elementwise bound on the weight terms the kernels add up, for error scales: |W| for
-    F32/F16; for block types, twice the block's largest |W| (a kernel may add q * d and the
+    F32/F16/BF16; for block types, twice the block's largest |W| (a kernel may add q * d and the
     offset separately), plus |m| for Q4_1/Q5_1."""
-    if t in (F32, F16):
+    if K.describe(t).block_elems == 1:
         return np.abs(Wd)
     rows, n = Wd.shape
     blockmax = np.abs(Wd).reshape(rows, -1, 32).max(axis=2, keepdims=True)
@@ -181,7 +184,7 @@ def test_matvec_close_to_float_product(t):
     x = rng.standard_normal(1536).astype(np.float32)
     ref = Wd @ x.astype(np.float64)
     y = run_matvec(None, t, q, 16, 1536, x)
-    if t in (F32, F16):
+    if K.describe(t).act_type == F32:
         # f32 accumulation in any order: within the classic dot-product bound n u sum|w x|
         # (a sequential scalar sum comes closest to it, a SIMD tree of partial sums far less)
         bound = 1536 * np.finfo(np.float32).eps / 2 * (np.abs(Wd) @ np.abs(x.astype(np.float64)))
@@ -392,7 +395,8 @@ def test_matvec_thread_counts_agree(t, pools):
 # the types with the rows8 layout, as the library's type table lists them
 ROWS8_TYPES = [K.type_id(name) for name in K.rows8_types()]
 # bytes of scales (and mins, and Q5's fifth bits) before the quants of a block, by the formats
-HEAD = {Q4_0: 2, Q4_1: 4, _lib.PI_TYPE_Q5_0: 6, _lib.PI_TYPE_Q5_1: 8, Q8_0: 2}
+HEAD = {Q4_0: 2, Q4_1: 4, _lib.PI_TYPE_Q5_0: 6, _lib.PI_TYPE_Q5_1: 8, Q8_0: 2,
+        _lib.PI_TYPE_IQ4_NL: 2}
 
 
 def test_rows8_types():

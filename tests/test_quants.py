@@ -1,7 +1,7 @@
 """ggml_ext/quants.c against gguf-py (gguf.quants), byte for byte.
 
-gguf.quants reproduces ggml's reference quantizers bit-exactly for F16, Q4_0, Q4_1, Q5_0, Q5_1
-and Q8_0; it has no Q8_1, so Q8_1 is checked against the small numpy reference below (itself
+gguf.quants reproduces ggml's reference quantizers bit-exactly for F16, BF16, Q4_0, Q4_1, Q5_0,
+Q5_1 and Q8_0; it has no Q8_1, so Q8_1 is checked against the small numpy reference below (itself
 checked against gguf's Q8_0, which shares its d and quants).
 """
 import ctypes
@@ -21,8 +21,10 @@ TYPES = {t: QT[name.upper()] for name, t in K.types().items()}
 BLOCK_SIZES = {t: GGML_QUANT_SIZES[qt] for t, qt in TYPES.items()} | {_lib.PI_TYPE_Q8_1: (32, 36)}
 # the K-quants (blocks of 256, quantized by gguf-py for none, Q8_K unknown to it) have their own
 # tests (test_kquants.py); the tests over the float cases below take the others
-K_TYPES = {t for t in TYPES if K.describe(t).block_elems == 256}
-BLOCK32_TYPES = [t for t in TYPES if t not in K_TYPES]
+K_TYPES = {t for t in TYPES if K.describe(t).block_elems == 256} - {_lib.PI_TYPE_IQ4_XS}
+# so have IQ4_NL and IQ4_XS, which gguf-py dequantizes but does not quantize (test_iquants.py)
+IQ_TYPES = {_lib.PI_TYPE_IQ4_NL, _lib.PI_TYPE_IQ4_XS}
+BLOCK32_TYPES = [t for t in TYPES if t not in K_TYPES | IQ_TYPES]
 QUANT_TYPES = [_lib.PI_TYPE_Q4_0, _lib.PI_TYPE_Q4_1, _lib.PI_TYPE_Q5_0, _lib.PI_TYPE_Q5_1,
                _lib.PI_TYPE_Q8_0, _lib.PI_TYPE_Q8_1]
 
@@ -189,6 +191,24 @@ def test_f16_rounding_edges():
                                       x.astype(np.float16).view(np.uint8))
 
 
+def test_bf16_rounding_edges():
+    """gguf's BF16 (ggml_compute_fp32_to_bf16): round to nearest even at exact ties, overflow to
+    inf, subnormals, signed zero; NaNs stay NaNs, quiet (bit 6 of the top half set)."""
+    rng = np.random.default_rng(30)
+    top = rng.integers(0, 1 << 16, 4096, dtype=np.uint32) << 16
+    bits = np.concatenate([top | 0x8000, top | 0x7FFF, top | 0x8001, top,  # ties, below, above
+                           np.uint32([0x7F7FFFFF, 0xFF7FFFFF, 0x7F7F8000, 0x00000001, 0x80008000,
+                                      0x7F800001, 0xFF800001, 0x7FC00000, 0x7FBFFFFF, 0x7F800000,
+                                      0xFF800000, 0x80000000, 0x00000000])])
+    x = bits.view(np.float32)
+    ours = pi_quantize(_lib.PI_TYPE_BF16, x)
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_array_equal(ours, ref_quantize(_lib.PI_TYPE_BF16, x))
+    h = ours.view(np.uint16)
+    nan = np.isnan(x)
+    assert nan.any() and np.all(h[nan] & 0x40) and np.all((h[nan] & 0x7F80) == 0x7F80)
+
+
 def test_q8_1_reference_agrees_with_gguf():
     """The numpy Q8_1 reference's d and quants are gguf's Q8_0 (sanity check of the reference)."""
     x = CASES["normal_4096"]
@@ -279,9 +299,9 @@ def test_n_not_multiple_of_block(fn, t):
         assert e.status == _lib.PI_ERR_SHAPE and "positive" in str(e)
 
 
-def test_f32_f16_accept_any_positive_n():
+def test_f32_f16_bf16_accept_any_positive_n():
     x = np.arange(3, dtype=np.float32)
-    for t in (_lib.PI_TYPE_F32, _lib.PI_TYPE_F16):
+    for t in (_lib.PI_TYPE_F32, _lib.PI_TYPE_F16, _lib.PI_TYPE_BF16):
         assert row_bytes(t, 3) == 3 * BLOCK_SIZES[t][1]
         np.testing.assert_array_equal(pi_dequantize(t, pi_quantize(t, x), 3), x)
 
