@@ -1,5 +1,5 @@
-"""pi-convert: Hugging Face checkpoints and llama.cpp GGUF files -> pi_backend GGUF files
-(split FFN with ffn_down_t, quantized, tokenizer included); see docs/FORMAT.md."""
+"""pi-convert: Hugging Face checkpoints, llama.cpp GGUF files and PowerInfer's files -> pi_backend
+GGUF files (split FFN with ffn_down_t, quantized, tokenizer included); see docs/FORMAT.md."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -29,7 +29,7 @@ def open_source(path: str | Path):
     raise ConvertError(f"input {p} is neither a Hugging Face model directory nor a GGUF file")
 
 
-def convert(input: str | Path, outfile: str | Path, outtype: str = "f16", dense: bool = False,
+def convert(input: str | Path, outfile: str | Path, outtype: str | None = None, dense: bool = False,
             predictors: str | Path | None = None, progress: bool = False,
             calibrate: bool | str | Path = False, calib_tokens: int | None = None,
             train_predictors: bool | None = None, reorder: bool = False,
@@ -37,6 +37,9 @@ def convert(input: str | Path, outfile: str | Path, outtype: str = "f16", dense:
             sparsity: float | None = None, ppl_budget: float | None = None,
             n_threads: int | None = None, keep_down: bool = False) -> Summary:
     """Convert `input` into `outfile`; raises ConvertError on bad inputs.
+
+    outtype: the weights' type (default f16). A PowerInfer file (magic PWRI) is converted as it
+    is stored instead (convert/powerinfer.py): no outtype, its predictors, or none with dense.
 
     calibrate: False, True (calibration text written by the model itself) or a text file: run
     our dense engine on a first-pass file; for ReLU models this trains activation predictors
@@ -48,7 +51,7 @@ def convert(input: str | Path, outfile: str | Path, outtype: str = "f16", dense:
     import time
     from .layout import write_model
     t0 = time.perf_counter()
-    if outtype not in OUTTYPES:
+    if outtype is not None and outtype not in OUTTYPES:
         raise ConvertError(f"unknown output type {outtype!r} (choose from {', '.join(OUTTYPES)})")
     out = Path(outfile)
     if out.is_dir():
@@ -66,6 +69,18 @@ def convert(input: str | Path, outfile: str | Path, outtype: str = "f16", dense:
                            "with --dense or --predictors")
     if (reorder or train_predictors) and calibrate is False:
         raise ConvertError("--train-predictors and --reorder need --calibrate")
+    from pi_backend.powerinfer import is_powerinfer_file
+    if is_powerinfer_file(input):
+        extra = [flag for flag, given in (
+            ("--outtype", outtype is not None), ("--keep-down", keep_down),
+            ("--predictors", predictors is not None), ("--calibrate", calibrate is not False),
+            ("--sparsity", sparsity is not None), ("--ppl-budget", ppl_budget is not None)) if given]
+        if extra:
+            raise ConvertError(f"{', '.join(extra)}: not for a PowerInfer file, which is converted "
+                               "as stored (its tensor types and predictors; --dense: without them)")
+        from .powerinfer import convert_powerinfer
+        return convert_powerinfer(Path(input), out, dense, progress=progress, t0=t0)
+    outtype = outtype or "f16"
     if calibrate is not False and not Path(input).is_dir():
         from . import train_predictors as tp
         if tp.is_pi_file(input) and tp._activation(input) == ACT_RELU:   # a ReLU pi file, as it is

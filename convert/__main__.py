@@ -15,14 +15,18 @@ PROG = "pi-convert"
 
 def build_parser() -> argparse.ArgumentParser:
     from .layout import OUTTYPES
-    p = OneLineErrorParser(prog=PROG, description="Convert a Hugging Face checkpoint directory or a llama.cpp "
-                "GGUF file into a pi_backend GGUF file (split FFN, down transposed, quantized).")
-    p.add_argument("input", help="Hugging Face model directory, or a .gguf file")
+    p = OneLineErrorParser(prog=PROG, description="Convert a Hugging Face checkpoint directory, a llama.cpp "
+                "GGUF file or a PowerInfer GGUF file (magic PWRI) into a pi_backend GGUF file (split "
+                "FFN, down transposed, quantized).")
+    p.add_argument("input", help="Hugging Face model directory, or a .gguf file (llama.cpp's or "
+                   "PowerInfer's)")
     p.add_argument("--outfile", required=True, help="output .gguf path")
-    p.add_argument("--outtype", default="f16", choices=list(OUTTYPES),
-                   help="type of the weight matrices (norms and vectors stay f32); default f16")
+    p.add_argument("--outtype", choices=list(OUTTYPES),
+                   help="type of the weight matrices (norms and vectors stay f32); default f16 "
+                   "(a PowerInfer file keeps its types)")
     p.add_argument("--dense", action="store_true",
-                   help="write a plain llama.cpp-compatible file instead (no split FFN, no pi.* keys)")
+                   help="write a plain llama.cpp-compatible file instead (no split FFN, no pi.* keys); "
+                   "of a PowerInfer file: our split file without its predictors")
     p.add_argument("--keep-down", action="store_true",
                    help="split file that also keeps the plain ffn_down: dense mode then runs at the "
                    "plain file's speed (one more copy of the down weights)")

@@ -60,6 +60,15 @@ class PowerInferError(ValueError):
     """A PowerInfer file that does not map onto the engine (one line; callers add the path)."""
 
 
+def is_powerinfer_file(path) -> bool:
+    """Whether `path` is a file that starts with PowerInfer's magic."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == MAGIC
+    except OSError:    # missing, a directory, unreadable
+        return False
+
+
 def map_mode(magic: bytes) -> str:
     """The np.memmap mode gguf's reader opens a file with this magic in: copy-on-write for a
     PWRI file, so that `unmask` can change the magic it reads."""
@@ -81,10 +90,9 @@ def vocab_file(path: str) -> Iterator[str]:
     """A path llama.cpp reads the vocabulary of `path` from: `path` itself, or for a PWRI file
     (llama.cpp refuses its magic) a temporary GGUF file of its header and metadata without
     tensors, removed on exit."""
-    with open(path, "rb") as f:
-        if f.read(4) != MAGIC:
-            yield path
-            return
+    if not is_powerinfer_file(path):
+        yield path
+        return
     kv_end = file_layout(path).kv_end
     with open(path, "rb") as f:
         head = f.read(kv_end)
@@ -121,9 +129,9 @@ def map_model(fields: Mapping, tensors: Mapping[str, tuple[int, tuple]],
                               "index (blk.N.gpu_idx / gpu_bucket), not a model; the engine runs "
                               "the model file alone")
     if arch not in ARCHS:
-        why = REFUSED.get(arch, "not one of PowerInfer's") if isinstance(arch, str) else "no name"
-        raise PowerInferError(f"PowerInfer architecture {arch!r} is not supported ({why}); "
-                              f"supported: {', '.join(ARCHS)}")
+        why = f": {REFUSED[arch]}" if isinstance(arch, str) and arch in REFUSED else ""
+        raise PowerInferError(f"PowerInfer architecture {arch!r} is not supported{why} "
+                              f"(supported: {', '.join(ARCHS)})")
     try:
         check_hparams(fields.get, arch)
     except GGUFFormatError as e:
