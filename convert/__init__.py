@@ -74,7 +74,8 @@ def convert(input: str | Path, outfile: str | Path, outtype: str | None = None, 
         extra = [flag for flag, given in (
             ("--outtype", outtype is not None), ("--keep-down", keep_down),
             ("--predictors", predictors is not None), ("--calibrate", calibrate is not False),
-            ("--sparsity", sparsity is not None), ("--ppl-budget", ppl_budget is not None)) if given]
+            ("--sparsity", sparsity is not None), ("--ppl-budget", ppl_budget is not None))
+            if given]
         if extra:
             raise ConvertError(f"{', '.join(extra)}: not for a PowerInfer file, which is converted "
                                "as stored (its tensor types and predictors; --dense: without them)")

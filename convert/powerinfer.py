@@ -34,9 +34,11 @@ def convert_powerinfer(path: Path, out: Path, dense: bool = False, progress: boo
     shapes = {t.name: (int(t.tensor_type), tuple(int(x) for x in reversed(t.shape.tolist())))
               for t in r.tensors}
     types = sorted({t.tensor_type.name for t in r.tensors})
+    def read(name: str) -> np.ndarray:
+        return np.asarray(stored[name].data).reshape(-1).view(np.uint8)
+
     try:
-        pw = map_model(fields, shapes, lambda n: np.asarray(stored[n].data).reshape(-1).view(np.uint8),
-                       use_predictors=not dense)
+        pw = map_model(fields, shapes, read, use_predictors=not dense)
     except ValueError as e:
         raise ConvertError(f"{path.name}: {e}") from None
     source = f"{path.name} (PowerInfer, {'/'.join(types)})"

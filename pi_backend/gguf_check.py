@@ -44,8 +44,9 @@ MIN_TENSOR_INFO_BYTES = 8 + 4 + 8 + 4 + 8
 _SCALAR_BYTES = {t: np.dtype(np_type).itemsize
                  for t, np_type in GGUFReader.gguf_scalar_to_np.items()}
 # The magics read: gguf's, and PowerInfer's (its converter writes a GGUF file, then PWRI over
-# the first 4 bytes; the rest of the layout is the same).
-MAGICS = {GGUF_MAGIC.to_bytes(4, "little"): "GGUF", b"PWRI": "PowerInfer"}
+# the first 4 bytes; the rest of the layout is the same: pi_backend/powerinfer.py).
+GGUF_MAGIC_BYTES, PWRI_MAGIC = GGUF_MAGIC.to_bytes(4, "little"), b"PWRI"
+MAGICS = (GGUF_MAGIC_BYTES, PWRI_MAGIC)
 
 
 class Layout(NamedTuple):

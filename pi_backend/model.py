@@ -22,7 +22,7 @@ from . import format as F
 from . import powerinfer
 from ._lib import call, check, fptr
 from .format import Keys, field_value
-from .gguf_check import GGUFFormatError, check_hparams, file_layout
+from .gguf_check import GGUFFormatError, check_file, check_hparams
 
 FFN_MODES = {F.FFN_DENSE: _lib.PI_FFN_DENSE, F.FFN_SPARSE: _lib.PI_FFN_SPARSE,
              F.FFN_THRESHOLD: _lib.PI_FFN_THRESHOLD}
@@ -49,8 +49,8 @@ def _map_reader_class():
         """gguf.GGUFReader over a plain ndarray view of its memory map (`mmap` keeps the
         np.memmap). The reader slices the map a few times per metadata value, about 200k times
         for a 49k-token vocabulary, and every np.memmap slice carries a dict of its own: plain
-        views make the parse take half the memory and a third of the time. A PowerInfer file's
-        map reads as GGUF (`powerinfer.unmask`); `powerinfer` tells it was one."""
+        views make the parse take half the memory and a third of the time. It reads PowerInfer's
+        files too (`powerinfer` tells it read one): their magic check sees GGUF's."""
 
         @property
         def data(self):
@@ -59,8 +59,19 @@ def _map_reader_class():
         @data.setter
         def data(self, mm):
             self.mmap = mm
-            self.powerinfer = powerinfer.unmask(mm)
             self._array = mm.view(np.ndarray)
+            self.powerinfer = powerinfer.is_powerinfer(self._array)
+            if self.powerinfer:   # the reader's first read is its magic check
+                self._get = self._magic_as_gguf
+
+        def _magic_as_gguf(self, offset, dtype, count=1, override_order=None):
+            """The first read of a PowerInfer file: its magic reads as GGUF's. Every later read
+            is the class's `_get` again (a read of anything else first falls through to it, and
+            the reader then refuses the magic)."""
+            del self._get
+            if offset == 0 and count == 1 and np.dtype(dtype).itemsize == 4:
+                return np.frombuffer(powerinfer.GGUF_MAGIC, dtype=np.uint32)
+            return self._get(offset, dtype, count, override_order)
     return MapReader
 
 
@@ -73,8 +84,8 @@ def read_gguf(path: str):
     if os.path.isdir(path):
         raise ModelError(f"model path is a directory, not a GGUF file: {path}")
     try:
-        magic = file_layout(path).magic
-        return _map_reader_class()(path, powerinfer.map_mode(magic))
+        check_file(path)
+        return _map_reader_class()(path, "r")
     except Exception as e:  # the reader raises many kinds on truncated or corrupt files
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ModelError(f"cannot read GGUF file {path}: {msg}") from None
@@ -250,7 +261,7 @@ class Model:
 
     def _attach(self, name: str, type_id: int, ne: list, data: np.ndarray) -> None:
         """Hands tensor `name` (ggml type, GGUF dims ne, its bytes as stored) to the C model: a
-        slice of the map, which gguf_check.file_layout has placed inside the file, or an array
+        slice of the map, which gguf_check.check_file has placed inside the file, or an array
         of page-aligned memory of its own (pi_model_finalize may release its pages)."""
         n_cols = ne[0]
         n_rows = int(np.prod(ne[1:])) if len(ne) > 1 else 1

@@ -36,14 +36,15 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Mapping
 
+import gguf
 import numpy as np
+from gguf import GGMLQuantizationType as QT
 
 from . import format as F
 from .format import Keys, T, layer_name
-from .gguf_check import GGUFFormatError, MAGICS, check_hparams, file_layout
+from .gguf_check import (GGUF_MAGIC_BYTES as GGUF_MAGIC, PWRI_MAGIC as MAGIC, GGUFFormatError,
+                         check_hparams, file_layout)
 
-MAGIC = b"PWRI"
-GGUF_MAGIC = next(m for m, kind in MAGICS.items() if kind == "GGUF")
 SPLIT_ARCH = "generic.gpu_index"        # PowerInfer's GPU split file
 GPU_PARTS = ("gpu_idx", "gpu_bucket")   # its per-layer tensors (GPU placement only)
 REQUIRED_PARTS = (T.FFN_DOWN_T, T.FC1, T.FC2)   # in every layer, as PowerInfer's loader wants
@@ -53,7 +54,6 @@ REFUSED = {                             # PowerInfer's other architectures, and 
     "opt": "LayerNorm with biases, learned positions and an FFN without a gate",
     "falcon": "LayerNorm, parallel attention and an FFN without a gate",
 }
-_F32, _F16, _Q8_0 = 0, 1, 8             # ggml type ids
 
 
 class PowerInferError(ValueError):
@@ -69,20 +69,9 @@ def is_powerinfer_file(path) -> bool:
         return False
 
 
-def map_mode(magic: bytes) -> str:
-    """The np.memmap mode gguf's reader opens a file with this magic in: copy-on-write for a
-    PWRI file, so that `unmask` can change the magic it reads."""
-    return "c" if magic == MAGIC else "r"
-
-
-def unmask(mm: np.ndarray) -> bool:
-    """Makes a PWRI file's map (opened with `map_mode`) read as GGUF, for gguf's reader: the
-    magic in this process's copy of the first page becomes GGUF's; the file is not written.
-    True when it was a PWRI map."""
-    if bytes(mm[:4]) != MAGIC:
-        return False
-    mm[:4] = np.frombuffer(GGUF_MAGIC, np.uint8)
-    return True
+def is_powerinfer(buf) -> bool:
+    """Whether the bytes `buf` (a file's map) start with PowerInfer's magic."""
+    return bytes(buf[:4]) == MAGIC
 
 
 @contextlib.contextmanager
@@ -140,8 +129,9 @@ def map_model(fields: Mapping, tensors: Mapping[str, tuple[int, tuple]],
     for il in range(n_layer):
         for part in REQUIRED_PARTS:
             if layer_name(il, part) not in tensors:
-                raise PowerInferError(f"tensor {layer_name(il, part)} is missing (a PowerInfer "
-                                      f"{arch} file has {', '.join(REQUIRED_PARTS)} in every layer)")
+                raise PowerInferError(
+                    f"tensor {layer_name(il, part)} is missing (a PowerInfer {arch} file has "
+                    f"{', '.join(REQUIRED_PARTS)} in every layer)")
     thr = fields.get(Keys.POWERINFER_THRESHOLD, 0.0)
     if isinstance(thr, bool) or not isinstance(thr, (int, float)) or not math.isfinite(thr):
         raise PowerInferError(f"metadata {Keys.POWERINFER_THRESHOLD} = {thr!r} must be a finite "
@@ -151,8 +141,8 @@ def map_model(fields: Mapping, tensors: Mapping[str, tuple[int, tuple]],
     elif use_predictors and thr != 0:
         raise PowerInferError(
             f"{Keys.POWERINFER_THRESHOLD} = {thr:g}: PowerInfer compares it with predictor logits "
-            "of the FFN input before its norm, which the engine's match in sign only (threshold 0); "
-            "run this file in 'dense' or 'threshold' FFN mode")
+            "of the FFN input before its norm, which the engine's match in sign only "
+            "(threshold 0); run this file in 'dense' or 'threshold' FFN mode")
     keys = {Keys.FFN_ACTIVATION: F.ACT_RELU, Keys.FFN_LAYOUT: F.FFN_LAYOUT_SPLIT,
             Keys.SPARSE_MODE: F.FFN_SPARSE if use_predictors else F.FFN_DENSE,
             Keys.NEURON_ORDER: False}
@@ -179,12 +169,11 @@ def _normed_predictor(il: int, d: int, tensors, read) -> tuple[np.ndarray, int]:
     """fc1 of layer il for the normed input: its column j divided by ffn_norm's weight w_j (in
     f64), stored as f16 when fc1 is f16 (f32 should that overflow), as f32 when fc1 is another
     float type, else (quantized) as q8_0."""
-    import gguf
     norm, fc1 = layer_name(il, T.FFN_NORM), layer_name(il, T.FC1)
     if norm not in tensors:
         raise PowerInferError(f"tensor {norm} is missing")
     ntype, nshape = tensors[norm]
-    if ntype != _F32 or tuple(nshape) != (d,):
+    if ntype != QT.F32 or tuple(nshape) != (d,):
         raise PowerInferError(f"tensor {norm} is {_type_name(ntype)} {list(nshape)}, expected "
                               f"F32 [{d}]")
     w = read(norm).view(np.float32).astype(np.float64)
@@ -197,7 +186,7 @@ def _normed_predictor(il: int, d: int, tensors, read) -> tuple[np.ndarray, int]:
     if len(fshape) != 2 or fshape[1] != d:
         raise PowerInferError(f"tensor {fc1} has shape {list(fshape)}, expected [rank, {d}]")
     try:
-        qt = gguf.GGMLQuantizationType(ftype)
+        qt = QT(ftype)
         a = gguf.quants.dequantize(read(fc1).reshape(fshape[0], -1), qt).reshape(fshape)
     except (ValueError, NotImplementedError):
         raise PowerInferError(f"tensor {fc1}: its type {_type_name(ftype)} cannot be "
@@ -205,18 +194,17 @@ def _normed_predictor(il: int, d: int, tensors, read) -> tuple[np.ndarray, int]:
     folded = a.astype(np.float64) / w
     if not np.all(np.isfinite(folded)):
         raise PowerInferError(f"tensor {fc1} has non-finite weights")
-    if ftype == _F16:
+    if qt == QT.F16:
         half = folded.astype(np.float16)
         if np.all(np.isfinite(half)):
-            return half, _F16
-    if ftype == _F16 or gguf.GGML_QUANT_SIZES[qt][0] == 1:    # a float type
-        return folded.astype(np.float32), _F32
-    return gguf.quants.quantize(folded.astype(np.float32), gguf.GGMLQuantizationType.Q8_0), _Q8_0
+            return half, QT.F16
+    if gguf.GGML_QUANT_SIZES[qt][0] == 1:    # a float type
+        return folded.astype(np.float32), QT.F32
+    return gguf.quants.quantize(folded.astype(np.float32), QT.Q8_0), QT.Q8_0
 
 
 def _type_name(type_id: int) -> str:
-    import gguf
     try:
-        return gguf.GGMLQuantizationType(type_id).name
+        return QT(type_id).name
     except ValueError:
         return f"type {type_id}"

@@ -36,7 +36,7 @@ def _values(t) -> np.ndarray:
     return gguf.quants.dequantize(np.asarray(t.data), t.tensor_type).reshape(shape)
 
 
-def _parts(src: Path, part: str) -> list[np.ndarray]:
+def layer_parts(src: Path, part: str) -> list[np.ndarray]:
     """Tensor `part` of every layer of `src`, as float values."""
     r = gguf.GGUFReader(src)
     return [_values(t) for t in r.tensors if F.split_name(t.name)[1] == part]
@@ -46,7 +46,7 @@ def predictors(src: Path = RELU_GGUF, rank: int = 16) -> list[tuple[np.ndarray, 
     """Per layer PowerInfer's (fc1 [2 rank][d], fc2 [n_ff][2 rank]), f32, for the model `src`
     (see the module docstring)."""
     out = []
-    for gate, w in zip(_parts(src, T.FFN_GATE), _parts(src, T.FFN_NORM)):
+    for gate, w in zip(layer_parts(src, T.FFN_GATE), layer_parts(src, T.FFN_NORM)):
         g = gate.astype(np.float64)
         v = np.linalg.eigh(g.T @ g)[1][:, ::-1][:, :rank]   # top right singular vectors
         us = g @ v
@@ -62,7 +62,7 @@ def with_predictors(dst: Path, preds, src: Path = RELU_GGUF) -> Path:
     from pi_backend.convert.layout import predictor_keys
     add = {il: [(T.FC1, (fc1.astype(np.float64) / w).astype(np.float32), QT.F32),
                 (T.FC2, fc2, QT.F32)]
-           for il, ((fc1, fc2), w) in enumerate(zip(preds, _parts(src, T.FFN_NORM)))}
+           for il, ((fc1, fc2), w) in enumerate(zip(preds, layer_parts(src, T.FFN_NORM)))}
     keys = predictor_keys(SimpleNamespace(thresholds=[0.0] * len(preds), threshold=0.0,
                                           ranks=[len(fc1) for fc1, _ in preds]), False)
     rewrite(src, dst, keys, add=add)
@@ -80,10 +80,14 @@ def _write_pwri(w: gguf.GGUFWriter, dst: Path) -> Path:
 
 
 def powerinfer_file(dst: Path, preds, src: Path = RELU_GGUF, *, arch: str | None = None,
-                    drop: tuple = (), threshold: float | None = 0.0) -> Path:
+                    drop: tuple = (), threshold: float | None = 0.0,
+                    gpu_split: bool = False, pred_type: QT = QT.F32) -> Path:
     """The model `src` (a plain split file) and PowerInfer's predictors `preds` as PowerInfer
     writes them (see the module docstring). arch: another architecture name (its keys renamed
-    too); drop: tensors left out; threshold: powerinfer.sparse_threshold (None: no key)."""
+    too); drop: tensors left out; threshold: powerinfer.sparse_threshold (None: no key);
+    gpu_split: the GPU split index's tensors in the model file too; pred_type: the predictors'
+    type (F32, F16 or Q8_0, as PowerInfer's --outtype makes them)."""
+    from pi_backend.convert.layout import encode
     r = gguf.GGUFReader(src)
     src_arch = field_value(r.fields[Keys.ARCHITECTURE])
     arch = arch or src_arch
@@ -99,25 +103,34 @@ def powerinfer_file(dst: Path, preds, src: Path = RELU_GGUF, *, arch: str | None
     tensors = [(t.name, np.asarray(t.data), t.tensor_type) for t in r.tensors]
     assert not any(F.split_name(n)[1] in (T.FFN_DOWN, T.FC1) for n, _, _ in tensors), \
         f"{src} is not a plain split file"
-    tensors += [(layer_name(il, part), a, QT.F32)   # after the model's, as convert.py has them
-                for il, pair in enumerate(preds) for part, a in zip((T.FC1, T.FC2), pair)]
+    tensors += [(layer_name(il, part), encode(a, pred_type), pred_type)   # after the model's,
+                for il, pair in enumerate(preds)                          # as convert.py has them
+                for part, a in zip((T.FC1, T.FC2), pair)]
+    if gpu_split:
+        tensors += [(name, a, QT.I32) for name, a in _gpu_split(len(preds), len(preds[0][1]))]
     for name, data, qt in tensors:
         if name not in drop:
             w.add_tensor(name, data, raw_dtype=qt)
     return _write_pwri(w, dst)
 
 
-def gpu_split_file(dst: Path, n_layer: int, n_ff: int, gpu_share: float = 0.25) -> Path:
-    """PowerInfer's GPU split index: per layer blk.N.gpu_idx (i32 [n_ff], 1 = on the GPU) and
-    blk.N.gpu_bucket (i32, the sorted neuron ids on the GPU), split.vram_capacity."""
-    w = gguf.GGUFWriter(str(dst), "generic.gpu_index")
+def _gpu_split(n_layer: int, n_ff: int, gpu_share: float = 0.25):
+    """Per layer (blk.N.gpu_idx, i32 [n_ff], 1 = on the GPU) and (blk.N.gpu_bucket, i32: the
+    sorted ids of the neurons on the GPU)."""
     rng = np.random.default_rng(0)
     for il in range(n_layer):
         on_gpu = np.sort(rng.choice(n_ff, int(n_ff * gpu_share), replace=False)).astype(np.int32)
         idx = np.zeros(n_ff, np.int32)
         idx[on_gpu] = 1
-        w.add_tensor(layer_name(il, "gpu_idx"), idx, raw_dtype=QT.I32)
-        w.add_tensor(layer_name(il, "gpu_bucket"), on_gpu, raw_dtype=QT.I32)
+        yield layer_name(il, "gpu_idx"), idx
+        yield layer_name(il, "gpu_bucket"), on_gpu
+
+
+def gpu_split_file(dst: Path, n_layer: int, n_ff: int) -> Path:
+    """PowerInfer's GPU split index (`_gpu_split`'s tensors, split.vram_capacity)."""
+    w = gguf.GGUFWriter(str(dst), "generic.gpu_index")
+    for name, a in _gpu_split(n_layer, n_ff):
+        w.add_tensor(name, a, raw_dtype=QT.I32)
     w.add_block_count(n_layer)
     w.add_uint64("split.vram_capacity", 1 << 30)
     return _write_pwri(w, dst)

@@ -77,7 +77,8 @@ def test_it_loads_in_sparse_mode_with_its_predictors(files):
     m, ref = Model(str(files.pwri)), Model(str(files.ref))
     try:
         assert m.powerinfer and not ref.powerinfer
-        assert m.default_ffn_mode == "sparse" and set(m.ffn_modes) == {"dense", "sparse", "threshold"}
+        assert m.default_ffn_mode == "sparse"
+        assert set(m.ffn_modes) == {"dense", "sparse", "threshold"}
         assert m.fields[Keys.FFN_ACTIVATION] == "relu"
         assert list(m.thresholds) == [0.0] * N_LAYER
         assert m.fields[Keys.PREDICTOR_RANKS] == [len(fc1) for fc1, _ in files.preds]
@@ -89,6 +90,31 @@ def test_it_loads_in_sparse_mode_with_its_predictors(files):
     finally:
         m.close()
         ref.close()
+
+
+@pytest.mark.parametrize("qt", [gguf.GGMLQuantizationType.F16, gguf.GGMLQuantizationType.Q8_0])
+def test_f16_and_q8_0_predictors(files, qt, tmp_path):
+    """Predictors stored f16 or q8_0 (PowerInfer's --outtype f16 / q8_0): fc1 for the normed
+    input in the same type, within its rounding of fc1 / w; pi-convert writes the same bits."""
+    p = pf.powerinfer_file(tmp_path / "p.pwri.gguf", files.preds, pred_type=qt)
+    m = Model(str(p))
+    try:
+        assert m.default_ffn_mode == "sparse"
+        norms = pf.layer_parts(pf.RELU_GGUF, T.FFN_NORM)
+        for il, ((fc1, _), w) in enumerate(zip(files.preds, norms)):
+            got_type, got = m.tensor(layer_name(il, T.FC1))
+            assert got_type == qt
+            got = gguf.quants.dequantize(np.asarray(got).view(np.uint8), qt).reshape(fc1.shape)
+            want = fc1.astype(np.float64) / w
+            np.testing.assert_allclose(got, want, atol=np.abs(want).max() / 100)
+    finally:
+        m.close()
+    sparse, st = _run(p)
+    assert np.all(np.isfinite(sparse)) and st["ffn_sparsity"] > 0.5
+    out = tmp_path / "p.gguf"
+    from pi_backend.convert import convert
+    convert(p, out)
+    np.testing.assert_array_equal(_run(out)[0], sparse)
 
 
 @pytest.mark.parametrize("mode", ["sparse", "dense", "threshold"])
@@ -239,6 +265,12 @@ def test_what_does_not_map_is_a_one_line_error(files, case, tmp_path):
     with pytest.raises(ConvertError, match=CASES[case][-1]) as e:
         convert(p, out / "x.gguf")
     assert "\n" not in str(e.value) and list(out.iterdir()) == []
+
+
+def test_gpu_split_tensors_in_a_model_file_are_skipped(files, tmp_path):
+    p = pf.powerinfer_file(tmp_path / "split.pwri.gguf", files.preds, gpu_split=True)
+    assert "blk.0.gpu_idx" in _stored(p)
+    np.testing.assert_array_equal(_run(p)[0], _run(files.pwri)[0])
 
 
 def test_the_gpu_split_file_is_not_a_model(tmp_path):
