@@ -34,6 +34,7 @@ def convert_powerinfer(path: Path, out: Path, dense: bool = False, progress: boo
     shapes = {t.name: (int(t.tensor_type), tuple(int(x) for x in reversed(t.shape.tolist())))
               for t in r.tensors}
     types = sorted({t.tensor_type.name for t in r.tensors})
+
     def read(name: str) -> np.ndarray:
         return np.asarray(stored[name].data).reshape(-1).view(np.uint8)
 
