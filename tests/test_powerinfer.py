@@ -54,14 +54,14 @@ def _stored(path) -> dict:
 
 
 # ---- the files ---------------------------------------------------------------------------------
-def test_the_file_is_laid_out_as_powerinfer_writes_it(files):
+def test_the_file_is_laid_out_as_powerinfer_writes_it(files, tmp_path):
     data = files.pwri.read_bytes()
     assert data[:4] == b"PWRI"
     with pytest.raises(ValueError, match="magic"):
         gguf.GGUFReader(files.pwri)       # gguf's reader refuses it; ours reads it as GGUF
     layout = file_layout(files.pwri)
     assert layout.magic == b"PWRI"
-    twin = files.pwri.with_name("twin.gguf")
+    twin = tmp_path / "twin.gguf"
     twin.write_bytes(b"GGUF" + data[4:])
     assert gguf.GGUFReader(twin).data_offset == layout.data_start
     r = read_gguf(str(files.pwri))
