@@ -1,5 +1,5 @@
-"""pi-convert: Hugging Face checkpoints and llama.cpp GGUF files -> pi_backend GGUF files
-(split FFN with ffn_down_t, quantized, tokenizer included); see docs/FORMAT.md."""
+"""pi-convert: Hugging Face checkpoints, llama.cpp GGUF files and PowerInfer's files -> pi_backend
+GGUF files (split FFN with ffn_down_t, quantized, tokenizer included); see docs/FORMAT.md."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -39,6 +39,9 @@ def convert(input: str | Path, outfile: str | Path, outtype: str = "auto", dense
             down_type: str | None = None) -> Summary:
     """Convert `input` into `outfile`; raises ConvertError on bad inputs.
 
+    A PowerInfer file (magic PWRI) is converted as it is stored (convert/powerinfer.py): outtype
+    auto only, its predictors, or none with dense.
+
     calibrate: False, True (calibration text written by the model itself) or a text file: run
     our dense engine on a first-pass file; for ReLU models this trains activation predictors
     (train_predictors, default on) and, with reorder, orders the neurons hot-first; for SwiGLU
@@ -74,6 +77,19 @@ def convert(input: str | Path, outfile: str | Path, outtype: str = "auto", dense
                            "with --dense or --predictors")
     if (reorder or train_predictors) and calibrate is False:
         raise ConvertError("--train-predictors and --reorder need --calibrate")
+    from pi_backend.powerinfer import is_powerinfer_file
+    if is_powerinfer_file(input):
+        extra = [flag for flag, given in (
+            ("--outtype", outtype != "auto"), ("--down-type", down_type is not None),
+            ("--keep-down", keep_down),
+            ("--predictors", predictors is not None), ("--calibrate", calibrate is not False),
+            ("--sparsity", sparsity is not None), ("--ppl-budget", ppl_budget is not None))
+            if given]
+        if extra:
+            raise ConvertError(f"{', '.join(extra)}: not for a PowerInfer file, which is converted "
+                               "as stored (its tensor types and predictors; --dense: without them)")
+        from .powerinfer import convert_powerinfer
+        return convert_powerinfer(Path(input), out, dense, progress=progress, t0=t0)
     if calibrate is not False and not Path(input).is_dir():
         from . import train_predictors as tp
         if tp.is_pi_file(input) and tp._activation(input) == ACT_RELU:   # a ReLU pi file, as it is

@@ -15,19 +15,22 @@ PROG = "pi-convert"
 
 def build_parser() -> argparse.ArgumentParser:
     from .layout import DOWN_TYPES, OUTTYPES
-    p = OneLineErrorParser(prog=PROG, description="Convert a Hugging Face checkpoint directory or a llama.cpp "
-                "GGUF file into a pi_backend GGUF file (split FFN, down transposed, quantized).")
-    p.add_argument("input", help="Hugging Face model directory, or a .gguf file")
+    p = OneLineErrorParser(prog=PROG, description="Convert a Hugging Face checkpoint directory, a llama.cpp "
+                "GGUF file or a PowerInfer GGUF file (magic PWRI) into a pi_backend GGUF file (split "
+                "FFN, down transposed, quantized).")
+    p.add_argument("input", help="Hugging Face model directory, or a .gguf file (llama.cpp's or "
+                   "PowerInfer's)")
     p.add_argument("--outfile", required=True, help="output .gguf path")
     p.add_argument("--outtype", default="auto", choices=list(OUTTYPES),
                    help="type of the weight matrices (norms and vectors stay f32); default auto: "
-                   "a GGUF source's tensors keep their types and bytes, a Hugging Face "
-                   "checkpoint's become f16")
+                   "a GGUF source's tensors keep their types and bytes (a PowerInfer file's all "
+                   "of them), a Hugging Face checkpoint's become f16")
     p.add_argument("--down-type", choices=list(DOWN_TYPES),
                    help="type of ffn_down_t (the transposed down weight, re-quantized); default: "
                    "q8_0 from a quantized source under --outtype auto, else the outtype")
     p.add_argument("--dense", action="store_true",
-                   help="write a plain llama.cpp-compatible file instead (no split FFN, no pi.* keys)")
+                   help="write a plain llama.cpp-compatible file instead (no split FFN, no pi.* keys); "
+                   "of a PowerInfer file: our split file without its predictors")
     p.add_argument("--keep-down", action="store_true",
                    help="split file that also keeps the plain ffn_down: dense mode then runs at the "
                    "plain file's speed (one more copy of the down weights)")

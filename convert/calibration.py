@@ -260,16 +260,16 @@ def first_pass(src, out: Path, outtype: str, progress: bool = False, t0: float |
 def rewrite(src: str | Path, dst: str | Path, keys: Mapping, drop_keys: Sequence[str] = (),
             drop_parts: Sequence[str] = (), add: Mapping[int, list] | None = None,
             orders: Sequence[np.ndarray] | None = None, progress: bool = False) -> None:
-    """Copy the pi split file `src` into `dst` (temporary name, then renamed) with the metadata
-    `keys` set (added or replaced) and `drop_keys` removed; the per-layer tensors named in
-    `drop_parts` removed; add[layer]: [(part, data, ggml type)] written after that layer's
-    ffn_down_t; orders[layer] (new -> original neuron): the rows of ffn_gate / ffn_up /
-    ffn_down_t permuted as stored (quantized rows move whole: the weights are bit-identical) and
-    blk.N.neuron_order added."""
-    import gguf
+    """Copy the pi split file (or PowerInfer file) `src` into `dst` (temporary name, then
+    renamed) with the metadata `keys` set (added or replaced) and `drop_keys` removed; the
+    per-layer tensors named in `drop_parts` removed; add[layer]: [(part, data, ggml type)]
+    written after that layer's ffn_down_t; orders[layer] (new -> original neuron): the rows of
+    ffn_gate / ffn_up / ffn_down_t permuted as stored (quantized rows move whole: the weights are
+    bit-identical) and blk.N.neuron_order added."""
     from gguf import GGMLQuantizationType as QT
+    from pi_backend.model import read_gguf
     from .layout import add_keys, copy_fields, replacing_writer
-    r = gguf.GGUFReader(src, "r")
+    r = read_gguf(str(src))     # a pi file, or a PowerInfer file (convert/powerinfer.py)
     arch = field_value(r.fields[Keys.ARCHITECTURE])
     reordered = r.fields.get(Keys.NEURON_ORDER)
     if orders is not None and reordered is not None and field_value(reordered):

@@ -6,7 +6,8 @@ tensor offset past the end yields a short view, and a changed tensor type reads 
 bytes. `check_file` walks the same header first, over the mapped bytes and without building a
 Python object per array element, and bounds every count, length, type and offset by the file:
 
-    magic, version, byte order -> tensor count, KV count (each bounded by the bytes left)
+    magic (GGUF, or PowerInfer's PWRI: pi_backend/powerinfer.py), version, byte order
+                -> tensor count, KV count (each bounded by the bytes left)
     per KV:     key (length, UTF-8, unique), value type, value (string length; array: element
                 type, count; fixed-size elements skipped arithmetically, string elements walked)
     per tensor: name (length, UTF-8, unique), n_dims 1..4, dims >= 1, ggml type with a block
@@ -26,6 +27,7 @@ import math
 import mmap
 import os
 import struct
+from typing import NamedTuple
 
 import numpy as np
 from gguf import (GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, GGMLQuantizationType,
@@ -41,6 +43,18 @@ MIN_KV_BYTES = 8 + 4 + 1
 MIN_TENSOR_INFO_BYTES = 8 + 4 + 8 + 4 + 8
 _SCALAR_BYTES = {t: np.dtype(np_type).itemsize
                  for t, np_type in GGUFReader.gguf_scalar_to_np.items()}
+# The magics read: gguf's, and PowerInfer's (its converter writes a GGUF file, then PWRI over
+# the first 4 bytes; the rest of the layout is the same: pi_backend/powerinfer.py).
+GGUF_MAGIC_BYTES, PWRI_MAGIC = GGUF_MAGIC.to_bytes(4, "little"), b"PWRI"
+MAGICS = (GGUF_MAGIC_BYTES, PWRI_MAGIC)
+
+
+class Layout(NamedTuple):
+    """Where a checked file's parts are: its magic, the end of its metadata (where the tensor
+    infos begin) and the start of its data section."""
+    magic: bytes
+    kv_end: int
+    data_start: int
 
 
 class GGUFFormatError(ValueError):
@@ -172,13 +186,14 @@ def _check_extents(tensors: list[tuple[str, int, int]], data_start: int, size: i
         end_prev, prev = offset + nbytes, name
 
 
-def check_buffer(buf) -> int:
-    """Checks the GGUF bytes `buf` (a mapped file); returns the data section's offset."""
+def check_layout(buf) -> Layout:
+    """Checks the GGUF bytes `buf` (a mapped file); returns where its parts are."""
     size = len(buf)
     if size < 24:
         raise GGUFFormatError(f"file of {size} bytes is too short for a GGUF header")
-    if struct.unpack_from("<I", buf, 0)[0] != GGUF_MAGIC:
-        raise GGUFFormatError("no GGUF magic at offset 0")
+    magic = bytes(buf[:4])
+    if magic not in MAGICS:
+        raise GGUFFormatError("no GGUF magic (nor PowerInfer's PWRI) at offset 0")
     version = struct.unpack_from("<I", buf, 4)[0]
     if version & 0xFFFF == 0 and struct.unpack_from(">I", buf, 4)[0] in READ_VERSIONS:
         raise GGUFFormatError("big-endian GGUF files are not supported")
@@ -206,6 +221,7 @@ def check_buffer(buf) -> int:
             alignment = cur.u32.unpack_from(buf, value_at)[0] if vt == GGUFValueType.UINT32 else 0
             if alignment <= 0 or alignment & (alignment - 1):
                 raise GGUFFormatError(f"{key} at offset {at} must be a UINT32 power of two")
+    kv_end = cur.off
     names: set[str] = set()
     tensors = []
     for _ in range(n_tensors):
@@ -216,17 +232,27 @@ def check_buffer(buf) -> int:
         tensors.append(t)
     data_start = -(-cur.off // alignment) * alignment
     _check_extents(tensors, data_start, size, alignment)
-    return data_start
+    return Layout(magic, kv_end, data_start)
+
+
+def check_buffer(buf) -> int:
+    """Checks the GGUF bytes `buf` (a mapped file); returns the data section's offset."""
+    return check_layout(buf).data_start
+
+
+def file_layout(path: str | os.PathLike) -> Layout:
+    """Checks the GGUF file at `path` (see the module docstring); returns where its parts are."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size < 24:
+            return check_layout(f.read())
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            return check_layout(mm)
 
 
 def check_file(path: str | os.PathLike) -> int:
     """Checks the GGUF file at `path` (see the module docstring); returns the data offset."""
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if size < 24:
-            return check_buffer(f.read())
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            return check_buffer(mm)
+    return file_layout(path).data_start
 
 
 # ---- hyperparameters ------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Open a GGUF file, check it, and hand its tensors to the C engine in place (no copies).
 
 The file is memory-mapped by gguf.GGUFReader; the C model keeps pointers into that map, so the
-Model object owns the map for as long as the C model lives.
+Model object owns the map for as long as the C model lives. PowerInfer's files (magic PWRI) are
+read the same way, their keys and predictors mapped onto ours by pi_backend/powerinfer.py.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import numpy as np
 from . import _lib
 from . import format as F
 from . import kernels
+from . import powerinfer
 from ._lib import call, check, fptr
 from .format import Keys, field_value
 from .gguf_check import GGUFFormatError, check_file, check_hparams
@@ -55,7 +57,8 @@ def _map_reader_class():
         """gguf.GGUFReader over a plain ndarray view of its memory map (`mmap` keeps the
         np.memmap). The reader slices the map a few times per metadata value, about 200k times
         for a 49k-token vocabulary, and every np.memmap slice carries a dict of its own: plain
-        views make the parse take half the memory and a third of the time."""
+        views make the parse take half the memory and a third of the time. It reads PowerInfer's
+        files too (`powerinfer` tells it read one): their magic check sees GGUF's."""
 
         @property
         def data(self):
@@ -65,12 +68,25 @@ def _map_reader_class():
         def data(self, mm):
             self.mmap = mm
             self._array = mm.view(np.ndarray)
+            self.powerinfer = powerinfer.is_powerinfer(self._array)
+            if self.powerinfer:   # the reader's first read is its magic check
+                self._get = self._magic_as_gguf
+
+        def _magic_as_gguf(self, offset, dtype, count=1, override_order=None):
+            """The first read of a PowerInfer file: its magic reads as GGUF's. Every later read
+            is the class's `_get` again (a read of anything else first falls through to it, and
+            the reader then refuses the magic)."""
+            del self._get
+            if offset == 0 and count == 1 and np.dtype(dtype).itemsize == 4:
+                return np.frombuffer(powerinfer.GGUF_MAGIC, dtype=np.uint32)
+            return self._get(offset, dtype, count, override_order)
     return MapReader
 
 
 def read_gguf(path: str):
-    """A gguf.GGUFReader for `path`, with every failure turned into a one-line ModelError. The
-    header is bounds-checked first (gguf_check), so the reader only walks a sane file."""
+    """A gguf.GGUFReader for `path` (a GGUF or PowerInfer file), with every failure turned into
+    a one-line ModelError. The header is bounds-checked first (gguf_check), so the reader only
+    walks a sane file."""
     if not os.path.exists(path):
         raise ModelError(f"model file not found: {path}")
     if os.path.isdir(path):
@@ -81,6 +97,15 @@ def read_gguf(path: str):
     except Exception as e:  # the reader raises many kinds on truncated or corrupt files
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ModelError(f"cannot read GGUF file {path}: {msg}") from None
+
+
+def _anonymous_copy(a: np.ndarray) -> np.ndarray:
+    """A copy of `a` in page-aligned anonymous memory of its own: pi_model_finalize's release
+    of a repacked matrix's pages (rounded out to whole pages) then drops nothing else."""
+    out = np.frombuffer(mmap.mmap(-1, max(a.nbytes, 1)), dtype=a.dtype, count=a.size)
+    out = out.reshape(a.shape)
+    out[...] = a
+    return out
 
 
 def _release_pages(memmap) -> None:
@@ -120,6 +145,7 @@ class Model:
         self.path = os.fspath(path)
         reader = read_gguf(self.path)
         self._map = reader.mmap  # the memmap the C model points into
+        self.powerinfer = reader.powerinfer  # a PowerInfer (PWRI) file
         # The parse of a large vocabulary makes ~70 MB of small objects. Python frees a block of
         # small objects only once every one in it is free, so a value kept from amid the parse
         # would keep a megabyte of it resident: what is kept leaves the parse as one pickle (a
@@ -135,14 +161,18 @@ class Model:
         _lib.trim_heap()
         self.fields, n_tokens, tensors = pickle.loads(kept)
         del kept
+        added = self._map_powerinfer(tensors, ffn_mode) if self.powerinfer else {}
         self.metadata = {k: (str(v) if not isinstance(v, str) else v)
                          for k, v in self.fields.items()}
         self.hparams = self._hparams(n_tokens, tensors)
         call("pi_model_create", ctypes.byref(self.hparams), ctypes.byref(self._ptr))
         self._tensors = {}
-        for t in tensors:
-            self._attach(*t)
-        del tensors
+        raw = self._map.view(np.ndarray)
+        for name, type_id, ne, offset, nbytes in tensors:
+            self._attach(name, type_id, ne, raw[offset:offset + nbytes])
+        for name, (type_id, ne, data) in added.items():
+            self._attach(name, type_id, ne, data)
+        del tensors, added, raw
         thr = self.fields.get(Keys.THRESHOLDS)
         if thr is not None:
             if not isinstance(thr, list) or not all(isinstance(v, (int, float)) for v in thr):
@@ -214,9 +244,33 @@ class Model:
             rope_freq_scale=1.0 / factor if scaling == "linear" else 1.0,
             norm_eps=float(self._get(f"{a}.attention.layer_norm_rms_epsilon")))
 
-    def _attach(self, name: str, type_id: int, ne: list, offset: int, nbytes: int) -> None:
-        """Hands tensor `name` (ggml type, GGUF dims ne, at `offset` of the file) to the C model.
-        gguf_check.check_file has placed [offset, offset + nbytes) inside the file."""
+    def _map_powerinfer(self, tensors: list, ffn_mode: str | None) -> dict:
+        """A PowerInfer file's keys and predictors as ours (pi_backend/powerinfer.py): its keys
+        go into self.fields, the tensors the engine does not take from it leave `tensors`, and
+        the ones it takes instead are returned, name -> (ggml type, GGUF dims, data)."""
+        raw = self._map.view(np.ndarray)
+        spans = {name: (off, off + n) for name, _, _, off, n in tensors}
+        dims = {name: ne for name, _, ne, _, _ in tensors}
+        try:
+            pw = powerinfer.map_model(
+                self.fields, {name: (t, tuple(reversed(ne))) for name, t, ne, _, _ in tensors},
+                lambda name: raw[slice(*spans[name])],
+                use_predictors=True if ffn_mode in (None, F.FFN_SPARSE) else None)
+        except ValueError as e:
+            raise ModelError(f"{self.path}: {e}") from None
+        self.fields.update(pw.keys)
+        tensors[:] = [t for t in tensors if F.split_name(t[0])[1] not in pw.drop]
+        added = {}
+        for il, parts in pw.add.items():
+            for part, data, qt in parts:   # the same shapes as the parts they replace
+                name = F.layer_name(il, part)
+                added[name] = (qt, dims[name], _anonymous_copy(data))
+        return added
+
+    def _attach(self, name: str, type_id: int, ne: list, data: np.ndarray) -> None:
+        """Hands tensor `name` (ggml type, GGUF dims ne, its bytes as stored) to the C model: a
+        slice of the map, which gguf_check.check_file has placed inside the file, or an array
+        of page-aligned memory of its own (pi_model_finalize may release its pages)."""
         n_cols = ne[0]
         n_rows = int(np.prod(ne[1:])) if len(ne) > 1 else 1
         if F.split_name(name)[1] == F.T.NEURON_ORDER:  # metadata for the converter; the engine needs none
@@ -225,7 +279,7 @@ class Model:
             raise ModelError(f"{self.path}: tensor {name} has type {_ggml_type_name(type_id)}, which "
                              f"pi_backend does not run (supported: {', '.join(kernels.weight_types()).upper()})")
         dtype = {_lib.PI_TYPE_F32: np.float32, _lib.PI_TYPE_F16: np.float16}.get(type_id, np.uint8)
-        data = self._map.view(np.ndarray)[offset:offset + nbytes].view(dtype).reshape(n_rows, -1)
+        data = data.view(dtype).reshape(n_rows, -1)
         try:
             call("pi_model_set_tensor", self._ptr, name.encode(), type_id, n_rows, n_cols,
                  ctypes.c_void_p(data.ctypes.data))

@@ -1,8 +1,8 @@
 """Tokenization and chat templates from llama.cpp, through llama-cpp-python.
 
-The vocabulary is loaded vocab-only (no weights) from the same GGUF file the engine runs, so
-token ids, special tokens and the chat template are exactly llama.cpp's. Nothing here
-re-implements a tokenizer.
+The vocabulary is loaded vocab-only (no weights) from the same GGUF file the engine runs (of a
+PowerInfer file, from a copy of its metadata under GGUF's magic), so token ids, special tokens
+and the chat template are exactly llama.cpp's. Nothing here re-implements a tokenizer.
 """
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ import sys
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
+
+from .powerinfer import vocab_file
 
 
 def _import_llama_cpp():
@@ -55,12 +57,13 @@ class Tokenizer:
         self._chat_format = chat_format
         if not os.path.exists(model_path):
             raise ValueError(f"Model path does not exist: {model_path}")
-        if verbose:
-            self._vocab = llama_cpp.Llama(model_path=model_path, vocab_only=True, verbose=False)
-        else:
-            with _quiet_stderr():
-                self._vocab = llama_cpp.Llama(model_path=model_path, vocab_only=True,
-                                              verbose=False)
+        with vocab_file(model_path) as path:   # a PowerInfer file's vocabulary as GGUF
+            if verbose:
+                self._vocab = llama_cpp.Llama(model_path=path, vocab_only=True, verbose=False)
+            else:
+                with _quiet_stderr():
+                    self._vocab = llama_cpp.Llama(model_path=path, vocab_only=True,
+                                                  verbose=False)
         self.model_path = model_path
         self.metadata: Dict[str, str] = dict(self._vocab.metadata)
         self.n_vocab: int = int(self._vocab.n_vocab())

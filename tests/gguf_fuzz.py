@@ -14,7 +14,11 @@ Outcomes: error (a clean one-line ModelError/ValueError, or ConvertError with no
 the output directory), ok (loaded, finite logits), and the failures nan, wrong (any other
 exception, a multi-line message, a partial output file), memory, hang, crash.
 
-    python tests/gguf_fuzz.py run --source relu|plain|convert --cases N [--seed S]
+Sources: relu (the ReLU test model), plain (a tiny llama.cpp-style file), convert (the plain file
+through pi-convert), pwri (the ReLU model with predictors as a PowerInfer file, magic PWRI:
+tests/powerinfer_files.py).
+
+    python tests/gguf_fuzz.py run --source relu|plain|convert|pwri --cases N [--seed S]
 """
 from __future__ import annotations
 
@@ -103,13 +107,18 @@ def write_plain_gguf(path: Path, arch: str = "llama", drop: str | None = None,
     return path
 
 
+def write_pwri(path: Path) -> Path:
+    import powerinfer_files
+    return powerinfer_files.powerinfer_file(path, powerinfer_files.predictors())
+
+
 def source_path(name: str, workdir: Path) -> Path:
     if name == "relu":
         return RELU_GGUF
-    p = workdir / "plain.gguf"
+    p = workdir / f"{name}.gguf"
     if not p.exists():
-        tmp = workdir / f".plain.{os.getpid()}.gguf"
-        os.replace(write_plain_gguf(tmp), p)
+        tmp = workdir / f".{name}.{os.getpid()}.gguf"
+        os.replace({"plain": write_plain_gguf, "pwri": write_pwri}[name](tmp), p)
     return p
 
 
@@ -118,9 +127,9 @@ class Mutator:
     """Knows where the integers of a pristine GGUF sit (from gguf's reader) and mutates copies."""
 
     def __init__(self, path: Path):
-        from gguf import GGUFReader
+        from pi_backend.model import read_gguf   # GGUF or PWRI
         self.data = path.read_bytes()
-        r = GGUFReader(path)
+        r = read_gguf(str(path))
         base = r.data.ctypes.data
         self.data_offset = r.data_offset
         self.header_ints = [(4, 4), (8, 8), (16, 8)]   # version, tensor count, KV count
@@ -337,7 +346,7 @@ def summary(outcomes: dict[int, tuple[str, str]]) -> collections.Counter:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("mode", choices=("run", "worker"))
-    p.add_argument("--source", choices=("relu", "plain", "convert"), default="relu")
+    p.add_argument("--source", choices=("relu", "plain", "convert", "pwri"), default="relu")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--cases", type=int, default=2000)
     p.add_argument("--workdir", type=Path)

@@ -17,7 +17,8 @@ from pi_backend.model import Model, ModelError
 SEED = 20240611
 
 
-@pytest.mark.parametrize("source, n_cases", [("relu", 300), ("plain", 200), ("convert", 40)])
+@pytest.mark.parametrize("source, n_cases", [("relu", 300), ("plain", 200), ("convert", 40),
+                                             ("pwri", 200)])
 def test_mutation_corpus_gives_clean_errors_or_finite_logits(source, n_cases, tmp_path):
     out = gguf_fuzz.run_corpus(source, SEED, n_cases, tmp_path, batch=80)
     assert sorted(out) == list(range(n_cases))
