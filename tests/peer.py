@@ -38,6 +38,16 @@ def within_peer_noise(d: dict, peer: dict) -> bool:
     return 1 - d["top1"] <= 2 * (1 - peer["top1"]) and d["kl"] <= 2 * peer["kl"]
 
 
+def as_close_as_peer(d: dict, peer: dict, n: int) -> bool:
+    """Whether our distance d to the exact model (transformers on the file's weights) is within
+    llama.cpp's (peer) over n positions. Both engines quantize the activations the same way, so
+    their KL to the exact model is the same error: ours within 1.5x. Top-1 misses fall on the
+    exact model's near-ties, a count that varies run to run like a Poisson count: ours within
+    twice the peer's plus three of its standard deviations."""
+    misses, peer_misses = (1 - d["top1"]) * n, (1 - peer["top1"]) * n
+    return d["kl"] <= 1.5 * peer["kl"] and misses <= 2 * peer_misses + 3 * (peer_misses + 1) ** 0.5
+
+
 def divergence(a, b) -> dict:
     """How far logits a [n, vocab] are from logits b: top-1 agreement, mean KL(b || a), max |a - b|."""
     la = a - a.max(-1, keepdims=True)
