@@ -1,5 +1,5 @@
 """The K-quants: Q8_K activations, Q2_K, Q3_K, Q4_K, Q5_K and Q6_K weights (ggml_ext/quants.c,
-kernels.c, kernels_x86.c), and a llama.cpp Q4_K_M file end to end.
+kernels.c, kernels_x86.c). Whole llama.cpp files of these types: test_quant_files.py.
 
 gguf-py dequantizes the K-quant weights but quantizes none of them, so the weights are random
 bytes with sane fp16 scales (as gguf-py's own tests do). The dots follow ggml's x86 order by
@@ -193,48 +193,3 @@ def test_axpy_matches_numpy_and_the_scalar_twin(t):
             assert np.all(np.abs(results[-1] - ref) <= bound), (ISA_NAMES[isa], idx)
         for y in results[1:]:
             np.testing.assert_array_equal(y, results[0])
-
-
-# ---- a llama.cpp Q4_K_M file end to end ---------------------------------------------------------
-@pytest.fixture(scope="module")
-def q4_k_m_path(tmp_path_factory, tiny_tokenizer_dir):
-    """A tiny random llama (widths multiples of 256) as f32, quantized by llama.cpp to Q4_K_M."""
-    import llama_cpp
-    from conftest import build_tiny_hf_model, tokenizer_vocab_size
-    from peer import llama_quantize
-    from pi_backend.convert import convert
-    d = tmp_path_factory.mktemp("kquant")
-    n_vocab = tokenizer_vocab_size(tiny_tokenizer_dir)
-    hf = build_tiny_hf_model("llama_silu", d / "hf", tiny_tokenizer_dir, n_vocab, seed=3,
-                             hidden_size=256, intermediate_size=512, num_attention_heads=4,
-                             num_key_value_heads=2, max_position_embeddings=512)
-    src, dst = d / "f32.gguf", d / "q4_k_m.gguf"
-    convert(str(hf), str(src), "f32", dense=True)
-    llama_quantize(src, dst, llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M)
-    return dst
-
-
-def test_q4_k_m_file_matches_llama_cpp(q4_k_m_path):
-    import gguf
-    import llama_cpp
-    from peer import divergence, ref_logits, ref_logits_one_by_one, within_peer_noise
-    from pi_backend.model import Model
-    types = {t.tensor_type.name for t in gguf.GGUFReader(q4_k_m_path).tensors if len(t.shape) == 2}
-    assert {"Q4_K", "Q6_K"} <= types <= {"Q4_K", "Q6_K", "Q8_0"}, types
-    rng = np.random.default_rng(0)
-    ref = llama_cpp.Llama(str(q4_k_m_path), n_ctx=512, n_threads=2, logits_all=True, verbose=False)
-    tokens = [int(t) for t in rng.integers(3, ref.n_vocab(), 200)]
-    try:
-        batched = ref_logits(ref, tokens)
-        one_by_one = ref_logits_one_by_one(ref, tokens)
-    finally:
-        ref.close()
-    peer = divergence(one_by_one, batched)
-    model = Model(str(q4_k_m_path))
-    try:
-        ours = model.new_context(n_ctx=512, n_threads=2).eval(tokens, 0, logits_all=True)
-    finally:
-        model.close()
-    d = divergence(ours, batched)
-    print(f"Q4_K_M ({sorted(types)}): ours vs llama.cpp {d}; llama.cpp one-by-one vs batched {peer}")
-    assert within_peer_noise(d, peer), (d, peer)
