@@ -36,7 +36,8 @@ def convert(input: str | Path, outfile: str | Path, outtype: str = "auto", dense
             target_recall: float | None = None, predictor_ranks=None, seed: int = 0,
             sparsity: float | None = None, ppl_budget: float | None = None,
             n_threads: int | None = None, keep_down: bool = False,
-            down_type: str | None = None) -> Summary:
+            down_type: str | None = None, head_preview: bool | None = None,
+            head_tokens: int | None = None) -> Summary:
     """Convert `input` into `outfile`; raises ConvertError on bad inputs.
 
     A PowerInfer file (magic PWRI) is converted as it is stored (convert/powerinfer.py): outtype
@@ -50,11 +51,50 @@ def convert(input: str | Path, outfile: str | Path, outtype: str = "auto", dense
     outtype: "auto" keeps a GGUF source's tensor types and bytes (only ffn_down_t is made, of
     down_type or of the type chosen for the source's ffn_down); from a Hugging Face checkpoint
     it means f16.
+    head_preview: add the sparse head's output preview (convert/head_preview.py), on the same
+    calibration text source (default on with calibrate); of a pi split file without calibrate:
+    the file as it is, with the preview added. head_tokens: its calibration tokens.
     keep_down: a split file that also keeps the plain ffn_down, which dense mode then reads
     (the dense FFN at the plain file's speed, for one more copy of the down weights)."""
     import time
-    from .layout import write_model
     t0 = time.perf_counter()
+    if head_preview is None:
+        head_preview = calibrate is not False and not dense
+    if head_preview and dense:
+        raise ConvertError("--head-preview is for split files; --dense writes a plain file")
+    head_only = head_preview and calibrate is False
+    if head_only and Path(input).is_file():
+        from .train_predictors import is_pi_file
+        if is_pi_file(input):   # a pi split file as it is, with the preview added
+            from .head_preview import add_head_preview, split_file_summary
+            extra = [f for f, given in (("--outtype", outtype != "auto"),
+                                        ("--down-type", down_type is not None),
+                                        ("--keep-down", keep_down), ("--reorder", reorder),
+                                        ("--predictors", predictors is not None)) if given]
+            if extra:
+                raise ConvertError(f"{', '.join(extra)}: not for a split file that only gets "
+                                   "the head preview")
+            out = Path(outfile)
+            if out.exists() and out.resolve() == Path(input).resolve():
+                raise ConvertError("the output file would overwrite the input")
+            hp = add_head_preview(input, out, None, head_tokens, seed, n_threads, progress)
+            return split_file_summary(out, t0, f"head       {hp.summary()}\n{hp.report()}")
+    summary = _convert(input, outfile, outtype, dense, predictors, progress, calibrate,
+                       calib_tokens, train_predictors, reorder, target_recall, predictor_ranks,
+                       seed, sparsity, ppl_budget, n_threads, keep_down, down_type, t0,
+                       head_only)
+    if head_preview:
+        from .head_preview import attach
+        summary = attach(summary, Path(outfile), None if calibrate in (True, False) else calibrate,
+                         head_tokens, seed, n_threads, progress, t0)
+    return summary
+
+
+def _convert(input, outfile, outtype, dense, predictors, progress, calibrate, calib_tokens,
+             train_predictors, reorder, target_recall, predictor_ranks, seed, sparsity,
+             ppl_budget, n_threads, keep_down, down_type, t0, head_only):
+    """convert() without the head preview (head_only: the preview is all that was asked)."""
+    from .layout import write_model
     if outtype not in OUTTYPES:
         raise ConvertError(f"unknown output type {outtype!r} (choose from {', '.join(OUTTYPES)})")
     if down_type is not None and down_type not in DOWN_TYPES:
@@ -78,6 +118,9 @@ def convert(input: str | Path, outfile: str | Path, outtype: str = "auto", dense
     if (reorder or train_predictors) and calibrate is False:
         raise ConvertError("--train-predictors and --reorder need --calibrate")
     from pi_backend.powerinfer import is_powerinfer_file
+    if head_only and is_powerinfer_file(input):  # its vocabulary and layout: convert it first
+        raise ConvertError("--head-preview: convert the PowerInfer file first, then add the "
+                           "preview to the result")
     if is_powerinfer_file(input):
         extra = [flag for flag, given in (
             ("--outtype", outtype != "auto"), ("--down-type", down_type is not None),

@@ -1,7 +1,7 @@
 """Command line: pi-convert INPUT --outfile OUT.gguf [--outtype auto|f32|f16|q8_0|q4_0|q4_1]
 [--down-type TYPE] [--dense | --keep-down] [--predictors DIR] [--calibrate [TEXT_FILE]] [--calib-tokens N]
 [--[no-]train-predictors] [--target-recall R] [--predictor-ranks 32,64,128] [--reorder]
-[--sparsity S | --ppl-budget B] [--threads N]   (also: python -m pi_backend.convert ...)"""
+[--sparsity S | --ppl-budget B] [--[no-]head-preview] [--head-tokens N] [--threads N]   (also: python -m pi_backend.convert ...)"""
 from __future__ import annotations
 
 import argparse
@@ -58,6 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
     thr.add_argument("--ppl-budget", type=float, metavar="B",
                      help="SwiGLU --calibrate: largest sparsity (greedy per-layer allocation) "
                      "within a relative perplexity increase B (default 0.02)")
+    p.add_argument("--head-preview", action=argparse.BooleanOptionalAction, default=None,
+                   help="add the sparse output head's preview (a low-rank picker of the output "
+                   "rows each token needs; default: on with --calibrate). Of a pi_backend split "
+                   "file without --calibrate: that file, with the preview added")
+    p.add_argument("--head-tokens", type=int, metavar="N",
+                   help="calibration tokens of the head preview (default 1536: the model's own "
+                   "text, or --calibrate's TEXT_FILE)")
     p.add_argument("--threads", type=int, metavar="N",
                    help="engine threads for calibration (default: the available cores, at most 8)")
     p.add_argument("--seed", type=int, default=0, help="calibration / training seed")
@@ -80,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
                           predictor_ranks=args.predictor_ranks, seed=args.seed,
                           sparsity=args.sparsity, ppl_budget=args.ppl_budget,
                           n_threads=args.threads, keep_down=args.keep_down,
-                          down_type=args.down_type)
+                          down_type=args.down_type, head_preview=args.head_preview,
+                          head_tokens=args.head_tokens)
     except ConvertError as e:
         sys.stderr.write(f"{PROG}: error: {e}\n")
         return 1

@@ -259,13 +259,15 @@ def first_pass(src, out: Path, outtype: str, progress: bool = False, t0: float |
 
 def rewrite(src: str | Path, dst: str | Path, keys: Mapping, drop_keys: Sequence[str] = (),
             drop_parts: Sequence[str] = (), add: Mapping[int, list] | None = None,
-            orders: Sequence[np.ndarray] | None = None, progress: bool = False) -> None:
+            orders: Sequence[np.ndarray] | None = None, add_global: Sequence = (),
+            progress: bool = False) -> None:
     """Copy the pi split file (or PowerInfer file) `src` into `dst` (temporary name, then
     renamed) with the metadata `keys` set (added or replaced) and `drop_keys` removed; the
     per-layer tensors named in `drop_parts` removed; add[layer]: [(part, data, ggml type)]
     written after that layer's ffn_down_t; orders[layer] (new -> original neuron): the rows of
     ffn_gate / ffn_up / ffn_down_t permuted as stored (quantized rows move whole: the weights are
-    bit-identical) and blk.N.neuron_order added."""
+    bit-identical) and blk.N.neuron_order added; add_global: [(name, data, ggml type)] global
+    tensors written last (drop_parts names global tensors by their whole name)."""
     from gguf import GGMLQuantizationType as QT
     from pi_backend.model import read_gguf
     from .layout import add_keys, copy_fields, replacing_writer
@@ -289,6 +291,7 @@ def rewrite(src: str | Path, dst: str | Path, keys: Mapping, drop_keys: Sequence
             if orders is not None:
                 plan.append((layer_name(il, T.NEURON_ORDER),
                              np.ascontiguousarray(orders[il], dtype=np.int32), QT.I32))
+    plan += list(add_global)
     with replacing_writer(Path(dst), arch) as w:
         copy_fields(r, w, set(keys) | set(drop_keys))
         add_keys(w, keys)

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "common.h"
+#include "head.h"
 #include "kernels.h"
 #include "model.h"
 #include "threads.h"
@@ -39,6 +40,7 @@ struct pi_context {
     int32_t *all_idx;         /* [n_ff] 0, 1, ..., n_ff - 1: every neuron (dense AXPY) */
     float *partial;           /* [n_threads - 1][d] the sparse FFN's per-share sums */
     uint8_t *emb_row;         /* [row bytes of token_embd] one embedding row unpacked from rows8 */
+    pi_head *head;            /* the sparse output head's scratch (head.c), NULL: dense head */
     pi_stats stats;
     float *rec_in, *rec_gate, *rec_h; /* calibration recorder (pi_context_set_recorder) */
     int32_t rec_tokens;
@@ -396,6 +398,7 @@ static int decode_chunk(pi_context *c, const int32_t *tokens, int B, int n_past,
     const int first = logits_all ? 0 : B - 1;
     for (int t = first; t < B; t++)
         rmsnorm(c->xn + (size_t)t * d, c->x + (size_t)t * d, m->output_norm.data, d, hp->norm_eps);
+    if (c->head && !logits_all) return pi_head_logits(c->head, c->pool, c->xn + (size_t)first * d, logits);
     return matmul(c, pi_model_output(m), c->xn + (size_t)first * d, B - first, logits, hp->n_vocab);
 }
 
@@ -508,6 +511,7 @@ int pi_context_create(pi_model *m, int32_t n_ctx, int32_t n_batch, int32_t n_thr
 
 void pi_context_free(pi_context *c) {
     if (!c) return;
+    pi_head_free(c->head);
     pi_pool_free(c->pool);
     pi_buffer_free(c->mem, c->mem_bytes);
     free(c);
@@ -552,5 +556,33 @@ int pi_context_stats(const pi_context *c, pi_stats *out) {
 int pi_context_reset_stats(pi_context *c) {
     PI_CHECK_NULL(c);
     memset(&c->stats, 0, sizeof c->stats);
+    pi_head_reset_stats(c->head);
+    return pi_ok();
+}
+
+/* ---- the output head's mode (head.c) ----------------------------------------------------------- */
+
+int pi_context_set_head_mode(pi_context *c, int mode) {
+    PI_CHECK_NULL(c);
+    int32_t modes = 0;
+    int rc = pi_model_head_modes(c->m, &modes);
+    if (rc) return rc;
+    if (mode != PI_HEAD_DENSE && mode != PI_HEAD_SPARSE)
+        return pi_fail(PI_ERR_RANGE, "pi_context_set_head_mode: unknown mode %d", mode);
+    if (!(modes & (1 << mode)))
+        return pi_fail(PI_ERR_RANGE, "pi_context_set_head_mode: this model has no output preview "
+                                     "(output_preview_a/b) for the sparse head");
+    if (mode == PI_HEAD_DENSE) {
+        pi_head_free(c->head);
+        c->head = NULL;
+        return pi_ok();
+    }
+    if (!c->head && (rc = pi_head_create(c->m, &c->head))) return rc;
+    return pi_ok();
+}
+
+int pi_context_head_stats(const pi_context *c, int64_t *steps, int64_t *fallbacks, int64_t *exact_rows) {
+    PI_CHECK_NULL(c);
+    pi_head_stats(c->head, steps, fallbacks, exact_rows);
     return pi_ok();
 }

@@ -715,6 +715,7 @@ typedef struct {
     float *y;
     const uint8_t *W2;     /* masked pair: a second matrix shaped as W (up beside gate), or NULL */
     float *y2;             /* masked pair: its output */
+    int keep_y;            /* masked: leave the rows not in idx as they are (pi_matvec_rows) */
 } job;
 
 static inline int64_t item_row(const job *j, int64_t i) { return j->idx ? j->idx[i] : i; }
@@ -887,7 +888,7 @@ static int matvec_run(const char *fn, pi_pool *pool, int type, const matrix_info
     const pi_kernels *K = active_kernels();
     j->dot = K->dot[type];
     j->row_bytes = m->row_bytes;
-    if (j->idx) memset(j->y, 0, (size_t)n_rows * sizeof(float));
+    if (j->idx && !j->keep_y) memset(j->y, 0, (size_t)n_rows * sizeof(float));
     if (j->y2) memset(j->y2, 0, (size_t)n_rows * sizeof(float));
     if (j->n_items == 0) return pi_ok();
     const int st = prepare_activations(fn, K, type, x, j->n_cols, j->n_tok, 0, &j->act, &j->act_bytes);
@@ -957,7 +958,7 @@ int pi_matmat_rows8(pi_pool *pool, int type, const void *Wp, int64_t n_rows, int
 /* pi_matvec_masked, and with W2 / y2 the pair (pi_matvec_masked_pair): validated here. */
 static int masked_run(const char *fn, pi_pool *pool, int type, const void *W, const void *W2,
                       int64_t n_rows, int64_t n_cols, const float *x, const int32_t *idx,
-                      int64_t n_idx, float *y, float *y2) {
+                      int64_t n_idx, float *y, float *y2, int zero) {
     if (!W || !x || !idx || !y)
         return pi_fail(PI_ERR_NULL, "%s: argument '%s' is NULL", fn, !W ? "W" : !x ? "x" : !idx ? "idx" : "y");
     matrix_info m;
@@ -965,20 +966,20 @@ static int masked_run(const char *fn, pi_pool *pool, int type, const void *W, co
     if (st) return st;
     if ((st = check_idx(fn, idx, n_idx, n_rows))) return st;
     job j = {.W = W, .W2 = W2, .n_cols = n_cols, .idx = idx, .n_items = n_idx, .y = y, .y2 = y2,
-             .n_tok = 1, .ldy = n_rows};
+             .n_tok = 1, .ldy = n_rows, .keep_y = !zero};
     return matvec_run(fn, pool, type, &m, n_rows, x, &j);
 }
 
 int pi_matvec_masked(pi_pool *pool, int type, const void *W, int64_t n_rows, int64_t n_cols,
                      const float *x, const int32_t *idx, int64_t n_idx, float *y) {
-    return masked_run(__func__, pool, type, W, NULL, n_rows, n_cols, x, idx, n_idx, y, NULL);
+    return masked_run(__func__, pool, type, W, NULL, n_rows, n_cols, x, idx, n_idx, y, NULL, 1);
 }
 
 int pi_matvec_masked_pair(pi_pool *pool, int type, const void *W, const void *W2, int64_t n_rows,
                           int64_t n_cols, const float *x, const int32_t *idx, int64_t n_idx,
                           float *y, float *y2) {
     if (!W2 || !y2) return pi_fail(PI_ERR_NULL, "%s: argument '%s' is NULL", __func__, !W2 ? "W2" : "y2");
-    return masked_run(__func__, pool, type, W, W2, n_rows, n_cols, x, idx, n_idx, y, y2);
+    return masked_run(__func__, pool, type, W, W2, n_rows, n_cols, x, idx, n_idx, y, y2, 1);
 }
 
 int pi_axpy_sparse(pi_pool *pool, int type, const void *Wt, int64_t n_rows, int64_t n_cols,
@@ -1104,4 +1105,9 @@ int pi_matvec_cols_sparse(pi_pool *pool, int type, const void *W, int64_t n_rows
                         .idx = idx, .n_idx = n_idx, .y = y};
     pi_pool_run(pool, cols_sparse_task, (void *)&j);
     return pi_ok();
+}
+
+int pi_matvec_rows(pi_pool *pool, int type, const void *W, int64_t n_rows, int64_t n_cols,
+                   const float *x, const int32_t *idx, int64_t n_idx, float *y) {
+    return masked_run(__func__, pool, type, W, NULL, n_rows, n_cols, x, idx, n_idx, y, NULL, 0);
 }

@@ -7,10 +7,11 @@
 #include <string.h>
 
 #include "common.h"
+#include "head.h"
 #include "model.h"
 
 /* What a tensor name may hold. Shapes are symbolic: resolved from the hyperparameters. */
-enum dim { D_ONE, D_EMBD, D_FF, D_VOCAB, D_Q, D_KV, D_RANK };
+enum dim { D_ONE, D_EMBD, D_FF, D_VOCAB, D_Q, D_KV, D_RANK, D_HEAD_RANK };
 enum kind { K_NORM, K_MATRIX, K_BIAS };
 
 typedef struct {
@@ -45,6 +46,8 @@ static const tensor_spec global_specs[] = {
     {"token_embd.weight", G(tok_embd), K_MATRIX, D_VOCAB, D_EMBD},
     {"output_norm.weight", G(output_norm), K_NORM, D_ONE, D_EMBD},
     {"output.weight", G(output), K_MATRIX, D_VOCAB, D_EMBD},
+    {"output_preview_a.weight", G(preview_a), K_MATRIX, D_HEAD_RANK, D_EMBD},
+    {"output_preview_b.weight", G(preview_b), K_MATRIX, D_VOCAB, D_HEAD_RANK},
 };
 
 static int64_t dim_value(const pi_hparams *hp, enum dim d) {
@@ -56,6 +59,7 @@ static int64_t dim_value(const pi_hparams *hp, enum dim d) {
     case D_Q: return (int64_t)hp->n_head * hp->head_dim;
     case D_KV: return (int64_t)hp->n_head_kv * hp->head_dim;
     case D_RANK: return -1; /* free: checked for consistency between fc1 and fc2 */
+    case D_HEAD_RANK: return -1; /* free: checked between the two preview factors (head.c) */
     }
     return 0;
 }
@@ -209,7 +213,12 @@ static int dense_only(pi_model *m, pi_weight **list) {
             list[n++] = &l->up;
         }
     }
-    list[n++] = m->output.data ? &m->output : &m->tok_embd;
+    if (m->head_candidates) { /* the sparse head: the output's rows are read one by one */
+        list[n++] = &m->preview_a;
+        list[n++] = &m->preview_b;
+    } else {
+        list[n++] = m->output.data ? &m->output : &m->tok_embd;
+    }
     return n;
 }
 
@@ -255,7 +264,7 @@ static int repack_one(const pi_weight *w, uint8_t *out, int release) {
 
 /* Copies the dense-only matrices into one buffer in the rows8 layout. */
 static int repack_dense(pi_model *m) {
-    pi_weight **list = malloc(((size_t)m->hp.n_layer * DENSE_ONLY_PER_LAYER + 1) * sizeof *list);
+    pi_weight **list = malloc(((size_t)m->hp.n_layer * DENSE_ONLY_PER_LAYER + 3) * sizeof *list);
     if (!list) return pi_fail(PI_ERR_NOMEM, "pi_model_finalize: out of memory");
     const int n = dense_only(m, list);
     size_t total = 0;
@@ -361,6 +370,7 @@ int pi_model_finalize(pi_model *m) {
     if (n_pred != 0 && n_pred != m->hp.n_layer)
         return pi_fail(PI_ERR_SHAPE, "predictors present in %d of %d layers; need all or none", n_pred,
                        m->hp.n_layer);
+    if ((rc = pi_head_check(m))) return rc;
     if (m->repack != PI_REPACK_NONE && ((rc = repack_dense(m)) || (rc = copy_small(m)))) {
         drop_packed(m); /* a failed copy of the norms leaves the model as it was, too */
         return rc;

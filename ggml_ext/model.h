@@ -33,6 +33,10 @@ struct pi_model {
     pi_weight tok_embd;                  /* [n_vocab][d] */
     pi_weight output_norm;               /* [d] f32 */
     pi_weight output;                    /* [n_vocab][d]; absent when tied to tok_embd */
+    pi_weight preview_a;                 /* output preview [head_rank][d] (head.c), optional */
+    pi_weight preview_b;                 /* output preview [n_vocab][head_rank] */
+    int32_t head_candidates;             /* the preview's candidate count (pi_model_set_head) */
+    float head_margin;                   /* its fallback margin */
     pi_layer *layers;                    /* [n_layer] */
     float *thresholds;                   /* [n_layer] */
     int32_t max_rank;                    /* largest predictor rank (0: no predictors) */

@@ -20,7 +20,7 @@
 extern "C" {
 #endif
 
-#define PI_API_VERSION 5
+#define PI_API_VERSION 7
 
 #if defined(__GNUC__)
 #define PI_API __attribute__((visibility("default")))
@@ -272,6 +272,37 @@ typedef struct {
 
 PI_API int pi_context_stats(const pi_context *c, pi_stats *out);
 PI_API int pi_context_reset_stats(pi_context *c);
+
+/* ---- sparse output head (head.c; docs/FORMAT.md "Output preview") ------------------------
+ * A file may carry a low-rank preview of the output matrix W [n_vocab][d]: output_preview_a
+ * [rank][d] and output_preview_b [n_vocab][rank] (attached by pi_model_set_tensor), with
+ * p = B (A x) ~ W x. The sparse head computes p, takes the n_candidates rows of largest p (the
+ * rows with p >= the n_candidates-th largest value) and computes their exact logits over W's
+ * plain rows; the other rows keep their preview value. When the best exact logit is not at
+ * least `margin` above that cut, the full head runs instead. */
+typedef enum { PI_HEAD_DENSE = 0, PI_HEAD_SPARSE = 1 } pi_head_mode;
+
+/* Enables the sparse head (before pi_model_finalize, which then requires both preview
+ * tensors): its candidate count (1 .. n_vocab) and fallback margin (finite, >= 0). The output
+ * matrix then stays in plain rows (not rows8: one row of rows8 is spread over its group's
+ * bytes), so the dense head of such a model runs the plain kernel. Without this call the
+ * preview tensors are ignored (never read). */
+PI_API int pi_model_set_head(pi_model *m, int32_t n_candidates, float margin);
+/* Bit set of the pi_head_mode values the model supports (1 << mode): dense always, sparse
+ * after pi_model_set_head. */
+PI_API int pi_model_head_modes(const pi_model *m, int32_t *modes);
+/* Head mode of a context (default dense). The sparse head serves the last token's logits of a
+ * pi_decode call without logits_all; logits_all always runs the full head. */
+PI_API int pi_context_set_head_mode(pi_context *c, int mode);
+/* Since the last pi_context_reset_stats: sparse head steps, of which fell back to the full
+ * head, and the exact rows computed in the steps that did not. Any pointer may be NULL. */
+PI_API int pi_context_head_stats(const pi_context *c, int64_t *steps, int64_t *fallbacks,
+                                 int64_t *exact_rows);
+
+/* pi_matvec_masked that leaves the other rows alone: y[idx[k]] = W[idx[k]] . x for k < n_idx;
+ * every other y[i] keeps its value. Same arguments and checks. */
+PI_API int pi_matvec_rows(pi_pool *pool, int type, const void *W, int64_t n_rows, int64_t n_cols,
+                          const float *x, const int32_t *idx, int64_t n_idx, float *y);
 
 #ifdef __cplusplus
 }

@@ -10,7 +10,7 @@ import glob
 import os
 from ctypes import POINTER, c_char_p, c_float, c_int, c_int32, c_int64, c_size_t, c_void_p
 
-PI_API_VERSION = 5
+PI_API_VERSION = 7
 
 # ---- status codes (pi_status) -----------------------------------------------------------
 PI_OK = 0
@@ -61,6 +61,8 @@ PI_FFN_THRESHOLD = 2
 PI_REPACK_NONE = 0
 PI_REPACK = 1
 PI_REPACK_RELEASE = 2
+PI_HEAD_DENSE = 0
+PI_HEAD_SPARSE = 1
 
 
 class pi_type_desc(ctypes.Structure):
@@ -173,6 +175,13 @@ _PROTOTYPES = [
     ("pi_context_set_recorder", c_int, [pi_context_p, f32_p, f32_p, f32_p, c_int32]),
     ("pi_context_stats", c_int, [pi_context_p, POINTER(pi_stats)]),
     ("pi_context_reset_stats", c_int, [pi_context_p]),
+    # sparse output head
+    ("pi_model_set_head", c_int, [pi_model_p, c_int32, c_float]),
+    ("pi_model_head_modes", c_int, [pi_model_p, POINTER(c_int32)]),
+    ("pi_context_set_head_mode", c_int, [pi_context_p, c_int]),
+    ("pi_context_head_stats", c_int, [pi_context_p, i64_p, i64_p, i64_p]),
+    ("pi_matvec_rows", c_int,
+     [pi_pool_p, c_int, c_void_p, c_int64, c_int64, f32_p, i32_p, c_int64, f32_p]),
 ]
 
 

