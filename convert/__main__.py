@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "rows each token needs; default: on with --calibrate). Of a pi_backend split "
                    "file without --calibrate: that file, with the preview added")
     p.add_argument("--head-tokens", type=int, metavar="N",
-                   help="calibration tokens of the head preview (default 1536: the model's own "
+                   help="calibration tokens of the head preview (default 2048: the model's own "
                    "text, or --calibrate's TEXT_FILE)")
     p.add_argument("--threads", type=int, metavar="N",
                    help="engine threads for calibration (default: the available cores, at most 8)")

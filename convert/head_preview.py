@@ -7,14 +7,20 @@ approximation of the output matrix W [n_vocab][d] that picks the rows each token
 2. C = E[h h^T] over the record set; the SVD of W C^1/2 = U S V^T; rank r keeps
    B = U_r S_r [n_vocab][r] and A = V_r^T C^-1/2 [r][d], so B (A h) ~ W h where h lives.
    A plain SVD of W picks the true top-1 far less often: the whitening by C is the point.
+   A carries PROBE more rows, the next right singular directions: the length of h's
+   coordinates along them (the probe) measures how much of h the preview misses, which is
+   what its errors grow with.
 3. Both factors are stored q8_0 (r a multiple of 32); the preview is evaluated as stored.
 4. On held-out positions, for each rank and candidate count N: the candidates are the rows of
    the N largest preview values; recall = the share of positions whose true top-1 (and of the
-   true top-40) is among them. The smallest expected bytes per token among the settings that
-   reach the recall target is kept (the fallback's full head counted at its rate).
+   true top-40) is among them; KL = the mean KL divergence of the sparse head's distribution
+   from the dense one as default sampling draws from it (`sampling_kl`). The smallest expected bytes per token among the settings that reach the
+   recall target and MAX_KL is kept (the fallback's full head counted at its rate).
 5. The margin: the engine falls back to the full head when the best exact logit is less than
-   `margin` above the N-th largest preview value. It is the smallest margin under which greedy
-   decoding equals dense on at least `agreement` of the held-out positions.
+   margin * probe above the N-th largest preview value. It is the smallest margin under which
+   greedy decoding equals dense on at least `agreement` of the held-out positions. (A margin
+   in logits alone, without the probe, sends half the positions to the full head for the
+   same agreement on SmolLM2.)
 """
 from __future__ import annotations
 
@@ -32,13 +38,17 @@ from pi_backend.format import Keys, T
 from .model import ConvertError
 
 RANKS = (64, 128)                 # q8_0 rows: multiples of 32
-CANDIDATES = (256, 512, 1024, 2048)
+CANDIDATES = (512, 1024, 2048, 4096)
 TARGET_RECALL = 0.995             # share of held-out positions whose top-1 is a candidate
 AGREEMENT = 0.999                 # greedy equals dense on this share of held-out positions
-N_TOKENS = 1536                   # calibration tokens (record set and held-out together)
+MAX_KL = 1e-3                     # mean KL of default sampling's renormalised distribution
+MIN_P = 0.05                      # default sampling (llama.cpp's chain): top-k 40, top-p 0.95,
+TEMPERATURE = 0.8                 # min-p 0.05, then temperature 0.8
+N_TOKENS = 2048                   # calibration tokens (record set and held-out together)
 N_HELDOUT = 512
 SEQ_LEN = 128
 TOP_K = 40
+PROBE = 32                        # probe rows of output_preview_a
 
 
 @dataclass
@@ -51,6 +61,7 @@ class Setting:
     margin: float
     fallback: float       # share of positions the margin sends to the full head
     agreement: float      # greedy equals dense, with the fallback
+    kl: float             # mean KL(dense || sparse) of default sampling's distribution (sampling_kl)
     exact_rows: float     # mean rows computed exactly (the candidates' groups)
     bytes: float          # expected head bytes per token
 
@@ -75,21 +86,23 @@ class HeadPreview:
         c = self.chosen
         s = (f"rank {c.rank}, N {c.n_candidates}: top-1 recall {c.recall1:.4f}, top-40 "
              f"{c.recall40:.4f}, margin {c.margin:.3f}, fallback {c.fallback:.3f}, greedy = "
-             f"dense {c.agreement:.4f} on {self.n_heldout} held-out positions ({self.source})")
+             f"dense {c.agreement:.4f}, sampling KL {c.kl:.1e} on {self.n_heldout} held-out "
+             f"positions ({self.source})")
         if self.domain is not None:
             d = self.domain
             s += (f"; on {self.domain_name}: top-1 recall {d.recall1:.4f}, top-40 "
-                  f"{d.recall40:.4f}, fallback {d.fallback:.3f}, greedy = dense {d.agreement:.4f}")
+                  f"{d.recall40:.4f}, fallback {d.fallback:.3f}, greedy = dense {d.agreement:.4f}, "
+                  f"sampling KL {d.kl:.1e}")
         return s
 
     def report(self) -> str:
         lines = ["head preview (held-out positions)",
-                 "rank      N  recall1  recall40  margin  fallback  agree  exact rows  MB/token"]
+                 "rank      N  recall1  recall40  margin  fallback  agree  sampling KL  MB/token"]
         for s in self.settings:
             mark = " *" if s is self.chosen else ""
             lines.append(f"{s.rank:4d} {s.n_candidates:6d}  {s.recall1:7.4f}  {s.recall40:8.4f}  "
                          f"{s.margin:6.3f}  {s.fallback:8.3f}  {s.agreement:5.3f}  "
-                         f"{s.exact_rows:10.0f}  {s.bytes / 1e6:8.2f}{mark}")
+                         f"{s.kl:11.1e}  {s.bytes / 1e6:8.2f}{mark}")
         return "\n".join(lines)
 
     def keys(self) -> dict:
@@ -146,7 +159,7 @@ def q8_0(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def whitened_svd(w: np.ndarray, gram: np.ndarray, h: np.ndarray, max_rank: int):
-    """(B [n_vocab][max_rank], A [max_rank][d]) from the SVD of M = W C^1/2, C = E[h h^T],
+    """(B [n_vocab][max_rank], A [max_rank + PROBE][d]) from the SVD of M = W C^1/2, C = E[h h^T],
     through M^T M = C^1/2 (W^T W) C^1/2 (d x d; gram = W^T W): M = U S V^T, B = U_r S_r =
     M V_r, A = V_r^T C^-1/2."""
     c = (h.astype(np.float64).T @ h.astype(np.float64)) / len(h)
@@ -155,24 +168,24 @@ def whitened_svd(w: np.ndarray, gram: np.ndarray, h: np.ndarray, max_rank: int):
     c_half = (q * np.sqrt(lam)) @ q.T
     c_inv_half = (q / np.sqrt(lam)) @ q.T
     s2, v = np.linalg.eigh(c_half @ gram @ c_half)
-    v = v[:, np.argsort(s2)[::-1][:max_rank]]                 # the leading right singular vectors
-    b = w @ (c_half @ v).astype(np.float32)
+    v = v[:, np.argsort(s2)[::-1][:max_rank + PROBE]]        # the leading right singular vectors
+    b = w @ (c_half @ v[:, :max_rank]).astype(np.float32)
     a = v.T @ c_inv_half
     return b.astype(np.float32), a.astype(np.float32)
 
 
-def evaluate(preview: np.ndarray, exact: np.ndarray, n_cand: int, margin: float | None = None,
-             agreement: float = AGREEMENT):
-    """The sparse head's statistics over positions (preview and exact logits [n][V]):
-    (recall1, recall40, margin, fallback, agreement, mean exact rows). margin None: the
-    smallest one that keeps greedy = dense on `agreement` of the positions."""
+def evaluate(preview: np.ndarray, exact: np.ndarray, probe: np.ndarray, n_cand: int,
+             margin: float | None = None, agreement: float = AGREEMENT):
+    """The sparse head's statistics over positions (preview and exact logits [n][V], probe
+    lengths [n]): (recall1, recall40, margin, fallback, agreement, KL, mean exact rows). margin
+    None: the smallest one that keeps greedy = dense on `agreement` of the positions."""
     n, V = preview.shape
     cut = np.partition(preview, V - n_cand, axis=1)[:, V - n_cand]       # the N-th largest
     cand = preview >= cut[:, None]
     hit1 = cand[np.arange(n), np.argmax(exact, axis=1)]
     top = np.argpartition(-exact, TOP_K, axis=1)[:, :TOP_K]
     recall40 = cand[np.arange(n)[:, None], top].mean()
-    gap = np.where(cand, exact, -np.inf).max(axis=1) - cut             # best exact - cut
+    gap = (np.where(cand, exact, -np.inf).max(axis=1) - cut) / probe   # (best exact - cut) / probe
     if margin is None:
         # wrong without the fallback: the top-1 outside the candidates while gap >= margin
         allowed = int(math.floor((1.0 - agreement) * n + 1e-9))
@@ -181,15 +194,36 @@ def evaluate(preview: np.ndarray, exact: np.ndarray, n_cand: int, margin: float 
         if len(miss) > allowed:
             margin = max(0.0, float(miss[allowed]) + 1e-3 * (1.0 + abs(float(miss[allowed]))))
     fall = gap < margin
+    kl = np.where(fall, 0.0, sampling_kl(exact, np.where(cand, exact, preview), top))
     return (float(hit1.mean()), float(recall40), margin, float(fall.mean()),
-            float(np.mean(hit1 | fall)), float(cand.sum(axis=1).mean()))
+            float(np.mean(hit1 | fall)), float(kl.mean()), float(cand.sum(axis=1).mean()))
+
+
+def sampling_kl(exact: np.ndarray, approx: np.ndarray, top: np.ndarray | None = None,
+                min_p: float = MIN_P, temperature: float = TEMPERATURE) -> np.ndarray:
+    """KL(dense || approx) per position [n] of the distribution default sampling draws from:
+    the dense logits' top-40 that pass min-p (probability >= min_p x the largest), renormalised
+    at the temperature, both logit sets over that support (top-p only narrows it further).
+    min_p 0 and temperature 1: the plain renormalised top-40."""
+    rows = np.arange(len(exact))[:, None]
+    if top is None:
+        top = np.argpartition(-exact, TOP_K, axis=1)[:, :TOP_K]
+    e = exact[rows, top].astype(np.float64)
+    keep = e >= e.max(axis=1, keepdims=True) + (np.log(min_p) if min_p > 0 else -np.inf)
+
+    def log_softmax(x):
+        x = np.where(keep, x.astype(np.float64) / temperature, -np.inf)
+        x = x - x.max(axis=1, keepdims=True)
+        return x - np.log(np.exp(x).sum(axis=1, keepdims=True))
+    p, q = log_softmax(e), log_softmax(approx[rows, top])
+    return np.sum(np.where(keep, np.exp(p) * (p - q), 0.0), axis=1)
 
 
 def choose(settings: list[Setting], target: float) -> Setting:
-    ok = [s for s in settings if s.recall1 >= target]
+    ok = [s for s in settings if s.recall1 >= target and s.kl <= MAX_KL]
     if ok:
         return min(ok, key=lambda s: s.bytes)
-    return max(settings, key=lambda s: (s.recall1, -s.bytes))
+    return min(settings, key=lambda s: (s.kl, -s.recall1, s.bytes))
 
 
 def fit(model_path: str | Path, model, seqs: Sequence[np.ndarray], held: Sequence[np.ndarray],
@@ -201,9 +235,10 @@ def fit(model_path: str | Path, model, seqs: Sequence[np.ndarray], held: Sequenc
     t0 = time.perf_counter()
     w, row_bytes = head_matrix(model_path)
     V, d = w.shape
-    bad = [r for r in ranks if r % 32 or r <= 0 or r > d]
+    bad = [r for r in ranks if r % 32 or r <= 0 or r + PROBE > d]
     if bad:
-        raise ConvertError(f"head preview ranks {bad}: each must be a multiple of 32 in 32..{d}")
+        raise ConvertError(f"head preview ranks {bad}: each must be a multiple of 32 in "
+                           f"32..{d - PROBE} (d - {PROBE} probe rows)")
     candidates = [n for n in candidates if n < V] or [max(1, V // 2)]
     gram = (w.T @ w).astype(np.float64)
     h = hidden_states(model, w, seqs, n_threads)
@@ -212,24 +247,27 @@ def fit(model_path: str | Path, model, seqs: Sequence[np.ndarray], held: Sequenc
     b_all, a_all = whitened_svd(w, gram, h, max(ranks))
     settings, stored = [], {}
     for r in ranks:
-        a_q, a = q8_0(a_all[:r])
+        a_q, a = q8_0(np.concatenate([a_all[:r], a_all[max(ranks):]]))   # rank r, then the probe
         b_q, b = q8_0(b_all[:, :r])
         stored[r] = (a, b, a_q, b_q)
-        pv = (hh @ a.T) @ b.T
+        z = hh @ a.T
+        pv, probe = z[:, :r] @ b.T, np.linalg.norm(z[:, r:], axis=1)
         for n in candidates:
-            rec1, rec40, margin, fall, agree, rows = evaluate(pv, exact, n)
+            rec1, rec40, margin, fall, agree, kl, rows = evaluate(pv, exact, probe, n)
             head = V * row_bytes
             preview_bytes = a_q.nbytes + b_q.nbytes
             exp_bytes = preview_bytes + (1 - fall) * rows * row_bytes + fall * head
-            settings.append(Setting(r, n, rec1, rec40, margin, fall, agree, rows, exp_bytes))
+            settings.append(Setting(r, n, rec1, rec40, margin, fall, agree, kl, rows, exp_bytes))
     chosen = choose(settings, target)
     a, b, a_q, b_q = stored[chosen.rank]
     hp = HeadPreview(a=a, b=b, a_q=a_q, b_q=b_q, chosen=chosen, settings=settings, source=source,
                      n_record=len(h), n_heldout=len(hh))
     if domain:
         hd = hidden_states(model, w, domain, n_threads)
-        r = evaluate((hd @ a.T) @ b.T, hd @ w.T, chosen.n_candidates, margin=chosen.margin)
-        hp.domain = Setting(chosen.rank, chosen.n_candidates, *r[:5], r[5], 0.0)
+        z = hd @ a.T
+        r = evaluate(z[:, :chosen.rank] @ b.T, hd @ w.T, np.linalg.norm(z[:, chosen.rank:], axis=1),
+                     chosen.n_candidates, margin=chosen.margin)
+        hp.domain = Setting(chosen.rank, chosen.n_candidates, *r, 0.0)
         hp.domain_name = domain_name
     hp.seconds = time.perf_counter() - t0
     return hp

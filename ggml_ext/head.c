@@ -1,13 +1,16 @@
 /* head.c - the sparse output head: a low-rank preview picks the output rows a token needs.
  *
  * One step (pi_head_logits), for the normed final hidden state x [d]:
- *   z = A x                     A = output_preview_a [rank][d]
- *   p = B z                     B = output_preview_b [n_vocab][rank]  (the logits buffer)
+ *   z = A x                     A = output_preview_a [rank + probe][d]
+ *   p = B z[0 .. rank)          B = output_preview_b [n_vocab][rank]  (the logits buffer)
+ *   scale = |z[rank ..)|        the next `probe` whitened directions: how much of x the preview
+ *                               misses (1 without probe rows)
  *   cut = the N-th largest p    sampled threshold, the SIMD select kernel, quickselect: no sort
  *   exact logits W x of the candidates (pi_matvec_rows over W's plain rows: a model with the
  *     sparse head keeps its output matrix plain, since one row of the rows8 layout is spread
  *     over its whole group's bytes)
- *   fallback: when the best exact logit is not at least `margin` above cut, the full head runs.
+ *   fallback: when the best exact logit is not at least margin * scale above cut, the full head
+ *     runs (the preview's error grows with the part of x outside its subspace).
  * Every row not computed keeps its preview value p, so sampling sees a sane tail.
  */
 #include <math.h>
@@ -23,7 +26,7 @@
 
 struct pi_head {
     const pi_model *m;
-    float *z;           /* [rank] the preview's hidden vector */
+    float *z;           /* [rank + probe] the preview's hidden vector */
     float *sample;      /* [n_vocab / SAMPLE_STEP + 1] */
     float *work;        /* [n_vocab] the values above the sampled threshold, reordered */
     int32_t *idx;       /* [n_vocab] candidate rows */
@@ -52,8 +55,8 @@ int pi_head_check(const pi_model *m) {
         return pi_fail(PI_ERR_SHAPE, "model has %s of the preview tensors output_preview_a/b%s",
                        a->data || b->data ? "only one" : "neither",
                        m->head_candidates ? " but the sparse head is enabled (pi_model_set_head)" : "");
-    if (a->n_rows != b->n_cols)
-        return pi_fail(PI_ERR_SHAPE, "output_preview_b takes %lld inputs but output_preview_a has rank %lld",
+    if (a->n_rows < b->n_cols)
+        return pi_fail(PI_ERR_SHAPE, "output_preview_b takes %lld inputs but output_preview_a has only %lld rows",
                        (long long)b->n_cols, (long long)a->n_rows);
     return PI_OK;
 }
@@ -176,7 +179,10 @@ int pi_head_logits(pi_head *h, pi_pool *pool, const float *xn, float *logits) {
     if ((rc = pi_matvec_rows(pool, w->type, w->data, V, w->n_cols, xn, h->idx, n, logits))) return rc;
     float best = -INFINITY;
     for (int64_t k = 0; k < n; k++) best = logits[h->idx[k]] > best ? logits[h->idx[k]] : best;
-    if (n > 0 && best - cut >= m->head_margin) {
+    double probe = 0; /* the probe rows' energy (none: scale 1) */
+    for (int64_t i = m->preview_b.n_cols; i < m->preview_a.n_rows; i++) probe += (double)h->z[i] * h->z[i];
+    const float scale = m->preview_a.n_rows > m->preview_b.n_cols ? (float)sqrt(probe) : 1.0f;
+    if (n > 0 && best - cut >= m->head_margin * scale) {
         h->exact_rows += n;
         return PI_OK;
     }

@@ -275,11 +275,12 @@ PI_API int pi_context_reset_stats(pi_context *c);
 
 /* ---- sparse output head (head.c; docs/FORMAT.md "Output preview") ------------------------
  * A file may carry a low-rank preview of the output matrix W [n_vocab][d]: output_preview_a
- * [rank][d] and output_preview_b [n_vocab][rank] (attached by pi_model_set_tensor), with
- * p = B (A x) ~ W x. The sparse head computes p, takes the n_candidates rows of largest p (the
- * rows with p >= the n_candidates-th largest value) and computes their exact logits over W's
- * plain rows; the other rows keep their preview value. When the best exact logit is not at
- * least `margin` above that cut, the full head runs instead. */
+ * [rank + probe][d] and output_preview_b [n_vocab][rank] (attached by pi_model_set_tensor):
+ * z = A x, p = B z[0 .. rank) ~ W x. The sparse head computes p, takes the n_candidates rows of
+ * largest p (the rows with p >= the n_candidates-th largest value) and computes their exact
+ * logits over W's plain rows; the other rows keep their preview value. When the best exact
+ * logit is not at least margin * |z[rank ..)| (margin alone without probe rows) above that
+ * cut, the full head runs instead. */
 typedef enum { PI_HEAD_DENSE = 0, PI_HEAD_SPARSE = 1 } pi_head_mode;
 
 /* Enables the sparse head (before pi_model_finalize, which then requires both preview
