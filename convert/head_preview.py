@@ -216,7 +216,8 @@ def sampling_kl(exact: np.ndarray, approx: np.ndarray, top: np.ndarray | None = 
         x = x - x.max(axis=1, keepdims=True)
         return x - np.log(np.exp(x).sum(axis=1, keepdims=True))
     p, q = log_softmax(e), log_softmax(approx[rows, top])
-    return np.sum(np.where(keep, np.exp(p) * (p - q), 0.0), axis=1)
+    with np.errstate(invalid="ignore"):   # -inf - -inf outside the support, dropped by where
+        return np.sum(np.where(keep, np.exp(p) * (p - q), 0.0), axis=1)
 
 
 def choose(settings: list[Setting], target: float) -> Setting:

@@ -63,7 +63,8 @@ def _gguf_info(src) -> dict:
     split = layout is not None or any(F.split_name(n)[1] == T.FFN_DOWN_T for n in names)
     ffn = {T.FFN_GATE: "ffn_gate", T.FFN_UP: "ffn_up", T.FFN_DOWN: "ffn_down",
            T.FFN_DOWN_T: "ffn_down_t"}   # tensor -> role
-    b = dict.fromkeys([*ffn.values(), "predictor", "attn", "output", "other"], 0)
+    b = dict.fromkeys([*ffn.values(), "predictor", "attn", "output", "preview", "other"], 0)
+    output_rows = 1
     types: dict[str, str] = {}
     for t in r.tensors:
         n, nb = t.name, int(t.n_bytes)
@@ -76,16 +77,19 @@ def _gguf_info(src) -> dict:
             types[key] = t.tensor_type.name
         elif part in (T.FC1, T.FC2):
             b["predictor"] += nb
+        elif part in (T.PREVIEW_A, T.PREVIEW_B):
+            b["preview"] += nb    # read by the sparse head only
         elif part.startswith("attn_"):
             b["attn"] += nb
         elif n == T.OUTPUT or (n == T.TOKEN_EMBD and T.OUTPUT not in names):
             b["output"] += nb  # a tied embedding is read in full as the output matrix
+            output_rows = int(t.shape[-1]) if len(t.shape) > 1 else 1
         elif n == T.TOKEN_EMBD:
             pass  # one row per token: negligible
         else:
             b["other"] += nb
     return {"split": split, "bytes": b, "ffn_type": types.get("ffn_up"),
-            "has_predictors": b["predictor"] > 0}
+            "has_predictors": b["predictor"] > 0, "output_row_bytes": b["output"] / output_rows}
 
 
 def _cache_file(src: Path, tag: str, outtype: str) -> Path:
@@ -162,10 +166,15 @@ class PiRunner:
     engine = "pi_backend"
 
     def __init__(self, label, model, file_kind, mode, n_ctx, threads, target=None,
-                 thresholds=None, sampling=None):
+                 thresholds=None, sampling=None, head_mode=F.HEAD_DENSE):
         self.label, self.model, self.file, self.mode = label, model, file_kind, mode
         self.target, self.thresholds, self.sampling = target, thresholds, sampling
-        self.ctx = model.new_context(n_ctx=n_ctx, n_threads=threads, n_batch=512, ffn_mode=mode)
+        self.head_mode = head_mode
+        self.ctx = model.new_context(n_ctx=n_ctx, n_threads=threads, n_batch=512, ffn_mode=mode,
+                                     head_mode=head_mode)
+
+    def head_stats(self):
+        return self.ctx.head_stats()
 
     def picker(self):
         if self.sampling is None:
@@ -209,7 +218,11 @@ class LlamaRunner:
     target = None
     thresholds = None
     sampling = None
+    head_mode = F.HEAD_DENSE
     picker = Greedy
+
+    def head_stats(self):
+        return None
 
     def __init__(self, label, path, n_ctx, threads):
         import llama_cpp
@@ -291,7 +304,7 @@ def run_once(r, prompt, n_gen):
         picker.close()
     return {"prompt_s": t1 - t0, "decode_s": t3 - t2, "prompt_sparsity": s_prompt,
             "decode_sparsity": r.sparsity(), "decode_down_sparsity": r.down_sparsity(),
-            "tokens": out}
+            "head": r.head_stats(), "tokens": out}
 
 
 # ---- calibration, perplexity, bandwidth ------------------------------------------------------
@@ -341,24 +354,46 @@ def read_bandwidth(threads: int, mib: int, reps: int = 5) -> float:
         buf.close()
 
 
-def bytes_per_token(info: dict, mode: str, sparsity: float, down_sparsity: float) -> float:
-    """Weight bytes one decoded token reads in `mode`, from the engine's counts: `sparsity` of
-    the neurons computed (gate and up rows), `down_sparsity` of those entering the down
-    projection. Dense mode reads the plain ffn_down where the file keeps one; threshold mode
+def bytes_by_part(info: dict, mode: str, sparsity: float, down_sparsity: float,
+                  head: dict | None = None, kv_bytes: float = 0.0) -> dict:
+    """Bytes one decoded token reads by part, from the engine's counts: attention weights, FFN
+    weights (`sparsity` of the neurons computed, gate and up rows; `down_sparsity` of those
+    entering the down projection), the output head, the KV cache (`kv_bytes`) and the rest
+    (norms). Dense mode reads the plain ffn_down where the file keeps one; threshold mode
     computes gate (and, without predictors, up: the engine repacks it) densely; the down
     projection reads the ffn_down_t rows it counted, or the whole plain ffn_down when it ran
-    dense (the count is then every neuron)."""
+    dense (the count is then every neuron). The sparse head (`head`: its steps' fallback share
+    and exact rows per step that did not fall back) reads the preview, the exact rows and, on
+    a fallback, the whole output matrix."""
     b = info["bytes"]
     keep, keep_down = 1.0 - sparsity, 1.0 - down_sparsity
-    base = b["attn"] + b["output"] + b["other"]
     down = (b["ffn_down"] if b["ffn_down"] and down_sparsity == 0.0 else
             keep_down * b["ffn_down_t"])
     if mode == "dense":
-        return base + b["ffn_gate"] + b["ffn_up"] + (b["ffn_down"] or b["ffn_down_t"])
-    if mode == "threshold":
+        ffn = b["ffn_gate"] + b["ffn_up"] + (b["ffn_down"] or b["ffn_down_t"])
+    elif mode == "threshold":
         up = keep * b["ffn_up"] if info["has_predictors"] else b["ffn_up"]
-        return base + b["ffn_gate"] + up + down
-    return base + b["predictor"] + keep * (b["ffn_gate"] + b["ffn_up"]) + down
+        ffn = b["ffn_gate"] + up + down
+    else:
+        ffn = b["predictor"] + keep * (b["ffn_gate"] + b["ffn_up"]) + down
+    out = b["output"]
+    if head is not None:
+        fb = head["fallback"]
+        out = b["preview"] + (1 - fb) * head["exact_rows"] * info["output_row_bytes"] + fb * out
+    return {"attention": b["attn"], "ffn": ffn, "head": out, "kv_cache": kv_bytes,
+            "other": b["other"]}
+
+
+def bytes_per_token(info: dict, mode: str, sparsity: float, down_sparsity: float,
+                    head: dict | None = None) -> float:
+    """Weight bytes one decoded token reads (bytes_by_part without the KV cache)."""
+    return sum(bytes_by_part(info, mode, sparsity, down_sparsity, head).values())
+
+
+def kv_bytes_per_token(hp, mean_pos: float) -> float:
+    """KV cache bytes a decoded token's attention reads: f16 keys and values of every earlier
+    position in every layer."""
+    return hp.n_layer * 2 * hp.n_head_kv * hp.head_dim * 2 * mean_pos
 
 
 # ---- main ------------------------------------------------------------------------------------
@@ -381,6 +416,14 @@ def _modes(s: str) -> list[str]:
     return v
 
 
+def _head_modes(s: str) -> list[str]:
+    modes = [m.strip() for m in s.split(",") if m.strip()]
+    bad = [m for m in modes if m not in F.HEAD_MODES]
+    if bad or not modes:
+        raise argparse.ArgumentTypeError(f"head modes must be among {', '.join(F.HEAD_MODES)}")
+    return modes
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pi-bench", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -393,6 +436,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gen-tokens", type=int, default=64)
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--modes", type=_modes, default=["dense", "threshold", "sparse"])
+    p.add_argument("--head-modes", type=_head_modes, default=list(F.HEAD_MODES),
+                   help="output head modes (default dense,sparse): each dense and threshold "
+                   "row runs again with the sparse head where the file has an output preview")
     p.add_argument("--sparsity", type=_floats, default=[0, 0.1, 0.2, 0.3, 0.5],
                    help="threshold-mode sparsity levels (calibrated quantiles)")
     p.add_argument("--text", default=str(DEFAULT_TEXT),
@@ -444,6 +490,43 @@ def format_table(res: dict) -> str:
     for l in lines:
         out.append("  ".join(v.ljust(w[i]) if i < 2 else v.rjust(w[i]) for i, v in enumerate(l)))
     return "\n".join(out)
+
+
+PARTS = ("attention", "ffn", "head", "kv_cache", "other")
+
+
+def format_parts(res: dict) -> str:
+    """Bytes a decoded token reads, by part, per configuration (MB)."""
+    rows = [r for r in res["rows"] if r.get("bytes_by_part")]
+    w = max(len("engine / mode"), *(len(r["label"]) for r in rows))
+    out = [f"{'engine / mode':<{w}}  " + "  ".join(f"{p:>9}" for p in PARTS) + "      total"]
+    for r in rows:
+        b = r["bytes_by_part"]
+        out.append(f"{r['label']:<{w}}  " + "  ".join(f"{b[p] / 1e6:9.2f}" for p in PARTS) +
+                   f"  {sum(b.values()) / 1e6:9.2f}")
+    return "\n".join(out)
+
+
+def plot_parts(res: dict, path: Path) -> None:
+    """Stacked bars of format_parts' table."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = [r for r in res["rows"] if r.get("bytes_by_part")]
+    fig, ax = plt.subplots(figsize=(max(6, 0.8 * len(rows) + 2), 4.5))
+    bottom = np.zeros(len(rows))
+    for part in PARTS:
+        v = np.array([r["bytes_by_part"][part] / 1e6 for r in rows])
+        ax.bar(range(len(rows)), v, bottom=bottom, label=part)
+        bottom += v
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels([r["label"] for r in rows], rotation=30, ha="right", fontsize=7)
+    ax.set_ylabel("MB read per decoded token")
+    ax.set_title(f"bytes per token by part: {Path(res['config']['split_file']).name}", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def plot(res: dict, path: Path) -> None:
@@ -526,7 +609,15 @@ def run(args) -> dict:
     bw = read_bandwidth(args.threads, args.bw_mib)
     log(f"pi-bench: read bandwidth {bw:.1f} GB/s ({args.threads} threads, {args.bw_mib} MiB)")
 
-    split_model = Model(str(split_path))
+    split_model = Model(str(split_path), head_mode=F.HEAD_DENSE)   # the output in rows8
+    head_model = None   # the same file with the sparse head (its output in plain rows)
+    if F.HEAD_SPARSE in args.head_modes:
+        head_model = Model(str(split_path))
+        if F.HEAD_SPARSE not in head_model.head_modes:
+            log(f"pi-bench: {split_path.name} has no output preview; the sparse head is skipped "
+                "(pi-convert --head-preview adds one)")
+            head_model.close()
+            head_model = None
     from .perplexity import make_chunks
     ppl_chunks = make_chunks(ppl_tokens, min(args.ppl_ctx, split_model.n_ctx_train), bos)
     n_ctx = max([args.prompt_tokens + args.gen_tokens + 1, len(calib_tokens)] +
@@ -550,6 +641,9 @@ def run(args) -> dict:
                                     args.threads))
             runners.append(PiRunner("ours dense, sampled", split_model, "split", "dense", n_ctx,
                                     args.threads, sampling=CHAT_SAMPLING))
+            if head_model is not None:
+                runners.append(PiRunner("ours dense, sparse head", head_model, "split", "dense",
+                                        n_ctx, args.threads, head_mode=F.HEAD_SPARSE))
         calib = {}
         if "threshold" in args.modes:
             if "threshold" not in split_model.ffn_modes:
@@ -563,6 +657,11 @@ def run(args) -> dict:
                     runners.append(PiRunner(f"ours threshold {s:g}", split_model, "split",
                                             "threshold", n_ctx, args.threads, target=s,
                                             thresholds=calib[s]))
+                    if head_model is not None:
+                        runners.append(PiRunner(f"ours threshold {s:g}, sparse head", head_model,
+                                                "split", "threshold", n_ctx, args.threads,
+                                                target=s, thresholds=calib[s],
+                                                head_mode=F.HEAD_SPARSE))
                 if file_mode == "threshold" and file_thr is not None:   # pi-convert --calibrate's
                     runners.append(PiRunner("ours threshold (file)", split_model, "split",
                                             "threshold", n_ctx, args.threads,
@@ -588,6 +687,7 @@ def run(args) -> dict:
                 f"{time.perf_counter() - t_start:.1f} s")
 
         rows = []
+        kv_tok = kv_bytes_per_token(split_model.hparams, len(prompt) + args.gen_tokens / 2)
         for r in runners:
             rr = results[r.label]
             dec = [args.gen_tokens / x["decode_s"] for x in rr]
@@ -595,6 +695,14 @@ def run(args) -> dict:
             info = plain_info if r.file == "plain" else split_info
             s_dec = statistics.median(x["decode_sparsity"] for x in rr)
             s_down = statistics.median(x["decode_down_sparsity"] for x in rr)
+            head = None
+            if r.head_mode == F.HEAD_SPARSE:   # decode steps of every rep together
+                hs = [x["head"] for x in rr]
+                steps = sum(h["head_steps"] for h in hs)
+                falls = sum(h["head_fallbacks"] for h in hs)
+                head = {"steps": steps, "fallback": falls / steps if steps else 0.0,
+                        "exact_rows": sum(h["head_exact_rows"] for h in hs) /
+                        max(1, steps - falls)}
             row = {"label": r.label, "engine": r.engine, "file": r.file, "mode": r.mode,
                    "target_sparsity": r.target,
                    "thresholds": None if r.thresholds is None else
@@ -603,8 +711,10 @@ def run(args) -> dict:
                                 "prompt": statistics.median(x["prompt_sparsity"] for x in rr)},
                    "decode_tps": statistics.median(dec), "prompt_tps": statistics.median(pp),
                    "decode_tps_reps": dec, "prompt_tps_reps": pp,
-                   "sampling": r.sampling, "generated": rr[0]["tokens"]}
-            row["bytes_per_token"] = bytes_per_token(info, r.mode, s_dec, s_down)
+                   "sampling": r.sampling, "generated": rr[0]["tokens"],
+                   "head_mode": r.head_mode, "head": head}
+            row["bytes_by_part"] = bytes_by_part(info, r.mode, s_dec, s_down, head, kv_tok)
+            row["bytes_per_token"] = bytes_per_token(info, r.mode, s_dec, s_down, head)
             row["effective_gbs"] = row["bytes_per_token"] * row["decode_tps"] / 1e9
             row["bandwidth_fraction"] = row["effective_gbs"] / bw if bw else None
             rows.append(row)
@@ -618,8 +728,10 @@ def run(args) -> dict:
                 row["sparsity"]["calib"] = r.sparsity()
             else:
                 row["sparsity"]["calib"] = 0.0
-            if args.no_ppl or not ppl_chunks or r.sampling is not None:
-                continue  # the sampled row runs ours dense's weights and mode: same perplexity
+            if (args.no_ppl or not ppl_chunks or r.sampling is not None
+                    or r.head_mode == F.HEAD_SPARSE):
+                continue  # the sampled row runs ours dense's weights and mode: same perplexity;
+                # perplexity needs every token's logits, which the full head computes
             logits, s = r.logits_all(ppl_chunks)
             row["nll"] = mean_nll(logits, ppl_chunks)
             row["ppl"] = math.exp(row["nll"])
@@ -633,6 +745,8 @@ def run(args) -> dict:
         for r in runners:
             r.close()
         split_model.close()
+        if head_model is not None:
+            head_model.close()
         if plain_model is not None:
             plain_model.close()
 
@@ -651,6 +765,7 @@ def run(args) -> dict:
                    "plain_file": str(plain_path) if plain_path else None,
                    "threads": args.threads, "prompt_tokens": len(prompt),
                    "gen_tokens": args.gen_tokens, "reps": args.reps, "modes": args.modes,
+                   "head_modes": args.head_modes,
                    "sparsity_levels": args.sparsity, "text": str(text_path),
                    "calib_tokens": n_cal, "ppl_tokens": sum(len(ch) - 1 for ch in ppl_chunks),
                    "ppl_chunks": len(ppl_chunks),
@@ -677,6 +792,8 @@ def main(argv=None) -> int:
           f"{c['prompt_tokens']} prompt + {c['gen_tokens']} decode tokens, median of "
           f"{c['reps']} interleaved reps; read bandwidth {res['read_bandwidth_gbs']:.1f} GB/s")
     print(format_table(res))
+    print("bytes per decoded token by part (MB; the KV cache at the run's mean position):")
+    print(format_parts(res))
     print("x dense: against our dense on the same file; dppl%: perplexity on held-out text "
           f"({c['ppl_tokens']} tokens in {c['ppl_chunks']} chunks) against our dense on the "
           "same file")
@@ -685,7 +802,9 @@ def main(argv=None) -> int:
     (out / "pi_bench.json").write_text(json.dumps(res, indent=1))
     try:
         plot(res, out / "pi_bench.png")
-        print(f"wrote {out / 'pi_bench.json'} and {out / 'pi_bench.png'}")
+        plot_parts(res, out / "pi_bench_bytes.png")
+        print(f"wrote {out / 'pi_bench.json'}, {out / 'pi_bench.png'} and "
+              f"{out / 'pi_bench_bytes.png'}")
     except ImportError:
         print(f"wrote {out / 'pi_bench.json'} (no plot: matplotlib is not installed)")
     return 0

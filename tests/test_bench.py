@@ -27,7 +27,9 @@ def test_pi_bench_tiny(bench_run, capsys):
     # the table: a header and one line per configuration
     labels = [r["label"] for r in res["rows"]]
     assert labels == ["llama-cpp-python dense", "ours dense (plain)", "ours dense",
-                      "ours dense, sampled", "ours threshold 0", "ours threshold 0.3"]
+                      "ours dense, sampled", "ours dense, sparse head", "ours threshold 0",
+                      "ours threshold 0, sparse head", "ours threshold 0.3",
+                      "ours threshold 0.3, sparse head"]
     assert "decode t/s" in printed and "dppl%" in printed
     for label in labels:
         assert label in printed
@@ -44,8 +46,13 @@ def test_pi_bench_tiny(bench_run, capsys):
         assert len(r["generated"]) == 5
         assert r["effective_gbs"] == pytest.approx(r["bytes_per_token"] * r["decode_tps"] / 1e9)
         assert r["decode_vs_llama"] == pytest.approx(r["decode_tps"] / llama_tps)
-        assert (r["ppl"] > 1 and r["dppl_pct"] is not None) if r["sampling"] is None else \
-            "ppl" not in r  # the sampled row: ours dense's perplexity, not measured twice
+        assert (r["ppl"] > 1 and r["dppl_pct"] is not None) if (
+            r["sampling"] is None and r["head_mode"] == "dense") else "ppl" not in r
+        # the sampled row: ours dense's perplexity, not measured twice; the sparse head rows:
+        # perplexity needs every token's logits (the full head)
+        parts = r["bytes_by_part"]
+        assert set(parts) == {"attention", "ffn", "head", "kv_cache", "other"}
+        assert sum(parts.values()) - parts["kv_cache"] == pytest.approx(r["bytes_per_token"])
     # dense decode reads every weight once: at least the file's matrices (the tied output, the
     # 30 layers: about 92 MiB for SmolLM2 Q4_1, FACTS), at most the whole file
     from pi_backend.default_model import source_path
@@ -75,6 +82,13 @@ def test_pi_bench_tiny(bench_run, capsys):
     # uses while the AXPY over ffn_down_t would read more); sparsity never reads more
     assert t0["bytes_per_token"] == by["ours dense"]["bytes_per_token"]
     assert t3["bytes_per_token"] <= t0["bytes_per_token"]
+    # the sparse head: each step's preview and exact rows, far fewer bytes than the output matrix
+    sh = by["ours dense, sparse head"]
+    assert sh["head_mode"] == "sparse" and sh["head"]["steps"] == 4
+    assert sh["bytes_by_part"]["head"] < 0.5 * by["ours dense"]["bytes_by_part"]["head"]
+    assert sh["bytes_by_part"]["ffn"] == by["ours dense"]["bytes_by_part"]["ffn"]
+    assert "sparse head" in printed and "kv_cache" in printed
+    assert (out / "pi_bench_bytes.png").stat().st_size > 1000
     # the split file keeps the Q8_0 output matrix: dense, it reads what the plain file reads
     assert by["ours dense (plain)"]["bytes_per_token"] == by["ours dense"]["bytes_per_token"]
 
@@ -85,5 +99,7 @@ def test_pi_bench_rejects_bad_arguments(capsys):
         bench.main(["--sparsity", "0,1.5"])
     with pytest.raises(SystemExit):
         bench.main(["--modes", "dense,fast"])
+    with pytest.raises(SystemExit):
+        bench.main(["--head-modes", "dense,fast"])
     assert bench.main(["--text", "/nonexistent/text.txt", "--quiet"]) == 2
     assert "text file not found" in capsys.readouterr().err
