@@ -58,6 +58,7 @@ def convert(input: str | Path, outfile: str | Path, outtype: str = "auto", dense
     (the dense FFN at the plain file's speed, for one more copy of the down weights)."""
     import time
     t0 = time.perf_counter()
+    explicit = head_preview is not None
     if head_preview is None:
         head_preview = calibrate is not False and not dense
     if head_preview and dense:
@@ -86,7 +87,7 @@ def convert(input: str | Path, outfile: str | Path, outtype: str = "auto", dense
     if head_preview:
         from .head_preview import attach
         summary = attach(summary, Path(outfile), None if calibrate in (True, False) else calibrate,
-                         head_tokens, seed, n_threads, progress, t0)
+                         head_tokens, seed, n_threads, progress, t0, required=explicit)
     return summary
 
 

@@ -14,8 +14,9 @@ approximation of the output matrix W [n_vocab][d] that picks the rows each token
 4. On held-out positions, for each rank and candidate count N: the candidates are the rows of
    the N largest preview values; recall = the share of positions whose true top-1 (and of the
    true top-40) is among them; KL = the mean KL divergence of the sparse head's distribution
-   from the dense one as default sampling draws from it (`sampling_kl`). The smallest expected bytes per token among the settings that reach the
-   recall target and MAX_KL is kept (the fallback's full head counted at its rate).
+   from the dense one as default sampling draws from it (`sampling_kl`). The smallest expected
+   bytes per token among the settings that reach the recall target and MAX_KL is kept (the
+   fallback's full head counted at its rate).
 5. The margin: the engine falls back to the full head when the best exact logit is less than
    margin * probe above the N-th largest preview value. It is the smallest margin under which
    greedy decoding equals dense on at least `agreement` of the held-out positions. (A margin
@@ -236,10 +237,14 @@ def fit(model_path: str | Path, model, seqs: Sequence[np.ndarray], held: Sequenc
     t0 = time.perf_counter()
     w, row_bytes = head_matrix(model_path)
     V, d = w.shape
-    bad = [r for r in ranks if r % 32 or r <= 0 or r + PROBE > d]
+    bad = [r for r in ranks if r % 32 or r <= 0]
     if bad:
-        raise ConvertError(f"head preview ranks {bad}: each must be a multiple of 32 in "
-                           f"32..{d - PROBE} (d - {PROBE} probe rows)")
+        raise ConvertError(f"head preview ranks {bad}: each must be a positive multiple of 32")
+    ranks = [r for r in ranks if r + PROBE <= d] or ([(d - PROBE) // 32 * 32]
+                                                     if d - PROBE >= 32 else [])
+    if not ranks:
+        raise ConvertError(f"the head preview needs d >= {32 + PROBE} (rank 32 and {PROBE} "
+                           f"probe rows); this model's d is {d}")
     candidates = [n for n in candidates if n < V] or [max(1, V // 2)]
     gram = (w.T @ w).astype(np.float64)
     h = hidden_states(model, w, seqs, n_threads)
@@ -336,9 +341,15 @@ def split_file_summary(path: Path, t0: float, report: str):
 
 
 def attach(summary, out: Path, text_file, n_tokens: int | None, seed: int,
-           n_threads: int | None, progress: bool, t0: float):
+           n_threads: int | None, progress: bool, t0: float, required: bool = True):
     """Adds the preview to the converter's output `out` (rewritten in place) and its report
-    to `summary`."""
+    to `summary`; not `required` (the default of --calibrate), a model too narrow for one
+    (d < 64) is left without, which the summary says."""
+    d = head_matrix(out)[0].shape[1]
+    if not required and d < 32 + PROBE:
+        summary.report = "\n".join(x for x in (summary.report, f"head       no preview: d = {d} "
+                                                 f"is below rank 32 + {PROBE} probe rows") if x)
+        return summary
     hp = add_head_preview(out, out, text_file, n_tokens, seed, n_threads, progress)
     summary.nbytes = out.stat().st_size
     summary.seconds = time.perf_counter() - t0

@@ -523,7 +523,7 @@ def plot_parts(res: dict, path: Path) -> None:
     ax.set_xticklabels([r["label"] for r in rows], rotation=30, ha="right", fontsize=7)
     ax.set_ylabel("MB read per decoded token")
     ax.set_title(f"bytes per token by part: {Path(res['config']['split_file']).name}", fontsize=9)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
