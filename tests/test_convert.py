@@ -419,8 +419,10 @@ def test_smollm2_split_structure(smollm2_path, smollm2_converted):
     assert g.kv("pi.ffn_activation") == "silu" and g.kv("pi.ffn_layout") == "split"
     assert "SmolLM2" in g.kv("pi.source")
     n_layer = src.kv("llama.block_count")
-    # every source tensor, plus ffn_down_t beside the plain ffn_down it keeps (--keep-down)
-    assert len(g.tensors) == len(src.tensors) + n_layer
+    # every source tensor, plus ffn_down_t beside the plain ffn_down it keeps (--keep-down), and
+    # the sparse head's output preview (its two factors)
+    assert len(g.tensors) == len(src.tensors) + n_layer + 2
+    assert g.qtype("output_preview_a.weight") == g.qtype("output_preview_b.weight") == QT.Q8_0
     for i in range(n_layer):
         assert g.qtype(f"blk.{i}.ffn_down.weight") == src.qtype(f"blk.{i}.ffn_down.weight")
         assert np.array_equal(g.raw(f"blk.{i}.ffn_down.weight"), src.raw(f"blk.{i}.ffn_down.weight"))

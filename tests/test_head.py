@@ -255,3 +255,22 @@ def test_matvec_rows(pools, isa, t):
     y = np.zeros(n_rows, np.float32)
     assert _lib.lib().pi_matvec_rows(None, tid, vptr(w), n_rows, n_cols, fptr(x), iptr(bad), 2,
                                      fptr(y)) == _lib.PI_ERR_RANGE
+
+
+def test_convert_adds_a_preview_to_a_split_file(no_preview, tmp_path):
+    """pi-convert SPLIT.gguf --head-preview: the file as it is, with the preview; the summary
+    reports recall on held-out positions and on another domain."""
+    from pi_backend.convert import ConvertError, convert
+    out = tmp_path / "with_preview.gguf"
+    summary = convert(str(no_preview), str(out), head_preview=True, head_tokens=384,
+                      n_threads=2)
+    text = summary.text()
+    assert "top-1 recall" in text and "held-out positions" in text and "prose.txt" in text
+    m = Model(str(out))
+    assert m.head_modes == ("dense", "sparse")
+    assert m.fields[F.Keys.HEAD_CANDIDATES] > 0 and m.fields[F.Keys.HEAD_MARGIN] >= 0
+    m.close()
+    with pytest.raises(ConvertError, match="--outtype"):
+        convert(str(no_preview), str(tmp_path / "x.gguf"), "q8_0", head_preview=True)
+    with pytest.raises(ConvertError, match="--head-preview is for split files"):
+        convert(str(no_preview), str(tmp_path / "y.gguf"), dense=True, head_preview=True)
