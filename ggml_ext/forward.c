@@ -262,7 +262,8 @@ static int32_t select_threshold(pi_context *c, const float *g, float *u, float t
         memcpy(a, g, (size_t)n_ff * sizeof *a);
         pi_kernels_active()->silu(n_ff, a);
     } else {
-        for (int i = 0; i < n_ff; i++) a[i] = pi_activate(kind, g[i]);
+        const int lanes = pi_kernels_active()->lanes;
+        for (int i = 0; i < n_ff; i++) a[i] = pi_activate(lanes, kind, g[i]);
     }
     int32_t n = n_ff;
     if (keep_all) memcpy(c->idx, c->all_idx, (size_t)n_ff * sizeof *c->idx);
@@ -305,7 +306,8 @@ static int ffn_sparse_token(pi_context *c, const pi_layer *l, int il, const floa
     if (!dense_up &&
         (rc = pi_matvec_masked(c->pool, l->up.type, l->up.data, n_ff, d, xn, c->idx, n, u))) return rc;
     c->stats.ffn_active += n; /* the gate and up rows computed */
-    if (!dense_up) n = (int32_t)pi_down_input(kind, g, u, c->idx, n); /* most ReLU picks drop out */
+    if (!dense_up) /* most ReLU picks drop out */
+        n = (int32_t)pi_down_input(pi_kernels_active()->lanes, kind, g, u, c->idx, n);
     if (l->down.data && dense_down_pays(l, n)) { /* u is 0 for every dropped neuron */
         c->stats.ffn_down_active += n_ff;
         return matmul(c, &l->down, u, 1, out, d);
@@ -342,7 +344,8 @@ static int ffn_block(pi_context *c, int il, int B) {
         if (hp->ffn_act == PI_ACT_SILU)
             pi_kernels_active()->swiglu((int64_t)B * n_ff, c->g, c->u);
         else
-            for (size_t i = 0; i < (size_t)B * n_ff; i++) c->u[i] *= pi_activate(hp->ffn_act, c->g[i]);
+            for (size_t i = 0; i < (size_t)B * n_ff; i++)
+                c->u[i] *= pi_activate(pi_kernels_active()->lanes, hp->ffn_act, c->g[i]);
         if (l->down.data) {
             if ((rc = matmul(c, &l->down, c->u, B, c->proj, d))) return rc;
         } else {

@@ -5,6 +5,16 @@ from __future__ import annotations
 import numpy as np
 
 
+def llama_cpp_lanes() -> int | None:
+    """The f32 vector width of the llama.cpp CPU build llama-cpp-python runs (its system info: the
+    instruction sets it was compiled for): 16 for an AVX-512 build, 8 for AVX2, None otherwise."""
+    import llama_cpp
+    info = llama_cpp.llama_print_system_info().decode()
+    if "AVX512 = 1" in info:
+        return 16
+    return 8 if "AVX2 = 1" in info else None
+
+
 def ref_logits(ref, tokens):
     ref.reset()
     ref.eval(tokens)

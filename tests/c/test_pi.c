@@ -389,24 +389,50 @@ static void test_table_twins(void) {
         memcpy(a, x, sizeof x), memcpy(b, x, sizeof x);
         S->round_f16(N, a), K->round_f16(N, b);
         SAME(a, b, sizeof a, "round_f16", K->name);
-        memcpy(a, x, sizeof x), memcpy(b, x, sizeof x);
-        S->swiglu(N, g, a), K->swiglu(N, g, b);
-        SAME(a, b, sizeof a, "swiglu", K->name);
-        memcpy(a, g, sizeof g), memcpy(b, g, sizeof g);
-        S->silu(N, a), K->silu(N, b);
-        SAME(a, b, sizeof a, "silu", K->name);
-        S->attn_scores(NPOS, HD, kc, HD, x, 0.125f, a), K->attn_scores(NPOS, HD, kc, HD, x, 0.125f, b);
-        SAME(a, b, NPOS * sizeof(float), "attn_scores", K->name);
-        float pa[40], pb[40];
-        for (int i = 0; i < 40; i++) pa[i] = pb[i] = frand() * 5.0f;
-        const double sa = S->softmax_exp(40, pa, 5.0f), sb = K->softmax_exp(40, pb, 5.0f);
-        CHECK(sa == sb && !memcmp(pa, pb, sizeof pa), "%s softmax_exp: differs from the scalar twin", K->name);
-        S->attn_values(NPOS, HD, vt, NPOS, x, a), K->attn_values(NPOS, HD, vt, NPOS, x, b);
+        /* attention and SwiGLU: the twins of the llama.cpp build the table follows */
+        const int L = K->lanes;
+        CHECK(L == (tables[ti].isa == PI_ISA_AVX512 ? 16 : 8), "%s: lanes %d", K->name, L);
+        for (int n = N; n >= N - 12; n -= 4) { /* vector body alone and with tails of 16 and 8 */
+            memcpy(a, x, sizeof x), memcpy(b, x, sizeof x);
+            pi_swiglu_ref(L, n, g, a), K->swiglu(n, g, b);
+            SAME(a, b, sizeof a, "swiglu", K->name);
+            memcpy(a, g, sizeof g), memcpy(b, g, sizeof g);
+            pi_silu_ref(L, n, a), K->silu(n, b);
+            SAME(a, b, sizeof a, "silu", K->name);
+        }
+        for (int hd = HD; hd >= HD - 24; hd -= 12) { /* a head size of whole chunks, and tails */
+            pi_attn_scores_ref(L, NPOS, hd, kc, HD, x, 0.125f, a);
+            K->attn_scores(NPOS, hd, kc, HD, x, 0.125f, b);
+            SAME(a, b, NPOS * sizeof(float), "attn_scores", K->name);
+        }
+        for (int n = 40; n >= 32; n -= 8) { /* whole chunks of 16, and a last half chunk */
+            float pa[40], pb[40];
+            for (int i = 0; i < 40; i++) pa[i] = pb[i] = frand() * 5.0f;
+            const double sa = pi_softmax_exp_ref(L, n, pa, 5.0f), sb = K->softmax_exp(n, pb, 5.0f);
+            CHECK(sa == sb && !memcmp(pa, pb, sizeof pa),
+                  "%s softmax_exp (n %d): differs from the scalar twin", K->name, n);
+        }
+        /* exp over its whole range through softmax_exp (max 0): subnormal results, overflow, the
+         * flush past |n| > 192, infinities and NaN */
+        {
+            enum { NE = 48 };
+            float ea[NE], eb[NE];
+            for (int i = 0; i < NE - 8; i++) ea[i] = -200.0f + 300.0f * (float)i / (NE - 9) + frand();
+            const float special[8] = {-INFINITY, INFINITY, NAN, -87.5f, -103.9f, 88.7f, 133.5f, -133.5f};
+            memcpy(ea + NE - 8, special, sizeof special);
+            memcpy(eb, ea, sizeof ea);
+            const double sa = pi_softmax_exp_ref(L, NE, ea, 0.0f), sb = K->softmax_exp(NE, eb, 0.0f);
+            int same = isnan(sa) && isnan(sb); /* a NaN's sign is not kept (the twin negates n) */
+            for (int i = 0; i < NE; i++)
+                same &= !memcmp(ea + i, eb + i, sizeof *ea) || (isnan(ea[i]) && isnan(eb[i]));
+            CHECK(same, "%s softmax_exp (exp's range): differs from the scalar twin", K->name);
+        }
+        pi_attn_values_ref(L, NPOS, HD, vt, NPOS, x, a), K->attn_values(NPOS, HD, vt, NPOS, x, b);
         SAME(a, b, HD * sizeof(float), "attn_values", K->name);
-        /* a cache row longer than n_pos, NaN past it: read in whole chunks, the extra masked */
+        /* a cache row longer than n_pos, NaN past it: the extra never enters the sums */
         static pi_half vlong[HD * 48];
         for (int i = 0; i < HD * 48; i++) vlong[i] = i % 48 < NPOS ? vt[i / 48 * NPOS + i % 48] : 0x7E00;
-        S->attn_values(NPOS, HD, vlong, 48, x, a), K->attn_values(NPOS, HD, vlong, 48, x, b);
+        pi_attn_values_ref(L, NPOS, HD, vlong, 48, x, a), K->attn_values(NPOS, HD, vlong, 48, x, b);
         SAME(a, b, HD * sizeof(float), "attn_values (long rows)", K->name);
         for (int i = 0; i < HD; i++) CHECK(a[i] == a[i], "attn_values: NaN past n_pos leaked");
         /* select: plain and |v|, thresholds keeping none, some and all, NaN never kept */
@@ -450,7 +476,25 @@ static void test_table_twins(void) {
         }
     }
 #endif
-    CHECK(S->to_f16 && S->round_f16 && S->select && S->rope, "scalar table complete");
+    CHECK(S->to_f16 && S->round_f16 && S->select && S->rope && S->lanes == 8, "scalar table complete");
+    /* both builds' expf: within 2.5 ulp of exp where normal (1.9 and 2.2 at worst), 0 / inf /
+     * NaN where exp is */
+    for (int lanes = 8; lanes <= 16; lanes += 8) {
+        int bad = 0;
+        for (int i = 0; i <= 200000; i++) {
+            const float v = -87.0f + 175.0f * (float)i / 200000.0f, e = pi_expf_ggml(lanes, v);
+            int ex;
+            frexp(exp((double)v), &ex); /* exp(v) in [2^(ex - 1), 2^ex): its ulp is 2^(ex - 24) */
+            bad += !(fabs((double)e - exp((double)v)) <= 2.5 * ldexp(1.0, ex - 24));
+        }
+        CHECK(!bad, "pi_expf_ggml(%d): %d values off by more than 2.5 ulp", lanes, bad);
+        CHECK(pi_expf_ggml(lanes, -INFINITY) == 0.0f && pi_expf_ggml(lanes, -200.0f) == 0.0f &&
+                  pi_expf_ggml(lanes, 200.0f) == INFINITY && pi_expf_ggml(lanes, INFINITY) == INFINITY &&
+                  isnan(pi_expf_ggml(lanes, NAN)) && pi_expf_ggml(lanes, 0.0f) == 1.0f,
+              "pi_expf_ggml(%d): limits", lanes);
+        const float sub = pi_expf_ggml(lanes, -100.0f); /* 3.7e-44: a subnormal, within an ulp */
+        CHECK(fabs((double)sub - exp(-100.0)) <= 0x1p-149, "pi_expf_ggml(%d, -100) = %g", lanes, (double)sub);
+    }
 }
 
 /* ---- 5. masked pair: gate and up together --------------------------------------------------- */
@@ -514,7 +558,7 @@ static void test_ffn_sparse(pi_pool *pool3) {
             EXPECT_STATUS(pi_matvec_masked_pair(NULL, type, gate.q, up.q, NFF, D, x, ir, n, gr, ur), PI_OK);
             for (int k = 0; k < n; k++) {
                 const int i = ir[k];
-                ur[i] *= pi_activate(kind, gr[i]);
+                ur[i] *= pi_activate(pi_kernels_active()->lanes, kind, gr[i]);
                 if (ur[i] != 0.0f) ir[n2++] = i;
             }
             EXPECT_STATUS(pi_axpy_sparse(NULL, type, dt.q, NFF, D, ur, ir, n2, yr), PI_OK);
