@@ -54,7 +54,7 @@ static int TYPES[PI_N_TYPE_IDS], N_TYPES, ROWS8_TYPES[PI_N_TYPE_IDS], N_ROWS8_TY
 static void list_types(void) {
     for (int id = 0; id < PI_N_TYPE_IDS; id++) {
         const pi_type_traits *t = pi_type_traits_of(id);
-        if (t && t->weight && t->quantize) TYPES[N_TYPES++] = id; /* the K-quants: tests/test_kquants.py */
+        if (t && t->weight && t->quantize) TYPES[N_TYPES++] = id; /* the K-quants and IQ types: tests/test_llama_types.py */
         if (t && t->rows8_head) ROWS8_TYPES[N_ROWS8_TYPES++] = id;
     }
 }
