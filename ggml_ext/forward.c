@@ -66,11 +66,13 @@ static void rmsnorm(float *out, const float *x, const float *w /* [d] */, int d,
 
 
 /* cs[2i], cs[2i + 1] = cos, sin of RoPE angle i at position pos: theta_i = pos * theta_scale^i by
- * repeated f32 multiplication, then scaled by freq_scale (ggml_rope_cache_init). */
-static void rope_angles(float *cs, int n_rot, float theta_scale, float freq_scale, int pos) {
+ * repeated f32 multiplication, divided by the frequency factor ff[i] (rope_freqs; NULL: 1), then
+ * scaled by freq_scale (ggml_rope_cache_init). */
+static void rope_angles(float *cs, int n_rot, float theta_scale, float freq_scale,
+                        const float *ff /* [n_rot/2] or NULL */, int pos) {
     float theta = (float)pos;
     for (int i = 0; i < n_rot / 2; i++) {
-        const float th = freq_scale * theta;
+        const float th = freq_scale * (ff ? theta / ff[i] : theta);
         cs[2 * i] = cosf(th);
         cs[2 * i + 1] = sinf(th);
         theta *= theta_scale;
@@ -386,7 +388,7 @@ static int decode_chunk(pi_context *c, const int32_t *tokens, int B, int n_past,
     const float theta_scale = powf(hp->rope_freq_base, -2.0f / (float)hp->n_rot);
     for (int t = 0; t < B; t++) /* once per chunk: every layer rotates by the same angles */
         rope_angles(c->rope_cs + (size_t)t * hp->n_rot, hp->n_rot, theta_scale, hp->rope_freq_scale,
-                    n_past + t);
+                    m->rope_freqs.data, n_past + t);
     for (int il = 0; il < hp->n_layer; il++) {
         if ((rc = attention_block(c, il, B, n_past))) return rc;
         if ((rc = ffn_block(c, il, B))) return rc;

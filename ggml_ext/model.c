@@ -10,8 +10,8 @@
 #include "model.h"
 
 /* What a tensor name may hold. Shapes are symbolic: resolved from the hyperparameters. */
-enum dim { D_ONE, D_EMBD, D_FF, D_VOCAB, D_Q, D_KV, D_RANK };
-enum kind { K_NORM, K_MATRIX, K_BIAS };
+enum dim { D_ONE, D_EMBD, D_FF, D_VOCAB, D_Q, D_KV, D_RANK, D_ROT2 };
+enum kind { K_NORM, K_MATRIX, K_BIAS, K_VECTOR }; /* all but K_MATRIX: f32 vectors */
 
 typedef struct {
     const char *suffix;   /* after "blk.N." (per-layer) or the whole name (global) */
@@ -45,6 +45,7 @@ static const tensor_spec global_specs[] = {
     {"token_embd.weight", G(tok_embd), K_MATRIX, D_VOCAB, D_EMBD},
     {"output_norm.weight", G(output_norm), K_NORM, D_ONE, D_EMBD},
     {"output.weight", G(output), K_MATRIX, D_VOCAB, D_EMBD},
+    {"rope_freqs.weight", G(rope_freqs), K_VECTOR, D_ONE, D_ROT2},
 };
 
 static int64_t dim_value(const pi_hparams *hp, enum dim d) {
@@ -56,6 +57,7 @@ static int64_t dim_value(const pi_hparams *hp, enum dim d) {
     case D_Q: return (int64_t)hp->n_head * hp->head_dim;
     case D_KV: return (int64_t)hp->n_head_kv * hp->head_dim;
     case D_RANK: return -1; /* free: checked for consistency between fc1 and fc2 */
+    case D_ROT2: return hp->n_rot / 2;
     }
     return 0;
 }

@@ -33,6 +33,7 @@ struct pi_model {
     pi_weight tok_embd;                  /* [n_vocab][d] */
     pi_weight output_norm;               /* [d] f32 */
     pi_weight output;                    /* [n_vocab][d]; absent when tied to tok_embd */
+    pi_weight rope_freqs;                /* [n_rot/2] f32 RoPE frequency divisors (llama 3), or absent */
     pi_layer *layers;                    /* [n_layer] */
     float *thresholds;                   /* [n_layer] */
     int32_t max_rank;                    /* largest predictor rank (0: no predictors) */

@@ -36,6 +36,12 @@ FFN_DENSE, FFN_SPARSE, FFN_THRESHOLD = FFN_MODES = ("dense", "sparse", "threshol
 ACT_SILU, ACT_RELU = ACTIVATIONS = ("silu", "relu")
 
 
+# The `<arch>.rope.scaling.type` values the engine runs (llama.cpp's names): none, and linear
+# (positions times 1 / `rope.scaling.factor`). llama 3's frequency-dependent scaling needs no key:
+# it is the `rope_freqs.weight` tensor.
+ROPE_SCALINGS = ("none", "linear")
+
+
 @dataclass(frozen=True)
 class Arch:
     """Per-architecture flags (pi.h pi_arch, in its order)."""
@@ -51,10 +57,10 @@ ARCHS: dict[str, Arch] = {a.name: a for a in (
 
 # ---- tensors -----------------------------------------------------------------------------------
 # Symbolic dimensions (model.c `enum dim`): resolved from the hyperparameters.
-DIM_ONE, DIM_EMBD, DIM_FF, DIM_VOCAB, DIM_Q, DIM_KV, DIM_RANK = (
-    "one", "embd", "ff", "vocab", "q", "kv", "rank")
-# Kinds (model.c `enum kind`): norms and biases are f32 vectors, matrices any weight type.
-NORM, MATRIX, BIAS = "norm", "matrix", "bias"
+DIM_ONE, DIM_EMBD, DIM_FF, DIM_VOCAB, DIM_Q, DIM_KV, DIM_RANK, DIM_ROT2 = (
+    "one", "embd", "ff", "vocab", "q", "kv", "rank", "rot2")
+# Kinds (model.c `enum kind`): norms, biases and other vectors are f32, matrices any weight type.
+NORM, MATRIX, BIAS, VECTOR = "norm", "matrix", "bias", "vector"
 
 
 @dataclass(frozen=True)
@@ -73,10 +79,11 @@ class TensorSpec:
 
 
 def dims(n_embd: int, n_ff: int, n_vocab: int, n_head: int, n_head_kv: int, head_dim: int,
-         rank: int | None = None) -> dict[str, int]:
-    """The symbolic dimensions' values."""
+         rank: int | None = None, n_rot: int | None = None) -> dict[str, int]:
+    """The symbolic dimensions' values (n_rot, the rotated dims per head: head_dim when None)."""
     out = {DIM_ONE: 1, DIM_EMBD: n_embd, DIM_FF: n_ff, DIM_VOCAB: n_vocab,
-           DIM_Q: n_head * head_dim, DIM_KV: n_head_kv * head_dim}
+           DIM_Q: n_head * head_dim, DIM_KV: n_head_kv * head_dim,
+           DIM_ROT2: (head_dim if n_rot is None else n_rot) // 2}
     if rank is not None:
         out[DIM_RANK] = rank
     return out
@@ -95,6 +102,7 @@ class T:
     FC1, FC2 = "fc1.weight", "fc2.weight"   # the predictor fc2(relu(fc1 x))
     NEURON_ORDER = "neuron_order"        # i32 [n_ff], for the converter; the engine skips it
     TOKEN_EMBD = "token_embd.weight"
+    ROPE_FREQS = "rope_freqs.weight"     # f32 [n_rot/2]: RoPE frequency divisors (llama 3)
     OUTPUT_NORM = "output_norm.weight"
     OUTPUT = "output.weight"             # absent when tied to token_embd
 
@@ -121,6 +129,7 @@ GLOBAL_TENSORS: tuple[TensorSpec, ...] = (
     TensorSpec(T.TOKEN_EMBD, MATRIX, DIM_VOCAB, DIM_EMBD, required=True),
     TensorSpec(T.OUTPUT_NORM, NORM, DIM_ONE, DIM_EMBD, required=True),
     TensorSpec(T.OUTPUT, MATRIX, DIM_VOCAB, DIM_EMBD),
+    TensorSpec(T.ROPE_FREQS, VECTOR, DIM_ONE, DIM_ROT2),
 )
 SPECS: dict[str, TensorSpec] = {s.name: s for s in LAYER_TENSORS + GLOBAL_TENSORS}
 

@@ -190,9 +190,10 @@ class Model:
             n_vocab = int(emb[0][1])
         scaling = self.fields.get(f"{a}.rope.scaling.type", "none")
         factor = float(self.fields.get(f"{a}.rope.scaling.factor") or 1.0)
-        if scaling not in ("none", "linear"):
-            raise ModelError(f"{self.path}: RoPE scaling {scaling!r} is not supported "
-                             "(supported: none, linear)")
+        if scaling not in F.ROPE_SCALINGS:
+            raise ModelError(f"{self.path}: RoPE scaling {a}.rope.scaling.type = {scaling!r} is "
+                             f"not supported (supported: {', '.join(F.ROPE_SCALINGS)}; llama3 "
+                             f"scaling is the {F.T.ROPE_FREQS} tensor)")
         self.n_ctx_train = int(self.fields.get(f"{a}.context_length") or 2048)
         return _lib.pi_hparams(
             arch=ARCHS[arch], ffn_act=ACTS[act], n_vocab=int(n_vocab), n_embd=n_embd,

@@ -146,6 +146,11 @@ TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_atte
             num_key_value_heads=2, max_position_embeddings=128, rms_norm_eps=1e-5,
             bos_token_id=1, eos_token_id=2, initializer_range=0.08)
 
+# Llama 3's RoPE scaling with an original context short enough that, at head_dim 16, the
+# frequency factors are neither all 1 nor all `factor` (test_engine_hf checks they differ).
+LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+
 # variant -> (config class name, extra config, save options)
 HF_VARIANTS = {
     "llama_relu": ("LlamaConfig", {"hidden_act": "relu"}, {}),
@@ -155,6 +160,7 @@ HF_VARIANTS = {
     "llama_bf16_sharded": ("LlamaConfig", {"hidden_act": "silu"},
                            {"dtype": "bfloat16", "max_shard_size": "40KB"}),
     "llama_tied": ("LlamaConfig", {"hidden_act": "silu", "tie_word_embeddings": True}, {}),
+    "llama3_rope": ("LlamaConfig", {"hidden_act": "silu", "rope_parameters": LLAMA3_ROPE}, {}),
 }
 
 

@@ -164,6 +164,8 @@ def test_split_structure(variant, outtype, converted, hf_weights, hf_model):
     # tensor set
     tied = "lm_head.weight" not in sd or cfg.get("tie_word_embeddings")
     expect = {"token_embd.weight", "output_norm.weight"} | (set() if tied else {"output.weight"})
+    if (cfg.get("rope_parameters") or {}).get("rope_type") == "llama3":
+        expect.add("rope_freqs.weight")   # its values: test_engine_hf.py
     for i in range(n_layer):
         expect |= {f"blk.{i}.{n}.weight" for n in ("attn_norm", "ffn_norm", "attn_q", "attn_k", "attn_v",
                                                    "attn_output", "ffn_gate", "ffn_up", "ffn_down_t")}
@@ -180,7 +182,7 @@ def test_split_structure(variant, outtype, converted, hf_weights, hf_model):
     for name in g.tensors:
         key = name.split(".", 2)[2] if name.startswith("blk.") else name
         want = shapes.get(key, {"token_embd.weight": (n_vocab, d), "output.weight": (n_vocab, d),
-                                "output_norm.weight": (d,)}.get(key))
+                                "output_norm.weight": (d,), "rope_freqs.weight": (hd // 2,)}.get(key))
         assert g.shape(name) == want, name
         want_t = QT.F32 if len(want) == 1 else output_qtype(name, qt)
         assert g.qtype(name) == want_t, name

@@ -1,5 +1,6 @@
-"""The f32 engine against transformers (torch CPU) on tiny random checkpoints converted at f32:
-llama relu, llama silu, mistral, qwen2 with q/k/v biases, tied embeddings."""
+"""The f32 engine against transformers (torch CPU) on tiny random checkpoints converted at f32
+(split and --dense): llama relu, llama silu, mistral, qwen2 with q/k/v biases, tied embeddings,
+llama 3 RoPE scaling (rope_freqs); and against llama-cpp-python on the same --dense files."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,13 +9,27 @@ import pytest
 from pi_backend.convert import convert
 from pi_backend.model import Model
 
-VARIANTS = ["llama_relu", "llama_silu", "mistral_silu", "qwen2_bias", "llama_tied"]
+from peer import divergence, ref_logits
+
+VARIANTS = ["llama_relu", "llama_silu", "mistral_silu", "qwen2_bias", "llama_tied", "llama3_rope"]
+# A plain llama.cpp (--dense) file has no activation key, so llama.cpp and we read it with the
+# architecture's own activation: ReLU models are checked on the split layout only.
+DENSE_VARIANTS = [v for v in VARIANTS if v != "llama_relu"]
 TOKENS = [5, 17, 42, 99, 3, 250, 7, 64, 128, 11, 200, 31]
+# teacher-forced text for the llama.cpp comparison: long enough for top-1 agreement to mean
+# something, short enough for the tiny context
+PEER_TOKENS = [int(t) for t in np.random.default_rng(1).integers(3, 300, 48)]
+
+
+def hf_logits(model, tokens):
+    import torch
+    with torch.no_grad():
+        return model(torch.tensor([tokens])).logits[0].float().numpy()
 
 
 @pytest.fixture(scope="module")
 def converted(hf_model, tmp_path_factory):
-    """variant -> (split f32 GGUF, dense f32 GGUF, transformers logits [len(TOKENS), vocab])."""
+    """variant -> (split f32 GGUF, dense f32 GGUF, transformers model in f32)."""
     import torch
     import transformers
     out = {}
@@ -25,24 +40,41 @@ def converted(hf_model, tmp_path_factory):
         convert(src, split, outtype="f32")
         convert(src, dense, outtype="f32", dense=True)
         hf = transformers.AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
-        with torch.no_grad():
-            ref = hf(torch.tensor([TOKENS])).logits[0].numpy()
-        out[v] = (split, dense, ref)
+        out[v] = (split, dense, hf)
     return out
 
 
-# A plain llama.cpp (--dense) file has no activation key, so llama.cpp and we read it as SwiGLU:
-# ReLU models are checked on the split layout only.
 @pytest.mark.parametrize("variant,layout", [(v, "split") for v in VARIANTS] +
-                         [(v, "dense") for v in VARIANTS if v != "llama_relu"])
+                         [(v, "dense") for v in DENSE_VARIANTS])
 def test_f32_logits_match_transformers(converted, variant, layout):
-    split, dense, ref = converted[variant]
+    split, dense, hf = converted[variant]
     m = Model(str(split if layout == "split" else dense))
     ours = m.new_context(32, 2).eval(TOKENS, 0, logits_all=True)
+    ref = hf_logits(hf, TOKENS)
     assert np.abs(ours - ref).max() <= 1e-3, np.abs(ours - ref).max()
 
 
-@pytest.mark.parametrize("variant", ["llama_relu", "qwen2_bias"])
+@pytest.mark.parametrize("variant", DENSE_VARIANTS)
+def test_dense_file_matches_llama_cpp(converted, variant):
+    """Teacher-forced on the --dense file, our logits are as close to llama-cpp-python's as
+    transformers' are (twice their divergence, measured in this run; the KL floor 1e-9 is far
+    below what one f32 rounding of the logits could move it)."""
+    import llama_cpp
+    _, dense, hf = converted[variant]
+    ref = llama_cpp.Llama(str(dense), n_ctx=64, n_threads=2, logits_all=True, verbose=False)
+    try:
+        theirs = ref_logits(ref, PEER_TOKENS)
+    finally:
+        ref.close()
+    ours = Model(str(dense)).new_context(64, 2).eval(PEER_TOKENS, 0, logits_all=True)
+    d = divergence(ours, theirs)
+    peer = divergence(hf_logits(hf, PEER_TOKENS), theirs)
+    print(f"\n{variant}: ours vs llama.cpp {d}; transformers vs llama.cpp {peer}")
+    assert 1 - d["top1"] <= 2 * (1 - peer["top1"]), (d, peer)
+    assert d["kl"] <= 2 * peer["kl"] + 1e-9, (d, peer)
+
+
+@pytest.mark.parametrize("variant", ["llama_relu", "qwen2_bias", "llama3_rope"])
 def test_kv_cache_decode_equals_full_recompute(converted, variant):
     m = Model(str(converted[variant][0]))
     full = m.new_context(32, 2).eval(TOKENS, 0, logits_all=True)
@@ -85,3 +117,60 @@ def test_switching_back_to_dense_is_exact(converted):
     assert ctx.stats()["ffn_sparsity"] > 0
     ctx.set_ffn_mode("dense")
     np.testing.assert_array_equal(ctx.eval(TOKENS, 0, logits_all=True), fresh)
+
+
+# ---- llama 3 RoPE scaling ----------------------------------------------------------------------
+def test_llama3_rope_freqs_are_transformers_frequencies(converted):
+    """The file's rope_freqs divide the plain RoPE frequencies into transformers' llama3 ones;
+    at this head size and original context they are 1 for the fastest frequencies, `factor` for
+    the slowest and smoothed between (so the test exercises all three)."""
+    import gguf
+    from conftest import LLAMA3_ROPE
+    split, dense, hf = converted["llama3_rope"]
+    for path in (split, dense):
+        t = {t.name: t for t in gguf.GGUFReader(path).tensors}["rope_freqs.weight"]
+        ff = np.asarray(t.data, np.float32)
+        hd = hf.config.hidden_size // hf.config.num_attention_heads
+        assert ff.shape == (hd // 2,)
+        assert ff[0] == 1 and ff[-1] == LLAMA3_ROPE["factor"]
+        assert np.any((ff > 1) & (ff < LLAMA3_ROPE["factor"])), ff
+        plain = 1.0 / LLAMA3_ROPE["rope_theta"] ** (np.arange(0, hd, 2) / hd)
+        np.testing.assert_allclose(plain / ff, hf.model.rotary_emb.inv_freq.numpy(), rtol=1e-6)
+
+
+def test_llama_cpp_file_as_source_gives_the_same_model(converted, tmp_path):
+    """A llama.cpp-layout Llama 3 file (the --dense one: rope_freqs and the plain ffn_down) runs
+    as it is and converts to a split file that computes what the file made from the checkpoint
+    does."""
+    split, dense, _ = converted["llama3_rope"]
+    again = tmp_path / "from_gguf.gguf"
+    convert(dense, again, outtype="f32")
+    want = Model(str(split)).new_context(32, 2).eval(TOKENS, 0, logits_all=True)
+    for path in (dense, again):
+        got = Model(str(path)).new_context(32, 2).eval(TOKENS, 0, logits_all=True)
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+
+
+def test_unsupported_rope_scaling_is_one_line(converted, tmp_path):
+    """yarn (and any other rope.scaling.type but none and linear) is refused, naming the key
+    and what is supported."""
+    import gguf
+    from pi_backend.convert.layout import copy_fields
+    from pi_backend.model import ModelError
+    split = converted["llama_silu"][0]
+    r = gguf.GGUFReader(split)
+    out = tmp_path / "yarn.gguf"
+    w = gguf.GGUFWriter(out, "llama")
+    copy_fields(r, w)
+    w.add_string("llama.rope.scaling.type", "yarn")
+    for t in r.tensors:
+        w.add_tensor(t.name, np.asarray(t.data), raw_dtype=t.tensor_type)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(ModelError) as e:
+        Model(str(out))
+    msg = str(e.value)
+    assert "\n" not in msg and "llama.rope.scaling.type = 'yarn'" in msg
+    assert "supported: none, linear" in msg
