@@ -161,6 +161,8 @@ HF_VARIANTS = {
                            {"dtype": "bfloat16", "max_shard_size": "40KB"}),
     "llama_tied": ("LlamaConfig", {"hidden_act": "silu", "tie_word_embeddings": True}, {}),
     "llama3_rope": ("LlamaConfig", {"hidden_act": "silu", "rope_parameters": LLAMA3_ROPE}, {}),
+    # q/k norms; head_dim 24: n_head * head_dim = 96 is not n_embd
+    "qwen3": ("Qwen3Config", {"hidden_act": "silu", "head_dim": 24}, {}),
 }
 
 
@@ -175,14 +177,12 @@ def build_tiny_hf_model(variant: str, out_dir: Path, tokenizer_dir: Path, vocab_
     cls_name, extra, save = HF_VARIANTS[variant]
     cfg = getattr(transformers, cls_name)(**{**TINY, **extra, "vocab_size": vocab_size, **overrides})
     torch.manual_seed(seed)
-    model_cls = {"LlamaConfig": transformers.LlamaForCausalLM,
-                 "MistralConfig": transformers.MistralForCausalLM,
-                 "Qwen2Config": transformers.Qwen2ForCausalLM}[cls_name]
-    model = model_cls(cfg).eval()
+    model = transformers.AutoModelForCausalLM.from_config(cfg).eval()
+    norm_base = 0.0 if cfg.model_type.startswith("gemma") else 1.0  # Gemma's norms: x (1 + w)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" in name:
-                p.copy_(1.0 + 0.2 * torch.randn_like(p))
+                p.copy_(norm_base + 0.2 * torch.randn_like(p))
             elif name.endswith(".bias"):
                 p.copy_(0.1 * torch.randn_like(p))
     if save.get("dtype") == "bfloat16":

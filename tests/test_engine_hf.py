@@ -1,6 +1,7 @@
 """The f32 engine against transformers (torch CPU) on tiny random checkpoints converted at f32
 (split and --dense): llama relu, llama silu, mistral, qwen2 with q/k/v biases, tied embeddings,
-llama 3 RoPE scaling (rope_freqs); and against llama-cpp-python on the same --dense files."""
+llama 3 RoPE scaling (rope_freqs), qwen3 (q/k norms, head_dim * n_head != n_embd); and against
+llama-cpp-python on the same --dense files."""
 from __future__ import annotations
 
 import numpy as np
@@ -11,7 +12,8 @@ from pi_backend.model import Model
 
 from peer import divergence, ref_logits
 
-VARIANTS = ["llama_relu", "llama_silu", "mistral_silu", "qwen2_bias", "llama_tied", "llama3_rope"]
+VARIANTS = ["llama_relu", "llama_silu", "mistral_silu", "qwen2_bias", "llama_tied", "llama3_rope",
+            "qwen3"]
 # A plain llama.cpp (--dense) file has no activation key, so llama.cpp and we read it with the
 # architecture's own activation: ReLU models are checked on the split layout only.
 DENSE_VARIANTS = [v for v in VARIANTS if v != "llama_relu"]
@@ -74,7 +76,7 @@ def test_dense_file_matches_llama_cpp(converted, variant):
     assert d["kl"] <= 2 * peer["kl"] + 1e-9, (d, peer)
 
 
-@pytest.mark.parametrize("variant", ["llama_relu", "qwen2_bias", "llama3_rope"])
+@pytest.mark.parametrize("variant", ["llama_relu", "qwen2_bias", "llama3_rope", "qwen3"])
 def test_kv_cache_decode_equals_full_recompute(converted, variant):
     m = Model(str(converted[variant][0]))
     full = m.new_context(32, 2).eval(TOKENS, 0, logits_all=True)
@@ -151,26 +153,64 @@ def test_llama_cpp_file_as_source_gives_the_same_model(converted, tmp_path):
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
 
 
-def test_unsupported_rope_scaling_is_one_line(converted, tmp_path):
-    """yarn (and any other rope.scaling.type but none and linear) is refused, naming the key
-    and what is supported."""
+def rewrite(src, dst, arch: str | None = None, drop=(), kv=None):
+    """A copy of the GGUF file src at dst: of architecture `arch` (its keys renamed), without
+    the tensors in `drop`, with the string keys `kv` added."""
     import gguf
-    from pi_backend.convert.layout import copy_fields
-    from pi_backend.model import ModelError
-    split = converted["llama_silu"][0]
-    r = gguf.GGUFReader(split)
-    out = tmp_path / "yarn.gguf"
-    w = gguf.GGUFWriter(out, "llama")
-    copy_fields(r, w)
-    w.add_string("llama.rope.scaling.type", "yarn")
+    from pi_backend.format import field_types, field_value
+    r = gguf.GGUFReader(src)
+    old = field_value(r.fields["general.architecture"])
+    arch = arch or old
+    w = gguf.GGUFWriter(dst, arch)
+    for key, f in r.fields.items():
+        if key.startswith("GGUF.") or key == "general.architecture":
+            continue
+        name = arch + key[len(old):] if key.startswith(old + ".") else key
+        w.add_key_value(name, field_value(f, text=False), *field_types(f))
+    for k, v in (kv or {}).items():
+        w.add_string(k, v)
     for t in r.tensors:
-        w.add_tensor(t.name, np.asarray(t.data), raw_dtype=t.tensor_type)
+        if t.name not in drop:
+            w.add_tensor(t.name, np.asarray(t.data), raw_dtype=t.tensor_type)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
+    return dst
+
+
+def one_line_model_error(path) -> str:
+    from pi_backend.model import ModelError
     with pytest.raises(ModelError) as e:
-        Model(str(out))
-    msg = str(e.value)
-    assert "\n" not in msg and "llama.rope.scaling.type = 'yarn'" in msg
-    assert "supported: none, linear" in msg
+        Model(str(path))
+    assert "\n" not in str(e.value)
+    return str(e.value)
+
+
+def test_unsupported_rope_scaling_is_one_line(converted, tmp_path):
+    """yarn (and any other rope.scaling.type but none and linear) is refused, naming the key
+    and what is supported."""
+    out = rewrite(converted["llama_silu"][0], tmp_path / "yarn.gguf",
+                  kv={"llama.rope.scaling.type": "yarn"})
+    msg = one_line_model_error(out)
+    assert "llama.rope.scaling.type = 'yarn'" in msg and "supported: none, linear" in msg
+
+
+def test_unsupported_architecture_is_one_line(converted, tmp_path):
+    out = rewrite(converted["llama_silu"][0], tmp_path / "phi3.gguf", arch="phi3")
+    msg = one_line_model_error(out)
+    assert "unsupported architecture 'phi3'" in msg
+    assert "supported: llama, qwen2, qwen3, gemma3" in msg
+
+
+@pytest.mark.parametrize("variant,tensor", [("qwen3", "blk.1.attn_k_norm.weight"),
+                                            ("llama_silu", "blk.0.ffn_gate.weight")])
+def test_missing_required_tensor_is_one_line(converted, tmp_path, variant, tensor):
+    """A tensor the architecture requires is named, with the architecture; the same norm is
+    optional in a llama file (the engine applies what is there)."""
+    out = rewrite(converted[variant][0], tmp_path / "m.gguf", drop={tensor})
+    msg = one_line_model_error(out)
+    arch = "qwen3" if variant == "qwen3" else "llama"
+    assert f"model is missing tensor {tensor} ({arch} requires it)" in msg
+    if variant == "qwen3":   # as a llama file, q/k norms are optional: it loads without them
+        Model(str(rewrite(out, tmp_path / "as_llama.gguf", arch="llama")))
