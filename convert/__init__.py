@@ -40,9 +40,10 @@ def convert(input: str | Path, outfile: str | Path, outtype: str = "f16", dense:
 
     calibrate: False, True (calibration text written by the model itself) or a text file: run
     our dense engine on a first-pass file; for ReLU models this trains activation predictors
-    (train_predictors, default on) and, with reorder, orders the neurons hot-first; for SwiGLU
-    (silu) models it sets threshold-mode thresholds (pi_backend.convert.calibrate): a uniform `sparsity`,
-    or the largest sparsity within a perplexity budget `ppl_budget` (default 0.02).
+    (train_predictors, default on) and, with reorder, orders the neurons hot-first; for gated
+    FFNs with a smooth activation (SwiGLU: silu, GeGLU: gelu_tanh) it sets threshold-mode
+    thresholds (pi_backend.convert.calibrate): a uniform `sparsity`, or the largest sparsity
+    within a perplexity budget `ppl_budget` (default 0.02).
     keep_down: a split file that also keeps the plain ffn_down, which dense mode then reads
     (the dense FFN at the plain file's speed, for one more copy of the down weights)."""
     import time

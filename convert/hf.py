@@ -344,7 +344,8 @@ class HFSource:
                 permute = hp.n_head
             elif not F.ARCHS[hp.arch].rope_neox and part in (T.ATTN_K, T.ATTN_K_BIAS):
                 permute = hp.n_head_kv
-            shift = self.arch.norm_shift if F.SPECS.get(part) and F.SPECS[part].kind == F.NORM else 0.0
+            spec = F.SPECS.get(part)
+            shift = self.arch.norm_shift if spec is not None and spec.kind == F.NORM else 0.0
             out[name] = SourceTensor(name, shape, _loader(f, hf_name, permute, shift),
                                      f.dtype(hf_name).lower())
         if "output.weight" in out and hp.tied:

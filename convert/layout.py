@@ -330,6 +330,13 @@ def write_model(source, outfile: Path, outtype_name: str, dense: bool,
         warnings.append(f"--dense with a {hp.activation} FFN: llama.cpp's {hp.arch} graph "
                         f"applies {F.ARCHS[hp.arch].ffn_act}, so llama.cpp will not reproduce "
                         "this model")
+    llama_cpp_scale = F.llama_cpp_attn_scale(hp.arch, hp.n_layer, hp.n_embd, hp.n_head,
+                                             hp.head_dim)
+    if dense and hp.attn_scale is not None and not np.isclose(hp.attn_scale, llama_cpp_scale,
+                                                              rtol=1e-6, atol=0):
+        warnings.append(f"--dense: llama.cpp's {hp.arch} graph ignores {hp.arch}.attention.scale "
+                        f"({hp.attn_scale:g}, from query_pre_attn_scalar), so llama.cpp will not "
+                        "reproduce this model")
     plan = plan_tensors(hp, source.tensors(), outtype, dense, preds, warnings, neuron_orders,
                         keep_down)
 

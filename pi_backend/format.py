@@ -8,6 +8,7 @@ tensors `pi_model_finalize` requires); tests/test_format.py checks them equal to
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -71,6 +72,16 @@ ARCHS: dict[str, Arch] = {a.name: a for a in (
     Arch("gemma3", rope_neox=True, qkv_bias=False, needs=(REQ_ALL, REQ_QK_NORM, REQ_POST_NORM),
          ffn_act=ACT_GELU_TANH, embd_scale=True, swa_period=6),
 )}
+
+def llama_cpp_attn_scale(arch: str, n_layer: int, n_embd: int, n_head: int,
+                         head_dim: int) -> float:
+    """The q.k scale llama.cpp uses where a file has no `attention.scale` (its gemma3 graph
+    ignores the key): 1/sqrt(head_dim), except Gemma 3 27B (gemma3 with 62 layers), which it
+    scales by 1/sqrt(n_embd / n_head), that model's query_pre_attn_scalar."""
+    if arch == "gemma3" and n_layer == 62:
+        return 1.0 / math.sqrt(n_embd // n_head)
+    return 1.0 / math.sqrt(head_dim)
+
 
 # ---- tensors -----------------------------------------------------------------------------------
 # Symbolic dimensions (model.c `enum dim`): resolved from the hyperparameters.

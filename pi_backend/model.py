@@ -177,6 +177,7 @@ class Model:
         if not isinstance(act, str) or act not in ACTS:
             raise ModelError(f"{self.path}: unsupported FFN activation {Keys.FFN_ACTIVATION} = "
                              f"{act!r} (supported: {', '.join(ACTS)})")
+        self.ffn_activation = act
         try:
             check_hparams(self.fields.get, arch)
         except GGUFFormatError as e:
@@ -219,12 +220,9 @@ class Model:
         the sliding layers' `rope.freq_base_swa`, with llama.cpp's defaults) and the final logit
         soft cap."""
         spec = F.ARCHS[a]
-        scale = self.fields.get(f"{a}.attention.scale")
-        if scale is None and a == "gemma3" and n_layer == 62:
-            # llama.cpp's gemma3 without the key: Gemma 3 27B (62 layers) scales by
-            # 1/sqrt(n_embd / n_head) (its query_pre_attn_scalar), every other size by head_dim's
-            scale = 1.0 / math.sqrt(n_embd // n_head)
-        out = {"attn_scale": float(scale or 0.0),
+        scale = (self.fields.get(f"{a}.attention.scale") or
+                 F.llama_cpp_attn_scale(a, n_layer, n_embd, n_head, head_dim))
+        out = {"attn_scale": float(scale),
                "embd_scale": math.sqrt(n_embd) if spec.embd_scale else 0.0,
                "final_softcap": float(self.fields.get(f"{a}.final_logit_softcapping") or 0.0)}
         n_swa = self.fields.get(f"{a}.attention.sliding_window") if spec.swa_period else None

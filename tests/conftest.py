@@ -151,6 +151,12 @@ TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_atte
 LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
                "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
 
+GEMMA3 = {"num_hidden_layers": 3, "head_dim": 16, "query_pre_attn_scalar": 16, "sliding_window": 4,
+          "layer_types": ["sliding_attention", "sliding_attention", "full_attention"],
+          "rope_parameters": {"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                              "full_attention": {"rope_type": "linear", "factor": 2.0,
+                                                 "rope_theta": 1000000.0}}}
+
 # variant -> (config class name, extra config, save options)
 HF_VARIANTS = {
     "llama_relu": ("LlamaConfig", {"hidden_act": "relu"}, {}),
@@ -163,6 +169,9 @@ HF_VARIANTS = {
     "llama3_rope": ("LlamaConfig", {"hidden_act": "silu", "rope_parameters": LLAMA3_ROPE}, {}),
     # q/k norms; head_dim 24: n_head * head_dim = 96 is not n_embd
     "qwen3": ("Qwen3Config", {"hidden_act": "silu", "head_dim": 24}, {}),
+    # GELU-tanh, four norms, sliding window 4 on layers 0 and 1 (period 3) with their own RoPE
+    # base, layer 2 global with linear RoPE scaling; tied embeddings
+    "gemma3": ("Gemma3TextConfig", GEMMA3, {}),
 }
 
 
