@@ -77,10 +77,10 @@ def llama_cpp_attn_scale(arch: str, n_layer: int, n_embd: int, n_head: int,
                          head_dim: int) -> float:
     """The q.k scale llama.cpp uses where a file has no `attention.scale` (its gemma3 graph
     ignores the key): 1/sqrt(head_dim), except Gemma 3 27B (gemma3 with 62 layers), which it
-    scales by 1/sqrt(n_embd / n_head), that model's query_pre_attn_scalar."""
-    if arch == "gemma3" and n_layer == 62:
-        return 1.0 / math.sqrt(n_embd // n_head)
-    return 1.0 / math.sqrt(head_dim)
+    scales by 1/sqrt(n_embd / n_head), that model's query_pre_attn_scalar. 0 when that size is
+    not positive (hyperparameters the engine refuses)."""
+    size = n_embd // n_head if arch == "gemma3" and n_layer == 62 and n_head > 0 else head_dim
+    return 1.0 / math.sqrt(size) if size > 0 else 0.0
 
 
 # ---- tensors -----------------------------------------------------------------------------------
