@@ -48,8 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     thr.add_argument("--sparsity", type=float, metavar="S",
                      help="SwiGLU/GeGLU --calibrate: uniform threshold-mode sparsity S per layer")
     thr.add_argument("--ppl-budget", type=float, metavar="B",
-                     help="SwiGLU/GeGLU --calibrate: largest sparsity (greedy per-layer allocation) "
-                     "within a relative perplexity increase B (default 0.02)")
+                     help="SwiGLU/GeGLU --calibrate: largest sparsity (greedy per-layer "
+                     "allocation) within a relative perplexity increase B (default 0.02)")
     p.add_argument("--threads", type=int, metavar="N",
                    help="engine threads for calibration (default: the available cores, at most 8)")
     p.add_argument("--seed", type=int, default=0, help="calibration / training seed")

@@ -352,7 +352,8 @@ class HFSource:
             hp.tied = False   # an explicit lm_head wins over the config flag
         if "output.weight" not in out:
             hp.tied = True
-        if hp.rope_scaling and hp.rope_scaling.get("rope_type", hp.rope_scaling.get("type")) == "llama3":
+        kind = hp.rope_scaling and hp.rope_scaling.get("rope_type", hp.rope_scaling.get("type"))
+        if kind == "llama3":
             out[T.ROPE_FREQS] = SourceTensor(T.ROPE_FREQS, (hp.head_dim // 2,),
                                              lambda: llama3_rope_factors(hp), "f32")
         return out

@@ -54,7 +54,8 @@ def test_every_isa_gives_the_same_bits(kind):
         call("pi_isa_set", isa)
         out[ISA_NAMES[isa]] = activation(kind, X)
     for name, y in out.items():
-        np.testing.assert_array_equal(y.view(np.uint32), out["scalar"].view(np.uint32), err_msg=name)
+        np.testing.assert_array_equal(y.view(np.uint32), out["scalar"].view(np.uint32),
+                                      err_msg=name)
 
 
 @pytest.mark.parametrize("kind", F.ACTIVATIONS)
