@@ -71,7 +71,8 @@ static void rmsnorm_rows(float *x, int64_t n, const pi_weight *w, int d, float e
  * two engines agree closely: an f16 KV cache (llama.cpp's default), f16 queries and f16 attention
  * probabilities (its mul_mat converts them for the f16 cache), dot products in tinyBLAS's order
  * and ggml's vectorized expf (the pi_kernels attention / SwiGLU entries), RoPE angles by repeated
- * multiplication, RMSNorm's squares in f32. */
+ * multiplication, RMSNorm's squares in f32. GELU is the exception: computed in f32 as
+ * transformers does, where llama.cpp's CPU backend reads an f16 table. */
 
 
 /* cs[2i], cs[2i + 1] = cos, sin of RoPE angle i at position pos: theta_i = pos * theta_scale^i by
@@ -402,16 +403,16 @@ static int decode_chunk(pi_context *c, const int32_t *tokens, int B, int n_past,
     }
     if (hp->embd_scale != 1.0f) /* gemma3: sqrt(n_embd), as llama.cpp's ggml_scale */
         for (size_t i = 0; i < (size_t)B * d; i++) c->x[i] *= hp->embd_scale;
-    /* once per chunk: every layer (of a kind: global, sliding) rotates by the same angles */
-    const float theta_scale = powf(hp->rope_freq_base, -2.0f / (float)hp->n_rot);
-    for (int t = 0; t < B; t++)
-        rope_angles(c->rope_cs + (size_t)t * hp->n_rot, hp->n_rot, theta_scale, hp->rope_freq_scale,
-                    m->rope_freqs.data, n_past + t);
-    if (hp->n_swa > 0) {
-        const float theta_scale_swa = powf(hp->rope_freq_base_swa, -2.0f / (float)hp->n_rot);
+    /* once per chunk: every layer of a kind (global; sliding, with its own base and scale)
+     * rotates by the same angles */
+    const struct { float *cs; float base, scale; } kinds[2] = {
+        {c->rope_cs, hp->rope_freq_base, hp->rope_freq_scale},
+        {c->rope_cs_swa, hp->rope_freq_base_swa, hp->rope_freq_scale_swa}};
+    for (int k = 0; k < (hp->n_swa > 0 ? 2 : 1); k++) {
+        const float theta_scale = powf(kinds[k].base, -2.0f / (float)hp->n_rot);
         for (int t = 0; t < B; t++)
-            rope_angles(c->rope_cs_swa + (size_t)t * hp->n_rot, hp->n_rot, theta_scale_swa,
-                        hp->rope_freq_scale_swa, m->rope_freqs.data, n_past + t);
+            rope_angles(kinds[k].cs + (size_t)t * hp->n_rot, hp->n_rot, theta_scale, kinds[k].scale,
+                        m->rope_freqs.data, n_past + t);
     }
     for (int il = 0; il < hp->n_layer; il++) {
         if ((rc = attention_block(c, il, B, n_past))) return rc;

@@ -229,11 +229,10 @@ static int require_all(const pi_model *m, const tensor_spec *specs, size_t n_spe
     const unsigned needs = arch_table[m->hp.arch].needs;
     for (size_t i = 0; i < n_specs; i++) {
         if (!(specs[i].need & needs) || ((pi_weight *)(base + specs[i].offset))->data) continue;
-        const char *arch = arch_table[m->hp.arch].name;
-        if (layer < 0)
-            return pi_fail(PI_ERR_SHAPE, "model is missing tensor %s (%s requires it)", specs[i].suffix, arch);
-        return pi_fail(PI_ERR_SHAPE, "model is missing tensor blk.%d.%s (%s requires it)", layer,
-                       specs[i].suffix, arch);
+        char prefix[24] = "";
+        if (layer >= 0) snprintf(prefix, sizeof prefix, "blk.%d.", layer);
+        return pi_fail(PI_ERR_SHAPE, "model is missing tensor %s%s (%s requires it)", prefix,
+                       specs[i].suffix, arch_table[m->hp.arch].name);
     }
     return PI_OK;
 }
