@@ -15,11 +15,13 @@ from peer import divergence, ref_logits
 
 VARIANTS = ["llama_relu", "llama_silu", "mistral_silu", "qwen2_bias", "llama_tied", "llama3_rope",
             "qwen3", "gemma3"]
-# Gemma's norms after attention and after the FFN rescale those blocks' outputs to unit size,
-# which magnifies the f16 rounding of the KV cache, queries and probabilities (llama.cpp's, and
-# the engine's): against plain transformers these are held to twice what those roundings alone
-# move transformers' own logits (measured in this run), the others to 1e-3 as they are.
-F16_MAGNIFIED = {"gemma3"}
+# q/k norms bring queries and keys to unit size (Qwen3, Gemma 3: scores of order 1, not 0.1), and
+# Gemma's norms after attention and after the FFN rescale those blocks' outputs to unit size:
+# both magnify the f16 rounding of the KV cache, queries and probabilities (llama.cpp's, and the
+# engine's). Against plain transformers these are held to twice what those roundings alone move
+# transformers' own logits (measured in this run; Qwen3 about 1e-3, Gemma 3 about 1.3e-3, where
+# the engine is within 1e-4 and 5e-4 of transformers with those roundings), the others to 1e-3.
+F16_MAGNIFIED = {"qwen3", "gemma3"}
 # A plain llama.cpp (--dense) file has no activation key, so llama.cpp and we read it with the
 # architecture's own activation: ReLU models are checked on the split layout only.
 DENSE_VARIANTS = [v for v in VARIANTS if v != "llama_relu"]
@@ -57,7 +59,9 @@ def test_f32_logits_match_transformers(converted, variant, layout):
     bound = 1e-3
     if variant in F16_MAGNIFIED:
         bound = max(bound, 2 * np.abs(hf_logits(hf16, TOKENS) - ref).max())
-    assert np.abs(ours - ref).max() <= bound, (np.abs(ours - ref).max(), bound)
+    err = np.abs(ours - ref).max()
+    print(f"\n{variant} {layout}: max |ours - transformers| {err:.3g} (bound {bound:.3g})")
+    assert err <= bound
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
