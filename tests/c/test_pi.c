@@ -13,6 +13,7 @@
  *    activation type a quantizer and a block size dividing its own, and so on.
  * Prints "N passed, N failed" and exits non-zero on any failure.
  */
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -171,6 +172,22 @@ static void test_validation(void) {
             CHECK(untouched, "%s wrote its output before rejecting idx", fns[f].name);
         }
     }
+    for (int act = 0; act < PI_N_ACTS; act++) { /* in place and out of place: the same values */
+        float in[64];
+        for (int i = 0; i < 64; i++) in[i] = (float)(i - 32) / 8.0f;
+        memcpy(a, in, sizeof in);
+        EXPECT_STATUS(pi_activation(act, in, y, 64), PI_OK);
+        EXPECT_STATUS(pi_activation(act, a, a, 64), PI_OK);
+        int same = 1;
+        for (int i = 0; i < 64; i++) same &= y[i] == a[i] && y[i] == pi_acts[act].fn(in[i]);
+        CHECK(same, "pi_activation %s: differs from the scalar activation", pi_acts[act].name);
+    }
+    EXPECT_STATUS(pi_activation(PI_N_ACTS, x, y, 64), PI_ERR_RANGE);
+    EXPECT_STATUS(pi_activation(-1, x, y, 64), PI_ERR_RANGE);
+    EXPECT_STATUS(pi_activation(PI_ACT_SILU, NULL, y, 64), PI_ERR_NULL);
+    EXPECT_STATUS(pi_activation(PI_ACT_SILU, x, NULL, 64), PI_ERR_NULL);
+    EXPECT_STATUS(pi_activation(PI_ACT_SILU, x, y, -1), PI_ERR_SHAPE);
+    EXPECT_STATUS(pi_activation(PI_ACT_SILU, x, y, 0), PI_OK);
     free_matrix(&m);
 }
 
@@ -389,12 +406,17 @@ static void test_table_twins(void) {
         memcpy(a, x, sizeof x), memcpy(b, x, sizeof x);
         S->round_f16(N, a), K->round_f16(N, b);
         SAME(a, b, sizeof a, "round_f16", K->name);
-        memcpy(a, x, sizeof x), memcpy(b, x, sizeof x);
-        S->swiglu(N, g, a), K->swiglu(N, g, b);
-        SAME(a, b, sizeof a, "swiglu", K->name);
-        memcpy(a, g, sizeof g), memcpy(b, g, sizeof g);
-        S->silu(N, a), K->silu(N, b);
-        SAME(a, b, sizeof a, "silu", K->name);
+        for (int act = 0; act < PI_N_ACTS; act++) { /* gates in [-12, 12), and the extremes */
+            float gx[N];
+            memcpy(gx, g, sizeof g);
+            gx[0] = -100.0f, gx[1] = 100.0f, gx[2] = -0.0f, gx[3] = 1e-30f, gx[4] = -9.5f;
+            memcpy(a, x, sizeof x), memcpy(b, x, sizeof x);
+            S->glu[act](N, gx, a), K->glu[act](N, gx, b);
+            SAME(a, b, sizeof a, pi_acts[act].name, K->name);
+            memcpy(a, gx, sizeof gx), memcpy(b, gx, sizeof gx);
+            S->act[act](N, a), K->act[act](N, b);
+            SAME(a, b, sizeof a, pi_acts[act].name, K->name);
+        }
         S->attn_scores(NPOS, HD, kc, HD, x, 0.125f, a), K->attn_scores(NPOS, HD, kc, HD, x, 0.125f, b);
         SAME(a, b, NPOS * sizeof(float), "attn_scores", K->name);
         float pa[40], pb[40];
@@ -451,6 +473,25 @@ static void test_table_twins(void) {
     }
 #endif
     CHECK(S->to_f16 && S->round_f16 && S->select && S->rope, "scalar table complete");
+    for (int act = 0; act < PI_N_ACTS; act++)
+        CHECK(pi_acts[act].name && pi_acts[act].fn && S->glu[act] && S->act[act],
+              "activation %d: described, and in the scalar table", act);
+    /* GELU (tanh form) against its definition in double, 0.5 x (1 + tanh(u)) written as
+     * x / (1 + exp(-2u)) (1 + tanh(u) cancels for negative x even in double). The f32 exponent
+     * z = -2u carries about 3 roundings, which exp turns into a relative error of 3 eps |z|; exp,
+     * the sum and the quotient add a few ulps: within (3 |z| + 4) eps (FLT_EPSILON); exactly 0
+     * and x far out. */
+    double worst = 0;
+    for (int i = -4000; i <= 4000; i++) {
+        const float v = (float)i / 400.0f;
+        const double u = 0.7978845608028654 * ((double)v + 0.044715 * (double)v * v * v);
+        const double want = v / (1.0 + exp(-2.0 * u)), got = pi_gelu_tanh_ref(v);
+        const double err = fabs(got - want) / fmax(fabs(want), 1e-30) / ((6 * fabs(u) + 4) * FLT_EPSILON);
+        if (fabs(want) > 1e-30 && err > worst) worst = err;
+    }
+    CHECK(worst <= 1, "gelu_tanh: error %g times the bound (3 |z| + 4) eps against the double definition", worst);
+    CHECK(pi_gelu_tanh_ref(-100.0f) == 0.0f && pi_gelu_tanh_ref(100.0f) == 100.0f && pi_gelu_tanh_ref(0.0f) == 0.0f,
+          "gelu_tanh: 0 far left, x far right, 0 at 0");
 }
 
 /* ---- 5. masked pair: gate and up together --------------------------------------------------- */
@@ -506,7 +547,7 @@ static void test_ffn_sparse(pi_pool *pool3) {
     for (int ti = 0; ti < N_TYPES; ti++) {
         const int type = TYPES[ti];
         matrix gate = make_matrix(type, NFF, D), up = make_matrix(type, NFF, D), dt = make_matrix(type, NFF, D);
-        for (int kind = 0; kind <= 1; kind++) {
+        for (int kind = 0; kind < PI_N_ACTS; kind++) {
             /* the steps: picks, masked gate and up, the down input, its nonzero rows' AXPY */
             int n = 0, n2 = 0;
             for (int i = 0; i < NFF; i++)
@@ -514,7 +555,7 @@ static void test_ffn_sparse(pi_pool *pool3) {
             EXPECT_STATUS(pi_matvec_masked_pair(NULL, type, gate.q, up.q, NFF, D, x, ir, n, gr, ur), PI_OK);
             for (int k = 0; k < n; k++) {
                 const int i = ir[k];
-                ur[i] *= pi_activate(kind, gr[i]);
+                ur[i] *= pi_acts[kind].fn(gr[i]);
                 if (ur[i] != 0.0f) ir[n2++] = i;
             }
             EXPECT_STATUS(pi_axpy_sparse(NULL, type, dt.q, NFF, D, ur, ir, n2, yr), PI_OK);
