@@ -507,12 +507,14 @@ void pi_attn_values_ref(int lanes, int n_pos, int hd, const pi_half *vt, int64_t
     for (int i = 0; i < hd; i++) out[i] = dot_f16_lanes(lanes, vt + (size_t)i * ldv, p, n_pos);
 }
 
-void pi_swiglu_ref(int lanes, int64_t n, const float *g, float *u) {
-    for (int64_t i = 0; i < n; i++) u[i] *= g[i] / (1.0f + pi_expf_ggml(lanes, -g[i]));
+void pi_glu_ref(int lanes, int act, int64_t n, const float *g, float *u) {
+    float (*const f)(float) = pi_act_fn(lanes, act);
+    for (int64_t i = 0; i < n; i++) u[i] *= f(g[i]);
 }
 
-void pi_silu_ref(int lanes, int64_t n, float *x) {
-    for (int64_t i = 0; i < n; i++) x[i] = pi_activate(lanes, PI_ACT_SILU, x[i]);
+void pi_act_ref(int lanes, int act, int64_t n, float *x) {
+    float (*const f)(float) = pi_act_fn(lanes, act);
+    for (int64_t i = 0; i < n; i++) x[i] = f(x[i]);
 }
 
 /* The scalar table: llama.cpp's AVX2 build (8 lanes). */
@@ -528,9 +530,21 @@ static void attn_values_scalar(int n_pos, int hd, const pi_half *vt, int64_t ldv
     pi_attn_values_ref(8, n_pos, hd, vt, ldv, p, out);
 }
 
-static void swiglu_scalar(int64_t n, const float *g, float *u) { pi_swiglu_ref(8, n, g, u); }
+const pi_act_desc pi_acts[PI_N_ACTS] = {
+    [PI_ACT_SILU] = {"silu", pi_silu_ref, pi_silu16_ref, 0},
+    [PI_ACT_RELU] = {"relu", pi_relu_ref, pi_relu_ref, 1},
+    /* GELU is not llama.cpp's (an f16 table there): one form for every table */
+    [PI_ACT_GELU_TANH] = {"gelu_tanh", pi_gelu_tanh_ref, pi_gelu_tanh_ref, 0},
+};
 
-static void silu_scalar(int64_t n, float *x) { pi_silu_ref(8, n, x); }
+/* The scalar glu and act kernels of one activation. */
+#define ACT_TWINS(name, kind)                                                                   \
+    static void glu_##name(int64_t n, const float *g, float *u) { pi_glu_ref(8, kind, n, g, u); } \
+    static void act_##name(int64_t n, float *x) { pi_act_ref(8, kind, n, x); }
+ACT_TWINS(silu, PI_ACT_SILU)
+ACT_TWINS(relu, PI_ACT_RELU)
+ACT_TWINS(gelu_tanh, PI_ACT_GELU_TANH)
+#undef ACT_TWINS
 
 static void to_f16_scalar(int64_t n, const float *x, pi_half *y) {
     for (int64_t i = 0; i < n; i++) y[i] = pi_float_to_half(x[i]);
@@ -594,8 +608,8 @@ const pi_kernels pi_kernels_scalar = {
     .attn_scores = attn_scores_scalar,
     .softmax_exp = softmax_exp_scalar,
     .attn_values = attn_values_scalar,
-    .swiglu = swiglu_scalar,
-    .silu = silu_scalar,
+    .glu = {[PI_ACT_SILU] = glu_silu, [PI_ACT_RELU] = glu_relu, [PI_ACT_GELU_TANH] = glu_gelu_tanh},
+    .act = {[PI_ACT_SILU] = act_silu, [PI_ACT_RELU] = act_relu, [PI_ACT_GELU_TANH] = act_gelu_tanh},
     .to_f16 = to_f16_scalar,
     .round_f16 = round_f16_scalar,
     .select = select_scalar,
@@ -1138,6 +1152,16 @@ int pi_ffn_sparse(pi_pool *pool, pi_ffn_sparse_args *a) {
         const float *p = a->partial + (size_t)(s - 1) * a->d;
         for (int64_t c = 0; c < a->d; c++) a->y[c] += p[c];
     }
+    return pi_ok();
+}
+
+int pi_activation(int act, const float *x, float *y, int64_t n) {
+    PI_CHECK_NULL(x);
+    PI_CHECK_NULL(y);
+    if (act < 0 || act >= PI_N_ACTS) return pi_fail(PI_ERR_RANGE, "%s: unknown activation id %d", __func__, act);
+    if (n < 0) return pi_fail(PI_ERR_SHAPE, "%s: n = %lld must not be negative", __func__, (long long)n);
+    if (y != x) memmove(y, x, (size_t)n * sizeof *y);
+    active_kernels()->act[act](n, y);
     return pi_ok();
 }
 

@@ -64,12 +64,12 @@ typedef struct {
     /* By activation type (every quantized act_type of a weight): ggml-cpu's x86
      * quantize_row_q8_{0,1} (id = 127 / amax, round half to even), the same bits on every ISA. */
     pi_quantize_act_fn quantize_act[PI_N_TYPE_IDS];
-    /* The f32 vector width of the llama.cpp CPU build (ggml-cpu) whose order the attention and
-     * SwiGLU entries below follow: 8 (its AVX2 build: the scalar and AVX2 tables) or 16 (its
+    /* The f32 vector width of the llama.cpp CPU build (ggml-cpu) whose order the attention
+     * entries and the SiLU of glu/act below follow: 8 (its AVX2 build: the scalar and AVX2 tables) or 16 (its
      * AVX-512 build: the AVX-512 table). pi_*_ref(lanes, ...) are their scalar twins. */
     int lanes;
-    /* The attention and SwiGLU steps of forward.c in the order of llama.cpp's batched CPU path
-     * (ggml-cpu's tinyBLAS f16 GEMM, ggml_vec_soft_max_f32, ggml_vec_swiglu_f32). A "lane" is one
+    /* The attention steps of forward.c in the order of llama.cpp's batched CPU path (ggml-cpu's
+     * tinyBLAS f16 GEMM, ggml_vec_soft_max_f32). A "lane" is one
      * f32 accumulator: element i of a sum goes into lane i % lanes by fused multiply-add, and the
      * lanes are added as ggml's hsum: 16 lanes first as l[j] + l[j + 8] for j < 8, then 8 lanes
      * as (l[j] + l[j + 4]) for j < 4, then (0 + 2) + (1 + 3). exp is pi_expf_ggml(lanes, .).
@@ -82,10 +82,11 @@ typedef struct {
     /* out[i] = vt_i . p for i < hd: vt_i = vt + i * ldv ([n_pos] f16), p [n_pos] f32. */
     void (*attn_values)(int n_pos, int hd, const pi_half *vt, int64_t ldv, const float *p,
                         float *out);
-    /* u[i] = silu(g[i]) * u[i] for i < n, silu(x) = x / (1 + exp(-x)). */
-    void (*swiglu)(int64_t n, const float *g, float *u);
-    /* x[i] = silu(x[i]) for i < n, the silu of swiglu (threshold mode's selection). */
-    void (*silu)(int64_t n, float *x);
+    /* By FFN activation (pi_act; designated initializers, every one filled): the gated FFN's
+     * down input u[i] = act(g[i]) * u[i], and x[i] = act(x[i]) (threshold mode's selection), for
+     * i < n; act is pi_act_fn(lanes, act)'s, the same bits (ggml_vec_swiglu_f32's for SiLU). */
+    void (*glu[PI_N_ACTS])(int64_t n, const float *g, float *u);
+    void (*act[PI_N_ACTS])(int64_t n, float *x);
     /* y[i] = x[i] as binary16, round to nearest even (pi_float_to_half's bits), for i < n. */
     void (*to_f16)(int64_t n, const float *x, pi_half *y);
     /* x[i] = x[i] rounded to binary16 and back (the f16 queries and probabilities of
@@ -140,8 +141,45 @@ void pi_attn_scores_ref(int lanes, int n_pos, int hd, const pi_half *k, int64_t 
 double pi_softmax_exp_ref(int lanes, int n, float *x, float max);
 void pi_attn_values_ref(int lanes, int n_pos, int hd, const pi_half *vt, int64_t ldv, const float *p,
                         float *out);
-void pi_swiglu_ref(int lanes, int64_t n, const float *g, float *u);
-void pi_silu_ref(int lanes, int64_t n, float *x);
+/* The glu and act entries' twins for a table of `lanes`: u[i] *= f(g[i]), x[i] = f(x[i]) with
+ * f = pi_act_fn(lanes, act). */
+void pi_glu_ref(int lanes, int act, int64_t n, const float *g, float *u);
+void pi_act_ref(int lanes, int act, int64_t n, float *x);
+
+/* ---- the FFN activations (pi_act), scalar: the reference of every ISA's glu/act kernels ---- */
+/* silu(x) = x / (1 + exp(-x)), llama.cpp's: with its AVX2 build's exp (pi_silu_ref) or its
+ * AVX-512 build's (pi_silu16_ref). */
+static inline float pi_silu_ref(float x) { return x / (1.0f + pi_expf_ggml(8, -x)); }
+static inline float pi_silu16_ref(float x) { return x / (1.0f + pi_expf_ggml(16, -x)); }
+
+static inline float pi_relu_ref(float x) { return x > 0 ? x : 0; }
+
+/* GELU, tanh approximation: 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3), computed as
+ * x sigmoid(2u) = x / (1 + exp(z)), z = (-2 sqrt(2/pi) x) (1 + 0.044715 x x): no cancellation for
+ * negative x, and SiLU's structure. (llama.cpp's CPU GELU reads an f16 table instead: within
+ * about 1e-3 relative of this; transformers' gelu_pytorch_tanh is within a few f32 ulps.) */
+#define PI_GELU_COEF_A 0.044715f
+#define PI_GELU_COEF_Z (-2.0f * 0.79788456080286535588f)
+static inline float pi_gelu_tanh_ref(float x) {
+    const float z = (PI_GELU_COEF_Z * x) * fmaf(PI_GELU_COEF_A * x, x, 1.0f);
+    return x / (1.0f + pi_expf_ggml(8, z));
+}
+
+typedef struct {
+    const char *name;         /* pi.ffn_activation's spelling */
+    float (*fn)(float);       /* the scalar activation (llama.cpp's AVX2 build: 8 lanes) */
+    float (*fn16)(float);     /* ... as the tables of 16 lanes compute it (AVX-512) */
+    int exact_zeros;          /* 1: act is exactly 0 for every x <= 0 (ReLU): those neurons add
+                                 nothing, so threshold mode drops them even at threshold 0 */
+} pi_act_desc;
+
+/* Indexed by pi_act (kernels.c). */
+extern const pi_act_desc pi_acts[PI_N_ACTS];
+
+/* The scalar activation `kind` of a table of `lanes` (pi_kernels.lanes). */
+static inline float (*pi_act_fn(int lanes, int kind))(float) {
+    return lanes == 16 ? pi_acts[kind].fn16 : pi_acts[kind].fn;
+}
 
 /* One matrix of a fused rows8 product (pi_matmat_rows8_multi).
  *   Wp: [n_rows][n_cols] in the rows8 layout; Y: [n_tok][ldy], ldy >= n_rows. */
@@ -165,21 +203,16 @@ int pi_matvec_masked_pair(pi_pool *pool, int type, const void *W, const void *W2
                           int64_t n_cols, const float *x, const int32_t *idx, int64_t n_idx,
                           float *y, float *y2);
 
-/* act(v): ReLU, or SiLU v / (1 + pi_expf_ggml(lanes, -v)) (llama.cpp's; lanes: the active
- * table's, so that one value is its swiglu's and silu's). */
-static inline float pi_activate(int lanes, int kind, float v) {
-    return kind == PI_ACT_RELU ? (v > 0 ? v : 0) : v / (1.0f + pi_expf_ggml(lanes, -v));
-}
-
-/* The down input of the picks idx[0 .. n): u[i] *= act(g[i]); the picks whose down input is
- * exactly 0 (a ReLU's negative gate) add nothing to the down projection and are dropped from idx
- * (kept in order); returns how many are left. */
+/* The down input of the picks idx[0 .. n): u[i] *= act(g[i]) (act: pi_act_fn(lanes, kind)); the
+ * picks whose down input is exactly 0 (a ReLU's negative gate) add nothing to the down projection
+ * and are dropped from idx (kept in order); returns how many are left. */
 static inline int64_t pi_down_input(int lanes, int kind, const float *g, float *u, int32_t *idx,
                                     int64_t n) {
+    float (*const act)(float) = pi_act_fn(lanes, kind);
     int64_t kept = 0;
     for (int64_t k = 0; k < n; k++) { /* branch-free: the active set is unpredictable */
         const int32_t i = idx[k];
-        u[i] *= pi_activate(lanes, kind, g[i]);
+        u[i] *= act(g[i]);
         idx[kept] = i;
         kept += u[i] != 0.0f;
     }

@@ -1270,24 +1270,39 @@ AVX2_FN static void attn_values_avx2(int n_pos, int hd, const pi_half *vt, int64
     for (; i < hd; i++) out[i] = dot_f16_f32_lanes(vt + (size_t)i * ldv, p, n_pos);
 }
 
-/* silu(x) = x / (1 + pi_expf_ggml(8, -x)) in 8 lanes. */
+/* The activations in 8 lanes, each pi_*_ref's bits. silu(x) = x / (1 + pi_expf_ggml(8, -x)). */
 INLINE AVX2_FN __m256 silu8(__m256 x) {
     const __m256 e = expf8(_mm256_sub_ps(_mm256_setzero_ps(), x));
     return _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.0f), e));
 }
 
-AVX2_FN static void swiglu_avx2(int64_t n, const float *g, float *u) {
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        _mm256_storeu_ps(u + i, _mm256_mul_ps(silu8(_mm256_loadu_ps(g + i)), _mm256_loadu_ps(u + i)));
-    pi_swiglu_ref(8, n - i, g + i, u + i);
+/* max returns its second operand for a NaN or a zero of either sign: +0, as the scalar ternary */
+INLINE AVX2_FN __m256 relu8(__m256 x) { return _mm256_max_ps(x, _mm256_setzero_ps()); }
+
+INLINE AVX2_FN __m256 gelu_tanh8(__m256 x) {
+    const __m256 p = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(PI_GELU_COEF_A), x), x, _mm256_set1_ps(1.0f));
+    const __m256 z = _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(PI_GELU_COEF_Z), x), p);
+    return _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.0f), expf8(z)));
 }
 
-AVX2_FN static void silu_avx2(int64_t n, float *x) {
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, silu8(_mm256_loadu_ps(x + i)));
-    pi_silu_ref(8, n - i, x + i);
-}
+/* The glu and act kernels of one activation: 8 lanes, the scalar reference for the tail. */
+#define ACT_AVX2(name, vec, ref)                                                                \
+    AVX2_FN static void glu_##name##_avx2(int64_t n, const float *g, float *u) {                \
+        int64_t i = 0;                                                                          \
+        for (; i + 8 <= n; i += 8)                                                              \
+            _mm256_storeu_ps(u + i, _mm256_mul_ps(vec(_mm256_loadu_ps(g + i)), _mm256_loadu_ps(u + i))); \
+        for (; i < n; i++) u[i] *= ref(g[i]);                                                   \
+    }                                                                                           \
+    AVX2_FN static void act_##name##_avx2(int64_t n, float *x) {                                \
+        int64_t i = 0;                                                                          \
+        for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, vec(_mm256_loadu_ps(x + i)));        \
+        for (; i < n; i++) x[i] = ref(x[i]);                                                    \
+    }
+ACT_AVX2(silu, silu8, pi_silu_ref)
+ACT_AVX2(relu, relu8, pi_relu_ref)
+ACT_AVX2(gelu_tanh, gelu_tanh8, pi_gelu_tanh_ref)
+#undef ACT_AVX2
+
 
 /* F16C converts with round to nearest even, as pi_float_to_half. */
 AVX2_FN static void to_f16_avx2(int64_t n, const float *x, pi_half *y) {
@@ -1388,8 +1403,10 @@ const pi_kernels pi_kernels_avx2 = {
     .attn_scores = attn_scores_avx2,
     .softmax_exp = softmax_exp_avx2,
     .attn_values = attn_values_avx2,
-    .swiglu = swiglu_avx2,
-    .silu = silu_avx2,
+    .glu = {[PI_ACT_SILU] = glu_silu_avx2, [PI_ACT_RELU] = glu_relu_avx2,
+            [PI_ACT_GELU_TANH] = glu_gelu_tanh_avx2},
+    .act = {[PI_ACT_SILU] = act_silu_avx2, [PI_ACT_RELU] = act_relu_avx2,
+            [PI_ACT_GELU_TANH] = act_gelu_tanh_avx2},
     .to_f16 = to_f16_avx2,
     .round_f16 = round_f16_avx2,
     .select = select_avx2,
@@ -1664,7 +1681,7 @@ INLINE AVX512_FN __m512 silu16(__m512 x) {
 /* The first n (< 16) lanes. */
 INLINE AVX512_FN __mmask16 first_lanes(int64_t n) { return (__mmask16)((1u << n) - 1); }
 
-AVX512_FN static void swiglu_avx512(int64_t n, const float *g, float *u) {
+AVX512_FN static void glu_silu_avx512(int64_t n, const float *g, float *u) {
     int64_t i = 0;
     for (; i + 16 <= n; i += 16)
         _mm512_storeu_ps(u + i, _mm512_mul_ps(silu16(_mm512_loadu_ps(g + i)), _mm512_loadu_ps(u + i)));
@@ -1675,7 +1692,7 @@ AVX512_FN static void swiglu_avx512(int64_t n, const float *g, float *u) {
     }
 }
 
-AVX512_FN static void silu_avx512(int64_t n, float *x) {
+AVX512_FN static void act_silu_avx512(int64_t n, float *x) {
     int64_t i = 0;
     for (; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, silu16(_mm512_loadu_ps(x + i)));
     if (i < n) {
@@ -1802,8 +1819,11 @@ const pi_kernels pi_kernels_avx512 = {
     .attn_scores = attn_scores_avx512,
     .softmax_exp = softmax_exp_avx512,
     .attn_values = attn_values_avx512,
-    .swiglu = swiglu_avx512,
-    .silu = silu_avx512,
+    /* SiLU in 16 lanes with the AVX-512 build's exp; GELU and ReLU as the AVX2 table's */
+    .glu = {[PI_ACT_SILU] = glu_silu_avx512, [PI_ACT_RELU] = glu_relu_avx2,
+            [PI_ACT_GELU_TANH] = glu_gelu_tanh_avx2},
+    .act = {[PI_ACT_SILU] = act_silu_avx512, [PI_ACT_RELU] = act_relu_avx2,
+            [PI_ACT_GELU_TANH] = act_gelu_tanh_avx2},
     .to_f16 = to_f16_avx2,
     .round_f16 = round_f16_avx2,
     .select = select_avx2,

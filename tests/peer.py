@@ -59,7 +59,9 @@ def as_close_as_peer(d: dict, peer: dict, n: int) -> bool:
 
 
 def divergence(a, b) -> dict:
-    """How far logits a [n, vocab] are from logits b: top-1 agreement, mean KL(b || a), max |a - b|."""
+    """How far logits a [n, vocab] are from logits b: top-1 agreement, mean KL(b || a), max |a - b|
+    (the KL in double: f32 rounding would leave a noise of about 1e-8, negative at times)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     la = a - a.max(-1, keepdims=True)
     lb = b - b.max(-1, keepdims=True)
     la = la - np.log(np.exp(la).sum(-1, keepdims=True))
