@@ -45,9 +45,10 @@ def convert(input: str | Path, outfile: str | Path, outtype: str = "auto", dense
 
     calibrate: False, True (calibration text written by the model itself) or a text file: run
     our dense engine on a first-pass file; for ReLU models this trains activation predictors
-    (train_predictors, default on) and, with reorder, orders the neurons hot-first; for SwiGLU
-    (silu) models it sets threshold-mode thresholds (pi_backend.convert.calibrate): a uniform `sparsity`,
-    or the largest sparsity within a perplexity budget `ppl_budget` (default 0.02).
+    (train_predictors, default on) and, with reorder, orders the neurons hot-first; for gated
+    FFNs with a smooth activation (SwiGLU: silu, GeGLU: gelu_tanh) it sets threshold-mode
+    thresholds (pi_backend.convert.calibrate): a uniform `sparsity`, or the largest sparsity
+    within a perplexity budget `ppl_budget` (default 0.02).
     outtype: "auto" keeps a GGUF source's tensor types and bytes (only ffn_down_t is made, of
     down_type or of the type chosen for the source's ffn_down); from a Hugging Face checkpoint
     it means f16.

@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "dense engine; ReLU models get trained activation predictors")
     p.add_argument("--calib-tokens", type=int, metavar="N",
                    help="calibration tokens to run (default for ReLU models: as many as 512 MiB "
-                   "of recorded inputs holds, 4096 to 16384; 512 for SwiGLU threshold "
+                   "of recorded inputs holds, 4096 to 16384; 512 for SwiGLU/GeGLU threshold "
                    "calibration)")
     p.add_argument("--train-predictors", action=argparse.BooleanOptionalAction, default=None,
                    help="train predictors while calibrating (default: on for ReLU models)")
@@ -54,10 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="order the neurons hot-first by measured activation frequency")
     thr = p.add_mutually_exclusive_group()
     thr.add_argument("--sparsity", type=float, metavar="S",
-                     help="SwiGLU --calibrate: uniform threshold-mode sparsity S per layer")
+                     help="SwiGLU/GeGLU --calibrate: uniform threshold-mode sparsity S per layer")
     thr.add_argument("--ppl-budget", type=float, metavar="B",
-                     help="SwiGLU --calibrate: largest sparsity (greedy per-layer allocation) "
-                     "within a relative perplexity increase B (default 0.02)")
+                     help="SwiGLU/GeGLU --calibrate: largest sparsity (greedy per-layer "
+                     "allocation) within a relative perplexity increase B (default 0.02)")
     p.add_argument("--head-preview", action=argparse.BooleanOptionalAction, default=None,
                    help="add the sparse output head's preview (a low-rank picker of the output "
                    "rows each token needs; default: on with --calibrate). Of a pi_backend split "

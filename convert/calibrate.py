@@ -1,15 +1,16 @@
-"""Threshold-mode calibration of SwiGLU (silu) files: per-layer thresholds on |silu(gate)|
-(the CATS criterion), stored as `pi.thresholds` with `pi.sparse_mode = "threshold"`.
+"""Threshold-mode calibration of gated FFNs with a smooth activation (SwiGLU: silu, GeGLU:
+gelu_tanh): per-layer thresholds on |act(gate)| (the CATS criterion), stored as `pi.thresholds`
+with `pi.sparse_mode = "threshold"`. act is the engine's own (pi_backend.kernels.activation).
 
-The fit of the calibration pipeline (calibration.py) for SwiGLU models (`calibrate()`):
+The fit of the calibration pipeline (calibration.py) for these models (`calibrate()`):
 
 1. Windows (calibration.py): a text file, or text the model writes itself; split into a
    *record* set and a *held-out* set.
 2. The recorded sample (calibration.py `record`): gate pre-activations (and, for the greedy
-   allocation, the down input h = silu(gate)*up) at a random sample of positions of the record
+   allocation, the down input h = act(gate)*up) at a random sample of positions of the record
    set (memory bounded by --calib-positions, not by the text length).
 3. Thresholds:
-   * `sparsity=S`: every layer gets the S-quantile of its |silu(gate)| (uniform CATS);
+   * `sparsity=S`: every layer gets the S-quantile of its |act(gate)| (uniform CATS);
    * `ppl_budget=B` (default 0.02): TEAL-style greedy per-layer allocation. Start with 0 sparsity
      everywhere and repeatedly raise, by one step (5%), the sparsity of the layer whose raise
      costs least, until the held-out perplexity increase reaches the budget. The cost of a raise
@@ -40,6 +41,7 @@ import numpy as np
 
 from pi_backend import format as F
 from pi_backend._cli import progress_bar
+from pi_backend.kernels import activation
 from pi_backend.format import Keys, T, layer_name
 
 from .calibration import calibration_windows, first_pass, record, rewrite, split_heldout
@@ -83,6 +85,7 @@ class ThresholdFit:
     heldout_kl: float
     heldout_ppl_increase: float      # exp(mean NLL(thr) - mean NLL(dense)) - 1
     ppl_budget: float | None = None
+    activation: str = F.ACT_SILU     # the FFN activation the thresholds apply to
     seconds: float = 0.0
     n_evals: int = 0
     path: list = field(default_factory=list)   # greedy: the engine checks along the path
@@ -96,10 +99,10 @@ class ThresholdFit:
         how = (f"uniform {self.targets.mean():.0%}" if self.method == "uniform" else
                f"greedy per-layer allocation within a {self.ppl_budget:.1%} perplexity budget "
                f"(held to {HELDOUT_MARGIN:.0%} of it on the held-out tokens)")
-        return (f"threshold mode, |silu(gate)| (CATS), {how}; calibrated on {self.n_tokens} "
-                f"tokens of {self.source}; on {self.n_heldout} held-out tokens: sparsity "
-                f"{self.heldout_sparsity:.3f}, perplexity {100 * self.heldout_ppl_increase:+.2f}%,"
-                f" KL {self.heldout_kl:.4f}")
+        return (f"threshold mode, |{self.activation}(gate)| (CATS), {how}; calibrated on "
+                f"{self.n_tokens} tokens of {self.source}; on {self.n_heldout} held-out tokens: "
+                f"sparsity {self.heldout_sparsity:.3f}, perplexity "
+                f"{100 * self.heldout_ppl_increase:+.2f}%, KL {self.heldout_kl:.4f}")
 
     def metadata(self) -> dict:
         return {Keys.SPARSE_MODE: F.FFN_THRESHOLD,
@@ -107,14 +110,14 @@ class ThresholdFit:
                 Keys.CALIBRATION: self.summary()}
 
 
+_SMOOTH_ONLY = ("threshold calibration is for gated FFNs with a smooth activation (silu, "
+                "gelu_tanh); ")
+
+
 # ---- the fit ----------------------------------------------------------------------------
-def silu(x: np.ndarray) -> np.ndarray:
-    return x / (1.0 + np.exp(-x))
-
-
 def quantile_thresholds(a: List[np.ndarray], sparsity) -> np.ndarray:
     """Per-layer thresholds at the given sparsity (scalar or per layer): the quantile of the
-    layer's |silu(gate)| samples; 0 where the sparsity is 0."""
+    layer's |act(gate)| samples; 0 where the sparsity is 0."""
     L = len(a)
     s = np.broadcast_to(np.asarray(sparsity, dtype=np.float64), (L,))
     thr = np.zeros(L, dtype=np.float32)
@@ -206,7 +209,7 @@ def down_rows(model, il: int) -> np.ndarray:
 def local_errors(model, a: List[np.ndarray], h: List[np.ndarray], levels: np.ndarray,
                  progress: bool = False, max_positions: int = 64):
     """(thr [L, K], err [L, K]): per layer and sparsity level, the threshold (quantile of
-    |silu(gate)|) and the mean squared error of the FFN output when the neurons under it are
+    |act(gate)|) and the mean squared error of the FFN output when the neurons under it are
     dropped, err = mean_t ||sum_{i dropped} h_ti * down_t[i]||^2."""
     L, K = len(a), len(levels)
     thr = np.zeros((L, K), np.float32)
@@ -217,7 +220,7 @@ def local_errors(model, a: List[np.ndarray], h: List[np.ndarray], levels: np.nda
             W = down_rows(model, il)
             thr[il] = np.quantile(a[il], levels).astype(np.float32)
             thr[il, levels <= 0] = 0.0
-            # neurons sorted by |silu(gate)| per position: dropping level k = the ones under thr
+            # neurons sorted by |act(gate)| per position: dropping level k = the ones under thr
             hl, al = h[il][:max_positions], a[il][:max_positions]   # positions are random
             for k in range(1, K):
                 hm = np.where(al <= thr[il, k], hl, 0.0).astype(np.float32)
@@ -341,7 +344,8 @@ def greedy_allocation(model, a, h, ev: Evaluator, budget: float, step: float, pr
 # ---- the whole calibration ---------------------------------------------------------------------
 def calibrate(model, cfg: CalibConfig, log: Callable[[str], None] | None = None,
               outfile: str | Path | None = None) -> ThresholdFit:
-    """Calibrate the thresholds of a split silu file: `model` is its path or an open
+    """Calibrate the thresholds of a split file with a smooth gated FFN (silu, gelu_tanh):
+    `model` is its path or an open
     pi_backend.model.Model (left open, with the calibrated thresholds set). The file itself is
     not modified; with `outfile`, a copy with the calibration keys is written there. The
     per-layer report on the held-out tokens is in the result's `report_rows`."""
@@ -359,9 +363,9 @@ def calibrate(model, cfg: CalibConfig, log: Callable[[str], None] | None = None,
     model_path = model.path
     tok = None
     try:
-        if model.fields.get(Keys.FFN_ACTIVATION, F.ACT_SILU) != F.ACT_SILU:
-            raise ConvertError("threshold calibration is for SwiGLU (silu) models; this file's "
-                               f"FFN is {model.fields.get(Keys.FFN_ACTIVATION)}")
+        if model.ffn_activation == F.ACT_RELU:
+            raise ConvertError(_SMOOTH_ONLY + "this file's FFN is relu (its predictors are "
+                               "trained instead)")
         if F.FFN_THRESHOLD not in model.ffn_modes:
             raise ConvertError(f"{model_path}: threshold mode needs a split file (ffn_down_t)")
         tok = Tokenizer(str(model_path))
@@ -374,7 +378,8 @@ def calibrate(model, cfg: CalibConfig, log: Callable[[str], None] | None = None,
         greedy = cfg.sparsity is None
         sample = record(model, rec, cfg.positions, ("gate", "h") if greedy else ("gate",),
                         seed=cfg.seed, n_threads=cfg.n_threads, progress=cfg.progress)
-        a = [np.abs(silu(sample.gate[:, il])) for il in range(model.n_layer)]
+        a = [np.abs(activation(model.ffn_activation, sample.gate[:, il]))
+             for il in range(model.n_layer)]
         h = [sample.h[:, il] for il in range(model.n_layer)] if greedy else None
         del sample
         ev = Evaluator(model, held, cfg.n_threads)
@@ -400,7 +405,7 @@ def calibrate(model, cfg: CalibConfig, log: Callable[[str], None] | None = None,
             heldout_ppl_increase=m["ppl_increase"],
             ppl_budget=cfg.ppl_budget if greedy else None,
             seconds=time.perf_counter() - t0, n_evals=n_evals, path=checks, heldout_seqs=held,
-            report_rows=rows)
+            report_rows=rows, activation=model.ffn_activation)
         if outfile is not None:
             rewrite(model_path, outfile, cal.metadata())
         return cal
@@ -415,7 +420,7 @@ def calibrate(model, cfg: CalibConfig, log: Callable[[str], None] | None = None,
 def layer_report(model, thresholds, seqs: List[np.ndarray], n_threads: int = 1,
                  targets=None) -> List[dict]:
     """Per layer: threshold, target sparsity (when given) and the true sparsity in threshold
-    mode on `seqs` (share of neurons with |silu(gate)| <= threshold, gates recorded while the
+    mode on `seqs` (share of neurons with |act(gate)| <= threshold, gates recorded while the
     engine runs sparse), plus the engine's own overall count as a row with layer = 'all'."""
     model.set_thresholds(thresholds)
     L, n_ff = model.n_layer, model.n_ff
@@ -427,7 +432,7 @@ def layer_report(model, thresholds, seqs: List[np.ndarray], n_threads: int = 1,
     try:
         for s in seqs:
             g = ctx.record(s, 0, ffn_in=False, gate=True, h=False)["gate"]   # [n, L, n_ff]
-            a = np.abs(silu(g))
+            a = np.abs(activation(model.ffn_activation, g))
             thr = np.asarray(thresholds, np.float32)
             for il in range(L):
                 if thr[il] > 0:
@@ -462,16 +467,16 @@ def convert_and_calibrate_source(src, outfile, outtype: str = "f16", text_file=N
                                  n_threads: int | None = None, progress: bool = False,
                                  t0: float | None = None, relu_only: bool = False,
                                  keep_down: bool = False, down_type: str | None = None):
-    """pi-convert --calibrate for a silu source (an open converter source): write a temporary
+    """pi-convert --calibrate for a source with a smooth gated FFN (silu, gelu_tanh; an open
+    converter source): write a temporary
     split file, calibrate its thresholds with our engine, and write the output with
     pi.thresholds / pi.sparse_mode / pi.calibration (tmp + os.replace). Returns the converter's
     Summary with the calibration summary and per-layer report in `.report` and the
     ThresholdFit in `.calibration`."""
     t0 = time.perf_counter() if t0 is None else t0
     hp = src.hparams
-    if hp.activation != F.ACT_SILU:
-        raise ConvertError(f"threshold calibration is for SwiGLU (silu) models; this model's "
-                           f"FFN is {hp.activation}")
+    if hp.activation == F.ACT_RELU:
+        raise ConvertError(_SMOOTH_ONLY + "this model's FFN is relu")
     if relu_only:
         raise ConvertError("--train-predictors and --reorder are for ReLU models; a SwiGLU "
                            "model is calibrated for threshold mode")

@@ -1,4 +1,5 @@
-"""Existing llama.cpp GGUF files (llama or qwen2 architecture) as a conversion source.
+"""Existing llama.cpp GGUF files (an architecture of pi_backend.format.ARCHS) as a conversion
+source.
 
 Tensors are memory-mapped by gguf.GGUFReader and dequantized to float32 one at a time with
 gguf.quants. A llama.cpp file already has its Q/K rows permuted, so they are kept as they are.
@@ -89,7 +90,7 @@ class GGUFSource:
             ctx_len=int(need("context_length")),
             rope_theta=float(self._get(f"{arch}.rope.freq_base") or 10000.0),
             rms_eps=float(need("attention.layer_norm_rms_epsilon")),
-            activation=F.ACT_SILU,    # llama.cpp's llama/qwen2 FFN is SwiGLU
+            activation=F.ARCHS[arch].ffn_act,    # llama.cpp's graph of the architecture
             tied=T.OUTPUT not in self.tensor_map,
             name=(self._get("general.name") or b"").decode("utf-8", "replace")
             if isinstance(self._get("general.name"), bytes) else str(self._get("general.name") or ""),

@@ -40,11 +40,10 @@ FILE_TYPES = {QT.F32: gguf.LlamaFileType.ALL_F32, QT.F16: gguf.LlamaFileType.MOS
               QT.Q4_1: gguf.LlamaFileType.MOSTLY_Q4_1}
 
 # A source's tensors, in the order they are written.
-_LAYER_ORDER = [T.ATTN_NORM, T.ATTN_Q, T.ATTN_Q_BIAS, T.ATTN_K, T.ATTN_K_BIAS, T.ATTN_V,
-                T.ATTN_V_BIAS, T.ATTN_OUT, T.FFN_NORM, T.FFN_GATE, T.FFN_UP, T.FFN_DOWN]
-# what the engine requires, and the plain down projection the split one is made from
-_REQUIRED_LAYER = [s.name for s in F.LAYER_TENSORS if s.required] + [T.FFN_DOWN]
-_ROPE_FREQS = "rope_freqs.weight"     # llama 3 sources; carried as it is
+_LAYER_ORDER = [T.ATTN_NORM, T.ATTN_Q, T.ATTN_Q_BIAS, T.ATTN_Q_NORM, T.ATTN_K, T.ATTN_K_BIAS,
+                T.ATTN_K_NORM, T.ATTN_V, T.ATTN_V_BIAS, T.ATTN_OUT, T.ATTN_POST_NORM, T.FFN_NORM,
+                T.FFN_GATE, T.FFN_UP, T.FFN_DOWN, T.FFN_POST_NORM]
+_ROPE_FREQS = T.ROPE_FREQS     # llama 3 sources; carried as it is
 _GLOBALS_FIRST = [T.TOKEN_EMBD, _ROPE_FREQS]
 _GLOBALS_LAST = [T.OUTPUT_NORM, T.OUTPUT]
 
@@ -167,8 +166,11 @@ def plan_tensors(hp: HParams, src: dict[str, SourceTensor], outtype: QT | None, 
     if glob[T.TOKEN_EMBD].shape != want:
         raise ConvertError(f"inconsistent shapes: token_embd is {list(glob[T.TOKEN_EMBD].shape)}"
                            f", expected {list(want)}")
+    # what the engine requires of the architecture, and the plain down projection the split
+    # one is made from
+    required = [s.name for s in F.LAYER_TENSORS if s.required_by(hp.arch)] + [T.FFN_DOWN]
     for il, layer in enumerate(per_layer):
-        for r in _REQUIRED_LAYER:
+        for r in required:
             if r not in layer:
                 raise ConvertError(f"missing tensor {layer_name(il, r)} in the source")
         for r in (T.FFN_GATE, T.FFN_UP, T.FFN_DOWN):
@@ -299,6 +301,14 @@ def _add_hparams(w: gguf.GGUFWriter, hp: HParams, source) -> None:
         if kind == "linear":
             w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
             w.add_rope_scaling_factor(float(hp.rope_scaling["factor"]))
+    if hp.n_swa:
+        w.add_sliding_window(hp.n_swa)
+        w.add_sliding_window_pattern(hp.swa_period)
+        w.add_rope_freq_base_swa(hp.rope_theta_swa)
+    if hp.attn_scale is not None:
+        w.add_attention_scale(hp.attn_scale)
+    if hp.final_softcap:
+        w.add_final_logit_softcapping(hp.final_softcap)
 
 
 def _add_pi_meta(w: gguf.GGUFWriter, hp: HParams, preds: Predictors | None, source_desc: str,
@@ -377,9 +387,17 @@ def write_model(source, outfile: Path, outtype_name: str, dense: bool,
     hp: HParams = source.hparams
     outtype = OUTTYPES[outtype_name]
     warnings: list[str] = []
-    if dense and hp.activation != F.ACT_SILU:
+    if dense and hp.activation != F.ARCHS[hp.arch].ffn_act:
         warnings.append(f"--dense with a {hp.activation} FFN: llama.cpp's {hp.arch} graph "
-                        "applies SiLU, so llama.cpp will not reproduce this model")
+                        f"applies {F.ARCHS[hp.arch].ffn_act}, so llama.cpp will not reproduce "
+                        "this model")
+    llama_cpp_scale = F.llama_cpp_attn_scale(hp.arch, hp.n_layer, hp.n_embd, hp.n_head,
+                                             hp.head_dim)
+    if dense and hp.attn_scale is not None and not np.isclose(hp.attn_scale, llama_cpp_scale,
+                                                              rtol=1e-6, atol=0):
+        warnings.append(f"--dense: llama.cpp's {hp.arch} graph ignores {hp.arch}.attention.scale "
+                        f"({hp.attn_scale:g}, from query_pre_attn_scalar), so llama.cpp will not "
+                        "reproduce this model")
     plan = plan_tensors(hp, source.tensors(), outtype, dense, preds, warnings, neuron_orders,
                         keep_down, down_type)
     file_type = (FILE_TYPES[outtype] if outtype is not None else

@@ -13,12 +13,9 @@ class ConvertError(Exception):
     """A user-facing error: printed as one line, exit status 1, no traceback."""
 
 
-SUPPORTED_ACTIVATIONS = F.ACTIVATIONS
-
-
 @dataclass
 class HParams:
-    arch: str                 # GGUF architecture: "llama" or "qwen2"
+    arch: str                 # GGUF architecture: one of pi_backend.format.ARCHS
     n_layer: int
     n_embd: int
     n_ff: int
@@ -29,10 +26,15 @@ class HParams:
     ctx_len: int
     rope_theta: float
     rms_eps: float
-    activation: str           # "silu" or "relu"
+    activation: str           # one of pi_backend.format.ACTIVATIONS
     tied: bool                # no output.weight: the output reuses token_embd
     name: str = ""
     rope_scaling: dict[str, Any] | None = None
+    attn_scale: float | None = None   # the q.k scale when the checkpoint sets one (Gemma)
+    final_softcap: float = 0.0        # logits = cap * tanh(logits / cap); 0: none
+    n_swa: int = 0                    # sliding window of the sliding layers; 0: none
+    swa_period: int = 0               # layer i slides iff i % swa_period < swa_period - 1
+    rope_theta_swa: float = 10000.0   # the sliding layers' RoPE base
     # extra "<arch>.*" keys to carry verbatim (GGUF sources): key -> (value, type, sub_type)
     extra_kv: dict[str, tuple[Any, Any, Any]] = field(default_factory=dict)
 

@@ -34,6 +34,7 @@ struct pi_context {
     float *pz;                /* [max_rank] predictor hidden layer */
     float *scores;            /* [n_threads][attn_scratch()] attention scratch per thread */
     float *rope_cs;           /* [n_batch][n_rot] cos, sin of the chunk's positions' RoPE angles */
+    float *rope_cs_swa;       /* [n_batch][n_rot] the same for the sliding layers (n_swa > 0) */
     int32_t *idx;             /* [n_ff] active neuron ids of the current token */
     float *act;               /* [n_ff] act(gate) of the current token (threshold mode), or its
                                  predictor logits (sparse mode) */
@@ -51,7 +52,8 @@ struct pi_context {
 
 /* ---- small vector ops ---------------------------------------------------------------------- */
 
-/* ggml's rms_norm then mul: the squares in f32, summed in double; x * scale, then * w. */
+/* ggml's rms_norm then mul: the squares in f32, summed in double; x * scale, then * w. out may
+ * be x. */
 static void rmsnorm(float *out, const float *x, const float *w /* [d] */, int d, float eps) {
     double ss = 0;
     for (int i = 0; i < d; i++) ss += (double)(x[i] * x[i]);
@@ -59,20 +61,30 @@ static void rmsnorm(float *out, const float *x, const float *w /* [d] */, int d,
     for (int i = 0; i < d; i++) out[i] = x[i] * s * w[i];
 }
 
+/* RMSNorm in place of n consecutive vectors of d floats (the heads of q or k, the rows of a
+ * block's output) by the norm w [d]; nothing when the model has no such norm (w NULL). */
+static void rmsnorm_rows(float *x, int64_t n, const pi_weight *w, int d, float eps) {
+    if (!w->data) return;
+    for (int64_t r = 0; r < n; r++) rmsnorm(x + r * d, x + r * d, w->data, d, eps);
+}
+
 /* ---- llama.cpp's CPU numerics ----------------------------------------------------------------
  * Attention, RoPE and SiLU follow llama.cpp's CPU backend (ggml-cpu) step by step, so that the
  * two engines agree closely: an f16 KV cache (llama.cpp's default), f16 queries and f16 attention
  * probabilities (its mul_mat converts them for the f16 cache), dot products in tinyBLAS's order
  * and ggml's vectorized expf (the pi_kernels attention / SwiGLU entries), RoPE angles by repeated
- * multiplication, RMSNorm's squares in f32. */
+ * multiplication, RMSNorm's squares in f32. GELU is the exception: computed in f32 as
+ * transformers does, where llama.cpp's CPU backend reads an f16 table. */
 
 
 /* cs[2i], cs[2i + 1] = cos, sin of RoPE angle i at position pos: theta_i = pos * theta_scale^i by
- * repeated f32 multiplication, then scaled by freq_scale (ggml_rope_cache_init). */
-static void rope_angles(float *cs, int n_rot, float theta_scale, float freq_scale, int pos) {
+ * repeated f32 multiplication, divided by the frequency factor ff[i] (rope_freqs; NULL: 1), then
+ * scaled by freq_scale (ggml_rope_cache_init). */
+static void rope_angles(float *cs, int n_rot, float theta_scale, float freq_scale,
+                        const float *ff /* [n_rot/2] or NULL */, int pos) {
     float theta = (float)pos;
     for (int i = 0; i < n_rot / 2; i++) {
-        const float th = freq_scale * theta;
+        const float th = freq_scale * (ff ? theta / ff[i] : theta);
         cs[2 * i] = cosf(th);
         cs[2 * i + 1] = sinf(th);
         theta *= theta_scale;
@@ -133,6 +145,7 @@ typedef struct {
     pi_context *c;
     const pi_half *kc, *vc; /* this layer's cache: k [n_head_kv][n_ctx][hd], v [kv_dim][ldv] */
     int B, n_past;
+    int window;             /* a sliding layer's n_swa: the positions attended; 0: all */
 } attn_job;
 
 /* The v cache's row stride: n_ctx rounded up to whole chunks of 8 positions (attn_values reads
@@ -147,9 +160,10 @@ static int64_t v_row_stride(int32_t n_ctx) { return ((int64_t)n_ctx + 7) / 8 * 8
 /* Floats of attention scratch per thread: scores [n_ctx + 8] and the f16-rounded query. */
 static size_t attn_scratch(int n_ctx, int head_dim) { return (size_t)n_ctx + 8 + (size_t)head_dim; }
 
-/* One (token, head) pair per work item: softmax(q k^T / sqrt(hd)) v over positions 0..pos, as
- * llama.cpp's CPU graph computes it: kq = k16 . q16 (mul_mat), soft_max_ext over whole chunks of
- * 8 positions (the ones past pos masked), kqv = v16 . p16 (mul_mat). */
+/* One (token, head) pair per work item: softmax(attn_scale q k^T) v over positions 0..pos (the
+ * last `window` of them in a sliding layer), as llama.cpp's CPU graph computes it: kq = k16 . q16
+ * (mul_mat), soft_max_ext over whole chunks of 8 positions (the ones outside masked),
+ * kqv = v16 . p16 (mul_mat). A window starts its chunks at a multiple of 8 positions. */
 static void attn_task(void *arg, int ith, int nth) {
     const attn_job *j = arg;
     const pi_context *c = j->c;
@@ -157,18 +171,21 @@ static void attn_task(void *arg, int ith, int nth) {
     const pi_hparams *hp = &c->m->hp;
     const int hd = hp->head_dim, group = hp->n_head / hp->n_head_kv;
     const int q_dim = hp->n_head * hd;
-    const float scale = 1.0f / sqrtf((float)hd);
     float *sc = c->scores + (size_t)ith * attn_scratch(c->n_ctx, hd);
     float *q16 = sc + c->n_ctx + 8;
     int64_t b, e;
     pi_split((int64_t)j->B * hp->n_head, 1, ith, nth, &b, &e);
     for (int64_t item = b; item < e; item++) {
         const int t = (int)(item / hp->n_head), h = (int)(item % hp->n_head);
-        const int pos = j->n_past + t, kvh = h / group, n_pos = pos + 1;
+        const int pos = j->n_past + t, kvh = h / group;
+        const int first = j->window && pos >= j->window ? pos - j->window + 1 : 0;
+        const int p0 = first / 8 * 8, n_pos = pos + 1 - p0; /* positions p0 .. pos, sc[p - p0] */
         const float *q = c->q + (size_t)t * q_dim + (size_t)h * hd;
         memcpy(q16, q, (size_t)hd * sizeof *q16);
         K->round_f16(hd, q16);
-        K->attn_scores(n_pos, hd, j->kc + (size_t)kvh * c->n_ctx * hd, hd, q16, scale, sc);
+        K->attn_scores(n_pos, hd, j->kc + ((size_t)kvh * c->n_ctx + (size_t)p0) * hd, hd, q16,
+                       hp->attn_scale, sc);
+        for (int p = 0; p < first - p0; p++) sc[p] = -INFINITY;
         float mx = -INFINITY;
         for (int p = 0; p < n_pos; p++) mx = sc[p] > mx ? sc[p] : mx;
         const int n_pad = (n_pos + 7) / 8 * 8;
@@ -176,7 +193,7 @@ static void attn_task(void *arg, int ith, int nth) {
         const float inv = (float)(1.0 / K->softmax_exp(n_pad, sc, mx));
         for (int p = 0; p < n_pos; p++) sc[p] *= inv;
         K->round_f16(n_pos, sc);
-        K->attn_values(n_pos, hd, j->vc + (size_t)kvh * hd * c->ldv, c->ldv, sc,
+        K->attn_values(n_pos, hd, j->vc + (size_t)kvh * hd * c->ldv + p0, c->ldv, sc,
                        c->att_out + (size_t)t * q_dim + (size_t)h * hd);
     }
 }
@@ -203,8 +220,11 @@ static int attention_block(pi_context *c, int il, int B, int n_past) {
     add_bias(c->q, &l->bq, B, q_dim);
     add_bias(c->k, &l->bk, B, kv_dim);
     add_bias(c->v, &l->bv, B, kv_dim);
+    rmsnorm_rows(c->q, (int64_t)B * hp->n_head, &l->q_norm, hd, hp->norm_eps); /* qwen3, gemma3 */
+    rmsnorm_rows(c->k, (int64_t)B * hp->n_head_kv, &l->k_norm, hd, hp->norm_eps);
+    const int slides = pi_layer_slides(hp, il);
     for (int t = 0; t < B; t++) {
-        const float *cs = c->rope_cs + (size_t)t * hp->n_rot;
+        const float *cs = (slides ? c->rope_cs_swa : c->rope_cs) + (size_t)t * hp->n_rot;
         for (int h = 0; h < hp->n_head; h++)
             K->rope(hp->n_rot, hp->rope_neox, cs, c->q + (size_t)t * q_dim + (size_t)h * hd);
         for (int h = 0; h < hp->n_head_kv; h++)
@@ -221,9 +241,11 @@ static int attention_block(pi_context *c, int il, int B, int n_past) {
     for (int t = 0; t < B; t++)
         for (int i = 0; i < kv_dim; i++)
             vc[(size_t)i * c->ldv + n_past + t] = v16[(size_t)t * kv_dim + i];
-    attn_job job = {.c = c, .kc = kc, .vc = vc, .B = B, .n_past = n_past};
+    attn_job job = {.c = c, .kc = kc, .vc = vc, .B = B, .n_past = n_past,
+                    .window = slides ? hp->n_swa : 0};
     pi_pool_run(c->pool, attn_task, &job);
     if ((rc = matmul(c, &l->wo, c->att_out, B, c->proj, d))) return rc;
+    rmsnorm_rows(c->proj, B, &l->post_attn_norm, d, hp->norm_eps); /* gemma3 */
     add_residual(c, B);
     return PI_OK;
 }
@@ -250,22 +272,20 @@ static int dense_down_pays(const pi_layer *l, int32_t n) {
            (double)pi_weight_bytes(&l->down);
 }
 
-/* Threshold mode's selection: the neurons with |act(gate)| above thr (thr 0 keeps every SiLU
- * neuron). A ReLU model's threshold is at least 0: its zeros are always dropped, and a negative
- * threshold (a file calibrated for sparse mode holds predictor logits) means exactly those.
+/* Threshold mode's selection: the neurons with |act(gate)| above thr (thr 0 keeps every neuron
+ * of an activation without exact zeros: SiLU, GELU). A ReLU model's threshold is at least 0: its
+ * zeros are always dropped, and a negative threshold (a file calibrated for sparse mode holds
+ * predictor logits) means exactly those.
  * With up already computed dense (dense_up), also forms the down input: u = act(g) * u for kept
  * neurons, 0 for dropped ones; act is evaluated once per neuron, vectorized. */
 static int32_t select_threshold(pi_context *c, const float *g, float *u, float thr, int dense_up) {
     const int n_ff = c->m->hp.n_ff, kind = c->m->hp.ffn_act;
-    const int keep_all = thr == 0 && kind == PI_ACT_SILU;
-    if (kind == PI_ACT_RELU && thr < 0) thr = 0;
+    const int zeros = pi_acts[kind].exact_zeros;
+    const int keep_all = thr == 0 && !zeros;
+    if (zeros && thr < 0) thr = 0;
     float *a = c->act;
-    if (kind == PI_ACT_SILU) {
-        memcpy(a, g, (size_t)n_ff * sizeof *a);
-        pi_kernels_active()->silu(n_ff, a);
-    } else {
-        for (int i = 0; i < n_ff; i++) a[i] = pi_activate(kind, g[i]);
-    }
+    memcpy(a, g, (size_t)n_ff * sizeof *a);
+    pi_kernels_active()->act[kind](n_ff, a);
     int32_t n = n_ff;
     if (keep_all) memcpy(c->idx, c->all_idx, (size_t)n_ff * sizeof *c->idx);
     else n = (int32_t)pi_kernels_active()->select(n_ff, a, thr, 1, c->idx);
@@ -307,7 +327,8 @@ static int ffn_sparse_token(pi_context *c, const pi_layer *l, int il, const floa
     if (!dense_up &&
         (rc = pi_matvec_masked(c->pool, l->up.type, l->up.data, n_ff, d, xn, c->idx, n, u))) return rc;
     c->stats.ffn_active += n; /* the gate and up rows computed */
-    if (!dense_up) n = (int32_t)pi_down_input(kind, g, u, c->idx, n); /* most ReLU picks drop out */
+    if (!dense_up) /* most ReLU picks drop out */
+        n = (int32_t)pi_down_input(pi_kernels_active()->lanes, kind, g, u, c->idx, n);
     if (l->down.data && dense_down_pays(l, n)) { /* u is 0 for every dropped neuron */
         c->stats.ffn_down_active += n_ff;
         return matmul(c, &l->down, u, 1, out, d);
@@ -341,10 +362,7 @@ static int ffn_block(pi_context *c, int il, int B) {
         const pi_weight *gu[2] = {&l->gate, &l->up};
         float *const gu_out[2] = {c->g, c->u};
         if ((rc = matmul_n(c, gu, gu_out, 2, c->xn, B))) return rc;
-        if (hp->ffn_act == PI_ACT_SILU)
-            pi_kernels_active()->swiglu((int64_t)B * n_ff, c->g, c->u);
-        else
-            for (size_t i = 0; i < (size_t)B * n_ff; i++) c->u[i] *= pi_activate(hp->ffn_act, c->g[i]);
+        pi_kernels_active()->glu[hp->ffn_act]((int64_t)B * n_ff, c->g, c->u);
         if (l->down.data) {
             if ((rc = matmul(c, &l->down, c->u, B, c->proj, d))) return rc;
         } else {
@@ -363,6 +381,7 @@ static int ffn_block(pi_context *c, int il, int B) {
     }
     c->stats.ffn_neurons += (int64_t)B * n_ff;
     if (c->rec_tokens) record(c, il, B);
+    rmsnorm_rows(c->proj, B, &l->post_ffn_norm, d, hp->norm_eps); /* gemma3 */
     add_residual(c, B);
     return PI_OK;
 }
@@ -385,10 +404,19 @@ static int decode_chunk(pi_context *c, const int32_t *tokens, int B, int n_past,
         }
         pi_type_traits_of(emb->type)->dequantize(row, c->x + (size_t)t * d, d);
     }
-    const float theta_scale = powf(hp->rope_freq_base, -2.0f / (float)hp->n_rot);
-    for (int t = 0; t < B; t++) /* once per chunk: every layer rotates by the same angles */
-        rope_angles(c->rope_cs + (size_t)t * hp->n_rot, hp->n_rot, theta_scale, hp->rope_freq_scale,
-                    n_past + t);
+    if (hp->embd_scale != 1.0f) /* gemma3: sqrt(n_embd), as llama.cpp's ggml_scale */
+        for (size_t i = 0; i < (size_t)B * d; i++) c->x[i] *= hp->embd_scale;
+    /* once per chunk: every layer of a kind (global; sliding, with its own base and scale)
+     * rotates by the same angles */
+    const struct { float *cs; float base, scale; } kinds[2] = {
+        {c->rope_cs, hp->rope_freq_base, hp->rope_freq_scale},
+        {c->rope_cs_swa, hp->rope_freq_base_swa, hp->rope_freq_scale_swa}};
+    for (int k = 0; k < (hp->n_swa > 0 ? 2 : 1); k++) {
+        const float theta_scale = powf(kinds[k].base, -2.0f / (float)hp->n_rot);
+        for (int t = 0; t < B; t++)
+            rope_angles(kinds[k].cs + (size_t)t * hp->n_rot, hp->n_rot, theta_scale, kinds[k].scale,
+                        m->rope_freqs.data, n_past + t);
+    }
     for (int il = 0; il < hp->n_layer; il++) {
         if ((rc = attention_block(c, il, B, n_past))) return rc;
         if ((rc = ffn_block(c, il, B))) return rc;
@@ -398,8 +426,17 @@ static int decode_chunk(pi_context *c, const int32_t *tokens, int B, int n_past,
     const int first = logits_all ? 0 : B - 1;
     for (int t = first; t < B; t++)
         rmsnorm(c->xn + (size_t)t * d, c->x + (size_t)t * d, m->output_norm.data, d, hp->norm_eps);
-    if (c->head && !logits_all) return pi_head_logits(c->head, c->pool, c->xn + (size_t)first * d, logits);
-    return matmul(c, pi_model_output(m), c->xn + (size_t)first * d, B - first, logits, hp->n_vocab);
+    if (c->head && !logits_all)
+        rc = pi_head_logits(c->head, c->pool, c->xn + (size_t)first * d, logits);
+    else
+        rc = matmul(c, pi_model_output(m), c->xn + (size_t)first * d, B - first, logits, hp->n_vocab);
+    if (rc) return rc;
+    if (hp->final_softcap > 0) { /* llama.cpp's: scale by 1 / cap, tanh, scale by cap */
+        const float inv = 1.0f / hp->final_softcap;
+        for (size_t i = 0; i < (size_t)(B - first) * hp->n_vocab; i++)
+            logits[i] = tanhf(logits[i] * inv) * hp->final_softcap;
+    }
+    return PI_OK;
 }
 
 /* 1 when no value is NaN or inf (exponent bits all ones); an integer loop, so it vectorizes. */
@@ -476,7 +513,9 @@ int pi_context_create(pi_model *m, int32_t n_ctx, int32_t n_batch, int32_t n_thr
         {(void **)&c->proj, B * d * 4}, {(void **)&c->g, B * n_ff * 4},
         {(void **)&c->u, B * n_ff * 4}, {(void **)&c->pz, ((size_t)m->max_rank + 1) * 4},
         {(void **)&c->scores, (size_t)n_threads * attn_scratch(n_ctx, hp->head_dim) * 4},
-        {(void **)&c->rope_cs, B * (size_t)hp->n_rot * 4}, {(void **)&c->idx, n_ff * 4},
+        {(void **)&c->rope_cs, B * (size_t)hp->n_rot * 4},
+        {(void **)&c->rope_cs_swa, hp->n_swa > 0 ? B * (size_t)hp->n_rot * 4 : 0},
+        {(void **)&c->idx, n_ff * 4},
         {(void **)&c->all_idx, n_ff * 4}, {(void **)&c->act, n_ff * 4},
         {(void **)&c->partial, (size_t)n_threads * d * 4},
         {(void **)&c->emb_row, pi_weight_row_bytes(&m->tok_embd)}};

@@ -423,7 +423,8 @@ static void quantize_act_q8_1(const float *x, void *vy, int64_t n) {
 
 /* ---- attention and SwiGLU in llama.cpp's order (see pi_kernels) ---- */
 
-float pi_expf_ggml(float x) {
+/* ggml's AVX2 ggml_v_expf: 2^n + 2^n p(r), one fused multiply-add. */
+static float expf_ggml8(float x) {
     union { float f; uint32_t u; } z, k, s1, s2;
     const float shift = 0x1.8p23f;                     /* z = n + shift: n = round(x / ln 2) */
     z.f = fmaf(x, 0x1.715476p+0f, shift);
@@ -444,42 +445,106 @@ float pi_expf_ggml(float x) {
     return fmaf(s2.f, poly, s2.f) * s1.f;
 }
 
-static void attn_scores_scalar(int n_pos, int hd, const pi_half *k, int64_t ldk, const float *q,
-                               float scale, float *s) {
-    for (int p = 0; p < n_pos; p++) {
-        const pi_half *kp = k + (size_t)p * ldk;
-        float l[8] = {0};
-        for (int i = 0; i < hd; i++) l[i & 7] = fmaf(half(kp[i]), q[i], l[i & 7]);
-        s[p] = hsum_lanes(l) * scale;
-    }
+/* 2^e as a float, for -126 <= e <= 127. */
+static float pow2f(int e) {
+    union { float f; uint32_t u; } v;
+    v.u = (uint32_t)(e + 127) << 23;
+    return v.f;
 }
 
-static double softmax_exp_scalar(int n, float *x, float max) {
+/* ggml's AVX-512 ggml_v_expf: 1 + p(r) rounded, then vscalefps by 2^n (one rounding, to a
+ * subnormal or inf where the result lies there: 2^n in two exact factors out of range). */
+static float expf_ggml16(float x) {
+    const float shift = 0x1.8p23f;
+    const float n = fmaf(x, 0x1.715476p+0f, shift) - shift;
+    const float r = fmaf(-n, 0x1.7f7d1cp-20f, fmaf(-n, 0x1.62e4p-1f, x));
+    if (fabsf(n) > 192) return n <= 0 ? 0.0f : INFINITY;
+    const float r2 = r * r;
+    const float j = fmaf(fmaf(fmaf(0x1.0e4020p-7f, r, 0x1.573e2ep-5f), r2,
+                              fmaf(0x1.555e66p-3f, r, 0x1.fffdb6p-2f)),
+                         r2, fmaf(0x1.ffffecp-1f, r, 1.0f)); /* e^r */
+    if (n != n) return j;                                    /* NaN */
+    const int e = (int)n;
+    if (e < -126) return j * pow2f(e + 100) * pow2f(-100);   /* the first product is exact */
+    if (e > 127) return j * pow2f(e - 100) * pow2f(100);
+    return j * pow2f(e);
+}
+
+float pi_expf_ggml(int lanes, float x) { return lanes == 16 ? expf_ggml16(x) : expf_ggml8(x); }
+
+/* ggml's hsum of `lanes` f32 lanes (see pi_kernels): 16 folded to 8, then 8 as hsum_lanes. */
+static float hsum_n(const float *l, int lanes) {
+    if (lanes != 16) return hsum_lanes(l);
+    float h[8];
+    for (int j = 0; j < 8; j++) h[j] = l[j] + l[j + 8];
+    return hsum_lanes(h);
+}
+
+/* sum a[i] * b[i] for i < n, a f16, in lanes i % lanes (lanes <= 16). */
+static float dot_f16_lanes(int lanes, const pi_half *a, const float *b, int n) {
+    float l[16] = {0};
+    for (int i = 0; i < n; i++) l[i % lanes] = fmaf(half(a[i]), b[i], l[i % lanes]);
+    return hsum_n(l, lanes);
+}
+
+void pi_attn_scores_ref(int lanes, int n_pos, int hd, const pi_half *k, int64_t ldk, const float *q,
+                        float scale, float *s) {
+    for (int p = 0; p < n_pos; p++) s[p] = dot_f16_lanes(lanes, k + (size_t)p * ldk, q, hd) * scale;
+}
+
+double pi_softmax_exp_ref(int lanes, int n, float *x, float max) {
     double sum = 0;
-    for (int i0 = 0; i0 < n; i0 += 8) {
-        for (int i = i0; i < i0 + 8; i++) x[i] = pi_expf_ggml(x[i] - max);
-        sum += hsum_lanes(x + i0);
+    for (int i0 = 0; i0 < n; i0 += lanes) {
+        float l[16] = {0};
+        for (int i = i0; i < i0 + lanes && i < n; i++) l[i - i0] = x[i] = pi_expf_ggml(lanes, x[i] - max);
+        sum += hsum_n(l, lanes);
     }
     return sum;
 }
 
+void pi_attn_values_ref(int lanes, int n_pos, int hd, const pi_half *vt, int64_t ldv, const float *p,
+                        float *out) {
+    for (int i = 0; i < hd; i++) out[i] = dot_f16_lanes(lanes, vt + (size_t)i * ldv, p, n_pos);
+}
+
+void pi_glu_ref(int lanes, int act, int64_t n, const float *g, float *u) {
+    float (*const f)(float) = pi_act_fn(lanes, act);
+    for (int64_t i = 0; i < n; i++) u[i] *= f(g[i]);
+}
+
+void pi_act_ref(int lanes, int act, int64_t n, float *x) {
+    float (*const f)(float) = pi_act_fn(lanes, act);
+    for (int64_t i = 0; i < n; i++) x[i] = f(x[i]);
+}
+
+/* The scalar table: llama.cpp's AVX2 build (8 lanes). */
+static void attn_scores_scalar(int n_pos, int hd, const pi_half *k, int64_t ldk, const float *q,
+                               float scale, float *s) {
+    pi_attn_scores_ref(8, n_pos, hd, k, ldk, q, scale, s);
+}
+
+static double softmax_exp_scalar(int n, float *x, float max) { return pi_softmax_exp_ref(8, n, x, max); }
+
 static void attn_values_scalar(int n_pos, int hd, const pi_half *vt, int64_t ldv, const float *p,
                                float *out) {
-    for (int i = 0; i < hd; i++) {
-        const pi_half *v = vt + (size_t)i * ldv;
-        float l[8] = {0};
-        for (int j = 0; j < n_pos; j++) l[j & 7] = fmaf(half(v[j]), p[j], l[j & 7]);
-        out[i] = hsum_lanes(l);
-    }
+    pi_attn_values_ref(8, n_pos, hd, vt, ldv, p, out);
 }
 
-static void swiglu_scalar(int64_t n, const float *g, float *u) {
-    for (int64_t i = 0; i < n; i++) u[i] *= g[i] / (1.0f + pi_expf_ggml(-g[i]));
-}
+const pi_act_desc pi_acts[PI_N_ACTS] = {
+    [PI_ACT_SILU] = {"silu", pi_silu_ref, pi_silu16_ref, 0},
+    [PI_ACT_RELU] = {"relu", pi_relu_ref, pi_relu_ref, 1},
+    /* GELU is not llama.cpp's (an f16 table there): one form for every table */
+    [PI_ACT_GELU_TANH] = {"gelu_tanh", pi_gelu_tanh_ref, pi_gelu_tanh_ref, 0},
+};
 
-static void silu_scalar(int64_t n, float *x) {
-    for (int64_t i = 0; i < n; i++) x[i] = pi_activate(PI_ACT_SILU, x[i]);
-}
+/* The scalar glu and act kernels of one activation. */
+#define ACT_TWINS(name, kind)                                                                   \
+    static void glu_##name(int64_t n, const float *g, float *u) { pi_glu_ref(8, kind, n, g, u); } \
+    static void act_##name(int64_t n, float *x) { pi_act_ref(8, kind, n, x); }
+ACT_TWINS(silu, PI_ACT_SILU)
+ACT_TWINS(relu, PI_ACT_RELU)
+ACT_TWINS(gelu_tanh, PI_ACT_GELU_TANH)
+#undef ACT_TWINS
 
 static void to_f16_scalar(int64_t n, const float *x, pi_half *y) {
     for (int64_t i = 0; i < n; i++) y[i] = pi_float_to_half(x[i]);
@@ -524,6 +589,7 @@ SCALAR_TWINS(bf16)
 
 const pi_kernels pi_kernels_scalar = {
     .name = "scalar",
+    .lanes = 8,
     .dot = {[PI_TYPE_IQ4_NL] = dot_iq4_nl, [PI_TYPE_IQ4_XS] = dot_iq4_xs, [PI_TYPE_BF16] = dot_bf16,
             [PI_TYPE_F32] = dot_f32, [PI_TYPE_F16] = dot_f16, [PI_TYPE_Q4_0] = dot_q4_0,
             [PI_TYPE_Q4_1] = dot_q4_1, [PI_TYPE_Q5_0] = dot_q5_0, [PI_TYPE_Q5_1] = dot_q5_1,
@@ -542,8 +608,8 @@ const pi_kernels pi_kernels_scalar = {
     .attn_scores = attn_scores_scalar,
     .softmax_exp = softmax_exp_scalar,
     .attn_values = attn_values_scalar,
-    .swiglu = swiglu_scalar,
-    .silu = silu_scalar,
+    .glu = {[PI_ACT_SILU] = glu_silu, [PI_ACT_RELU] = glu_relu, [PI_ACT_GELU_TANH] = glu_gelu_tanh},
+    .act = {[PI_ACT_SILU] = act_silu, [PI_ACT_RELU] = act_relu, [PI_ACT_GELU_TANH] = act_gelu_tanh},
     .to_f16 = to_f16_scalar,
     .round_f16 = round_f16_scalar,
     .select = select_scalar,
@@ -1038,7 +1104,7 @@ static void ffn_sparse_task(void *arg, int ith, int nth) {
     job gu = j->gu;
     gu.idx = idx;
     masked_pair_items(&gu, 0, n);
-    const int64_t kept = pi_down_input(a->act, a->g, a->u, idx, n);
+    const int64_t kept = pi_down_input(active_kernels()->lanes, a->act, a->g, a->u, idx, n);
     job down = j->down;
     down.idx = idx;
     down.n_items = kept;
@@ -1087,6 +1153,16 @@ int pi_ffn_sparse(pi_pool *pool, pi_ffn_sparse_args *a) {
         const float *p = a->partial + (size_t)(s - 1) * a->d;
         for (int64_t c = 0; c < a->d; c++) a->y[c] += p[c];
     }
+    return pi_ok();
+}
+
+int pi_activation(int act, const float *x, float *y, int64_t n) {
+    PI_CHECK_NULL(x);
+    PI_CHECK_NULL(y);
+    if (act < 0 || act >= PI_N_ACTS) return pi_fail(PI_ERR_RANGE, "%s: unknown activation id %d", __func__, act);
+    if (n < 0) return pi_fail(PI_ERR_SHAPE, "%s: n = %lld must not be negative", __func__, (long long)n);
+    if (y != x) memmove(y, x, (size_t)n * sizeof *y);
+    active_kernels()->act[act](n, y);
     return pi_ok();
 }
 

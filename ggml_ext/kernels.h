@@ -64,24 +64,29 @@ typedef struct {
     /* By activation type (every quantized act_type of a weight): ggml-cpu's x86
      * quantize_row_q8_{0,1} (id = 127 / amax, round half to even), the same bits on every ISA. */
     pi_quantize_act_fn quantize_act[PI_N_TYPE_IDS];
-    /* The attention and SwiGLU steps of forward.c in llama.cpp's CPU order (ggml-cpu's tinyBLAS
-     * f16 GEMM, ggml_vec_soft_max_f32, ggml_vec_swiglu_f32). A "lane" is one f32 accumulator:
-     * element i of a sum goes into lane i % 8 by fused multiply-add, and the 8 lanes are added
-     * as ggml's hsum ((l[j] + l[j + 4]) for j < 4, then (0 + 2) + (1 + 3)). Every ISA computes
-     * the same bits.
+    /* The f32 vector width of the llama.cpp CPU build (ggml-cpu) whose order the attention
+     * entries and the SiLU of glu/act below follow: 8 (its AVX2 build: the scalar and AVX2 tables) or 16 (its
+     * AVX-512 build: the AVX-512 table). pi_*_ref(lanes, ...) are their scalar twins. */
+    int lanes;
+    /* The attention steps of forward.c in the order of llama.cpp's batched CPU path (ggml-cpu's
+     * tinyBLAS f16 GEMM, ggml_vec_soft_max_f32). A "lane" is one
+     * f32 accumulator: element i of a sum goes into lane i % lanes by fused multiply-add, and the
+     * lanes are added as ggml's hsum: 16 lanes first as l[j] + l[j + 8] for j < 8, then 8 lanes
+     * as (l[j] + l[j + 4]) for j < 4, then (0 + 2) + (1 + 3). exp is pi_expf_ggml(lanes, .).
      * s[p] = scale * (k_p . q) for p < n_pos: k_p = k + p * ldk ([hd] f16), q [hd] f32. */
     void (*attn_scores)(int n_pos, int hd, const pi_half *k, int64_t ldk, const float *q,
                         float scale, float *s);
-    /* x[i] = pi_expf_ggml(x[i] - max) for i < n (a multiple of 8); returns their sum: each chunk
-     * of 8's lane sum, added into a double. */
+    /* x[i] = exp(x[i] - max) for i < n (a multiple of 8); returns their sum: each chunk of
+     * `lanes` elements (the last one zero-extended)'s lane sum, added into a double. */
     double (*softmax_exp)(int n, float *x, float max);
     /* out[i] = vt_i . p for i < hd: vt_i = vt + i * ldv ([n_pos] f16), p [n_pos] f32. */
     void (*attn_values)(int n_pos, int hd, const pi_half *vt, int64_t ldv, const float *p,
                         float *out);
-    /* u[i] = silu(g[i]) * u[i] for i < n, silu(x) = x / (1 + pi_expf_ggml(-x)). */
-    void (*swiglu)(int64_t n, const float *g, float *u);
-    /* x[i] = silu(x[i]) for i < n, the silu of swiglu (threshold mode's selection). */
-    void (*silu)(int64_t n, float *x);
+    /* By FFN activation (pi_act; designated initializers, every one filled): the gated FFN's
+     * down input u[i] = act(g[i]) * u[i], and x[i] = act(x[i]) (threshold mode's selection), for
+     * i < n; act is pi_act_fn(lanes, act)'s, the same bits (ggml_vec_swiglu_f32's for SiLU). */
+    void (*glu[PI_N_ACTS])(int64_t n, const float *g, float *u);
+    void (*act[PI_N_ACTS])(int64_t n, float *x);
     /* y[i] = x[i] as binary16, round to nearest even (pi_float_to_half's bits), for i < n. */
     void (*to_f16)(int64_t n, const float *x, pi_half *y);
     /* x[i] = x[i] rounded to binary16 and back (the f16 queries and probabilities of
@@ -120,9 +125,61 @@ static inline void pi_rope_ref(int i0, int n_rot, int neox, const float *cs, flo
     }
 }
 
-/* expf as ggml-cpu's vectorized ggml_v_expf (after ARM's optimized routines; within 1.5 ulp of
- * the true value): the scalar form of the lane-wise vector code, the same bits. */
-float pi_expf_ggml(float x);
+/* expf as ggml-cpu's vectorized ggml_v_expf (after ARM's optimized routines; within 2.5 ulp of
+ * the true value) in the build of `lanes` (pi_kernels.lanes): the scalar form of the lane-wise
+ * vector code, the same bits. The two builds share the reduction x = n ln 2 + r and the
+ * polynomial p(r) ~ e^r - 1, and round differently: AVX2 (8) as 2^n + 2^n p(r) by one fused
+ * multiply-add (2^n in two factors when |n| > 126), AVX-512 (16) as (1 + p(r)) rounded, then
+ * scaled by 2^n exactly (vscalefps). Both give 0 / inf when |n| > 192. */
+float pi_expf_ggml(int lanes, float x);
+
+/* The scalar twins of the attention and SwiGLU entries of pi_kernels in the order of the
+ * llama.cpp build of `lanes` (8 or 16): a table's entries give these functions' bits with its
+ * own lanes (tests/c/test_pi.c). */
+void pi_attn_scores_ref(int lanes, int n_pos, int hd, const pi_half *k, int64_t ldk, const float *q,
+                        float scale, float *s);
+double pi_softmax_exp_ref(int lanes, int n, float *x, float max);
+void pi_attn_values_ref(int lanes, int n_pos, int hd, const pi_half *vt, int64_t ldv, const float *p,
+                        float *out);
+/* The glu and act entries' twins for a table of `lanes`: u[i] *= f(g[i]), x[i] = f(x[i]) with
+ * f = pi_act_fn(lanes, act). */
+void pi_glu_ref(int lanes, int act, int64_t n, const float *g, float *u);
+void pi_act_ref(int lanes, int act, int64_t n, float *x);
+
+/* ---- the FFN activations (pi_act), scalar: the reference of every ISA's glu/act kernels ---- */
+/* silu(x) = x / (1 + exp(-x)), llama.cpp's: with its AVX2 build's exp (pi_silu_ref) or its
+ * AVX-512 build's (pi_silu16_ref). */
+static inline float pi_silu_ref(float x) { return x / (1.0f + pi_expf_ggml(8, -x)); }
+static inline float pi_silu16_ref(float x) { return x / (1.0f + pi_expf_ggml(16, -x)); }
+
+static inline float pi_relu_ref(float x) { return x > 0 ? x : 0; }
+
+/* GELU, tanh approximation: 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3), computed as
+ * x sigmoid(2u) = x / (1 + exp(z)), z = (-2 sqrt(2/pi) x) (1 + 0.044715 x x): no cancellation for
+ * negative x, and SiLU's structure. (llama.cpp's CPU GELU reads an f16 table instead: within
+ * about 1e-3 relative of this; transformers' gelu_pytorch_tanh is within a few f32 ulps.) */
+#define PI_GELU_COEF_A 0.044715f
+#define PI_GELU_COEF_Z (-2.0f * 0.79788456080286535588f)
+static inline float pi_gelu_tanh_ref(float x) {
+    const float z = (PI_GELU_COEF_Z * x) * fmaf(PI_GELU_COEF_A * x, x, 1.0f);
+    return x / (1.0f + pi_expf_ggml(8, z));
+}
+
+typedef struct {
+    const char *name;         /* pi.ffn_activation's spelling */
+    float (*fn)(float);       /* the scalar activation (llama.cpp's AVX2 build: 8 lanes) */
+    float (*fn16)(float);     /* ... as the tables of 16 lanes compute it (AVX-512) */
+    int exact_zeros;          /* 1: act is exactly 0 for every x <= 0 (ReLU): those neurons add
+                                 nothing, so threshold mode drops them even at threshold 0 */
+} pi_act_desc;
+
+/* Indexed by pi_act (kernels.c). */
+extern const pi_act_desc pi_acts[PI_N_ACTS];
+
+/* The scalar activation `kind` of a table of `lanes` (pi_kernels.lanes). */
+static inline float (*pi_act_fn(int lanes, int kind))(float) {
+    return lanes == 16 ? pi_acts[kind].fn16 : pi_acts[kind].fn;
+}
 
 /* One matrix of a fused rows8 product (pi_matmat_rows8_multi).
  *   Wp: [n_rows][n_cols] in the rows8 layout; Y: [n_tok][ldy], ldy >= n_rows. */
@@ -146,19 +203,16 @@ int pi_matvec_masked_pair(pi_pool *pool, int type, const void *W, const void *W2
                           int64_t n_cols, const float *x, const int32_t *idx, int64_t n_idx,
                           float *y, float *y2);
 
-/* act(v): ReLU, or SiLU v / (1 + pi_expf_ggml(-v)) (llama.cpp's). */
-static inline float pi_activate(int kind, float v) {
-    return kind == PI_ACT_RELU ? (v > 0 ? v : 0) : v / (1.0f + pi_expf_ggml(-v));
-}
-
-/* The down input of the picks idx[0 .. n): u[i] *= act(g[i]); the picks whose down input is
- * exactly 0 (a ReLU's negative gate) add nothing to the down projection and are dropped from idx
- * (kept in order); returns how many are left. */
-static inline int64_t pi_down_input(int kind, const float *g, float *u, int32_t *idx, int64_t n) {
+/* The down input of the picks idx[0 .. n): u[i] *= act(g[i]) (act: pi_act_fn(lanes, kind)); the
+ * picks whose down input is exactly 0 (a ReLU's negative gate) add nothing to the down projection
+ * and are dropped from idx (kept in order); returns how many are left. */
+static inline int64_t pi_down_input(int lanes, int kind, const float *g, float *u, int32_t *idx,
+                                    int64_t n) {
+    float (*const act)(float) = pi_act_fn(lanes, kind);
     int64_t kept = 0;
     for (int64_t k = 0; k < n; k++) { /* branch-free: the active set is unpredictable */
         const int32_t i = idx[k];
-        u[i] *= pi_activate(kind, g[i]);
+        u[i] *= act(g[i]);
         idx[kept] = i;
         kept += u[i] != 0.0f;
     }

@@ -9,7 +9,9 @@
  * Dots take PI_KERNEL_ROWS = 4 rows per call so that each activation block is loaded (and its
  * correction terms computed) once for four rows. The AVX-512 kernels have the AVX2 structure on
  * 512-bit vectors (two 32-element blocks per vector for the 4-bit types), with the AVX2 step
- * finishing an odd last block.
+ * finishing an odd last block. The attention and SwiGLU entries follow llama.cpp's build of the
+ * same width: 8 lanes and ggml's AVX2 expf in the AVX2 table, 16 lanes and its AVX-512 expf in
+ * the AVX-512 table (pi_kernels.lanes).
  */
 #if defined(__x86_64__)
 
@@ -1138,7 +1140,7 @@ AVX2_FN static void quantize_q8_1_avx2(const float *x, void *vy, int64_t n) {
 
 /* ==== attention and SwiGLU in llama.cpp's order (scalar twins in kernels.c) ================== */
 
-/* pi_expf_ggml in 8 lanes. */
+/* pi_expf_ggml(8, x) in 8 lanes: ggml's AVX2 ggml_v_expf. */
 INLINE AVX2_FN __m256 expf8(__m256 x) {
     const __m256 shift = _mm256_set1_ps(0x1.8p23f);
     const __m256 z = _mm256_fmadd_ps(x, _mm256_set1_ps(0x1.715476p+0f), shift);
@@ -1268,24 +1270,39 @@ AVX2_FN static void attn_values_avx2(int n_pos, int hd, const pi_half *vt, int64
     for (; i < hd; i++) out[i] = dot_f16_f32_lanes(vt + (size_t)i * ldv, p, n_pos);
 }
 
-/* silu(x) = x / (1 + pi_expf_ggml(-x)) in 8 lanes. */
+/* The activations in 8 lanes, each pi_*_ref's bits. silu(x) = x / (1 + pi_expf_ggml(8, -x)). */
 INLINE AVX2_FN __m256 silu8(__m256 x) {
     const __m256 e = expf8(_mm256_sub_ps(_mm256_setzero_ps(), x));
     return _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.0f), e));
 }
 
-AVX2_FN static void swiglu_avx2(int64_t n, const float *g, float *u) {
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        _mm256_storeu_ps(u + i, _mm256_mul_ps(silu8(_mm256_loadu_ps(g + i)), _mm256_loadu_ps(u + i)));
-    for (; i < n; i++) u[i] *= g[i] / (1.0f + pi_expf_ggml(-g[i]));
+/* max returns its second operand for a NaN or a zero of either sign: +0, as the scalar ternary */
+INLINE AVX2_FN __m256 relu8(__m256 x) { return _mm256_max_ps(x, _mm256_setzero_ps()); }
+
+INLINE AVX2_FN __m256 gelu_tanh8(__m256 x) {
+    const __m256 p = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(PI_GELU_COEF_A), x), x, _mm256_set1_ps(1.0f));
+    const __m256 z = _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(PI_GELU_COEF_Z), x), p);
+    return _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.0f), expf8(z)));
 }
 
-AVX2_FN static void silu_avx2(int64_t n, float *x) {
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, silu8(_mm256_loadu_ps(x + i)));
-    for (; i < n; i++) x[i] = pi_activate(PI_ACT_SILU, x[i]);
-}
+/* The glu and act kernels of one activation: 8 lanes, the scalar reference for the tail. */
+#define ACT_AVX2(name, vec, ref)                                                                \
+    AVX2_FN static void glu_##name##_avx2(int64_t n, const float *g, float *u) {                \
+        int64_t i = 0;                                                                          \
+        for (; i + 8 <= n; i += 8)                                                              \
+            _mm256_storeu_ps(u + i, _mm256_mul_ps(vec(_mm256_loadu_ps(g + i)), _mm256_loadu_ps(u + i))); \
+        for (; i < n; i++) u[i] *= ref(g[i]);                                                   \
+    }                                                                                           \
+    AVX2_FN static void act_##name##_avx2(int64_t n, float *x) {                                \
+        int64_t i = 0;                                                                          \
+        for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, vec(_mm256_loadu_ps(x + i)));        \
+        for (; i < n; i++) x[i] = ref(x[i]);                                                    \
+    }
+ACT_AVX2(silu, silu8, pi_silu_ref)
+ACT_AVX2(relu, relu8, pi_relu_ref)
+ACT_AVX2(gelu_tanh, gelu_tanh8, pi_gelu_tanh_ref)
+#undef ACT_AVX2
+
 
 /* F16C converts with round to nearest even, as pi_float_to_half. */
 AVX2_FN static void to_f16_avx2(int64_t n, const float *x, pi_half *y) {
@@ -1362,6 +1379,7 @@ AVX2_FN static void rope_avx2(int n_rot, int neox, const float *cs, float *v) {
 
 const pi_kernels pi_kernels_avx2 = {
     .name = "avx2",
+    .lanes = 8,
     .dot = {[PI_TYPE_IQ4_NL] = dot_iq4_nl_avx2, [PI_TYPE_IQ4_XS] = dot_iq4_xs_avx2, [PI_TYPE_BF16] = dot_bf16_avx2,
             [PI_TYPE_F32] = dot_f32_avx2, [PI_TYPE_F16] = dot_f16_avx2,
             [PI_TYPE_Q4_0] = dot_q4_0_avx2, [PI_TYPE_Q4_1] = dot_q4_1_avx2,
@@ -1385,8 +1403,10 @@ const pi_kernels pi_kernels_avx2 = {
     .attn_scores = attn_scores_avx2,
     .softmax_exp = softmax_exp_avx2,
     .attn_values = attn_values_avx2,
-    .swiglu = swiglu_avx2,
-    .silu = silu_avx2,
+    .glu = {[PI_ACT_SILU] = glu_silu_avx2, [PI_ACT_RELU] = glu_relu_avx2,
+            [PI_ACT_GELU_TANH] = glu_gelu_tanh_avx2},
+    .act = {[PI_ACT_SILU] = act_silu_avx2, [PI_ACT_RELU] = act_relu_avx2,
+            [PI_ACT_GELU_TANH] = act_gelu_tanh_avx2},
     .to_f16 = to_f16_avx2,
     .round_f16 = round_f16_avx2,
     .select = select_avx2,
@@ -1630,8 +1650,147 @@ AXPY_ENTRY(AVX512_FN, axpy_q4_0_avx512, axpy_q4_0_rows512)
 AXPY_ENTRY(AVX512_FN, axpy_q4_1_avx512, axpy_q4_1_rows512)
 AXPY_ENTRY(AVX512_FN, axpy_q8_0_avx512, axpy_q8_0_rows512)
 
+/* ==== AVX-512 attention and SwiGLU: llama.cpp's AVX-512 build, 16 lanes =======================
+ * (pi_kernels.lanes = 16; the scalar twins are pi_*_ref(16, ...) in kernels.c). */
+
+/* pi_expf_ggml(16, x) in 16 lanes: ggml's AVX-512 ggml_v_expf. */
+INLINE AVX512_FN __m512 expf16(__m512 x) {
+    const __m512 shift = _mm512_set1_ps(0x1.8p23f);
+    const __m512 n = _mm512_sub_ps(_mm512_fmadd_ps(x, _mm512_set1_ps(0x1.715476p+0f), shift), shift);
+    const __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0x1.7f7d1cp-20f),
+                                      _mm512_fnmadd_ps(n, _mm512_set1_ps(0x1.62e4p-1f), x));
+    const __m512 r2 = _mm512_mul_ps(r, r);
+    const __m512 p3 = _mm512_fmadd_ps(_mm512_set1_ps(0x1.0e4020p-7f), r, _mm512_set1_ps(0x1.573e2ep-5f));
+    const __m512 p1 = _mm512_fmadd_ps(_mm512_set1_ps(0x1.555e66p-3f), r, _mm512_set1_ps(0x1.fffdb6p-2f));
+    const __m512 p0 = _mm512_fmadd_ps(_mm512_set1_ps(0x1.ffffecp-1f), r, _mm512_set1_ps(1.0f));
+    const __m512 j = _mm512_fmadd_ps(_mm512_fmadd_ps(p3, r2, p1), r2, p0); /* e^r */
+    const __m512 e = _mm512_scalef_ps(j, n);
+    const __mmask16 out = _mm512_cmp_ps_mask(_mm512_abs_ps(n), _mm512_set1_ps(192), _CMP_GT_OQ);
+    if (!out) return e;
+    const __mmask16 neg = _mm512_cmp_ps_mask(n, _mm512_setzero_ps(), _CMP_LE_OQ);
+    const __m512 flush = _mm512_mask_blend_ps(neg, _mm512_set1_ps(INFINITY), _mm512_setzero_ps());
+    return _mm512_mask_blend_ps(out, e, flush);
+}
+
+/* silu(x) = x / (1 + pi_expf_ggml(16, -x)) in 16 lanes. */
+INLINE AVX512_FN __m512 silu16(__m512 x) {
+    const __m512 e = expf16(_mm512_sub_ps(_mm512_setzero_ps(), x));
+    return _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+}
+
+/* The first n (< 16) lanes. */
+INLINE AVX512_FN __mmask16 first_lanes(int64_t n) { return (__mmask16)((1u << n) - 1); }
+
+AVX512_FN static void glu_silu_avx512(int64_t n, const float *g, float *u) {
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(u + i, _mm512_mul_ps(silu16(_mm512_loadu_ps(g + i)), _mm512_loadu_ps(u + i)));
+    if (i < n) {
+        const __mmask16 m = first_lanes(n - i);
+        _mm512_mask_storeu_ps(u + i, m, _mm512_mul_ps(silu16(_mm512_maskz_loadu_ps(m, g + i)),
+                                                      _mm512_maskz_loadu_ps(m, u + i)));
+    }
+}
+
+AVX512_FN static void act_silu_avx512(int64_t n, float *x) {
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, silu16(_mm512_loadu_ps(x + i)));
+    if (i < n) {
+        const __mmask16 m = first_lanes(n - i);
+        _mm512_mask_storeu_ps(x + i, m, silu16(_mm512_maskz_loadu_ps(m, x + i)));
+    }
+}
+
+AVX512_FN static double softmax_exp_avx512(int n, float *x, float max) {
+    const __m512 mv = _mm512_set1_ps(max);
+    double sum = 0;
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m512 v = expf16(_mm512_sub_ps(_mm512_loadu_ps(x + i), mv));
+        _mm512_storeu_ps(x + i, v);
+        sum += hsum16(v);
+    }
+    if (i < n) { /* lanes past n: 0, as the twin's zero-extended last chunk */
+        const __mmask16 m = first_lanes(n - i);
+        const __m512 v = _mm512_maskz_mov_ps(m, expf16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), mv)));
+        _mm512_mask_storeu_ps(x + i, m, v);
+        sum += hsum16(v);
+    }
+    return sum;
+}
+
+/* 16 f16 from p as f32. */
+INLINE AVX512_FN __m512 load_f16x16(const pi_half *p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+}
+
+/* The lanes of m of load_f16x16 (the others 0: not read). */
+INLINE AVX512_FN __m512 load_f16x16_masked(const pi_half *p, __mmask16 m) {
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p));
+}
+
+/* out[r] = sum_i a[r][i] * b[i] for i < n, r < 8, in lanes i % 16, added as hsum16 (folded to 8
+ * lanes, then hsum8x8's transpose: the same bits as 8 hsum16 calls). Only the n elements are
+ * read (the last chunk's by masked loads). */
+INLINE AVX512_FN void dot8_f16_f32_lanes16(const pi_half *const a[8], const float *b, int n, float out[8]) {
+    __m512 acc[8];
+    for (int r = 0; r < 8; r++) acc[r] = _mm512_setzero_ps();
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m512 bv = _mm512_loadu_ps(b + i);
+        for (int r = 0; r < 8; r++) acc[r] = _mm512_fmadd_ps(load_f16x16(a[r] + i), bv, acc[r]);
+    }
+    if (i < n) {
+        const __mmask16 m = first_lanes(n - i);
+        const __m512 bv = _mm512_maskz_loadu_ps(m, b + i);
+        for (int r = 0; r < 8; r++) acc[r] = _mm512_fmadd_ps(load_f16x16_masked(a[r] + i, m), bv, acc[r]);
+    }
+    __m256 folded[8];
+    for (int r = 0; r < 8; r++)
+        folded[r] = _mm256_add_ps(_mm512_castps512_ps256(acc[r]),
+                                  _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc[r]), 1)));
+    hsum8x8(folded, out);
+}
+
+/* One row of dot8_f16_f32_lanes16. */
+INLINE AVX512_FN float dot_f16_f32_lanes16(const pi_half *a, const float *b, int n) {
+    __m512 acc = _mm512_setzero_ps();
+    int i = 0;
+    for (; i + 16 <= n; i += 16) acc = _mm512_fmadd_ps(load_f16x16(a + i), _mm512_loadu_ps(b + i), acc);
+    if (i < n) {
+        const __mmask16 m = first_lanes(n - i);
+        acc = _mm512_fmadd_ps(load_f16x16_masked(a + i, m), _mm512_maskz_loadu_ps(m, b + i), acc);
+    }
+    return hsum16(acc);
+}
+
+AVX512_FN static void attn_scores_avx512(int n_pos, int hd, const pi_half *k, int64_t ldk,
+                                         const float *q, float scale, float *s) {
+    int p = 0;
+    for (; p + 8 <= n_pos; p += 8) {
+        const pi_half *rows[8];
+        float d[8];
+        for (int r = 0; r < 8; r++) rows[r] = k + (size_t)(p + r) * ldk;
+        dot8_f16_f32_lanes16(rows, q, hd, d);
+        for (int r = 0; r < 8; r++) s[p + r] = d[r] * scale;
+    }
+    for (; p < n_pos; p++) s[p] = dot_f16_f32_lanes16(k + (size_t)p * ldk, q, hd) * scale;
+}
+
+AVX512_FN static void attn_values_avx512(int n_pos, int hd, const pi_half *vt, int64_t ldv,
+                                         const float *p, float *out) {
+    int i = 0;
+    for (; i + 8 <= hd; i += 8) {
+        const pi_half *rows[8];
+        for (int r = 0; r < 8; r++) rows[r] = vt + (size_t)(i + r) * ldv;
+        dot8_f16_f32_lanes16(rows, p, n_pos, out + i);
+    }
+    for (; i < hd; i++) out[i] = dot_f16_f32_lanes16(vt + (size_t)i * ldv, p, n_pos);
+}
+
 const pi_kernels pi_kernels_avx512 = {
     .name = "avx512",
+    .lanes = 16, /* llama.cpp's AVX-512 build: its attention and SwiGLU order */
     .dot = {[PI_TYPE_IQ4_NL] = dot_iq4_nl_avx2, [PI_TYPE_IQ4_XS] = dot_iq4_xs_avx2, /* ggml's AVX2 order */
             [PI_TYPE_BF16] = dot_bf16_avx2, /* the scalar twin's 8 lanes */
             [PI_TYPE_F32] = dot_f32_avx512, [PI_TYPE_F16] = dot_f16_avx512,
@@ -1657,11 +1816,14 @@ const pi_kernels pi_kernels_avx512 = {
     /* a few KB per call: AVX2 is plenty */
     .quantize_act = {[PI_TYPE_Q8_0] = quantize_q8_0_avx2, [PI_TYPE_Q8_1] = quantize_q8_1_avx2,
                      [PI_TYPE_Q8_K] = pi_quantize_q8_K},
-    .attn_scores = attn_scores_avx2, /* 8 lanes: llama.cpp's order */
-    .softmax_exp = softmax_exp_avx2,
-    .attn_values = attn_values_avx2,
-    .swiglu = swiglu_avx2,
-    .silu = silu_avx2,
+    .attn_scores = attn_scores_avx512,
+    .softmax_exp = softmax_exp_avx512,
+    .attn_values = attn_values_avx512,
+    /* SiLU in 16 lanes with the AVX-512 build's exp; GELU and ReLU as the AVX2 table's */
+    .glu = {[PI_ACT_SILU] = glu_silu_avx512, [PI_ACT_RELU] = glu_relu_avx2,
+            [PI_ACT_GELU_TANH] = glu_gelu_tanh_avx2},
+    .act = {[PI_ACT_SILU] = act_silu_avx512, [PI_ACT_RELU] = act_relu_avx2,
+            [PI_ACT_GELU_TANH] = act_gelu_tanh_avx2},
     .to_f16 = to_f16_avx2,
     .round_f16 = round_f16_avx2,
     .select = select_avx2,

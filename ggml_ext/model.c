@@ -11,44 +11,67 @@
 #include "model.h"
 
 /* What a tensor name may hold. Shapes are symbolic: resolved from the hyperparameters. */
-enum dim { D_ONE, D_EMBD, D_FF, D_VOCAB, D_Q, D_KV, D_RANK, D_HEAD_RANK };
-enum kind { K_NORM, K_MATRIX, K_BIAS };
+enum dim { D_ONE, D_EMBD, D_FF, D_VOCAB, D_Q, D_KV, D_RANK, D_ROT2, D_HEAD, D_HEAD_RANK };
+enum kind { K_NORM, K_MATRIX, K_BIAS, K_VECTOR }; /* all but K_MATRIX: f32 vectors */
+/* Which architectures require a tensor (a bit set): every one (R_ALL), those with q/k norms,
+ * those with norms after attention and FFN; 0: optional everywhere. */
+enum need { R_ALL = 1, R_QK_NORM = 2, R_POST_NORM = 4 };
+
+/* The architectures (pi_arch): name, and the requirement bits their models meet. */
+static const struct {
+    const char *name;
+    unsigned needs;
+} arch_table[PI_N_ARCHS] = {
+    [PI_ARCH_LLAMA] = {"llama", R_ALL},
+    [PI_ARCH_QWEN2] = {"qwen2", R_ALL},
+    [PI_ARCH_QWEN3] = {"qwen3", R_ALL | R_QK_NORM},
+    [PI_ARCH_GEMMA3] = {"gemma3", R_ALL | R_QK_NORM | R_POST_NORM},
+};
 
 typedef struct {
     const char *suffix;   /* after "blk.N." (per-layer) or the whole name (global) */
     size_t offset;        /* into pi_layer (per-layer) or pi_model (global) */
     enum kind kind;
     enum dim rows, cols;
+    unsigned need;        /* enum need: required where the architecture's needs meet it */
 } tensor_spec;
 
 #define L(field) offsetof(pi_layer, field)
 #define G(field) offsetof(pi_model, field)
 
 static const tensor_spec layer_specs[] = {
-    {"attn_norm.weight", L(attn_norm), K_NORM, D_ONE, D_EMBD},
-    {"attn_q.weight", L(wq), K_MATRIX, D_Q, D_EMBD},
-    {"attn_k.weight", L(wk), K_MATRIX, D_KV, D_EMBD},
-    {"attn_v.weight", L(wv), K_MATRIX, D_KV, D_EMBD},
-    {"attn_q.bias", L(bq), K_BIAS, D_ONE, D_Q},
-    {"attn_k.bias", L(bk), K_BIAS, D_ONE, D_KV},
-    {"attn_v.bias", L(bv), K_BIAS, D_ONE, D_KV},
-    {"attn_output.weight", L(wo), K_MATRIX, D_EMBD, D_Q},
-    {"ffn_norm.weight", L(ffn_norm), K_NORM, D_ONE, D_EMBD},
-    {"ffn_gate.weight", L(gate), K_MATRIX, D_FF, D_EMBD},
-    {"ffn_up.weight", L(up), K_MATRIX, D_FF, D_EMBD},
-    {"ffn_down.weight", L(down), K_MATRIX, D_EMBD, D_FF},
-    {"ffn_down_t.weight", L(down_t), K_MATRIX, D_FF, D_EMBD},
-    {"fc1.weight", L(fc1), K_MATRIX, D_RANK, D_EMBD},
-    {"fc2.weight", L(fc2), K_MATRIX, D_FF, D_RANK},
+    {"attn_norm.weight", L(attn_norm), K_NORM, D_ONE, D_EMBD, R_ALL},
+    {"attn_q.weight", L(wq), K_MATRIX, D_Q, D_EMBD, R_ALL},
+    {"attn_k.weight", L(wk), K_MATRIX, D_KV, D_EMBD, R_ALL},
+    {"attn_v.weight", L(wv), K_MATRIX, D_KV, D_EMBD, R_ALL},
+    {"attn_q.bias", L(bq), K_BIAS, D_ONE, D_Q, 0},
+    {"attn_k.bias", L(bk), K_BIAS, D_ONE, D_KV, 0},
+    {"attn_v.bias", L(bv), K_BIAS, D_ONE, D_KV, 0},
+    {"attn_q_norm.weight", L(q_norm), K_NORM, D_ONE, D_HEAD, R_QK_NORM},
+    {"attn_k_norm.weight", L(k_norm), K_NORM, D_ONE, D_HEAD, R_QK_NORM},
+    {"attn_output.weight", L(wo), K_MATRIX, D_EMBD, D_Q, R_ALL},
+    {"post_attention_norm.weight", L(post_attn_norm), K_NORM, D_ONE, D_EMBD, R_POST_NORM},
+    {"ffn_norm.weight", L(ffn_norm), K_NORM, D_ONE, D_EMBD, R_ALL},
+    {"ffn_gate.weight", L(gate), K_MATRIX, D_FF, D_EMBD, R_ALL},
+    {"ffn_up.weight", L(up), K_MATRIX, D_FF, D_EMBD, R_ALL},
+    {"ffn_down.weight", L(down), K_MATRIX, D_EMBD, D_FF, 0}, /* one of ffn_down, ffn_down_t */
+    {"ffn_down_t.weight", L(down_t), K_MATRIX, D_FF, D_EMBD, 0},
+    {"fc1.weight", L(fc1), K_MATRIX, D_RANK, D_EMBD, 0},
+    {"fc2.weight", L(fc2), K_MATRIX, D_FF, D_RANK, 0},
+    {"post_ffw_norm.weight", L(post_ffn_norm), K_NORM, D_ONE, D_EMBD, R_POST_NORM},
 };
 
 static const tensor_spec global_specs[] = {
-    {"token_embd.weight", G(tok_embd), K_MATRIX, D_VOCAB, D_EMBD},
-    {"output_norm.weight", G(output_norm), K_NORM, D_ONE, D_EMBD},
-    {"output.weight", G(output), K_MATRIX, D_VOCAB, D_EMBD},
-    {"output_preview_a.weight", G(preview_a), K_MATRIX, D_HEAD_RANK, D_EMBD},
-    {"output_preview_b.weight", G(preview_b), K_MATRIX, D_VOCAB, D_HEAD_RANK},
+    {"token_embd.weight", G(tok_embd), K_MATRIX, D_VOCAB, D_EMBD, R_ALL},
+    {"output_norm.weight", G(output_norm), K_NORM, D_ONE, D_EMBD, R_ALL},
+    {"output.weight", G(output), K_MATRIX, D_VOCAB, D_EMBD, 0},
+    {"rope_freqs.weight", G(rope_freqs), K_VECTOR, D_ONE, D_ROT2, 0},
+    {"output_preview_a.weight", G(preview_a), K_MATRIX, D_HEAD_RANK, D_EMBD, 0},
+    {"output_preview_b.weight", G(preview_b), K_MATRIX, D_VOCAB, D_HEAD_RANK, 0},
 };
+
+#define N_LAYER_SPECS (sizeof layer_specs / sizeof layer_specs[0])
+#define N_GLOBAL_SPECS (sizeof global_specs / sizeof global_specs[0])
 
 static int64_t dim_value(const pi_hparams *hp, enum dim d) {
     switch (d) {
@@ -59,15 +82,17 @@ static int64_t dim_value(const pi_hparams *hp, enum dim d) {
     case D_Q: return (int64_t)hp->n_head * hp->head_dim;
     case D_KV: return (int64_t)hp->n_head_kv * hp->head_dim;
     case D_RANK: return -1; /* free: checked for consistency between fc1 and fc2 */
+    case D_ROT2: return hp->n_rot / 2;
+    case D_HEAD: return hp->head_dim;
     case D_HEAD_RANK: return -1; /* free: checked between the two preview factors (head.c) */
     }
     return 0;
 }
 
 static int check_hparams(const pi_hparams *hp) {
-    if (hp->arch != PI_ARCH_LLAMA && hp->arch != PI_ARCH_QWEN2)
+    if (hp->arch < 0 || hp->arch >= PI_N_ARCHS)
         return pi_fail(PI_ERR_RANGE, "pi_model_create: unknown architecture id %d", hp->arch);
-    if (hp->ffn_act != PI_ACT_SILU && hp->ffn_act != PI_ACT_RELU)
+    if (hp->ffn_act < 0 || hp->ffn_act >= PI_N_ACTS)
         return pi_fail(PI_ERR_RANGE, "pi_model_create: unknown FFN activation id %d", hp->ffn_act);
     /* Upper bounds far above any model of this kind, low enough that no size product overflows
      * and no table is allocated before a shape check can fail (pi_backend/gguf_check.py has the
@@ -87,9 +112,20 @@ static int check_hparams(const pi_hparams *hp) {
     if (hp->n_rot <= 0 || hp->n_rot > hp->head_dim || hp->n_rot % 2)
         return pi_fail(PI_ERR_SHAPE, "pi_model_create: n_rot = %d must be even and in 1..head_dim = %d",
                        hp->n_rot, hp->head_dim);
-    if (!(hp->rope_freq_base > 0) || !(hp->rope_freq_scale > 0) || !(hp->norm_eps > 0) ||
-        !isfinite(hp->rope_freq_base) || !isfinite(hp->rope_freq_scale) || !isfinite(hp->norm_eps))
-        return pi_fail(PI_ERR_RANGE, "pi_model_create: rope_freq_base, rope_freq_scale and norm_eps must be finite and positive");
+    /* the floats that must be finite and positive, and those for which 0 means a default */
+    const struct { const char *name; float v; int zero_ok; } fl[] = {
+        {"rope_freq_base", hp->rope_freq_base, 0}, {"rope_freq_scale", hp->rope_freq_scale, 0},
+        {"norm_eps", hp->norm_eps, 0}, {"attn_scale", hp->attn_scale, 1},
+        {"embd_scale", hp->embd_scale, 1}, {"final_softcap", hp->final_softcap, 1},
+        {"rope_freq_base_swa", hp->rope_freq_base_swa, hp->n_swa == 0},
+        {"rope_freq_scale_swa", hp->rope_freq_scale_swa, hp->n_swa == 0}};
+    for (size_t i = 0; i < sizeof fl / sizeof fl[0]; i++)
+        if (!isfinite(fl[i].v) || fl[i].v < 0 || (fl[i].v == 0 && !fl[i].zero_ok))
+            return pi_fail(PI_ERR_RANGE, "pi_model_create: %s = %g must be finite and %s", fl[i].name,
+                           (double)fl[i].v, fl[i].zero_ok ? "positive, or 0" : "positive");
+    if (hp->n_swa < 0 || hp->swa_period < 0)
+        return pi_fail(PI_ERR_RANGE, "pi_model_create: n_swa = %d and swa_period = %d must be at least 0",
+                       hp->n_swa, hp->swa_period);
     return PI_OK;
 }
 
@@ -107,6 +143,8 @@ int pi_model_create(const pi_hparams *hp, pi_model **out) {
         return pi_fail(PI_ERR_NOMEM, "pi_model_create: out of memory");
     }
     m->hp = *hp;
+    if (m->hp.attn_scale == 0) m->hp.attn_scale = 1.0f / sqrtf((float)hp->head_dim);
+    if (m->hp.embd_scale == 0) m->hp.embd_scale = 1.0f;
     m->repack = PI_REPACK;
     *out = m;
     return pi_ok();
@@ -124,13 +162,13 @@ void pi_model_free(pi_model *m) {
 /* Finds the spec for `name`; *layer is -1 for a global tensor. */
 static const tensor_spec *find_spec(const pi_model *m, const char *name, int *layer) {
     *layer = -1;
-    for (size_t i = 0; i < sizeof global_specs / sizeof global_specs[0]; i++)
+    for (size_t i = 0; i < N_GLOBAL_SPECS; i++)
         if (strcmp(name, global_specs[i].suffix) == 0) return &global_specs[i];
     int n = -1, consumed = 0;
     if (sscanf(name, "blk.%d.%n", &n, &consumed) != 1 || consumed == 0) return NULL;
     if (n < 0 || n >= m->hp.n_layer) return NULL;
     *layer = n;
-    for (size_t i = 0; i < sizeof layer_specs / sizeof layer_specs[0]; i++)
+    for (size_t i = 0; i < N_LAYER_SPECS; i++)
         if (strcmp(name + consumed, layer_specs[i].suffix) == 0) return &layer_specs[i];
     return NULL;
 }
@@ -188,10 +226,19 @@ int pi_model_set_thresholds(pi_model *m, const float *thr, int32_t n_layer) {
     return pi_ok();
 }
 
-static int require(const pi_weight *w, const char *what, int layer) {
-    if (w->data) return PI_OK;
-    if (layer < 0) return pi_fail(PI_ERR_SHAPE, "model is missing tensor %s", what);
-    return pi_fail(PI_ERR_SHAPE, "model is missing tensor blk.%d.%s", layer, what);
+/* Checks that the tensors of a spec table over `base` (layer `layer`, or -1: the globals) that
+ * the model's architecture requires are present. */
+static int require_all(const pi_model *m, const tensor_spec *specs, size_t n_specs, char *base,
+                       int layer) {
+    const unsigned needs = arch_table[m->hp.arch].needs;
+    for (size_t i = 0; i < n_specs; i++) {
+        if (!(specs[i].need & needs) || ((pi_weight *)(base + specs[i].offset))->data) continue;
+        char prefix[24] = "";
+        if (layer >= 0) snprintf(prefix, sizeof prefix, "blk.%d.", layer);
+        return pi_fail(PI_ERR_SHAPE, "model is missing tensor %s%s (%s requires it)", prefix,
+                       specs[i].suffix, arch_table[m->hp.arch].name);
+    }
+    return PI_OK;
 }
 
 /* The matrices only the dense kernels read, i.e. those no sparse mode reads row by row: attention,
@@ -232,10 +279,10 @@ static size_t weight_share(const pi_weight *w) { return share(pi_weight_bytes(w)
 
 /* Frees the packed copies: every matrix reads its attached data again. */
 static void drop_packed(pi_model *m) {
-    for (size_t i = 0; i < sizeof global_specs / sizeof global_specs[0]; i++)
+    for (size_t i = 0; i < N_GLOBAL_SPECS; i++)
         ((pi_weight *)((char *)m + global_specs[i].offset))->packed = NULL;
     for (int l = 0; l < m->hp.n_layer; l++)
-        for (size_t i = 0; i < sizeof layer_specs / sizeof layer_specs[0]; i++)
+        for (size_t i = 0; i < N_LAYER_SPECS; i++)
             ((pi_weight *)((char *)&m->layers[l] + layer_specs[i].offset))->packed = NULL;
     if (m->packed_mem) pi_buffer_free(m->packed_mem, m->packed_bytes);
     m->packed_mem = NULL;
@@ -304,9 +351,9 @@ static int add_small(const tensor_spec *specs, size_t n_specs, char *base, pi_we
 }
 
 static int small_tensors(pi_model *m, pi_weight **list) {
-    int n = add_small(global_specs, sizeof global_specs / sizeof global_specs[0], (char *)m, list, 0);
+    int n = add_small(global_specs, N_GLOBAL_SPECS, (char *)m, list, 0);
     for (int l = 0; l < m->hp.n_layer; l++)
-        n = add_small(layer_specs, sizeof layer_specs / sizeof layer_specs[0], (char *)&m->layers[l], list, n);
+        n = add_small(layer_specs, N_LAYER_SPECS, (char *)&m->layers[l], list, n);
     return n;
 }
 
@@ -342,19 +389,12 @@ int pi_model_finalize(pi_model *m) {
     PI_CHECK_NULL(m);
     if (m->finalized) return pi_ok();
     int rc;
-    if ((rc = require(&m->tok_embd, "token_embd.weight", -1))) return rc;
-    if ((rc = require(&m->output_norm, "output_norm.weight", -1))) return rc;
+    if ((rc = require_all(m, global_specs, N_GLOBAL_SPECS, (char *)m, -1))) return rc;
     int n_pred = 0;
     m->max_rank = 0;
     for (int i = 0; i < m->hp.n_layer; i++) {
         const pi_layer *l = &m->layers[i];
-        const struct { const pi_weight *w; const char *name; } req[] = {
-            {&l->attn_norm, "attn_norm.weight"}, {&l->wq, "attn_q.weight"},
-            {&l->wk, "attn_k.weight"}, {&l->wv, "attn_v.weight"}, {&l->wo, "attn_output.weight"},
-            {&l->ffn_norm, "ffn_norm.weight"}, {&l->gate, "ffn_gate.weight"},
-            {&l->up, "ffn_up.weight"}};
-        for (size_t j = 0; j < sizeof req / sizeof req[0]; j++)
-            if ((rc = require(req[j].w, req[j].name, i))) return rc;
+        if ((rc = require_all(m, layer_specs, N_LAYER_SPECS, (char *)&m->layers[i], i))) return rc;
         if (!l->down.data && !l->down_t.data)
             return pi_fail(PI_ERR_SHAPE, "model is missing tensor blk.%d.ffn_down.weight (or ffn_down_t)", i);
         if (!!l->fc1.data != !!l->fc2.data)

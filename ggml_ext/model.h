@@ -19,13 +19,16 @@ typedef struct {
     pi_weight attn_norm;                 /* [d] f32 */
     pi_weight wq, wk, wv;                /* [n_head*hd][d], [n_head_kv*hd][d], [n_head_kv*hd][d] */
     pi_weight bq, bk, bv;                /* optional biases, f32, one row of the sizes above */
+    pi_weight q_norm, k_norm;            /* [hd] f32: RMSNorm of each head of q and k, before RoPE */
     pi_weight wo;                        /* [d][n_head*hd] */
+    pi_weight post_attn_norm;            /* [d] f32: RMSNorm of the attention output (gemma3) */
     pi_weight ffn_norm;                  /* [d] f32 */
     pi_weight gate, up;                  /* [n_ff][d]: one row per neuron */
     pi_weight down;                      /* [d][n_ff]: plain llama.cpp layout (dense only) */
     pi_weight down_t;                    /* [n_ff][d]: down transposed, one row per neuron */
     pi_weight fc1;                       /* predictor [rank][d] */
     pi_weight fc2;                       /* predictor [n_ff][rank] */
+    pi_weight post_ffn_norm;             /* [d] f32: RMSNorm of the FFN output (gemma3) */
 } pi_layer;
 
 struct pi_model {
@@ -33,6 +36,7 @@ struct pi_model {
     pi_weight tok_embd;                  /* [n_vocab][d] */
     pi_weight output_norm;               /* [d] f32 */
     pi_weight output;                    /* [n_vocab][d]; absent when tied to tok_embd */
+    pi_weight rope_freqs;                /* [n_rot/2] f32 RoPE frequency divisors (llama 3), or absent */
     pi_weight preview_a;                 /* output preview [head_rank][d] (head.c), optional */
     pi_weight preview_b;                 /* output preview [n_vocab][head_rank] */
     int32_t head_candidates;             /* the preview's candidate count (pi_model_set_head) */
@@ -47,6 +51,11 @@ struct pi_model {
     size_t small_bytes;
     int finalized;
 };
+
+/* Whether layer il attends through the sliding window (pi_hparams.n_swa, swa_period). */
+static inline int pi_layer_slides(const pi_hparams *hp, int il) {
+    return hp->n_swa > 0 && (hp->swa_period == 0 || il % hp->swa_period < hp->swa_period - 1);
+}
 
 /* Bytes of one row of a weight, and of its whole (present) data. */
 static inline size_t pi_weight_row_bytes(const pi_weight *w) {

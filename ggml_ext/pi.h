@@ -171,9 +171,20 @@ PI_API int pi_matvec_cols_sparse(pi_pool *pool, int type, const void *W, int64_t
                                  int64_t n_cols, const float *a, const int32_t *idx,
                                  int64_t n_idx, float *y);
 
+/* y[i] = act(x[i]) for i < n: the FFN activation `act` (a pi_act, below) as the engine computes
+ * it, by the active instruction set's kernel (every ISA gives the same bits). y may be x. */
+PI_API int pi_activation(int act, const float *x, float *y, int64_t n);
+
 /* ---- model ------------------------------------------------------------------------------ */
-typedef enum { PI_ARCH_LLAMA = 0, PI_ARCH_QWEN2 = 1 } pi_arch;
-typedef enum { PI_ACT_SILU = 0, PI_ACT_RELU = 1 } pi_act;
+/* Architectures: what each requires beyond the tensors all of them do (docs/FORMAT.md): qwen3
+ * and gemma3 the q/k norms, gemma3 also the norms after attention and FFN. The engine applies
+ * every optional tensor a model has (biases, q/k norms, post norms, rope_freqs). */
+typedef enum { PI_ARCH_LLAMA = 0, PI_ARCH_QWEN2 = 1, PI_ARCH_QWEN3 = 2, PI_ARCH_GEMMA3 = 3 } pi_arch;
+#define PI_N_ARCHS 4
+/* FFN activations (of the gate: act(gate) * up). GELU_TANH: the tanh approximation of GELU,
+ * x / (1 + exp(-2 sqrt(2/pi) (x + 0.044715 x^3))) = 0.5 x (1 + tanh(...)). */
+typedef enum { PI_ACT_SILU = 0, PI_ACT_RELU = 1, PI_ACT_GELU_TANH = 2 } pi_act;
+#define PI_N_ACTS 3
 typedef enum {
     PI_FFN_DENSE = 0,     /* every neuron */
     PI_FFN_SPARSE = 1,    /* predictor -> active ids -> masked gate/up -> AXPY down, one pool
@@ -198,6 +209,15 @@ typedef struct {
     float rope_freq_base;
     float rope_freq_scale;   /* linear scaling: position * scale */
     float norm_eps;          /* RMSNorm epsilon */
+    float attn_scale;        /* softmax(attn_scale * q.k); 0: 1 / sqrt(head_dim) */
+    float embd_scale;        /* the token embeddings are multiplied by it (gemma3: sqrt(n_embd)); 0: 1 */
+    int32_t n_swa;           /* sliding-window attention: a sliding layer attends to the last n_swa
+                                positions (its own included); 0: every layer attends to all */
+    int32_t swa_period;      /* with n_swa: layer il slides iff il % swa_period < swa_period - 1
+                                (llama.cpp's pattern: the last of each period is global); 0: all */
+    float rope_freq_base_swa;  /* with n_swa: the sliding layers' RoPE base and linear scale */
+    float rope_freq_scale_swa;
+    float final_softcap;     /* logits = final_softcap * tanh(logits / final_softcap); 0: none */
 } pi_hparams;
 
 typedef struct pi_model pi_model;

@@ -53,8 +53,13 @@ ISA_NAMES = {"scalar": PI_ISA_SCALAR, "avx2": PI_ISA_AVX2, "avx512": PI_ISA_AVX5
 # ---- model enums (pi_arch, pi_act, pi_ffn_mode) ------------------------------------------------
 PI_ARCH_LLAMA = 0
 PI_ARCH_QWEN2 = 1
+PI_ARCH_QWEN3 = 2
+PI_ARCH_GEMMA3 = 3
+PI_N_ARCHS = 4
 PI_ACT_SILU = 0
 PI_ACT_RELU = 1
+PI_ACT_GELU_TANH = 2
+PI_N_ACTS = 3
 PI_FFN_DENSE = 0
 PI_FFN_SPARSE = 1
 PI_FFN_THRESHOLD = 2
@@ -96,6 +101,13 @@ class pi_hparams(ctypes.Structure):
         ("rope_freq_base", c_float),
         ("rope_freq_scale", c_float),
         ("norm_eps", c_float),
+        ("attn_scale", c_float),
+        ("embd_scale", c_float),
+        ("n_swa", c_int32),
+        ("swa_period", c_int32),
+        ("rope_freq_base_swa", c_float),
+        ("rope_freq_scale_swa", c_float),
+        ("final_softcap", c_float),
     ]
 
 
@@ -158,6 +170,7 @@ _PROTOTYPES = [
      [pi_pool_p, c_int, c_void_p, c_int64, c_int64, f32_p, i32_p, c_int64, f32_p]),
     ("pi_matvec_cols_sparse", c_int,
      [pi_pool_p, c_int, c_void_p, c_int64, c_int64, f32_p, i32_p, c_int64, f32_p]),
+    ("pi_activation", c_int, [c_int, f32_p, f32_p, c_int64]),
     # model
     ("pi_model_create", c_int, [POINTER(pi_hparams), POINTER(pi_model_p)]),
     ("pi_model_set_tensor", c_int, [pi_model_p, c_char_p, c_int, c_int64, c_int64, c_void_p]),

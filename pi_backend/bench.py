@@ -308,13 +308,6 @@ def run_once(r, prompt, n_gen):
 
 
 # ---- calibration, perplexity, bandwidth ------------------------------------------------------
-def act_abs(kind: str, g: np.ndarray) -> np.ndarray:
-    if kind == F.ACT_RELU:
-        return np.maximum(g, 0)
-    with np.errstate(over="ignore"):
-        return np.abs(g / (1.0 + np.exp(-g)))
-
-
 def calibrate(model, tokens, levels, threads) -> dict:
     """Per-layer |act(gate)| quantile thresholds for each sparsity level, from one dense
     recording of `tokens`."""
@@ -323,8 +316,9 @@ def calibrate(model, tokens, levels, threads) -> dict:
         rec = ctx.record(tokens, 0, ffn_in=False, gate=True, h=False)["gate"]  # [n, L, ff]
     finally:
         ctx.close()
-    kind = model.fields.get(Keys.FFN_ACTIVATION, F.ACT_SILU)
-    a = act_abs(kind, rec).transpose(1, 0, 2).reshape(model.n_layer, -1)  # [L, n*ff]
+    from .kernels import activation
+    a = np.abs(activation(model.ffn_activation, rec))                      # [n, L, ff]
+    a = a.transpose(1, 0, 2).reshape(model.n_layer, -1)                     # [L, n*ff]
     pos = sorted({s for s in levels if s > 0})
     q = np.quantile(a, pos, axis=1).astype(np.float32) if pos else []  # one partition pass
     out = {s: q[pos.index(s)] if s > 0 else np.zeros(model.n_layer, np.float32) for s in levels}

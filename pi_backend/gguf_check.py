@@ -272,6 +272,11 @@ HPARAM_LIMITS = {
     "rope.freq_base": (float, 0.0, 1e12),
     "rope.scaling.factor": (float, 0.0, 1e6),
     "attention.layer_norm_rms_epsilon": (float, 0.0, 1.0),
+    "attention.sliding_window": (int, 0, 1 << 24),
+    "attention.sliding_window_pattern": (int, 0, 4096),
+    "rope.freq_base_swa": (float, 0.0, 1e12),
+    "attention.scale": (float, 0.0, 1e3),
+    "final_logit_softcapping": (float, 0.0, 1e6),
 }
 
 

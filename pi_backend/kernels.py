@@ -45,6 +45,18 @@ def describe(t) -> _lib.pi_type_desc:
     return d
 
 
+def activation(kind: str, x) -> np.ndarray:
+    """act(x) for an FFN activation `kind` (a pi.ffn_activation name: silu, relu, gelu_tanh) as
+    the engine computes it (the active instruction set's kernel): float32, x's shape."""
+    from .format import ACTIVATIONS
+    if kind not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {kind!r}; expected one of {', '.join(ACTIVATIONS)}")
+    a = np.ascontiguousarray(x, dtype=np.float32)
+    out = np.empty_like(a)
+    call("pi_activation", getattr(_lib, f"PI_ACT_{kind.upper()}"), fptr(a), fptr(out), a.size)
+    return out
+
+
 def weight_types() -> list[str]:
     """The names of the types the matrix kernels take."""
     return [name for name in types() if describe(name).weight]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import math
 import mmap
 import os
 import pickle
@@ -28,7 +29,7 @@ from .gguf_check import GGUFFormatError, check_file, check_hparams
 FFN_MODES = {F.FFN_DENSE: _lib.PI_FFN_DENSE, F.FFN_SPARSE: _lib.PI_FFN_SPARSE,
              F.FFN_THRESHOLD: _lib.PI_FFN_THRESHOLD}
 ARCHS = {name: getattr(_lib, f"PI_ARCH_{name.upper()}") for name in F.ARCHS}
-ACTS = {F.ACT_SILU: _lib.PI_ACT_SILU, F.ACT_RELU: _lib.PI_ACT_RELU}
+ACTS = {name: getattr(_lib, f"PI_ACT_{name.upper()}") for name in F.ACTIVATIONS}
 HEAD_MODES = {F.HEAD_DENSE: _lib.PI_HEAD_DENSE, F.HEAD_SPARSE: _lib.PI_HEAD_SPARSE}
 # Large arrays that are not worth turning into metadata strings.
 _BULKY = (gguf.Keys.Tokenizer.LIST, gguf.Keys.Tokenizer.MERGES, gguf.Keys.Tokenizer.TOKEN_TYPE,
@@ -233,9 +234,11 @@ class Model:
             raise ModelError(f"{self.path}: unsupported architecture {arch!r} "
                              f"(supported: {', '.join(ARCHS)})")
         a = arch
-        act = self.fields.get(Keys.FFN_ACTIVATION, F.ACT_SILU)
+        act = self.fields.get(Keys.FFN_ACTIVATION, F.ARCHS[arch].ffn_act)
         if not isinstance(act, str) or act not in ACTS:
-            raise ModelError(f"{self.path}: unsupported FFN activation {act!r}")
+            raise ModelError(f"{self.path}: unsupported FFN activation {Keys.FFN_ACTIVATION} = "
+                             f"{act!r} (supported: {', '.join(ACTS)})")
+        self.ffn_activation = act
         try:
             check_hparams(self.fields.get, arch)
         except GGUFFormatError as e:
@@ -251,21 +254,45 @@ class Model:
             n_vocab = int(emb[0][1])
         scaling = self.fields.get(f"{a}.rope.scaling.type", "none")
         factor = float(self.fields.get(f"{a}.rope.scaling.factor") or 1.0)
-        if scaling not in ("none", "linear"):
-            raise ModelError(f"{self.path}: RoPE scaling {scaling!r} is not supported "
-                             "(supported: none, linear)")
+        if scaling not in F.ROPE_SCALINGS:
+            raise ModelError(f"{self.path}: RoPE scaling {a}.rope.scaling.type = {scaling!r} is "
+                             f"not supported (supported: {', '.join(F.ROPE_SCALINGS)}; llama3 "
+                             f"scaling is the {F.T.ROPE_FREQS} tensor)")
         self.n_ctx_train = int(self.fields.get(f"{a}.context_length") or 2048)
+        n_layer = int(self._get(f"{a}.block_count"))
         return _lib.pi_hparams(
             arch=ARCHS[arch], ffn_act=ACTS[act], n_vocab=int(n_vocab), n_embd=n_embd,
             n_ff=int(self._get(f"{a}.feed_forward_length")),
-            n_layer=int(self._get(f"{a}.block_count")), n_head=n_head,
+            n_layer=n_layer, n_head=n_head,
             n_head_kv=int(self.fields.get(f"{a}.attention.head_count_kv") or n_head),
             head_dim=head_dim,
             n_rot=int(self.fields.get(f"{a}.rope.dimension_count") or head_dim),
             rope_neox=int(F.ARCHS[arch].rope_neox),
             rope_freq_base=float(self.fields.get(f"{a}.rope.freq_base") or 10000.0),
             rope_freq_scale=1.0 / factor if scaling == "linear" else 1.0,
-            norm_eps=float(self._get(f"{a}.attention.layer_norm_rms_epsilon")))
+            norm_eps=float(self._get(f"{a}.attention.layer_norm_rms_epsilon")),
+            **self._attention_extras(a, n_layer, n_embd, n_head, head_dim))
+
+    def _attention_extras(self, a: str, n_layer: int, n_embd: int, n_head: int,
+                          head_dim: int) -> dict:
+        """The hyperparameters beyond llama's, as llama.cpp reads them (0 where they do not
+        apply): the attention and embedding scales, the sliding window (for an architecture
+        with sliding layers: `attention.sliding_window`, its `sliding_window_pattern` period and
+        the sliding layers' `rope.freq_base_swa`, with llama.cpp's defaults) and the final logit
+        soft cap."""
+        spec = F.ARCHS[a]
+        scale = (self.fields.get(f"{a}.attention.scale") or
+                 F.llama_cpp_attn_scale(a, n_layer, n_embd, n_head, head_dim))
+        out = {"attn_scale": float(scale),
+               "embd_scale": math.sqrt(n_embd) if spec.embd_scale else 0.0,
+               "final_softcap": float(self.fields.get(f"{a}.final_logit_softcapping") or 0.0)}
+        n_swa = self.fields.get(f"{a}.attention.sliding_window") if spec.swa_period else None
+        if n_swa:
+            period = self.fields.get(f"{a}.attention.sliding_window_pattern", spec.swa_period)
+            out.update(n_swa=int(n_swa), swa_period=int(period), rope_freq_scale_swa=1.0,
+                       rope_freq_base_swa=float(self.fields.get(f"{a}.rope.freq_base_swa")
+                                                or spec.rope_freq_base_swa))
+        return out
 
     def _map_powerinfer(self, tensors: list, ffn_mode: str | None) -> dict:
         """A PowerInfer file's keys and predictors as ours (pi_backend/powerinfer.py): its keys

@@ -146,6 +146,17 @@ TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_atte
             num_key_value_heads=2, max_position_embeddings=128, rms_norm_eps=1e-5,
             bos_token_id=1, eos_token_id=2, initializer_range=0.08)
 
+# Llama 3's RoPE scaling with an original context short enough that, at head_dim 16, the
+# frequency factors are neither all 1 nor all `factor` (test_engine_hf checks they differ).
+LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+
+GEMMA3 = {"num_hidden_layers": 3, "head_dim": 16, "query_pre_attn_scalar": 16, "sliding_window": 4,
+          "layer_types": ["sliding_attention", "sliding_attention", "full_attention"],
+          "rope_parameters": {"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                              "full_attention": {"rope_type": "linear", "factor": 2.0,
+                                                 "rope_theta": 1000000.0}}}
+
 # variant -> (config class name, extra config, save options)
 HF_VARIANTS = {
     "llama_relu": ("LlamaConfig", {"hidden_act": "relu"}, {}),
@@ -155,6 +166,12 @@ HF_VARIANTS = {
     "llama_bf16_sharded": ("LlamaConfig", {"hidden_act": "silu"},
                            {"dtype": "bfloat16", "max_shard_size": "40KB"}),
     "llama_tied": ("LlamaConfig", {"hidden_act": "silu", "tie_word_embeddings": True}, {}),
+    "llama3_rope": ("LlamaConfig", {"hidden_act": "silu", "rope_parameters": LLAMA3_ROPE}, {}),
+    # q/k norms; head_dim 24: n_head * head_dim = 96 is not n_embd
+    "qwen3": ("Qwen3Config", {"hidden_act": "silu", "head_dim": 24}, {}),
+    # GELU-tanh, four norms, sliding window 4 on layers 0 and 1 (period 3) with their own RoPE
+    # base, layer 2 global with linear RoPE scaling; tied embeddings
+    "gemma3": ("Gemma3TextConfig", GEMMA3, {}),
 }
 
 
@@ -169,14 +186,12 @@ def build_tiny_hf_model(variant: str, out_dir: Path, tokenizer_dir: Path, vocab_
     cls_name, extra, save = HF_VARIANTS[variant]
     cfg = getattr(transformers, cls_name)(**{**TINY, **extra, "vocab_size": vocab_size, **overrides})
     torch.manual_seed(seed)
-    model_cls = {"LlamaConfig": transformers.LlamaForCausalLM,
-                 "MistralConfig": transformers.MistralForCausalLM,
-                 "Qwen2Config": transformers.Qwen2ForCausalLM}[cls_name]
-    model = model_cls(cfg).eval()
+    model = transformers.AutoModelForCausalLM.from_config(cfg).eval()
+    norm_base = 0.0 if cfg.model_type.startswith("gemma") else 1.0  # Gemma's norms: x (1 + w)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" in name:
-                p.copy_(1.0 + 0.2 * torch.randn_like(p))
+                p.copy_(norm_base + 0.2 * torch.randn_like(p))
             elif name.endswith(".bias"):
                 p.copy_(0.1 * torch.randn_like(p))
     if save.get("dtype") == "bfloat16":

@@ -5,6 +5,16 @@ from __future__ import annotations
 import numpy as np
 
 
+def llama_cpp_lanes() -> int | None:
+    """The f32 vector width of the llama.cpp CPU build llama-cpp-python runs (its system info: the
+    instruction sets it was compiled for): 16 for an AVX-512 build, 8 for AVX2, None otherwise."""
+    import llama_cpp
+    info = llama_cpp.llama_print_system_info().decode()
+    if "AVX512 = 1" in info:
+        return 16
+    return 8 if "AVX2 = 1" in info else None
+
+
 def ref_logits(ref, tokens):
     ref.reset()
     ref.eval(tokens)
@@ -49,7 +59,9 @@ def as_close_as_peer(d: dict, peer: dict, n: int) -> bool:
 
 
 def divergence(a, b) -> dict:
-    """How far logits a [n, vocab] are from logits b: top-1 agreement, mean KL(b || a), max |a - b|."""
+    """How far logits a [n, vocab] are from logits b: top-1 agreement, mean KL(b || a), max |a - b|
+    (the KL in double: f32 rounding would leave a noise of about 1e-8, negative at times)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     la = a - a.max(-1, keepdims=True)
     lb = b - b.max(-1, keepdims=True)
     la = la - np.log(np.exp(la).sum(-1, keepdims=True))

@@ -159,3 +159,29 @@ def test_pi_perplexity_errors(calibrated, tmp_path, capsys):
     assert capsys.readouterr().err.count("\n") == 1
     assert main([path, str(DEFAULT_TEXT), "--tokens", "0"]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+@pytest.mark.parametrize("variant", ["qwen3", "gemma3"])
+def test_calibrate_tiny_gated_architectures(variant, hf_model, tmp_path):
+    """pi-convert --calibrate on a tiny random Qwen3 (SwiGLU) and Gemma 3 (GELU-tanh, sliding
+    window): a uniform 30% over |act(gate)| through the engine's own activation, and the
+    thresholded file runs in threshold mode at about that sparsity."""
+    from pi_backend.convert import convert
+    from pi_backend.model import Model
+    out = tmp_path / f"{variant}.gguf"
+    summary = convert(hf_model(variant), out, "f32", calibrate=str(DATA / "calib.txt"),
+                      calib_tokens=192, sparsity=0.3, n_threads=THREADS)
+    cal = summary.calibration
+    assert cal.method == "uniform"
+    assert cal.activation == ("gelu_tanh" if variant == "gemma3" else "silu")
+    assert f"|{cal.activation}(gate)|" in summary.report
+    m = Model(str(out))
+    assert m.default_ffn_mode == "threshold" and np.all(m.thresholds > 0)
+    tokens = [int(t) for t in np.random.default_rng(0).integers(3, 300, 40)]
+    ctx = m.new_context(64, THREADS)
+    thr = ctx.eval(tokens, 0, logits_all=True)
+    dense = m.new_context(64, THREADS, ffn_mode="dense").eval(tokens, 0, logits_all=True)
+    assert np.all(np.isfinite(thr)) and not np.array_equal(thr, dense)
+    # 40 tokens of other text than the calibration's: the sparsity is near the target
+    assert abs(ctx.stats()["ffn_sparsity"] - 0.3) < 0.1, ctx.stats()
+    assert abs(cal.heldout_sparsity - 0.3) < 0.1

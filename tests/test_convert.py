@@ -125,6 +125,22 @@ def hf_logits(model, ids: list[int]) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 # structure of the split files
 # --------------------------------------------------------------------------------------------
+# What the converter must make of each checkpoint, written out here (not read from it):
+# Hugging Face class -> our architecture; HF activation -> pi.ffn_activation; a layer's HF
+# tensors -> ours (Gemma's four norms: post_attention_layernorm follows attention there, and
+# every Gemma norm w is stored as 1 + w, what its RMSNorm multiplies by).
+ARCH_OF = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2",
+           "Qwen3ForCausalLM": "qwen3", "Gemma3ForCausalLM": "gemma3"}
+ACT_OF = {"silu": "silu", "relu": "relu", "gelu_pytorch_tanh": "gelu_tanh"}
+HF_LAYER = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
+            "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+            "self_attn.o_proj": "attn_output", "self_attn.q_norm": "attn_q_norm",
+            "self_attn.k_norm": "attn_k_norm", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+            "mlp.down_proj": "ffn_down_t"}
+HF_LAYER_GEMMA = {**HF_LAYER, "post_attention_layernorm": "post_attention_norm",
+                  "pre_feedforward_layernorm": "ffn_norm", "post_feedforward_layernorm": "post_ffw_norm"}
+
+
 @pytest.mark.parametrize("outtype", TYPES)
 @pytest.mark.parametrize("variant", list(HF_VARIANTS))
 def test_split_structure(variant, outtype, converted, hf_weights, hf_model):
@@ -132,11 +148,13 @@ def test_split_structure(variant, outtype, converted, hf_weights, hf_model):
     g = GGUFFile(path)
     _, sd = hf_weights(variant)
     cfg = json.loads((hf_model(variant) / "config.json").read_text())
-    arch = "qwen2" if variant.startswith("qwen2") else "llama"
+    arch = ARCH_OF[cfg["architectures"][0]]
+    gemma = arch == "gemma3"
+    shift = 1.0 if gemma else 0.0
     qt = OUTTYPES[outtype]
     d, n_ff, n_layer = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
     n_head, n_kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
-    hd = d // n_head
+    hd = cfg.get("head_dim") or d // n_head
     n_vocab = cfg["vocab_size"]
 
     # metadata
@@ -146,10 +164,11 @@ def test_split_structure(variant, outtype, converted, hf_weights, hf_model):
     assert g.kv(f"{arch}.block_count") == n_layer
     assert g.kv(f"{arch}.attention.head_count") == n_head
     assert g.kv(f"{arch}.attention.head_count_kv") == n_kv
+    assert g.kv(f"{arch}.attention.key_length") == (None if hd == d // n_head else hd)
     assert g.kv(f"{arch}.context_length") == cfg["max_position_embeddings"]
     assert g.kv("pi.format_version") == 1
     assert g.kv("pi.ffn_layout") == "split"
-    assert g.kv("pi.ffn_activation") == cfg["hidden_act"]
+    assert g.kv("pi.ffn_activation") == ACT_OF[cfg.get("hidden_act") or cfg["hidden_activation"]]
     assert g.kv("pi.sparse_mode") == "dense"
     assert g.kv("pi.neuron_order") is False
     assert "pi.predictor.ranks" not in g.keys() and "powerinfer.sparse_threshold" not in g.keys()
@@ -161,51 +180,55 @@ def test_split_structure(variant, outtype, converted, hf_weights, hf_model):
     assert g.kv("tokenizer.ggml.eos_token_id") == TINY_SPECIALS.index("</s>")
     assert "{% for m in messages %}" in g.kv("tokenizer.chat_template")
 
-    # tensor set
+    # tensor set: each HF tensor under its name here
+    names = {}   # ours -> HF
+    layer_map = HF_LAYER_GEMMA if gemma else HF_LAYER
+    for k in sd:
+        parts = k.split(".")
+        if parts[:2] == ["model", "layers"]:
+            base, kind = ".".join(parts[3:-1]), parts[-1]
+            names[f"blk.{parts[2]}.{layer_map[base]}.{kind}"] = k
+    names.update({"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight"})
     tied = "lm_head.weight" not in sd or cfg.get("tie_word_embeddings")
-    expect = {"token_embd.weight", "output_norm.weight"} | (set() if tied else {"output.weight"})
-    for i in range(n_layer):
-        expect |= {f"blk.{i}.{n}.weight" for n in ("attn_norm", "ffn_norm", "attn_q", "attn_k", "attn_v",
-                                                   "attn_output", "ffn_gate", "ffn_up", "ffn_down_t")}
-        if arch == "qwen2":
-            expect |= {f"blk.{i}.attn_{x}.bias" for x in "qkv"}
+    if not tied:
+        names["output.weight"] = "lm_head.weight"
+    expect = set(names)
+    if (cfg.get("rope_parameters") or {}).get("rope_type") == "llama3":
+        expect.add("rope_freqs.weight")   # its values: test_engine_hf.py
     assert set(g.tensors) == expect
 
     # shapes and types
     shapes = {"attn_q.weight": (n_head * hd, d), "attn_k.weight": (n_kv * hd, d),
               "attn_v.weight": (n_kv * hd, d), "attn_output.weight": (d, n_head * hd),
               "ffn_gate.weight": (n_ff, d), "ffn_up.weight": (n_ff, d), "ffn_down_t.weight": (n_ff, d),
-              "attn_norm.weight": (d,), "ffn_norm.weight": (d,), "attn_q.bias": (n_head * hd,),
-              "attn_k.bias": (n_kv * hd,), "attn_v.bias": (n_kv * hd,)}
+              "attn_q.bias": (n_head * hd,), "attn_k.bias": (n_kv * hd,), "attn_v.bias": (n_kv * hd,),
+              "attn_q_norm.weight": (hd,), "attn_k_norm.weight": (hd,),
+              "token_embd.weight": (n_vocab, d), "output.weight": (n_vocab, d),
+              "rope_freqs.weight": (hd // 2,)}
     for name in g.tensors:
         key = name.split(".", 2)[2] if name.startswith("blk.") else name
-        want = shapes.get(key, {"token_embd.weight": (n_vocab, d), "output.weight": (n_vocab, d),
-                                "output_norm.weight": (d,)}.get(key))
+        want = shapes.get(key, (d,) if key.endswith("norm.weight") else None)
         assert g.shape(name) == want, name
         want_t = QT.F32 if len(want) == 1 else output_qtype(name, qt)
         assert g.qtype(name) == want_t, name
 
     # contents: exactly the source weights, laid out and quantized as FORMAT.md says
-    for i in range(n_layer):
-        p = f"model.layers.{i}."
-        w_down = sd[p + "mlp.down_proj.weight"]                     # [d][n_ff]
-        down_t = g.f32(f"blk.{i}.ffn_down_t.weight")                # [n_ff][d]
-        # the transpose happened before quantizing: the stored blocks are those of W_down^T
-        assert np.array_equal(g.raw(f"blk.{i}.ffn_down_t.weight"), encode(w_down.T.copy(), qt).reshape(g.raw(f"blk.{i}.ffn_down_t.weight").shape))
-        tol = {"f32": 0, "f16": 1e-3, "q8_0": 1.5e-2, "q4_0": 0.2, "q4_1": 0.1}[outtype]
-        assert np.abs(down_t - w_down.T).max() <= tol * np.abs(w_down).max() + 1e-7
-        np.testing.assert_array_equal(g.f32(f"blk.{i}.ffn_gate.weight"), roundtrip(sd[p + "mlp.gate_proj.weight"], qt))
-        np.testing.assert_array_equal(g.f32(f"blk.{i}.ffn_up.weight"), roundtrip(sd[p + "mlp.up_proj.weight"], qt))
-        wq, wk = sd[p + "self_attn.q_proj.weight"], sd[p + "self_attn.k_proj.weight"]
-        if arch == "llama":
-            wq, wk = permute_qk(wq, n_head), permute_qk(wk, n_kv)
-        np.testing.assert_array_equal(g.f32(f"blk.{i}.attn_q.weight"), roundtrip(wq, qt))
-        np.testing.assert_array_equal(g.f32(f"blk.{i}.attn_k.weight"), roundtrip(wk, qt))
-        np.testing.assert_array_equal(g.f32(f"blk.{i}.attn_norm.weight"), sd[p + "input_layernorm.weight"])
-        if arch == "qwen2":
-            np.testing.assert_array_equal(g.f32(f"blk.{i}.attn_q.bias"), sd[p + "self_attn.q_proj.bias"])
-    np.testing.assert_array_equal(g.f32("token_embd.weight"),
-                                  roundtrip(sd["model.embed_tokens.weight"], output_qtype("token_embd.weight", qt)))
+    for name, hf in names.items():
+        w = sd[hf]
+        if name.endswith("ffn_down_t.weight"):
+            down_t = g.f32(name)                                        # [n_ff][d]
+            # the transpose happened before quantizing: the stored blocks are those of W_down^T
+            assert np.array_equal(g.raw(name), encode(w.T.copy(), qt).reshape(g.raw(name).shape))
+            tol = {"f32": 0, "f16": 1e-3, "q8_0": 1.5e-2, "q4_0": 0.2, "q4_1": 0.1}[outtype]
+            assert np.abs(down_t - w.T).max() <= tol * np.abs(w).max() + 1e-7
+            continue
+        if arch == "llama" and name.endswith(("attn_q.weight", "attn_k.weight")):
+            w = permute_qk(w, n_head if "attn_q" in name else n_kv)
+        if w.ndim == 1:   # norms (Gemma's as 1 + w) and biases: f32 as they are
+            want = w + np.float32(shift) if name.endswith("norm.weight") else w
+            np.testing.assert_array_equal(g.f32(name), want, err_msg=name)
+        else:
+            np.testing.assert_array_equal(g.f32(name), roundtrip(w, output_qtype(name, qt)), err_msg=name)
 
 
 HF_OUTPUT = ("model.embed_tokens.weight", "lm_head.weight")

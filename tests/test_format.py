@@ -11,15 +11,18 @@ from pi_backend import _lib
 from pi_backend import format as F
 
 MODEL_C = (Path(__file__).resolve().parents[1] / "ggml_ext" / "model.c").read_text()
-SPEC_ROW = re.compile(r'\{"([^"]+)",\s*[LG]\(\w+\),\s*K_(\w+),\s*D_(\w+),\s*D_(\w+)\}')
+SPEC_ROW = re.compile(r'\{"([^"]+)",\s*[LG]\(\w+\),\s*K_(\w+),\s*D_(\w+),\s*D_(\w+),\s*(0|R_\w+)\}')
+ARCH_ROW = re.compile(r'\[PI_ARCH_(\w+)\] = \{"(\w+)", ([\w |]+)\}')
 
 
-def c_table(name: str) -> list[tuple[str, str, str, str]]:
-    """The rows (name, kind, rows, cols) of model.c's tensor_spec array `name`, the enum
-    values lower-cased without their K_ / D_ prefix, as the format module spells them."""
+def c_table(name: str) -> list[tuple[str, str, str, str, str]]:
+    """The rows (name, kind, rows, cols, need) of model.c's tensor_spec array `name`, the enum
+    values lower-cased without their K_ / D_ / R_ prefix, as the format module spells them (need
+    "" for 0: optional)."""
     m = re.search(rf"static const tensor_spec {name}\[\] = \{{(.*?)\n\}};", MODEL_C, re.S)
     assert m, f"no table {name} in model.c"
-    rows = [(n, k.lower(), r.lower(), c.lower()) for n, k, r, c in SPEC_ROW.findall(m.group(1))]
+    rows = [(n, k.lower(), r.lower(), c.lower(), "" if q == "0" else q[2:].lower())
+            for n, k, r, c, q in SPEC_ROW.findall(m.group(1))]
     assert len(rows) == m.group(1).count('{"'), f"a row of {name} did not parse"
     return rows
 
@@ -27,18 +30,19 @@ def c_table(name: str) -> list[tuple[str, str, str, str]]:
 @pytest.mark.parametrize("table,specs", [("layer_specs", F.LAYER_TENSORS),
                                          ("global_specs", F.GLOBAL_TENSORS)])
 def test_tensor_specs_match_the_engine(table, specs):
-    assert c_table(table) == [(s.name, s.kind, s.rows, s.cols) for s in specs]
+    assert c_table(table) == [(s.name, s.kind, s.rows, s.cols, s.need) for s in specs]
 
 
-def test_required_tensors_match_finalize():
-    """The tensors pi_model_finalize requires: the globals it checks one by one, and its
-    per-layer req[] list."""
-    body = MODEL_C[MODEL_C.index("int pi_model_finalize("):]
-    body = body[:body.index("\n}\n")]
-    glob = re.findall(r'require\(&m->\w+, "([^"]+)", -1\)', body)
-    layer = re.findall(r'\{&l->\w+, "([^"]+)"\}', body)
-    assert glob == [s.name for s in F.GLOBAL_TENSORS if s.required]
-    assert layer == [s.name for s in F.LAYER_TENSORS if s.required]
+def test_architecture_needs_match_the_engine():
+    """model.c's arch_table: the architectures in pi.h's order, named as the format names them,
+    each with the requirements the format gives it (which tensors pi_model_finalize requires)."""
+    m = re.search(r"\} arch_table\[PI_N_ARCHS\] = \{(.*?)\n\};", MODEL_C, re.S)
+    assert m, "no arch_table in model.c"
+    rows = ARCH_ROW.findall(m.group(1))
+    assert [(e.lower(), n) for e, n, _ in rows] == [(a, a) for a in F.ARCHS]
+    for _, name, needs in rows:
+        assert sorted(b.strip()[2:].lower() for b in needs.split("|")) == sorted(F.ARCHS[name].needs)
+    assert len(F.ARCHS) == _lib.PI_N_ARCHS and len(F.ACTIVATIONS) == _lib.PI_N_ACTS
 
 
 def test_enums_follow_pi_h_order():
@@ -47,9 +51,18 @@ def test_enums_follow_pi_h_order():
     assert list(FFN_MODES) == list(F.FFN_MODES)
     assert [FFN_MODES[m] for m in F.FFN_MODES] == [_lib.PI_FFN_DENSE, _lib.PI_FFN_SPARSE,
                                                    _lib.PI_FFN_THRESHOLD]
-    assert [ACTS[a] for a in F.ACTIVATIONS] == [_lib.PI_ACT_SILU, _lib.PI_ACT_RELU]
+    assert [ACTS[a] for a in F.ACTIVATIONS] == [_lib.PI_ACT_SILU, _lib.PI_ACT_RELU,
+                                                _lib.PI_ACT_GELU_TANH]
     assert list(ARCHS) == list(F.ARCHS)
-    assert [ARCHS[a] for a in F.ARCHS] == [_lib.PI_ARCH_LLAMA, _lib.PI_ARCH_QWEN2]
+    assert [ARCHS[a] for a in F.ARCHS] == [_lib.PI_ARCH_LLAMA, _lib.PI_ARCH_QWEN2,
+                                           _lib.PI_ARCH_QWEN3, _lib.PI_ARCH_GEMMA3]
+
+
+def test_activation_names_match_the_engine():
+    """kernels.c's pi_acts spells the activations as pi.ffn_activation does."""
+    kernels_c = (Path(__file__).resolve().parents[1] / "ggml_ext" / "kernels.c").read_text()
+    rows = re.findall(r'\[PI_ACT_(\w+)\] = \{"(\w+)"', kernels_c)
+    assert [(e.lower(), n) for e, n in rows] == [(a, a) for a in F.ACTIVATIONS]
 
 
 def test_names_and_shapes():

@@ -5,8 +5,8 @@ against a float64 numpy reference built from the library's own (de)quantizers, a
 scalar twin, and across thread counts (1, 2, 3 must agree bit for bit). The reference for the
 quantized types reproduces ggml's arithmetic: x is quantized per block into the weight type's
 activation type (Q8_0, or Q8_1 for Q4_1/Q5_1, with ggml-cpu's x86 activation quantizer: see
-quantize_act) and the dot uses the quantized x, with the Q4_1/Q5_1 min term taken from Q8_1's
-fp16 s, so the tolerances only cover float32 accumulation, not quantization error.
+kernel_util.quantize_act) and the dot uses the quantized x, with the Q4_1/Q5_1 min term taken
+from Q8_1's fp16 s, so the tolerances only cover float32 accumulation, not quantization error.
 """
 import ctypes
 import mmap
@@ -18,14 +18,15 @@ from pi_backend import _lib
 from pi_backend import kernels as K
 from pi_backend._lib import PiError, call, fptr, iptr, vptr
 
-from kernel_util import (ISA_NAMES, ISAS, SCALE_OFFSETS, pools,  # noqa: F401 (fixtures)
-                         random_blocks, restore_isa, run_axpy, run_cols, run_masked, run_matvec)
+from kernel_util import (ISA_NAMES, ISAS, SCALE_OFFSETS, on_every_pool,  # noqa: F401 (fixtures)
+                         pools, quantize_act, random_blocks, restore_isa, run_axpy, run_cols,
+                         run_masked, run_matvec)
 
 F32, F16, Q4_0, Q4_1, Q8_0, Q8_1 = (_lib.PI_TYPE_F32, _lib.PI_TYPE_F16, _lib.PI_TYPE_Q4_0,
                                     _lib.PI_TYPE_Q4_1, _lib.PI_TYPE_Q8_0, _lib.PI_TYPE_Q8_1)
 # every weight type of the library's type table with 32-element blocks or single elements, by
-# ggml id (the blocks of 256 of the K-quants and IQ4_XS have tests/test_kquants.py and
-# tests/test_iquants.py)
+# ggml id (the blocks of 256 of the K-quants and IQ4_XS have tests/test_llama_types.py, which
+# takes IQ4_NL and BF16 too)
 TYPES = [K.type_id(name) for name in K.weight_types() if K.describe(name).block_elems in (1, 32)]
 TYPE_NAMES = {t: name for name, t in K.types().items()}
 SHAPES = [(1, 32), (5, 64), (37, 576), (13, 1536), (64, 256)]
@@ -61,24 +62,6 @@ def random_weights(rng, t, n_rows, n_cols):
         W *= rng.uniform(0.1, 3.0, size=(n_rows, 1)).astype(np.float32)  # vary the scales
     q = quantize(t, W) if t != F32 else W.view(np.uint8).reshape(n_rows, -1).copy()
     return q, dequantize(t, q, n_cols).astype(np.float64)
-
-
-def quantize_act(act_t, x):
-    """x [n] f32 -> the Q8_0 / Q8_1 blocks the kernels quantize their activation into: ggml-cpu's
-    x86 quantize_row_q8_0/q8_1, i.e. q = round-half-even(x * (127 / amax)) in f32, d = amax / 127
-    (the format's reference quantizer, pi_quantize_row, uses 1 / d and rounds half away)."""
-    f32 = np.float32
-    xb = x.astype(f32).reshape(-1, 32)
-    amax = np.abs(xb).max(axis=1)
-    with np.errstate(divide="ignore"):
-        iden = np.where(amax != 0, f32(127) / amax, f32(0)).astype(f32)
-    q = np.rint((xb * iden[:, None]).astype(f32)).astype(np.int8)
-    d = (amax / f32(127)).astype(f32)
-    head = [d.astype(np.float16).view(np.uint8).reshape(-1, 2)]
-    if act_t == Q8_1:
-        s = (q.astype(np.int32).sum(axis=1).astype(f32) * d).astype(f32)
-        head.append(s.astype(np.float16).view(np.uint8).reshape(-1, 2))
-    return np.concatenate(head + [q.view(np.uint8)], axis=1).reshape(1, -1)
 
 
 def activation_reference(t, x):
@@ -278,10 +261,7 @@ def test_masked_matches_dense_rows(t, shape, pools):
         for name, idx in index_sets(rng, n_rows).items():
             mask = np.zeros(n_rows, bool)
             mask[idx] = True
-            ys = [run_masked(pools[n], t, q, n_rows, n_cols, x, idx) for n in (1, 2, 3)]
-            for y in ys[1:]:
-                np.testing.assert_array_equal(y, ys[0], err_msg=f"{name}: thread counts differ")
-            y = ys[0]
+            y = on_every_pool(run_masked, pools, t, q, n_rows, n_cols, x, idx, what=name)
             assert np.all(y[~mask] == 0.0), name
             assert_close(y[mask], ref[mask], scale[mask], what=f"{ISA_NAMES[isa]} {name}")
             # same grouping of rows is not guaranteed, so compare to dense within float order
@@ -345,13 +325,11 @@ def test_axpy_matches_reference(t, shape, pools):
         results = {}
         for isa in ISAS:
             call("pi_isa_set", isa)
-            ys = [run_axpy(pools[n], t, q, n_rows, n_cols, a, idx) for n in (1, 2, 3)]
-            for y in ys[1:]:
-                np.testing.assert_array_equal(y, ys[0], err_msg=f"{name}: thread counts differ")
-            results[isa] = ys[0]
+            results[isa] = y = on_every_pool(run_axpy, pools, t, q, n_rows, n_cols, a, idx,
+                                             what=name)
             if idx.size == 0:
-                assert np.all(ys[0] == 0.0)
-            assert_close(ys[0], ref, scale, rtol=4e-6, what=f"{ISA_NAMES[isa]} {name}")
+                assert np.all(y == 0.0)
+            assert_close(y, ref, scale, rtol=4e-6, what=f"{ISA_NAMES[isa]} {name}")
         for isa in ISAS[1:]:
             assert_close(results[isa], results[0].astype(np.float64), scale, rtol=4e-6,
                          what=f"{ISA_NAMES[isa]} vs scalar {name}")
@@ -367,14 +345,12 @@ def test_cols_sparse_matches_reference_and_axpy(t, pools):
     for name, idx in index_sets(rng, n_ff).items():
         ref = Wd[:, idx] @ a[idx].astype(np.float64)
         scale = np.abs(Wd[:, idx]) @ np.abs(a[idx]).astype(np.float64)
-        ys = [run_cols(pools[n], t, q, d, n_ff, a, idx) for n in (1, 2, 3)]
-        for y in ys[1:]:
-            np.testing.assert_array_equal(y, ys[0])
-        assert_close(ys[0], ref, scale, rtol=4e-6, what=name)
+        y = on_every_pool(run_cols, pools, t, q, d, n_ff, a, idx, what=name)
+        assert_close(y, ref, scale, rtol=4e-6, what=name)
         # the same product through the AXPY on the transposed (exactly representable) matrix
         WtT = np.ascontiguousarray(Wd.T.astype(np.float32))
         y_axpy = run_axpy(None, F32, WtT, n_ff, d, a, idx)
-        assert_close(ys[0], y_axpy.astype(np.float64), scale, rtol=4e-6, what=f"{name} vs axpy")
+        assert_close(y, y_axpy.astype(np.float64), scale, rtol=4e-6, what=f"{name} vs axpy")
 
 
 # ---- thread counts -----------------------------------------------------------------------------
@@ -386,9 +362,7 @@ def test_matvec_thread_counts_agree(t, pools):
     x = rng.standard_normal(n_cols).astype(np.float32)
     for isa in ISAS:
         call("pi_isa_set", isa)
-        ys = [run_matvec(pools[n], t, q, n_rows, n_cols, x) for n in (1, 2, 3)]
-        np.testing.assert_array_equal(ys[1], ys[0])
-        np.testing.assert_array_equal(ys[2], ys[0])
+        on_every_pool(run_matvec, pools, t, q, n_rows, n_cols, x, what=ISA_NAMES[isa])
 
 
 # ---- rows8: the repacked layout of the dense kernels ----------------------------------------------

@@ -20,9 +20,9 @@ TYPES = {t: QT[name.upper()] for name, t in K.types().items()}
 # has been two fp16 (d, s) + 32 int8 = 36 bytes for long (Q8_1 never occurs in GGUF files).
 BLOCK_SIZES = {t: GGML_QUANT_SIZES[qt] for t, qt in TYPES.items()} | {_lib.PI_TYPE_Q8_1: (32, 36)}
 # the K-quants (blocks of 256, quantized by gguf-py for none, Q8_K unknown to it) have their own
-# tests (test_kquants.py); the tests over the float cases below take the others
+# tests (test_llama_types.py, test_kquants.py); the tests over the float cases below take the others
 K_TYPES = {t for t in TYPES if K.describe(t).block_elems == 256} - {_lib.PI_TYPE_IQ4_XS}
-# so have IQ4_NL and IQ4_XS, which gguf-py dequantizes but does not quantize (test_iquants.py)
+# so have IQ4_NL and IQ4_XS, which gguf-py dequantizes but does not quantize (test_llama_types.py)
 IQ_TYPES = {_lib.PI_TYPE_IQ4_NL, _lib.PI_TYPE_IQ4_XS}
 BLOCK32_TYPES = [t for t in TYPES if t not in K_TYPES | IQ_TYPES]
 QUANT_TYPES = [_lib.PI_TYPE_Q4_0, _lib.PI_TYPE_Q4_1, _lib.PI_TYPE_Q5_0, _lib.PI_TYPE_Q5_1,

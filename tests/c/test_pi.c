@@ -13,6 +13,7 @@
  *    activation type a quantizer and a block size dividing its own, and so on.
  * Prints "N passed, N failed" and exits non-zero on any failure.
  */
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -54,7 +55,7 @@ static int TYPES[PI_N_TYPE_IDS], N_TYPES, ROWS8_TYPES[PI_N_TYPE_IDS], N_ROWS8_TY
 static void list_types(void) {
     for (int id = 0; id < PI_N_TYPE_IDS; id++) {
         const pi_type_traits *t = pi_type_traits_of(id);
-        if (t && t->weight && t->quantize) TYPES[N_TYPES++] = id; /* the K-quants: tests/test_kquants.py */
+        if (t && t->weight && t->quantize) TYPES[N_TYPES++] = id; /* the K-quants and IQ types: tests/test_llama_types.py */
         if (t && t->rows8_head) ROWS8_TYPES[N_ROWS8_TYPES++] = id;
     }
 }
@@ -171,6 +172,23 @@ static void test_validation(void) {
             CHECK(untouched, "%s wrote its output before rejecting idx", fns[f].name);
         }
     }
+    for (int act = 0; act < PI_N_ACTS; act++) { /* in place and out of place: the same values */
+        float in[64];
+        for (int i = 0; i < 64; i++) in[i] = (float)(i - 32) / 8.0f;
+        memcpy(a, in, sizeof in);
+        EXPECT_STATUS(pi_activation(act, in, y, 64), PI_OK);
+        EXPECT_STATUS(pi_activation(act, a, a, 64), PI_OK);
+        int same = 1;
+        float (*const f)(float) = pi_act_fn(pi_kernels_active()->lanes, act);
+        for (int i = 0; i < 64; i++) same &= y[i] == a[i] && y[i] == f(in[i]);
+        CHECK(same, "pi_activation %s: differs from the scalar activation", pi_acts[act].name);
+    }
+    EXPECT_STATUS(pi_activation(PI_N_ACTS, x, y, 64), PI_ERR_RANGE);
+    EXPECT_STATUS(pi_activation(-1, x, y, 64), PI_ERR_RANGE);
+    EXPECT_STATUS(pi_activation(PI_ACT_SILU, NULL, y, 64), PI_ERR_NULL);
+    EXPECT_STATUS(pi_activation(PI_ACT_SILU, x, NULL, 64), PI_ERR_NULL);
+    EXPECT_STATUS(pi_activation(PI_ACT_SILU, x, y, -1), PI_ERR_SHAPE);
+    EXPECT_STATUS(pi_activation(PI_ACT_SILU, x, y, 0), PI_OK);
     free_matrix(&m);
 }
 
@@ -389,24 +407,54 @@ static void test_table_twins(void) {
         memcpy(a, x, sizeof x), memcpy(b, x, sizeof x);
         S->round_f16(N, a), K->round_f16(N, b);
         SAME(a, b, sizeof a, "round_f16", K->name);
-        memcpy(a, x, sizeof x), memcpy(b, x, sizeof x);
-        S->swiglu(N, g, a), K->swiglu(N, g, b);
-        SAME(a, b, sizeof a, "swiglu", K->name);
-        memcpy(a, g, sizeof g), memcpy(b, g, sizeof g);
-        S->silu(N, a), K->silu(N, b);
-        SAME(a, b, sizeof a, "silu", K->name);
-        S->attn_scores(NPOS, HD, kc, HD, x, 0.125f, a), K->attn_scores(NPOS, HD, kc, HD, x, 0.125f, b);
-        SAME(a, b, NPOS * sizeof(float), "attn_scores", K->name);
-        float pa[40], pb[40];
-        for (int i = 0; i < 40; i++) pa[i] = pb[i] = frand() * 5.0f;
-        const double sa = S->softmax_exp(40, pa, 5.0f), sb = K->softmax_exp(40, pb, 5.0f);
-        CHECK(sa == sb && !memcmp(pa, pb, sizeof pa), "%s softmax_exp: differs from the scalar twin", K->name);
-        S->attn_values(NPOS, HD, vt, NPOS, x, a), K->attn_values(NPOS, HD, vt, NPOS, x, b);
+        /* attention and the activations: the twins of the llama.cpp build the table follows */
+        const int L = K->lanes;
+        CHECK(L == (tables[ti].isa == PI_ISA_AVX512 ? 16 : 8), "%s: lanes %d", K->name, L);
+        for (int act = 0; act < PI_N_ACTS; act++) /* gates in [-12, 12), the extremes; tails */
+            for (int n = N; n >= N - 12; n -= 4) {
+                float gx[N];
+                memcpy(gx, g, sizeof g);
+                gx[0] = -100.0f, gx[1] = 100.0f, gx[2] = -0.0f, gx[3] = 1e-30f, gx[4] = -9.5f;
+                memcpy(a, x, sizeof x), memcpy(b, x, sizeof x);
+                pi_glu_ref(L, act, n, gx, a), K->glu[act](n, gx, b);
+                SAME(a, b, sizeof a, pi_acts[act].name, K->name);
+                memcpy(a, gx, sizeof gx), memcpy(b, gx, sizeof gx);
+                pi_act_ref(L, act, n, a), K->act[act](n, b);
+                SAME(a, b, sizeof a, pi_acts[act].name, K->name);
+            }
+        for (int hd = HD; hd >= HD - 24; hd -= 12) { /* a head size of whole chunks, and tails */
+            pi_attn_scores_ref(L, NPOS, hd, kc, HD, x, 0.125f, a);
+            K->attn_scores(NPOS, hd, kc, HD, x, 0.125f, b);
+            SAME(a, b, NPOS * sizeof(float), "attn_scores", K->name);
+        }
+        for (int n = 40; n >= 32; n -= 8) { /* whole chunks of 16, and a last half chunk */
+            float pa[40], pb[40];
+            for (int i = 0; i < 40; i++) pa[i] = pb[i] = frand() * 5.0f;
+            const double sa = pi_softmax_exp_ref(L, n, pa, 5.0f), sb = K->softmax_exp(n, pb, 5.0f);
+            CHECK(sa == sb && !memcmp(pa, pb, sizeof pa),
+                  "%s softmax_exp (n %d): differs from the scalar twin", K->name, n);
+        }
+        /* exp over its whole range through softmax_exp (max 0): subnormal results, overflow, the
+         * flush past |n| > 192, infinities and NaN */
+        {
+            enum { NE = 48 };
+            float ea[NE], eb[NE];
+            for (int i = 0; i < NE - 8; i++) ea[i] = -200.0f + 300.0f * (float)i / (NE - 9) + frand();
+            const float special[8] = {-INFINITY, INFINITY, NAN, -87.5f, -103.9f, 88.7f, 133.5f, -133.5f};
+            memcpy(ea + NE - 8, special, sizeof special);
+            memcpy(eb, ea, sizeof ea);
+            const double sa = pi_softmax_exp_ref(L, NE, ea, 0.0f), sb = K->softmax_exp(NE, eb, 0.0f);
+            int same = isnan(sa) && isnan(sb); /* a NaN's sign is not kept (the twin negates n) */
+            for (int i = 0; i < NE; i++)
+                same &= !memcmp(ea + i, eb + i, sizeof *ea) || (isnan(ea[i]) && isnan(eb[i]));
+            CHECK(same, "%s softmax_exp (exp's range): differs from the scalar twin", K->name);
+        }
+        pi_attn_values_ref(L, NPOS, HD, vt, NPOS, x, a), K->attn_values(NPOS, HD, vt, NPOS, x, b);
         SAME(a, b, HD * sizeof(float), "attn_values", K->name);
-        /* a cache row longer than n_pos, NaN past it: read in whole chunks, the extra masked */
+        /* a cache row longer than n_pos, NaN past it: the extra never enters the sums */
         static pi_half vlong[HD * 48];
         for (int i = 0; i < HD * 48; i++) vlong[i] = i % 48 < NPOS ? vt[i / 48 * NPOS + i % 48] : 0x7E00;
-        S->attn_values(NPOS, HD, vlong, 48, x, a), K->attn_values(NPOS, HD, vlong, 48, x, b);
+        pi_attn_values_ref(L, NPOS, HD, vlong, 48, x, a), K->attn_values(NPOS, HD, vlong, 48, x, b);
         SAME(a, b, HD * sizeof(float), "attn_values (long rows)", K->name);
         for (int i = 0; i < HD; i++) CHECK(a[i] == a[i], "attn_values: NaN past n_pos leaked");
         /* select: plain and |v|, thresholds keeping none, some and all, NaN never kept */
@@ -450,7 +498,44 @@ static void test_table_twins(void) {
         }
     }
 #endif
-    CHECK(S->to_f16 && S->round_f16 && S->select && S->rope, "scalar table complete");
+    CHECK(S->to_f16 && S->round_f16 && S->select && S->rope && S->lanes == 8, "scalar table complete");
+    /* both builds' expf: within 2.5 ulp of exp where normal (1.9 and 2.2 at worst), 0 / inf /
+     * NaN where exp is */
+    for (int lanes = 8; lanes <= 16; lanes += 8) {
+        int bad = 0;
+        for (int i = 0; i <= 200000; i++) {
+            const float v = -87.0f + 175.0f * (float)i / 200000.0f, e = pi_expf_ggml(lanes, v);
+            int ex;
+            frexp(exp((double)v), &ex); /* exp(v) in [2^(ex - 1), 2^ex): its ulp is 2^(ex - 24) */
+            bad += !(fabs((double)e - exp((double)v)) <= 2.5 * ldexp(1.0, ex - 24));
+        }
+        CHECK(!bad, "pi_expf_ggml(%d): %d values off by more than 2.5 ulp", lanes, bad);
+        CHECK(pi_expf_ggml(lanes, -INFINITY) == 0.0f && pi_expf_ggml(lanes, -200.0f) == 0.0f &&
+                  pi_expf_ggml(lanes, 200.0f) == INFINITY && pi_expf_ggml(lanes, INFINITY) == INFINITY &&
+                  isnan(pi_expf_ggml(lanes, NAN)) && pi_expf_ggml(lanes, 0.0f) == 1.0f,
+              "pi_expf_ggml(%d): limits", lanes);
+        const float sub = pi_expf_ggml(lanes, -100.0f); /* 3.7e-44: a subnormal, within an ulp */
+        CHECK(fabs((double)sub - exp(-100.0)) <= 0x1p-149, "pi_expf_ggml(%d, -100) = %g", lanes, (double)sub);
+    }
+    for (int act = 0; act < PI_N_ACTS; act++)
+        CHECK(pi_acts[act].name && pi_acts[act].fn && S->glu[act] && S->act[act],
+              "activation %d: described, and in the scalar table", act);
+    /* GELU (tanh form) against its definition in double, 0.5 x (1 + tanh(u)) written as
+     * x / (1 + exp(-2u)) (1 + tanh(u) cancels for negative x even in double). The f32 exponent
+     * z = -2u carries about 3 roundings, which exp turns into a relative error of 3 eps |z|; exp,
+     * the sum and the quotient add a few ulps: within (3 |z| + 4) eps (FLT_EPSILON); exactly 0
+     * and x far out. */
+    double worst = 0;
+    for (int i = -4000; i <= 4000; i++) {
+        const float v = (float)i / 400.0f;
+        const double u = 0.7978845608028654 * ((double)v + 0.044715 * (double)v * v * v);
+        const double want = v / (1.0 + exp(-2.0 * u)), got = pi_gelu_tanh_ref(v);
+        const double err = fabs(got - want) / fmax(fabs(want), 1e-30) / ((6 * fabs(u) + 4) * FLT_EPSILON);
+        if (fabs(want) > 1e-30 && err > worst) worst = err;
+    }
+    CHECK(worst <= 1, "gelu_tanh: error %g times the bound (3 |z| + 4) eps against the double definition", worst);
+    CHECK(pi_gelu_tanh_ref(-100.0f) == 0.0f && pi_gelu_tanh_ref(100.0f) == 100.0f && pi_gelu_tanh_ref(0.0f) == 0.0f,
+          "gelu_tanh: 0 far left, x far right, 0 at 0");
 }
 
 /* ---- 5. masked pair: gate and up together --------------------------------------------------- */
@@ -506,7 +591,7 @@ static void test_ffn_sparse(pi_pool *pool3) {
     for (int ti = 0; ti < N_TYPES; ti++) {
         const int type = TYPES[ti];
         matrix gate = make_matrix(type, NFF, D), up = make_matrix(type, NFF, D), dt = make_matrix(type, NFF, D);
-        for (int kind = 0; kind <= 1; kind++) {
+        for (int kind = 0; kind < PI_N_ACTS; kind++) {
             /* the steps: picks, masked gate and up, the down input, its nonzero rows' AXPY */
             int n = 0, n2 = 0;
             for (int i = 0; i < NFF; i++)
@@ -514,7 +599,7 @@ static void test_ffn_sparse(pi_pool *pool3) {
             EXPECT_STATUS(pi_matvec_masked_pair(NULL, type, gate.q, up.q, NFF, D, x, ir, n, gr, ur), PI_OK);
             for (int k = 0; k < n; k++) {
                 const int i = ir[k];
-                ur[i] *= pi_activate(kind, gr[i]);
+                ur[i] *= pi_act_fn(pi_kernels_active()->lanes, kind)(gr[i]);
                 if (ur[i] != 0.0f) ir[n2++] = i;
             }
             EXPECT_STATUS(pi_axpy_sparse(NULL, type, dt.q, NFF, D, ur, ir, n2, yr), PI_OK);
