@@ -16,10 +16,15 @@ approximation of the output matrix W [n_vocab][d] that picks the rows each token
    true top-40) is among them; KL = the mean KL divergence of the sparse head's distribution
    from the dense one as default sampling draws from it (`sampling_kl`). The smallest expected
    bytes per token among the settings that reach the recall target and MAX_KL is kept (the
-   fallback's full head counted at its rate).
+   fallback's full head counted at its rate), on the held-out positions and on text of another
+   domain (the package's prose sample) alike: a preview fitted to the model's own answers
+   alone, chosen on them alone, missed MAX_KL on prose by 4x.
 5. The margin: the engine falls back to the full head when the best exact logit is less than
-   margin * probe above the N-th largest preview value. It is the smallest margin under which
-   greedy decoding equals dense on at least `agreement` of the held-out positions. (A margin
+   window + margin * probe above the N-th largest preview value. For each window (WINDOWS: a
+   window near min-p's catches the positions where a logit sampling still draws from may be
+   missing) the margin is the smallest under which default sampling's KL stays within KL_FIT and
+   greedy decoding equals dense on at least `agreement` of the held-out positions and of the
+   other domain's. (A margin
    in logits alone, without the probe, sends half the positions to the full head for the
    same agreement on SmolLM2.)
 """
@@ -49,6 +54,8 @@ N_TOKENS = 2048                   # calibration tokens (record set and held-out 
 N_HELDOUT = 512
 SEQ_LEN = 128
 TOP_K = 40
+WINDOWS = (0.0, 1.5, 3.0)         # fallback windows tried (logits; 3.0 ~ -ln(MIN_P))
+KL_FIT = MAX_KL / 2               # the margin holds sampling KL to this on the fitting text
 PROBE = 32                        # probe rows of output_preview_a
 
 
@@ -57,6 +64,7 @@ class Setting:
     """One (rank, N) on the held-out positions."""
     rank: int
     n_candidates: int
+    window: float         # logits the best exact one must clear the cut by, besides the margin
     recall1: float        # true top-1 among the candidates' groups
     recall40: float       # share of the true top-40 among them
     margin: float
@@ -86,7 +94,7 @@ class HeadPreview:
     def summary(self) -> str:
         c = self.chosen
         s = (f"rank {c.rank}, N {c.n_candidates}: top-1 recall {c.recall1:.4f}, top-40 "
-             f"{c.recall40:.4f}, margin {c.margin:.3f}, fallback {c.fallback:.3f}, greedy = "
+             f"{c.recall40:.4f}, window {c.window:.1f}, margin {c.margin:.3f}, fallback {c.fallback:.3f}, greedy = "
              f"dense {c.agreement:.4f}, sampling KL {c.kl:.1e} on {self.n_heldout} held-out "
              f"positions ({self.source})")
         if self.domain is not None:
@@ -98,17 +106,18 @@ class HeadPreview:
 
     def report(self) -> str:
         lines = ["head preview (held-out positions)",
-                 "rank      N  recall1  recall40  margin  fallback  agree  sampling KL  MB/token"]
+                 "rank      N  recall1  recall40  window  margin  fallback  agree  sampling KL  MB/token"]
         for s in self.settings:
             mark = " *" if s is self.chosen else ""
             lines.append(f"{s.rank:4d} {s.n_candidates:6d}  {s.recall1:7.4f}  {s.recall40:8.4f}  "
-                         f"{s.margin:6.3f}  {s.fallback:8.3f}  {s.agreement:5.3f}  "
+                         f"{s.window:6.1f}  {s.margin:6.3f}  {s.fallback:8.3f}  {s.agreement:5.3f}  "
                          f"{s.kl:11.1e}  {s.bytes / 1e6:8.2f}{mark}")
         return "\n".join(lines)
 
     def keys(self) -> dict:
         return {Keys.HEAD_CANDIDATES: int(self.chosen.n_candidates),
-                Keys.HEAD_MARGIN: float(self.chosen.margin), Keys.HEAD_RECALL: self.summary()}
+                Keys.HEAD_MARGIN: float(self.chosen.margin),
+                Keys.HEAD_WINDOW: float(self.chosen.window), Keys.HEAD_RECALL: self.summary()}
 
     def tensors(self) -> list:
         from gguf import GGMLQuantizationType as QT
@@ -175,29 +184,55 @@ def whitened_svd(w: np.ndarray, gram: np.ndarray, h: np.ndarray, max_rank: int):
     return b.astype(np.float32), a.astype(np.float32)
 
 
-def evaluate(preview: np.ndarray, exact: np.ndarray, probe: np.ndarray, n_cand: int,
-             margin: float | None = None, agreement: float = AGREEMENT):
-    """The sparse head's statistics over positions (preview and exact logits [n][V], probe
-    lengths [n]): (recall1, recall40, margin, fallback, agreement, KL, mean exact rows). margin
-    None: the smallest one that keeps greedy = dense on `agreement` of the positions."""
+@dataclass
+class Positions:
+    """One (rank, N) on a set of positions, before the fallback: what every window and margin
+    is judged from."""
+    best: np.ndarray      # [n] the best exact logit among the candidates
+    cut: np.ndarray       # [n] the N-th largest preview value
+    probe: np.ndarray     # [n] the probe lengths
+    hit1: np.ndarray      # [n] the true top-1 is a candidate
+    kl: np.ndarray        # [n] sampling KL without the fallback
+    recall40: float
+    rows: float           # mean candidates a position
+
+
+def positions(preview: np.ndarray, exact: np.ndarray, probe: np.ndarray, n_cand: int) -> Positions:
+    """The candidates of preview logits [n][V] against the exact ones, and their probe lengths."""
     n, V = preview.shape
     cut = np.partition(preview, V - n_cand, axis=1)[:, V - n_cand]       # the N-th largest
     cand = preview >= cut[:, None]
-    hit1 = cand[np.arange(n), np.argmax(exact, axis=1)]
     top = np.argpartition(-exact, TOP_K, axis=1)[:, :TOP_K]
-    recall40 = cand[np.arange(n)[:, None], top].mean()
-    gap = (np.where(cand, exact, -np.inf).max(axis=1) - cut) / probe   # (best exact - cut) / probe
-    if margin is None:
-        # wrong without the fallback: the top-1 outside the candidates while gap >= margin
-        allowed = int(math.floor((1.0 - agreement) * n + 1e-9))
-        miss = np.sort(gap[~hit1])[::-1]
-        margin = 0.0
-        if len(miss) > allowed:
-            margin = max(0.0, float(miss[allowed]) + 1e-3 * (1.0 + abs(float(miss[allowed]))))
-    fall = gap < margin
-    kl = np.where(fall, 0.0, sampling_kl(exact, np.where(cand, exact, preview), top))
-    return (float(hit1.mean()), float(recall40), margin, float(fall.mean()),
-            float(np.mean(hit1 | fall)), float(kl.mean()), float(cand.sum(axis=1).mean()))
+    return Positions(best=np.where(cand, exact, -np.inf).max(axis=1), cut=cut, probe=probe,
+                     hit1=cand[np.arange(n), np.argmax(exact, axis=1)],
+                     kl=sampling_kl(exact, np.where(cand, exact, preview), top),
+                     recall40=float(cand[np.arange(n)[:, None], top].mean()),
+                     rows=float(cand.sum(axis=1).mean()))
+
+
+def fit_margin(p: Positions, window: float, agreement: float = AGREEMENT,
+               max_kl: float = KL_FIT) -> float:
+    """The smallest margin under which greedy equals dense on `agreement` of the positions and
+    default sampling's mean KL is at most max_kl: the positions of least gap fall back first."""
+    gap = (p.best - p.cut - window) / p.probe
+    order = np.argsort(gap)
+    n = len(gap)
+    wrong_left = (~p.hit1[order]).sum() - np.concatenate([[0], np.cumsum(~p.hit1[order])])
+    kl_left = p.kl[order].sum() - np.concatenate([[0.0], np.cumsum(p.kl[order])])
+    allowed = int(math.floor((1.0 - agreement) * n + 1e-9))
+    k = int(np.argmax((wrong_left <= allowed) & (kl_left <= max_kl * n + 1e-12)))  # k fall back
+    if k == 0:
+        return 0.0
+    g = float(gap[order[k - 1]])
+    return max(0.0, g + 1e-3 * (1.0 + abs(g)))
+
+
+def judge(p: Positions, window: float, margin: float):
+    """(recall1, recall40, margin, fallback, agreement, KL, mean exact rows) of the sparse head
+    with this window and margin on the positions."""
+    fall = (p.best - p.cut - window) / p.probe < margin
+    return (float(p.hit1.mean()), p.recall40, margin, float(fall.mean()),
+            float(np.mean(p.hit1 | fall)), float(np.where(fall, 0.0, p.kl).mean()), p.rows)
 
 
 def sampling_kl(exact: np.ndarray, approx: np.ndarray, top: np.ndarray | None = None,
@@ -221,19 +256,27 @@ def sampling_kl(exact: np.ndarray, approx: np.ndarray, top: np.ndarray | None = 
         return np.sum(np.where(keep, np.exp(p) * (p - q), 0.0), axis=1)
 
 
-def choose(settings: list[Setting], target: float) -> Setting:
-    ok = [s for s in settings if s.recall1 >= target and s.kl <= MAX_KL]
+def choose(settings: list[Setting], target: float, others: Sequence[Setting] = ()) -> Setting:
+    """The setting of least expected bytes whose recall reaches `target` and whose sampling KL is
+    at most MAX_KL, on the held-out positions and on the other domain's (`others`, one per
+    setting); none: the least KL."""
+    def worst(i, s):
+        o = others[i] if i < len(others) else s
+        return min(s.recall1, o.recall1), max(s.kl, o.kl)
+    scored = [(s, *worst(i, s)) for i, s in enumerate(settings)]
+    ok = [s for s, rec, kl in scored if rec >= target and kl <= MAX_KL]
     if ok:
         return min(ok, key=lambda s: s.bytes)
-    return min(settings, key=lambda s: (s.kl, -s.recall1, s.bytes))
+    return min(scored, key=lambda t: (t[2], -t[1], t[0].bytes))[0]
 
 
 def fit(model_path: str | Path, model, seqs: Sequence[np.ndarray], held: Sequence[np.ndarray],
         source: str, n_threads: int = 1, ranks: Sequence[int] = RANKS,
         candidates: Sequence[int] = CANDIDATES, target: float = TARGET_RECALL,
         domain: Sequence[np.ndarray] | None = None, domain_name: str = "") -> HeadPreview:
-    """The preview of `model` (an open Model of model_path) from windows `seqs` (record set)
-    and `held` (held-out: recall, margin, the choice)."""
+    """The preview of `model` (an open Model of model_path) from windows `seqs` (record set),
+    `held` (held-out) and `domain` (text of another domain): the margin and the choice hold on
+    both of the latter."""
     t0 = time.perf_counter()
     w, row_bytes = head_matrix(model_path)
     V, d = w.shape
@@ -248,32 +291,36 @@ def fit(model_path: str | Path, model, seqs: Sequence[np.ndarray], held: Sequenc
     candidates = [n for n in candidates if n < V] or [max(1, V // 2)]
     gram = (w.T @ w).astype(np.float64)
     h = hidden_states(model, w, seqs, n_threads)
-    hh = hidden_states(model, w, held, n_threads)
-    exact = hh @ w.T
+    sets = [hidden_states(model, w, held, n_threads)]              # held-out, then the domain
+    if domain:
+        sets.append(hidden_states(model, w, domain, n_threads))
+    exact = [x @ w.T for x in sets]
     b_all, a_all = whitened_svd(w, gram, h, max(ranks))
-    settings, stored = [], {}
+    head = V * row_bytes
+    settings, on_domain, stored = [], [], {}
     for r in ranks:
         a_q, a = q8_0(np.concatenate([a_all[:r], a_all[max(ranks):]]))   # rank r, then the probe
         b_q, b = q8_0(b_all[:, :r])
         stored[r] = (a, b, a_q, b_q)
-        z = hh @ a.T
-        pv, probe = z[:, :r] @ b.T, np.linalg.norm(z[:, r:], axis=1)
+        zs = [x @ a.T for x in sets]
+        pvs = [(z[:, :r] @ b.T, np.linalg.norm(z[:, r:], axis=1)) for z in zs]
         for n in candidates:
-            rec1, rec40, margin, fall, agree, kl, rows = evaluate(pv, exact, probe, n)
-            head = V * row_bytes
-            preview_bytes = a_q.nbytes + b_q.nbytes
-            exp_bytes = preview_bytes + (1 - fall) * rows * row_bytes + fall * head
-            settings.append(Setting(r, n, rec1, rec40, margin, fall, agree, kl, rows, exp_bytes))
-    chosen = choose(settings, target)
+            ps = [positions(pv, e, probe, n) for (pv, probe), e in zip(pvs, exact)]
+            for window in WINDOWS:
+                # one margin for every set: the largest any of them needs
+                margin = max(fit_margin(p, window) for p in ps)
+                stats = [judge(p, window, margin) for p in ps]
+                cost = max(a_q.nbytes + b_q.nbytes + (1 - st[3]) * st[6] * row_bytes + st[3] * head
+                           for st in stats)
+                settings.append(Setting(r, n, window, *stats[0], cost))
+                if domain:
+                    on_domain.append(Setting(r, n, window, *stats[1], cost))
+    chosen = choose(settings, target, on_domain)
     a, b, a_q, b_q = stored[chosen.rank]
     hp = HeadPreview(a=a, b=b, a_q=a_q, b_q=b_q, chosen=chosen, settings=settings, source=source,
-                     n_record=len(h), n_heldout=len(hh))
+                     n_record=len(h), n_heldout=len(sets[0]))
     if domain:
-        hd = hidden_states(model, w, domain, n_threads)
-        z = hd @ a.T
-        r = evaluate(z[:, :chosen.rank] @ b.T, hd @ w.T, np.linalg.norm(z[:, chosen.rank:], axis=1),
-                     chosen.n_candidates, margin=chosen.margin)
-        hp.domain = Setting(chosen.rank, chosen.n_candidates, *r, 0.0)
+        hp.domain = on_domain[settings.index(chosen)]
         hp.domain_name = domain_name
     hp.seconds = time.perf_counter() - t0
     return hp

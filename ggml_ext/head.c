@@ -9,8 +9,9 @@
  *   exact logits W x of the candidates (pi_matvec_rows over W's plain rows: a model with the
  *     sparse head keeps its output matrix plain, since one row of the rows8 layout is spread
  *     over its whole group's bytes)
- *   fallback: when the best exact logit is not at least margin * scale above cut, the full head
- *     runs (the preview's error grows with the part of x outside its subspace).
+ *   fallback: when the best exact logit is not at least window + margin * scale above cut, the
+ *     full head runs (the preview's error grows with the part of x outside its subspace; the
+ *     window keeps the logits sampling still draws from, those near the best, exact).
  * Every row not computed keeps its preview value p, so sampling sees a sane tail.
  */
 #include <math.h>
@@ -35,7 +36,7 @@ struct pi_head {
 
 /* ---- model side ---------------------------------------------------------------------------- */
 
-int pi_model_set_head(pi_model *m, int32_t n_candidates, float margin) {
+int pi_model_set_head(pi_model *m, int32_t n_candidates, float margin, float window) {
     PI_CHECK_NULL(m);
     if (m->finalized) return pi_fail(PI_ERR_RANGE, "pi_model_set_head: model is finalized");
     if (n_candidates <= 0 || n_candidates > m->hp.n_vocab)
@@ -43,8 +44,11 @@ int pi_model_set_head(pi_model *m, int32_t n_candidates, float margin) {
                        n_candidates, m->hp.n_vocab);
     if (!isfinite(margin) || margin < 0)
         return pi_fail(PI_ERR_RANGE, "pi_model_set_head: margin = %g must be finite and >= 0", (double)margin);
+    if (!isfinite(window) || window < 0)
+        return pi_fail(PI_ERR_RANGE, "pi_model_set_head: window = %g must be finite and >= 0", (double)window);
     m->head_candidates = n_candidates;
     m->head_margin = margin;
+    m->head_window = window;
     return pi_ok();
 }
 
@@ -182,7 +186,7 @@ int pi_head_logits(pi_head *h, pi_pool *pool, const float *xn, float *logits) {
     double probe = 0; /* the probe rows' energy (none: scale 1) */
     for (int64_t i = m->preview_b.n_cols; i < m->preview_a.n_rows; i++) probe += (double)h->z[i] * h->z[i];
     const float scale = m->preview_a.n_rows > m->preview_b.n_cols ? (float)sqrt(probe) : 1.0f;
-    if (n > 0 && best - cut >= m->head_margin * scale) {
+    if (n > 0 && best - cut >= m->head_window + m->head_margin * scale) {
         h->exact_rows += n;
         return PI_OK;
     }

@@ -834,7 +834,7 @@ static void matvec_task(void *arg, int ith, int nth) {
     }
     int64_t begin, end;
     pi_split(j->n_items, PI_KERNEL_ROWS, ith, nth, &begin, &end);
-    const int64_t ahead = j->idx ? PI_PREFETCH_ROWS : 0;
+    const int64_t ahead = PI_PREFETCH_ROWS;
     prefetch_items(j, begin, min64(begin + ahead, end), 0, j->row_bytes);
     for (int64_t i = begin; i < end; i += PI_KERNEL_ROWS) {
         const int nr = (int)min64(PI_KERNEL_ROWS, end - i);

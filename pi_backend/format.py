@@ -27,7 +27,8 @@ class Keys:
     NEURON_ORDER = "pi.neuron_order"            # bool: blk.N.neuron_order tensors present
     SOURCE = "pi.source"                        # string: what the file was converted from
     HEAD_CANDIDATES = "pi.head.candidates"      # u32: the output preview's candidate count N
-    HEAD_MARGIN = "pi.head.margin"              # f32: its fallback margin (logit units)
+    HEAD_MARGIN = "pi.head.margin"              # f32: its fallback margin (logits per probe length)
+    HEAD_WINDOW = "pi.head.window"              # f32: its fallback window (logits; absent: 0)
     HEAD_RECALL = "pi.head.recall"              # string, for people: the preview's measured recall
     POWERINFER_THRESHOLD = "powerinfer.sparse_threshold"   # f32, PowerInfer's global threshold
     ARCHITECTURE = "general.architecture"

@@ -205,7 +205,7 @@ class Model:
         self.default_head_mode = self._check_head_mode(head_mode or self.head_modes[-1])
 
     def _set_head(self, head_mode: str | None) -> None:
-        """Enables the sparse head with the file's candidate count and margin (pi.head.*) unless
+        """Enables the sparse head with the file's candidate count, margin and window (pi.head.*) unless
         head_mode is 'dense': the model then keeps the output matrix in rows8, as without a
         preview, and never reads the preview."""
         if head_mode is not None and head_mode not in HEAD_MODES:
@@ -214,10 +214,12 @@ class Model:
         n, margin = self.fields.get(Keys.HEAD_CANDIDATES), self.fields.get(Keys.HEAD_MARGIN)
         if (n is None and margin is None) or head_mode == F.HEAD_DENSE:
             return
-        if not isinstance(n, int) or isinstance(n, bool) or not isinstance(margin, (int, float)):
+        window = self.fields.get(Keys.HEAD_WINDOW, 0.0)
+        if (not isinstance(n, int) or isinstance(n, bool)
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (margin, window))):
             raise ModelError(f"{self.path}: {Keys.HEAD_CANDIDATES} must be an integer and "
-                             f"{Keys.HEAD_MARGIN} a number")
-        call("pi_model_set_head", self._ptr, n, float(margin))
+                             f"{Keys.HEAD_MARGIN} and {Keys.HEAD_WINDOW} numbers")
+        call("pi_model_set_head", self._ptr, n, float(margin), float(window))
 
     # ---- construction ------------------------------------------------------------------------
     def _get(self, key, default=None, required=True):

@@ -209,7 +209,7 @@ def test_bad_head_mode(default_model):
 def test_c_head_api_validates():
     """No abort: NULLs, ranges and unfinalized models give status codes."""
     lib = _lib.lib()
-    assert lib.pi_model_set_head(None, 10, 1.0) == _lib.PI_ERR_NULL
+    assert lib.pi_model_set_head(None, 10, 1.0, 0.0) == _lib.PI_ERR_NULL
     modes = ctypes.c_int32()
     assert lib.pi_model_head_modes(None, ctypes.byref(modes)) == _lib.PI_ERR_NULL
     assert lib.pi_context_set_head_mode(None, 1) == _lib.PI_ERR_NULL
@@ -220,9 +220,11 @@ def test_c_head_api_validates():
     m = _lib.pi_model_p()
     call("pi_model_create", ctypes.byref(hp), ctypes.byref(m))
     try:
-        assert lib.pi_model_set_head(m, 0, 1.0) == _lib.PI_ERR_RANGE
-        assert lib.pi_model_set_head(m, 65, 1.0) == _lib.PI_ERR_RANGE
-        assert lib.pi_model_set_head(m, 8, -1.0) == _lib.PI_ERR_RANGE
+        assert lib.pi_model_set_head(m, 0, 1.0, 0.0) == _lib.PI_ERR_RANGE
+        assert lib.pi_model_set_head(m, 65, 1.0, 0.0) == _lib.PI_ERR_RANGE
+        assert lib.pi_model_set_head(m, 8, -1.0, 0.0) == _lib.PI_ERR_RANGE
+        assert lib.pi_model_set_head(m, 8, 1.0, -1.0) == _lib.PI_ERR_RANGE
+        assert lib.pi_model_set_head(m, 8, 1.0, float("nan")) == _lib.PI_ERR_RANGE
         assert lib.pi_model_head_modes(m, ctypes.byref(modes)) == _lib.PI_ERR_RANGE  # not finalized
     finally:
         lib.pi_model_free(m)
