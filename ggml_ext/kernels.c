@@ -826,20 +826,13 @@ static void masked_pair_task(void *arg, int ith, int nth) {
     masked_pair_items(j, begin, end);
 }
 
-/* Dense and masked matvec: this thread's items, PI_KERNEL_ROWS rows per kernel call. */
-static void matvec_task(void *arg, int ith, int nth) {
-    const job *j = arg;
-    if (j->W2) {
-        masked_pair_task(arg, ith, nth);
-        return;
-    }
-    int64_t begin, end;
-    pi_split(j->n_items, PI_KERNEL_ROWS, ith, nth, &begin, &end);
-    const int64_t ahead = PI_PREFETCH_ROWS;
-    prefetch_items(j, begin, min64(begin + ahead, end), 0, j->row_bytes);
+/* Dense or masked matvec of items [begin, end), PI_KERNEL_ROWS rows per kernel call, the rows
+ * PI_PREFETCH_ROWS ahead prefetched. */
+static void matvec_items(const job *j, int64_t begin, int64_t end) {
+    prefetch_items(j, begin, min64(begin + PI_PREFETCH_ROWS, end), 0, j->row_bytes);
     for (int64_t i = begin; i < end; i += PI_KERNEL_ROWS) {
         const int nr = (int)min64(PI_KERNEL_ROWS, end - i);
-        if (ahead) prefetch_items(j, i + ahead, min64(i + ahead + nr, end), 0, j->row_bytes);
+        prefetch_items(j, i + PI_PREFETCH_ROWS, min64(i + PI_PREFETCH_ROWS + nr, end), 0, j->row_bytes);
         const void *rows[PI_KERNEL_ROWS];
         float out[PI_KERNEL_ROWS];
         for (int r = 0; r < nr; r++) rows[r] = row_ptr(j, item_row(j, i + r));
@@ -848,6 +841,18 @@ static void matvec_task(void *arg, int ith, int nth) {
             for (int r = 0; r < nr; r++) j->y[t * j->ldy + item_row(j, i + r)] = out[r];
         }
     }
+}
+
+/* Dense and masked matvec: this thread's items. */
+static void matvec_task(void *arg, int ith, int nth) {
+    const job *j = arg;
+    if (j->W2) {
+        masked_pair_task(arg, ith, nth);
+        return;
+    }
+    int64_t begin, end;
+    pi_split(j->n_items, PI_KERNEL_ROWS, ith, nth, &begin, &end);
+    matvec_items(j, begin, end);
 }
 
 /* Dense matmat over the rows8 layout, for one or several matrices that share the activations:
@@ -1104,8 +1109,27 @@ static void ffn_sparse_task(void *arg, int ith, int nth) {
     for (int64_t k = 0; k < n; k++) idx[k] += (int32_t)n0;
     job gu = j->gu;
     gu.idx = idx;
-    masked_pair_items(&gu, 0, n);
-    const int64_t kept = pi_down_input(active_kernels()->lanes, a->act, a->g, a->u, idx, n);
+    int64_t n_up = n;
+    if (pi_acts[a->act].exact_zeros) {
+        /* ReLU: the gate rows first, then the up rows of the neurons that fire only (a pick whose
+         * gate is <= 0 adds nothing; predictors pick two to three times the neurons that fire) */
+        job gate = gu, up = gu;
+        gate.W2 = up.W2 = NULL;
+        up.W = a->up;
+        up.y = a->u;
+        matvec_items(&gate, 0, n);
+        float (*const act)(float) = pi_act_fn(active_kernels()->lanes, a->act);
+        n_up = 0;
+        for (int64_t k = 0; k < n; k++) { /* branch-free, in order */
+            const int32_t i = idx[k];
+            idx[n_up] = i;
+            n_up += act(a->g[i]) != 0.0f;
+        }
+        matvec_items(&up, 0, n_up);
+    } else {
+        masked_pair_items(&gu, 0, n);
+    }
+    const int64_t kept = pi_down_input(active_kernels()->lanes, a->act, a->g, a->u, idx, n_up);
     job down = j->down;
     down.idx = idx;
     down.n_items = kept;

@@ -221,7 +221,8 @@ static inline int64_t pi_down_input(int lanes, int kind, const float *g, float *
 
 /* One token's sparse FFN (sparse mode) in one pool run, without a barrier: each share takes a
  * range of neurons (whole groups of 8) and over it computes the predictor logits fc2 . h, picks
- * the neurons above thr, computes their gate and up rows (masked), forms the down input
+ * the neurons above thr, computes their gate and up rows (masked; for an activation with exact
+ * zeros, ReLU, the up rows of the picks whose gate fires only), forms the down input
  * a_i = act(g_i) * u_i and adds its nonzero a_i times their down_t rows into its own partial
  * sum; y is share 0's sum plus the others' in share order. Validates like pi_matvec_masked. */
 typedef struct {
