@@ -379,7 +379,14 @@ def run_bench(args, files: dict, log) -> dict:
         # ratio of the interleaved reps, pairwise: robust to the machine's drift
         x["vs_dense_paired"] = statistics.median(
             a / b for a, b in zip(x["decode_tps_reps"], dense["decode_tps_reps"]))
-    return {"read_bandwidth_gbs": bw, "prompt_tokens": args.prompt_tokens,
+    # what the sparse row would read with a perfect predictor (the picks = the truly active
+    # neurons, no predictor weights): the share of the bytes the predictor's misses cost
+    sp_row = next(x for x in rows if x["mode"] == "sparse")
+    oracle = bytes_by_part(infos["split"], "sparse", sp_row["ffn_down_sparsity"],
+                           sp_row["ffn_down_sparsity"], None, sp_row["bytes_by_part"]["kv_cache"])
+    oracle["ffn"] -= infos["split"]["bytes"]["predictor"]
+    return {"read_bandwidth_gbs": bw, "oracle_bytes_by_part": oracle,
+            "oracle_bytes_per_token": sum(oracle.values()), "prompt_tokens": args.prompt_tokens,
             "gen_tokens": args.gen_tokens, "reps": args.reps, "threads": args.threads,
             "rows": rows}
 
@@ -507,6 +514,11 @@ def main(argv=None) -> int:
           f"median of {args.reps} interleaved reps, {args.gen_tokens} tokens each")
     print(format_table(res))
     print(format_layers(res))
+    b = res["bench"]
+    dense_b = next(r for r in b["rows"] if r["label"] == "ours dense")["bytes_per_token"]
+    print(f"a perfect predictor (picks = the truly active neurons, no predictor weights) would "
+          f"read {b['oracle_bytes_per_token'] / 1e6:.1f} MB/token: "
+          f"{dense_b / b['oracle_bytes_per_token']:.2f}x fewer bytes than dense")
     ep = res["engine_predictors_decode"]
     print(f"on the decoded tokens: true sparsity {statistics.mean(l['true_sparsity'] for l in ep):.3f}, "
           f"predicted {statistics.mean(l['pred_sparsity'] for l in ep):.3f}, "
