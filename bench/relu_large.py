@@ -39,7 +39,7 @@ plain ffn_down and for llama-cpp-python); all under the bench cache dir
 short prompt, greedy, interleaved reps (A B C A B C ...), medians: our sparse and dense modes on
 the calibrated file, our dense on the plain file, llama-cpp-python on the plain file. Bytes per
 token by part come from the files' tensor sizes and the engine's counts (pi_backend.bench).
-Writes <out>/relu_large.json and <out>/relu_large.png.
+Writes <out>/relu_large.json and <out>/relu_large.png (--name changes the stem).
 """
 from __future__ import annotations
 
@@ -379,6 +379,8 @@ def run_bench(args, files: dict, log) -> dict:
         # ratio of the interleaved reps, pairwise: robust to the machine's drift
         x["vs_dense_paired"] = statistics.median(
             a / b for a, b in zip(x["decode_tps_reps"], dense["decode_tps_reps"]))
+        x["vs_plain_dense_paired"] = statistics.median(
+            a / b for a, b in zip(x["decode_tps_reps"], plain_dense["decode_tps_reps"]))
     # what the sparse row would read with a perfect predictor (the picks = the truly active
     # neurons, no predictor weights): the share of the bytes the predictor's misses cost
     sp_row = next(x for x in rows if x["mode"] == "sparse")
@@ -402,14 +404,14 @@ def format_table(res: dict) -> str:
     cal = res.get("calibration") or {}
     eng = res.get("engine_predictors") or []
     rec = (statistics.mean(l["recall"] for l in eng) if eng else float("nan"))
-    lines = [f"{'mode':26s} {'tok/s':>8s} {'x dense':>8s} {'x plain':>8s} {'sparsity':>9s} "
+    lines = [f"{'mode':26s} {'tok/s':>8s} {'x dense':>8s} {'x plain':>8s} {'paired':>7s} {'sparsity':>9s} "
              f"{'recall':>7s} {'MB/tok':>8s} {'GB/s':>6s}  " +
              " ".join(f"{p:>9s}" for p in PARTS)]
     for r in res["bench"]["rows"]:
         sparse = r["mode"] == "sparse"
         lines.append(
             f"{r['label']:26s} {r['decode_tps']:8.1f} {r['vs_dense']:8.2f} "
-            f"{r['vs_plain_dense']:8.2f} {r['ffn_sparsity']:9.3f} "
+            f"{r['vs_plain_dense']:8.2f} {r['vs_plain_dense_paired']:7.2f} {r['ffn_sparsity']:9.3f} "
             f"{(f'{rec:.3f}' if sparse else '-'):>7s} {_mb(r['bytes_per_token'])} "
             f"{r['effective_gbs']:6.1f}  " +
             " ".join(f"{_mb(r['bytes_by_part'][p]):>9s}" for p in PARTS))
@@ -468,6 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.relu_large",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    p.add_argument("--name", default="relu_large", help="output file stem (<out>/NAME.json, .png)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--reps", type=int, default=7)
     p.add_argument("--warmup", type=int, default=1)
@@ -506,8 +509,8 @@ def main(argv=None) -> int:
     res["engine_predictors_decode"] = engine_recall(
         Path(files["calibrated"]), toks[:args.prompt_tokens] + dec["tokens"][:-1], args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "relu_large.json").write_text(json.dumps(res, indent=1))
-    plot(res, args.out / "relu_large.png")
+    (args.out / f"{args.name}.json").write_text(json.dumps(res, indent=1))
+    plot(res, args.out / f"{args.name}.png")
     print(f"random ReLU Llama, {res['file_mb']:.0f} MB calibrated file "
           f"({res['plain_file_mb']:.0f} MB plain), {args.threads} threads, "
           f"read bandwidth {res['bench']['read_bandwidth_gbs']:.1f} GB/s; "
