@@ -103,3 +103,45 @@ def test_pi_bench_rejects_bad_arguments(capsys):
         bench.main(["--head-modes", "dense,fast"])
     assert bench.main(["--text", "/nonexistent/text.txt", "--quiet"]) == 2
     assert "text file not found" in capsys.readouterr().err
+
+
+def test_relu_large_builder_tiny():
+    """bench/relu_large's model builder at a tiny size: the bias channel and the fitted gate
+    biases give ~90% zeros per layer on tokens the fit did not see, with input-dependent
+    patterns; the constant channel survives the layers; without the bias column about half the
+    neurons fire (the trick, not the random weights, makes the sparsity)."""
+    torch = pytest.importorskip("torch")
+    import numpy as np
+    from bench import relu_large as R
+    vocab, d = 300, 64
+    model = R.build_model(d=d, n_ff=256, n_layer=2, n_head=4, n_head_kv=2, vocab=vocab, seed=3,
+                          fit_seqs=4, fit_len=64, threads=1)
+    toks = np.random.default_rng(11).integers(0, vocab, size=(4, 64))   # not the fit's tokens
+    st = R.activation_stats(model, toks)
+    assert len(st["zeros"]) == 2
+    for z, jac in zip(st["zeros"], st["jaccard"]):
+        assert 0.85 <= z <= 0.95, st
+        # independent 10% sets overlap by about 0.05; the same set for every input would be 1
+        assert jac < 0.2, st
+    assert st["dead_neurons"] < 0.05 and st["always_on"] == 0.0, st
+    # different tokens, different patterns: at least one per distinct token in each layer
+    acts = []
+    hooks = [l.mlp.act_fn.register_forward_hook(lambda m, i, o: acts.append(o > 0))
+             for l in model.model.layers]
+    with torch.no_grad():
+        out = model(input_ids=torch.as_tensor(toks), output_hidden_states=True)
+    for h in hooks:
+        h.remove()
+    for a in acts:
+        pats = {bytes(np.packbits(r)) for r in a.reshape(-1, a.shape[-1]).numpy()}
+        assert len(pats) >= len(np.unique(toks))
+    # the bias channel: the same value at every position after every layer
+    c = R.BIAS_CHANNEL
+    for hs in out.hidden_states[:-1]:      # the last one is after the final norm
+        assert torch.allclose(hs[..., c], torch.full_like(hs[..., c], R.BIAS_SCALE * d ** 0.5))
+    # without the bias column the sparsity is gone
+    with torch.no_grad():
+        for l in model.model.layers:
+            l.mlp.gate_proj.weight[:, c] = 0
+    plain = R.activation_stats(model, toks)
+    assert all(z < 0.7 for z in plain["zeros"]), plain
