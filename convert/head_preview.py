@@ -44,7 +44,9 @@ from pi_backend.format import Keys, T
 from .model import ConvertError
 
 RANKS = (64, 128)                 # q8_0 rows: multiples of 32
-CANDIDATES = (512, 1024, 2048, 4096)
+CANDIDATES = (512, 1024, 2048, 4096, 8192)
+GATHER_COST = 1.5                 # a gathered row's bytes cost this many sequential ones (the
+                                  # candidates' rows ran at ~20 GB/s, the full head at ~30)
 TARGET_RECALL = 0.995             # share of held-out positions whose top-1 is a candidate
 AGREEMENT = 0.999                 # greedy equals dense on this share of held-out positions
 MAX_KL = 1e-3                     # mean KL of default sampling's renormalised distribution
@@ -72,7 +74,7 @@ class Setting:
     agreement: float      # greedy equals dense, with the fallback
     kl: float             # mean KL(dense || sparse) of default sampling's distribution (sampling_kl)
     exact_rows: float     # mean rows computed exactly (the candidates' groups)
-    bytes: float          # expected head bytes per token
+    bytes: float          # expected head bytes per token (gathered rows weighted by GATHER_COST)
 
 
 @dataclass
@@ -310,8 +312,8 @@ def fit(model_path: str | Path, model, seqs: Sequence[np.ndarray], held: Sequenc
                 # one margin for every set: the largest any of them needs
                 margin = max(fit_margin(p, window) for p in ps)
                 stats = [judge(p, window, margin) for p in ps]
-                cost = max(a_q.nbytes + b_q.nbytes + (1 - st[3]) * st[6] * row_bytes + st[3] * head
-                           for st in stats)
+                cost = max(a_q.nbytes + b_q.nbytes + st[3] * head
+                           + (1 - st[3]) * st[6] * row_bytes * GATHER_COST for st in stats)
                 settings.append(Setting(r, n, window, *stats[0], cost))
                 if domain:
                     on_domain.append(Setting(r, n, window, *stats[1], cost))
