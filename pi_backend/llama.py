@@ -25,6 +25,7 @@ from typing import (Any, Callable, Dict, Iterator, List, Optional, Sequence, Uni
 
 import numpy as np
 
+from . import logprobs as _logprobs
 from .sampling import LLAMA_DEFAULT_SEED, Sampler, SamplingParams, check_params
 from .tokenizer import Tokenizer
 
@@ -109,6 +110,9 @@ class _Run:
         self.completion_tokens: List[int] = []
         self.text = b""
         self.finish_reason = "length"
+        self.buf = bytearray()            # the text so far (cut at a stop sequence at the end)
+        self.token_ends: List[int] = []   # bytes of buf after each completion token
+        self.emitted = 0                  # bytes of buf yielded so far
 
 
 class Llama:
@@ -355,6 +359,24 @@ class Llama:
         self._eval(prompt_tokens[n:])
         return self._last_logits
 
+    def _prefill_rows(self, prompt_tokens: List[int], row: Callable) -> np.ndarray:
+        """Evaluates the whole prompt afresh with every position's logits (the full head):
+        row(logits before token p, token p) for p >= 1; returns the last position's logits."""
+        del self._input_ids[:]
+        self._last_logits = None
+        if len(prompt_tokens) > self.n_ctx():
+            raise ValueError(f"Requested tokens ({len(prompt_tokens)}) exceed context window "
+                             f"of {self.n_ctx()}")
+        for i in range(0, len(prompt_tokens), self.n_batch):
+            chunk = prompt_tokens[i:i + self.n_batch]
+            rows = self._ctx.eval(chunk, len(self._input_ids), logits_all=True)
+            self._input_ids.extend(chunk)
+            for j in range(len(chunk)):
+                if i + j + 1 < len(prompt_tokens):
+                    row(rows[j], prompt_tokens[i + j + 1])
+            self._last_logits = rows[-1].copy()
+        return self._last_logits
+
     def generate(self, tokens: Sequence[int], top_k: int = 40, top_p: float = 0.95,
                  min_p: float = 0.05, typical_p: float = 1.0, temp: float = 0.80,
                  repeat_penalty: float = 1.0, reset: bool = True,
@@ -384,7 +406,12 @@ class Llama:
 
     def _generate(self, tokens: Sequence[int], params: SamplingParams, seed: int, reset: bool,
                   logits_processor: Optional[Sequence[Callable]],
-                  stopping_criteria: Optional[Sequence[Callable]]) -> Iterator[int]:
+                  stopping_criteria: Optional[Sequence[Callable]],
+                  recorder: Optional[_logprobs.Recorder] = None,
+                  echo_rows: bool = False) -> Iterator[int]:
+        """The sampling loop. recorder: gets each yielded token with the exact logits it was
+        drawn from (and, with echo_rows, each prompt token after the first with the logits
+        before it)."""
         tokens = self._tok.check_tokens(tokens, "prompt token id")
         if not tokens:
             raise ValueError("generate needs at least one prompt token")
@@ -393,20 +420,24 @@ class Llama:
             if not reset:
                 tokens = self._input_ids + tokens
             head_mode = self._ctx.head_mode
-            if logits_processor:   # the processors see exact logits
+            if logits_processor or recorder is not None:   # they need exact logits
                 self._ctx.set_head_mode("dense")
                 if head_mode != "dense":
                     self._last_logits = None   # the cached logits came from the sparse head
             try:
                 yield from self._generate_loop(tokens, sampler, logits_processor,
-                                               stopping_criteria)
+                                               stopping_criteria, recorder, echo_rows)
             finally:
                 if self._ctx._ptr and self._ctx.head_mode != head_mode:
                     self._ctx.set_head_mode(head_mode)
 
-    def _generate_loop(self, tokens, sampler, logits_processor, stopping_criteria):
+    def _generate_loop(self, tokens, sampler, logits_processor, stopping_criteria,
+                       recorder=None, echo_rows=False):
         """The sampling loop of _generate (under its lock and sampler)."""
-        logits = self._prefill(tokens)
+        if echo_rows:
+            logits = self._prefill_rows(tokens, recorder.prompt_row)
+        else:
+            logits = self._prefill(tokens)
         n_ctx = self.n_ctx()
         while True:
             scores = logits
@@ -420,6 +451,8 @@ class Llama:
                 ids = np.asarray(self._input_ids + [tok], dtype=np.intc)
                 if any(crit(ids, scores) for crit in stopping_criteria):
                     return
+            if recorder is not None:
+                recorder(logits, tok)
             yield tok
             if len(self._input_ids) >= n_ctx:
                 return
@@ -428,8 +461,10 @@ class Llama:
 
     @staticmethod
     def _check_unsupported(*, logprobs: Any = None, suffix: Any = None) -> None:
-        if logprobs is not None:
-            raise _not_implemented("logprobs", logprobs)
+        if logprobs is not None and (isinstance(logprobs, bool) or not isinstance(logprobs, int)
+                                     or logprobs < 0):
+            raise ValueError(f"logprobs must be None or an int >= 0 (the number of top "
+                             f"logprobs per token), got {logprobs!r}")
         if suffix is not None:
             raise _not_implemented("suffix", suffix)
 
@@ -481,8 +516,10 @@ class Llama:
         if seed is None:  # as llama-cpp-python: the next seed of a chain started by the Llama's
             seed = random.Random(self._seed).randint(0, 2 ** 32)
         self.set_seed(seed)
+        recorder = _logprobs.Recorder(logprobs) if logprobs is not None else None
         gen_args = dict(params=params, seed=seed, reset=True, logits_processor=logits_processor,
-                        stopping_criteria=stopping_criteria)
+                        stopping_criteria=stopping_criteria, recorder=recorder,
+                        echo_rows=bool(echo and recorder is not None and not stream))
         meta = dict(id=f"cmpl-{uuid.uuid4()}", created=int(time.time()),
                     model=model if model is not None else self.model_path)
         echo_text = ""
@@ -490,15 +527,21 @@ class Llama:
             echo_text = prompt if isinstance(prompt, str) else self.detokenize(
                 prompt_tokens).decode("utf-8", errors="ignore")
         if stream:
+            if recorder is not None:
+                return self._stream_logprobs(prompt, prompt_tokens, max_tokens, stop_bytes,
+                                             gen_args, meta, echo_text, recorder)
             return self._stream(prompt_tokens, max_tokens, stop_bytes, gen_args, meta, echo_text)
         run = _Run()
         for _ in self._run(prompt_tokens, max_tokens, stop_bytes, gen_args, run):
             pass
+        lp = None
+        if recorder is not None:
+            lp = self._completion_logprobs(prompt, prompt_tokens, run, recorder, echo)
         return {
             "id": meta["id"], "object": "text_completion", "created": meta["created"],
             "model": meta["model"],
             "choices": [{"text": echo_text + run.text.decode("utf-8", errors="ignore"),
-                         "index": 0, "logprobs": None, "finish_reason": run.finish_reason}],
+                         "index": 0, "logprobs": lp, "finish_reason": run.finish_reason}],
             "usage": {"prompt_tokens": len(prompt_tokens),
                       "completion_tokens": len(run.completion_tokens),
                       "total_tokens": len(prompt_tokens) + len(run.completion_tokens)},
@@ -512,6 +555,61 @@ class Llama:
 
     def _add_bos(self) -> bool:
         return self._tok.add_bos_token()
+
+    def _completion_logprobs(self, prompt, prompt_tokens, run, recorder, echo):
+        """The logprobs object of a finished completion (llama-cpp-python's shape)."""
+        bos = self.token_bos() if self.token_bos() >= 0 else None
+        steps = recorder.steps[:len(run.completion_tokens)]
+        if echo:
+            shown = prompt_tokens[1:] if prompt_tokens[0] == bos else prompt_tokens
+            # rows exist for positions 1..; the first token shown has none (OpenAI: null)
+            rows = recorder.prompt_steps[len(prompt_tokens) - 1 - len(shown) + 1:]
+            if len(shown) > len(rows):
+                rows = [_logprobs.Step(shown[0], None)] + rows
+            else:
+                rows = [_logprobs.Step(rows[0].token, None)] + rows[1:]
+            steps = rows + steps
+        return _logprobs.completion_logprobs(self._tok, steps, 0 if echo else len(prompt), bos)
+
+    def _stream_logprobs(self, prompt, prompt_tokens, max_tokens, stop_bytes, gen_args, meta,
+                         echo_text, recorder):
+        """A stream with logprobs: one chunk per generated token (llama-cpp-python's), its text
+        what that token adds once it is safe to show (a character split across tokens goes
+        with the token that completes it)."""
+        def chunk(text, lp, finish):
+            return {"id": meta["id"], "object": "text_completion", "created": meta["created"],
+                    "model": meta["model"],
+                    "choices": [{"text": text, "index": 0, "logprobs": lp,
+                                 "finish_reason": finish}]}
+        if echo_text:
+            yield chunk(echo_text, None, None)
+        run = _Run()
+        state = {"k": 0, "sent": 0, "text": 0}
+
+        def ready(limit, final=False):
+            """Chunks of the tokens that end within the first `limit` bytes (final: the text
+            is complete; a token the stop sequence cut shows what is left of it, and the
+            tokens after it are not shown)."""
+            while state["k"] < len(run.token_ends):
+                k = state["k"]
+                end, start = run.token_ends[k], run.token_ends[k - 1] if k else 0
+                if end > limit:
+                    if not final or start >= limit:
+                        return
+                    end = limit
+                upto = max(end - _utf8_incomplete_tail(bytes(run.buf[:end])), state["sent"])
+                text = bytes(run.buf[state["sent"]:upto]).decode("utf-8", errors="ignore")
+                lp = _logprobs.chunk_logprobs(self._tok, recorder.steps[k],
+                                              prompt_tokens + run.completion_tokens[:k],
+                                              len(prompt) + state["text"])
+                state["sent"] = upto
+                state["text"] += len(text)
+                state["k"] += 1
+                yield chunk(text, lp, None)
+        for _ in self._run(prompt_tokens, max_tokens, stop_bytes, gen_args, run):
+            yield from ready(run.emitted)
+        yield from ready(len(run.buf), final=True)
+        yield chunk("", None, run.finish_reason)
 
     def _stream(self, prompt_tokens, max_tokens, stop_bytes, gen_args, meta, echo_text):
         def chunk(text, finish):
@@ -529,7 +627,7 @@ class Llama:
     def _run(self, prompt_tokens, max_tokens, stop_bytes, gen_args, run: _Run) -> Iterator[str]:
         """Generate, cut at stop sequences, and yield text pieces that are safe to show: no
         incomplete UTF-8 character and nothing that could still turn into a stop sequence."""
-        buf = bytearray()
+        buf = run.buf
         emitted = 0
         max_stop = max((len(s) for s in stop_bytes), default=0)
         t0 = time.perf_counter()
@@ -547,6 +645,7 @@ class Llama:
                 run.completion_tokens.append(tok)
                 old = len(buf)
                 buf += self._tok.piece(tok)
+                run.token_ends.append(len(buf))
                 cut = -1
                 if stop_bytes:
                     start = max(0, old - max_stop + 1)
@@ -563,7 +662,7 @@ class Llama:
                 safe = len(buf) - hold
                 if safe > emitted:
                     piece = bytes(buf[emitted:safe]).decode("utf-8", errors="ignore")
-                    emitted = safe
+                    emitted = run.emitted = safe
                     if piece:
                         yield piece
                 if len(run.completion_tokens) >= max_tokens:
@@ -586,6 +685,7 @@ class Llama:
             }
         if len(buf) > emitted:
             piece = bytes(buf[emitted:]).decode("utf-8", errors="ignore")
+            emitted = run.emitted = len(buf)
             if piece:
                 yield piece
         if self.verbose:
@@ -609,18 +709,19 @@ class Llama:
         logit_bias: Optional[Dict[int, float]] = None, logprobs: Optional[bool] = None,
         top_logprobs: Optional[int] = None,
     ) -> Union[Dict[str, Any], Iterator[Dict[str, Any]]]:
-        """Chat completion through the model's chat template (llama-cpp-python's handler)."""
-        for name, value in (("functions", functions), ("function_call", function_call),
-                            ("tools", tools), ("tool_choice", tool_choice),
-                            ("top_logprobs", top_logprobs)):
-            if value is not None:
-                raise _not_implemented(name, value)
-        if logprobs:
-            raise _not_implemented("logprobs", logprobs)
+        """Chat completion through the model's chat template (llama-cpp-python's handler, which
+        also turns tools / tool_choice and functions / function_call into its prompt, a
+        grammar for a forced tool, and tool calls; and logprobs into the chat shape)."""
+        if top_logprobs is not None and (isinstance(top_logprobs, bool)
+                                         or not isinstance(top_logprobs, int)
+                                         or top_logprobs < 0):
+            raise ValueError(f"top_logprobs must be None or an int >= 0, got {top_logprobs!r}")
         handler = self._chat_handler()
         return handler(
-            llama=self, messages=messages, temperature=temperature, top_p=top_p, top_k=top_k,
-            min_p=min_p, typical_p=typical_p, stream=stream, stop=stop, seed=seed,
+            llama=self, messages=messages, functions=functions, function_call=function_call,
+            tools=tools, tool_choice=tool_choice, temperature=temperature, top_p=top_p,
+            top_k=top_k, min_p=min_p, typical_p=typical_p, logprobs=logprobs,
+            top_logprobs=top_logprobs, stream=stream, stop=stop, seed=seed,
             response_format=response_format, max_tokens=max_tokens,
             presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
             repeat_penalty=repeat_penalty, tfs_z=tfs_z, mirostat_mode=mirostat_mode,

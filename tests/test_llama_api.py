@@ -280,17 +280,9 @@ def test_generation_stops_at_context_end(smollm2_path):
         small.close()
 
 
-@pytest.mark.parametrize("kwargs", [{"logprobs": 3}, {"suffix": "x"}])
-def test_unsupported_completion_args_raise(llm, kwargs):
-    with pytest.raises(NotImplementedError, match=list(kwargs)[0]):
-        llm(PROMPT, max_tokens=2, **kwargs)
-
-
-@pytest.mark.parametrize("kwargs", [{"tools": [{"type": "function", "function": {"name": "f"}}]},
-                                    {"functions": [{"name": "f"}]}, {"logprobs": True}])
-def test_unsupported_chat_args_raise(llm, kwargs):
-    with pytest.raises(NotImplementedError, match=list(kwargs)[0]):
-        llm.create_chat_completion(CHAT, max_tokens=2, **kwargs)
+def test_unsupported_completion_args_raise(llm):
+    with pytest.raises(NotImplementedError, match="suffix"):
+        llm(PROMPT, max_tokens=2, suffix="x")
 
 
 @pytest.mark.parametrize("kwargs, match", [
