@@ -26,10 +26,12 @@ from typing import (Any, Callable, Dict, Iterator, List, Optional, Sequence, Uni
 import numpy as np
 
 from . import logprobs as _logprobs
+from . import embedding as _embedding
 from .sampling import LLAMA_DEFAULT_SEED, Sampler, SamplingParams, check_params
+from .state import LlamaState
 from .tokenizer import Tokenizer
 
-__all__ = ["Llama", "LLAMA_DEFAULT_SEED"]
+__all__ = ["Llama", "LlamaState", "LLAMA_DEFAULT_SEED"]
 
 # llama_cpp.Llama constructor arguments that change nothing here when left at llama-cpp-python's
 # default (or set to a value that has no meaning on this CPU engine): accepted silently.
@@ -37,7 +39,7 @@ _HARMLESS_KWARGS = {
     "split_mode": None, "main_gpu": 0, "tensor_split": None, "rpc_servers": None,
     "vocab_only": False, "use_mmap": True, "use_mlock": False, "kv_overrides": None,
     "n_ubatch": None, "n_threads_batch": None, "rope_scaling_type": None,
-    "pooling_type": None, "rope_freq_base": 0.0, "rope_freq_scale": 0.0,
+    "rope_freq_base": 0.0, "rope_freq_scale": 0.0,
     "yarn_ext_factor": -1.0, "yarn_attn_factor": 1.0, "yarn_beta_fast": 32.0,
     "yarn_beta_slow": 1.0, "yarn_orig_ctx": 0, "logits_all": False, "offload_kqv": True,
     "flash_attn": False, "no_perf": False, "type_k": None, "type_v": None, "spm_infill": False,
@@ -130,7 +132,7 @@ class Llama:
                  last_n_tokens_size: int = 64, embedding: bool = False,
                  chat_format: Optional[str] = None, chat_handler: Optional[Callable] = None,
                  verbose: bool = True, ffn_mode: Optional[str] = None,
-                 head_mode: Optional[str] = None, **kwargs: Any):
+                 head_mode: Optional[str] = None, pooling_type: int = -1, **kwargs: Any):
         from . import _lib
         from .model import Model  # the engine; imported here so `import pi_backend` stays light
 
@@ -139,8 +141,6 @@ class Llama:
         self._owner: Optional[int] = None  # the thread that holds it
         self.verbose = verbose
         self.model_path = os.fspath(model_path)
-        if embedding:
-            raise _not_implemented("embedding", embedding)
         for k, v in kwargs.items():
             harmless = k in _HARMLESS_KWARGS and (v is None or v == _HARMLESS_KWARGS[k]
                                                   or _HARMLESS_KWARGS[k] is None)
@@ -177,10 +177,12 @@ class Llama:
         self._closed = False
         self.context_params = ContextParams(n_ctx=int(n_ctx), n_batch=n_batch, n_ubatch=n_batch,
                                             n_threads=self.n_threads,
-                                            n_threads_batch=self.n_threads, seed=seed)
+                                            n_threads_batch=self.n_threads, seed=seed,
+                                            embeddings=bool(embedding))
         self.model_params = ModelParams(n_gpu_layers=n_gpu_layers)
         self._seed = seed if seed is not None else LLAMA_DEFAULT_SEED
         self.metadata: Dict[str, str] = self._tok.metadata
+        self._pooling = _embedding.resolve_pooling(pooling_type, self.metadata)
         self._input_ids: List[int] = []   # tokens whose keys/values are in the KV cache
         self._last_logits: Optional[np.ndarray] = None
         self.timings: Dict[str, float] = {}
@@ -312,11 +314,85 @@ class Llama:
     def __exit__(self, *exc):
         self.close()
 
-    def create_embedding(self, *args, **kwargs):
-        raise NotImplementedError("pi_backend.Llama does not compute embeddings "
-                                  "(embedding=True is not supported)")
+    # ---- embeddings ----------------------------------------------------------------------------
+    def pooling_type(self) -> int:
+        """llama.cpp's LLAMA_POOLING_TYPE_* of the embeddings (NONE: one vector per token)."""
+        return self._pooling
 
-    embed = create_embedding
+    def embed(self, input: Union[str, List[str]], normalize: bool = False, truncate: bool = True,
+              return_count: bool = False):
+        """The embeddings of a text or a list of texts (llama_cpp.Llama.embed): the final
+        normed hidden states, per token or pooled (pooling_type), each sequence evaluated on
+        its own from position 0. Clears the KV cache, as llama-cpp-python does."""
+        if not self.context_params.embeddings:
+            raise RuntimeError("Llama model must be created with embedding=True to call this "
+                               "method")
+        inputs = [input] if isinstance(input, str) else list(input)
+        if not all(isinstance(t, str) for t in inputs):
+            raise TypeError("embed takes a str or a list of str")
+        data: list = []
+        total = 0
+        with self._exclusive():
+            self._input_ids = []
+            self._last_logits = None
+            for text in inputs:
+                tokens = self.tokenize(text.encode("utf-8"))
+                if truncate:
+                    tokens = tokens[:self.n_batch]
+                if len(tokens) > self.n_batch:
+                    raise ValueError(f"Requested tokens ({len(tokens)}) exceed batch size of "
+                                     f"{self.n_batch}")
+                if not tokens:
+                    raise ValueError("cannot embed an empty text (no tokens)")
+                total += len(tokens)
+                data.append(_embedding.pool(self._ctx.hidden(tokens, 0), self._pooling,
+                                            normalize))
+        output = data[0] if isinstance(input, str) else data
+        return (output, total) if return_count else output
+
+    def create_embedding(self, input: Union[str, List[str]], model: Optional[str] = None
+                         ) -> Dict[str, Any]:
+        """OpenAI's embedding response (llama_cpp.Llama.create_embedding)."""
+        embeds, total = self.embed(input if isinstance(input, list) else [input],
+                                   return_count=True)
+        return {"object": "list",
+                "data": [{"object": "embedding", "embedding": e, "index": i}
+                         for i, e in enumerate(embeds)],
+                "model": model if model is not None else self.model_path,
+                "usage": {"prompt_tokens": total, "total_tokens": total}}
+
+    # ---- saved state ---------------------------------------------------------------------------
+    def save_state(self) -> LlamaState:
+        """The evaluated tokens, their KV cache, the last logits and the seed: load_state()
+        brings this Llama (or another on the same model) back to exactly this point."""
+        with self._exclusive():
+            n = len(self._input_ids)
+            kv = self._ctx.get_state(n)
+            scores = (np.asarray(self._last_logits, np.float32)[None].copy()
+                      if self._last_logits is not None
+                      else np.zeros((0, self.n_vocab()), np.float32))
+            return LlamaState(input_ids=np.asarray(self._input_ids, dtype=np.intc),
+                              scores=scores, n_tokens=n, llama_state=kv,
+                              llama_state_size=len(kv), seed=self._seed)
+
+    def load_state(self, state: LlamaState) -> None:
+        """Restores a save_state() (the KV cache is checked against this model's shape)."""
+        n = int(state.n_tokens)
+        ids = [int(t) for t in np.asarray(state.input_ids).reshape(-1)]
+        if len(ids) != n:
+            raise ValueError(f"the state has {len(ids)} input_ids for n_tokens={n}")
+        if n > self.n_ctx():
+            raise ValueError(f"the state holds {n} tokens, more than n_ctx={self.n_ctx()}")
+        scores = np.asarray(state.scores, np.float32)
+        if scores.size and scores.shape[-1] != self.n_vocab():
+            raise ValueError(f"the state's logits have {scores.shape[-1]} entries, the model's "
+                             f"vocabulary {self.n_vocab()}")
+        self._tok.check_tokens(ids, "state token id")
+        with self._exclusive():
+            self._ctx.set_state(n, bytes(state.llama_state)[:int(state.llama_state_size)])
+            self._input_ids = ids
+            self._last_logits = scores.reshape(-1, self.n_vocab())[-1].copy() if scores.size else None
+            self._seed = state.seed
 
     # ---- evaluation ---------------------------------------------------------------------------
     def eval(self, tokens: Sequence[int]) -> None:
@@ -413,8 +489,9 @@ class Llama:
         drawn from (and, with echo_rows, each prompt token after the first with the logits
         before it)."""
         tokens = self._tok.check_tokens(tokens, "prompt token id")
-        if not tokens:
-            raise ValueError("generate needs at least one prompt token")
+        if not tokens and (reset or not self._input_ids):
+            raise ValueError("generate needs at least one prompt token (or, with reset=False, "
+                             "tokens already evaluated)")
         with self._exclusive(), Sampler(params, self.n_vocab(), seed,
                                         self._tok.llama_vocab) as sampler:
             if not reset:
