@@ -206,7 +206,8 @@ class Llama:
 
     def set_ffn_mode(self, mode: str) -> None:
         """Switch the FFN mode ('dense', 'sparse', 'threshold'); the KV cache stays valid."""
-        self._ctx.set_ffn_mode(mode)
+        with self._exclusive():
+            self._ctx.set_ffn_mode(mode)
 
     @property
     def ffn_modes(self) -> tuple:
@@ -218,7 +219,9 @@ class Llama:
 
     def set_head_mode(self, mode: str) -> None:
         """Switch the output head ('dense', or 'sparse' where the model has a preview)."""
-        self._ctx.set_head_mode(mode)
+        with self._exclusive():
+            self._ctx.set_head_mode(mode)
+            self._last_logits = None   # they came from the other head
 
     @property
     def head_modes(self) -> tuple:
@@ -226,10 +229,12 @@ class Llama:
 
     def stats(self) -> dict:
         """Engine statistics since the last `reset_stats()` (FFN sparsity, tokens)."""
-        return self._ctx.stats()
+        with self._exclusive():
+            return self._ctx.stats()
 
     def reset_stats(self) -> None:
-        self._ctx.reset_stats()
+        with self._exclusive():
+            self._ctx.reset_stats()
 
     @property
     def n_tokens(self) -> int:
