@@ -19,7 +19,6 @@ import sys
 import threading
 import time
 import uuid
-import warnings
 from dataclasses import dataclass
 from typing import (Any, Callable, Dict, Iterator, List, Optional, Sequence, Union)
 
@@ -33,20 +32,39 @@ from .tokenizer import Tokenizer
 
 __all__ = ["Llama", "LlamaState", "LLAMA_DEFAULT_SEED"]
 
-# llama_cpp.Llama constructor arguments that change nothing here when left at llama-cpp-python's
-# default (or set to a value that has no meaning on this CPU engine): accepted silently.
-_HARMLESS_KWARGS = {
-    "split_mode": None, "main_gpu": 0, "tensor_split": None, "rpc_servers": None,
-    "vocab_only": False, "use_mmap": True, "use_mlock": False, "kv_overrides": None,
-    "n_ubatch": None, "n_threads_batch": None, "rope_scaling_type": None,
-    "rope_freq_base": 0.0, "rope_freq_scale": 0.0,
-    "yarn_ext_factor": -1.0, "yarn_attn_factor": 1.0, "yarn_beta_fast": 32.0,
-    "yarn_beta_slow": 1.0, "yarn_orig_ctx": 0, "logits_all": False, "offload_kqv": True,
-    "flash_attn": False, "no_perf": False, "type_k": None, "type_v": None, "spm_infill": False,
-    "lora_base": None, "lora_scale": 1.0, "lora_path": None, "numa": False,
-    "draft_model": None, "tokenizer": None, "f16_kv": True, "n_parts": -1, "op_offload": None,
-    "swa_full": None, "mul_mat_q": True, "cache": None,
+# llama_cpp.Llama constructor arguments, beyond those Llama.__init__ names, by what they do here.
+# Accepted with any value: placement, memory and speed options with no meaning on this CPU
+# engine (it always maps the file, keeps the f16 cache whole, and computes exact logits of every
+# position on demand, so logits_all and swa_full change nothing).
+_ACCEPTED_KWARGS = frozenset({
+    "split_mode", "main_gpu", "tensor_split", "rpc_servers", "use_mmap", "use_mlock",
+    "n_ubatch", "n_threads_batch", "offload_kqv", "op_offload", "flash_attn", "no_perf",
+    "numa", "swa_full", "logits_all",
+})
+# Accepted at these values only (llama-cpp-python's defaults, or what the engine does anyway);
+# any other value changes the model or its numbers in a way the engine does not do: refused.
+_DEFAULT_ONLY_KWARGS = {
+    "vocab_only": (False,), "kv_overrides": (None, {}), "rope_scaling_type": (None, -1),
+    "attention_type": (None, -1, 1), "rope_freq_base": (0.0,), "rope_freq_scale": (0.0,),
+    "yarn_ext_factor": (-1.0,), "yarn_attn_factor": (1.0,), "yarn_beta_fast": (32.0,),
+    "yarn_beta_slow": (1.0,), "yarn_orig_ctx": (0,), "type_k": (None, 1), "type_v": (None, 1),
+    "spm_infill": (False,), "lora_base": (None,), "lora_scale": (1.0,), "lora_path": (None,),
+    "draft_model": (None,), "tokenizer": (None,),
+    # older llama-cpp-python releases' names
+    "f16_kv": (True,), "n_parts": (-1,), "mul_mat_q": (True,), "cache": (None, False),
 }
+
+
+def _check_kwargs(kwargs: Dict[str, Any]) -> None:
+    """One-line errors for constructor arguments the engine cannot honour (see above)."""
+    for k, v in kwargs.items():
+        if k in _ACCEPTED_KWARGS:
+            continue
+        if k not in _DEFAULT_ONLY_KWARGS:
+            raise TypeError(f"pi_backend.Llama got an unexpected keyword argument {k!r}")
+        if not any(v is d or (not isinstance(v, bool) and not isinstance(d, bool) and v == d)
+                   for d in _DEFAULT_ONLY_KWARGS[k]):
+            raise _not_implemented(k, v)
 
 
 @dataclass
@@ -141,12 +159,7 @@ class Llama:
         self._owner: Optional[int] = None  # the thread that holds it
         self.verbose = verbose
         self.model_path = os.fspath(model_path)
-        for k, v in kwargs.items():
-            harmless = k in _HARMLESS_KWARGS and (v is None or v == _HARMLESS_KWARGS[k]
-                                                  or _HARMLESS_KWARGS[k] is None)
-            if verbose and not harmless:
-                warnings.warn(f"pi_backend.Llama: argument {k}={v!r} is not supported and is "
-                              "ignored", RuntimeWarning, stacklevel=2)
+        _check_kwargs(kwargs)
         if n_gpu_layers and verbose:
             print("pi_backend: CPU engine; n_gpu_layers is ignored", file=sys.stderr)
         if not os.path.exists(self.model_path):

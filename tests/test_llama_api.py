@@ -516,11 +516,11 @@ def test_llamaindex_llamacpp_pattern(smollm2_path):
         model.close()
 
 
-def test_unknown_kwargs_warn_when_verbose(smollm2_path, capsys):
-    with pytest.warns(RuntimeWarning, match="some_new_option") as rec:
-        m = Llama(str(smollm2_path), n_ctx=64, some_new_option=3, use_mmap=True, verbose=True)
+def test_unknown_kwargs_raise(smollm2_path):
+    with pytest.raises(TypeError, match="some_new_option"):
+        Llama(str(smollm2_path), n_ctx=64, some_new_option=3, verbose=False)
+    m = Llama(str(smollm2_path), n_ctx=64, use_mmap=True, n_ubatch=128, verbose=False)
     m.close()
-    assert not any("use_mmap" in str(w.message) for w in rec)  # a harmless default: silent
 
 
 # ---- default model ----------------------------------------------------------------------------
