@@ -45,7 +45,7 @@ _ACCEPTED_KWARGS = frozenset({
 # any other value changes the model or its numbers in a way the engine does not do: refused.
 _DEFAULT_ONLY_KWARGS = {
     "vocab_only": (False,), "kv_overrides": (None, {}), "rope_scaling_type": (None, -1),
-    "attention_type": (None, -1, 1), "rope_freq_base": (0.0,), "rope_freq_scale": (0.0,),
+    "attention_type": (None, -1, 1),
     "yarn_ext_factor": (-1.0,), "yarn_attn_factor": (1.0,), "yarn_beta_fast": (32.0,),
     "yarn_beta_slow": (1.0,), "yarn_orig_ctx": (0,), "type_k": (None, 1), "type_v": (None, 1),
     "spm_infill": (False,), "lora_base": (None,), "lora_scale": (1.0,), "lora_path": (None,),
@@ -150,7 +150,8 @@ class Llama:
                  last_n_tokens_size: int = 64, embedding: bool = False,
                  chat_format: Optional[str] = None, chat_handler: Optional[Callable] = None,
                  verbose: bool = True, ffn_mode: Optional[str] = None,
-                 head_mode: Optional[str] = None, pooling_type: int = -1, **kwargs: Any):
+                 head_mode: Optional[str] = None, pooling_type: int = -1,
+                 rope_freq_base: float = 0.0, rope_freq_scale: float = 0.0, **kwargs: Any):
         from . import _lib
         from .model import Model  # the engine; imported here so `import pi_backend` stays light
 
@@ -165,7 +166,9 @@ class Llama:
         if not os.path.exists(self.model_path):
             raise ValueError(f"Model path does not exist: {self.model_path}")
 
-        self._model = Model(self.model_path, ffn_mode=ffn_mode, head_mode=head_mode)
+        self._model = Model(self.model_path, ffn_mode=ffn_mode, head_mode=head_mode,
+                            rope_freq_base=float(rope_freq_base or 0.0),
+                            rope_freq_scale=float(rope_freq_scale or 0.0))
         try:
             self._tok = Tokenizer(self.model_path, verbose=False)
             _lib.trim_heap()  # what llama.cpp's vocab load left free

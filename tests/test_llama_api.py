@@ -429,11 +429,6 @@ def test_open_stream_holds_the_llama(llm):
     assert other == [other_want]
 
 
-def test_embedding_not_supported(smollm2_path):
-    with pytest.raises(NotImplementedError, match="embedding"):
-        Llama(str(smollm2_path), embedding=True, verbose=False)
-
-
 def test_missing_model_is_value_error(tmp_path):
     with pytest.raises(ValueError):
         Llama(str(tmp_path / "nope.gguf"), verbose=False)

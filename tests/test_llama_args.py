@@ -80,3 +80,28 @@ def test_refused_generation_arguments_say_so(smollm2_path):
                                  tool_choice=None, logprobs=False, top_logprobs=None)
     finally:
         m.close()
+
+
+def test_rope_overrides_match_llama_cpp(smollm2_path):
+    """rope_freq_base / rope_freq_scale override the file's, as llama.cpp does (LangChain
+    passes them): teacher-forced logits against llama-cpp-python with the same overrides."""
+    import numpy as np
+    from peer import divergence, ref_logits
+    kw = dict(rope_freq_base=20000.0, rope_freq_scale=0.5)
+    ours = Llama(str(smollm2_path), n_ctx=128, n_threads=2, verbose=False, **kw)
+    plain = Llama(str(smollm2_path), n_ctx=128, n_threads=2, verbose=False)
+    ref = llama_cpp.Llama(model_path=str(smollm2_path), n_ctx=128, n_threads=2, verbose=False,
+                          logits_all=True, **kw)
+    try:
+        toks = ours.tokenize(b"The quick brown fox jumps over the lazy dog because it was")
+        got = ours._ctx.eval(toks, 0, logits_all=True)
+        base = plain._ctx.eval(toks, 0, logits_all=True)
+        want = ref_logits(ref, toks)
+        d, moved = divergence(got, want), divergence(base, want)
+        assert d["top1"] == 1.0 and d["kl"] < 1e-3
+        assert moved["kl"] > 10 * d["kl"]    # the override changed the numbers
+        assert np.isfinite(got).all()
+    finally:
+        ours.close()
+        plain.close()
+        ref.close()
