@@ -389,7 +389,7 @@ static int ffn_block(pi_context *c, int il, int B) {
 /* ---- one chunk of tokens --------------------------------------------------------------------- */
 
 static int decode_chunk(pi_context *c, const int32_t *tokens, int B, int n_past, float *logits,
-                        int logits_all) {
+                        int logits_all, float *hidden) {
     const pi_model *m = c->m;
     const pi_hparams *hp = &m->hp;
     const int d = hp->n_embd;
@@ -422,6 +422,11 @@ static int decode_chunk(pi_context *c, const int32_t *tokens, int B, int n_past,
         if ((rc = ffn_block(c, il, B))) return rc;
     }
     c->stats.tokens += B;
+    if (hidden) { /* the final norm of every token, what the head would read */
+        for (int t = 0; t < B; t++)
+            rmsnorm(hidden + (size_t)t * d, c->x + (size_t)t * d, m->output_norm.data, d, hp->norm_eps);
+        return PI_OK;
+    }
     if (!logits) return PI_OK;
     const int first = logits_all ? 0 : B - 1;
     for (int t = first; t < B; t++)
@@ -450,21 +455,23 @@ static int all_finite(const float *x, size_t n) {
     return !bad;
 }
 
-int pi_decode(pi_context *c, const int32_t *tokens, int32_t n_tokens, int32_t n_past, float *logits,
-              int32_t logits_all) {
+/* pi_decode and pi_decode_hidden: the checks, then the chunks; exactly one of logits and hidden
+ * is the output (logits may be NULL too: the KV cache alone). */
+static int decode(const char *fn, pi_context *c, const int32_t *tokens, int32_t n_tokens, int32_t n_past,
+                  float *logits, int32_t logits_all, float *hidden) {
     PI_CHECK_NULL(c);
     PI_CHECK_NULL(tokens);
     const pi_hparams *hp = &c->m->hp;
-    if (n_tokens <= 0) return pi_fail(PI_ERR_SHAPE, "pi_decode: n_tokens = %d must be positive", n_tokens);
+    if (n_tokens <= 0) return pi_fail(PI_ERR_SHAPE, "%s: n_tokens = %d must be positive", fn, n_tokens);
     if (n_past < 0 || (int64_t)n_past + n_tokens > c->n_ctx)
-        return pi_fail(PI_ERR_RANGE, "pi_decode: context overflow: %d past + %d new tokens > n_ctx = %d",
+        return pi_fail(PI_ERR_RANGE, "%s: context overflow: %d past + %d new tokens > n_ctx = %d", fn,
                        n_past, n_tokens, c->n_ctx);
     for (int32_t i = 0; i < n_tokens; i++)
         if (tokens[i] < 0 || tokens[i] >= hp->n_vocab)
-            return pi_fail(PI_ERR_RANGE, "pi_decode: token %d = %d out of range [0, %d)", i, tokens[i],
+            return pi_fail(PI_ERR_RANGE, "%s: token %d = %d out of range [0, %d)", fn, i, tokens[i],
                            hp->n_vocab);
     if (c->rec_tokens && n_tokens > c->rec_tokens)
-        return pi_fail(PI_ERR_RANGE, "pi_decode: %d tokens but the recorder holds %d", n_tokens,
+        return pi_fail(PI_ERR_RANGE, "%s: %d tokens but the recorder holds %d", fn, n_tokens,
                        c->rec_tokens);
     for (int32_t done = 0; done < n_tokens; done += c->n_batch) {
         const int B = n_tokens - done < c->n_batch ? n_tokens - done : c->n_batch;
@@ -473,14 +480,28 @@ int pi_decode(pi_context *c, const int32_t *tokens, int32_t n_tokens, int32_t n_
         if (logits && logits_all) out = logits + (size_t)done * hp->n_vocab;
         else if (logits && last) out = logits;
         c->rec_base = done;
-        int rc = decode_chunk(c, tokens + done, B, n_past + done, out, logits_all);
+        int rc = decode_chunk(c, tokens + done, B, n_past + done, out, logits_all,
+                              hidden ? hidden + (size_t)done * hp->n_embd : NULL);
         if (rc) return rc;
     }
+    if (hidden && !all_finite(hidden, (size_t)n_tokens * (size_t)hp->n_embd))
+        return pi_fail(PI_ERR_NUMERIC, "%s: the hidden states are not finite (NaN or inf in the "
+                                       "model's weights, or an overflow)", fn);
     const size_t n_out = (size_t)(logits_all ? n_tokens : 1) * (size_t)hp->n_vocab;
     if (logits && !all_finite(logits, n_out))
-        return pi_fail(PI_ERR_NUMERIC, "pi_decode: the logits are not finite (NaN or inf in the "
-                                       "model's weights, or an overflow)");
+        return pi_fail(PI_ERR_NUMERIC, "%s: the logits are not finite (NaN or inf in the "
+                                       "model's weights, or an overflow)", fn);
     return pi_ok();
+}
+
+int pi_decode(pi_context *c, const int32_t *tokens, int32_t n_tokens, int32_t n_past, float *logits,
+              int32_t logits_all) {
+    return decode("pi_decode", c, tokens, n_tokens, n_past, logits, logits_all, NULL);
+}
+
+int pi_decode_hidden(pi_context *c, const int32_t *tokens, int32_t n_tokens, int32_t n_past, float *hidden) {
+    PI_CHECK_NULL(hidden);
+    return decode("pi_decode_hidden", c, tokens, n_tokens, n_past, NULL, 0, hidden);
 }
 
 /* ---- context lifetime ------------------------------------------------------------------------ */
@@ -623,5 +644,86 @@ int pi_context_set_head_mode(pi_context *c, int mode) {
 int pi_context_head_stats(const pi_context *c, int64_t *steps, int64_t *fallbacks, int64_t *exact_rows) {
     PI_CHECK_NULL(c);
     pi_head_stats(c->head, steps, fallbacks, exact_rows);
+    return pi_ok();
+}
+
+/* ---- saved state: the KV cache of the first positions ------------------------------------------ */
+
+#define PI_STATE_MAGIC 0x564B4950 /* "PIKV" */
+
+static int state_check(const char *fn, const pi_context *c, int32_t n_tokens, int64_t *bytes) {
+    if (n_tokens < 0 || n_tokens > c->n_ctx)
+        return pi_fail(PI_ERR_RANGE, "%s: n_tokens = %d outside [0, n_ctx = %d]", fn, n_tokens, c->n_ctx);
+    const pi_hparams *hp = &c->m->hp;
+    const int64_t kv_dim = (int64_t)hp->n_head_kv * hp->head_dim;
+    *bytes = 16 + (int64_t)hp->n_layer * 2 * kv_dim * n_tokens * (int64_t)sizeof(pi_half);
+    return PI_OK;
+}
+
+int pi_context_state_size(const pi_context *c, int32_t n_tokens, int64_t *bytes) {
+    PI_CHECK_NULL(c);
+    PI_CHECK_NULL(bytes);
+    int64_t n = 0;
+    int rc = state_check("pi_context_state_size", c, n_tokens, &n);
+    if (rc) return rc;
+    *bytes = n;
+    return pi_ok();
+}
+
+/* Copies positions 0 .. n - 1 of every layer's keys and values between the cache and buf
+ * (to_buf: cache -> buf). */
+static void state_copy(pi_context *c, int32_t n, uint8_t *buf, int to_buf) {
+    const pi_hparams *hp = &c->m->hp;
+    const size_t hd = (size_t)hp->head_dim, kv_dim = (size_t)hp->n_head_kv * hd, h2 = sizeof(pi_half);
+    for (int il = 0; il < hp->n_layer; il++) {
+        pi_half *kc = c->k_cache + ((size_t)il * c->n_ctx) * kv_dim;
+        pi_half *vc = c->v_cache + ((size_t)il * kv_dim) * c->ldv;
+        for (int h = 0; h < hp->n_head_kv; h++, buf += (size_t)n * hd * h2) {
+            pi_half *k = kc + (size_t)h * c->n_ctx * hd;
+            if (to_buf) memcpy(buf, k, (size_t)n * hd * h2);
+            else memcpy(k, buf, (size_t)n * hd * h2);
+        }
+        for (size_t i = 0; i < kv_dim; i++, buf += (size_t)n * h2) {
+            pi_half *v = vc + i * (size_t)c->ldv;
+            if (to_buf) memcpy(buf, v, (size_t)n * h2);
+            else memcpy(v, buf, (size_t)n * h2);
+        }
+    }
+}
+
+int pi_context_get_state(const pi_context *c, int32_t n_tokens, void *buf, int64_t bytes) {
+    PI_CHECK_NULL(c);
+    PI_CHECK_NULL(buf);
+    int64_t need = 0;
+    int rc = state_check("pi_context_get_state", c, n_tokens, &need);
+    if (rc) return rc;
+    if (bytes != need)
+        return pi_fail(PI_ERR_SHAPE, "pi_context_get_state: buffer of %lld bytes, the state of %d tokens "
+                                     "takes %lld", (long long)bytes, n_tokens, (long long)need);
+    const pi_hparams *hp = &c->m->hp;
+    const int32_t head[4] = {PI_STATE_MAGIC, hp->n_layer, hp->n_head_kv * hp->head_dim, n_tokens};
+    memcpy(buf, head, sizeof head);
+    state_copy((pi_context *)c, n_tokens, (uint8_t *)buf + sizeof head, 1);
+    return pi_ok();
+}
+
+int pi_context_set_state(pi_context *c, int32_t n_tokens, const void *buf, int64_t bytes) {
+    PI_CHECK_NULL(c);
+    PI_CHECK_NULL(buf);
+    int64_t need = 0;
+    int rc = state_check("pi_context_set_state", c, n_tokens, &need);
+    if (rc) return rc;
+    if (bytes != need)
+        return pi_fail(PI_ERR_SHAPE, "pi_context_set_state: buffer of %lld bytes, the state of %d tokens "
+                                     "takes %lld", (long long)bytes, n_tokens, (long long)need);
+    const pi_hparams *hp = &c->m->hp;
+    int32_t head[4];
+    memcpy(head, buf, sizeof head);
+    if (head[0] != PI_STATE_MAGIC || head[1] != hp->n_layer || head[2] != hp->n_head_kv * hp->head_dim ||
+        head[3] != n_tokens)
+        return pi_fail(PI_ERR_SHAPE, "pi_context_set_state: the state is not one of %d tokens of this "
+                                     "model's shape (header: magic %#x, %d layers, kv width %d, %d tokens)",
+                       n_tokens, (unsigned)head[0], head[1], head[2], head[3]);
+    state_copy(c, n_tokens, (uint8_t *)buf + sizeof head, 0);
     return pi_ok();
 }

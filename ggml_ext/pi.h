@@ -20,7 +20,7 @@
 extern "C" {
 #endif
 
-#define PI_API_VERSION 7
+#define PI_API_VERSION 8
 
 #if defined(__GNUC__)
 #define PI_API __attribute__((visibility("default")))
@@ -325,6 +325,24 @@ PI_API int pi_context_head_stats(const pi_context *c, int64_t *steps, int64_t *f
  * every other y[i] keeps its value. Same arguments and checks. */
 PI_API int pi_matvec_rows(pi_pool *pool, int type, const void *W, int64_t n_rows, int64_t n_cols,
                           const float *x, const int32_t *idx, int64_t n_idx, float *y);
+
+/* ---- hidden states and saved state (API 8) ------------------------------------------------ */
+/* pi_decode that gives, instead of logits, the final normed hidden states (after output_norm:
+ * what the output head reads, llama.cpp's embeddings) of every token: hidden [n_tokens][n_embd].
+ * The same checks as pi_decode; the KV cache is written as pi_decode writes it. */
+PI_API int pi_decode_hidden(pi_context *c, const int32_t *tokens, int32_t n_tokens, int32_t n_past,
+                            float *hidden);
+
+/* The KV cache of positions 0 .. n_tokens - 1 as one buffer: a 16-byte header (magic, n_layer,
+ * n_head_kv * head_dim, n_tokens; int32 each), then per layer the keys [n_head_kv][n_tokens]
+ * [head_dim] and the values [n_head_kv * head_dim][n_tokens], f16. n_tokens: 0 .. n_ctx. */
+PI_API int pi_context_state_size(const pi_context *c, int32_t n_tokens, int64_t *bytes);
+/* Copies that state into buf; bytes must be pi_context_state_size's (PI_ERR_SHAPE otherwise). */
+PI_API int pi_context_get_state(const pi_context *c, int32_t n_tokens, void *buf, int64_t bytes);
+/* Writes a state pi_context_get_state made (of a context of the same model's shape) back into
+ * positions 0 .. n_tokens - 1; PI_ERR_SHAPE when bytes or the header disagree with this context
+ * (nothing is written then). Positions from n_tokens on keep their contents. */
+PI_API int pi_context_set_state(pi_context *c, int32_t n_tokens, const void *buf, int64_t bytes);
 
 #ifdef __cplusplus
 }

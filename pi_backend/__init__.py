@@ -3,7 +3,7 @@ from ._lib import PiError
 
 __version__ = "0.1.0"
 
-__all__ = ["Llama", "PiError", "__version__"]
+__all__ = ["Llama", "LlamaState", "PiError", "__version__"]
 
 
 def __getattr__(name):
@@ -11,4 +11,7 @@ def __getattr__(name):
     if name == "Llama":
         from .llama import Llama
         return Llama
+    if name == "LlamaState":
+        from .state import LlamaState
+        return LlamaState
     raise AttributeError(f"module 'pi_backend' has no attribute {name!r}")

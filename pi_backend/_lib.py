@@ -10,7 +10,7 @@ import glob
 import os
 from ctypes import POINTER, c_char_p, c_float, c_int, c_int32, c_int64, c_size_t, c_void_p
 
-PI_API_VERSION = 7
+PI_API_VERSION = 8
 
 # ---- status codes (pi_status) -----------------------------------------------------------
 PI_OK = 0
@@ -195,6 +195,11 @@ _PROTOTYPES = [
     ("pi_context_head_stats", c_int, [pi_context_p, i64_p, i64_p, i64_p]),
     ("pi_matvec_rows", c_int,
      [pi_pool_p, c_int, c_void_p, c_int64, c_int64, f32_p, i32_p, c_int64, f32_p]),
+    # hidden states and saved state
+    ("pi_decode_hidden", c_int, [pi_context_p, i32_p, c_int32, c_int32, f32_p]),
+    ("pi_context_state_size", c_int, [pi_context_p, c_int32, i64_p]),
+    ("pi_context_get_state", c_int, [pi_context_p, c_int32, c_void_p, c_int64]),
+    ("pi_context_set_state", c_int, [pi_context_p, c_int32, c_void_p, c_int64]),
 ]
 
 

@@ -19,31 +19,52 @@ import sys
 import threading
 import time
 import uuid
-import warnings
 from dataclasses import dataclass
 from typing import (Any, Callable, Dict, Iterator, List, Optional, Sequence, Union)
 
 import numpy as np
 
+from . import logprobs as _logprobs
+from . import embedding as _embedding
 from .sampling import LLAMA_DEFAULT_SEED, Sampler, SamplingParams, check_params
+from .state import LlamaState
 from .tokenizer import Tokenizer
 
-__all__ = ["Llama", "LLAMA_DEFAULT_SEED"]
+__all__ = ["Llama", "LlamaState", "LLAMA_DEFAULT_SEED"]
 
-# llama_cpp.Llama constructor arguments that change nothing here when left at llama-cpp-python's
-# default (or set to a value that has no meaning on this CPU engine): accepted silently.
-_HARMLESS_KWARGS = {
-    "split_mode": None, "main_gpu": 0, "tensor_split": None, "rpc_servers": None,
-    "vocab_only": False, "use_mmap": True, "use_mlock": False, "kv_overrides": None,
-    "n_ubatch": None, "n_threads_batch": None, "rope_scaling_type": None,
-    "pooling_type": None, "rope_freq_base": 0.0, "rope_freq_scale": 0.0,
-    "yarn_ext_factor": -1.0, "yarn_attn_factor": 1.0, "yarn_beta_fast": 32.0,
-    "yarn_beta_slow": 1.0, "yarn_orig_ctx": 0, "logits_all": False, "offload_kqv": True,
-    "flash_attn": False, "no_perf": False, "type_k": None, "type_v": None, "spm_infill": False,
-    "lora_base": None, "lora_scale": 1.0, "lora_path": None, "numa": False,
-    "draft_model": None, "tokenizer": None, "f16_kv": True, "n_parts": -1, "op_offload": None,
-    "swa_full": None, "mul_mat_q": True, "cache": None,
+# llama_cpp.Llama constructor arguments, beyond those Llama.__init__ names, by what they do here.
+# Accepted with any value: placement, memory and speed options with no meaning on this CPU
+# engine (it always maps the file, keeps the f16 cache whole, and computes exact logits of every
+# position on demand, so logits_all and swa_full change nothing).
+_ACCEPTED_KWARGS = frozenset({
+    "split_mode", "main_gpu", "tensor_split", "rpc_servers", "use_mmap", "use_mlock",
+    "n_ubatch", "n_threads_batch", "offload_kqv", "op_offload", "flash_attn", "no_perf",
+    "numa", "swa_full", "logits_all",
+})
+# Accepted at these values only (llama-cpp-python's defaults, or what the engine does anyway);
+# any other value changes the model or its numbers in a way the engine does not do: refused.
+_DEFAULT_ONLY_KWARGS = {
+    "vocab_only": (False,), "kv_overrides": (None, {}), "rope_scaling_type": (None, -1),
+    "attention_type": (None, -1, 1),
+    "yarn_ext_factor": (-1.0,), "yarn_attn_factor": (1.0,), "yarn_beta_fast": (32.0,),
+    "yarn_beta_slow": (1.0,), "yarn_orig_ctx": (0,), "type_k": (None, 1), "type_v": (None, 1),
+    "spm_infill": (False,), "lora_base": (None,), "lora_scale": (1.0,), "lora_path": (None,),
+    "draft_model": (None,), "tokenizer": (None,),
+    # older llama-cpp-python releases' names
+    "f16_kv": (True,), "n_parts": (-1,), "mul_mat_q": (True,), "cache": (None, False),
 }
+
+
+def _check_kwargs(kwargs: Dict[str, Any]) -> None:
+    """One-line errors for constructor arguments the engine cannot honour (see above)."""
+    for k, v in kwargs.items():
+        if k in _ACCEPTED_KWARGS:
+            continue
+        if k not in _DEFAULT_ONLY_KWARGS:
+            raise TypeError(f"pi_backend.Llama got an unexpected keyword argument {k!r}")
+        if not any(v is d or (not isinstance(v, bool) and not isinstance(d, bool) and v == d)
+                   for d in _DEFAULT_ONLY_KWARGS[k]):
+            raise _not_implemented(k, v)
 
 
 @dataclass
@@ -109,6 +130,9 @@ class _Run:
         self.completion_tokens: List[int] = []
         self.text = b""
         self.finish_reason = "length"
+        self.buf = bytearray()            # the text so far (cut at a stop sequence at the end)
+        self.token_ends: List[int] = []   # bytes of buf after each completion token
+        self.emitted = 0                  # bytes of buf yielded so far
 
 
 class Llama:
@@ -126,7 +150,8 @@ class Llama:
                  last_n_tokens_size: int = 64, embedding: bool = False,
                  chat_format: Optional[str] = None, chat_handler: Optional[Callable] = None,
                  verbose: bool = True, ffn_mode: Optional[str] = None,
-                 head_mode: Optional[str] = None, **kwargs: Any):
+                 head_mode: Optional[str] = None, pooling_type: int = -1,
+                 rope_freq_base: float = 0.0, rope_freq_scale: float = 0.0, **kwargs: Any):
         from . import _lib
         from .model import Model  # the engine; imported here so `import pi_backend` stays light
 
@@ -135,20 +160,15 @@ class Llama:
         self._owner: Optional[int] = None  # the thread that holds it
         self.verbose = verbose
         self.model_path = os.fspath(model_path)
-        if embedding:
-            raise _not_implemented("embedding", embedding)
-        for k, v in kwargs.items():
-            harmless = k in _HARMLESS_KWARGS and (v is None or v == _HARMLESS_KWARGS[k]
-                                                  or _HARMLESS_KWARGS[k] is None)
-            if verbose and not harmless:
-                warnings.warn(f"pi_backend.Llama: argument {k}={v!r} is not supported and is "
-                              "ignored", RuntimeWarning, stacklevel=2)
+        _check_kwargs(kwargs)
         if n_gpu_layers and verbose:
             print("pi_backend: CPU engine; n_gpu_layers is ignored", file=sys.stderr)
         if not os.path.exists(self.model_path):
             raise ValueError(f"Model path does not exist: {self.model_path}")
 
-        self._model = Model(self.model_path, ffn_mode=ffn_mode, head_mode=head_mode)
+        self._model = Model(self.model_path, ffn_mode=ffn_mode, head_mode=head_mode,
+                            rope_freq_base=float(rope_freq_base or 0.0),
+                            rope_freq_scale=float(rope_freq_scale or 0.0))
         try:
             self._tok = Tokenizer(self.model_path, verbose=False)
             _lib.trim_heap()  # what llama.cpp's vocab load left free
@@ -173,10 +193,12 @@ class Llama:
         self._closed = False
         self.context_params = ContextParams(n_ctx=int(n_ctx), n_batch=n_batch, n_ubatch=n_batch,
                                             n_threads=self.n_threads,
-                                            n_threads_batch=self.n_threads, seed=seed)
+                                            n_threads_batch=self.n_threads, seed=seed,
+                                            embeddings=bool(embedding))
         self.model_params = ModelParams(n_gpu_layers=n_gpu_layers)
         self._seed = seed if seed is not None else LLAMA_DEFAULT_SEED
         self.metadata: Dict[str, str] = self._tok.metadata
+        self._pooling = _embedding.resolve_pooling(pooling_type, self.metadata)
         self._input_ids: List[int] = []   # tokens whose keys/values are in the KV cache
         self._last_logits: Optional[np.ndarray] = None
         self.timings: Dict[str, float] = {}
@@ -200,7 +222,8 @@ class Llama:
 
     def set_ffn_mode(self, mode: str) -> None:
         """Switch the FFN mode ('dense', 'sparse', 'threshold'); the KV cache stays valid."""
-        self._ctx.set_ffn_mode(mode)
+        with self._exclusive():
+            self._ctx.set_ffn_mode(mode)
 
     @property
     def ffn_modes(self) -> tuple:
@@ -212,7 +235,9 @@ class Llama:
 
     def set_head_mode(self, mode: str) -> None:
         """Switch the output head ('dense', or 'sparse' where the model has a preview)."""
-        self._ctx.set_head_mode(mode)
+        with self._exclusive():
+            self._ctx.set_head_mode(mode)
+            self._last_logits = None   # they came from the other head
 
     @property
     def head_modes(self) -> tuple:
@@ -220,10 +245,12 @@ class Llama:
 
     def stats(self) -> dict:
         """Engine statistics since the last `reset_stats()` (FFN sparsity, tokens)."""
-        return self._ctx.stats()
+        with self._exclusive():
+            return self._ctx.stats()
 
     def reset_stats(self) -> None:
-        self._ctx.reset_stats()
+        with self._exclusive():
+            self._ctx.reset_stats()
 
     @property
     def n_tokens(self) -> int:
@@ -308,11 +335,85 @@ class Llama:
     def __exit__(self, *exc):
         self.close()
 
-    def create_embedding(self, *args, **kwargs):
-        raise NotImplementedError("pi_backend.Llama does not compute embeddings "
-                                  "(embedding=True is not supported)")
+    # ---- embeddings ----------------------------------------------------------------------------
+    def pooling_type(self) -> int:
+        """llama.cpp's LLAMA_POOLING_TYPE_* of the embeddings (NONE: one vector per token)."""
+        return self._pooling
 
-    embed = create_embedding
+    def embed(self, input: Union[str, List[str]], normalize: bool = False, truncate: bool = True,
+              return_count: bool = False):
+        """The embeddings of a text or a list of texts (llama_cpp.Llama.embed): the final
+        normed hidden states, per token or pooled (pooling_type), each sequence evaluated on
+        its own from position 0. Clears the KV cache, as llama-cpp-python does."""
+        if not self.context_params.embeddings:
+            raise RuntimeError("Llama model must be created with embedding=True to call this "
+                               "method")
+        inputs = [input] if isinstance(input, str) else list(input)
+        if not all(isinstance(t, str) for t in inputs):
+            raise TypeError("embed takes a str or a list of str")
+        data: list = []
+        total = 0
+        with self._exclusive():
+            self._input_ids = []
+            self._last_logits = None
+            for text in inputs:
+                tokens = self.tokenize(text.encode("utf-8"))
+                if truncate:
+                    tokens = tokens[:self.n_batch]
+                if len(tokens) > self.n_batch:
+                    raise ValueError(f"Requested tokens ({len(tokens)}) exceed batch size of "
+                                     f"{self.n_batch}")
+                if not tokens:
+                    raise ValueError("cannot embed an empty text (no tokens)")
+                total += len(tokens)
+                data.append(_embedding.pool(self._ctx.hidden(tokens, 0), self._pooling,
+                                            normalize))
+        output = data[0] if isinstance(input, str) else data
+        return (output, total) if return_count else output
+
+    def create_embedding(self, input: Union[str, List[str]], model: Optional[str] = None
+                         ) -> Dict[str, Any]:
+        """OpenAI's embedding response (llama_cpp.Llama.create_embedding)."""
+        embeds, total = self.embed(input if isinstance(input, list) else [input],
+                                   return_count=True)
+        return {"object": "list",
+                "data": [{"object": "embedding", "embedding": e, "index": i}
+                         for i, e in enumerate(embeds)],
+                "model": model if model is not None else self.model_path,
+                "usage": {"prompt_tokens": total, "total_tokens": total}}
+
+    # ---- saved state ---------------------------------------------------------------------------
+    def save_state(self) -> LlamaState:
+        """The evaluated tokens, their KV cache, the last logits and the seed: load_state()
+        brings this Llama (or another on the same model) back to exactly this point."""
+        with self._exclusive():
+            n = len(self._input_ids)
+            kv = self._ctx.get_state(n)
+            scores = (np.asarray(self._last_logits, np.float32)[None].copy()
+                      if self._last_logits is not None
+                      else np.zeros((0, self.n_vocab()), np.float32))
+            return LlamaState(input_ids=np.asarray(self._input_ids, dtype=np.intc),
+                              scores=scores, n_tokens=n, llama_state=kv,
+                              llama_state_size=len(kv), seed=self._seed)
+
+    def load_state(self, state: LlamaState) -> None:
+        """Restores a save_state() (the KV cache is checked against this model's shape)."""
+        n = int(state.n_tokens)
+        ids = [int(t) for t in np.asarray(state.input_ids).reshape(-1)]
+        if len(ids) != n:
+            raise ValueError(f"the state has {len(ids)} input_ids for n_tokens={n}")
+        if n > self.n_ctx():
+            raise ValueError(f"the state holds {n} tokens, more than n_ctx={self.n_ctx()}")
+        scores = np.asarray(state.scores, np.float32)
+        if scores.size and scores.shape[-1] != self.n_vocab():
+            raise ValueError(f"the state's logits have {scores.shape[-1]} entries, the model's "
+                             f"vocabulary {self.n_vocab()}")
+        self._tok.check_tokens(ids, "state token id")
+        with self._exclusive():
+            self._ctx.set_state(n, bytes(state.llama_state)[:int(state.llama_state_size)])
+            self._input_ids = ids
+            self._last_logits = scores.reshape(-1, self.n_vocab())[-1].copy() if scores.size else None
+            self._seed = state.seed
 
     # ---- evaluation ---------------------------------------------------------------------------
     def eval(self, tokens: Sequence[int]) -> None:
@@ -355,6 +456,24 @@ class Llama:
         self._eval(prompt_tokens[n:])
         return self._last_logits
 
+    def _prefill_rows(self, prompt_tokens: List[int], row: Callable) -> np.ndarray:
+        """Evaluates the whole prompt afresh with every position's logits (the full head):
+        row(logits before token p, token p) for p >= 1; returns the last position's logits."""
+        del self._input_ids[:]
+        self._last_logits = None
+        if len(prompt_tokens) > self.n_ctx():
+            raise ValueError(f"Requested tokens ({len(prompt_tokens)}) exceed context window "
+                             f"of {self.n_ctx()}")
+        for i in range(0, len(prompt_tokens), self.n_batch):
+            chunk = prompt_tokens[i:i + self.n_batch]
+            rows = self._ctx.eval(chunk, len(self._input_ids), logits_all=True)
+            self._input_ids.extend(chunk)
+            for j in range(len(chunk)):
+                if i + j + 1 < len(prompt_tokens):
+                    row(rows[j], prompt_tokens[i + j + 1])
+            self._last_logits = rows[-1].copy()
+        return self._last_logits
+
     def generate(self, tokens: Sequence[int], top_k: int = 40, top_p: float = 0.95,
                  min_p: float = 0.05, typical_p: float = 1.0, temp: float = 0.80,
                  repeat_penalty: float = 1.0, reset: bool = True,
@@ -384,29 +503,39 @@ class Llama:
 
     def _generate(self, tokens: Sequence[int], params: SamplingParams, seed: int, reset: bool,
                   logits_processor: Optional[Sequence[Callable]],
-                  stopping_criteria: Optional[Sequence[Callable]]) -> Iterator[int]:
+                  stopping_criteria: Optional[Sequence[Callable]],
+                  recorder: Optional[_logprobs.Recorder] = None,
+                  echo_rows: bool = False) -> Iterator[int]:
+        """The sampling loop. recorder: gets each yielded token with the exact logits it was
+        drawn from (and, with echo_rows, each prompt token after the first with the logits
+        before it)."""
         tokens = self._tok.check_tokens(tokens, "prompt token id")
-        if not tokens:
-            raise ValueError("generate needs at least one prompt token")
+        if not tokens and (reset or not self._input_ids):
+            raise ValueError("generate needs at least one prompt token (or, with reset=False, "
+                             "tokens already evaluated)")
         with self._exclusive(), Sampler(params, self.n_vocab(), seed,
                                         self._tok.llama_vocab) as sampler:
             if not reset:
                 tokens = self._input_ids + tokens
             head_mode = self._ctx.head_mode
-            if logits_processor:   # the processors see exact logits
+            if logits_processor or recorder is not None:   # they need exact logits
                 self._ctx.set_head_mode("dense")
                 if head_mode != "dense":
                     self._last_logits = None   # the cached logits came from the sparse head
             try:
                 yield from self._generate_loop(tokens, sampler, logits_processor,
-                                               stopping_criteria)
+                                               stopping_criteria, recorder, echo_rows)
             finally:
                 if self._ctx._ptr and self._ctx.head_mode != head_mode:
                     self._ctx.set_head_mode(head_mode)
 
-    def _generate_loop(self, tokens, sampler, logits_processor, stopping_criteria):
+    def _generate_loop(self, tokens, sampler, logits_processor, stopping_criteria,
+                       recorder=None, echo_rows=False):
         """The sampling loop of _generate (under its lock and sampler)."""
-        logits = self._prefill(tokens)
+        if echo_rows:
+            logits = self._prefill_rows(tokens, recorder.prompt_row)
+        else:
+            logits = self._prefill(tokens)
         n_ctx = self.n_ctx()
         while True:
             scores = logits
@@ -420,6 +549,8 @@ class Llama:
                 ids = np.asarray(self._input_ids + [tok], dtype=np.intc)
                 if any(crit(ids, scores) for crit in stopping_criteria):
                     return
+            if recorder is not None:
+                recorder(logits, tok)
             yield tok
             if len(self._input_ids) >= n_ctx:
                 return
@@ -428,8 +559,10 @@ class Llama:
 
     @staticmethod
     def _check_unsupported(*, logprobs: Any = None, suffix: Any = None) -> None:
-        if logprobs is not None:
-            raise _not_implemented("logprobs", logprobs)
+        if logprobs is not None and (isinstance(logprobs, bool) or not isinstance(logprobs, int)
+                                     or logprobs < 0):
+            raise ValueError(f"logprobs must be None or an int >= 0 (the number of top "
+                             f"logprobs per token), got {logprobs!r}")
         if suffix is not None:
             raise _not_implemented("suffix", suffix)
 
@@ -481,8 +614,10 @@ class Llama:
         if seed is None:  # as llama-cpp-python: the next seed of a chain started by the Llama's
             seed = random.Random(self._seed).randint(0, 2 ** 32)
         self.set_seed(seed)
+        recorder = _logprobs.Recorder(logprobs) if logprobs is not None else None
         gen_args = dict(params=params, seed=seed, reset=True, logits_processor=logits_processor,
-                        stopping_criteria=stopping_criteria)
+                        stopping_criteria=stopping_criteria, recorder=recorder,
+                        echo_rows=bool(echo and recorder is not None and not stream))
         meta = dict(id=f"cmpl-{uuid.uuid4()}", created=int(time.time()),
                     model=model if model is not None else self.model_path)
         echo_text = ""
@@ -490,15 +625,21 @@ class Llama:
             echo_text = prompt if isinstance(prompt, str) else self.detokenize(
                 prompt_tokens).decode("utf-8", errors="ignore")
         if stream:
+            if recorder is not None:
+                return self._stream_logprobs(prompt, prompt_tokens, max_tokens, stop_bytes,
+                                             gen_args, meta, echo_text, recorder)
             return self._stream(prompt_tokens, max_tokens, stop_bytes, gen_args, meta, echo_text)
         run = _Run()
         for _ in self._run(prompt_tokens, max_tokens, stop_bytes, gen_args, run):
             pass
+        lp = None
+        if recorder is not None:
+            lp = self._completion_logprobs(prompt, prompt_tokens, run, recorder, echo)
         return {
             "id": meta["id"], "object": "text_completion", "created": meta["created"],
             "model": meta["model"],
             "choices": [{"text": echo_text + run.text.decode("utf-8", errors="ignore"),
-                         "index": 0, "logprobs": None, "finish_reason": run.finish_reason}],
+                         "index": 0, "logprobs": lp, "finish_reason": run.finish_reason}],
             "usage": {"prompt_tokens": len(prompt_tokens),
                       "completion_tokens": len(run.completion_tokens),
                       "total_tokens": len(prompt_tokens) + len(run.completion_tokens)},
@@ -512,6 +653,61 @@ class Llama:
 
     def _add_bos(self) -> bool:
         return self._tok.add_bos_token()
+
+    def _completion_logprobs(self, prompt, prompt_tokens, run, recorder, echo):
+        """The logprobs object of a finished completion (llama-cpp-python's shape)."""
+        bos = self.token_bos() if self.token_bos() >= 0 else None
+        steps = recorder.steps[:len(run.completion_tokens)]
+        if echo:
+            shown = prompt_tokens[1:] if prompt_tokens[0] == bos else prompt_tokens
+            # rows exist for positions 1..; the first token shown has none (OpenAI: null)
+            rows = recorder.prompt_steps[len(prompt_tokens) - 1 - len(shown) + 1:]
+            if len(shown) > len(rows):
+                rows = [_logprobs.Step(shown[0], None)] + rows
+            else:
+                rows = [_logprobs.Step(rows[0].token, None)] + rows[1:]
+            steps = rows + steps
+        return _logprobs.completion_logprobs(self._tok, steps, 0 if echo else len(prompt), bos)
+
+    def _stream_logprobs(self, prompt, prompt_tokens, max_tokens, stop_bytes, gen_args, meta,
+                         echo_text, recorder):
+        """A stream with logprobs: one chunk per generated token (llama-cpp-python's), its text
+        what that token adds once it is safe to show (a character split across tokens goes
+        with the token that completes it)."""
+        def chunk(text, lp, finish):
+            return {"id": meta["id"], "object": "text_completion", "created": meta["created"],
+                    "model": meta["model"],
+                    "choices": [{"text": text, "index": 0, "logprobs": lp,
+                                 "finish_reason": finish}]}
+        if echo_text:
+            yield chunk(echo_text, None, None)
+        run = _Run()
+        state = {"k": 0, "sent": 0, "text": 0}
+
+        def ready(limit, final=False):
+            """Chunks of the tokens that end within the first `limit` bytes (final: the text
+            is complete; a token the stop sequence cut shows what is left of it, and the
+            tokens after it are not shown)."""
+            while state["k"] < len(run.token_ends):
+                k = state["k"]
+                end, start = run.token_ends[k], run.token_ends[k - 1] if k else 0
+                if end > limit:
+                    if not final or start >= limit:
+                        return
+                    end = limit
+                upto = max(end - _utf8_incomplete_tail(bytes(run.buf[:end])), state["sent"])
+                text = bytes(run.buf[state["sent"]:upto]).decode("utf-8", errors="ignore")
+                lp = _logprobs.chunk_logprobs(self._tok, recorder.steps[k],
+                                              prompt_tokens + run.completion_tokens[:k],
+                                              len(prompt) + state["text"])
+                state["sent"] = upto
+                state["text"] += len(text)
+                state["k"] += 1
+                yield chunk(text, lp, None)
+        for _ in self._run(prompt_tokens, max_tokens, stop_bytes, gen_args, run):
+            yield from ready(run.emitted)
+        yield from ready(len(run.buf), final=True)
+        yield chunk("", None, run.finish_reason)
 
     def _stream(self, prompt_tokens, max_tokens, stop_bytes, gen_args, meta, echo_text):
         def chunk(text, finish):
@@ -529,7 +725,7 @@ class Llama:
     def _run(self, prompt_tokens, max_tokens, stop_bytes, gen_args, run: _Run) -> Iterator[str]:
         """Generate, cut at stop sequences, and yield text pieces that are safe to show: no
         incomplete UTF-8 character and nothing that could still turn into a stop sequence."""
-        buf = bytearray()
+        buf = run.buf
         emitted = 0
         max_stop = max((len(s) for s in stop_bytes), default=0)
         t0 = time.perf_counter()
@@ -547,6 +743,7 @@ class Llama:
                 run.completion_tokens.append(tok)
                 old = len(buf)
                 buf += self._tok.piece(tok)
+                run.token_ends.append(len(buf))
                 cut = -1
                 if stop_bytes:
                     start = max(0, old - max_stop + 1)
@@ -563,7 +760,7 @@ class Llama:
                 safe = len(buf) - hold
                 if safe > emitted:
                     piece = bytes(buf[emitted:safe]).decode("utf-8", errors="ignore")
-                    emitted = safe
+                    emitted = run.emitted = safe
                     if piece:
                         yield piece
                 if len(run.completion_tokens) >= max_tokens:
@@ -586,6 +783,7 @@ class Llama:
             }
         if len(buf) > emitted:
             piece = bytes(buf[emitted:]).decode("utf-8", errors="ignore")
+            emitted = run.emitted = len(buf)
             if piece:
                 yield piece
         if self.verbose:
@@ -609,18 +807,19 @@ class Llama:
         logit_bias: Optional[Dict[int, float]] = None, logprobs: Optional[bool] = None,
         top_logprobs: Optional[int] = None,
     ) -> Union[Dict[str, Any], Iterator[Dict[str, Any]]]:
-        """Chat completion through the model's chat template (llama-cpp-python's handler)."""
-        for name, value in (("functions", functions), ("function_call", function_call),
-                            ("tools", tools), ("tool_choice", tool_choice),
-                            ("top_logprobs", top_logprobs)):
-            if value is not None:
-                raise _not_implemented(name, value)
-        if logprobs:
-            raise _not_implemented("logprobs", logprobs)
+        """Chat completion through the model's chat template (llama-cpp-python's handler, which
+        also turns tools / tool_choice and functions / function_call into its prompt, a
+        grammar for a forced tool, and tool calls; and logprobs into the chat shape)."""
+        if top_logprobs is not None and (isinstance(top_logprobs, bool)
+                                         or not isinstance(top_logprobs, int)
+                                         or top_logprobs < 0):
+            raise ValueError(f"top_logprobs must be None or an int >= 0, got {top_logprobs!r}")
         handler = self._chat_handler()
         return handler(
-            llama=self, messages=messages, temperature=temperature, top_p=top_p, top_k=top_k,
-            min_p=min_p, typical_p=typical_p, stream=stream, stop=stop, seed=seed,
+            llama=self, messages=messages, functions=functions, function_call=function_call,
+            tools=tools, tool_choice=tool_choice, temperature=temperature, top_p=top_p,
+            top_k=top_k, min_p=min_p, typical_p=typical_p, logprobs=logprobs,
+            top_logprobs=top_logprobs, stream=stream, stop=stop, seed=seed,
             response_format=response_format, max_tokens=max_tokens,
             presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
             repeat_penalty=repeat_penalty, tfs_z=tfs_z, mirostat_mode=mirostat_mode,

@@ -131,22 +131,26 @@ class Model:
     """
 
     def __init__(self, path: str, *, ffn_mode: str | None = None, repack: bool = True,
-                 head_mode: str | None = None):
+                 head_mode: str | None = None, rope_freq_base: float = 0.0,
+                 rope_freq_scale: float = 0.0):
         """head_mode: 'sparse' (the default where the file has an output preview) or 'dense'
-        (the preview is then not loaded and the output matrix is repacked as usual)."""
+        (the preview is then not loaded and the output matrix is repacked as usual).
+        rope_freq_base / rope_freq_scale: llama.cpp's overrides of the (global layers') RoPE
+        base and linear scale; 0: the file's."""
         self._ptr = _lib.pi_model_p()
         self._contexts = weakref.WeakSet()  # the open ones, closed by close()
         self._n_contexts = 0                # open contexts, counted (the C model outlives them)
         self._closed = False
         try:
-            self._load(path, ffn_mode, repack, head_mode)
+            self._load(path, ffn_mode, repack, head_mode, rope_freq_base, rope_freq_scale)
         except BaseException as e:
             self.close()  # a failed load frees the C model now, not at garbage collection
             if isinstance(e, _lib.PiError):
                 raise ModelError(f"{getattr(self, 'path', path)}: {e}") from None
             raise
 
-    def _load(self, path, ffn_mode: str | None, repack: bool, head_mode: str | None) -> None:
+    def _load(self, path, ffn_mode: str | None, repack: bool, head_mode: str | None,
+              rope_freq_base: float = 0.0, rope_freq_scale: float = 0.0) -> None:
         self.path = os.fspath(path)
         reader = read_gguf(self.path)
         self._map = reader.mmap  # the memmap the C model points into
@@ -170,6 +174,12 @@ class Model:
         self.metadata = {k: (str(v) if not isinstance(v, str) else v)
                          for k, v in self.fields.items()}
         self.hparams = self._hparams(n_tokens, tensors)
+        for name, value in (("rope_freq_base", rope_freq_base),
+                            ("rope_freq_scale", rope_freq_scale)):
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be finite and >= 0 (0: the model's), got {value}")
+            if value:
+                setattr(self.hparams, name, float(value))
         call("pi_model_create", ctypes.byref(self.hparams), ctypes.byref(self._ptr))
         self._tensors = {}
         raw = self._map.view(np.ndarray)
@@ -490,6 +500,36 @@ class Context:
         if status:
             self._fail(status)
         return out
+
+    def hidden(self, tokens: Sequence[int], n_past: int) -> np.ndarray:
+        """Runs tokens like eval() and returns their final normed hidden states ([n_tokens,
+        n_embd]: what the output head reads; llama.cpp's embeddings) instead of logits."""
+        n = len(tokens)
+        if n == 0:
+            raise ValueError("hidden needs at least one token")
+        if n_past < 0 or n_past + n > self.n_ctx:
+            raise ContextOverflowError(
+                f"Requested tokens ({n_past + n}) exceed context window of {self.n_ctx}")
+        toks = np.ascontiguousarray(tokens, dtype=np.int32)
+        out = np.empty((n, self.model.n_embd), dtype=np.float32)
+        status = _lib.lib().pi_decode_hidden(self._ptr, _lib.iptr(toks), n, int(n_past), fptr(out))
+        if status:
+            self._fail(status)
+        return out
+
+    def get_state(self, n_tokens: int) -> bytes:
+        """The KV cache of positions 0 .. n_tokens - 1 (pi_context_get_state's buffer)."""
+        size = ctypes.c_int64()
+        call("pi_context_state_size", self._ptr, int(n_tokens), ctypes.byref(size))
+        buf = ctypes.create_string_buffer(size.value)
+        call("pi_context_get_state", self._ptr, int(n_tokens), buf, size.value)
+        return buf.raw
+
+    def set_state(self, n_tokens: int, state: bytes) -> None:
+        """Writes a get_state buffer back into positions 0 .. n_tokens - 1 (checked: size and
+        the model's shape)."""
+        state = bytes(state)
+        call("pi_context_set_state", self._ptr, int(n_tokens), state, len(state))
 
     def _fail(self, status: int) -> None:
         """Raises for a failed pi_decode: a closed context or non-finite logits (the model's

@@ -11,6 +11,8 @@
  * 5. The masked pair (gate and up in one job) gives two masked calls' bits.
  * 6. The type table (types.h) against every ISA table: each weight type has its kernels, its
  *    activation type a quantizer and a block size dividing its own, and so on.
+ * 7. A context's hidden states (pi_decode_hidden) and saved state (pi_context_get_state /
+ *    set_state) on a tiny random model: validation, the round trip bit for bit.
  * Prints "N passed, N failed" and exits non-zero on any failure.
  */
 #include <float.h>
@@ -722,6 +724,133 @@ static void test_type_table(void) {
     }
 }
 
+/* ---- 7. a context's hidden states and saved state (a tiny random F32 llama) ------------------- */
+
+enum { TV = 64, TD = 32, TFF = 64, TL = 2, TH = 4, THKV = 2, THD = 8, TCTX = 16 };
+
+/* A finalized tiny llama of random F32 weights (the arrays stay alive in *mem until freed). */
+static pi_model *tiny_model(float **mem) {
+    const pi_hparams hp = {.arch = PI_ARCH_LLAMA, .ffn_act = PI_ACT_SILU, .n_vocab = TV, .n_embd = TD,
+                           .n_ff = TFF, .n_layer = TL, .n_head = TH, .n_head_kv = THKV, .head_dim = THD,
+                           .n_rot = THD, .rope_freq_base = 10000.0f, .rope_freq_scale = 1.0f,
+                           .norm_eps = 1e-5f, .embd_scale = 1.0f};
+    static const struct { const char *name; int layer; int64_t rows, cols; } T[] = {
+        {"attn_norm.weight", 1, 1, TD}, {"attn_q.weight", 1, TH * THD, TD},
+        {"attn_k.weight", 1, THKV * THD, TD}, {"attn_v.weight", 1, THKV * THD, TD},
+        {"attn_output.weight", 1, TD, TH * THD}, {"ffn_norm.weight", 1, 1, TD},
+        {"ffn_gate.weight", 1, TFF, TD}, {"ffn_up.weight", 1, TFF, TD}, {"ffn_down.weight", 1, TD, TFF},
+        {"token_embd.weight", 0, TV, TD}, {"output_norm.weight", 0, 1, TD}, {"output.weight", 0, TV, TD}};
+    size_t total = 0;
+    for (size_t i = 0; i < sizeof T / sizeof T[0]; i++) total += (size_t)(T[i].rows * T[i].cols) * (T[i].layer ? TL : 1);
+    float *w = *mem = malloc(sizeof(float) * total);
+    for (size_t i = 0; i < total; i++) w[i] = frand();
+    pi_model *m = NULL;
+    if (pi_model_create(&hp, &m) != PI_OK) return NULL;
+    pi_model_set_repack(m, PI_REPACK_NONE);
+    for (size_t i = 0; i < sizeof T / sizeof T[0]; i++)
+        for (int il = 0; il < (T[i].layer ? TL : 1); il++) {
+            char name[64];
+            if (T[i].layer) snprintf(name, sizeof name, "blk.%d.%s", il, T[i].name);
+            else snprintf(name, sizeof name, "%s", T[i].name);
+            if (T[i].rows == 1) /* norms: around 1 */
+                for (int64_t k = 0; k < T[i].cols; k++) w[k] = 1.0f + 0.25f * w[k];
+            if (pi_model_set_tensor(m, name, PI_TYPE_F32, T[i].rows, T[i].cols, w) != PI_OK) {
+                pi_model_free(m);
+                return NULL;
+            }
+            w += T[i].rows * T[i].cols;
+        }
+    if (pi_model_finalize(m) != PI_OK) {
+        pi_model_free(m);
+        return NULL;
+    }
+    return m;
+}
+
+static void test_context_state(void) {
+    float *mem = NULL;
+    pi_model *m = tiny_model(&mem);
+    CHECK(m != NULL, "tiny model");
+    if (!m) return;
+    pi_context *a = NULL, *b = NULL;
+    EXPECT_STATUS(pi_context_create(m, TCTX, 4, 1, &a), PI_OK);
+    EXPECT_STATUS(pi_context_create(m, TCTX, 4, 2, &b), PI_OK);
+    if (!a || !b) return;
+    const int32_t toks[7] = {3, 17, 42, 5, 63, 0, 9}, other[7] = {8, 8, 1, 2, 40, 33, 7};
+    float la[TV], lb[TV], hidden[7 * TD], y[TV];
+    int64_t bytes = 0;
+
+    /* the hidden states: output . hidden[t] is the logits of token t */
+    EXPECT_STATUS(pi_decode_hidden(a, toks, 7, 0, hidden), PI_OK);
+    EXPECT_STATUS(pi_decode(b, toks, 7, 0, lb, 0), PI_OK);
+    const float *out_w = NULL;
+    { /* the output matrix: the last tensor tiny_model attached */
+        size_t off = 0;
+        off += (size_t)TL * (2 * TD + (size_t)(TH * THD + 2 * THKV * THD) * TD + (size_t)TD * TH * THD + 3 * (size_t)TFF * TD);
+        off += (size_t)TV * TD + TD;
+        out_w = mem + off;
+    }
+    EXPECT_STATUS(pi_matvec(NULL, PI_TYPE_F32, out_w, TV, TD, hidden + 6 * TD, y), PI_OK);
+    float worst = 0, mag = 0;
+    for (int i = 0; i < TV; i++) {
+        worst = fmaxf(worst, fabsf(y[i] - lb[i]));
+        mag = fmaxf(mag, fabsf(lb[i]));
+    }
+    CHECK(worst <= 1e-5f * mag, "pi_decode_hidden: output . hidden is off the logits by %g (of %g)", (double)worst, (double)mag);
+
+    /* validation */
+    EXPECT_STATUS(pi_decode_hidden(a, toks, 7, 0, NULL), PI_ERR_NULL);
+    EXPECT_STATUS(pi_decode_hidden(NULL, toks, 7, 0, hidden), PI_ERR_NULL);
+    EXPECT_STATUS(pi_decode_hidden(a, other, 7, TCTX - 6, hidden), PI_ERR_RANGE);
+    EXPECT_STATUS(pi_decode_hidden(a, toks, 0, 0, hidden), PI_ERR_SHAPE);
+    const int32_t bad = TV;
+    EXPECT_STATUS(pi_decode_hidden(a, &bad, 1, 0, hidden), PI_ERR_RANGE);
+    EXPECT_STATUS(pi_context_state_size(NULL, 5, &bytes), PI_ERR_NULL);
+    EXPECT_STATUS(pi_context_state_size(a, 5, NULL), PI_ERR_NULL);
+    EXPECT_STATUS(pi_context_state_size(a, -1, &bytes), PI_ERR_RANGE);
+    EXPECT_STATUS(pi_context_state_size(a, TCTX + 1, &bytes), PI_ERR_RANGE);
+    EXPECT_STATUS(pi_context_state_size(a, 0, &bytes), PI_OK);
+    CHECK(bytes == 16, "state of 0 tokens: %lld bytes", (long long)bytes);
+    EXPECT_STATUS(pi_context_state_size(a, 5, &bytes), PI_OK);
+    CHECK(bytes == 16 + (int64_t)TL * 2 * THKV * THD * 5 * 2, "state of 5 tokens: %lld bytes", (long long)bytes);
+    uint8_t *st = malloc((size_t)bytes + 8);
+    EXPECT_STATUS(pi_context_get_state(a, 5, NULL, bytes), PI_ERR_NULL);
+    EXPECT_STATUS(pi_context_get_state(a, 5, st, bytes - 1), PI_ERR_SHAPE);
+    EXPECT_STATUS(pi_context_get_state(a, 5, st, bytes + 1), PI_ERR_SHAPE);
+    EXPECT_STATUS(pi_context_get_state(a, TCTX + 1, st, bytes), PI_ERR_RANGE);
+
+    /* save after 5 tokens (of pi_decode_hidden: it writes the cache as pi_decode does) */
+    EXPECT_STATUS(pi_context_get_state(a, 5, st, bytes), PI_OK);
+    /* b holds the same 7 tokens; overwrite its first positions with other tokens, then load */
+    EXPECT_STATUS(pi_decode(b, other, 7, 0, lb, 0), PI_OK);
+    EXPECT_STATUS(pi_context_set_state(b, 4, st, bytes), PI_ERR_SHAPE);   /* size of 5, said 4 */
+    EXPECT_STATUS(pi_context_set_state(b, 5, st, bytes - 2), PI_ERR_SHAPE);
+    st[0] ^= 1; /* the magic */
+    EXPECT_STATUS(pi_context_set_state(b, 5, st, bytes), PI_ERR_SHAPE);
+    st[0] ^= 1;
+    EXPECT_STATUS(pi_context_set_state(NULL, 5, st, bytes), PI_ERR_NULL);
+    EXPECT_STATUS(pi_context_set_state(b, 5, st, bytes), PI_OK);
+    /* both continue from the same 5 positions: the same logits, bit for bit */
+    EXPECT_STATUS(pi_decode(a, toks + 5, 2, 5, la, 0), PI_OK);
+    EXPECT_STATUS(pi_decode(b, toks + 5, 2, 5, lb, 0), PI_OK);
+    CHECK(!memcmp(la, lb, sizeof la), "after pi_context_set_state: the logits differ");
+    /* without the load they would not have been */
+    EXPECT_STATUS(pi_decode(b, other, 5, 0, lb, 0), PI_OK);
+    EXPECT_STATUS(pi_decode(b, toks + 5, 2, 5, lb, 0), PI_OK);
+    CHECK(memcmp(la, lb, sizeof la) != 0, "another cache gave the same logits (the check is void)");
+    /* a state of another model's shape is refused */
+    int32_t head[4];
+    memcpy(head, st, sizeof head);
+    head[2] += 1;
+    memcpy(st, head, sizeof head);
+    EXPECT_STATUS(pi_context_set_state(b, 5, st, bytes), PI_ERR_SHAPE);
+    free(st);
+    pi_context_free(a);
+    pi_context_free(b);
+    pi_model_free(m);
+    free(mem);
+}
+
 int main(void) {
     list_types();
     pi_pool *pool3 = NULL;
@@ -738,6 +867,7 @@ int main(void) {
     RUN(test_masked_pair(pool3));
     RUN(test_ffn_sparse(pool3));
     RUN(test_type_table());
+    RUN(test_context_state());
     pi_pool_free(pool3);
     printf("%d passed, %d failed\n", n_passed, n_failed);
     return n_failed ? 1 : 0;
