@@ -20,10 +20,16 @@ struct pi_context {
     const pi_model *m;
     pi_pool *pool;
     int32_t n_ctx, n_batch, ffn_mode;
+    int32_t n_seq;            /* sequences, each with its own n_ctx positions of KV cache */
     int64_t ldv;              /* v cache row stride: n_ctx padded (v_row_stride) */
-    pi_half *k_cache;         /* [n_layer][n_head_kv][n_ctx][head_dim] f16 (llama.cpp's default
-                                 cache type), head-major: a head's keys are contiguous */
-    pi_half *v_cache;         /* [n_layer][kv_dim][ldv] f16, transposed (as llama.cpp's) */
+    pi_half *k_cache;         /* [n_layer][n_seq][n_head_kv][n_ctx][head_dim] f16 (llama.cpp's
+                                 default cache type), head-major: a head's keys are contiguous */
+    pi_half *v_cache;         /* [n_layer][n_seq][kv_dim][ldv] f16, transposed (as llama.cpp's) */
+    int32_t *seq_len;         /* [n_seq] positions of each sequence's cache written so far */
+    int32_t *tok_seq;         /* [n_batch] the current chunk's tokens' sequences */
+    int32_t *tok_pos;         /* [n_batch] and positions */
+    int32_t *out_rows;        /* [n_batch] the chunk's tokens whose logits are wanted */
+    int32_t *seq_next;        /* [n_seq] pi_decode_seqs' validation scratch */
     float *x;                 /* [n_batch][d] residual stream */
     float *xn;                /* [n_batch][d] normalized input of the current block */
     float *q;                 /* [n_batch][q_dim] */
@@ -143,10 +149,18 @@ static void add_bias(float *Y, const pi_weight *b, int B, int64_t n) {
 
 typedef struct {
     pi_context *c;
-    const pi_half *kc, *vc; /* this layer's cache: k [n_head_kv][n_ctx][hd], v [kv_dim][ldv] */
-    int B, n_past;
+    const pi_half *kc, *vc; /* this layer's cache, sequence 0: k [n_head_kv][n_ctx][hd], v [kv_dim][ldv] */
+    int B;
     int window;             /* a sliding layer's n_swa: the positions attended; 0: all */
 } attn_job;
+
+/* Sequence s's part of a layer's k cache [n_head_kv][n_ctx][hd], or v cache [kv_dim][ldv]. */
+static size_t k_seq_offset(const pi_context *c, int s) {
+    return (size_t)s * (size_t)c->n_ctx * (size_t)c->m->hp.n_head_kv * (size_t)c->m->hp.head_dim;
+}
+static size_t v_seq_offset(const pi_context *c, int s) {
+    return (size_t)s * (size_t)c->m->hp.n_head_kv * (size_t)c->m->hp.head_dim * (size_t)c->ldv;
+}
 
 /* The v cache's row stride: n_ctx rounded up to whole chunks of 8 positions (attn_values reads
  * whole chunks), plus one cache line, so that the rows a token's v is scattered into (and the
@@ -154,14 +168,18 @@ typedef struct {
  * alias in the store-to-load check and stall the scatter. */
 static int64_t v_row_stride(int32_t n_ctx) { return ((int64_t)n_ctx + 7) / 8 * 8 + 32; }
 
+/* The most sequences a context holds. */
+#define PI_MAX_SEQ 4096
+
 /* The largest n_ctx a context takes (its buffer sizes then fit size_t with room to spare). */
 #define PI_MAX_CTX (INT32_MAX - 64)
 
 /* Floats of attention scratch per thread: scores [n_ctx + 8] and the f16-rounded query. */
 static size_t attn_scratch(int n_ctx, int head_dim) { return (size_t)n_ctx + 8 + (size_t)head_dim; }
 
-/* One (token, head) pair per work item: softmax(attn_scale q k^T) v over positions 0..pos (the
- * last `window` of them in a sliding layer), as llama.cpp's CPU graph computes it: kq = k16 . q16
+/* One (token, head) pair per work item: softmax(attn_scale q k^T) v over positions 0..pos of the
+ * token's sequence (the last `window` of them in a sliding layer), as llama.cpp's CPU graph
+ * computes it: kq = k16 . q16
  * (mul_mat), soft_max_ext over whole chunks of 8 positions (the ones outside masked),
  * kqv = v16 . p16 (mul_mat). A window starts its chunks at a multiple of 8 positions. */
 static void attn_task(void *arg, int ith, int nth) {
@@ -177,13 +195,15 @@ static void attn_task(void *arg, int ith, int nth) {
     pi_split((int64_t)j->B * hp->n_head, 1, ith, nth, &b, &e);
     for (int64_t item = b; item < e; item++) {
         const int t = (int)(item / hp->n_head), h = (int)(item % hp->n_head);
-        const int pos = j->n_past + t, kvh = h / group;
+        const int pos = c->tok_pos[t], kvh = h / group;
+        const pi_half *kc = j->kc + k_seq_offset(c, c->tok_seq[t]);
+        const pi_half *vc = j->vc + v_seq_offset(c, c->tok_seq[t]);
         const int first = j->window && pos >= j->window ? pos - j->window + 1 : 0;
         const int p0 = first / 8 * 8, n_pos = pos + 1 - p0; /* positions p0 .. pos, sc[p - p0] */
         const float *q = c->q + (size_t)t * q_dim + (size_t)h * hd;
         memcpy(q16, q, (size_t)hd * sizeof *q16);
         K->round_f16(hd, q16);
-        K->attn_scores(n_pos, hd, j->kc + ((size_t)kvh * c->n_ctx + (size_t)p0) * hd, hd, q16,
+        K->attn_scores(n_pos, hd, kc + ((size_t)kvh * c->n_ctx + (size_t)p0) * hd, hd, q16,
                        hp->attn_scale, sc);
         for (int p = 0; p < first - p0; p++) sc[p] = -INFINITY;
         float mx = -INFINITY;
@@ -193,25 +213,26 @@ static void attn_task(void *arg, int ith, int nth) {
         const float inv = (float)(1.0 / K->softmax_exp(n_pad, sc, mx));
         for (int p = 0; p < n_pos; p++) sc[p] *= inv;
         K->round_f16(n_pos, sc);
-        K->attn_values(n_pos, hd, j->vc + (size_t)kvh * hd * c->ldv + p0, c->ldv, sc,
+        K->attn_values(n_pos, hd, vc + (size_t)kvh * hd * c->ldv + p0, c->ldv, sc,
                        c->att_out + (size_t)t * q_dim + (size_t)h * hd);
     }
 }
 
-static int attention_block(pi_context *c, int il, int B, int n_past) {
+static int attention_block(pi_context *c, int il, int B) {
     const pi_model *m = c->m;
     const pi_hparams *hp = &m->hp;
     const pi_layer *l = &m->layers[il];
     const int d = hp->n_embd, hd = hp->head_dim;
     const int q_dim = hp->n_head * hd, kv_dim = hp->n_head_kv * hd;
-    pi_half *kc = c->k_cache + ((size_t)il * c->n_ctx) * kv_dim; /* n_head_kv * n_ctx * hd each */
-    pi_half *vc = c->v_cache + ((size_t)il * kv_dim) * c->ldv;
+    pi_half *kc = c->k_cache + k_seq_offset(c, il * c->n_seq); /* layer il, sequence 0 */
+    pi_half *vc = c->v_cache + v_seq_offset(c, il * c->n_seq);
     const pi_kernels *K = pi_kernels_active();
     int rc;
 
     /* v goes into the cache one element per row, kv_dim scattered lines: fetch them now, while
      * q, k and v are computed */
-    for (int i = 0; i < kv_dim; i++) __builtin_prefetch(vc + (size_t)i * c->ldv + n_past, 1, 3);
+    for (int i = 0; i < kv_dim; i++)
+        __builtin_prefetch(vc + v_seq_offset(c, c->tok_seq[0]) + (size_t)i * c->ldv + c->tok_pos[0], 1, 3);
     for (int t = 0; t < B; t++)
         rmsnorm(c->xn + (size_t)t * d, c->x + (size_t)t * d, l->attn_norm.data, d, hp->norm_eps);
     const pi_weight *qkv[3] = {&l->wq, &l->wk, &l->wv};
@@ -230,19 +251,19 @@ static int attention_block(pi_context *c, int il, int B, int n_past) {
         for (int h = 0; h < hp->n_head_kv; h++)
             K->rope(hp->n_rot, hp->rope_neox, cs, c->k + (size_t)t * kv_dim + (size_t)h * hd);
     }
-    /* the new positions into the f16 cache: k at rows n_past.. of each head, v at columns
-     * n_past.. (through c->k's memory, free once k is stored) */
+    /* the new positions into the f16 cache of their sequences: k at row pos of each head, v at
+     * column pos (through c->k's memory, free once k is stored) */
     for (int t = 0; t < B; t++)
         for (int h = 0; h < hp->n_head_kv; h++)
             K->to_f16(hd, c->k + (size_t)t * kv_dim + (size_t)h * hd,
-                      kc + ((size_t)h * c->n_ctx + (size_t)(n_past + t)) * hd);
+                      kc + k_seq_offset(c, c->tok_seq[t]) + ((size_t)h * c->n_ctx + (size_t)c->tok_pos[t]) * hd);
     pi_half *v16 = (pi_half *)c->k;
     K->to_f16((int64_t)B * kv_dim, c->v, v16);
-    for (int t = 0; t < B; t++)
-        for (int i = 0; i < kv_dim; i++)
-            vc[(size_t)i * c->ldv + n_past + t] = v16[(size_t)t * kv_dim + i];
-    attn_job job = {.c = c, .kc = kc, .vc = vc, .B = B, .n_past = n_past,
-                    .window = slides ? hp->n_swa : 0};
+    for (int t = 0; t < B; t++) {
+        pi_half *vt = vc + v_seq_offset(c, c->tok_seq[t]) + c->tok_pos[t];
+        for (int i = 0; i < kv_dim; i++) vt[(size_t)i * c->ldv] = v16[(size_t)t * kv_dim + i];
+    }
+    attn_job job = {.c = c, .kc = kc, .vc = vc, .B = B, .window = slides ? hp->n_swa : 0};
     pi_pool_run(c->pool, attn_task, &job);
     if ((rc = matmul(c, &l->wo, c->att_out, B, c->proj, d))) return rc;
     rmsnorm_rows(c->proj, B, &l->post_attn_norm, d, hp->norm_eps); /* gemma3 */
@@ -388,8 +409,12 @@ static int ffn_block(pi_context *c, int il, int B) {
 
 /* ---- one chunk of tokens --------------------------------------------------------------------- */
 
-static int decode_chunk(pi_context *c, const int32_t *tokens, int B, int n_past, float *logits,
-                        int logits_all, float *hidden) {
+/* Runs the chunk's B tokens (sequences and positions in c->tok_seq, c->tok_pos) through every
+ * layer; then either hidden [B][d], every token's final-normed state (what the head reads), or
+ * logits [n_out][n_vocab] of the tokens out[0 .. n_out) (chunk rows, ascending). One row takes
+ * the context's head (the sparse head when set), several the full head. */
+static int decode_chunk(pi_context *c, const int32_t *tokens, int B, const int32_t *out, int n_out,
+                        float *logits, float *hidden) {
     const pi_model *m = c->m;
     const pi_hparams *hp = &m->hp;
     const int d = hp->n_embd;
@@ -415,10 +440,10 @@ static int decode_chunk(pi_context *c, const int32_t *tokens, int B, int n_past,
         const float theta_scale = powf(kinds[k].base, -2.0f / (float)hp->n_rot);
         for (int t = 0; t < B; t++)
             rope_angles(kinds[k].cs + (size_t)t * hp->n_rot, hp->n_rot, theta_scale, kinds[k].scale,
-                        m->rope_freqs.data, n_past + t);
+                        m->rope_freqs.data, c->tok_pos[t]);
     }
     for (int il = 0; il < hp->n_layer; il++) {
-        if ((rc = attention_block(c, il, B, n_past))) return rc;
+        if ((rc = attention_block(c, il, B))) return rc;
         if ((rc = ffn_block(c, il, B))) return rc;
     }
     c->stats.tokens += B;
@@ -427,18 +452,17 @@ static int decode_chunk(pi_context *c, const int32_t *tokens, int B, int n_past,
             rmsnorm(hidden + (size_t)t * d, c->x + (size_t)t * d, m->output_norm.data, d, hp->norm_eps);
         return PI_OK;
     }
-    if (!logits) return PI_OK;
-    const int first = logits_all ? 0 : B - 1;
-    for (int t = first; t < B; t++)
-        rmsnorm(c->xn + (size_t)t * d, c->x + (size_t)t * d, m->output_norm.data, d, hp->norm_eps);
-    if (c->head && !logits_all)
-        rc = pi_head_logits(c->head, c->pool, c->xn + (size_t)first * d, logits);
+    if (!n_out) return PI_OK;
+    for (int r = 0; r < n_out; r++) /* row r of xn: token out[r] (out ascending: r <= out[r]) */
+        rmsnorm(c->xn + (size_t)r * d, c->x + (size_t)out[r] * d, m->output_norm.data, d, hp->norm_eps);
+    if (c->head && n_out == 1)
+        rc = pi_head_logits(c->head, c->pool, c->xn, logits);
     else
-        rc = matmul(c, pi_model_output(m), c->xn + (size_t)first * d, B - first, logits, hp->n_vocab);
+        rc = matmul(c, pi_model_output(m), c->xn, n_out, logits, hp->n_vocab);
     if (rc) return rc;
     if (hp->final_softcap > 0) { /* llama.cpp's: scale by 1 / cap, tanh, scale by cap */
         const float inv = 1.0f / hp->final_softcap;
-        for (size_t i = 0; i < (size_t)(B - first) * hp->n_vocab; i++)
+        for (size_t i = 0; i < (size_t)n_out * hp->n_vocab; i++)
             logits[i] = tanhf(logits[i] * inv) * hp->final_softcap;
     }
     return PI_OK;
@@ -455,43 +479,65 @@ static int all_finite(const float *x, size_t n) {
     return !bad;
 }
 
-/* pi_decode and pi_decode_hidden: the checks, then the chunks; exactly one of logits and hidden
- * is the output (logits may be NULL too: the KV cache alone). */
+/* Runs tokens [n_tokens] in chunks of n_batch: token i of sequence seq[i] at position pos[i]
+ * (seq NULL: sequence 0 at n_past + i). The output: hidden [n_tokens][n_embd] when not NULL,
+ * else logits [n_rows][n_vocab] of the tokens with want[i] set, in order (want NULL: every token
+ * when logits_all, else the last), none when logits is NULL. The callers validated the rest. */
+static int run_tokens(const char *fn, pi_context *c, const int32_t *tokens, int32_t n_tokens,
+                      const int32_t *seq, const int32_t *pos, int32_t n_past, const int8_t *want,
+                      int logits_all, float *logits, float *hidden) {
+    const int64_t V = c->m->hp.n_vocab, d = c->m->hp.n_embd;
+    int64_t rows = 0;
+    for (int32_t done = 0; done < n_tokens; done += c->n_batch) {
+        const int B = n_tokens - done < c->n_batch ? n_tokens - done : c->n_batch;
+        int n_out = 0;
+        for (int t = 0; t < B; t++) {
+            const int32_t i = done + t;
+            c->tok_seq[t] = seq ? seq[i] : 0;
+            c->tok_pos[t] = seq ? pos[i] : n_past + i;
+            const int w = logits && (want ? want[i] != 0 : logits_all || i == n_tokens - 1);
+            if (w) c->out_rows[n_out++] = t;
+        }
+        c->rec_base = done;
+        const int rc = decode_chunk(c, tokens + done, B, c->out_rows, n_out, logits ? logits + rows * V : NULL,
+                                    hidden ? hidden + (int64_t)done * d : NULL);
+        for (int t = 0; t < B; t++) c->seq_len[c->tok_seq[t]] = c->tok_pos[t] + 1;
+        if (rc) return rc;
+        rows += n_out;
+    }
+    if (hidden && !all_finite(hidden, (size_t)n_tokens * (size_t)d))
+        return pi_fail(PI_ERR_NUMERIC, "%s: the hidden states are not finite (NaN or inf in the "
+                                       "model's weights, or an overflow)", fn);
+    if (logits && !all_finite(logits, (size_t)rows * (size_t)V))
+        return pi_fail(PI_ERR_NUMERIC, "%s: the logits are not finite (NaN or inf in the "
+                                       "model's weights, or an overflow)", fn);
+    return pi_ok();
+}
+
+static int check_tokens(const char *fn, const pi_context *c, const int32_t *tokens, int32_t n_tokens) {
+    if (n_tokens <= 0) return pi_fail(PI_ERR_SHAPE, "%s: n_tokens = %d must be positive", fn, n_tokens);
+    for (int32_t i = 0; i < n_tokens; i++)
+        if (tokens[i] < 0 || tokens[i] >= c->m->hp.n_vocab)
+            return pi_fail(PI_ERR_RANGE, "%s: token %d = %d out of range [0, %d)", fn, i, tokens[i],
+                           c->m->hp.n_vocab);
+    return PI_OK;
+}
+
+/* pi_decode and pi_decode_hidden (sequence 0): the checks, then the chunks; exactly one of
+ * logits and hidden is the output (logits may be NULL too: the KV cache alone). */
 static int decode(const char *fn, pi_context *c, const int32_t *tokens, int32_t n_tokens, int32_t n_past,
                   float *logits, int32_t logits_all, float *hidden) {
     PI_CHECK_NULL(c);
     PI_CHECK_NULL(tokens);
-    const pi_hparams *hp = &c->m->hp;
-    if (n_tokens <= 0) return pi_fail(PI_ERR_SHAPE, "%s: n_tokens = %d must be positive", fn, n_tokens);
+    int rc;
+    if ((rc = check_tokens(fn, c, tokens, n_tokens))) return rc;
     if (n_past < 0 || (int64_t)n_past + n_tokens > c->n_ctx)
         return pi_fail(PI_ERR_RANGE, "%s: context overflow: %d past + %d new tokens > n_ctx = %d", fn,
                        n_past, n_tokens, c->n_ctx);
-    for (int32_t i = 0; i < n_tokens; i++)
-        if (tokens[i] < 0 || tokens[i] >= hp->n_vocab)
-            return pi_fail(PI_ERR_RANGE, "%s: token %d = %d out of range [0, %d)", fn, i, tokens[i],
-                           hp->n_vocab);
     if (c->rec_tokens && n_tokens > c->rec_tokens)
         return pi_fail(PI_ERR_RANGE, "%s: %d tokens but the recorder holds %d", fn, n_tokens,
                        c->rec_tokens);
-    for (int32_t done = 0; done < n_tokens; done += c->n_batch) {
-        const int B = n_tokens - done < c->n_batch ? n_tokens - done : c->n_batch;
-        const int last = done + B == n_tokens;
-        float *out = NULL;
-        if (logits && logits_all) out = logits + (size_t)done * hp->n_vocab;
-        else if (logits && last) out = logits;
-        c->rec_base = done;
-        int rc = decode_chunk(c, tokens + done, B, n_past + done, out, logits_all,
-                              hidden ? hidden + (size_t)done * hp->n_embd : NULL);
-        if (rc) return rc;
-    }
-    if (hidden && !all_finite(hidden, (size_t)n_tokens * (size_t)hp->n_embd))
-        return pi_fail(PI_ERR_NUMERIC, "%s: the hidden states are not finite (NaN or inf in the "
-                                       "model's weights, or an overflow)", fn);
-    const size_t n_out = (size_t)(logits_all ? n_tokens : 1) * (size_t)hp->n_vocab;
-    if (logits && !all_finite(logits, n_out))
-        return pi_fail(PI_ERR_NUMERIC, "%s: the logits are not finite (NaN or inf in the "
-                                       "model's weights, or an overflow)", fn);
-    return pi_ok();
+    return run_tokens(fn, c, tokens, n_tokens, NULL, NULL, n_past, NULL, logits_all, logits, hidden);
 }
 
 int pi_decode(pi_context *c, const int32_t *tokens, int32_t n_tokens, int32_t n_past, float *logits,
@@ -504,25 +550,75 @@ int pi_decode_hidden(pi_context *c, const int32_t *tokens, int32_t n_tokens, int
     return decode("pi_decode_hidden", c, tokens, n_tokens, n_past, NULL, 0, hidden);
 }
 
+int pi_decode_seqs(pi_context *c, const int32_t *tokens, const int32_t *seq, const int32_t *pos,
+                   int32_t n_tokens, const int8_t *want, float *logits) {
+    static const char fn[] = "pi_decode_seqs";
+    PI_CHECK_NULL(c);
+    PI_CHECK_NULL(tokens);
+    PI_CHECK_NULL(seq);
+    PI_CHECK_NULL(pos);
+    int rc;
+    if ((rc = check_tokens(fn, c, tokens, n_tokens))) return rc;
+    if (c->rec_tokens) return pi_fail(PI_ERR_RANGE, "%s: the recorder is set (pi_decode only)", fn);
+    if (want && !logits) return pi_fail(PI_ERR_NULL, "%s: want is set but logits is NULL", fn);
+    /* each sequence's tokens continue its cache (or rewrite its tail): the first at a position
+     * <= its length so far, the others one after another */
+    for (int32_t s = 0; s < c->n_seq; s++) c->seq_next[s] = -1;
+    for (int32_t i = 0; i < n_tokens; i++) {
+        const int32_t s = seq[i], p = pos[i];
+        if (s < 0 || s >= c->n_seq)
+            return pi_fail(PI_ERR_RANGE, "%s: token %d: sequence %d out of range [0, %d)", fn, i, s, c->n_seq);
+        if (p < 0 || p >= c->n_ctx)
+            return pi_fail(PI_ERR_RANGE, "%s: token %d: position %d out of range [0, n_ctx = %d) "
+                                         "(context overflow)", fn, i, p, c->n_ctx);
+        const int32_t next = c->seq_next[s];
+        if (next < 0 ? p > c->seq_len[s] : p != next)
+            return pi_fail(PI_ERR_RANGE, "%s: token %d: position %d of sequence %d does not follow its "
+                                         "cache (%d positions) or its previous token", fn, i, p, s,
+                           next < 0 ? c->seq_len[s] : next);
+        c->seq_next[s] = p + 1;
+    }
+    return run_tokens(fn, c, tokens, n_tokens, seq, pos, 0, want, 0, logits, NULL);
+}
+
+int pi_context_seq_len(const pi_context *c, int32_t seq, int32_t *len) {
+    PI_CHECK_NULL(c);
+    PI_CHECK_NULL(len);
+    if (seq < 0 || seq >= c->n_seq)
+        return pi_fail(PI_ERR_RANGE, "pi_context_seq_len: sequence %d out of range [0, %d)", seq, c->n_seq);
+    *len = c->seq_len[seq];
+    return pi_ok();
+}
+
 /* ---- context lifetime ------------------------------------------------------------------------ */
 
 int pi_context_create(pi_model *m, int32_t n_ctx, int32_t n_batch, int32_t n_threads, pi_context **out) {
+    return pi_context_create_seqs(m, n_ctx, n_batch, n_threads, 1, out);
+}
+
+int pi_context_create_seqs(pi_model *m, int32_t n_ctx, int32_t n_batch, int32_t n_threads, int32_t n_seq,
+                           pi_context **out) {
     PI_CHECK_NULL(m);
     PI_CHECK_NULL(out);
     *out = NULL;
     if (!m->finalized) return pi_fail(PI_ERR_RANGE, "pi_context_create: model is not finalized");
-    if (n_ctx <= 0 || n_batch <= 0 || n_threads <= 0)
-        return pi_fail(PI_ERR_RANGE, "pi_context_create: n_ctx = %d, n_batch = %d, n_threads = %d must be positive",
-                       n_ctx, n_batch, n_threads);
+    if (n_ctx <= 0 || n_batch <= 0 || n_threads <= 0 || n_seq <= 0)
+        return pi_fail(PI_ERR_RANGE, "pi_context_create: n_ctx = %d, n_batch = %d, n_threads = %d, n_seq = %d "
+                                     "must be positive", n_ctx, n_batch, n_threads, n_seq);
+    if (n_seq > PI_MAX_SEQ)
+        return pi_fail(PI_ERR_RANGE, "pi_context_create: n_seq = %d is above the limit %d", n_seq, PI_MAX_SEQ);
     if (n_ctx > PI_MAX_CTX)
         return pi_fail(PI_ERR_RANGE, "pi_context_create: n_ctx = %d is above the limit %d", n_ctx,
                        PI_MAX_CTX);
-    if (n_batch > n_ctx) n_batch = n_ctx;
+    if (n_batch > n_ctx * (int64_t)n_seq) n_batch = (int32_t)(n_ctx * (int64_t)n_seq < INT32_MAX ? n_ctx * (int64_t)n_seq : INT32_MAX);
     const pi_hparams *hp = &m->hp;
     const size_t d = (size_t)hp->n_embd, n_ff = (size_t)hp->n_ff, B = (size_t)n_batch;
     const size_t q_dim = (size_t)hp->n_head * hp->head_dim, kv_dim = (size_t)hp->n_head_kv * hp->head_dim;
-    const size_t cache = (size_t)hp->n_layer * (size_t)n_ctx * kv_dim;
-    const size_t v_cache = (size_t)hp->n_layer * (size_t)v_row_stride(n_ctx) * kv_dim;
+    const size_t cache = (size_t)hp->n_layer * (size_t)n_seq * (size_t)n_ctx * kv_dim;
+    const size_t v_cache = (size_t)hp->n_layer * (size_t)n_seq * (size_t)v_row_stride(n_ctx) * kv_dim;
+    if ((double)hp->n_layer * n_seq * (double)v_row_stride(n_ctx) * (double)kv_dim * 2 > 0x1p60)
+        return pi_fail(PI_ERR_NOMEM, "pi_context_create: the KV cache of n_seq = %d x n_ctx = %d positions "
+                                     "does not fit in memory", n_seq, n_ctx);
     pi_context *c = calloc(1, sizeof *c);
     if (!c) return pi_fail(PI_ERR_NOMEM, "pi_context_create: out of memory");
     /* one allocation, carved into 64-byte aligned buffers */
@@ -539,7 +635,9 @@ int pi_context_create(pi_model *m, int32_t n_ctx, int32_t n_batch, int32_t n_thr
         {(void **)&c->idx, n_ff * 4},
         {(void **)&c->all_idx, n_ff * 4}, {(void **)&c->act, n_ff * 4},
         {(void **)&c->partial, (size_t)n_threads * d * 4},
-        {(void **)&c->emb_row, pi_weight_row_bytes(&m->tok_embd)}};
+        {(void **)&c->emb_row, pi_weight_row_bytes(&m->tok_embd)},
+        {(void **)&c->seq_len, (size_t)n_seq * 4}, {(void **)&c->seq_next, (size_t)n_seq * 4},
+        {(void **)&c->tok_seq, B * 4}, {(void **)&c->tok_pos, B * 4}, {(void **)&c->out_rows, B * 4}};
     const size_t n_parts = sizeof parts / sizeof parts[0];
     size_t total = 0;
     for (size_t i = 0; i < n_parts; i++) total += (parts[i].bytes + 63) / 64 * 64;
@@ -561,6 +659,7 @@ int pi_context_create(pi_model *m, int32_t n_ctx, int32_t n_batch, int32_t n_thr
     }
     c->m = m;
     c->n_ctx = n_ctx;
+    c->n_seq = n_seq;
     c->ldv = v_row_stride(n_ctx);
     c->n_batch = n_batch;
     c->ffn_mode = PI_FFN_DENSE;
@@ -676,8 +775,8 @@ static void state_copy(pi_context *c, int32_t n, uint8_t *buf, int to_buf) {
     const pi_hparams *hp = &c->m->hp;
     const size_t hd = (size_t)hp->head_dim, kv_dim = (size_t)hp->n_head_kv * hd, h2 = sizeof(pi_half);
     for (int il = 0; il < hp->n_layer; il++) {
-        pi_half *kc = c->k_cache + ((size_t)il * c->n_ctx) * kv_dim;
-        pi_half *vc = c->v_cache + ((size_t)il * kv_dim) * c->ldv;
+        pi_half *kc = c->k_cache + k_seq_offset(c, il * c->n_seq); /* layer il, sequence 0 */
+        pi_half *vc = c->v_cache + v_seq_offset(c, il * c->n_seq);
         for (int h = 0; h < hp->n_head_kv; h++, buf += (size_t)n * hd * h2) {
             pi_half *k = kc + (size_t)h * c->n_ctx * hd;
             if (to_buf) memcpy(buf, k, (size_t)n * hd * h2);
@@ -725,5 +824,6 @@ int pi_context_set_state(pi_context *c, int32_t n_tokens, const void *buf, int64
                                      "model's shape (header: magic %#x, %d layers, kv width %d, %d tokens)",
                        n_tokens, (unsigned)head[0], head[1], head[2], head[3]);
     state_copy(c, n_tokens, (uint8_t *)buf + sizeof head, 0);
+    c->seq_len[0] = n_tokens;
     return pi_ok();
 }

@@ -256,7 +256,7 @@ PI_API int pi_model_repacked_bytes(const pi_model *m, int64_t *bytes);
 PI_API int pi_model_ffn_modes(const pi_model *m, int32_t *modes);
 PI_API void pi_model_free(pi_model *m);
 
-/* ---- context: KV cache, buffers and a worker pool for one sequence ----------------------- */
+/* ---- context: KV cache, buffers and a worker pool for one or more sequences -------------- */
 typedef struct pi_context pi_context;
 
 /* All buffers are allocated here, once: no allocation happens while decoding. Several
@@ -264,6 +264,11 @@ typedef struct pi_context pi_context;
  * n_ctx: 1 .. INT32_MAX - 64 (PI_ERR_RANGE outside; PI_ERR_NOMEM when the memory is not there). */
 PI_API int pi_context_create(pi_model *m, int32_t n_ctx, int32_t n_batch, int32_t n_threads,
                              pi_context **out);
+/* A context of n_seq sequences (1 .. 4096), each with its own KV cache of n_ctx positions
+ * (pi_context_create: n_seq 1). n_batch: the most tokens, of any sequences, one internal step
+ * takes. The memory of a sequence's cache is taken as it is written. */
+PI_API int pi_context_create_seqs(pi_model *m, int32_t n_ctx, int32_t n_batch, int32_t n_threads,
+                                  int32_t n_seq, pi_context **out);
 PI_API void pi_context_free(pi_context *c);
 PI_API int pi_context_set_ffn_mode(pi_context *c, int mode);
 
@@ -272,6 +277,17 @@ PI_API int pi_context_set_ffn_mode(pi_context *c, int mode);
  * logits_all. PI_ERR_RANGE when n_past + n_tokens > n_ctx or a token id is out of range. */
 PI_API int pi_decode(pi_context *c, const int32_t *tokens, int32_t n_tokens, int32_t n_past,
                      float *logits, int32_t logits_all);
+/* Runs the tokens of several sequences in one pass over the weights: token i of sequence seq[i]
+ * at position pos[i] (each attends to its own sequence's cache). A sequence's first token here
+ * is at a position <= its length so far (pi_context_seq_len; its cache beyond is overwritten),
+ * its next ones follow one by one. logits: [n_want][n_vocab], one row per token with want[i]
+ * != 0, in order (want NULL: none). A token's logits are those of running its sequence alone.
+ * PI_ERR_RANGE for a sequence, position or token out of range or out of order (checked before
+ * anything runs), or while the recorder is set. */
+PI_API int pi_decode_seqs(pi_context *c, const int32_t *tokens, const int32_t *seq,
+                          const int32_t *pos, int32_t n_tokens, const int8_t *want, float *logits);
+/* The positions of sequence seq's cache written so far (pi_decode: n_past + n_tokens). */
+PI_API int pi_context_seq_len(const pi_context *c, int32_t seq, int32_t *len);
 
 /* Calibration recorder: while set, each pi_decode call writes, for its tokens t < n_tokens and
  * every layer l, the FFN input (after ffn_norm) to ffn_in[t][l][0..d), the gate pre-activation to

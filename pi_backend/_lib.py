@@ -8,7 +8,7 @@ from __future__ import annotations
 import ctypes
 import glob
 import os
-from ctypes import POINTER, c_char_p, c_float, c_int, c_int32, c_int64, c_size_t, c_void_p
+from ctypes import POINTER, c_char_p, c_float, c_int, c_int8, c_int32, c_int64, c_size_t, c_void_p
 
 PI_API_VERSION = 8
 
@@ -182,9 +182,12 @@ _PROTOTYPES = [
     ("pi_model_free", None, [pi_model_p]),
     # context
     ("pi_context_create", c_int, [pi_model_p, c_int32, c_int32, c_int32, POINTER(pi_context_p)]),
+    ("pi_context_create_seqs", c_int, [pi_model_p, c_int32, c_int32, c_int32, c_int32, POINTER(pi_context_p)]),
     ("pi_context_free", None, [pi_context_p]),
     ("pi_context_set_ffn_mode", c_int, [pi_context_p, c_int]),
     ("pi_decode", c_int, [pi_context_p, i32_p, c_int32, c_int32, f32_p, c_int32]),
+    ("pi_decode_seqs", c_int, [pi_context_p, i32_p, i32_p, i32_p, c_int32, POINTER(c_int8), f32_p]),
+    ("pi_context_seq_len", c_int, [pi_context_p, c_int32, POINTER(c_int32)]),
     ("pi_context_set_recorder", c_int, [pi_context_p, f32_p, f32_p, f32_p, c_int32]),
     ("pi_context_stats", c_int, [pi_context_p, POINTER(pi_stats)]),
     ("pi_context_reset_stats", c_int, [pi_context_p]),

@@ -403,9 +403,12 @@ class Model:
         self.thresholds = thr
 
     def new_context(self, n_ctx: int = 512, n_threads: int = 1, n_batch: int = 512,
-                    ffn_mode: str | None = None, head_mode: str | None = None) -> "Context":
+                    ffn_mode: str | None = None, head_mode: str | None = None,
+                    n_seq: int = 1) -> "Context":
+        """A context of n_seq sequences of n_ctx positions each (decode_seqs runs them
+        together; eval runs sequence 0)."""
         return Context(self, n_ctx, n_threads, n_batch, ffn_mode or self.default_ffn_mode,
-                       head_mode or self.default_head_mode)
+                       head_mode or self.default_head_mode, n_seq)
 
     def close(self) -> None:
         """Closes the model's open contexts (their eval then raises) and frees the C model."""
@@ -439,20 +442,22 @@ class Model:
 
 
 class Context:
-    """One sequence: KV cache, buffers and worker pool, on a shared Model."""
+    """One or more sequences (each its own KV cache), buffers and a worker pool, on a shared
+    Model."""
 
     def __init__(self, model: Model, n_ctx: int, n_threads: int, n_batch: int, ffn_mode: str,
-                 head_mode: str = F.HEAD_DENSE):
-        if n_ctx <= 0 or n_threads <= 0 or n_batch <= 0:
-            raise ValueError(f"n_ctx={n_ctx}, n_threads={n_threads} and n_batch={n_batch} "
-                             "must be positive")
+                 head_mode: str = F.HEAD_DENSE, n_seq: int = 1):
+        if n_ctx <= 0 or n_threads <= 0 or n_batch <= 0 or n_seq <= 0:
+            raise ValueError(f"n_ctx={n_ctx}, n_threads={n_threads}, n_batch={n_batch} and "
+                             f"n_seq={n_seq} must be positive")
         if model._closed:
             raise ValueError(f"the model {os.path.basename(model.path)} is closed")
         self.model = model  # kept alive while this context is open
         self.n_ctx = int(n_ctx)
+        self.n_seq = int(n_seq)
         self._ptr = _lib.pi_context_p()
-        call("pi_context_create", model.ptr, self.n_ctx, int(n_batch), int(n_threads),
-             ctypes.byref(self._ptr))
+        call("pi_context_create_seqs", model.ptr, self.n_ctx, int(n_batch), int(n_threads),
+             self.n_seq, ctypes.byref(self._ptr))
         model._context_opened(self)
         self.ffn_mode = F.FFN_DENSE
         self.set_ffn_mode(ffn_mode)
@@ -517,6 +522,32 @@ class Context:
             self._fail(status)
         return out
 
+    def decode_seqs(self, tokens: Sequence[int], seq: Sequence[int], pos: Sequence[int],
+                    want: Sequence[bool]) -> np.ndarray:
+        """Runs token i of sequence seq[i] at position pos[i], all in one pass over the weights,
+        and returns the logits of the tokens with want[i] ([n_want, n_vocab], in order). A
+        sequence's first token here continues its cache (a position <= seq_len), its next ones
+        follow one by one; the logits are those of running each sequence alone."""
+        n = len(tokens)
+        if n == 0:
+            raise ValueError("decode_seqs needs at least one token")
+        if not len(seq) == len(pos) == len(want) == n:
+            raise ValueError(f"decode_seqs: {n} tokens, {len(seq)} sequences, {len(pos)} positions "
+                             f"and {len(want)} flags: one of each per token")
+        over = [p for p in pos if p >= self.n_ctx]
+        if over:
+            raise ContextOverflowError(
+                f"Requested tokens ({max(over) + 1}) exceed context window of {self.n_ctx}")
+        toks, sq, ps = (np.ascontiguousarray(v, dtype=np.int32) for v in (tokens, seq, pos))
+        w = np.ascontiguousarray(want, dtype=np.int8)
+        out = np.empty((int(np.count_nonzero(w)), self.model.n_vocab), np.float32)
+        status = _lib.lib().pi_decode_seqs(self._ptr, _lib.iptr(toks), _lib.iptr(sq), _lib.iptr(ps),
+                                           n, w.ctypes.data_as(ctypes.POINTER(ctypes.c_int8)),
+                                           fptr(out))
+        if status:
+            self._fail(status)
+        return out
+
     def get_state(self, n_tokens: int) -> bytes:
         """The KV cache of positions 0 .. n_tokens - 1 (pi_context_get_state's buffer)."""
         size = ctypes.c_int64()
@@ -530,6 +561,12 @@ class Context:
         the model's shape)."""
         state = bytes(state)
         call("pi_context_set_state", self._ptr, int(n_tokens), state, len(state))
+
+    def seq_len(self, seq: int) -> int:
+        """Positions of sequence seq's cache written so far."""
+        v = ctypes.c_int32()
+        call("pi_context_seq_len", self._ptr, int(seq), ctypes.byref(v))
+        return v.value
 
     def _fail(self, status: int) -> None:
         """Raises for a failed pi_decode: a closed context or non-finite logits (the model's

@@ -18,7 +18,7 @@ GGML_EXT = Path(__file__).resolve().parents[1] / "ggml_ext"
 HEADER = re.sub(r"/\*.*?\*/|//[^\n]*", "", (GGML_EXT / "pi.h").read_text(), flags=re.S)
 
 # C base types -> ctypes; pointers are wrapped in POINTER, except char * and void *
-BASE = {"int": ctypes.c_int, "int32_t": ctypes.c_int32, "int64_t": ctypes.c_int64,
+BASE = {"int": ctypes.c_int, "int8_t": ctypes.c_int8, "int32_t": ctypes.c_int32, "int64_t": ctypes.c_int64,
         "size_t": ctypes.c_size_t, "float": ctypes.c_float, "double": ctypes.c_double,
         "pi_pool": _lib.pi_pool,
         "pi_model": _lib.pi_model, "pi_context": _lib.pi_context,
