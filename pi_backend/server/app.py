@@ -203,12 +203,18 @@ def create_app(settings: ServerSettings, *, load_in_background: bool = True) -> 
                 if await request.is_disconnected():
                     view.cancel()
                     return
+        out: Dict[str, Any] = {}
         async with anyio.create_task_group() as tg:
             tg.start_soon(watch)
             try:
-                return await anyio.to_thread.run_sync(fn, abandon_on_cancel=True)
+                out["value"] = await anyio.to_thread.run_sync(fn, abandon_on_cancel=True)
+            except Exception as e:    # raised as itself, not inside the group's ExceptionGroup
+                out["error"] = e
             finally:
                 tg.cancel_scope.cancel()
+        if "error" in out:
+            raise out["error"]
+        return out["value"]
 
     def stream(view: RequestLlama, it, route: str, include_usage: bool) -> EventSourceResponse:
         async def events():
