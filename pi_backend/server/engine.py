@@ -198,8 +198,6 @@ class Engine:
         if h.slot >= 0:
             self.slots[h.slot].handle = None
         h.q.put(END)
-        if self.metrics is not None:
-            self.metrics.request_done(h, error is not None)
 
     def _admit(self) -> None:
         # drop cancelled waiting requests

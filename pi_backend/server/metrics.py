@@ -67,9 +67,6 @@ class Metrics:
     def prompt_cached(self, n: int) -> None:
         self.cached_tokens.inc(n)
 
-    def request_done(self, handle, failed: bool) -> None:
-        pass
-
     def _engine_stats(self, engine) -> None:
         s = engine.stats()
         self.sparsity.set(s["ffn_sparsity"])
