@@ -88,8 +88,11 @@ def _gguf_info(src) -> dict:
             pass  # one row per token: negligible
         else:
             b["other"] += nb
+    act = r.fields.get(Keys.FFN_ACTIVATION)
+    relu = act is not None and F.field_value(act) == F.ACT_RELU
     return {"split": split, "bytes": b, "ffn_type": types.get("ffn_up"),
-            "has_predictors": b["predictor"] > 0, "output_row_bytes": b["output"] / output_rows}
+            "has_predictors": b["predictor"] > 0, "output_row_bytes": b["output"] / output_rows,
+            "exact_zeros": relu}
 
 
 def _cache_file(src: Path, tag: str, outtype: str) -> Path:
@@ -354,7 +357,8 @@ def bytes_by_part(info: dict, mode: str, sparsity: float, down_sparsity: float,
     weights (`sparsity` of the neurons computed, gate and up rows; `down_sparsity` of those
     entering the down projection), the output head, the KV cache (`kv_bytes`) and the rest
     (norms). Dense mode reads the plain ffn_down where the file keeps one; threshold mode
-    computes gate (and, without predictors, up: the engine repacks it) densely; the down
+    computes gate (and, without predictors, up: the engine repacks it) densely; sparse mode
+    reads the picks' gate and up rows (a ReLU model's up rows of the picks that fire only); the down
     projection reads the ffn_down_t rows it counted, or the whole plain ffn_down when it ran
     dense (the count is then every neuron). The sparse head (`head`: its steps' fallback share
     and exact rows per step that did not fall back) reads the preview, the exact rows and, on
@@ -368,6 +372,8 @@ def bytes_by_part(info: dict, mode: str, sparsity: float, down_sparsity: float,
     elif mode == "threshold":
         up = keep * b["ffn_up"] if info["has_predictors"] else b["ffn_up"]
         ffn = b["ffn_gate"] + up + down
+    elif info.get("exact_zeros"):   # ReLU: up rows of the picks whose gate fires only
+        ffn = b["predictor"] + keep * b["ffn_gate"] + keep_down * b["ffn_up"] + down
     else:
         ffn = b["predictor"] + keep * (b["ffn_gate"] + b["ffn_up"]) + down
     out = b["output"]
@@ -696,7 +702,9 @@ def run(args) -> dict:
                 falls = sum(h["head_fallbacks"] for h in hs)
                 head = {"steps": steps, "fallback": falls / steps if steps else 0.0,
                         "exact_rows": sum(h["head_exact_rows"] for h in hs) /
-                        max(1, steps - falls)}
+                        max(1, steps - falls),
+                        "preview_bytes": info["bytes"]["preview"],
+                        "row_bytes": info["output_row_bytes"]}
             row = {"label": r.label, "engine": r.engine, "file": r.file, "mode": r.mode,
                    "target_sparsity": r.target,
                    "thresholds": None if r.thresholds is None else
