@@ -790,15 +790,22 @@ static void state_copy(pi_context *c, int32_t n, uint8_t *buf, int to_buf) {
     }
 }
 
-int pi_context_get_state(const pi_context *c, int32_t n_tokens, void *buf, int64_t bytes) {
+/* get/set_state's arguments: n_tokens in range, a buffer of exactly the state's size. */
+static int state_args(const char *fn, const pi_context *c, int32_t n_tokens, const void *buf, int64_t bytes) {
     PI_CHECK_NULL(c);
     PI_CHECK_NULL(buf);
     int64_t need = 0;
-    int rc = state_check("pi_context_get_state", c, n_tokens, &need);
+    int rc = state_check(fn, c, n_tokens, &need);
     if (rc) return rc;
     if (bytes != need)
-        return pi_fail(PI_ERR_SHAPE, "pi_context_get_state: buffer of %lld bytes, the state of %d tokens "
-                                     "takes %lld", (long long)bytes, n_tokens, (long long)need);
+        return pi_fail(PI_ERR_SHAPE, "%s: buffer of %lld bytes, the state of %d tokens takes %lld", fn,
+                       (long long)bytes, n_tokens, (long long)need);
+    return PI_OK;
+}
+
+int pi_context_get_state(const pi_context *c, int32_t n_tokens, void *buf, int64_t bytes) {
+    int rc = state_args("pi_context_get_state", c, n_tokens, buf, bytes);
+    if (rc) return rc;
     const pi_hparams *hp = &c->m->hp;
     const int32_t head[4] = {PI_STATE_MAGIC, hp->n_layer, hp->n_head_kv * hp->head_dim, n_tokens};
     memcpy(buf, head, sizeof head);
@@ -807,14 +814,8 @@ int pi_context_get_state(const pi_context *c, int32_t n_tokens, void *buf, int64
 }
 
 int pi_context_set_state(pi_context *c, int32_t n_tokens, const void *buf, int64_t bytes) {
-    PI_CHECK_NULL(c);
-    PI_CHECK_NULL(buf);
-    int64_t need = 0;
-    int rc = state_check("pi_context_set_state", c, n_tokens, &need);
+    int rc = state_args("pi_context_set_state", c, n_tokens, buf, bytes);
     if (rc) return rc;
-    if (bytes != need)
-        return pi_fail(PI_ERR_SHAPE, "pi_context_set_state: buffer of %lld bytes, the state of %d tokens "
-                                     "takes %lld", (long long)bytes, n_tokens, (long long)need);
     const pi_hparams *hp = &c->m->hp;
     int32_t head[4];
     memcpy(head, buf, sizeof head);

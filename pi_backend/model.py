@@ -482,15 +482,20 @@ class Context:
         call("pi_context_set_head_mode", self._ptr, HEAD_MODES[mode])
         self.head_mode = mode
 
-    def eval(self, tokens: Sequence[int], n_past: int, logits_all: bool = False) -> np.ndarray:
-        """Runs tokens at positions n_past.. and returns the logits of the last token
-        ([n_vocab]) or of every token ([n_tokens, n_vocab])."""
+    def _span(self, what: str, tokens: Sequence[int], n_past: int) -> int:
+        """len(tokens), checked: at least one, and positions n_past.. inside the context."""
         n = len(tokens)
         if n == 0:
-            raise ValueError("eval needs at least one token")
+            raise ValueError(f"{what} needs at least one token")
         if n_past < 0 or n_past + n > self.n_ctx:
             raise ContextOverflowError(
                 f"Requested tokens ({n_past + n}) exceed context window of {self.n_ctx}")
+        return n
+
+    def eval(self, tokens: Sequence[int], n_past: int, logits_all: bool = False) -> np.ndarray:
+        """Runs tokens at positions n_past.. and returns the logits of the last token
+        ([n_vocab]) or of every token ([n_tokens, n_vocab])."""
+        n = self._span("eval", tokens, n_past)
         if n == 1 and not logits_all:
             self._tok1[0] = tokens[0]
             status = self._decode(self._ptr, self._tok1_p, 1, int(n_past), self._last_p, 0)
@@ -509,12 +514,7 @@ class Context:
     def hidden(self, tokens: Sequence[int], n_past: int) -> np.ndarray:
         """Runs tokens like eval() and returns their final normed hidden states ([n_tokens,
         n_embd]: what the output head reads; llama.cpp's embeddings) instead of logits."""
-        n = len(tokens)
-        if n == 0:
-            raise ValueError("hidden needs at least one token")
-        if n_past < 0 or n_past + n > self.n_ctx:
-            raise ContextOverflowError(
-                f"Requested tokens ({n_past + n}) exceed context window of {self.n_ctx}")
+        n = self._span("hidden", tokens, n_past)
         toks = np.ascontiguousarray(tokens, dtype=np.int32)
         out = np.empty((n, self.model.n_embd), dtype=np.float32)
         status = _lib.lib().pi_decode_hidden(self._ptr, _lib.iptr(toks), n, int(n_past), fptr(out))

@@ -69,3 +69,16 @@ def divergence(a, b) -> dict:
     kl = float(np.mean(np.sum(np.exp(lb) * (lb - la), -1)))
     return {"top1": float(np.mean(a.argmax(-1) == b.argmax(-1))), "kl": kl,
             "max": float(np.abs(a - b).max())}
+
+
+def response_shape(o, first_item: bool = False):
+    """The structure of an API response, ours or llama-cpp-python's: keys and value types, not
+    values (a float of any width, numpy's too, is "number"); first_item: a list by its first
+    item only (lists of different lengths compare equal)."""
+    if isinstance(o, dict):
+        return {k: response_shape(v, first_item) for k, v in o.items()}
+    if isinstance(o, list):
+        return [response_shape(v, first_item) for v in (o[:1] if first_item else o)]
+    if isinstance(o, (float, np.floating)):
+        return "number"
+    return type(o).__name__

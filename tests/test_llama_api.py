@@ -12,6 +12,7 @@ import pytest
 
 llama_cpp = pytest.importorskip("llama_cpp")
 
+from peer import response_shape  # noqa: E402
 from pi_backend import Llama  # noqa: E402
 
 PROMPT = "The three primary colors are"
@@ -31,15 +32,6 @@ def ref(smollm2_path):
     m = llama_cpp.Llama(model_path=str(smollm2_path), n_ctx=512, n_threads=2, verbose=False)
     yield m
     m.close()
-
-
-def shape(o):
-    """The structure of a return value: keys and value types, not values."""
-    if isinstance(o, dict):
-        return {k: shape(v) for k, v in o.items()}
-    if isinstance(o, list):
-        return [shape(v) for v in o]
-    return type(o).__name__
 
 
 def scripted(tokens):
@@ -67,7 +59,7 @@ def piece_id(llm, piece: bytes) -> int:
 def test_completion_shape_matches_llama_cpp(llm, ref):
     ours = llm(PROMPT, max_tokens=6, temperature=0)
     theirs = ref(PROMPT, max_tokens=6, temperature=0)
-    assert shape(ours) == shape(theirs)
+    assert response_shape(ours) == response_shape(theirs)
     assert ours["id"].startswith("cmpl-") and ours["object"] == "text_completion"
     assert ours["model"] == theirs["model"] == llm.model_path
     assert ours["usage"] == theirs["usage"]
@@ -77,8 +69,8 @@ def test_completion_shape_matches_llama_cpp(llm, ref):
 def test_stream_shape_matches_llama_cpp(llm, ref):
     ours = list(llm(PROMPT, max_tokens=6, temperature=0, stream=True))
     theirs = list(ref(PROMPT, max_tokens=6, temperature=0, stream=True))
-    assert shape(ours[0]) == shape(theirs[0])
-    assert shape(ours[-1]) == shape(theirs[-1])
+    assert response_shape(ours[0]) == response_shape(theirs[0])
+    assert response_shape(ours[-1]) == response_shape(theirs[-1])
     assert ours[-1]["choices"][0]["finish_reason"] == "length"
     assert ours[-1]["choices"][0]["text"] == ""
     assert all(c["choices"][0]["finish_reason"] is None for c in ours[:-1])
@@ -88,7 +80,7 @@ def test_stream_shape_matches_llama_cpp(llm, ref):
 def test_chat_completion_shape_matches_llama_cpp(llm, ref):
     ours = llm.create_chat_completion(CHAT, max_tokens=6, temperature=0)
     theirs = ref.create_chat_completion(CHAT, max_tokens=6, temperature=0)
-    assert shape(ours) == shape(theirs)
+    assert response_shape(ours) == response_shape(theirs)
     assert ours["id"].startswith("chatcmpl-") and ours["object"] == "chat.completion"
     assert ours["choices"][0]["message"]["role"] == "assistant"
     assert ours["usage"]["prompt_tokens"] == theirs["usage"]["prompt_tokens"]
@@ -99,7 +91,7 @@ def test_chat_stream_shape_matches_llama_cpp(llm, ref):
     theirs = list(ref.create_chat_completion(CHAT, max_tokens=6, temperature=0, stream=True))
     assert ours[0]["choices"][0]["delta"] == {"role": "assistant"}
     for o, t in ((ours[0], theirs[0]), (ours[1], theirs[1]), (ours[-1], theirs[-1])):
-        assert shape(o) == shape(t)
+        assert response_shape(o) == response_shape(t)
     assert ours[-1]["choices"][0]["delta"] == {}
     assert ours[-1]["choices"][0]["finish_reason"] in ("stop", "length")
     assert all(c["object"] == "chat.completion.chunk" for c in ours)

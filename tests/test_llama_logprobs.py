@@ -9,7 +9,7 @@ import pytest
 
 llama_cpp = pytest.importorskip("llama_cpp")
 
-from peer import ref_logits, ref_logits_one_by_one  # noqa: E402
+from peer import ref_logits, ref_logits_one_by_one, response_shape  # noqa: E402
 from pi_backend import Llama  # noqa: E402
 from pi_backend.logprobs import logits_to_logprobs  # noqa: E402
 
@@ -32,21 +32,10 @@ def ref(smollm2_path):
     m.close()
 
 
-def shape(o):
-    """Keys and value kinds (a float of any width is a number)."""
-    if isinstance(o, dict):
-        return {k: shape(v) for k, v in o.items()}
-    if isinstance(o, list):
-        return [shape(v) for v in o[:1]]
-    if isinstance(o, (float, np.floating)):
-        return "number"
-    return type(o).__name__
-
-
 def test_completion_logprobs_shape_matches_llama_cpp(llm, ref):
     ours = llm(PROMPTS[0], max_tokens=4, temperature=0, logprobs=3)
     theirs = ref(PROMPTS[0], max_tokens=4, temperature=0, logprobs=3)
-    assert shape(ours) == shape(theirs)
+    assert response_shape(ours, first_item=True) == response_shape(theirs, first_item=True)
     lp = ours["choices"][0]["logprobs"]
     assert len(lp["tokens"]) == len(lp["text_offset"]) == len(lp["token_logprobs"]) == 4
     assert "".join(lp["tokens"]) == ours["choices"][0]["text"]
@@ -136,7 +125,7 @@ def test_chat_logprobs_shape_and_values(llm, ref):
     kw = dict(messages=CHAT, max_tokens=6, temperature=0, logprobs=True, top_logprobs=2)
     ours = llm.create_chat_completion(**kw)
     theirs = ref.create_chat_completion(**kw)
-    assert shape(ours) == shape(theirs)
+    assert response_shape(ours, first_item=True) == response_shape(theirs, first_item=True)
     content = ours["choices"][0]["logprobs"]["content"]
     assert "".join(c["token"] for c in content) == ours["choices"][0]["message"]["content"]
     for c in content:

@@ -9,6 +9,7 @@ import pytest
 
 llama_cpp = pytest.importorskip("llama_cpp")
 
+from peer import response_shape  # noqa: E402
 from pi_backend import Llama  # noqa: E402
 
 SCHEMA = {"type": "object",
@@ -30,14 +31,6 @@ def check_args(arguments: str) -> dict:
     assert isinstance(args["city"], str) and isinstance(args["days"], int)
     assert args["unit"] in ("celsius", "fahrenheit")
     return args
-
-
-def shape(o):
-    if isinstance(o, dict):
-        return {k: shape(v) for k, v in o.items()}
-    if isinstance(o, list):
-        return [shape(v) for v in o]
-    return type(o).__name__
 
 
 @pytest.mark.parametrize("chat_format", [None, "chatml-function-calling"])
@@ -76,7 +69,7 @@ def test_tool_call_shape_matches_llama_cpp(smollm2_path):
                           verbose=False)
     try:
         a, b = ours.create_chat_completion(**kw), ref.create_chat_completion(**kw)
-        assert shape(a) == shape(b)
+        assert response_shape(a) == response_shape(b)
         check_args(a["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"])
     finally:
         ours.close()
