@@ -352,7 +352,8 @@ def speed(orig: Path, splits: dict, allocs: dict, prompt: list[int], args) -> li
             L = m.n_layer
             runners.append(PiRunner(f"threshold {dt} 0", m, dt, "threshold", n_ctx, args.threads,
                                     target=0.0, thresholds=np.zeros(L, np.float32)))
-            for b, cal in allocs.items():
+            for b in budgets_of(dt, args):
+                cal = allocs[b]
                 runners.append(PiRunner(f"threshold {dt} budget {b:.0%}", m, dt, "threshold",
                                         n_ctx, args.threads, target=b,
                                         thresholds=np.asarray(cal["thresholds"], np.float32)))
@@ -505,20 +506,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budgets", type=_floats, default=[0.01, 0.02, 0.04])
     p.add_argument("--down-types", default="q8_0,q5_0,q4_1,q4_0",
                    help="ffn_down_t types to convert and measure (default: %(default)s)")
+    p.add_argument("--other-budgets", type=_floats, default=[0.02],
+                   help="budgets whose allocation the other down types run at (default: "
+                   "%(default)s; threshold 0 always)")
     p.add_argument("--calib-down-type", default="q8_0",
                    help="the split file the thresholds are calibrated on (default: %(default)s)")
     p.add_argument("--calib", default=str(DATA / "calib.txt"))
     p.add_argument("--calib-tokens", type=int, default=512)
     p.add_argument("--eval", default=f"{DATA / 'shakespeare_eval.txt'},{PROSE}",
                    help="held-out texts, comma-separated")
-    p.add_argument("--eval-tokens", type=int, default=1024, help="scored tokens per text, at most")
+    p.add_argument("--eval-tokens", type=int, default=512, help="scored tokens per text, at most")
     p.add_argument("--ppl-ctx", type=int, default=512)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--prompt-tokens", type=int, default=64)
     p.add_argument("--gen-tokens", type=int, default=64)
     p.add_argument("--criteria-levels", type=_floats, default=[0.2, 0.3, 0.4, 0.5])
-    p.add_argument("--criteria-tokens", type=int, default=512,
+    p.add_argument("--criteria-tokens", type=int, default=256,
                    help="scored tokens per text for the numpy criteria (default: %(default)s)")
     p.add_argument("--no-criteria", action="store_true", help="skip the numpy criteria")
     p.add_argument("--no-speed", action="store_true", help="skip the decode timing")
@@ -580,7 +584,7 @@ def main(argv=None) -> int:
         m = Model(str(path))
         wd = dict(w0, down_t=down_t[dt])
         try:
-            for b in [None] + list(args.budgets):
+            for b in [None] + budgets_of(dt, args):
                 thr = (np.zeros(m.n_layer, np.float32) if b is None else
                        np.asarray(allocs[b]["thresholds"], np.float32))
                 r = engine_nll(m, chunks, "threshold", thr, args.threads)
@@ -648,6 +652,13 @@ def main(argv=None) -> int:
     plot(res, out / "qwen_sparsity.png")
     print(f"wrote {out / 'qwen_sparsity.json'} and {out / 'qwen_sparsity.png'}")
     return 0
+
+
+def budgets_of(down_type: str, args) -> list[float]:
+    """The budgets whose allocation a down type runs at: all on the calibration's file."""
+    if down_type == args.calib_down_type:
+        return list(args.budgets)
+    return [b for b in args.other_budgets if b in args.budgets]
 
 
 def eval_chunks_limit(chunks: dict, n_tokens: int) -> dict:
