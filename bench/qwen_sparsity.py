@@ -8,15 +8,17 @@
 
 1. Files: the converter (pi_backend.convert.convert, as pi-convert) makes one split file per
    ffn_down_t type from the downloaded GGUF (--outtype auto: every other tensor keeps its bytes),
-   cached in --cache.
+   cached in --cache (with the calibrations, the engine's held-out scores and the criteria).
 2. Thresholds: the converter's calibration (convert/calibrate.py: |silu(gate)| (CATS), TEAL-style
    greedy per-layer allocation within a perplexity budget) on --calib, for each --budgets, on the
    split file with ffn_down_t in --calib-down-type (q8_0, the converter's default); cached as
-   JSON. The other down types run at the same thresholds.
+   JSON. The other down types run at the same thresholds (those of --other-budgets). Beside
+   them, uniform per-layer |silu(gate)| quantiles on --calib (--uniform, pi-bench's), for the
+   speed curve at sparsities the bytes could reward.
 3. Held-out perplexity: teacher-forced on the --eval texts (chunks of --ppl-ctx tokens), which
    the calibration did not see; the reference is our dense engine on the downloaded file.
 4. Decode speed: llama-cpp-python and our dense engine on the downloaded file; threshold mode
-   on each split file at threshold 0 and at each budget's allocation. pi-bench's runners, one
+   on each split file at threshold 0 and at each setting. pi-bench's runners, one
    prompt then --gen-tokens greedy steps, configurations interleaved, medians over --reps.
 5. Criteria (numpy, float32, the file's dequantized weights): uniform per-layer quantile
    thresholds of |silu(gate_i)| (CATS) against the down input's contribution
@@ -334,7 +336,7 @@ def criteria(path: Path, calib_ids: np.ndarray, chunks: dict, levels: list[float
 
 
 # ---- speed ---------------------------------------------------------------------------------
-def speed(orig: Path, splits: dict, allocs: dict, prompt: list[int], args) -> list[dict]:
+def speed(orig: Path, splits: dict, settings: dict, prompt: list[int], args) -> list[dict]:
     """Decode / prompt tokens/s of every configuration, interleaved, medians."""
     from pi_backend.bench import LlamaRunner, PiRunner, run_once
     from pi_backend.model import Model
@@ -352,11 +354,11 @@ def speed(orig: Path, splits: dict, allocs: dict, prompt: list[int], args) -> li
             L = m.n_layer
             runners.append(PiRunner(f"threshold {dt} 0", m, dt, "threshold", n_ctx, args.threads,
                                     target=0.0, thresholds=np.zeros(L, np.float32)))
-            for b in budgets_of(dt, args):
-                cal = allocs[b]
-                runners.append(PiRunner(f"threshold {dt} budget {b:.0%}", m, dt, "threshold",
-                                        n_ctx, args.threads, target=b,
-                                        thresholds=np.asarray(cal["thresholds"], np.float32)))
+            for name in settings_of(dt, settings, args):
+                st = settings[name]
+                runners.append(PiRunner(f"threshold {dt} {name}", m, dt, "threshold",
+                                        n_ctx, args.threads, target=st["value"],
+                                        thresholds=np.asarray(st["thresholds"], np.float32)))
         res = {r.label: [] for r in runners}
         for rep in range(-1, args.reps):
             for r in runners:
@@ -369,13 +371,20 @@ def speed(orig: Path, splits: dict, allocs: dict, prompt: list[int], args) -> li
             rr = res[r.label]
             dec = [args.gen_tokens / x["decode_s"] for x in rr]
             rows.append({"label": r.label, "engine": r.engine, "file": r.file, "mode": r.mode,
-                         "budget": r.target,
+                         "setting": r.target,
                          "decode_sparsity": statistics.median(x["decode_sparsity"] for x in rr),
                          "decode_down_sparsity": statistics.median(
                              x["decode_down_sparsity"] for x in rr),
                          "decode_tps": statistics.median(dec), "decode_tps_reps": dec,
                          "prompt_tps": statistics.median(len(prompt) / x["prompt_s"]
                                                          for x in rr)})
+        # the load of a shared machine moves whole rounds: each round's ratio to our dense
+        dense = next((x for x in rows if x["label"] == "ours dense"), None)
+        for x in rows:
+            x["decode_tps_best"] = max(x["decode_tps_reps"])
+            if dense:
+                x["x_dense_paired"] = statistics.median(
+                    a / b for a, b in zip(x["decode_tps_reps"], dense["decode_tps_reps"]))
         return rows
     finally:
         for r in runners:
@@ -399,7 +408,8 @@ def format_tables(res: dict) -> str:
                "our dense on the downloaded file:")
     hdr = (f"{'config':<26} {'layers min/med/max':>18} {'sparsity':>8} "
            + " ".join(f"{n[:14]:>14}" for n in res["eval_texts"]) + f" {'all':>8}"
-           + f" {'tok/s':>7} {'x dense':>7} {'x llama':>7} {'MB/tok':>7} {'cap':>5}")
+           + f" {'tok/s':>7} {'best':>6} {'x dense':>7} {'paired':>6} {'x llama':>7}"
+           + f" {'MB/tok':>7} {'cap':>5}")
     out.append(hdr)
     out.append("-" * len(hdr))
     sp = {r["label"]: r for r in res.get("speed", [])}
@@ -414,15 +424,19 @@ def format_tables(res: dict) -> str:
             f"{r['label']:<26} {lay:>18} {r['sparsity']:8.3f} "
             + " ".join(f"{r['ppl'][n]['dppl_pct']:+13.2f}%" for n in res["eval_texts"])
             + f" {r['ppl']['all']['dppl_pct']:+7.2f}%"
-            + (f" {tps:7.1f}" if tps else f" {'-':>7}")
-            + (f" {tps / dense['decode_tps']:7.2f}" if tps and dense else f" {'-':>7}")
+            + (f" {tps:7.1f} {s['decode_tps_best']:6.1f}" if tps else f" {'-':>7} {'-':>6}")
+            + (f" {tps / dense['decode_tps']:7.2f} {s['x_dense_paired']:6.2f}" if tps and dense
+               else f" {'-':>7} {'-':>6}")
             + (f" {tps / llama['decode_tps']:7.2f}" if tps and llama else f" {'-':>7}")
             + f" {r['mb_per_token']:7.1f} {r['cap']:5.2f}")
     if llama:
         out.append(f"{'llama-cpp-python dense':<26} {'':>18} {0:8.3f} "
                    + " ".join(f"{'':>14}" for _ in res["eval_texts"]) + f" {'':>8}"
-                   + f" {llama['decode_tps']:7.1f} "
-                   + (f"{llama['decode_tps'] / dense['decode_tps']:7.2f}" if dense else "-"))
+                   + f" {llama['decode_tps']:7.1f} {llama['decode_tps_best']:6.1f} "
+                   + (f"{llama['decode_tps'] / dense['decode_tps']:7.2f} "
+                      f"{llama['x_dense_paired']:6.2f}" if dense else "-"))
+    out.append("(tok/s: median over rounds; best: the fastest round; x dense: of the medians; "
+               "paired: median of each round's ratio to our dense)")
     out.append("(cap: the speedup over our dense that the bytes allow at this sparsity; dense "
                "reads the source's plain ffn_down, threshold mode gate and up in full and the "
                "kept ffn_down_t rows)")
@@ -509,6 +523,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--other-budgets", type=_floats, default=[0.02],
                    help="budgets whose allocation the other down types run at (default: "
                    "%(default)s; threshold 0 always)")
+    p.add_argument("--uniform", type=_floats, default=[0.3, 0.5],
+                   help="uniform |silu(gate)| sparsity levels (quantiles on --calib) measured "
+                   "beside the budgets, for the speed curve (default: %(default)s)")
     p.add_argument("--calib-down-type", default="q8_0",
                    help="the split file the thresholds are calibrated on (default: %(default)s)")
     p.add_argument("--calib", default=str(DATA / "calib.txt"))
@@ -550,11 +567,12 @@ def main(argv=None) -> int:
         down_types.insert(0, args.calib_down_type)
     splits = {dt: split_file(src, dt, cache) for dt in down_types}
     calib = Path(args.calib)
-    allocs = {}
+    settings = {}   # name -> {"kind", "value", "thresholds", "targets", ...}
     for b in args.budgets:
-        allocs[b] = calibrated(splits[args.calib_down_type], b, calib, args.calib_tokens,
-                               args.threads, cache)
-        log(f"budget {b:.0%}: {allocs[b]['summary']} ({allocs[b]['seconds']:.0f} s)")
+        a = calibrated(splits[args.calib_down_type], b, calib, args.calib_tokens, args.threads,
+                       cache)
+        settings[f"budget {b:.0%}"] = dict(a, kind="budget", value=b)
+        log(f"budget {b:.0%}: {a['summary']} ({a['seconds']:.0f} s)")
 
     tok = Tokenizer(str(src))
     texts = [Path(t) for t in args.eval.split(",") if t.strip()]
@@ -563,11 +581,22 @@ def main(argv=None) -> int:
     calib_ids = np.asarray(tok.tokenize(calib.read_text().encode(), add_bos=False)[
         :args.calib_tokens], np.int32)
     tok.close()
+    if args.uniform:
+        from pi_backend.bench import calibrate as quantiles
+        m = Model(str(splits[args.calib_down_type]))
+        try:
+            q = quantiles(m, list(calib_ids), args.uniform, args.threads)
+        finally:
+            m.close()
+        for u in args.uniform:
+            settings[f"uniform {u:.0%}"] = {"kind": "uniform", "value": u,
+                                            "thresholds": [float(x) for x in q[u]],
+                                            "targets": [u] * len(q[u])}
 
     # held-out perplexity: our dense on the downloaded file is the reference
     m = Model(str(src))
     try:
-        ref = engine_nll(m, chunks, "dense", None, args.threads)
+        ref = cached_nll(cache, src, m, chunks, "dense", None, args.threads)
         hp = m.hparams
     finally:
         m.close()
@@ -577,22 +606,24 @@ def main(argv=None) -> int:
     kv = kv_bytes_per_token(hp, len(prompt) + args.gen_tokens / 2)
     down_t = {dt: _gguf_info(p)["bytes"]["ffn_down_t"] for dt, p in splits.items()}
     dense_total = sum(token_bytes(w0, kv=kv).values())
-    configs = [{"label": "ours dense", "down_type": None, "budget": None, "sparsity": 0.0,
+    configs = [{"label": "ours dense", "down_type": None, "setting": None, "sparsity": 0.0,
                 "ppl": ppl_summary(ref["nll"], ref["nll"]), "layer_targets": None,
                 "mb_per_token": dense_total / 1e6, "cap": 1.0}]
     for dt, path in splits.items():
         m = Model(str(path))
         wd = dict(w0, down_t=down_t[dt])
         try:
-            for b in [None] + budgets_of(dt, args):
-                thr = (np.zeros(m.n_layer, np.float32) if b is None else
-                       np.asarray(allocs[b]["thresholds"], np.float32))
-                r = engine_nll(m, chunks, "threshold", thr, args.threads)
-                label = f"threshold {dt} " + ("0" if b is None else f"budget {b:.0%}")
-                c = {"label": label, "down_type": dt, "budget": b, "sparsity": r["sparsity"],
+            for name in [None] + settings_of(dt, settings, args):
+                st = settings.get(name)
+                thr = (np.zeros(m.n_layer, np.float32) if st is None else
+                       np.asarray(st["thresholds"], np.float32))
+                r = cached_nll(cache, path, m, chunks, "threshold", thr, args.threads)
+                label = f"threshold {dt} " + ("0" if st is None else name)
+                c = {"label": label, "down_type": dt, "setting": name,
+                     "kind": None if st is None else st["kind"], "sparsity": r["sparsity"],
                      "down_sparsity": r["down_sparsity"], "ppl": ppl_summary(r["nll"], ref["nll"]),
-                     "layer_targets": None if b is None else allocs[b]["targets"],
-                     "layer_sparsity_calib": None if b is None else allocs[b]["layer_sparsity"],
+                     "layer_targets": None if st is None else st["targets"],
+                     "layer_sparsity_calib": None if st is None else st.get("layer_sparsity"),
                      "mb_per_token": sum(token_bytes(wd, r["down_sparsity"], "axpy",
                                                      kv=kv).values()) / 1e6,
                      "cap": speedup_cap(wd, r["down_sparsity"], kv=kv)}
@@ -615,7 +646,7 @@ def main(argv=None) -> int:
                       "reps": args.reps, "calib_down_type": args.calib_down_type,
                       "cpu": _cpu_name(), "time": time.strftime("%Y-%m-%d %H:%M:%S")},
            "eval_texts": list(chunks), "down_types": list(splits),
-           "allocations": {f"{b}": a for b, a in allocs.items()},
+           "settings": settings,
            "bytes": {"plain": w0, "down_t": down_t, "kv_cache": kv,
                      "dense_by_part": token_bytes(w0, kv=kv), "caps": caps},
            "configs": configs}
@@ -623,24 +654,18 @@ def main(argv=None) -> int:
     if not args.no_criteria:
         cchunks = {n: [c for c in cs] for n, cs in
                    eval_chunks_limit(chunks, args.criteria_tokens).items()}
-        crit = criteria(src, calib_ids, cchunks, args.criteria_levels)
-        hpw = crit.pop("_w")
-        # the numpy forward against our engine: top-1 agreement on the first chunk
-        first = next(iter(cchunks.values()))[0]
-        mm = Model(str(src))
-        try:
-            ctx = mm.new_context(n_ctx=len(first), n_threads=args.threads, n_batch=len(first))
-            ours = ctx.eval(first, 0, logits_all=True)
-            ctx.close()
-        finally:
-            mm.close()
-        crit["top1_agreement_with_engine"] = float(np.mean(
-            np_forward(*hpw, np.asarray(first)).argmax(-1) == ours.argmax(-1)))
-        del hpw
+        ckey = cache / ("criteria." + _key(_file_key(src), calib_ids.tobytes(), args.criteria_levels,
+                                         [c.tobytes() for cs in cchunks.values() for c in cs])
+                        + ".json")
+        if ckey.is_file():
+            crit = json.loads(ckey.read_text())
+        else:
+            crit = criteria_with_check(src, calib_ids, cchunks, args)
+            ckey.write_text(json.dumps(crit, default=_json))
         res["criteria"] = crit
 
     if not args.no_speed:
-        res["speed"] = speed(src, splits, allocs, prompt, args)
+        res["speed"] = speed(src, splits, settings, prompt, args)
     res["seconds"] = time.perf_counter() - t_start
 
     print(f"{PROG}: {src.name}, {args.threads} threads; held-out: "
@@ -654,11 +679,49 @@ def main(argv=None) -> int:
     return 0
 
 
-def budgets_of(down_type: str, args) -> list[float]:
-    """The budgets whose allocation a down type runs at: all on the calibration's file."""
+def settings_of(down_type: str, settings: dict, args) -> list[str]:
+    """The settings a down type runs at: all on the calibration's file; on the others the
+    --other-budgets allocations and the uniform levels."""
     if down_type == args.calib_down_type:
-        return list(args.budgets)
-    return [b for b in args.other_budgets if b in args.budgets]
+        return list(settings)
+    return [n for n, st in settings.items()
+            if st["kind"] == "uniform" or st["value"] in args.other_budgets]
+
+
+def cached_nll(cache: Path, path: Path, model, chunks: dict, mode: str, thresholds,
+               threads: int) -> dict:
+    """engine_nll, cached by file, mode, thresholds and tokens."""
+    key = _key(_file_key(Path(path)), mode,
+               None if thresholds is None else np.asarray(thresholds, np.float32).tobytes(),
+               [c.tobytes() for cs in chunks.values() for c in cs])
+    f = cache / f"nll.{key}.npz"
+    if f.is_file():
+        z = np.load(f)
+        return {"nll": {n: z[f"nll_{i}"] for i, n in enumerate(chunks)},
+                "sparsity": float(z["sparsity"]), "down_sparsity": float(z["down_sparsity"])}
+    r = engine_nll(model, chunks, mode, thresholds, threads)
+    np.savez(f, sparsity=r["sparsity"], down_sparsity=r["down_sparsity"],
+             **{f"nll_{i}": r["nll"][n] for i, n in enumerate(chunks)})
+    return r
+
+
+def criteria_with_check(src: Path, calib_ids, cchunks: dict, args) -> dict:
+    """criteria(), and the numpy forward's top-1 agreement with our engine on the first
+    chunk."""
+    from pi_backend.model import Model
+    crit = criteria(src, calib_ids, cchunks, args.criteria_levels)
+    hpw = crit.pop("_w")
+    first = next(iter(cchunks.values()))[0]
+    mm = Model(str(src))
+    try:
+        ctx = mm.new_context(n_ctx=len(first), n_threads=args.threads, n_batch=len(first))
+        ours = ctx.eval(first, 0, logits_all=True)
+        ctx.close()
+    finally:
+        mm.close()
+    crit["top1_agreement_with_engine"] = float(np.mean(
+        np_forward(*hpw, np.asarray(first)).argmax(-1) == ours.argmax(-1)))
+    return crit
 
 
 def eval_chunks_limit(chunks: dict, n_tokens: int) -> dict:
