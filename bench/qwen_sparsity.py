@@ -469,7 +469,7 @@ def plot(res: dict, path: Path) -> None:
         pts = sorted((r["sparsity"], r["ppl"]["all"]["dppl_pct"]) for r in res["configs"]
                      if r["down_type"] == dt)
         if pts:
-            a1.plot(*zip(*pts), "o-", color=colors.get(dt), label=f"engine, greedy, down {dt}")
+            a1.plot(*zip(*pts), "o-", color=colors.get(dt), label=f"engine (greedy, uniform), down {dt}")
     crit = res.get("criteria")
     if crit:
         for c, st in (("cats", "s--"), ("down_input", "^--")):
