@@ -108,8 +108,13 @@ class Summary:
         return "\n".join(lines)
 
 
+def _is_vector(name: str, shape: tuple[int, ...]) -> bool:
+    """Norms, biases and rope_freqs: f32 vectors in every file the engine reads."""
+    return len(shape) == 1 or name.endswith(".bias") or "norm" in name or name == _ROPE_FREQS
+
+
 def pick_type(name: str, shape: tuple[int, ...], outtype: QT, warnings: list[str]) -> QT:
-    if len(shape) == 1 or name.endswith(".bias") or "norm" in name or name == _ROPE_FREQS:
+    if _is_vector(name, shape):
         return QT.F32
     if F.split_name(name)[1] in (T.FC1, T.FC2):
         return QT.F32 if outtype == QT.F32 else QT.F16
@@ -229,7 +234,7 @@ def _kept(name: str, t: SourceTensor, warnings: list[str]) -> OutTensor:
     any weight type of the kernels; vectors: f32); else re-encoded at q8_0 (or f16/f32)."""
     from pi_backend import kernels
     if t.qtype is not None and t.load_raw is not None:
-        runs = (t.qtype == QT.F32 if len(t.shape) == 1 or "norm" in name
+        runs = (t.qtype == QT.F32 if _is_vector(name, t.shape)
                 else t.qtype in kernels.weight_type_ids())
         if runs:
             return OutTensor(name, t.shape, QT(t.qtype), t.load_raw, raw=True,

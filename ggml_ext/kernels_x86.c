@@ -83,51 +83,43 @@ INLINE AVX2_FN __m256i dot_s8s8(__m256i w, __m256i y) {
 
 /* ==== AVX2 dots: one block of nr rows per step ================================================= */
 
-INLINE AVX2_FN void step_q4_0(int nr, const block_q4_0 *const w[], int64_t b, const block_q8_0 *x,
-                              __m256 acc[]) {
-    const __m256i qy = _mm256_loadu_si256((const __m256i *)x->qs);
-    const __m256i corr = dot_u8s8(_mm256_set1_epi8(8), qy); /* (q - 8) . y = q . y - 8 sum(y) */
-    const __m256 dy = _mm256_set1_ps(h2f(x->d));
-    for (int r = 0; r < nr; r++) {
-        const __m256i s = _mm256_sub_epi32(dot_u8s8(nibbles32(w[r][b].qs), qy), corr);
-        acc[r] = _mm256_fmadd_ps(scale8(w[r][b].d, dy), _mm256_cvtepi32_ps(s), acc[r]);
-    }
-}
+/* The legacy 4- and 5-bit types, one block of nr rows per step (ggml's AVX2 order): the
+ * block's 32 quants as unsigned bytes, then the offset types (Q4_0, Q5_0: (q - off) . y =
+ * q . y - off sum(y)) or the min types (Q4_1, Q5_1: d q + m, the m sum(y) term in summ). */
+INLINE AVX2_FN __m256i bytes_q4_0(const block_q4_0 *w) { return nibbles32(w->qs); }
+INLINE AVX2_FN __m256i bytes_q4_1(const block_q4_1 *w) { return nibbles32(w->qs); }
+INLINE AVX2_FN __m256i bytes_q5_0(const block_q5_0 *w) { return quants5_32(w->qh, w->qs); }
+INLINE AVX2_FN __m256i bytes_q5_1(const block_q5_1 *w) { return quants5_32(w->qh, w->qs); }
 
-INLINE AVX2_FN void step_q4_1(int nr, const block_q4_1 *const w[], int64_t b, const block_q8_1 *x,
-                              __m256 acc[], float summ[]) {
-    const __m256i qy = _mm256_loadu_si256((const __m256i *)x->qs);
-    const __m256 dy = _mm256_set1_ps(h2f(x->d));
-    const float sy = h2f(x->s);
-    for (int r = 0; r < nr; r++) {
-        const __m256i s = dot_u8s8(nibbles32(w[r][b].qs), qy);
-        acc[r] = _mm256_fmadd_ps(scale8(w[r][b].d, dy), _mm256_cvtepi32_ps(s), acc[r]);
-        summ[r] += fp16_table[w[r][b].m] * sy;
+#define OFFSET_STEP(T, OFF)                                                                     \
+    INLINE AVX2_FN void step_##T(int nr, const block_##T *const w[], int64_t b,                 \
+                                 const block_q8_0 *x, __m256 acc[]) {                           \
+        const __m256i qy = _mm256_loadu_si256((const __m256i *)x->qs);                          \
+        const __m256i corr = dot_u8s8(_mm256_set1_epi8(OFF), qy);                               \
+        const __m256 dy = _mm256_set1_ps(h2f(x->d));                                            \
+        for (int r = 0; r < nr; r++) {                                                          \
+            const __m256i s = _mm256_sub_epi32(dot_u8s8(bytes_##T(&w[r][b]), qy), corr);       \
+            acc[r] = _mm256_fmadd_ps(scale8(w[r][b].d, dy), _mm256_cvtepi32_ps(s), acc[r]);    \
+        }                                                                                       \
     }
-}
-
-INLINE AVX2_FN void step_q5_0(int nr, const block_q5_0 *const w[], int64_t b, const block_q8_0 *x,
-                              __m256 acc[]) {
-    const __m256i qy = _mm256_loadu_si256((const __m256i *)x->qs);
-    const __m256i corr = dot_u8s8(_mm256_set1_epi8(16), qy); /* (q - 16) . y = q . y - 16 sum(y) */
-    const __m256 dy = _mm256_set1_ps(h2f(x->d));
-    for (int r = 0; r < nr; r++) {
-        const __m256i s = _mm256_sub_epi32(dot_u8s8(quants5_32(w[r][b].qh, w[r][b].qs), qy), corr);
-        acc[r] = _mm256_fmadd_ps(scale8(w[r][b].d, dy), _mm256_cvtepi32_ps(s), acc[r]);
+#define MIN_STEP(T)                                                                             \
+    INLINE AVX2_FN void step_##T(int nr, const block_##T *const w[], int64_t b,                 \
+                                 const block_q8_1 *x, __m256 acc[], float summ[]) {             \
+        const __m256i qy = _mm256_loadu_si256((const __m256i *)x->qs);                          \
+        const __m256 dy = _mm256_set1_ps(h2f(x->d));                                            \
+        const float sy = h2f(x->s);                                                             \
+        for (int r = 0; r < nr; r++) {                                                          \
+            const __m256i s = dot_u8s8(bytes_##T(&w[r][b]), qy);                                \
+            acc[r] = _mm256_fmadd_ps(scale8(w[r][b].d, dy), _mm256_cvtepi32_ps(s), acc[r]);    \
+            summ[r] += fp16_table[w[r][b].m] * sy;                                              \
+        }                                                                                       \
     }
-}
-
-INLINE AVX2_FN void step_q5_1(int nr, const block_q5_1 *const w[], int64_t b, const block_q8_1 *x,
-                              __m256 acc[], float summ[]) {
-    const __m256i qy = _mm256_loadu_si256((const __m256i *)x->qs);
-    const __m256 dy = _mm256_set1_ps(h2f(x->d));
-    const float sy = h2f(x->s);
-    for (int r = 0; r < nr; r++) {
-        const __m256i s = dot_u8s8(quants5_32(w[r][b].qh, w[r][b].qs), qy);
-        acc[r] = _mm256_fmadd_ps(scale8(w[r][b].d, dy), _mm256_cvtepi32_ps(s), acc[r]);
-        summ[r] += fp16_table[w[r][b].m] * sy;
-    }
-}
+OFFSET_STEP(q4_0, 8)
+OFFSET_STEP(q5_0, 16)
+MIN_STEP(q4_1)
+MIN_STEP(q5_1)
+#undef OFFSET_STEP
+#undef MIN_STEP
 
 INLINE AVX2_FN void step_q8_0(int nr, const block_q8_0 *const w[], int64_t b, const block_q8_0 *x,
                               __m256 acc[]) {
@@ -185,47 +177,34 @@ INLINE AVX2_FN void dot_f16_rows(int nr, int64_t n, const void *const rows[], co
     tail_dot_f16(nr, w, i, n, x, out);
 }
 
-INLINE AVX2_FN void dot_q4_0_rows(int nr, int64_t n, const void *const rows[], const void *act,
-                                  float *out) {
-    const block_q4_0 *const *w = (const block_q4_0 *const *)rows;
-    const block_q8_0 *x = act;
-    __m256 acc[PI_KERNEL_ROWS];
-    for (int r = 0; r < nr; r++) acc[r] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < n / QK4_0; b++) step_q4_0(nr, w, b, x + b, acc);
-    for (int r = 0; r < nr; r++) out[r] = hsum8(acc[r]);
-}
-
-INLINE AVX2_FN void dot_q4_1_rows(int nr, int64_t n, const void *const rows[], const void *act,
-                                  float *out) {
-    const block_q4_1 *const *w = (const block_q4_1 *const *)rows;
-    const block_q8_1 *x = act;
-    __m256 acc[PI_KERNEL_ROWS];
-    float summ[PI_KERNEL_ROWS];
-    for (int r = 0; r < nr; r++) acc[r] = _mm256_setzero_ps(), summ[r] = 0.0f;
-    for (int64_t b = 0; b < n / QK4_1; b++) step_q4_1(nr, w, b, x + b, acc, summ);
-    for (int r = 0; r < nr; r++) out[r] = hsum8(acc[r]) + summ[r];
-}
-
-INLINE AVX2_FN void dot_q5_0_rows(int nr, int64_t n, const void *const rows[], const void *act,
-                                  float *out) {
-    const block_q5_0 *const *w = (const block_q5_0 *const *)rows;
-    const block_q8_0 *x = act;
-    __m256 acc[PI_KERNEL_ROWS];
-    for (int r = 0; r < nr; r++) acc[r] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < n / QK5_0; b++) step_q5_0(nr, w, b, x + b, acc);
-    for (int r = 0; r < nr; r++) out[r] = hsum8(acc[r]);
-}
-
-INLINE AVX2_FN void dot_q5_1_rows(int nr, int64_t n, const void *const rows[], const void *act,
-                                  float *out) {
-    const block_q5_1 *const *w = (const block_q5_1 *const *)rows;
-    const block_q8_1 *x = act;
-    __m256 acc[PI_KERNEL_ROWS];
-    float summ[PI_KERNEL_ROWS];
-    for (int r = 0; r < nr; r++) acc[r] = _mm256_setzero_ps(), summ[r] = 0.0f;
-    for (int64_t b = 0; b < n / QK5_1; b++) step_q5_1(nr, w, b, x + b, acc, summ);
-    for (int r = 0; r < nr; r++) out[r] = hsum8(acc[r]) + summ[r];
-}
+/* The legacy types' row loops over step_##T (32-element blocks). */
+#define OFFSET_DOT_ROWS(T)                                                                      \
+    INLINE AVX2_FN void dot_##T##_rows(int nr, int64_t n, const void *const rows[],             \
+                                       const void *act, float *out) {                           \
+        const block_##T *const *w = (const block_##T *const *)rows;                             \
+        const block_q8_0 *x = act;                                                              \
+        __m256 acc[PI_KERNEL_ROWS];                                                             \
+        for (int r = 0; r < nr; r++) acc[r] = _mm256_setzero_ps();                              \
+        for (int64_t b = 0; b < n / 32; b++) step_##T(nr, w, b, x + b, acc);                    \
+        for (int r = 0; r < nr; r++) out[r] = hsum8(acc[r]);                                    \
+    }
+#define MIN_DOT_ROWS(T)                                                                         \
+    INLINE AVX2_FN void dot_##T##_rows(int nr, int64_t n, const void *const rows[],             \
+                                       const void *act, float *out) {                           \
+        const block_##T *const *w = (const block_##T *const *)rows;                             \
+        const block_q8_1 *x = act;                                                              \
+        __m256 acc[PI_KERNEL_ROWS];                                                             \
+        float summ[PI_KERNEL_ROWS];                                                             \
+        for (int r = 0; r < nr; r++) acc[r] = _mm256_setzero_ps(), summ[r] = 0.0f;              \
+        for (int64_t b = 0; b < n / 32; b++) step_##T(nr, w, b, x + b, acc, summ);              \
+        for (int r = 0; r < nr; r++) out[r] = hsum8(acc[r]) + summ[r];                          \
+    }
+OFFSET_DOT_ROWS(q4_0)
+OFFSET_DOT_ROWS(q5_0)
+MIN_DOT_ROWS(q4_1)
+MIN_DOT_ROWS(q5_1)
+#undef OFFSET_DOT_ROWS
+#undef MIN_DOT_ROWS
 
 INLINE AVX2_FN void dot_q8_0_rows(int nr, int64_t n, const void *const rows[], const void *act,
                                   float *out) {

@@ -201,6 +201,15 @@ def split_name(full: str) -> tuple[int | None, str]:
 
 
 # ---- metadata ----------------------------------------------------------------------------------
+def ggml_type_name(type_id: int) -> str:
+    """gguf's name of a ggml type id ("Q4_K"), for messages."""
+    from gguf import GGMLQuantizationType
+    try:
+        return GGMLQuantizationType(type_id).name
+    except ValueError:
+        return f"ggml type id {type_id}"
+
+
 def field_value(field, *, text: bool = True) -> Any:
     """A gguf.ReaderField's value as Python: a scalar, a string (bytes with text=False), or a
     list of them; None for the nested arrays GGUF allows and no model uses."""

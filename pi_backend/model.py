@@ -36,13 +36,6 @@ _BULKY = (gguf.Keys.Tokenizer.LIST, gguf.Keys.Tokenizer.MERGES, gguf.Keys.Tokeni
           gguf.Keys.Tokenizer.SCORES)
 
 
-def _ggml_type_name(type_id: int) -> str:
-    try:
-        return gguf.GGMLQuantizationType(type_id).name
-    except ValueError:
-        return f"ggml type id {type_id}"
-
-
 class ModelError(ValueError):
     """The file cannot be run: unreadable, corrupt, or of an unsupported kind."""
 
@@ -338,7 +331,7 @@ class Model:
         if F.split_name(name)[1] == F.T.NEURON_ORDER:  # metadata for the converter; the engine needs none
             return
         if type_id not in kernels.weight_type_ids():
-            raise ModelError(f"{self.path}: tensor {name} has type {_ggml_type_name(type_id)}, which "
+            raise ModelError(f"{self.path}: tensor {name} has type {F.ggml_type_name(type_id)}, which "
                              f"pi_backend does not run (supported: {', '.join(kernels.weight_types()).upper()})")
         dtype = {_lib.PI_TYPE_F32: np.float32, _lib.PI_TYPE_F16: np.float16}.get(type_id, np.uint8)
         data = data.view(dtype).reshape(n_rows, -1)

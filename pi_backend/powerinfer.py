@@ -174,7 +174,7 @@ def _normed_predictor(il: int, d: int, tensors, read) -> tuple[np.ndarray, int]:
         raise PowerInferError(f"tensor {norm} is missing")
     ntype, nshape = tensors[norm]
     if ntype != QT.F32 or tuple(nshape) != (d,):
-        raise PowerInferError(f"tensor {norm} is {_type_name(ntype)} {list(nshape)}, expected "
+        raise PowerInferError(f"tensor {norm} is {F.ggml_type_name(ntype)} {list(nshape)}, expected "
                               f"F32 [{d}]")
     w = read(norm).view(np.float32).astype(np.float64)
     bad = np.flatnonzero(~np.isfinite(w) | (w == 0))
@@ -189,7 +189,7 @@ def _normed_predictor(il: int, d: int, tensors, read) -> tuple[np.ndarray, int]:
         qt = QT(ftype)
         a = gguf.quants.dequantize(read(fc1).reshape(fshape[0], -1), qt).reshape(fshape)
     except (ValueError, NotImplementedError):
-        raise PowerInferError(f"tensor {fc1}: its type {_type_name(ftype)} cannot be "
+        raise PowerInferError(f"tensor {fc1}: its type {F.ggml_type_name(ftype)} cannot be "
                               "read") from None
     folded = a.astype(np.float64) / w
     if not np.all(np.isfinite(folded)):
@@ -201,10 +201,3 @@ def _normed_predictor(il: int, d: int, tensors, read) -> tuple[np.ndarray, int]:
     if gguf.GGML_QUANT_SIZES[qt][0] == 1:    # a float type
         return folded.astype(np.float32), QT.F32
     return gguf.quants.quantize(folded.astype(np.float32), QT.Q8_0), QT.Q8_0
-
-
-def _type_name(type_id: int) -> str:
-    try:
-        return QT(type_id).name
-    except ValueError:
-        return f"type {type_id}"

@@ -28,18 +28,21 @@ def ref_logits_one_by_one(ref, tokens):
     return np.array(ref.scores[:len(tokens)], dtype=np.float32)
 
 
-def llama_quantize(src, dst, ftype: int, nthread: int | None = None) -> None:
+def llama_quantize(src, dst, ftype: int, nthread: int | None = None,
+                   allow_requantize: bool = False) -> None:
     """llama.cpp's own quantizer (through llama-cpp-python): the file src to dst in ftype (a
-    llama_cpp.LLAMA_FTYPE_* value), on nthread threads (llama.cpp's default when None)."""
+    llama_cpp.LLAMA_FTYPE_* value), on nthread threads (llama.cpp's default when None);
+    allow_requantize: src may itself be quantized."""
     import ctypes
 
     import llama_cpp
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype
+    params.allow_requantize = allow_requantize
     if nthread is not None:
         params.nthread = nthread
-    assert llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(),
-                                          ctypes.byref(params)) == 0
+    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+    assert rc == 0, f"llama.cpp's quantizer failed ({rc}) on {src}"
 
 
 def within_peer_noise(d: dict, peer: dict) -> bool:

@@ -13,10 +13,11 @@ renamed, and is reused by later runs.
 """
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import os
 from pathlib import Path
+
+from peer import llama_quantize
 
 CACHE = Path(__file__).resolve().parent / ".model-cache"
 
@@ -57,16 +58,11 @@ def quantized(src: Path, ftype: str, nthread: int = 2) -> Path:
     dst = CACHE / f"{src.stem}.{content_key(src, ftype, llama_cpp.__version__)}.{ftype}.gguf"
     if dst.is_file():
         return dst
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{ftype}")
-    params.allow_requantize = True     # SmolLM2's embedded file is itself quantized (Q4_1)
-    params.nthread = nthread
     tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
     try:
-        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(),
-                                            ctypes.byref(params))
-        if rc != 0:
-            raise RuntimeError(f"llama.cpp's quantizer failed ({rc}) on {src} -> {ftype}")
+        # allow_requantize: SmolLM2's embedded file is itself quantized (Q4_1)
+        llama_quantize(src, tmp, getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{ftype}"), nthread,
+                       allow_requantize=True)
         os.replace(tmp, dst)
     finally:
         tmp.unlink(missing_ok=True)
