@@ -206,23 +206,8 @@ def ppl_summary(nlls: dict, ref: dict) -> dict:
 # ---- numpy reference forward (qwen2 / llama-family, NeoX RoPE) -------------------------------
 def np_load(path: str) -> tuple[dict, dict]:
     """(hyperparameters, {tensor name: float32 array in numpy shape}) of a qwen2 GGUF."""
-    import gguf
-    r = gguf.GGUFReader(path)
-    f = {k: v.contents() for k, v in r.fields.items()
-         if not k.startswith("tokenizer.") and not k.startswith("GGUF.")}
-    a = f["general.architecture"]
-    if a != "qwen2":
-        raise SystemExit(f"{PROG}: the numpy forward is for qwen2, not {a}")
-    hp = {"n_layer": f[f"{a}.block_count"], "n_head": f[f"{a}.attention.head_count"],
-          "n_head_kv": f[f"{a}.attention.head_count_kv"],
-          "eps": f[f"{a}.attention.layer_norm_rms_epsilon"],
-          "base": f.get(f"{a}.rope.freq_base", 10000.0)}
-    w = {}
-    for t in r.tensors:
-        x = gguf.quants.dequantize(t.data, t.tensor_type)
-        w[t.name] = np.ascontiguousarray(
-            np.asarray(x, dtype=np.float32).reshape([int(v) for v in reversed(t.shape)]))
-    return hp, w
+    from bench.teal import load_weights
+    return load_weights(path, "qwen2", PROG)
 
 
 def _rope_neox(x: np.ndarray, base: float) -> np.ndarray:

@@ -29,15 +29,16 @@ DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 SITES = ("qkv", "o", "gate_up", "down")  # the inputs TEAL sparsifies
 
 
-def load_weights(path: str) -> tuple[dict, dict]:
-    """(hyperparameters, {name: float32 array in numpy shape}) from a llama GGUF file."""
+def load_weights(path: str, arch_wanted: str = "llama", who: str = "bench.teal") -> tuple[dict, dict]:
+    """(hyperparameters, {name: float32 array in numpy shape}) from a GGUF file of architecture
+    arch_wanted (llama-family: llama, qwen2)."""
     import gguf
     r = gguf.GGUFReader(path)
     f = {k: v.contents() for k, v in r.fields.items()
          if not k.startswith("tokenizer.") and not k.startswith("GGUF.")}
     arch = f["general.architecture"]
-    if arch != "llama":
-        raise SystemExit(f"bench.teal: llama architecture only, not {arch}")
+    if arch != arch_wanted:
+        raise SystemExit(f"{who}: {arch_wanted} architecture only, not {arch}")
     hp = {"n_layer": f[f"{arch}.block_count"], "n_head": f[f"{arch}.attention.head_count"],
           "n_head_kv": f[f"{arch}.attention.head_count_kv"],
           "eps": f[f"{arch}.attention.layer_norm_rms_epsilon"],
@@ -45,7 +46,8 @@ def load_weights(path: str) -> tuple[dict, dict]:
     w = {}
     for t in r.tensors:
         a = gguf.quants.dequantize(t.data, t.tensor_type)
-        w[t.name] = np.asarray(a, dtype=np.float32).reshape([int(v) for v in reversed(t.shape)])
+        w[t.name] = np.ascontiguousarray(
+            np.asarray(a, dtype=np.float32).reshape([int(v) for v in reversed(t.shape)]))
     return hp, w
 
 
