@@ -1,7 +1,8 @@
 """Completion and chat logprobs against llama-cpp-python on the same SmolLM2 file: the shapes
-llama-cpp-python returns, and the values teacher-forced (its logits for the tokens we generated),
-within llama.cpp's own spread (its one-token path against its batched path); the sparse head
-gives way to the full head for them; streaming gives the same numbers."""
+llama-cpp-python returns; the values are our engine's teacher-forced log-softmax (exactly), whose
+distribution is llama.cpp's within llama.cpp's own spread (its one-token path against its batched
+path), on every instruction set; the sparse head gives way to the full head for them; streaming
+gives the same numbers."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 
 llama_cpp = pytest.importorskip("llama_cpp")
 
-from peer import ref_logits, ref_logits_one_by_one, response_shape  # noqa: E402
+from peer import divergence, ref_logits, ref_logits_one_by_one, response_shape  # noqa: E402
 from pi_backend import Llama  # noqa: E402
 from pi_backend.logprobs import logits_to_logprobs  # noqa: E402
 
@@ -46,8 +47,21 @@ def test_completion_logprobs_shape_matches_llama_cpp(llm, ref):
         assert top[tok] == v and 3 <= len(top) <= 4 and all(x <= 0 for x in top.values())
 
 
+def own_logits(llm, tokens):
+    """Our engine's teacher-forced logits of every position of tokens (a context of its own on
+    the same model, the full head): what the API's logprobs must be computed from."""
+    ctx = llm._model.new_context(n_ctx=256, n_threads=2, head_mode="dense")
+    try:
+        return ctx.eval(tokens, 0, logits_all=True)
+    finally:
+        ctx.close()
+
+
 @pytest.mark.parametrize("prompt", PROMPTS)
 def test_completion_logprobs_teacher_forced_against_llama_cpp(llm, ref, prompt):
+    """The values are our engine's log-softmax at each position, token and top-n alike (exactly),
+    and that distribution is llama.cpp's within its own spread (its one-token path against its
+    batched path): top-1 agreement and KL over the full rows, as the engine tests bound them."""
     n = 5
     r = llm(prompt, max_tokens=24, temperature=0, logprobs=n)
     lp = r["choices"][0]["logprobs"]
@@ -55,27 +69,27 @@ def test_completion_logprobs_teacher_forced_against_llama_cpp(llm, ref, prompt):
     ids = [int(t) for t in llm.input_ids]          # the prompt and every token but the last
     assert len(ids) - n_prompt + 1 == len(lp["tokens"]) == 24
     gen = ids[n_prompt:]
-    batched = logits_to_logprobs(ref_logits(ref, ids))[n_prompt - 1:]
-    one = logits_to_logprobs(ref_logits_one_by_one(ref, ids))[n_prompt - 1:]
+    mine = own_logits(llm, ids)[n_prompt - 1:]
+    own = logits_to_logprobs(mine)
     rows = np.arange(len(gen))
-    peer = float(np.abs(one - batched)[rows, gen].max())
-    ours = np.array(lp["token_logprobs"][:len(gen)])
-    assert np.abs(ours - batched[rows, gen]).max() <= 2 * peer
+    np.testing.assert_allclose(lp["token_logprobs"][:len(gen)], own[rows, gen], rtol=0, atol=1e-5)
     tok = llm.tokenizer()
     for i in range(len(lp["tokens"])):
         top = lp["top_logprobs"][i]
-        best = int(np.argmax(batched[i]))
-        # the top-1 of our distribution is llama.cpp's
-        assert max(top, key=top.get) == tok.detokenize([best], prev_tokens=ids[:n_prompt + i]
-                                                       ).decode("utf-8", "ignore")
-        # and greedy drew it
-        if i < len(gen):
-            assert gen[i] == best
         want = {tok.detokenize([int(j)], prev_tokens=ids[:n_prompt + i]).decode(
-            "utf-8", "ignore"): float(batched[i][j]) for j in np.argsort(-batched[i])[:n]}
-        common = set(top) & set(want)
-        assert len(common) >= n - 1
-        assert max(abs(top[k] - want[k]) for k in common) <= 2 * peer
+            "utf-8", "ignore"): float(own[i][j]) for j in np.argsort(-own[i])[:n]}
+        assert set(top) == set(want)
+        assert max(abs(top[k] - want[k]) for k in top) <= 1e-5
+        if i < len(gen):                           # greedy drew our top-1
+            assert gen[i] == int(np.argmax(own[i]))
+    batched = ref_logits(ref, ids)[n_prompt - 1:]
+    one = ref_logits_one_by_one(ref, ids)[n_prompt - 1:]
+    d, peer = divergence(mine, batched), divergence(one, batched)
+    # KL within twice llama.cpp's own; top-1 misses (near-ties, a Poisson count over these few
+    # positions) within twice its own plus three of their standard deviations
+    misses, peer_misses = [(1 - x["top1"]) * len(mine) for x in (d, peer)]
+    assert d["kl"] <= 2 * peer["kl"], (d, peer)
+    assert misses <= 2 * peer_misses + 3 * (peer_misses + 1) ** 0.5, (d, peer)
 
 
 def test_echo_logprobs_are_the_prompt_rows(llm, ref):
@@ -86,14 +100,12 @@ def test_echo_logprobs_are_the_prompt_rows(llm, ref):
     assert lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None
     assert lp["text_offset"][0] == 0 and "".join(lp["tokens"]) == r["choices"][0]["text"]
     assert len(lp["tokens"]) == len(ptoks) + 3
-    rows = logits_to_logprobs(ref_logits(ref, ptoks))
-    one = logits_to_logprobs(ref_logits_one_by_one(ref, ptoks))
+    own = logits_to_logprobs(own_logits(llm, ptoks))
     idx = np.arange(len(ptoks) - 1)
     nxt = np.array(ptoks[1:])
-    peer = float(np.abs(rows - one)[idx, nxt].max())
     # token p's logprob is from the logits after token p - 1
     got = np.array(lp["token_logprobs"][1:len(ptoks)])
-    assert np.abs(got - rows[idx, nxt]).max() <= max(2 * peer, 1e-4)
+    np.testing.assert_allclose(got, own[idx, nxt], rtol=0, atol=1e-5)
     # the generated part is the plain completion's
     plain = llm(PROMPTS[1], max_tokens=3, temperature=0, logprobs=2)["choices"][0]["logprobs"]
     assert lp["token_logprobs"][len(ptoks):] == plain["token_logprobs"]
