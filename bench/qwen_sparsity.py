@@ -44,6 +44,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.teal import forward, load_weights, nll_tokens
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data"
 PROSE = ROOT / "pi_backend" / "data" / "prose.txt"
@@ -203,69 +205,21 @@ def ppl_summary(nlls: dict, ref: dict) -> dict:
     return out
 
 
-# ---- numpy reference forward (qwen2 / llama-family, NeoX RoPE) -------------------------------
+# ---- numpy reference forward (bench.teal's, for qwen2) ------------------------------------------
 def np_load(path: str) -> tuple[dict, dict]:
     """(hyperparameters, {tensor name: float32 array in numpy shape}) of a qwen2 GGUF."""
-    from bench.teal import load_weights
     return load_weights(path, "qwen2", PROG)
 
 
-def _rope_neox(x: np.ndarray, base: float) -> np.ndarray:
-    T, _, hd = x.shape
-    half = hd // 2
-    inv = base ** (-np.arange(0, half, dtype=np.float64) * 2.0 / hd)
-    ang = np.arange(T, dtype=np.float64)[:, None] * inv[None, :]
-    c = np.cos(ang)[:, None, :].astype(np.float32)
-    s = np.sin(ang)[:, None, :].astype(np.float32)
-    x0, x1 = x[..., :half], x[..., half:]
-    return np.concatenate([x0 * c - x1 * s, x1 * c + x0 * s], axis=-1)
-
-
 def np_forward(hp: dict, w: dict, ids: np.ndarray, drop=None, record=None) -> np.ndarray:
-    """Logits [T, n_vocab] (float32). drop(il, a, h) -> bool mask [T, n_ff] of the down inputs
-    to zero (a = silu(gate), h = a * up); record(il, a, h) sees them (dense run)."""
-    def rms(x, g):
-        return x / np.sqrt((x * x).mean(-1, keepdims=True) + hp["eps"]) * g
-
-    x = w["token_embd.weight"][ids].astype(np.float32)
-    T = len(ids)
-    H, Hkv = hp["n_head"], hp["n_head_kv"]
-    mask = np.triu(np.full((T, T), -np.inf, np.float32), 1)
-    for il in range(hp["n_layer"]):
-        p = f"blk.{il}."
-        xn = rms(x, w[p + "attn_norm.weight"])
-        q = xn @ w[p + "attn_q.weight"].T + w[p + "attn_q.bias"]
-        k = xn @ w[p + "attn_k.weight"].T + w[p + "attn_k.bias"]
-        v = xn @ w[p + "attn_v.weight"].T + w[p + "attn_v.bias"]
-        hd = q.shape[1] // H
-        q = _rope_neox(q.reshape(T, H, hd), hp["base"])
-        k = _rope_neox(k.reshape(T, Hkv, hd), hp["base"])
-        v = v.reshape(T, Hkv, hd)
-        rep = H // Hkv
-        k, v = np.repeat(k, rep, axis=1), np.repeat(v, rep, axis=1)
-        s = np.einsum("thd,shd->hts", q, k) / np.float32(np.sqrt(hd)) + mask
-        s = np.exp(s - s.max(-1, keepdims=True))
-        s /= s.sum(-1, keepdims=True)
-        att = np.einsum("hts,shd->thd", s, v).reshape(T, H * hd)
-        x = x + att @ w[p + "attn_output.weight"].T
-        xn = rms(x, w[p + "ffn_norm.weight"])
-        g = xn @ w[p + "ffn_gate.weight"].T
-        a = g / (1.0 + np.exp(-g))
-        h = a * (xn @ w[p + "ffn_up.weight"].T)
+    """Logits [T, n_vocab] (float32; bench.teal's numpy forward). drop(il, a, h) -> bool mask
+    [T, n_ff] of the down inputs to zero (a = silu(gate), h = a * up); record(il, a, h) sees
+    them (dense run)."""
+    def ffn(il, a, h):
         if record is not None:
             record(il, a, h)
-        if drop is not None:
-            h = np.where(drop(il, a, h), 0.0, h).astype(np.float32)
-        x = x + h @ w[p + "ffn_down.weight"].T
-    out = w.get("output.weight", w["token_embd.weight"])
-    return rms(x, w["output_norm.weight"]) @ out.T
-
-
-def np_nll(logits: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    lg = logits[:-1].astype(np.float64)
-    m = lg.max(-1)
-    lse = np.log(np.exp(lg - m[:, None]).sum(-1)) + m
-    return lse - lg[np.arange(len(ids) - 1), ids[1:]]
+        return h if drop is None else np.where(drop(il, a, h), 0.0, h).astype(np.float32)
+    return forward(hp, w, ids, ffn=ffn, dtype=np.float32)
 
 
 def criteria(path: Path, calib_ids: np.ndarray, chunks: dict, levels: list[float],
@@ -292,7 +246,7 @@ def criteria(path: Path, calib_ids: np.ndarray, chunks: dict, levels: list[float
     del scores
 
     def run(drop):
-        return {name: np.concatenate([np_nll(np_forward(hp, w, np.asarray(c), drop=drop), c)
+        return {name: np.concatenate([nll_tokens(np_forward(hp, w, np.asarray(c), drop=drop), c)
                                       for c in cs]) for name, cs in chunks.items()}
 
     ref = run(None)

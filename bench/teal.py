@@ -42,7 +42,7 @@ def load_weights(path: str, arch_wanted: str = "llama", who: str = "bench.teal")
     hp = {"n_layer": f[f"{arch}.block_count"], "n_head": f[f"{arch}.attention.head_count"],
           "n_head_kv": f[f"{arch}.attention.head_count_kv"],
           "eps": f[f"{arch}.attention.layer_norm_rms_epsilon"],
-          "base": f.get(f"{arch}.rope.freq_base", 10000.0)}
+          "base": f.get(f"{arch}.rope.freq_base", 10000.0), "neox": arch == "qwen2"}
     w = {}
     for t in r.tensors:
         a = gguf.quants.dequantize(t.data, t.tensor_type)
@@ -51,12 +51,17 @@ def load_weights(path: str, arch_wanted: str = "llama", who: str = "bench.teal")
     return hp, w
 
 
-def rope(x: np.ndarray, base: float) -> np.ndarray:
-    """Normal (adjacent-pair) RoPE on x [T, heads, hd] at positions 0..T-1."""
+def rope(x: np.ndarray, base: float, neox: bool = False) -> np.ndarray:
+    """RoPE on x [T, heads, hd] at positions 0..T-1: adjacent pairs (llama), or the two halves
+    (NeoX: qwen2), in x's precision."""
     T, _, hd = x.shape
-    inv = base ** (-np.arange(0, hd, 2, dtype=np.float64) / hd)
+    half = hd // 2
+    inv = base ** (-np.arange(0, half, dtype=np.float64) * 2.0 / hd)
     ang = np.arange(T, dtype=np.float64)[:, None] * inv[None, :]
-    c, s = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
+    c, s = np.cos(ang)[:, None, :].astype(x.dtype), np.sin(ang)[:, None, :].astype(x.dtype)
+    if neox:
+        x0, x1 = x[..., :half], x[..., half:]
+        return np.concatenate([x0 * c - x1 * s, x1 * c + x0 * s], axis=-1)
     x0, x1 = x[..., 0::2], x[..., 1::2]
     out = np.empty_like(x)
     out[..., 0::2] = x0 * c - x1 * s
@@ -65,9 +70,11 @@ def rope(x: np.ndarray, base: float) -> np.ndarray:
 
 
 def forward(hp: dict, w: dict, ids: np.ndarray, thr: dict | None = None,
-            record: dict | None = None) -> np.ndarray:
-    """Logits [T, n_vocab] of token ids. thr[(layer, site)]: inputs with |x| <= thr are
-    dropped; record[(layer, site)] collects |input| samples for calibration."""
+            record: dict | None = None, ffn=None, dtype=np.float64) -> np.ndarray:
+    """Logits [T, n_vocab] of token ids (a llama-family model from load_weights: q/k/v biases
+    where the file has them, NeoX RoPE for qwen2), computed in dtype. thr[(layer, site)]: inputs
+    with |x| <= thr are dropped; record[(layer, site)] collects |input| samples for calibration;
+    ffn(layer, a, h) -> h: sees the down input h = a * up (a = silu(gate)) and may change it."""
     def rms(x, g):
         return x / np.sqrt((x * x).mean(-1, keepdims=True) + hp["eps"]) * g
 
@@ -78,39 +85,52 @@ def forward(hp: dict, w: dict, ids: np.ndarray, thr: dict | None = None,
             x = np.where(np.abs(x) > thr[(il, name)], x, 0.0)
         return x
 
-    x = w["token_embd.weight"][ids].astype(np.float64)
+    def proj(x, name):
+        y = x @ w[name + ".weight"].T
+        b = w.get(name + ".bias")
+        return y if b is None else y + b
+
+    neox = hp.get("neox", False)
+    x = w["token_embd.weight"][ids].astype(dtype)
     T = len(ids)
     H, Hkv = hp["n_head"], hp["n_head_kv"]
-    mask = np.triu(np.full((T, T), -np.inf), 1)
+    mask = np.triu(np.full((T, T), -np.inf, dtype), 1)
     for il in range(hp["n_layer"]):
         p = f"blk.{il}."
         xn = site(rms(x, w[p + "attn_norm.weight"]), il, "qkv")
-        q = xn @ w[p + "attn_q.weight"].T
-        k = xn @ w[p + "attn_k.weight"].T
-        v = xn @ w[p + "attn_v.weight"].T
+        q, k, v = proj(xn, p + "attn_q"), proj(xn, p + "attn_k"), proj(xn, p + "attn_v")
         hd = q.shape[1] // H
-        q = rope(q.reshape(T, H, hd), hp["base"])
-        k = rope(k.reshape(T, Hkv, hd), hp["base"])
+        q = rope(q.reshape(T, H, hd), hp["base"], neox)
+        k = rope(k.reshape(T, Hkv, hd), hp["base"], neox)
         v = v.reshape(T, Hkv, hd)
         rep = H // Hkv
         k, v = np.repeat(k, rep, axis=1), np.repeat(v, rep, axis=1)
-        s = np.einsum("thd,shd->hts", q, k) / np.sqrt(hd) + mask
+        s = np.einsum("thd,shd->hts", q, k) / np.asarray(np.sqrt(hd), dtype) + mask
         s = np.exp(s - s.max(-1, keepdims=True))
         s /= s.sum(-1, keepdims=True)
         att = np.einsum("hts,shd->thd", s, v).reshape(T, H * hd)
         x = x + site(att, il, "o") @ w[p + "attn_output.weight"].T
         xn = site(rms(x, w[p + "ffn_norm.weight"]), il, "gate_up")
         g, u = xn @ w[p + "ffn_gate.weight"].T, xn @ w[p + "ffn_up.weight"].T
-        h = g / (1.0 + np.exp(-g)) * u
+        a = g / (1.0 + np.exp(-g))
+        h = a * u
+        if ffn is not None:
+            h = ffn(il, a, h)
         x = x + site(h, il, "down") @ w[p + "ffn_down.weight"].T
     out = w.get("output.weight", w["token_embd.weight"])
     return rms(x, w["output_norm.weight"]) @ out.T
 
 
+def nll_tokens(logits: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Each next token's negative log-likelihood [T - 1] (in float64)."""
+    lg = logits[:-1].astype(np.float64)
+    m = lg.max(-1)
+    lse = np.log(np.exp(lg - m[:, None]).sum(-1)) + m
+    return lse - lg[np.arange(len(ids) - 1), ids[1:]]
+
+
 def nll(logits: np.ndarray, ids: np.ndarray) -> float:
-    lg = logits[:-1]
-    lse = np.log(np.exp(lg - lg.max(-1, keepdims=True)).sum(-1)) + lg.max(-1)
-    return float(np.mean(lse - lg[np.arange(len(ids) - 1), ids[1:]]))
+    return float(np.mean(nll_tokens(logits, ids)))
 
 
 def break_even(kernels_json: str) -> dict | None:
