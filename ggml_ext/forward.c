@@ -610,7 +610,7 @@ int pi_context_create_seqs(pi_model *m, int32_t n_ctx, int32_t n_batch, int32_t 
     if (n_ctx > PI_MAX_CTX)
         return pi_fail(PI_ERR_RANGE, "pi_context_create: n_ctx = %d is above the limit %d", n_ctx,
                        PI_MAX_CTX);
-    if (n_batch > n_ctx * (int64_t)n_seq) n_batch = (int32_t)(n_ctx * (int64_t)n_seq < INT32_MAX ? n_ctx * (int64_t)n_seq : INT32_MAX);
+    if (n_batch > (int64_t)n_ctx * n_seq) n_batch = (int32_t)((int64_t)n_ctx * n_seq); /* all positions fit */
     const pi_hparams *hp = &m->hp;
     const size_t d = (size_t)hp->n_embd, n_ff = (size_t)hp->n_ff, B = (size_t)n_batch;
     const size_t q_dim = (size_t)hp->n_head * hp->head_dim, kv_dim = (size_t)hp->n_head_kv * hp->head_dim;
