@@ -50,9 +50,12 @@ def _ops(llm):
                    seed=5)["choices"][0]["text"]
 
     def stats():
+        # three calls: another thread's tokens may land between reset and stats, so what is
+        # compared is what no interleaving changes (the mode, the counters' names and types)
         llm.set_ffn_mode("dense")
         llm.reset_stats()
-        return llm.stats()["tokens"]
+        s = llm.stats()
+        return llm.ffn_mode, sorted((k, type(v).__name__) for k, v in s.items())
 
     return [completion, stream, chat_logprobs, embed, state_roundtrip, stats]
 
