@@ -13,7 +13,7 @@ static uint64_t read_xcr0(void) {
 
 typedef struct {
     int avx2;   /* AVX2 + FMA + F16C, with the YMM state enabled by the OS */
-    int avx512; /* AVX-512 F/BW/VL, with the opmask and ZMM states enabled by the OS */
+    int avx512; /* AVX-512 F/BW/VL/VNNI, with the opmask and ZMM states enabled by the OS */
 } cpu_features;
 
 static cpu_features detect(void) {
@@ -29,9 +29,9 @@ static cpu_features detect(void) {
     if (__get_cpuid_max(0, NULL) < 7) return f;
     __cpuid_count(7, 0, a, b, c, d);
     const int avx2 = (b >> 5) & 1, avx512f = (b >> 16) & 1, avx512bw = (b >> 30) & 1,
-              avx512vl = (b >> 31) & 1;
+              avx512vl = (b >> 31) & 1, avx512vnni = (c >> 11) & 1;
     f.avx2 = ymm_os && avx2 && fma && f16c;
-    f.avx512 = f.avx2 && zmm_os && avx512f && avx512bw && avx512vl;
+    f.avx512 = f.avx2 && zmm_os && avx512f && avx512bw && avx512vl && avx512vnni;
     return f;
 }
 

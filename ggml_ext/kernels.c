@@ -861,6 +861,7 @@ static void matvec_task(void *arg, int ith, int nth) {
 typedef struct {
     pi_dot_fn dot;
     pi_dot8_fn dot8;
+    pi_dot8n_fn dot8n;  /* several tokens per unpacked block, or NULL: dot8 token by token */
     const pi_rows8_out *outs;
     int n_outs;
     int64_t n_groups;   /* whole groups of all outputs */
@@ -882,9 +883,12 @@ static void rows8_task(void *arg, int ith, int nth) {
         const pi_rows8_out *p = &j->outs[o];
         const int64_t lg = g - base;
         const uint8_t *group = (const uint8_t *)p->Wp + (size_t)lg * PI_ROWS8 * j->row_bytes;
-        for (int64_t t = 0; t < j->n_tok; t++)
-            j->dot8(j->n_cols, group, (const uint8_t *)j->act + (size_t)t * j->act_bytes,
-                    p->Y + t * p->ldy + lg * PI_ROWS8);
+        if (j->dot8n && j->n_tok > 1)
+            j->dot8n(j->n_cols, group, j->act, j->act_bytes, j->n_tok, p->Y + lg * PI_ROWS8, p->ldy);
+        else
+            for (int64_t t = 0; t < j->n_tok; t++)
+                j->dot8(j->n_cols, group, (const uint8_t *)j->act + (size_t)t * j->act_bytes,
+                        p->Y + t * p->ldy + lg * PI_ROWS8);
     }
     if (ith != nth - 1) return;
     for (int k = 0; k < j->n_outs; k++) {
@@ -1013,6 +1017,7 @@ int pi_matmat_rows8_multi(pi_pool *pool, int type, int64_t n_cols, const float *
     if (!K->dot8[type]) return pi_fail_rows8(fn, type);
     j.dot = K->dot[type];
     j.dot8 = K->dot8[type];
+    j.dot8n = K->dot8n[type];
     j.row_bytes = m.row_bytes;
     if ((st = prepare_activations(fn, K, type, X, n_cols, n_tok, 0, &j.act, &j.act_bytes))) return st;
     pi_pool_run(pool, rows8_task, &j);

@@ -39,6 +39,13 @@ typedef void (*pi_axpy_fn)(int64_t c0, int64_t c1, const void *const rows[], con
  * then its odd last block: iq4_nl_sum in kernels.c). The scalar twin computes the same bits. */
 typedef void (*pi_dot8_fn)(int64_t n, const void *group, const void *act, float out[8]);
 
+/* pi_dot8_fn over n_tok tokens at once: out + t * ldo gets dot8(n, group, act + t * act_bytes)
+ * for t < n_tok, with its bits (its twin: the table's dot8, token by token). One unpacking of each
+ * weight block serves several tokens: the batched step's arithmetic per token is a fraction of
+ * a single token's (the AVX-512 table). */
+typedef void (*pi_dot8n_fn)(int64_t n, const void *group, const void *act, size_t act_bytes,
+                            int64_t n_tok, float *out, int64_t ldo);
+
 /* x: [n] f32 -> y: a row of n elements of an activation type (n a multiple of its block size). */
 typedef void (*pi_quantize_act_fn)(const float *x, void *y, int64_t n);
 
@@ -60,6 +67,7 @@ typedef struct {
     const char *name;
     pi_dot_fn dot[PI_N_TYPE_IDS];           /* every weight type */
     pi_dot8_fn dot8[PI_N_TYPE_IDS];         /* every type with a rows8 layout */
+    pi_dot8n_fn dot8n[PI_N_TYPE_IDS];       /* NULL: dot8 token by token (scalar, AVX2, IQ4_NL) */
     pi_axpy_fn axpy[PI_N_TYPE_IDS];         /* every weight type */
     /* By activation type (every quantized act_type of a weight): ggml-cpu's x86
      * quantize_row_q8_{0,1} (id = 127 / amax, round half to even), the same bits on every ISA. */

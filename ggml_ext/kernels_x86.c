@@ -1,4 +1,4 @@
-/* kernels_x86.c - AVX2 (+FMA, F16C) and AVX-512 (F/BW/VL) twins of the scalar kernels in
+/* kernels_x86.c - AVX2 (+FMA, F16C) and AVX-512 (F/BW/VL/VNNI) twins of the scalar kernels in
  * kernels.c.
  *
  * Compiled without -mavx2: every function carries its own target attribute, and kernels.c only
@@ -21,7 +21,7 @@
 #include "quants.h"
 
 #define AVX2_FN __attribute__((target("avx2,fma,f16c")))
-#define AVX512_FN __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl")))
+#define AVX512_FN __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
 #define INLINE static inline __attribute__((always_inline))
 
 /* ==== AVX2 helpers ============================================================================ */
@@ -272,15 +272,23 @@ INLINE AVX2_FN __m256i qh8(const uint16_t qh[2][PI_ROWS8]) {
     return _mm256_set_m128i(_mm_unpackhi_epi16(lo, hi), _mm_unpacklo_epi16(lo, hi));
 }
 
+/* The shuffle that puts byte k / 2 of each row's qh (qh8's 32-bit elements) in all 4 bytes of
+ * its element: the byte that holds the fifth bits of lane k. */
+INLINE AVX2_FN __m256i qh_spread_ctl(int k) {
+    const char b = (char)(k / 2); /* the byte of qh that holds bits 4k .. 4k + 3 */
+    return _mm256_setr_epi8(b, b, b, b, b + 4, b + 4, b + 4, b + 4, b + 8, b + 8, b + 8, b + 8,
+                            b + 12, b + 12, b + 12, b + 12, b, b, b, b, b + 4, b + 4, b + 4, b + 4,
+                            b + 8, b + 8, b + 8, b + 8, b + 12, b + 12, b + 12, b + 12);
+}
+
+/* The bit of lane k's element j in byte j of each 32-bit element of the spread qh. */
+#define QH_LANE_BITS(k) ((k) % 2 ? (int)0x80402010 : 0x08040201)
+
 /* 0x10 in byte j of each 32-bit element where bit 4k + j of its qh (h) is set: the fifth bits
  * of lane k (elements 4k .. 4k + 3) for the 8 rows. */
 INLINE AVX2_FN __m256i fifth_bits8(__m256i h, int k) {
-    const char b = (char)(k / 2); /* the byte of qh that holds bits 4k .. 4k + 3 */
-    const __m256i spread = _mm256_shuffle_epi8(
-        h, _mm256_setr_epi8(b, b, b, b, b + 4, b + 4, b + 4, b + 4, b + 8, b + 8, b + 8, b + 8,
-                            b + 12, b + 12, b + 12, b + 12, b, b, b, b, b + 4, b + 4, b + 4, b + 4,
-                            b + 8, b + 8, b + 8, b + 8, b + 12, b + 12, b + 12, b + 12));
-    const __m256i bit = _mm256_set1_epi32(k % 2 ? (int)0x80402010 : 0x08040201);
+    const __m256i spread = _mm256_shuffle_epi8(h, qh_spread_ctl(k));
+    const __m256i bit = _mm256_set1_epi32(QH_LANE_BITS(k));
     return _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit), _mm256_set1_epi8(0x10));
 }
 
@@ -1410,7 +1418,7 @@ INLINE AVX512_FN __m512 join_ps(__m256 lo, __m256 hi) {
 }
 
 INLINE AVX512_FN __m512i dot_u8s8_512(__m512i u, __m512i s) {
-    return _mm512_madd_epi16(_mm512_maddubs_epi16(u, s), _mm512_set1_epi16(1));
+    return _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, s);
 }
 
 /* ==== AVX-512 dots: two 4-bit blocks (or one 8-bit block) of nr rows per step ==================== */
@@ -1767,6 +1775,150 @@ AVX512_FN static void attn_values_avx512(int n_pos, int hd, const pi_half *vt, i
     for (; i < hd; i++) out[i] = dot_f16_f32_lanes16(vt + (size_t)i * ldv, p, n_pos);
 }
 
+/* ==== AVX-512 rows8 kernels over several tokens (pi_dot8n_fn; twins: the dot8 of each token) ===
+ * A 512-bit register holds two of dot8_*_avx2's lane registers, the 8 rows of one lane in each
+ * half: chunk c of a Q4/Q5 block as [lane c | lane 4 + c] (its low and its high nibbles), chunks
+ * 2j and 2j + 1 of a Q8_0 block as [lane 2j | lane 2j + 1]. A block is unpacked once for up to
+ * DOT8N_TOK tokens (4 x 4 accumulators and the unpacked block fit the 32 registers); each token's
+ * lanes take the AVX2 kernel's products in its order and store_lanes8 adds them as it does, so
+ * every token gets dot8_*_avx2's bits. */
+#define DOT8N_TOK 4
+
+/* Words k0 and k1 (4 bytes each) of x's low 256 bits, broadcast over the low and the high half. */
+INLINE AVX512_FN __m512i words_pair(__m512i x, int k0, int k1) {
+    return _mm512_permutexvar_epi32(join_si(_mm256_set1_epi32(k0), _mm256_set1_epi32(k1)), x);
+}
+
+/* The 8 rows' halves h (scales or mins) as floats, in both halves. */
+INLINE AVX512_FN __m512 halves_pair(const pi_half h[PI_ROWS8]) {
+    const __m256 f = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)h));
+    return join_ps(f, f);
+}
+
+/* out = store_lanes8 of the lanes held in pairs: acc[i]'s low half is lane lo[i], its high lane
+ * lo[i] + step (step 4: the nibble types' pairs; 1: Q8_0's). */
+INLINE AVX512_FN void store_pairs(const __m512 acc[4], const int lo[4], int step, __m256 extra, float out[8]) {
+    __m256 l[8];
+    for (int i = 0; i < 4; i++) {
+        l[lo[i]] = _mm512_castps512_ps256(acc[i]);
+        l[lo[i] + step] = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc[i]), 1));
+    }
+    store_lanes8(l, extra, out);
+}
+
+/* Chunk c of an interleaved Q4/Q5 block as [lane c | lane 4 + c] quants: low nibbles, high
+ * nibbles, plus 16 where the fifth bit is set (h: qh8 in both halves) when `five`. */
+INLINE AVX512_FN __m512i nib_pair(const uint8_t qs[128], int c, int five, __m512i h) {
+    const __m512i v = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(qs + 32 * c)));
+    const __m512i shift = join_si(_mm256_setzero_si256(), _mm256_set1_epi16(4));
+    __m512i q = _mm512_and_si512(_mm512_srlv_epi16(v, shift), _mm512_set1_epi8(0x0F));
+    if (five) {
+        const __m512i spread = _mm512_shuffle_epi8(h, join_si(qh_spread_ctl(c), qh_spread_ctl(4 + c)));
+        const __m512i bit = _mm512_set1_epi32(QH_LANE_BITS(c)); /* lanes c and 4 + c share it */
+        q = _mm512_mask_add_epi8(q, _mm512_test_epi8_mask(spread, bit), q, _mm512_set1_epi8(0x10));
+    }
+    return q;
+}
+
+static const int NIB_PAIRS[4] = {0, 1, 2, 3}, Q8_PAIRS[4] = {0, 2, 4, 6};
+
+/* nt (<= DOT8N_TOK) tokens over the whole group: the 4- and 5-bit types; XT the activation's
+ * block (q8_0, or q8_1 with MIN: the m * s term summed per block as dot8_*_avx2 does). */
+#define NIB_DOT8N_AVX512(T, XT, FIVE, QH, OFF, MIN)                                                \
+    INLINE AVX512_FN void pass_##T##_avx512(int64_t nb, const block_##T##x8 *w, const uint8_t *act, \
+                                            size_t act_bytes, int nt, float *out, int64_t ldo) {  \
+        __m512 acc[DOT8N_TOK][4];                                                                \
+        __m256 summ[DOT8N_TOK];                                                                  \
+        for (int t = 0; t < nt; t++) {                                                           \
+            summ[t] = _mm256_setzero_ps();                                                       \
+            for (int c = 0; c < 4; c++) acc[t][c] = _mm512_setzero_ps();                         \
+        }                                                                                        \
+        for (int64_t b = 0; b < nb; b++) {                                                       \
+            const __m512i h = _mm512_broadcast_i64x4(QH(w[b]));                                  \
+            __m512i q[4];                                                                        \
+            for (int c = 0; c < 4; c++) q[c] = nib_pair(w[b].qs, c, FIVE, h);                    \
+            const __m512 dw = halves_pair(w[b].d);                                               \
+            for (int t = 0; t < nt; t++) {                                                       \
+                const block_##XT *x = (const block_##XT *)(act + (size_t)t * act_bytes) + b;     \
+                const __m512 d = _mm512_mul_ps(dw, _mm512_set1_ps(fp16_table[x->d]));            \
+                const __m512i xv = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)x->qs)); \
+                for (int c = 0; c < 4; c++) {                                                    \
+                    const __m512i y = words_pair(xv, c, 4 + c);                                  \
+                    __m512i s = dot_u8s8_512(q[c], y);                                           \
+                    if (OFF) s = _mm512_sub_epi32(s, dot_u8s8_512(_mm512_set1_epi8(OFF), y));    \
+                    acc[t][c] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(s), acc[t][c]);            \
+                }                                                                                \
+                MIN(summ[t], w[b], x);                                                           \
+            }                                                                                    \
+        }                                                                                        \
+        for (int t = 0; t < nt; t++) store_pairs(acc[t], NIB_PAIRS, 4, summ[t], out + t * ldo);  \
+    }
+#define NO_MIN(summ, wb, x) (void)0
+#define ADD_MIN(summ, wb, x) summ = _mm256_add_ps(summ, scales8((wb).m, (x)->s))
+#define Q4_QH(w) _mm256_setzero_si256()
+#define Q5_QH(w) qh8((w).qh)
+NIB_DOT8N_AVX512(q4_0, q8_0, 0, Q4_QH, 8, NO_MIN)
+NIB_DOT8N_AVX512(q5_0, q8_0, 1, Q5_QH, 16, NO_MIN)
+NIB_DOT8N_AVX512(q4_1, q8_1, 0, Q4_QH, 0, ADD_MIN)
+NIB_DOT8N_AVX512(q5_1, q8_1, 1, Q5_QH, 0, ADD_MIN)
+#undef NIB_DOT8N_AVX512
+#undef Q4_QH
+#undef Q5_QH
+#undef NO_MIN
+#undef ADD_MIN
+
+/* Q8_0: chunks 2j and 2j + 1 in one register; |w| times the activation with w's sign. */
+INLINE AVX512_FN void pass_q8_0_avx512(int64_t nb, const block_q8_0x8 *w, const uint8_t *act,
+                                       size_t act_bytes, int nt, float *out, int64_t ldo) {
+    __m512 acc[DOT8N_TOK][4];
+    for (int t = 0; t < nt; t++)
+        for (int j = 0; j < 4; j++) acc[t][j] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        __m512i mag[4];
+        __mmask64 neg[4];
+        for (int j = 0; j < 4; j++) {
+            const __m512i v = _mm512_loadu_si512((const void *)(w[b].qs + 64 * j));
+            mag[j] = _mm512_abs_epi8(v);
+            neg[j] = _mm512_movepi8_mask(v);
+        }
+        const __m512 dw = halves_pair(w[b].d);
+        for (int t = 0; t < nt; t++) {
+            const block_q8_0 *x = (const block_q8_0 *)(act + (size_t)t * act_bytes) + b;
+            const __m512 d = _mm512_mul_ps(dw, _mm512_set1_ps(fp16_table[x->d]));
+            const __m512i xv = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)x->qs));
+            for (int j = 0; j < 4; j++) {
+                const __m512i y = words_pair(xv, 2 * j, 2 * j + 1);
+                const __m512i s = dot_u8s8_512(mag[j], _mm512_mask_sub_epi8(y, neg[j], _mm512_setzero_si512(), y));
+                acc[t][j] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(s), acc[t][j]);
+            }
+        }
+    }
+    for (int t = 0; t < nt; t++) store_pairs(acc[t], Q8_PAIRS, 1, _mm256_setzero_ps(), out + t * ldo);
+}
+
+/* The entries: the tokens DOT8N_TOK at a time, each count its own unrolled pass. */
+#define DOT8N_AVX512(T)                                                                          \
+    AVX512_FN static void dot8n_##T##_avx512(int64_t n, const void *group, const void *act,       \
+                                             size_t act_bytes, int64_t n_tok, float *out, int64_t ldo) { \
+        const block_##T##x8 *w = group;                                                          \
+        for (int64_t t = 0; t < n_tok; t += DOT8N_TOK) {                                         \
+            const uint8_t *a = (const uint8_t *)act + (size_t)t * act_bytes;                     \
+            float *o = out + t * ldo;                                                            \
+            switch (n_tok - t < DOT8N_TOK ? (int)(n_tok - t) : DOT8N_TOK) {                      \
+            case 1: pass_##T##_avx512(n / 32, w, a, act_bytes, 1, o, ldo); break;                \
+            case 2: pass_##T##_avx512(n / 32, w, a, act_bytes, 2, o, ldo); break;                \
+            case 3: pass_##T##_avx512(n / 32, w, a, act_bytes, 3, o, ldo); break;                \
+            default: pass_##T##_avx512(n / 32, w, a, act_bytes, DOT8N_TOK, o, ldo); break;       \
+            }                                                                                    \
+        }                                                                                        \
+    }
+DOT8N_AVX512(q4_0)
+DOT8N_AVX512(q4_1)
+DOT8N_AVX512(q5_0)
+DOT8N_AVX512(q5_1)
+DOT8N_AVX512(q8_0)
+#undef DOT8N_AVX512
+
 const pi_kernels pi_kernels_avx512 = {
     .name = "avx512",
     .lanes = 16, /* llama.cpp's AVX-512 build: its attention and SwiGLU order */
@@ -1784,6 +1936,9 @@ const pi_kernels pi_kernels_avx512 = {
              [PI_TYPE_Q4_0] = dot8_q4_0_avx2, [PI_TYPE_Q4_1] = dot8_q4_1_avx2, /* 8 rows = 8 lanes */
              [PI_TYPE_Q5_0] = dot8_q5_0_avx2, [PI_TYPE_Q5_1] = dot8_q5_1_avx2,
              [PI_TYPE_Q8_0] = dot8_q8_0_avx2},
+    .dot8n = {[PI_TYPE_Q4_0] = dot8n_q4_0_avx512, [PI_TYPE_Q4_1] = dot8n_q4_1_avx512,
+              [PI_TYPE_Q5_0] = dot8n_q5_0_avx512, [PI_TYPE_Q5_1] = dot8n_q5_1_avx512,
+              [PI_TYPE_Q8_0] = dot8n_q8_0_avx512}, /* IQ4_NL: its dot8, token by token */
     .axpy = {[PI_TYPE_IQ4_NL] = axpy_iq4_nl_avx2, [PI_TYPE_IQ4_XS] = axpy_iq4_xs_avx2, /* AVX2's */
              [PI_TYPE_BF16] = axpy_bf16_avx2,
              [PI_TYPE_F32] = axpy_f32_avx512, [PI_TYPE_F16] = axpy_f16_avx512,

@@ -68,7 +68,7 @@ typedef enum {
 typedef enum {
     PI_ISA_SCALAR = 0, /* portable C: the reference twin of every SIMD kernel */
     PI_ISA_AVX2 = 1,   /* AVX2 + FMA + F16C */
-    PI_ISA_AVX512 = 2, /* AVX-512 F/BW/VL */
+    PI_ISA_AVX512 = 2, /* AVX-512 F/BW/VL/VNNI (Zen4 on; Ice Lake on) */
 } pi_isa;
 
 /* ---- library ---------------------------------------------------------------------------- */

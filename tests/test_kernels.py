@@ -425,12 +425,14 @@ def test_rows8_layout_and_products(t, shape, pools):
     q, Wd = random_weights(rng, t, n_rows, n_cols)
     p = repack(t, q, n_rows, n_cols)
     np.testing.assert_array_equal(p, repack_reference(t, q))
-    X = rng.standard_normal((5, n_cols)).astype(np.float32)
+    X = rng.standard_normal((9, n_cols)).astype(np.float32)  # 9: the batched kernels' 4 + 4 + 1
     whole = n_rows // 8 * 8
     results = {}
     for isa in ISAS:
         call("pi_isa_set", isa)
         Y = run_matmat_rows8(None, t, p, n_rows, n_cols, X)
+        for tok in (0, 5, 8):  # a token in a batch gets the bits of the token alone
+            np.testing.assert_array_equal(run_matmat_rows8(None, t, p, n_rows, n_cols, X[tok:tok + 1])[0], Y[tok])
         for tok in range(X.shape[0]):
             ref, scale = matvec_reference(t, q, Wd, X[tok])
             assert_close(Y[tok], ref, scale, what=f"{ISA_NAMES[isa]} token {tok} vs reference")
