@@ -610,7 +610,7 @@ static void test_ffn_sparse(pi_pool *pool3) {
             for (int pi = 0; pi < 2; pi++) {
                 memset(g, 0x7f, sizeof g), memset(u, 0x7f, sizeof u);
                 float lg[NFF];
-                pi_ffn_sparse_args a = {
+                pi_ffn_sparse_args a = {.n_tok = 1,
                     .fc2_type = PI_TYPE_Q8_0, .fc2 = fc2p, .fc2_rows8 = 1, .rank = RANK, .h = h, .thr = thr,
                     .type = type, .gate = gate.q, .up = up.q, .down_type = type, .down_t = dt.q,
                     .act = kind, .n_ff = NFF, .d = D, .x = x, .logit = lg, .g = g, .u = u,
@@ -637,7 +637,7 @@ static void test_ffn_sparse(pi_pool *pool3) {
         float ref[NFF], lg[NFF];
         EXPECT_STATUS(pi_matvec(NULL, PI_TYPE_F16, f16.q, NFF, RANK, h, ref), PI_OK);
         for (int pi = 0; pi < 2; pi++) {
-            pi_ffn_sparse_args a = {
+            pi_ffn_sparse_args a = {.n_tok = 1,
                 .fc2_type = PI_TYPE_F16, .fc2 = f16.q, .fc2_rows8 = 0, .rank = RANK, .h = h, .thr = 0.0f,
                 .type = PI_TYPE_Q8_0, .gate = gate.q, .up = gate.q, .down_type = PI_TYPE_Q8_0,
                 .down_t = gate.q, .act = PI_ACT_RELU, .n_ff = NFF, .d = D, .x = x, .logit = lg, .g = g,
@@ -653,7 +653,7 @@ static void test_ffn_sparse(pi_pool *pool3) {
     }
     /* validation */
     matrix m = make_matrix(PI_TYPE_Q8_0, NFF, D);
-    pi_ffn_sparse_args a = {.fc2_type = PI_TYPE_Q8_0, .fc2 = fc2p, .fc2_rows8 = 1, .rank = RANK, .h = h,
+    pi_ffn_sparse_args a = {.n_tok = 1, .fc2_type = PI_TYPE_Q8_0, .fc2 = fc2p, .fc2_rows8 = 1, .rank = RANK, .h = h,
                             .type = PI_TYPE_Q8_0, .gate = m.q, .up = m.q, .down_type = PI_TYPE_Q8_0,
                             .down_t = m.q, .n_ff = NFF, .d = D, .x = x, .logit = logit, .g = g,
                             .u = u, .idx = idx, .partial = NULL, .y = y};
