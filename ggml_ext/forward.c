@@ -37,15 +37,18 @@ struct pi_context {
     float *att_out;           /* [n_batch][q_dim] */
     float *proj;              /* [n_batch][d] output of attn_output / the FFN */
     float *g, *u;             /* [n_batch][n_ff] gate and up (then the down input) */
-    float *pz;                /* [max_rank] predictor hidden layer */
+    float *pz;                /* [n_pass][max_rank] predictor hidden layers of an FFN pass's tokens */
     float *scores;            /* [n_threads][attn_scratch()] attention scratch per thread */
     float *rope_cs;           /* [n_batch][n_rot] cos, sin of the chunk's positions' RoPE angles */
     float *rope_cs_swa;       /* [n_batch][n_rot] the same for the sliding layers (n_swa > 0) */
-    int32_t *idx;             /* [n_ff] active neuron ids of the current token */
-    float *act;               /* [n_ff] act(gate) of the current token (threshold mode), or its
-                                 predictor logits (sparse mode) */
+    int32_t *idx;             /* [n_pass][n_ff] active neuron ids of an FFN pass's tokens */
+    float *act;               /* [n_pass][n_ff] act(gate) of one token (threshold mode), or the
+                                 pass's tokens' predictor logits (sparse mode) */
+    uint8_t *mark;            /* [n_ff] the union kernels' scratch, all 0 between calls */
+    int32_t *un;              /* [n_ff] the union of a pass's rows */
     int32_t *all_idx;         /* [n_ff] 0, 1, ..., n_ff - 1: every neuron (dense AXPY) */
-    float *partial;           /* [n_threads - 1][d] the sparse FFN's per-share sums */
+    float *partial;           /* [n_threads - 1][n_pass][d] the sparse FFN's per-share sums
+                                 (n_pass: min(n_batch, PI_UNION_MAX_TOK), the tokens of a pass) */
     uint8_t *emb_row;         /* [row bytes of token_embd] one embedding row unpacked from rows8 */
     pi_head *head;            /* the sparse output head's scratch (head.c), NULL: dense head */
     pi_stats stats;
@@ -273,11 +276,11 @@ static int attention_block(pi_context *c, int il, int B) {
 
 /* ---- FFN ------------------------------------------------------------------------------------ */
 
-/* The predictor's hidden layer of one token: c->pz = relu(fc1 xn). */
-static int predictor_hidden(pi_context *c, const pi_layer *l, const float *xn) {
+/* The predictor's hidden layer of B tokens: c->pz [B][rank] = relu(fc1 xn). */
+static int predictor_hidden(pi_context *c, const pi_layer *l, const float *xn, int B) {
     const pi_weight *f1 = &l->fc1;
-    const int rc = matmul(c, f1, xn, 1, c->pz, f1->n_rows);
-    for (int64_t i = 0; i < f1->n_rows; i++) c->pz[i] = c->pz[i] > 0 ? c->pz[i] : 0;
+    const int rc = matmul(c, f1, xn, B, c->pz, f1->n_rows);
+    for (int64_t i = 0; i < (int64_t)B * f1->n_rows; i++) c->pz[i] = c->pz[i] > 0 ? c->pz[i] : 0;
     return rc;
 }
 
@@ -287,19 +290,20 @@ static int predictor_hidden(pi_context *c, const pi_layer *l, const float *xn) {
 
 /* Whether the down projection of n active neurons is cheaper dense, over the file's plain
  * ffn_down (a --keep-down file), than as an AXPY over their ffn_down_t rows: at low sparsity,
- * and whenever ffn_down_t is the wider type. */
+ * and whenever ffn_down_t is the wider type. (Decided per token, as alone: the two give
+ * different bits.) */
 static int dense_down_pays(const pi_layer *l, int32_t n) {
     return (double)n * (double)pi_weight_row_bytes(&l->down_t) * PI_AXPY_COST >
            (double)pi_weight_bytes(&l->down);
 }
 
-/* Threshold mode's selection: the neurons with |act(gate)| above thr (thr 0 keeps every neuron
- * of an activation without exact zeros: SiLU, GELU). A ReLU model's threshold is at least 0: its
- * zeros are always dropped, and a negative threshold (a file calibrated for sparse mode holds
- * predictor logits) means exactly those.
+/* Threshold mode's selection of one token: idx [n_ff] = the neurons with |act(gate)| above thr
+ * (thr 0 keeps every neuron of an activation without exact zeros: SiLU, GELU). A ReLU model's
+ * threshold is at least 0: its zeros are always dropped, and a negative threshold (a file
+ * calibrated for sparse mode holds predictor logits) means exactly those.
  * With up already computed dense (dense_up), also forms the down input: u = act(g) * u for kept
  * neurons, 0 for dropped ones; act is evaluated once per neuron, vectorized. */
-static int32_t select_threshold(pi_context *c, const float *g, float *u, float thr, int dense_up) {
+static int32_t select_threshold(pi_context *c, const float *g, float *u, float thr, int dense_up, int32_t *idx) {
     const int n_ff = c->m->hp.n_ff, kind = c->m->hp.ffn_act;
     const int zeros = pi_acts[kind].exact_zeros;
     const int keep_all = thr == 0 && !zeros;
@@ -308,55 +312,117 @@ static int32_t select_threshold(pi_context *c, const float *g, float *u, float t
     memcpy(a, g, (size_t)n_ff * sizeof *a);
     pi_kernels_active()->act[kind](n_ff, a);
     int32_t n = n_ff;
-    if (keep_all) memcpy(c->idx, c->all_idx, (size_t)n_ff * sizeof *c->idx);
-    else n = (int32_t)pi_kernels_active()->select(n_ff, a, thr, 1, c->idx);
+    if (keep_all) memcpy(idx, c->all_idx, (size_t)n_ff * sizeof *idx);
+    else n = (int32_t)pi_kernels_active()->select(n_ff, a, thr, 1, idx);
     if (dense_up)
         for (int i = 0; i < n_ff; i++) u[i] = keep_all || fabsf(a[i]) > thr ? u[i] * a[i] : 0.0f;
     return n;
 }
 
-/* One token's sparse FFN: active ids -> gate/up (masked, or dense where repacked) -> act ->
- * AXPY over ffn_down_t. Sparse mode (gate and up of one type, pi_model_ffn_modes) is one pool
- * job; threshold mode computes gate dense and selects on act(gate). */
-static int ffn_sparse_token(pi_context *c, const pi_layer *l, int il, const float *xn, float *g,
-                            float *u, float *out) {
+/* The FFN weight bytes of n rows of w. */
+static int64_t rows_bytes(const pi_weight *w, int64_t n) { return n * (int64_t)pi_weight_row_bytes(w); }
+
+/* One FFN pass of sparse mode over tokens t0 .. t0 + B (B <= PI_UNION_MAX_TOK): the predictors'
+ * hidden layers here (one fc1 product for the pass), the rest in one pool run (pi_ffn_sparse:
+ * the union of the tokens' picks read once; each token's bits those of it alone). */
+static int ffn_sparse_pass(pi_context *c, const pi_layer *l, int il, int t0, int B) {
     const pi_hparams *hp = &c->m->hp;
-    const int n_ff = hp->n_ff, d = hp->n_embd, kind = hp->ffn_act;
-    const float thr = c->m->thresholds[il];
-    const int dense_up = l->up.packed != NULL;
+    const size_t n_ff = (size_t)hp->n_ff, d = (size_t)hp->n_embd;
+    const pi_weight *f2 = &l->fc2;
     int rc;
-    if (c->ffn_mode == PI_FFN_SPARSE) {
-        /* predictor hidden layer here, the rest in one pool run (pi_ffn_sparse) */
-        const pi_weight *f2 = &l->fc2;
-        if ((rc = predictor_hidden(c, l, xn))) return rc;
-        pi_ffn_sparse_args a = {
-            .fc2_type = f2->type, .fc2 = f2->packed ? f2->packed : f2->data,
-            .fc2_rows8 = f2->packed != NULL, .rank = f2->n_cols, .h = c->pz, .thr = thr,
-            .type = l->gate.type, .gate = l->gate.data, .up = l->up.data, .down_type = l->down_t.type,
-            .down_t = l->down_t.data, .act = kind, .n_ff = n_ff, .d = d, .x = xn, .logit = c->act,
-            .g = g, .u = u, .idx = c->idx, .partial = c->partial, .y = out};
-        rc = pi_ffn_sparse(c->pool, &a);
-        c->stats.ffn_active += a.n_picked;
-        c->stats.ffn_down_active += a.n_down;
-        return rc;
+    if ((rc = predictor_hidden(c, l, c->xn + t0 * d, B))) return rc;
+    pi_ffn_sparse_args a = {
+        .n_tok = B, .fc2_type = f2->type, .fc2 = f2->packed ? f2->packed : f2->data,
+        .fc2_rows8 = f2->packed != NULL, .rank = f2->n_cols, .h = c->pz, .thr = c->m->thresholds[il],
+        .type = l->gate.type, .gate = l->gate.data, .up = l->up.data, .down_type = l->down_t.type,
+        .down_t = l->down_t.data, .act = hp->ffn_act, .n_ff = hp->n_ff, .d = hp->n_embd,
+        .x = c->xn + t0 * d, .logit = c->act, .g = c->g + t0 * n_ff, .u = c->u + t0 * n_ff,
+        .idx = c->idx, .mark = c->mark, .un = c->un, .partial = c->partial, .y = c->proj + t0 * d};
+    rc = pi_ffn_sparse(c->pool, &a);
+    c->stats.ffn_active += a.n_picked;
+    c->stats.ffn_down_active += a.n_down;
+    c->stats.ffn_pass_active += a.n_union;
+    c->stats.ffn_pass_down += a.n_union_down;
+    c->stats.ffn_bytes += pi_weight_bytes(&l->fc1) + pi_weight_bytes(f2) + rows_bytes(&l->gate, a.n_union) +
+                          rows_bytes(&l->up, a.n_union_up) + rows_bytes(&l->down_t, a.n_union_down);
+    return rc;
+}
+
+/* The down projection of threshold mode over the pass's tokens, each as alone: dense over the
+ * plain ffn_down for the tokens where that pays (runs of consecutive tokens in one product), an
+ * AXPY over ffn_down_t for the others, the union of their rows read once. */
+static int threshold_down(pi_context *c, const pi_layer *l, int t0, int B, const int32_t *const idx[],
+                          const int64_t n[]) {
+    const size_t n_ff = (size_t)c->m->hp.n_ff, d = (size_t)c->m->hp.n_embd;
+    const int32_t *ax_idx[PI_UNION_MAX_TOK];
+    int64_t ax_n[PI_UNION_MAX_TOK], rows = 0;
+    const float *ax_a[PI_UNION_MAX_TOK];
+    float *ax_y[PI_UNION_MAX_TOK];
+    int n_ax = 0, dense = 0, rc;
+    for (int t = 0; t < B;) {
+        float *u = c->u + (t0 + t) * n_ff, *y = c->proj + (t0 + t) * d;
+        if (!(l->down.data && dense_down_pays(l, (int32_t)n[t]))) {
+            ax_idx[n_ax] = idx[t], ax_n[n_ax] = n[t], ax_a[n_ax] = u, ax_y[n_ax++] = y;
+            rows += n[t];
+            c->stats.ffn_down_active += n[t];
+            t++;
+            continue;
+        }
+        int e = t + 1; /* u is 0 for every dropped neuron */
+        while (e < B && dense_down_pays(l, (int32_t)n[e])) e++;
+        if ((rc = matmul(c, &l->down, u, e - t, y, (int64_t)d))) return rc;
+        c->stats.ffn_down_active += (int64_t)(e - t) * (int64_t)n_ff;
+        dense = 1;
+        t = e;
     }
-    /* threshold: gate dense, then drop |act(gate)| <= thr */
+    const int64_t n_un = pi_union_count(n_ax, ax_idx, ax_n, c->mark);
+    c->stats.ffn_pass_down += dense ? (int64_t)n_ff : n_un;
+    c->stats.ffn_bytes += (dense ? pi_weight_bytes(&l->down) : 0) + rows_bytes(&l->down_t, n_un);
+    if (!n_ax) return PI_OK;
+    pi_pool *pool = pool_for(c, (double)pi_weight_row_bytes(&l->down_t) * (double)rows);
+    if (n_ax == 1)
+        return pi_axpy_sparse(pool, l->down_t.type, l->down_t.data, (int64_t)n_ff, (int64_t)d, ax_a[0],
+                              ax_idx[0], ax_n[0], ax_y[0]);
+    return pi_axpy_sparse_union(pool, l->down_t.type, l->down_t.data, (int64_t)n_ff, (int64_t)d, n_ax, ax_a,
+                                ax_idx, ax_n, ax_y, c->mark, c->un);
+}
+
+/* One FFN pass of threshold mode over tokens t0 .. t0 + B (B <= PI_UNION_MAX_TOK): gate (and
+ * up, when repacked) of all the tokens in one product; each token's selection on act(gate); up
+ * masked (not repacked: over the union of the tokens' kept rows) and the down projection
+ * (threshold_down). Each token's bits are those of it alone. */
+static int ffn_threshold_pass(pi_context *c, const pi_layer *l, int il, int t0, int B) {
+    const pi_hparams *hp = &c->m->hp;
+    const size_t n_ff = (size_t)hp->n_ff, d = (size_t)hp->n_embd;
+    const int dense_up = l->up.packed != NULL;
+    float *g = c->g + t0 * n_ff, *u = c->u + t0 * n_ff;
     const pi_weight *gu[2] = {&l->gate, &l->up};
     float *const gu_out[2] = {g, u};
-    if ((rc = matmul_n(c, gu, gu_out, dense_up ? 2 : 1, xn, 1))) return rc;
-    int32_t n = select_threshold(c, g, u, thr, dense_up); /* with a dense up, u = act(g) * up */
-    if (!dense_up &&
-        (rc = pi_matvec_masked(c->pool, l->up.type, l->up.data, n_ff, d, xn, c->idx, n, u))) return rc;
-    c->stats.ffn_active += n; /* the gate and up rows computed */
-    if (!dense_up) /* most ReLU picks drop out */
-        n = (int32_t)pi_down_input(pi_kernels_active()->lanes, kind, g, u, c->idx, n);
-    if (l->down.data && dense_down_pays(l, n)) { /* u is 0 for every dropped neuron */
-        c->stats.ffn_down_active += n_ff;
-        return matmul(c, &l->down, u, 1, out, d);
+    int rc;
+    if ((rc = matmul_n(c, gu, gu_out, dense_up ? 2 : 1, c->xn + t0 * d, B))) return rc;
+    int32_t *idx[PI_UNION_MAX_TOK];
+    int64_t n[PI_UNION_MAX_TOK];
+    float *us[PI_UNION_MAX_TOK];
+    for (int t = 0; t < B; t++) { /* with a dense up, u = act(g) * up */
+        idx[t] = c->idx + (size_t)t * n_ff;
+        us[t] = u + t * n_ff;
+        n[t] = select_threshold(c, g + t * n_ff, us[t], c->m->thresholds[il], dense_up, idx[t]);
+        c->stats.ffn_active += n[t]; /* the gate and up rows computed */
     }
-    c->stats.ffn_down_active += n;
-    return pi_axpy_sparse(pool_for(c, (double)pi_weight_row_bytes(&l->down_t) * n), l->down_t.type,
-                          l->down_t.data, n_ff, d, u, c->idx, n, out);
+    const int64_t n_un = pi_union_count(B, (const int32_t *const *)idx, n, c->mark);
+    c->stats.ffn_pass_active += n_un;
+    c->stats.ffn_bytes += (int64_t)pi_weight_bytes(&l->gate) +
+                          (dense_up ? (int64_t)pi_weight_bytes(&l->up) : rows_bytes(&l->up, n_un));
+    if (!dense_up) {
+        rc = B == 1 ? pi_matvec_masked(c->pool, l->up.type, l->up.data, (int64_t)n_ff, (int64_t)d,
+                                       c->xn + t0 * d, idx[0], n[0], u)
+                    : pi_matvec_masked_union(c->pool, l->up.type, l->up.data, (int64_t)n_ff, (int64_t)d, B,
+                                             c->xn + t0 * d, (const int32_t *const *)idx, n, us, c->mark, c->un);
+        if (rc) return rc;
+        for (int t = 0; t < B; t++) /* most ReLU picks drop out */
+            n[t] = pi_down_input(pi_kernels_active()->lanes, hp->ffn_act, g + t * n_ff, us[t], idx[t], n[t]);
+    }
+    return threshold_down(c, l, t0, B, (const int32_t *const *)idx, n);
 }
 
 /* Copies this layer's FFN input, gate and down input of B tokens into the recorder. */
@@ -394,11 +460,19 @@ static int ffn_block(pi_context *c, int il, int B) {
         }
         c->stats.ffn_active += (int64_t)B * n_ff;
         c->stats.ffn_down_active += (int64_t)B * n_ff;
-    } else {
-        for (int t = 0; t < B; t++)
-            if ((rc = ffn_sparse_token(c, l, il, c->xn + (size_t)t * d, c->g + (size_t)t * n_ff,
-                                       c->u + (size_t)t * n_ff, c->proj + (size_t)t * d)))
+        c->stats.ffn_pass_active += n_ff;
+        c->stats.ffn_pass_down += n_ff;
+        c->stats.ffn_bytes += pi_weight_bytes(&l->gate) + pi_weight_bytes(&l->up) +
+                              pi_weight_bytes(l->down.data ? &l->down : &l->down_t);
+        c->stats.ffn_pass_neurons += n_ff;
+    } else { /* passes of up to PI_UNION_MAX_TOK tokens, each reading the union of their rows */
+        for (int t0 = 0; t0 < B; t0 += PI_UNION_MAX_TOK) {
+            const int nb = B - t0 < PI_UNION_MAX_TOK ? B - t0 : PI_UNION_MAX_TOK;
+            if ((rc = c->ffn_mode == PI_FFN_SPARSE ? ffn_sparse_pass(c, l, il, t0, nb)
+                                                   : ffn_threshold_pass(c, l, il, t0, nb)))
                 return rc;
+            c->stats.ffn_pass_neurons += n_ff;
+        }
     }
     c->stats.ffn_neurons += (int64_t)B * n_ff;
     if (c->rec_tokens) record(c, il, B);
@@ -613,6 +687,7 @@ int pi_context_create_seqs(pi_model *m, int32_t n_ctx, int32_t n_batch, int32_t 
     if (n_batch > (int64_t)n_ctx * n_seq) n_batch = (int32_t)((int64_t)n_ctx * n_seq); /* all positions fit */
     const pi_hparams *hp = &m->hp;
     const size_t d = (size_t)hp->n_embd, n_ff = (size_t)hp->n_ff, B = (size_t)n_batch;
+    const size_t P = B < PI_UNION_MAX_TOK ? B : PI_UNION_MAX_TOK; /* tokens of one FFN pass */
     const size_t q_dim = (size_t)hp->n_head * hp->head_dim, kv_dim = (size_t)hp->n_head_kv * hp->head_dim;
     const size_t cache = (size_t)hp->n_layer * (size_t)n_seq * (size_t)n_ctx * kv_dim;
     const size_t v_cache = (size_t)hp->n_layer * (size_t)n_seq * (size_t)v_row_stride(n_ctx) * kv_dim;
@@ -628,13 +703,13 @@ int pi_context_create_seqs(pi_model *m, int32_t n_ctx, int32_t n_batch, int32_t 
         {(void **)&c->q, B * q_dim * 4}, {(void **)&c->k, B * kv_dim * 4},
         {(void **)&c->v, B * kv_dim * 4}, {(void **)&c->att_out, B * q_dim * 4},
         {(void **)&c->proj, B * d * 4}, {(void **)&c->g, B * n_ff * 4},
-        {(void **)&c->u, B * n_ff * 4}, {(void **)&c->pz, ((size_t)m->max_rank + 1) * 4},
+        {(void **)&c->u, B * n_ff * 4}, {(void **)&c->pz, P * ((size_t)m->max_rank + 1) * 4},
         {(void **)&c->scores, (size_t)n_threads * attn_scratch(n_ctx, hp->head_dim) * 4},
         {(void **)&c->rope_cs, B * (size_t)hp->n_rot * 4},
         {(void **)&c->rope_cs_swa, hp->n_swa > 0 ? B * (size_t)hp->n_rot * 4 : 0},
-        {(void **)&c->idx, n_ff * 4},
-        {(void **)&c->all_idx, n_ff * 4}, {(void **)&c->act, n_ff * 4},
-        {(void **)&c->partial, (size_t)n_threads * d * 4},
+        {(void **)&c->idx, P * n_ff * 4}, {(void **)&c->mark, n_ff}, {(void **)&c->un, n_ff * 4},
+        {(void **)&c->all_idx, n_ff * 4}, {(void **)&c->act, P * n_ff * 4},
+        {(void **)&c->partial, (size_t)n_threads * P * d * 4},
         {(void **)&c->emb_row, pi_weight_row_bytes(&m->tok_embd)},
         {(void **)&c->seq_len, (size_t)n_seq * 4}, {(void **)&c->seq_next, (size_t)n_seq * 4},
         {(void **)&c->tok_seq, B * 4}, {(void **)&c->tok_pos, B * 4}, {(void **)&c->out_rows, B * 4}};

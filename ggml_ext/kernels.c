@@ -1076,80 +1076,360 @@ int pi_axpy_sparse(pi_pool *pool, int type, const void *Wt, int64_t n_rows, int6
     return pi_ok();
 }
 
-/* ---- the sparse FFN of one token (pi_ffn_sparse) ---- */
+/* ==== several tokens over the union of their rows ============================================= *
+ * A step of several tokens reads each sparse row once for all the tokens that use it: the
+ * tokens' ascending row lists are walked together, chunk after chunk of their union, and each
+ * token makes, in order, the kernel calls of its own list alone (the same groups of rows, so the
+ * same bits: an AXPY call's rows share their float order and, for some types, an offset folded
+ * per call). A chunk's rows, read from memory by the first token that uses them, stay in cache
+ * while the others use them. */
+
+/* One token's list in a union walk: its rows idx[0 .. n), ascending, and the next item to take. */
+typedef struct {
+    int32_t *idx;
+    int64_t n, next;
+} walk_list;
+
+/* The kernel calls of a walk and what they read. Token t's activation is act + t * act_bytes;
+ * its outputs Y[t] (and Y2[t]), its AXPY coefficients A[t]. */
+typedef struct walk {
+    const uint8_t *W, *W2;      /* the rows walked: [n_rows][row_bytes] (W2: up beside gate, or NULL) */
+    size_t row_bytes, off, len; /* bytes [off, off + len) of each row are read */
+    int group;                  /* items per kernel call, as the one-token job takes them */
+    void (*call)(const struct walk *w, int t, const int32_t *items, int nr);
+    pi_dot_fn dot;
+    pi_axpy_fn axpy;
+    int64_t n_cols, c0, c1;     /* dot: the row length; AXPY: the columns [c0, c1) */
+    const uint8_t *act;
+    size_t act_bytes;
+    float *const *Y, *const *Y2;
+    const float *const *A;
+} walk;
+
+/* matvec_items' call: Y[t][row] = row . act of token t. */
+static void walk_dot(const walk *w, int t, const int32_t *items, int nr) {
+    const void *rows[PI_KERNEL_ROWS] = {0};
+    float out[PI_KERNEL_ROWS];
+    for (int r = 0; r < nr; r++) rows[r] = w->W + (size_t)items[r] * w->row_bytes;
+    w->dot(w->n_cols, rows, nr, w->act + (size_t)t * w->act_bytes, out);
+    for (int r = 0; r < nr; r++) w->Y[t][items[r]] = out[r];
+}
+
+/* masked_pair_items' call: each item's row of W and of W2, two items per call. */
+static void walk_pair(const walk *w, int t, const int32_t *items, int nr) {
+    const void *rows[PI_KERNEL_ROWS] = {0};
+    float out[PI_KERNEL_ROWS];
+    for (int k = 0; k < nr; k++) {
+        rows[2 * k] = w->W + (size_t)items[k] * w->row_bytes;
+        rows[2 * k + 1] = w->W2 + (size_t)items[k] * w->row_bytes;
+    }
+    w->dot(w->n_cols, rows, 2 * nr, w->act + (size_t)t * w->act_bytes, out);
+    for (int k = 0; k < nr; k++) {
+        w->Y[t][items[k]] = out[2 * k];
+        w->Y2[t][items[k]] = out[2 * k + 1];
+    }
+}
+
+/* axpy_columns' call: Y[t][c0 .. c1) += sum_r A[t][row r] * row r. */
+static void walk_axpy(const walk *w, int t, const int32_t *items, int nr) {
+    const void *rows[PI_KERNEL_ROWS];
+    float a[PI_KERNEL_ROWS];
+    for (int r = 0; r < nr; r++) {
+        rows[r] = w->W + (size_t)items[r] * w->row_bytes;
+        a[r] = w->A[t][items[r]];
+    }
+    w->axpy(w->c0, w->c1, rows, a, nr, w->Y[t]);
+}
+
+/* The bytes of union rows a chunk reads (it and the chunk before it stay in L2). */
+#define PI_UNION_CHUNK_BYTES 16384
+
+static void prefetch_union(const walk *w, const int32_t *un, int64_t u0, int64_t u1) {
+    for (int64_t u = u0; u < u1; u++) {
+        prefetch_bytes(w->W + (size_t)un[u] * w->row_bytes + w->off, w->len);
+        if (w->W2) prefetch_bytes(w->W2 + (size_t)un[u] * w->row_bytes + w->off, w->len);
+    }
+}
+
+/* Walks the lists L[0 .. n_tok) (from their `next` items) over their union un [n_un], ascending:
+ * chunk after chunk, token after token, every group of w->group consecutive items (counted from
+ * the list's first item) whose last row lies before the next chunk goes to w->call; the last
+ * chunk takes what is left. The next chunk's rows are prefetched as a chunk starts. */
+static void union_walk(const walk *w, const int32_t *un, int64_t n_un, walk_list *L, int n_tok) {
+    const size_t row = w->len * (w->W2 ? 2 : 1);
+    const int64_t chunk = row * PI_ROWS8 >= PI_UNION_CHUNK_BYTES ? PI_ROWS8 : (int64_t)(PI_UNION_CHUNK_BYTES / row);
+    prefetch_union(w, un, 0, min64(chunk, n_un));
+    for (int64_t u0 = 0;; u0 += chunk) {
+        const int64_t u1 = min64(u0 + chunk, n_un);
+        prefetch_union(w, un, u1, min64(u1 + chunk, n_un));
+        const int64_t end = u1 < n_un ? un[u1] : INT64_MAX; /* rows below end: this chunk or before */
+        for (int t = 0; t < n_tok; t++) {
+            walk_list *l = &L[t];
+            while (l->next < l->n) {
+                const int nr = (int)min64(w->group, l->n - l->next);
+                if (l->idx[l->next + nr - 1] >= end) break;
+                w->call(w, t, l->idx + l->next, nr);
+                l->next += nr;
+            }
+        }
+        if (u1 >= n_un) break;
+    }
+}
+
+/* The union of the lists' items from `next` on, all in [lo, hi): ascending, in un (room for
+ * hi - lo); mark[lo .. hi) is all 0 before and after. One list is its own union. */
+static const int32_t *union_of(const walk_list *L, int n_tok, int64_t lo, int64_t hi, uint8_t *mark,
+                               int32_t *un, int64_t *n_un) {
+    if (n_tok == 1) {
+        *n_un = L[0].n - L[0].next;
+        return L[0].idx + L[0].next;
+    }
+    for (int t = 0; t < n_tok; t++)
+        for (int64_t k = L[t].next; k < L[t].n; k++) mark[L[t].idx[k]] = 1;
+    int64_t n = 0;
+    for (int64_t i = lo; i < hi; i++) { /* branch-free */
+        un[n] = (int32_t)i;
+        n += mark[i];
+        mark[i] = 0;
+    }
+    *n_un = n;
+    return un;
+}
+
+int64_t pi_union_count(int n_tok, const int32_t *const idx[], const int64_t n_idx[], uint8_t *mark) {
+    int64_t n = 0;
+    for (int t = 0; t < n_tok; t++)
+        for (int64_t k = 0; k < n_idx[t]; k++) {
+            n += !mark[idx[t][k]];
+            mark[idx[t][k]] = 1;
+        }
+    for (int t = 0; t < n_tok; t++)
+        for (int64_t k = 0; k < n_idx[t]; k++) mark[idx[t][k]] = 0;
+    return n;
+}
+
+/* The union kernels' common checks: the pointers, n_tok, the matrix, each list in range and
+ * strictly ascending; fills L (from item 0) and the union. */
+static int union_args(const char *fn, int type, const void *W, int64_t n_rows, int64_t n_cols, int n_tok,
+                      const void *x, const int32_t *const idx[], const int64_t n_idx[], float *const Y[],
+                      uint8_t *mark, int32_t *un, matrix_info *m, walk_list *L, const int32_t **u,
+                      int64_t *n_un) {
+    if (!W || !x || !idx || !n_idx || !Y || !mark || !un)
+        return pi_fail(PI_ERR_NULL, "%s: a weight, input, list or buffer is NULL", fn);
+    if (n_tok < 1 || n_tok > PI_UNION_MAX_TOK)
+        return pi_fail(PI_ERR_RANGE, "%s: n_tok = %d out of range [1, %d]", fn, n_tok, PI_UNION_MAX_TOK);
+    int st = check_matrix(fn, type, n_rows, n_cols, m);
+    if (st) return st;
+    for (int t = 0; t < n_tok; t++) {
+        if (!idx[t] || !Y[t]) return pi_fail(PI_ERR_NULL, "%s: token %d: idx or Y is NULL", fn, t);
+        if ((st = check_idx(fn, idx[t], n_idx[t], n_rows))) return st;
+        for (int64_t k = 1; k < n_idx[t]; k++)
+            if (idx[t][k] <= idx[t][k - 1])
+                return pi_fail(PI_ERR_RANGE, "%s: token %d: idx is not ascending at %lld", fn, t, (long long)k);
+        L[t] = (walk_list){.idx = (int32_t *)idx[t], .n = n_idx[t]};
+    }
+    *u = union_of(L, n_tok, 0, n_rows, mark, un, n_un);
+    return PI_OK;
+}
+
+/* The first item of the ascending v [n] not below x. */
+static int64_t lower_bound(const int32_t *v, int64_t n, int64_t x) {
+    int64_t lo = 0, hi = n;
+    while (lo < hi) {
+        const int64_t mid = lo + (hi - lo) / 2;
+        if (v[mid] < x) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo;
+}
+
+typedef struct {
+    walk w;
+    walk_list L[PI_UNION_MAX_TOK];
+    int n_tok;
+    const int32_t *un;
+    int64_t n_un, block_elems, block_bytes;
+} union_job;
+
+/* Masked: this share's part of the union (whole groups), each token's items in it. */
+static void masked_union_task(void *arg, int ith, int nth) {
+    const union_job *j = arg;
+    int64_t u0, u1;
+    pi_split(j->n_un, PI_KERNEL_ROWS, ith, nth, &u0, &u1);
+    if (u0 >= u1) return;
+    const int64_t lo = j->un[u0], hi = u1 < j->n_un ? j->un[u1] : INT64_MAX;
+    walk_list L[PI_UNION_MAX_TOK];
+    for (int t = 0; t < j->n_tok; t++) {
+        const int64_t b = lower_bound(j->L[t].idx, j->L[t].n, lo), e = lower_bound(j->L[t].idx, j->L[t].n, hi);
+        L[t] = (walk_list){.idx = j->L[t].idx + b, .n = e - b};
+    }
+    union_walk(&j->w, j->un + u0, u1 - u0, L, j->n_tok);
+}
+
+/* AXPY: this share's columns (axpy_task's split), every token's whole list. */
+static void axpy_union_task(void *arg, int ith, int nth) {
+    const union_job *j = arg;
+    const int64_t align = j->block_elems > 1 ? j->block_elems : 16;
+    int64_t c0, c1;
+    pi_split(j->w.n_cols, align, ith, nth, &c0, &c1);
+    if (c0 >= c1) return;
+    walk w = j->w;
+    w.c0 = c0;
+    w.c1 = c1;
+    w.off = (size_t)(c0 / j->block_elems * j->block_bytes);
+    w.len = (size_t)((c1 - c0) / j->block_elems * j->block_bytes);
+    walk_list L[PI_UNION_MAX_TOK];
+    for (int t = 0; t < j->n_tok; t++) {
+        memset(w.Y[t] + c0, 0, (size_t)(c1 - c0) * sizeof(float));
+        L[t] = j->L[t];
+    }
+    union_walk(&w, j->un, j->n_un, L, j->n_tok);
+}
+
+int pi_matvec_masked_union(pi_pool *pool, int type, const void *W, int64_t n_rows, int64_t n_cols,
+                           int n_tok, const float *X, const int32_t *const idx[], const int64_t n_idx[],
+                           float *const Y[], uint8_t *mark, int32_t *un) {
+    static const char fn[] = "pi_matvec_masked_union";
+    union_job j = {.n_tok = n_tok};
+    matrix_info m;
+    int st = union_args(fn, type, W, n_rows, n_cols, n_tok, X, idx, n_idx, Y, mark, un, &m, j.L, &j.un, &j.n_un);
+    if (st) return st;
+    for (int t = 0; t < n_tok; t++) memset(Y[t], 0, (size_t)n_rows * sizeof(float));
+    if (!j.n_un) return pi_ok();
+    const pi_kernels *K = active_kernels();
+    j.w = (walk){.W = W, .row_bytes = m.row_bytes, .len = m.row_bytes, .group = PI_KERNEL_ROWS,
+                 .call = walk_dot, .dot = K->dot[type], .n_cols = n_cols, .Y = Y};
+    const void *act;
+    if ((st = prepare_activations(fn, K, type, X, n_cols, n_tok, 0, &act, &j.w.act_bytes))) return st;
+    j.w.act = act;
+    pi_pool_run(pool, masked_union_task, &j);
+    return pi_ok();
+}
+
+int pi_axpy_sparse_union(pi_pool *pool, int type, const void *Wt, int64_t n_rows, int64_t n_cols,
+                         int n_tok, const float *const A[], const int32_t *const idx[],
+                         const int64_t n_idx[], float *const Y[], uint8_t *mark, int32_t *un) {
+    static const char fn[] = "pi_axpy_sparse_union";
+    union_job j = {.n_tok = n_tok};
+    matrix_info m;
+    int st = union_args(fn, type, Wt, n_rows, n_cols, n_tok, A, idx, n_idx, Y, mark, un, &m, j.L, &j.un, &j.n_un);
+    if (st) return st;
+    for (int t = 0; t < n_tok; t++)
+        if (!A[t]) return pi_fail(PI_ERR_NULL, "%s: token %d: A is NULL", fn, t);
+    j.w = (walk){.W = Wt, .row_bytes = m.row_bytes, .group = PI_KERNEL_ROWS, .call = walk_axpy,
+                 .axpy = active_kernels()->axpy[type], .n_cols = n_cols, .Y = Y, .A = A};
+    j.block_elems = m.t->block_elems;
+    j.block_bytes = m.t->block_bytes;
+    pi_pool_run(pool, axpy_union_task, &j);
+    return pi_ok();
+}
+
+/* ---- the sparse FFN of one or several tokens (pi_ffn_sparse) ---- */
 
 typedef struct {
     pi_ffn_sparse_args *a;
     pi_dot8_fn fc2_dot8;
     pi_dot_fn fc2_dot;
     size_t fc2_row_bytes;
-    const void *hq;          /* h as fc2's dot wants it */
-    job gu;                  /* the masked pair over gate and up (idx set per share) */
-    job down;                /* the AXPY over down_t (idx, n_items, y set per share) */
-    int64_t (*counts)[2];    /* [n shares]: picks and down rows, each written by its share */
+    const uint8_t *hq;       /* h as fc2's dot wants it: [n_tok][hq_bytes] */
+    size_t hq_bytes;
+    walk gu;                 /* the masked pair over gate and up (x as the dot wants it, Y = g, Y2 = u) */
+    walk down;               /* the AXPY over down_t, all d columns (A = u; Y set per share) */
+    float *g[PI_UNION_MAX_TOK], *u[PI_UNION_MAX_TOK];
+    int64_t (*counts)[5];    /* [n shares]: picks, down rows, gate, up and down_t rows read */
 } ffn_job;
 
 static void ffn_sparse_task(void *arg, int ith, int nth) {
     ffn_job *j = arg;
     pi_ffn_sparse_args *a = j->a;
+    const int nt = (int)a->n_tok;
+    const pi_kernels *K = active_kernels();
     int64_t n0, n1;
     pi_split(a->n_ff, PI_ROWS8, ith, nth, &n0, &n1);
     /* the predictor's logits of this range: rows8 groups then the plain tail rows, or plain rows
-     * PI_KERNEL_ROWS at a time (f16/f32 predictors, as PowerInfer's) */
+     * PI_KERNEL_ROWS at a time (f16/f32 predictors, as PowerInfer's); each group for every token */
     const uint8_t *fc2 = a->fc2;
     int64_t r = n0;
     if (a->fc2_rows8)
         for (; r + PI_ROWS8 <= n1; r += PI_ROWS8)
-            j->fc2_dot8(a->rank, fc2 + (size_t)r * j->fc2_row_bytes, j->hq, a->logit + r);
+            for (int t = 0; t < nt; t++)
+                j->fc2_dot8(a->rank, fc2 + (size_t)r * j->fc2_row_bytes, j->hq + (size_t)t * j->hq_bytes,
+                            a->logit + (size_t)t * a->n_ff + r);
     for (; r < n1; r += PI_KERNEL_ROWS) {
         const void *rows[PI_KERNEL_ROWS];
         const int nr = (int)min64(PI_KERNEL_ROWS, n1 - r);
         for (int k = 0; k < nr; k++) rows[k] = fc2 + (size_t)(r + k) * j->fc2_row_bytes;
-        j->fc2_dot(a->rank, rows, nr, j->hq, a->logit + r);
+        for (int t = 0; t < nt; t++)
+            j->fc2_dot(a->rank, rows, nr, j->hq + (size_t)t * j->hq_bytes, a->logit + (size_t)t * a->n_ff + r);
     }
-    memset(a->g + n0, 0, (size_t)(n1 - n0) * sizeof(float));
-    memset(a->u + n0, 0, (size_t)(n1 - n0) * sizeof(float));
-    int32_t *idx = a->idx + n0; /* this range's picks, in its own part of idx */
-    const int64_t n = active_kernels()->select(n1 - n0, a->logit + n0, a->thr, 0, idx);
-    for (int64_t k = 0; k < n; k++) idx[k] += (int32_t)n0;
-    job gu = j->gu;
-    gu.idx = idx;
-    int64_t n_up = n;
+    walk_list L[PI_UNION_MAX_TOK];
+    int64_t picked = 0, kept = 0, n_gate, n_up, n_down;
+    for (int t = 0; t < nt; t++) { /* this range's picks, in token t's own part of idx */
+        memset(j->g[t] + n0, 0, (size_t)(n1 - n0) * sizeof(float));
+        memset(j->u[t] + n0, 0, (size_t)(n1 - n0) * sizeof(float));
+        int32_t *idx = a->idx + (size_t)t * a->n_ff + n0;
+        const int64_t n = K->select(n1 - n0, a->logit + (size_t)t * a->n_ff + n0, a->thr, 0, idx);
+        for (int64_t k = 0; k < n; k++) idx[k] += (int32_t)n0;
+        L[t] = (walk_list){.idx = idx, .n = n};
+        picked += n;
+    }
+    const int32_t *un = union_of(L, nt, n0, n1, a->mark, a->un + n0, &n_gate);
+    n_up = n_gate;
     if (pi_acts[a->act].exact_zeros) {
         /* ReLU: the gate rows first, then the up rows of the neurons that fire only (a pick whose
          * gate is <= 0 adds nothing; predictors pick two to three times the neurons that fire) */
-        job gate = gu, up = gu;
-        gate.W2 = up.W2 = NULL;
-        up.W = a->up;
-        up.y = a->u;
-        matvec_items(&gate, 0, n);
-        float (*const act)(float) = pi_act_fn(active_kernels()->lanes, a->act);
-        n_up = 0;
-        for (int64_t k = 0; k < n; k++) { /* branch-free, in order */
-            const int32_t i = idx[k];
-            idx[n_up] = i;
-            n_up += act(a->g[i]) != 0.0f;
+        walk gate = j->gu;
+        gate.W2 = NULL;
+        gate.group = PI_KERNEL_ROWS;
+        gate.call = walk_dot;
+        union_walk(&gate, un, n_gate, L, nt);
+        float (*const act)(float) = pi_act_fn(K->lanes, a->act);
+        for (int t = 0; t < nt; t++) {
+            int64_t n = 0;
+            for (int64_t k = 0; k < L[t].n; k++) { /* branch-free, in order */
+                const int32_t i = L[t].idx[k];
+                L[t].idx[n] = i;
+                n += act(j->g[t][i]) != 0.0f;
+            }
+            L[t] = (walk_list){.idx = L[t].idx, .n = n};
         }
-        matvec_items(&up, 0, n_up);
+        un = union_of(L, nt, n0, n1, a->mark, a->un + n0, &n_up);
+        walk up = gate;
+        up.W = a->up;
+        up.Y = j->u;
+        union_walk(&up, un, n_up, L, nt);
     } else {
-        masked_pair_items(&gu, 0, n);
+        union_walk(&j->gu, un, n_gate, L, nt);
     }
-    const int64_t kept = pi_down_input(active_kernels()->lanes, a->act, a->g, a->u, idx, n_up);
-    job down = j->down;
-    down.idx = idx;
-    down.n_items = kept;
-    down.y = ith ? a->partial + (size_t)(ith - 1) * a->d : a->y;
-    axpy_columns(&down, 0, a->d);
-    j->counts[ith][0] = n;
+    float *y[PI_UNION_MAX_TOK]; /* this share's sums: share 0's into y, the others' into partial */
+    for (int t = 0; t < nt; t++) {
+        L[t].n = pi_down_input(K->lanes, a->act, j->g[t], j->u[t], L[t].idx, L[t].n);
+        L[t].next = 0;
+        kept += L[t].n;
+        y[t] = ith ? a->partial + ((size_t)(ith - 1) * (size_t)nt + (size_t)t) * a->d : a->y + (size_t)t * a->d;
+        memset(y[t], 0, (size_t)a->d * sizeof(float));
+    }
+    un = union_of(L, nt, n0, n1, a->mark, a->un + n0, &n_down);
+    walk down = j->down;
+    down.Y = y;
+    union_walk(&down, un, n_down, L, nt);
+    j->counts[ith][0] = picked;
     j->counts[ith][1] = kept;
+    j->counts[ith][2] = n_gate;
+    j->counts[ith][3] = n_up;
+    j->counts[ith][4] = n_down;
 }
 
 int pi_ffn_sparse(pi_pool *pool, pi_ffn_sparse_args *a) {
     static const char fn[] = "pi_ffn_sparse";
     PI_CHECK_NULL(a);
     if (!a->fc2 || !a->h || !a->gate || !a->up || !a->down_t || !a->x || !a->logit || !a->g ||
-        !a->u || !a->idx || !a->y || (!a->partial && pi_pool_n_threads(pool) > 1))
+        !a->u || !a->idx || !a->y || (!a->partial && pi_pool_n_threads(pool) > 1) ||
+        (a->n_tok > 1 && (!a->mark || !a->un)))
         return pi_fail(PI_ERR_NULL, "%s: a weight, input or buffer is NULL", fn);
+    if (a->n_tok < 1 || a->n_tok > PI_UNION_MAX_TOK)
+        return pi_fail(PI_ERR_RANGE, "%s: n_tok = %lld out of range [1, %d]", fn, (long long)a->n_tok,
+                       PI_UNION_MAX_TOK);
     matrix_info mf, mg, md;
     int st;
     if ((st = check_matrix(fn, a->fc2_type, a->n_ff, a->rank, &mf))) return st;
@@ -1157,31 +1437,46 @@ int pi_ffn_sparse(pi_pool *pool, pi_ffn_sparse_args *a) {
     if ((st = check_matrix(fn, a->down_type, a->n_ff, a->d, &md))) return st;
     const pi_kernels *K = active_kernels();
     if (a->fc2_rows8 && !K->dot8[a->fc2_type]) return pi_fail_rows8(fn, a->fc2_type);
-    int64_t counts[PI_MAX_THREADS][2]; /* not zeroed: every share writes its own (4 KB a call) */
+    const int nt = (int)a->n_tok;
+    int64_t counts[PI_MAX_THREADS][5]; /* not zeroed: every share writes its own */
     ffn_job j = {.a = a, .fc2_dot8 = K->dot8[a->fc2_type], .fc2_dot = K->dot[a->fc2_type],
                  .fc2_row_bytes = mf.row_bytes, .counts = counts};
-    j.gu = (job){.dot = K->dot[a->type], .W = a->gate, .W2 = a->up, .row_bytes = mg.row_bytes,
-                 .n_cols = a->d, .y = a->g, .y2 = a->u, .n_tok = 1};
-    j.down = (job){.axpy = K->axpy[a->down_type], .W = a->down_t, .row_bytes = md.row_bytes,
-                   .n_cols = a->d, .block_elems = md.t->block_elems, .block_bytes = md.t->block_bytes,
-                   .a = a->u};
+    for (int t = 0; t < nt; t++) {
+        j.g[t] = a->g + (size_t)t * a->n_ff;
+        j.u[t] = a->u + (size_t)t * a->n_ff;
+    }
+    j.gu = (walk){.W = a->gate, .W2 = a->up, .row_bytes = mg.row_bytes, .len = mg.row_bytes,
+                  .group = PI_KERNEL_ROWS / 2, .call = walk_pair, .dot = K->dot[a->type], .n_cols = a->d,
+                  .Y = j.g, .Y2 = j.u};
+    j.down = (walk){.W = a->down_t, .row_bytes = md.row_bytes, .len = md.row_bytes, .group = PI_KERNEL_ROWS,
+                    .call = walk_axpy, .axpy = K->axpy[a->down_type], .n_cols = a->d, .c1 = a->d,
+                    .A = (const float *const *)j.u};
     /* x for gate/up and h for fc2, quantized side by side in this thread's scratch */
-    const size_t x_bytes = (size_t)a->d * sizeof(float) + 64, h_bytes = (size_t)a->rank * sizeof(float) + 64;
+    const size_t x_bytes = (size_t)nt * ((size_t)a->d * sizeof(float) + 64);
+    const size_t h_bytes = (size_t)nt * ((size_t)a->rank * sizeof(float) + 64);
     if (!scratch(x_bytes + h_bytes))
         return pi_fail(PI_ERR_NOMEM, "%s: cannot allocate the quantized activations", fn);
-    size_t stride;
-    if ((st = prepare_activations(fn, K, a->type, a->x, a->d, 1, 0, &j.gu.act, &stride))) return st;
-    if ((st = prepare_activations(fn, K, a->fc2_type, a->h, a->rank, 1, x_bytes, &j.hq, &stride)))
+    const void *xq, *hq;
+    if ((st = prepare_activations(fn, K, a->type, a->x, a->d, nt, 0, &xq, &j.gu.act_bytes))) return st;
+    if ((st = prepare_activations(fn, K, a->fc2_type, a->h, a->rank, nt, x_bytes, &hq, &j.hq_bytes)))
         return st;
+    j.gu.act = xq;
+    j.hq = hq;
     pi_pool_run(pool, ffn_sparse_task, &j);
     const int nth = pi_pool_n_threads(pool);
-    a->n_picked = a->n_down = 0;
+    a->n_picked = a->n_down = a->n_union = a->n_union_up = a->n_union_down = 0;
     for (int s = 0; s < nth; s++) {
         a->n_picked += counts[s][0];
         a->n_down += counts[s][1];
+        a->n_union += counts[s][2];
+        a->n_union_up += counts[s][3];
+        a->n_union_down += counts[s][4];
         if (s == 0) continue;
-        const float *p = a->partial + (size_t)(s - 1) * a->d;
-        for (int64_t c = 0; c < a->d; c++) a->y[c] += p[c];
+        for (int t = 0; t < nt; t++) {
+            const float *p = a->partial + ((size_t)(s - 1) * (size_t)nt + (size_t)t) * a->d;
+            float *y = a->y + (size_t)t * a->d;
+            for (int64_t c = 0; c < a->d; c++) y[c] += p[c];
+        }
     }
     return pi_ok();
 }

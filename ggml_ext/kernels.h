@@ -227,18 +227,27 @@ static inline int64_t pi_down_input(int lanes, int kind, const float *g, float *
     return kept;
 }
 
-/* One token's sparse FFN (sparse mode) in one pool run, without a barrier: each share takes a
- * range of neurons (whole groups of 8) and over it computes the predictor logits fc2 . h, picks
- * the neurons above thr, computes their gate and up rows (masked; for an activation with exact
- * zeros, ReLU, the up rows of the picks whose gate fires only), forms the down input
- * a_i = act(g_i) * u_i and adds its nonzero a_i times their down_t rows into its own partial
- * sum; y is share 0's sum plus the others' in share order. Validates like pi_matvec_masked. */
+/* The most tokens one pass of the union kernels below serves (a step's FFN takes its tokens in
+ * passes of at most this many). */
+#define PI_UNION_MAX_TOK 64
+
+/* The sparse FFN (sparse mode) of n_tok tokens in one pool run, without a barrier: each share
+ * takes a range of neurons (whole groups of 8) and over it computes, per token, the predictor
+ * logits fc2 . h, picks the neurons above thr, computes their gate and up rows (masked; for an
+ * activation with exact zeros, ReLU, the up rows of the picks whose gate fires only), forms the
+ * down input a_i = act(g_i) * u_i and adds its nonzero a_i times their down_t rows into the
+ * token's partial sum of the share; each token's y is share 0's sum plus the others' in share
+ * order. With several tokens, the gate, up and down_t rows of a share are walked once over the
+ * union of the tokens' rows (union_walk in kernels.c): every token makes the kernel calls of its
+ * own rows alone, in order, so each token's results are, bit for bit, those of a call with that
+ * token alone. Validates like pi_matvec_masked. */
 typedef struct {
+    int64_t n_tok;            /* tokens, 1 .. PI_UNION_MAX_TOK; the per-token buffers hold n_tok rows */
     int fc2_type;
     const void *fc2;          /* [n_ff][rank]: in the rows8 layout when fc2_rows8, else plain rows */
     int fc2_rows8;
     int64_t rank;
-    const float *h;           /* [rank] relu(fc1 x): the predictor's hidden layer */
+    const float *h;           /* [n_tok][rank] relu(fc1 x): the predictor's hidden layer */
     float thr;                /* logit threshold */
     int type;                 /* gate and up */
     const void *gate, *up;    /* [n_ff][d] */
@@ -246,16 +255,39 @@ typedef struct {
     const void *down_t;       /* [n_ff][d]: down transposed, one row per neuron */
     int act;                  /* pi_act */
     int64_t n_ff, d;
-    const float *x;           /* [d] the FFN input */
-    float *logit;             /* [n_ff] scratch */
-    float *g, *u;             /* [n_ff] out: gate and down input of the picked neurons, 0 elsewhere */
-    int32_t *idx;             /* [n_ff] scratch */
-    float *partial;           /* [n_threads - 1][d] scratch: the other shares' sums */
-    float *y;                 /* [d] out */
-    int64_t n_picked, n_down; /* out: neurons whose gate and up were computed; down_t rows read */
+    const float *x;           /* [n_tok][d] the FFN input */
+    float *logit;             /* [n_tok][n_ff] scratch */
+    float *g, *u;             /* [n_tok][n_ff] out: gate and down input of the picked neurons, 0 elsewhere */
+    int32_t *idx;             /* [n_tok][n_ff] scratch */
+    uint8_t *mark;            /* [n_ff] scratch, all 0 (left so); n_tok > 1 only */
+    int32_t *un;              /* [n_ff] scratch: the union; n_tok > 1 only */
+    float *partial;           /* [n_threads - 1][n_tok][d] scratch: the other shares' sums */
+    float *y;                 /* [n_tok][d] out */
+    int64_t n_picked, n_down; /* out, summed over the tokens: neurons whose gate and up were
+                                 computed; down_t rows multiplied */
+    int64_t n_union, n_union_up, n_union_down; /* out: gate, up and down_t rows read (the unions
+                                                  of the tokens' rows) */
 } pi_ffn_sparse_args;
 
 int pi_ffn_sparse(pi_pool *pool, pi_ffn_sparse_args *a);
+
+/* Several tokens' masked products and sparse AXPYs over the union of their rows: token t's
+ * result is, bit for bit, what pi_matvec_masked / pi_axpy_sparse give for its list alone; the
+ * union's rows are read once for all of them. The lists idx[t][0 .. n_idx[t]) are ascending (the
+ * select kernel's order; checked). mark [n_rows] (all 0, left so) and un [n_rows] are scratch.
+ * 1 <= n_tok <= PI_UNION_MAX_TOK. Validate like their one-token forms.
+ *   pi_matvec_masked_union: Y[t] [n_rows] = W X[t] on the rows of idx[t], 0 elsewhere; X: [n_tok][n_cols].
+ *   pi_axpy_sparse_union: Y[t] [n_cols] = sum over i in idx[t] of A[t][i] * row i of Wt. */
+int pi_matvec_masked_union(pi_pool *pool, int type, const void *W, int64_t n_rows, int64_t n_cols,
+                           int n_tok, const float *X, const int32_t *const idx[], const int64_t n_idx[],
+                           float *const Y[], uint8_t *mark, int32_t *un);
+int pi_axpy_sparse_union(pi_pool *pool, int type, const void *Wt, int64_t n_rows, int64_t n_cols,
+                         int n_tok, const float *const A[], const int32_t *const idx[],
+                         const int64_t n_idx[], float *const Y[], uint8_t *mark, int32_t *un);
+
+/* The size of the union of the lists idx[t][0 .. n_idx[t]); mark (one byte per row) is scratch,
+ * all 0 before and after. */
+int64_t pi_union_count(int n_tok, const int32_t *const idx[], const int64_t n_idx[], uint8_t *mark);
 
 /* The table of the active instruction set (pi_isa_get). */
 const pi_kernels *pi_kernels_active(void);

@@ -20,7 +20,7 @@
 extern "C" {
 #endif
 
-#define PI_API_VERSION 8
+#define PI_API_VERSION 9
 
 #if defined(__GNUC__)
 #define PI_API __attribute__((visibility("default")))
@@ -304,6 +304,13 @@ typedef struct {
     int64_t ffn_active;          /* of which were active (computed) */
     int64_t ffn_down_active;     /* of which entered the down projection: every neuron when it
                                     ran dense, else the AXPY's rows (nonzero down input) */
+    /* One FFN pass serves a step's tokens (up to 64 of them) and reads each row once for all: */
+    int64_t ffn_pass_neurons;    /* n_ff per layer per pass */
+    int64_t ffn_pass_active;     /* of which computed for at least one of the pass's tokens */
+    int64_t ffn_pass_down;       /* of which entered the down projection of at least one token
+                                    (every neuron when some token's ran dense) */
+    int64_t ffn_bytes;           /* FFN weight bytes the passes read (predictors, gate, up, down;
+                                    each row once per pass) */
 } pi_stats;
 
 PI_API int pi_context_stats(const pi_context *c, pi_stats *out);

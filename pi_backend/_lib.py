@@ -10,7 +10,7 @@ import glob
 import os
 from ctypes import POINTER, c_char_p, c_float, c_int, c_int8, c_int32, c_int64, c_size_t, c_void_p
 
-PI_API_VERSION = 8
+PI_API_VERSION = 9
 
 # ---- status codes (pi_status) -----------------------------------------------------------
 PI_OK = 0
@@ -125,6 +125,10 @@ class pi_stats(ctypes.Structure):
         ("ffn_neurons", c_int64),
         ("ffn_active", c_int64),
         ("ffn_down_active", c_int64),
+        ("ffn_pass_neurons", c_int64),
+        ("ffn_pass_active", c_int64),
+        ("ffn_pass_down", c_int64),
+        ("ffn_bytes", c_int64),
     ]
 
 

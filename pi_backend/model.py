@@ -597,6 +597,8 @@ class Context:
                 "ffn_down_active": s.ffn_down_active,
                 "ffn_sparsity": 1.0 - s.ffn_active / n if n else 0.0,
                 "ffn_down_sparsity": 1.0 - s.ffn_down_active / n if n else 0.0,
+                "ffn_pass_neurons": s.ffn_pass_neurons, "ffn_pass_active": s.ffn_pass_active,
+                "ffn_pass_down": s.ffn_pass_down, "ffn_bytes": s.ffn_bytes,
                 **self.head_stats()}
 
     def head_stats(self) -> dict:

@@ -147,3 +147,43 @@ def test_rewind_and_bad_positions(smollm2_path, prompts):
     finally:
         ctx.close()
         m.close()
+
+
+@pytest.fixture(scope="module")
+def relu_predictors(tmp_path_factory):
+    """The ReLU test model with closed-form predictors (tests/powerinfer_files.py): sparse mode."""
+    import powerinfer_files as pf
+    if not pf.RELU_GGUF.is_file():
+        pytest.skip(f"{pf.RELU_GGUF.name} is missing")
+    return pf.with_predictors(tmp_path_factory.mktemp("batch") / "relu-pred.gguf", pf.predictors(rank=16))
+
+
+@pytest.mark.parametrize("mode", [F.FFN_SPARSE, F.FFN_THRESHOLD])
+def test_relu_sparse_modes_as_if_alone(relu_predictors, mode):
+    """Sparse (predictor) and threshold mode on a ReLU model: a step's tokens pick different
+    neurons (the union of their rows is read once), yet each sequence's logits are those of it
+    alone, bit for bit."""
+    byte_prompts = [list(p.encode()) for p in PROMPTS]   # byte-level vocabulary
+    m = Model(str(relu_predictors))
+    try:
+        assert mode in m.ffn_modes
+        got = schedule(m, byte_prompts, ffn_mode=mode)
+        for p, logits in got.items():
+            np.testing.assert_array_equal(logits, alone(m, byte_prompts[p][:len(logits)], mode),
+                                          err_msg=f"prompt {p}")
+        # four sequences' first 8 tokens in one step: their active sets differ, the union is
+        # larger than any token's set and smaller than their sum
+        ctx = m.new_context(n_ctx=16, n_threads=2, n_seq=4, ffn_mode=mode)
+        toks = [t for p in byte_prompts for t in p[:8]]
+        out = ctx.decode_seqs(toks, [s for s in range(4) for _ in range(8)], list(range(8)) * 4,
+                              [True] * 32)
+        st = ctx.stats()
+        ctx.close()
+        assert st["ffn_pass_neurons"] * 32 == st["ffn_neurons"]
+        assert st["ffn_active"] / 32 < st["ffn_pass_active"] < st["ffn_active"], st
+        assert 0 < st["ffn_pass_down"] <= st["ffn_pass_active"] and st["ffn_bytes"] > 0, st
+        for s in range(4):
+            np.testing.assert_array_equal(out[8 * s:8 * s + 8], alone(m, byte_prompts[s][:8], mode),
+                                          err_msg=f"sequence {s}, one step")
+    finally:
+        m.close()

@@ -151,3 +151,17 @@ def test_relu_large_builder_tiny():
             l.mlp.gate_proj.weight[:, c] = 0
     plain = R.activation_stats(model, toks)
     assert all(z < 0.7 for z in plain["zeros"]), plain
+
+
+def test_batch_sparsity_tiny(default_model, tmp_path, capsys):
+    """bench.batch_sparsity end to end on SmolLM2 alone: the table, the JSON, the plot; one
+    token's set is the union at B = 1, and the union grows with B."""
+    from bench import batch_sparsity
+    assert batch_sparsity.main(["--no-relu", "--reps", "1", "--steps", "2", "--prompt", "8",
+                                "--batches", "1,4", "--sparsities", "0.8", "--quiet",
+                                "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "batch_sparsity.json").read_text())
+    assert (tmp_path / "batch_sparsity.png").stat().st_size > 1000
+    thr = {r["B"]: r for r in res["rows"] if r["workload"] == "SmolLM2 threshold 80%"}
+    assert thr[1]["union"] == pytest.approx(thr[1]["active"]) and thr[4]["union"] > thr[1]["union"]
+    assert "SmolLM2 threshold 80%" in capsys.readouterr().out

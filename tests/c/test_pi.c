@@ -8,7 +8,8 @@
  *    equals the AVX2 pi_matmat bit for bit, and is independent of the thread count.
  * 4. The internal kernel-table entries of the forward pass (attention, softmax, SwiGLU, f16
  *    conversion, activation quantizers): every SIMD table gives its scalar twin's bits.
- * 5. The masked pair (gate and up in one job) gives two masked calls' bits.
+ * 5. The masked pair (gate and up in one job) gives two masked calls' bits; the union kernels
+ *    and the sparse FFN of several tokens give each token the bits of its one-token call.
  * 6. The type table (types.h) against every ISA table: each weight type has its kernels, its
  *    activation type a quantizer and a block size dividing its own, and so on.
  * 7. A context's hidden states (pi_decode_hidden) and saved state (pi_context_get_state /
@@ -610,7 +611,7 @@ static void test_ffn_sparse(pi_pool *pool3) {
             for (int pi = 0; pi < 2; pi++) {
                 memset(g, 0x7f, sizeof g), memset(u, 0x7f, sizeof u);
                 float lg[NFF];
-                pi_ffn_sparse_args a = {
+                pi_ffn_sparse_args a = {.n_tok = 1,
                     .fc2_type = PI_TYPE_Q8_0, .fc2 = fc2p, .fc2_rows8 = 1, .rank = RANK, .h = h, .thr = thr,
                     .type = type, .gate = gate.q, .up = up.q, .down_type = type, .down_t = dt.q,
                     .act = kind, .n_ff = NFF, .d = D, .x = x, .logit = lg, .g = g, .u = u,
@@ -637,7 +638,7 @@ static void test_ffn_sparse(pi_pool *pool3) {
         float ref[NFF], lg[NFF];
         EXPECT_STATUS(pi_matvec(NULL, PI_TYPE_F16, f16.q, NFF, RANK, h, ref), PI_OK);
         for (int pi = 0; pi < 2; pi++) {
-            pi_ffn_sparse_args a = {
+            pi_ffn_sparse_args a = {.n_tok = 1,
                 .fc2_type = PI_TYPE_F16, .fc2 = f16.q, .fc2_rows8 = 0, .rank = RANK, .h = h, .thr = 0.0f,
                 .type = PI_TYPE_Q8_0, .gate = gate.q, .up = gate.q, .down_type = PI_TYPE_Q8_0,
                 .down_t = gate.q, .act = PI_ACT_RELU, .n_ff = NFF, .d = D, .x = x, .logit = lg, .g = g,
@@ -653,7 +654,7 @@ static void test_ffn_sparse(pi_pool *pool3) {
     }
     /* validation */
     matrix m = make_matrix(PI_TYPE_Q8_0, NFF, D);
-    pi_ffn_sparse_args a = {.fc2_type = PI_TYPE_Q8_0, .fc2 = fc2p, .fc2_rows8 = 1, .rank = RANK, .h = h,
+    pi_ffn_sparse_args a = {.n_tok = 1, .fc2_type = PI_TYPE_Q8_0, .fc2 = fc2p, .fc2_rows8 = 1, .rank = RANK, .h = h,
                             .type = PI_TYPE_Q8_0, .gate = m.q, .up = m.q, .down_type = PI_TYPE_Q8_0,
                             .down_t = m.q, .n_ff = NFF, .d = D, .x = x, .logit = logit, .g = g,
                             .u = u, .idx = idx, .partial = NULL, .y = y};
@@ -666,6 +667,121 @@ static void test_ffn_sparse(pi_pool *pool3) {
     EXPECT_STATUS(pi_ffn_sparse(NULL, &a), PI_ERR_SHAPE);
     free_matrix(&m), free_matrix(&fc2);
     free(fc2p), free(h), free(x);
+}
+
+/* ---- 5b. several tokens over the union of their rows ---------------------------------------- */
+
+/* pi_matvec_masked_union, pi_axpy_sparse_union and pi_ffn_sparse of several tokens give each
+ * token, bit for bit, the results of its one-token call, on every ISA and thread count; their
+ * lists overlap in part (each token its own rows, some shared). */
+static void test_union(pi_pool *pool3) {
+    enum { NFF = 45, D = 64, RANK = 32, NT = 3 };
+    const int best = pi_isa_best();
+    float *X = random_vec((int64_t)NT * D), *A = random_vec((int64_t)NT * NFF);
+    int32_t lists[NT][NFF];
+    int64_t n_idx[NT];
+    uint8_t mark[NFF] = {0};
+    int32_t un[NFF];
+    for (int t = 0; t < NT; t++) { /* token t: every row r with (r * (t + 2)) % 5 < 2, ascending */
+        n_idx[t] = 0;
+        for (int r = 0; r < NFF; r++)
+            if ((r * (t + 2)) % 5 < 2) lists[t][n_idx[t]++] = r;
+    }
+    const int32_t *idx[NT] = {lists[0], lists[1], lists[2]};
+    const float *As[NT] = {A, A + NFF, A + 2 * NFF};
+    const int64_t n_un = pi_union_count(NT, idx, n_idx, mark);
+    int all_zero = 1;
+    for (int r = 0; r < NFF; r++) all_zero &= mark[r] == 0;
+    CHECK(n_un > n_idx[0] && n_un < n_idx[0] + n_idx[1] + n_idx[2] && all_zero,
+          "union count %lld of lists of %lld, %lld, %lld (mark left 0: %d)", (long long)n_un,
+          (long long)n_idx[0], (long long)n_idx[1], (long long)n_idx[2], all_zero);
+    for (int isa = 0; isa <= best; isa++) {
+        pi_isa_set(isa);
+        for (int ti = 0; ti < N_TYPES; ti++) {
+            const int type = TYPES[ti];
+            matrix m = make_matrix(type, NFF, D), mt = make_matrix(type, NFF, D);
+            for (int threads = 0; threads < 2; threads++) {
+                pi_pool *pool = threads ? pool3 : NULL;
+                float ym[NT][NFF], ya[NT][D], rm[NFF], ra[D];
+                float *Ym[NT] = {ym[0], ym[1], ym[2]}, *Ya[NT] = {ya[0], ya[1], ya[2]};
+                EXPECT_STATUS(pi_matvec_masked_union(pool, type, m.q, NFF, D, NT, X, idx, n_idx, Ym, mark, un), PI_OK);
+                EXPECT_STATUS(pi_axpy_sparse_union(pool, type, mt.q, NFF, D, NT, As, idx, n_idx, Ya, mark, un), PI_OK);
+                for (int t = 0; t < NT; t++) {
+                    pi_matvec_masked(NULL, type, m.q, NFF, D, X + t * D, idx[t], n_idx[t], rm);
+                    pi_axpy_sparse(NULL, type, mt.q, NFF, D, As[t], idx[t], n_idx[t], ra);
+                    CHECK(!memcmp(rm, ym[t], sizeof rm) && !memcmp(ra, ya[t], sizeof ra),
+                          "union type %d isa %d threads %d token %d: masked %d, axpy %d", type, isa,
+                          threads ? 3 : 1, t, !memcmp(rm, ym[t], sizeof rm), !memcmp(ra, ya[t], sizeof ra));
+                }
+            }
+            free_matrix(&m), free_matrix(&mt);
+        }
+    }
+    pi_isa_set(best);
+    /* validation: n_tok, a list not ascending, NULL scratch */
+    float y0[NFF], *Y0[NT] = {y0, y0, y0};
+    EXPECT_STATUS(pi_axpy_sparse_union(NULL, PI_TYPE_F32, X, NFF, D, 0, As, idx, n_idx, Y0, mark, un), PI_ERR_RANGE);
+    EXPECT_STATUS(pi_axpy_sparse_union(NULL, PI_TYPE_F32, X, NFF, D, PI_UNION_MAX_TOK + 1, As, idx, n_idx, Y0, mark, un),
+                  PI_ERR_RANGE);
+    EXPECT_STATUS(pi_matvec_masked_union(NULL, PI_TYPE_F32, X, NFF, D, NT, X, idx, n_idx, Y0, NULL, un), PI_ERR_NULL);
+    int32_t back[2] = {3, 1};
+    const int32_t *bad[1] = {back};
+    const int64_t n_bad[1] = {2};
+    EXPECT_STATUS(pi_matvec_masked_union(NULL, PI_TYPE_F32, X, NFF, D, 1, X, bad, n_bad, Y0, mark, un), PI_ERR_RANGE);
+
+    /* pi_ffn_sparse over NT tokens: each token's logits, gate, down input and y as alone */
+    matrix fc2 = make_matrix(PI_TYPE_Q8_0, NFF, RANK);
+    uint8_t *fc2p = malloc((size_t)(NFF * fc2.row_bytes));
+    EXPECT_STATUS(pi_repack_rows8(PI_TYPE_Q8_0, fc2.q, NFF, RANK, fc2p), PI_OK);
+    float *H = random_vec((int64_t)NT * RANK);
+    for (int i = 0; i < NT * RANK; i++) H[i] = H[i] > 0 ? H[i] : 0;
+    static float lg[NT][NFF], g[NT][NFF], u[NT][NFF], y[NT][D], partial[2 * NT * D];
+    static int32_t fidx[NT][NFF];
+    for (int ti = 0; ti < N_TYPES; ti++) {
+        const int type = TYPES[ti];
+        matrix gate = make_matrix(type, NFF, D), up = make_matrix(type, NFF, D), dt = make_matrix(type, NFF, D);
+        for (int kind = 0; kind < PI_N_ACTS; kind++)
+            for (int pi = 0; pi < 2; pi++) {
+                pi_pool *pool = pi ? pool3 : NULL;
+                pi_ffn_sparse_args a = {.n_tok = NT,
+                    .fc2_type = PI_TYPE_Q8_0, .fc2 = fc2p, .fc2_rows8 = 1, .rank = RANK, .h = H, .thr = 0.0f,
+                    .type = type, .gate = gate.q, .up = up.q, .down_type = type, .down_t = dt.q,
+                    .act = kind, .n_ff = NFF, .d = D, .x = X, .logit = lg[0], .g = g[0], .u = u[0],
+                    .idx = fidx[0], .mark = mark, .un = un, .partial = partial, .y = y[0]};
+                EXPECT_STATUS(pi_ffn_sparse(pool, &a), PI_OK);
+                int64_t picked = 0, down = 0, max_picked = 0;
+                for (int t = 0; t < NT; t++) {
+                    float lg1[NFF], g1[NFF], u1[NFF], y1[D], p1[2 * D];
+                    int32_t i1[NFF];
+                    pi_ffn_sparse_args b = a;
+                    b.n_tok = 1, b.h = H + t * RANK, b.x = X + t * D, b.logit = lg1, b.g = g1, b.u = u1;
+                    b.idx = i1, b.partial = p1, b.y = y1, b.mark = NULL, b.un = NULL;
+                    EXPECT_STATUS(pi_ffn_sparse(pool, &b), PI_OK);
+                    picked += b.n_picked, down += b.n_down;
+                    max_picked = b.n_picked > max_picked ? b.n_picked : max_picked;
+                    CHECK(b.n_union == b.n_picked && b.n_union_down == b.n_down, "one token: its rows are the union");
+                    CHECK(!memcmp(lg1, lg[t], sizeof lg1) && !memcmp(g1, g[t], sizeof g1) &&
+                          !memcmp(u1, u[t], sizeof u1) && !memcmp(y1, y[t], sizeof y1),
+                          "ffn_sparse %d tokens type %d act %d pool %d: token %d differs from alone", NT,
+                          type, kind, pi, t);
+                }
+                CHECK(a.n_picked == picked && a.n_down == down && a.n_union >= max_picked &&
+                      a.n_union < picked && a.n_union_up <= a.n_union && a.n_union_down <= a.n_union_up,
+                      "ffn_sparse counts: %lld picks (%lld alone), %lld down (%lld), unions %lld %lld %lld",
+                      (long long)a.n_picked, (long long)picked, (long long)a.n_down, (long long)down,
+                      (long long)a.n_union, (long long)a.n_union_up, (long long)a.n_union_down);
+            }
+        free_matrix(&gate), free_matrix(&up), free_matrix(&dt);
+    }
+    pi_ffn_sparse_args a = {.n_tok = NT, .fc2_type = PI_TYPE_Q8_0, .fc2 = fc2p, .fc2_rows8 = 1, .rank = RANK,
+                            .h = H, .type = PI_TYPE_Q8_0, .gate = fc2p, .up = fc2p, .down_type = PI_TYPE_Q8_0,
+                            .down_t = fc2p, .n_ff = NFF, .d = RANK, .x = X, .logit = lg[0], .g = g[0],
+                            .u = u[0], .idx = fidx[0], .partial = partial, .y = y[0]};
+    EXPECT_STATUS(pi_ffn_sparse(NULL, &a), PI_ERR_NULL); /* several tokens need mark and un */
+    a.mark = mark, a.un = un, a.n_tok = PI_UNION_MAX_TOK + 1;
+    EXPECT_STATUS(pi_ffn_sparse(NULL, &a), PI_ERR_RANGE);
+    free_matrix(&fc2);
+    free(fc2p), free(H), free(X), free(A);
 }
 
 /* ---- 6. the type table ------------------------------------------------------------------------ */
@@ -866,6 +982,7 @@ int main(void) {
     RUN(test_table_twins());
     RUN(test_masked_pair(pool3));
     RUN(test_ffn_sparse(pool3));
+    RUN(test_union(pool3));
     RUN(test_type_table());
     RUN(test_context_state());
     pi_pool_free(pool3);
