@@ -4,7 +4,8 @@ llama_cpp.server runs with --interrupt_requests False (its default cuts the runn
 whenever a request arrives, so concurrent clients would get broken streams): it queues them.
 
     python -m bench.server [MODEL] [--clients 1,4,8,16] [--max_tokens 48] [--rounds 2]
-                                   [--threads 2] [--parallel 16]
+                                   [--threads 2] [--parallel 16] [--servers pi-server]
+                                   [--baseline OTHER_CHECKOUT]
 
 Each server runs as its own process on loopback (`python -m pi_backend.server`, `python -m
 llama_cpp.server`), both with the same threads and context. For each number of concurrent
@@ -56,10 +57,11 @@ def free_port() -> int:
 
 
 class Proc:
-    def __init__(self, name: str, cmd: list, port: int, log: Path, ready: str):
+    def __init__(self, name: str, cmd: list, port: int, log: Path, ready: str,
+                 repo: Path = REPO):
         self.name, self.url = name, f"http://127.0.0.1:{port}"
         self.log = open(log, "wb")
-        env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        env = dict(os.environ, PYTHONPATH=str(repo) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         self.p = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
         deadline = time.time() + 180
         while True:
@@ -142,27 +144,41 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--parallel", type=int, default=16, help="pi-server's sequences")
     ap.add_argument("--n_ctx", type=int, default=2048)
+    ap.add_argument("--servers", default="pi-server,llama_cpp.server",
+                    help="which servers to run (quick iteration: pi-server alone)")
+    ap.add_argument("--baseline", help="also run the pi-server of this checkout (its library "
+                                       "built), interleaved with ours: a before/after in one run")
     ap.add_argument("--out", default=str(RESULTS / "server"))
     a = ap.parse_args(argv)
     model = Path(a.model) if a.model else default_model_source()
     levels = [int(x) for x in a.clients.split(",")]
+    which = set(a.servers.split(","))
+    if not which or not which <= {"pi-server", "llama_cpp.server"}:
+        raise SystemExit(f"--servers: pi-server and/or llama_cpp.server, got {a.servers!r}")
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     py = sys.executable
     servers = {}
     try:
-        p1, p2 = free_port(), free_port()
-        servers["pi-server"] = Proc("pi-server", [
-            py, "-m", "pi_backend.server", "--model", str(model), "--port", str(p1),
-            "--host", "127.0.0.1", "--n_threads", str(a.threads), "--parallel", str(a.parallel),
-            "--n_ctx", str(a.n_ctx), "--max_queue", "256"], p1, out.with_suffix(".pi.log"),
-            "/health")
-        servers["llama_cpp.server"] = Proc("llama_cpp.server", [
-            py, "-m", "llama_cpp.server", "--model", str(model), "--port", str(p2),
-            "--host", "127.0.0.1", "--n_threads", str(a.threads), "--n_ctx", str(a.n_ctx),
-            # its default cuts the running stream when a request arrives: queue them instead
-            "--interrupt_requests", "False"],
-            p2, out.with_suffix(".llama_cpp.log"), "/v1/models")
+        def pi_server(name, repo):
+            port = free_port()
+            return Proc(name, [
+                py, "-m", "pi_backend.server", "--model", str(model), "--port", str(port),
+                "--host", "127.0.0.1", "--n_threads", str(a.threads), "--parallel",
+                str(a.parallel), "--n_ctx", str(a.n_ctx), "--max_queue", "256"], port,
+                out.with_suffix(f".{name.replace(' ', '_')}.log"), "/health", repo=repo)
+        if a.baseline:     # another checkout's pi-server, measured in the same run
+            servers["pi-server base"] = pi_server("pi-server base", Path(a.baseline).resolve())
+        if "pi-server" in which:
+            servers["pi-server"] = pi_server("pi-server", REPO)
+        if "llama_cpp.server" in which:
+            port = free_port()
+            servers["llama_cpp.server"] = Proc("llama_cpp.server", [
+                py, "-m", "llama_cpp.server", "--model", str(model), "--port", str(port),
+                "--host", "127.0.0.1", "--n_threads", str(a.threads), "--n_ctx", str(a.n_ctx),
+                # its default cuts the running stream when a request arrives: queue them
+                "--interrupt_requests", "False"],
+                port, out.with_suffix(".llama_cpp.log"), "/v1/models")
         for s in servers.values():      # warm-up
             level(s.url, 1, 1, 8)
         rows = []
@@ -182,7 +198,8 @@ def main(argv=None) -> None:
     get = {(r["server"], r["clients"]): r for r in rows}
     one = get[("pi-server", 1)]["tok_s"] if ("pi-server", 1) in get else None
     targets = {}
-    if ("pi-server", 8) in get and one and get[("llama_cpp.server", 8)]["tok_s"] > 0:
+    if (("pi-server", 8) in get and one and ("llama_cpp.server", 8) in get
+            and get[("llama_cpp.server", 8)]["tok_s"] > 0):
         ours8, theirs8 = get[("pi-server", 8)]["tok_s"], get[("llama_cpp.server", 8)]["tok_s"]
         targets = {"x_single_at_8": ours8 / one, "x_llama_cpp_at_8": ours8 / theirs8,
                    "met_3x_single": ours8 >= 3 * one, "met_5x_llama_cpp": ours8 >= 5 * theirs8}
