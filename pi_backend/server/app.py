@@ -4,12 +4,16 @@
 
 Each generation request takes a place in the engine (a slot, or a place in the bounded queue;
 none left: 503 `queue_full`), gets its own RequestLlama (pi_backend.Llama's argument checks and
-response shapes; request.py) and runs in a worker thread that blocks on the engine's tokens.
+response shapes; request.py) and runs in a worker thread that blocks on the engine's tokens
+(a stream: one worker for the whole generation, its chunks handed to the event loop in
+batches through the Outbox).
 A client that goes away cancels its request: streams when the response is cancelled, other
 requests by a watcher that polls the connection.
 """
 from __future__ import annotations
 
+import asyncio
+import collections
 import contextlib
 import json
 import os
@@ -17,6 +21,7 @@ import sys
 import threading
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Dict, Optional
 
 import anyio
@@ -36,7 +41,56 @@ from .settings import ServerSettings
 from .types import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest,
                     EmbeddingRequest, TokenizeRequest)
 
-_END = object()
+_DATA, _END, _ERROR = object(), object(), object()     # what a stream's worker hands over
+
+
+class _Stream:
+    """One streaming response's items on the event loop's side (filled by Outbox._drain)."""
+
+    def __init__(self):
+        self.items: "collections.deque" = collections.deque()
+        self.ready = asyncio.Event()
+        self.closed = False          # the response ended (the worker stops at its next chunk)
+
+    async def get(self):
+        while not self.items:
+            self.ready.clear()
+            await self.ready.wait()
+        return self.items.popleft()
+
+
+class Outbox:
+    """Items from the streams' worker threads to the event loop: a post appends under a lock,
+    and only the first post after a drain wakes the loop (call_soon_threadsafe), so the chunks
+    of one engine step reach their streams in one wakeup instead of one per chunk."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self._lock = threading.Lock()
+        self._items: list = []
+        self._scheduled = False
+
+    def post(self, stream: _Stream, item) -> None:
+        with self._lock:
+            self._items.append((stream, item))
+            if self._scheduled:
+                return
+            self._scheduled = True
+        try:
+            self.loop.call_soon_threadsafe(self._drain)
+        except RuntimeError:       # the loop is closed: the server is shutting down
+            pass
+
+    def _drain(self) -> None:
+        with self._lock:
+            items, self._items = self._items, []
+            self._scheduled = False
+        woken = set()
+        for stream, item in items:
+            stream.items.append(item)
+            if stream not in woken:
+                woken.add(stream)
+                stream.ready.set()
 
 
 class ServerState:
@@ -53,6 +107,10 @@ class ServerState:
         self.ready = threading.Event()
         self.load_error: Optional[str] = None
         self.closed = False
+        self.outbox: Optional[Outbox] = None      # set when the event loop runs (lifespan)
+        # the streams' worker threads: one per streaming response, as many as hold places
+        self.pumps = ThreadPoolExecutor(max_workers=settings.parallel + settings.max_queue,
+                                        thread_name_prefix="pi-server-stream")
 
     def load(self) -> None:
         from ..llama import Llama
@@ -95,13 +153,6 @@ class ServerState:
         if not self.ready.is_set():
             raise NotReadyError(f"the model failed to load: {self.load_error}" if self.load_error
                                 else "the model is loading; retry shortly")
-
-
-def _next(it):
-    try:
-        return next(it)
-    except StopIteration:
-        return _END
 
 
 def _logit_bias(llama, body) -> Optional[Dict[int, float]]:
@@ -168,6 +219,7 @@ def create_app(settings: ServerSettings, *, load_in_background: bool = True) -> 
         limiter = anyio.to_thread.current_default_thread_limiter()
         limiter.total_tokens = max(limiter.total_tokens,
                                    2 * (settings.parallel + settings.max_queue) + 16)
+        state.outbox = Outbox(asyncio.get_running_loop())
         loader = threading.Thread(target=state.load, name="pi-server-load", daemon=True)
         loader.start()
         if not load_in_background:
@@ -178,6 +230,7 @@ def create_app(settings: ServerSettings, *, load_in_background: bool = True) -> 
             state.closed = True
             await anyio.to_thread.run_sync(loader.join)
             state.close()
+            state.pumps.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="pi_backend server", version="0.1.0", lifespan=lifespan)
     app.state.pi = state
@@ -217,31 +270,56 @@ def create_app(settings: ServerSettings, *, load_in_background: bool = True) -> 
         return out["value"]
 
     def stream(view: RequestLlama, it, route: str, include_usage: bool) -> EventSourceResponse:
-        async def events():
+        """The response's events: one worker thread runs the whole generation (the request's
+        Llama code) and hands each chunk, JSON-encoded, to the event loop through the outbox
+        (one loop wakeup per batch of chunks, not one thread hop per chunk)."""
+        box = _Stream()
+
+        def pump() -> None:      # the worker thread
             last: Dict[str, Any] = {}
-            outcome = "cancelled"
             try:
-                while True:
-                    chunk = await anyio.to_thread.run_sync(_next, it, abandon_on_cancel=True)
-                    if chunk is _END:
+                for chunk in it:
+                    if box.closed:
                         break
                     last = chunk
-                    yield {"data": json.dumps(chunk)}
-                if include_usage:
-                    yield {"data": json.dumps({
-                        "id": last.get("id"), "object": last.get("object"),
-                        "created": last.get("created"), "model": last.get("model"),
-                        "choices": [], "usage": view.usage})}
-                yield {"data": "[DONE]"}
-                outcome = "ok"
-            except Exception as e:     # after the headers: the error goes in the stream
-                outcome = "error"
-                status = 400 if isinstance(e, (ValueError, TypeError)) else 500
-                body = json.loads(error_response(status, str(e)).body)
-                yield {"data": json.dumps(body)}
-                if status == 500:
-                    traceback.print_exc()
+                    state.outbox.post(box, (_DATA, json.dumps(chunk)))
+                if not box.closed:
+                    if include_usage:
+                        state.outbox.post(box, (_DATA, json.dumps({
+                            "id": last.get("id"), "object": last.get("object"),
+                            "created": last.get("created"), "model": last.get("model"),
+                            "choices": [], "usage": view.usage})))
+                    state.outbox.post(box, (_END, None))
+            except Exception as e:
+                state.outbox.post(box, (_ERROR, e))
             finally:
+                close = getattr(it, "close", None)
+                if close is not None:
+                    close()      # the generator's own cleanup, in the thread that ran it
+
+        async def events():
+            outcome = "cancelled"
+            state.pumps.submit(pump)
+            try:
+                while True:
+                    kind, value = await box.get()
+                    if kind is _DATA:
+                        yield {"data": value}
+                        continue
+                    if kind is _END:
+                        yield {"data": "[DONE]"}
+                        outcome = "ok"
+                        break
+                    # an error after the headers: it goes in the stream
+                    outcome = "error"
+                    status = 400 if isinstance(value, (ValueError, TypeError)) else 500
+                    body = json.loads(error_response(status, str(value)).body)
+                    yield {"data": json.dumps(body)}
+                    if status == 500:
+                        traceback.print_exception(value)
+                    break
+            finally:
+                box.closed = True
                 view.cancel()
                 state.engine.release()
                 state.metrics.requests.labels(route, outcome).inc()
