@@ -91,7 +91,7 @@ class Engine:
 
     def __init__(self, model, *, n_ctx: int, n_threads: int, parallel: int, ffn_mode: str,
                  max_queue: int, prefill_chunk: int = 96, eog: Callable[[int], bool],
-                 eog_tokens=(), metrics=None):
+                 eog_tokens=(), metrics=None, head_mode: str = "dense"):
         if parallel < 1:
             raise ValueError(f"parallel must be >= 1, got {parallel}")
         if max_queue < 0:
@@ -104,7 +104,10 @@ class Engine:
         self.n_ctx = int(n_ctx)
         self.ctx = model.new_context(n_ctx=self.n_ctx, n_threads=int(n_threads),
                                      n_batch=self.prefill_chunk + self.parallel,
-                                     ffn_mode=ffn_mode, head_mode="dense", n_seq=self.parallel)
+                                     ffn_mode=ffn_mode, head_mode=head_mode, n_seq=self.parallel)
+        # 'sparse': a step with one wanted row takes the sparse head (several rows: the full
+        # head); a step with a row whose exact logits are wanted (logprobs) runs dense
+        self.head_mode = head_mode
         self.n_vocab = int(model.n_vocab)
         self._eog = eog
         self._eog_ids = np.asarray(sorted(eog_tokens), dtype=np.int64)
@@ -312,6 +315,10 @@ class Engine:
             n_prompt += n
         if not toks:
             return
+        if self.head_mode == "sparse":
+            mode = "dense" if any(h.want_logits or h.prompt_rows for h, _ in rows_for) else "sparse"
+            if self.ctx.head_mode != mode:
+                self.ctx.set_head_mode(mode)
         t0 = time.perf_counter()
         logits = self.ctx.decode_seqs(toks, seq, pos, want)
         dt = time.perf_counter() - t0
