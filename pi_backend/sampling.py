@@ -165,6 +165,26 @@ def _bindings():
     return llama_cpp
 
 
+_GIL_HOLDING: dict = {}
+
+
+def _holding_gil(lc, name: str):
+    """llama-cpp-python's binding `name` (same library, argument and result types) through
+    ctypes.PyDLL, which keeps the GIL during the call. The sampler calls take microseconds:
+    through the bindings' CDLL each gives the GIL away and then waits for it behind the
+    server's other threads (in pi-server that wait tripled a token's sampling time)."""
+    f = _GIL_HOLDING.get(name)
+    if f is None:
+        ref = getattr(lc, name)
+        lib = getattr(getattr(lc, "llama_cpp", None), "_lib", None)
+        if lib is None or not hasattr(ref, "argtypes"):
+            return ref                # bindings of another make: theirs as they are
+        f = getattr(ctypes.PyDLL(lib._name), name)
+        f.argtypes, f.restype = ref.argtypes, ref.restype
+        _GIL_HOLDING[name] = f
+    return f
+
+
 def _logit_bias(lc, n_vocab: int, bias: Mapping[int, float]):
     arr = (lc.llama_logit_bias * len(bias))()
     for entry, (tok, b) in zip(arr, bias.items()):
@@ -236,6 +256,10 @@ class Sampler:
                                f"in {ctypes.sizeof(lc.llama_token_data)} bytes, not "
                                f"{TOKEN_DATA.itemsize}: pi_backend.sampling needs updating")
         self._lc = lc
+        # a grammar's apply can take milliseconds: that chain gives the GIL away meanwhile
+        hold = _holding_gil if self.params.grammar is None else getattr
+        self._sampler_apply = hold(lc, "llama_sampler_apply")
+        self._sampler_accept = hold(lc, "llama_sampler_accept")
         self._chains: dict = {}          # stage group -> llama.cpp chain, in the chain's order
         try:
             for group, smpl in _stages(lc, self.params, self.n_vocab, seed_u32(seed), vocab):
@@ -260,7 +284,7 @@ class Sampler:
     def _apply(self, chain, data, size: int) -> None:
         arr = self._array
         arr.data, arr.size, arr.selected, arr.sorted = data, size, -1, False
-        self._lc.llama_sampler_apply(chain, self._array_p)
+        self._sampler_apply(chain, self._array_p)
 
     def _penalize(self, chain) -> None:
         """The penalties sampler over the accepted tokens' candidates, written back."""
@@ -304,7 +328,7 @@ class Sampler:
                                "logits_processor exclude every token)")
         tok = int(picked.id)
         for chain in self._chains.values():
-            self._lc.llama_sampler_accept(chain, tok)
+            self._sampler_accept(chain, tok)
         if pen is not None and tok not in self._seen:
             self._seen.add(tok)
             self._seen_ids = np.append(self._seen_ids, np.int32(tok))

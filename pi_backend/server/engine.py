@@ -324,14 +324,18 @@ class Engine:
         dt = time.perf_counter() - t0
         self.steps += 1
         n_gen = 0
+        # every row is sampled before any consumer hears of it: a consumer woken earlier would
+        # take the GIL from the sampling of the next rows; they run during the next decode
+        out: List[tuple] = []         # (queue, item) in order
+        ended: List[tuple] = []       # (handle, error or None)
         for row, (h, kind) in zip(logits, rows_for):
             if h.done:
                 continue
             if kind == "prompt":
-                h.q.put(("prompt_row", row))
+                out.append((h.q, ("prompt_row", row)))
                 continue
             if h.cancelled:
-                self._finish(h)
+                ended.append((h, None))
                 continue
             scores = row
             if h.generated < h.min_tokens and self._eog_ids.size:
@@ -340,7 +344,7 @@ class Engine:
             try:
                 tok = h.sampler.sample(scores)
             except Exception as e:
-                self._finish(h, e)
+                ended.append((h, e))
                 continue
             now = time.perf_counter()
             if h.t_first is None:
@@ -349,13 +353,17 @@ class Engine:
                     self.metrics.first_token(now - h.t_submit)
             h.generated += 1
             n_gen += 1
-            h.q.put((tok, row if h.want_logits else None))
+            out.append((h.q, (tok, row if h.want_logits else None)))
             slot = self.slots[h.slot]
             if (self._eog(tok) or h.generated >= h.max_tokens
                     or len(slot.tokens) >= self.n_ctx):
-                self._finish(h)
+                ended.append((h, None))
             else:
                 h.next_token = tok
+        for q, item in out:
+            q.put(item)
+        for h, error in ended:
+            self._finish(h, error)
         if self.metrics is not None:
             self.metrics.step(n_tokens=len(toks), n_prompt=n_prompt, n_gen=n_gen, seconds=dt,
                               engine=self)
