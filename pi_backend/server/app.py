@@ -137,7 +137,8 @@ class ServerState:
             self.metrics.ready.set(1)
             self.ready.set()
             print(f"pi-server: {path}: {s.parallel} sequences of {s.n_ctx} positions, "
-                  f"ffn_mode={llama.ffn_mode}, head_mode={llama.head_mode}, chat_format={llama.chat_format}, "
+                  f"ffn_mode={llama.ffn_mode}, head_mode={llama.head_mode}, "
+                  f"chat_format={llama.chat_format}, "
                   f"{s.n_threads} threads", file=sys.stderr)
         except Exception as e:
             self.load_error = f"{type(e).__name__}: {e}"
