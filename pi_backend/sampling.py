@@ -10,7 +10,8 @@ llama-cpp-python's `Llama` builds it for `create_completion`
         otherwise       : top_k -> typical -> top_p -> min_p -> temp -> dist
 
 and applies it to our logits through a `llama_token_data_array` over a numpy structured array:
-one C call per token (`llama_sampler_apply`), then `llama_sampler_accept` of the picked token
+`llama_sampler_apply` per token (the penalties sampler over the tokens accepted so far only:
+see Sampler), then `llama_sampler_accept` of the picked token
 (penalties, grammar and mirostat keep state across the tokens of one completion). The seed goes
 to llama.cpp's dist/mirostat samplers, so a given seed gives the same tokens; LLAMA_DEFAULT_SEED
 asks llama.cpp for a random one.
@@ -164,6 +165,26 @@ def _bindings():
     return llama_cpp
 
 
+_GIL_HOLDING: dict = {}
+
+
+def _holding_gil(lc, name: str):
+    """llama-cpp-python's binding `name` (same library, argument and result types) through
+    ctypes.PyDLL, which keeps the GIL during the call. The sampler calls take microseconds:
+    through the bindings' CDLL each gives the GIL away and then waits for it behind the
+    server's other threads (in pi-server that wait tripled a token's sampling time)."""
+    f = _GIL_HOLDING.get(name)
+    if f is None:
+        ref = getattr(lc, name)
+        lib = getattr(getattr(lc, "llama_cpp", None), "_lib", None)
+        if lib is None or not hasattr(ref, "argtypes"):
+            return ref                # bindings of another make: theirs as they are
+        f = getattr(ctypes.PyDLL(lib._name), name)
+        f.argtypes, f.restype = ref.argtypes, ref.restype
+        _GIL_HOLDING[name] = f
+    return f
+
+
 def _logit_bias(lc, n_vocab: int, bias: Mapping[int, float]):
     arr = (lc.llama_logit_bias * len(bias))()
     for entry, (tok, b) in zip(arr, bias.items()):
@@ -189,34 +210,41 @@ def _grammar(lc, vocab, grammar):
 
 
 def _stages(lc, p: SamplingParams, n_vocab: int, seed: int, vocab) -> Iterator[Any]:
-    """The samplers of the chain, in llama-cpp-python's order."""
+    """The samplers of the chain, in llama-cpp-python's order, as (stage group, sampler):
+    'bias' (logit_bias), 'penalties', 'rest' (grammar onwards)."""
     if p.logit_bias:
-        yield _logit_bias(lc, n_vocab, p.logit_bias)
+        yield "bias", _logit_bias(lc, n_vocab, p.logit_bias)
     if p.penalized:
-        yield _penalties(lc, n_vocab, p)
+        yield "penalties", _penalties(lc, n_vocab, p)
     if p.grammar is not None:
-        yield _grammar(lc, vocab, p.grammar)
+        yield "rest", _grammar(lc, vocab, p.grammar)
     if p.temperature < 0.0:
-        yield lc.llama_sampler_init_dist(seed)
+        yield "rest", lc.llama_sampler_init_dist(seed)
     elif p.temperature == 0.0:
-        yield lc.llama_sampler_init_greedy()
+        yield "rest", lc.llama_sampler_init_greedy()
     elif p.mirostat_mode == 1:
-        yield lc.llama_sampler_init_mirostat(n_vocab, seed, p.mirostat_tau, p.mirostat_eta,
-                                             MIROSTAT_M)
+        yield "rest", lc.llama_sampler_init_mirostat(n_vocab, seed, p.mirostat_tau,
+                                                     p.mirostat_eta, MIROSTAT_M)
     elif p.mirostat_mode == 2:
-        yield lc.llama_sampler_init_mirostat_v2(seed, p.mirostat_tau, p.mirostat_eta)
+        yield "rest", lc.llama_sampler_init_mirostat_v2(seed, p.mirostat_tau, p.mirostat_eta)
     else:
-        yield lc.llama_sampler_init_top_k(p.top_k)
-        yield lc.llama_sampler_init_typical(p.typical_p, 1)
-        yield lc.llama_sampler_init_top_p(p.top_p, 1)
-        yield lc.llama_sampler_init_min_p(p.min_p, 1)
-        yield lc.llama_sampler_init_temp(p.temperature)
-        yield lc.llama_sampler_init_dist(seed)
+        yield "rest", lc.llama_sampler_init_top_k(p.top_k)
+        yield "rest", lc.llama_sampler_init_typical(p.typical_p, 1)
+        yield "rest", lc.llama_sampler_init_top_p(p.top_p, 1)
+        yield "rest", lc.llama_sampler_init_min_p(p.min_p, 1)
+        yield "rest", lc.llama_sampler_init_temp(p.temperature)
+        yield "rest", lc.llama_sampler_init_dist(seed)
 
 
 class Sampler:
     """llama.cpp's sampler chain for one completion: `sample(logits)` picks the next token and
-    accepts it. Not thread-safe (one per generation); `close()` frees the chain."""
+    accepts it. Not thread-safe (one per generation); `close()` frees the chain.
+
+    The chain runs as up to three llama.cpp chains in its order: logit_bias and the rest over
+    every candidate, the penalties sampler over the tokens accepted so far only. That sampler
+    changes each candidate on its own, and only those in its window of accepted tokens (a
+    hash lookup per candidate: three quarters of a token's sampling time over the whole
+    vocabulary), so running it over a superset of its window gives the same logits."""
 
     def __init__(self, params: SamplingParams, n_vocab: int,
                  seed: Optional[int] = LLAMA_DEFAULT_SEED, vocab: Any = None):
@@ -228,18 +256,50 @@ class Sampler:
                                f"in {ctypes.sizeof(lc.llama_token_data)} bytes, not "
                                f"{TOKEN_DATA.itemsize}: pi_backend.sampling needs updating")
         self._lc = lc
-        self._chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
+        # a grammar's apply can take milliseconds: that chain gives the GIL away meanwhile
+        hold = _holding_gil if self.params.grammar is None else getattr
+        self._sampler_apply = hold(lc, "llama_sampler_apply")
+        self._sampler_accept = hold(lc, "llama_sampler_accept")
+        self._chains: dict = {}          # stage group -> llama.cpp chain, in the chain's order
         try:
-            for smpl in _stages(lc, self.params, self.n_vocab, seed_u32(seed), vocab):
-                lc.llama_sampler_chain_add(self._chain, smpl)  # the chain owns it from here
+            for group, smpl in _stages(lc, self.params, self.n_vocab, seed_u32(seed), vocab):
+                if group not in self._chains:
+                    self._chains[group] = lc.llama_sampler_chain_init(
+                        lc.llama_sampler_chain_default_params())
+                lc.llama_sampler_chain_add(self._chains[group], smpl)  # the chain owns it
         except BaseException:
             self.close()
             raise
+        self._chain = self._chains["rest"]
         self._ids = np.arange(self.n_vocab, dtype=np.int32)
         self._cand = np.zeros(self.n_vocab, dtype=TOKEN_DATA)  # [n_vocab] {id, logit, p}
         self._data = self._cand.ctypes.data_as(lc.llama_token_data_p)
         self._array = lc.llama_token_data_array()
         self._array_p = ctypes.byref(self._array)
+        # the penalties' candidates: every token accepted so far (a superset of its window)
+        self._seen: set = set()
+        self._seen_ids = np.zeros(0, dtype=np.int32)
+        self._sub = np.zeros(0, dtype=TOKEN_DATA)
+
+    def _apply(self, chain, data, size: int) -> None:
+        arr = self._array
+        arr.data, arr.size, arr.selected, arr.sorted = data, size, -1, False
+        self._sampler_apply(chain, self._array_p)
+
+    def _penalize(self, chain) -> None:
+        """The penalties sampler over the accepted tokens' candidates, written back."""
+        k = len(self._seen_ids)
+        if k == 0:
+            return                        # nothing accepted: nothing to penalize
+        if len(self._sub) < k:
+            self._sub = np.zeros(max(k, 2 * len(self._sub), 64), dtype=TOKEN_DATA)
+        sub = self._sub[:k]
+        sub["id"] = self._seen_ids
+        sub["logit"] = self._cand["logit"][self._seen_ids]
+        self._apply(chain, sub.ctypes.data_as(self._lc.llama_token_data_p), k)
+        if self._array.size != k:
+            raise RuntimeError("llama.cpp's penalties sampler changed the candidate count")
+        self._cand["logit"][sub["id"]] = sub["logit"]
 
     def sample(self, logits: np.ndarray) -> int:
         """The next token for `logits` ([n_vocab] floats, not modified); it is accepted into
@@ -251,8 +311,15 @@ class Sampler:
         cand, arr = self._cand, self._array
         cand["id"] = self._ids
         cand["logit"] = logits
-        arr.data, arr.size, arr.selected, arr.sorted = self._data, self.n_vocab, -1, False
-        self._lc.llama_sampler_apply(self._chain, self._array_p)
+        bias = self._chains.get("bias")
+        if bias is not None:
+            self._apply(bias, self._data, self.n_vocab)
+            if arr.data[0].id != 0 or arr.size != self.n_vocab:   # it edits in place
+                raise RuntimeError("llama.cpp's logit_bias sampler reordered the candidates")
+        pen = self._chains.get("penalties")
+        if pen is not None:
+            self._penalize(pen)
+        self._apply(self._chain, self._data, self.n_vocab)
         if not 0 <= arr.selected < arr.size:
             raise RuntimeError("llama.cpp's sampler chain selected no token")
         picked = arr.data[arr.selected]  # samplers may point data elsewhere: read it there
@@ -260,13 +327,19 @@ class Sampler:
             raise RuntimeError("no token is allowed (the grammar, logit_bias or "
                                "logits_processor exclude every token)")
         tok = int(picked.id)
-        self._lc.llama_sampler_accept(self._chain, tok)
+        for chain in self._chains.values():
+            self._sampler_accept(chain, tok)
+        if pen is not None and tok not in self._seen:
+            self._seen.add(tok)
+            self._seen_ids = np.append(self._seen_ids, np.int32(tok))
         return tok
 
     def close(self) -> None:
-        chain, self._chain = getattr(self, "_chain", None), None
-        if chain:
-            self._lc.llama_sampler_free(chain)
+        chains, self._chains = getattr(self, "_chains", {}), {}
+        self._chain = None
+        for chain in chains.values():
+            if chain:
+                self._lc.llama_sampler_free(chain)
 
     def __enter__(self) -> "Sampler":
         return self

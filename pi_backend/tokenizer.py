@@ -100,6 +100,12 @@ class Tokenizer:
             return frozenset(t for t in (self._eos,) if t >= 0)
         return frozenset(t for t in range(self.n_vocab) if is_eog(t))
 
+    def fim_tokens(self) -> tuple:
+        """The fill-in-the-middle tokens (prefix, suffix, middle) as llama.cpp reads them from
+        the vocabulary (metadata, or the usual token texts); -1 where there is none."""
+        lc, vocab = self._llama_cpp, self.llama_vocab
+        return tuple(int(getattr(lc, f"llama_vocab_fim_{k}")(vocab)) for k in ("pre", "suf", "mid"))
+
     def is_eog(self, token: int) -> bool:
         return token in self._eog
 

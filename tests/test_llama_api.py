@@ -272,9 +272,53 @@ def test_generation_stops_at_context_end(smollm2_path):
         small.close()
 
 
-def test_unsupported_completion_args_raise(llm):
-    with pytest.raises(NotImplementedError, match="suffix"):
+def test_suffix_needs_fim_tokens(llm):
+    """SmolLM2 has no fill-in-the-middle tokens: suffix is refused in one line, not ignored."""
+    assert llm.tokenizer().fim_tokens() == (-1, -1, -1)
+    with pytest.raises(ValueError, match="suffix needs a fill-in-the-middle model") as e:
         llm(PROMPT, max_tokens=2, suffix="x")
+    assert "\n" not in str(e.value)
+    with pytest.raises(TypeError, match="suffix must be a str"):
+        llm(PROMPT, max_tokens=2, suffix=3)
+
+
+def test_suffix_infill_prompt(llm, monkeypatch):
+    """With FIM tokens (here three special tokens standing in for them), the prompt is
+    llama.cpp's infill order: [BOS] <pre> prompt <suf> suffix <mid>, the text tokenized as
+    plain text; the completion is what the model writes there (nothing appended)."""
+    pre, suf, mid = 3, 4, 5
+    monkeypatch.setattr(llm.tokenizer(), "fim_tokens", lambda: (pre, suf, mid))
+    bos = [llm.token_bos()] if llm.tokenizer().add_bos_token() else []
+    prefix, suffix = "def add(a, b):\n    ", "\n    return c\n"
+    want = (bos + [pre] + llm.tokenize(prefix.encode(), add_bos=False) + [suf]
+            + llm.tokenize(suffix.encode(), add_bos=False) + [mid])
+    r = llm(prefix, suffix=suffix, max_tokens=1, temperature=0)
+    assert r["usage"]["prompt_tokens"] == len(want)
+    assert list(llm.input_ids) == want               # what ran: the prompt, nothing else
+    ref = llm(want, max_tokens=6, temperature=0)["choices"][0]["text"]
+    assert llm(prefix, suffix=suffix, max_tokens=6, temperature=0)["choices"][0]["text"] == ref
+    # a token prompt is the prefix as given
+    ids = llm.tokenize(prefix.encode(), add_bos=False)
+    r = llm(ids, suffix=suffix, max_tokens=1, temperature=0)
+    assert list(llm.input_ids) == want
+
+
+def test_chat_completion_openai_v1(llm):
+    """The openai package's types, as llama-cpp-python's create_chat_completion_openai_v1."""
+    from openai.types.chat import ChatCompletion, ChatCompletionChunk
+    msgs = [{"role": "user", "content": "Say hi."}]
+    r = llm.create_chat_completion_openai_v1(messages=msgs, max_tokens=8, temperature=0)
+    ref = llm.create_chat_completion(messages=msgs, max_tokens=8, temperature=0)
+    assert isinstance(r, ChatCompletion)
+    assert r.choices[0].message.content == ref["choices"][0]["message"]["content"]
+    assert r.usage.completion_tokens == ref["usage"]["completion_tokens"]
+    chunks = list(llm.create_chat_completion_openai_v1(messages=msgs, max_tokens=8,
+                                                       temperature=0, stream=True))
+    assert all(isinstance(c, ChatCompletionChunk) for c in chunks)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == \
+        r.choices[0].message.content
+    with pytest.raises(TypeError, match="stream"):
+        llm.create_chat_completion_openai_v1(messages=msgs, stream="yes")
 
 
 @pytest.mark.parametrize("kwargs, match", [

@@ -73,7 +73,7 @@ def test_every_generation_argument_is_a_parameter(method):
 def test_refused_generation_arguments_say_so(smollm2_path):
     m = Llama(str(smollm2_path), n_ctx=64, verbose=False)
     try:
-        with pytest.raises(NotImplementedError, match="suffix"):
+        with pytest.raises(ValueError, match="suffix needs a fill-in-the-middle model"):
             m("Hi", suffix="there", max_tokens=2)
         m.create_chat_completion([{"role": "user", "content": "Hi"}], max_tokens=2,
                                  functions=None, function_call=None, tools=None,

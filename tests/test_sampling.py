@@ -157,6 +157,69 @@ def test_penalties_follow_llama_cpp_over_the_window(window):
     assert len(set(drawn)) > 1  # the penalties did change the picks
 
 
+class _OneChain:
+    """The reference: every stage of pi_backend.sampling's chain in one llama.cpp chain over
+    the whole vocabulary (what Sampler ran before it gave the penalties only the tokens it
+    accepted)."""
+
+    def __init__(self, params, n_vocab, seed):
+        import ctypes
+
+        import llama_cpp as lc
+
+        from pi_backend import sampling
+        self.lc, self.n = lc, n_vocab
+        self.chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
+        for _, smpl in sampling._stages(lc, check_params(params, n_vocab), n_vocab,
+                                        sampling.seed_u32(seed), None):
+            lc.llama_sampler_chain_add(self.chain, smpl)
+        self.cand = np.zeros(n_vocab, dtype=sampling.TOKEN_DATA)
+        self.arr = lc.llama_token_data_array()
+        self.ref = ctypes.byref(self.arr)
+
+    def sample(self, logits):
+        self.cand["id"] = np.arange(self.n)
+        self.cand["logit"] = logits
+        a = self.arr
+        a.data = self.cand.ctypes.data_as(self.lc.llama_token_data_p)
+        a.size, a.selected, a.sorted = self.n, -1, False
+        self.lc.llama_sampler_apply(self.chain, self.ref)
+        tok = int(a.data[a.selected].id)
+        self.lc.llama_sampler_accept(self.chain, tok)
+        return tok
+
+    def close(self):
+        self.lc.llama_sampler_free(self.chain)
+
+
+@pytest.mark.parametrize("kw", [
+    dict(temperature=0.8, repeat_penalty=1.1),
+    dict(temperature=0.0, repeat_penalty=1.3, penalty_last_n=4),
+    dict(temperature=1.0, repeat_penalty=0.7, frequency_penalty=0.5, presence_penalty=-0.4,
+         penalty_last_n=8),
+    dict(temperature=0.9, repeat_penalty=1.2, logit_bias={5: 3.0, 100: -2.0, 4000: 10.0}),
+    dict(temperature=0.7, mirostat_mode=2, repeat_penalty=1.1, frequency_penalty=0.2),
+    dict(temperature=0.7, repeat_penalty=1.5, penalty_last_n=3, **OFF)])
+def test_penalties_over_accepted_tokens_equal_one_chain(kw):
+    """Sampler runs the penalties over the tokens it accepted only: the same tokens as one
+    llama.cpp chain over the whole vocabulary, step after step (repeats made likely)."""
+    n = 5000
+    rng = np.random.default_rng(7)
+    base = rng.normal(0, 2, n).astype(np.float32)
+    base[rng.choice(n, 20, replace=False)] += 12
+    for seed in (1, 2):
+        ref = _OneChain(SamplingParams(**kw), n, seed)
+        with Sampler(SamplingParams(**kw), n, seed) as s:
+            got, want = [], []
+            for _ in range(200):
+                x = base + rng.normal(0, 0.5, n).astype(np.float32)
+                got.append(s.sample(x))
+                want.append(ref.sample(x))
+        ref.close()
+        assert got == want
+        assert len(set(got)) > 1
+
+
 def test_chains_do_not_share_state():
     x = np.array([2.0, 1.9, 0.0])
     with Sampler(SamplingParams(temperature=0.0, repeat_penalty=4.0), 3) as a, \

@@ -299,7 +299,11 @@ def test_bad_requests(server):
     assert err["param"] == "temperature"
     _error(httpx.post(u + "/v1/completions", json={"prompt": "x", "max_tokens": -1}), 400)
     _error(httpx.post(u + "/v1/completions", json={"prompt": "x", "top_k": -5}), 400)
-    _error(httpx.post(u + "/v1/completions", json={"prompt": "x", "n": 2}), 400)
+    _error(httpx.post(u + "/v1/completions", json={"prompt": "x", "n": 0}), 400)
+    err = _error(httpx.post(u + "/v1/completions", json={"prompt": "x", "n": 1000}), 400)
+    assert "n must be <= 36" in err["message"]
+    err = _error(httpx.post(u + "/v1/completions", json={"prompt": "x", "suffix": "y"}), 400)
+    assert "fill-in-the-middle" in err["message"] and "\n" not in err["message"]
     _error(httpx.post(u + "/v1/completions", json={"prompt": ["a", "b"]}), 400)
     err = _error(httpx.post(u + "/v1/completions", json={"prompt": "word " * 600}), 400)
     assert "context window" in err["message"]
@@ -370,6 +374,141 @@ def test_health_503_when_load_fails(tmp_path):
         assert "bad.gguf" in r.json()["error"] or "GGUF" in r.json()["error"]
         err = _error(client.post("/v1/completions", json={"prompt": "x"}), 503)
         assert err["code"] == "model_loading"
+
+
+def test_n_choices(server):
+    """n choices: each its own sequence, `index` set, usage the prompt once; choice i is the
+    single request with seed + i; streams carry every index and end once."""
+    c = server.client()
+    one = c.completions.create(model="m", prompt="The capital of France is", max_tokens=12,
+                               temperature=0)
+    r = c.completions.create(model="m", prompt="The capital of France is", max_tokens=12,
+                             temperature=0, n=3)
+    assert [ch.index for ch in r.choices] == [0, 1, 2]
+    assert {ch.text for ch in r.choices} == {one.choices[0].text}      # greedy: all the same
+    assert r.usage.prompt_tokens == one.usage.prompt_tokens
+    assert r.usage.completion_tokens == 3 * one.usage.completion_tokens
+    kw = dict(model="m", prompt="Once upon a time", max_tokens=16, temperature=1.0)
+    r = c.completions.create(n=2, seed=7, **kw)
+    singles = [c.completions.create(seed=7 + i, **kw).choices[0].text for i in range(2)]
+    assert [ch.text for ch in r.choices] == singles and singles[0] != singles[1]
+    # chat, streamed: each index's deltas make that choice's message
+    msgs = [{"role": "user", "content": "Name a fruit."}]
+    ref = c.chat.completions.create(model="m", messages=msgs, max_tokens=10, temperature=1.0,
+                                    seed=3, n=2)
+    parts, finish, usage = {0: [], 1: []}, {}, None
+    for ch in c.chat.completions.create(model="m", messages=msgs, max_tokens=10,
+                                        temperature=1.0, seed=3, n=2, stream=True,
+                                        stream_options={"include_usage": True}):
+        if not ch.choices:
+            usage = ch.usage
+        for x in ch.choices:
+            parts[x.index].append(x.delta.content or "")
+            finish[x.index] = x.finish_reason or finish.get(x.index)
+    assert ["".join(parts[i]) for i in (0, 1)] == [ch.message.content for ch in ref.choices]
+    assert finish == {i: ch.finish_reason for i, ch in enumerate(ref.choices)}
+    assert usage.completion_tokens == ref.usage.completion_tokens
+    _wait_idle(server)
+
+
+def test_min_tokens(server):
+    """min_tokens holds off every end-of-generation token until that many tokens are out."""
+    c = server.client()
+    eog = httpx.post(server.url + "/extras/tokenize", json={"input": "<|im_end|>"}).json()["tokens"]
+    assert len(eog) == 1
+    kw = dict(model="m", prompt="Hello", max_tokens=20, temperature=0,
+              logit_bias={str(eog[0]): 100})           # the end, at once
+    r = c.completions.create(**kw)
+    assert r.usage.completion_tokens == 0 and r.choices[0].finish_reason == "stop"
+    r = c.completions.create(extra_body={"min_tokens": 6}, **kw)
+    assert r.usage.completion_tokens == 6 and r.choices[0].finish_reason == "stop"
+    r = c.chat.completions.create(model="m", messages=[{"role": "user", "content": "Hi"}],
+                                  max_tokens=20, temperature=0, logit_bias={str(eog[0]): 100},
+                                  extra_body={"min_tokens": 4})
+    assert r.usage.completion_tokens == 4 and r.choices[0].finish_reason == "stop"
+    _error(httpx.post(server.url + "/v1/completions", json={"prompt": "x", "min_tokens": -1}),
+           400)
+
+
+def test_health_503_while_loading(smollm2_path):
+    """/health says 503 'loading' (and the routes 503 model_loading) until the model is in,
+    then 200; a live loopback server whose load waits for the test."""
+    import uvicorn
+
+    from pi_backend.server import ServerSettings, create_app
+    app = create_app(ServerSettings(model=str(smollm2_path), n_ctx=256, parallel=1))
+    state = app.state.pi
+    go = threading.Event()
+    real_load = state.load
+
+    def slow_load():
+        assert go.wait(60)
+        real_load()
+    state.load = slow_load
+    port = _free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    t = threading.Thread(target=srv.run, daemon=True)
+    t.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 30
+        while not srv.started:
+            assert time.time() < deadline
+            time.sleep(0.05)
+        r = httpx.get(url + "/health")
+        assert r.status_code == 503 and r.json() == {"status": "loading"}
+        err = _error(httpx.post(url + "/v1/completions", json={"prompt": "x"}), 503)
+        assert err["code"] == "model_loading" and "loading" in err["message"]
+        go.set()
+        deadline = time.time() + 60
+        while httpx.get(url + "/health").status_code == 503:
+            assert time.time() < deadline
+            time.sleep(0.1)
+        assert httpx.get(url + "/health").json()["status"] == "ok"
+        r = httpx.post(url + "/v1/completions", json={"prompt": "Hi", "max_tokens": 2},
+                       timeout=60)
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 2
+    finally:
+        go.set()
+        srv.should_exit = True
+        t.join(30)
+
+
+def test_sparse_head(default_model, smollm2_path, tmp_path):
+    """--head_mode sparse on a file with an output preview: one-sequence steps take the
+    sparse head (its steps counted in /metrics), greedy text is the library's with the sparse
+    head; logprobs still come from the full head. A file without a preview is refused at
+    load, with the reason in /health."""
+    from pi_backend import Llama
+    s = Server(default_model, tmp_path / "server.log", "--parallel", "2", "--n_ctx", "256",
+               "--head_mode", "sparse")
+    try:
+        with Llama(str(default_model), n_ctx=256, n_threads=2, head_mode="sparse",
+                   verbose=False) as lib:
+            prompt = "The history of the Roman Empire"
+            r = s.client().completions.create(model="m", prompt=prompt, max_tokens=40,
+                                              temperature=0)
+            ref = lib.create_completion(prompt, max_tokens=40, temperature=0,
+                                        repeat_penalty=1.1)
+            assert r.choices[0].text == ref["choices"][0]["text"]
+            lp = s.client().completions.create(model="m", prompt=prompt, max_tokens=3,
+                                               temperature=0, logprobs=2)
+            ref = lib.create_completion(prompt, max_tokens=3, temperature=0,
+                                        repeat_penalty=1.1, logprobs=2)
+            assert lp.choices[0].logprobs.token_logprobs == \
+                ref["choices"][0]["logprobs"]["token_logprobs"]
+        m = _wait_idle(s)
+        assert m["pi_sparse_head_steps"] > 0
+    finally:
+        s.stop()
+    from starlette.testclient import TestClient
+
+    from pi_backend.server import ServerSettings, create_app
+    app = create_app(ServerSettings(model=str(smollm2_path), head_mode="sparse", n_ctx=64),
+                     load_in_background=False)
+    with TestClient(app) as client:
+        r = client.get("/health")
+        assert r.status_code == 503 and "head" in r.json()["error"], r.json()
 
 
 def test_metrics(server):

@@ -91,7 +91,7 @@ class Engine:
 
     def __init__(self, model, *, n_ctx: int, n_threads: int, parallel: int, ffn_mode: str,
                  max_queue: int, prefill_chunk: int = 96, eog: Callable[[int], bool],
-                 eog_tokens=(), metrics=None):
+                 eog_tokens=(), metrics=None, head_mode: str = "dense"):
         if parallel < 1:
             raise ValueError(f"parallel must be >= 1, got {parallel}")
         if max_queue < 0:
@@ -104,7 +104,10 @@ class Engine:
         self.n_ctx = int(n_ctx)
         self.ctx = model.new_context(n_ctx=self.n_ctx, n_threads=int(n_threads),
                                      n_batch=self.prefill_chunk + self.parallel,
-                                     ffn_mode=ffn_mode, head_mode="dense", n_seq=self.parallel)
+                                     ffn_mode=ffn_mode, head_mode=head_mode, n_seq=self.parallel)
+        # 'sparse': a step with one wanted row takes the sparse head (several rows: the full
+        # head); a step with a row whose exact logits are wanted (logprobs) runs dense
+        self.head_mode = head_mode
         self.n_vocab = int(model.n_vocab)
         self._eog = eog
         self._eog_ids = np.asarray(sorted(eog_tokens), dtype=np.int64)
@@ -312,19 +315,27 @@ class Engine:
             n_prompt += n
         if not toks:
             return
+        if self.head_mode == "sparse":
+            mode = "dense" if any(h.want_logits or h.prompt_rows for h, _ in rows_for) else "sparse"
+            if self.ctx.head_mode != mode:
+                self.ctx.set_head_mode(mode)
         t0 = time.perf_counter()
         logits = self.ctx.decode_seqs(toks, seq, pos, want)
         dt = time.perf_counter() - t0
         self.steps += 1
         n_gen = 0
+        # every row is sampled before any consumer hears of it: a consumer woken earlier would
+        # take the GIL from the sampling of the next rows; they run during the next decode
+        out: List[tuple] = []         # (queue, item) in order
+        ended: List[tuple] = []       # (handle, error or None)
         for row, (h, kind) in zip(logits, rows_for):
             if h.done:
                 continue
             if kind == "prompt":
-                h.q.put(("prompt_row", row))
+                out.append((h.q, ("prompt_row", row)))
                 continue
             if h.cancelled:
-                self._finish(h)
+                ended.append((h, None))
                 continue
             scores = row
             if h.generated < h.min_tokens and self._eog_ids.size:
@@ -333,7 +344,7 @@ class Engine:
             try:
                 tok = h.sampler.sample(scores)
             except Exception as e:
-                self._finish(h, e)
+                ended.append((h, e))
                 continue
             now = time.perf_counter()
             if h.t_first is None:
@@ -342,13 +353,17 @@ class Engine:
                     self.metrics.first_token(now - h.t_submit)
             h.generated += 1
             n_gen += 1
-            h.q.put((tok, row if h.want_logits else None))
+            out.append((h.q, (tok, row if h.want_logits else None)))
             slot = self.slots[h.slot]
             if (self._eog(tok) or h.generated >= h.max_tokens
                     or len(slot.tokens) >= self.n_ctx):
-                self._finish(h)
+                ended.append((h, None))
             else:
                 h.next_token = tok
+        for q, item in out:
+            q.put(item)
+        for h, error in ended:
+            self._finish(h, error)
         if self.metrics is not None:
             self.metrics.step(n_tokens=len(toks), n_prompt=n_prompt, n_gen=n_gen, seconds=dt,
                               engine=self)

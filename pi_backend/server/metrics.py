@@ -42,6 +42,12 @@ class Metrics:
                               registry=r)
         self.down_sparsity = Gauge("pi_ffn_down_sparsity",
                                    "fraction of FFN down rows skipped (engine stats)", registry=r)
+        self.head_steps = Gauge("pi_sparse_head_steps",
+                                "steps whose logits came from the sparse output head "
+                                "(--head_mode sparse)", registry=r)
+        self.head_fallbacks = Gauge("pi_sparse_head_fallbacks",
+                                    "sparse head steps that fell back to the full head",
+                                    registry=r)
         self.ready = Gauge("pi_ready", "1 once the model is loaded", registry=r)
         self._lock = threading.Lock()
         self._recent: "collections.deque" = collections.deque()   # (time, tokens)
@@ -71,6 +77,8 @@ class Metrics:
         s = engine.stats()
         self.sparsity.set(s["ffn_sparsity"])
         self.down_sparsity.set(s["ffn_down_sparsity"])
+        self.head_steps.set(s["head_steps"])
+        self.head_fallbacks.set(s["head_fallbacks"])
 
     # ---- called when /metrics is read ---------------------------------------------------------
     def refresh(self, engine) -> None:

@@ -1,6 +1,6 @@
 """pi-server's settings and command line: llama_cpp.server's names where they exist (--model,
 --model_alias, --n_ctx, --n_threads, --host, --port, --api_key, --chat_format, --verbose), plus
-the engine's (--parallel, --max_queue, --prefill_chunk, --ffn_mode)."""
+the engine's (--parallel, --max_queue, --prefill_chunk, --ffn_mode, --head_mode)."""
 from __future__ import annotations
 
 import argparse
@@ -19,6 +19,7 @@ class ServerSettings:
     max_queue: int = 64                  # requests waiting for a slot; beyond: 503
     prefill_chunk: int = 96              # prompt tokens per step (running streams keep flowing)
     ffn_mode: Optional[str] = None       # dense, sparse, threshold (default: the file's)
+    head_mode: str = "dense"             # output head: dense, or sparse (a file with a preview)
     chat_format: Optional[str] = None    # default: the file's template
     pooling_type: int = 1                # embeddings: llama.cpp's 1 mean (one vector per
     #                                      input, as OpenAI's), 2 cls, 3 last, 0 none, -1 file's
@@ -58,6 +59,8 @@ HELP = {
     "max_queue": "requests that may wait for a free slot; more get 503",
     "prefill_chunk": "prompt tokens run per step (smaller: running streams stutter less)",
     "ffn_mode": "FFN mode: dense, sparse or threshold (default: what the file was made for)",
+    "head_mode": "output head: dense, or sparse (the file's output preview picks the rows; only "
+                 "steps with one wanted row and no logprobs use it: batched steps run dense)",
     "chat_format": "llama-cpp-python chat format (default: the file's chat template)",
     "pooling_type": "embedding pooling: 1 mean, 2 cls, 3 last, 0 none (per token), -1 the file's",
     "host": "address to listen on",
@@ -77,9 +80,11 @@ def parse_args(argv: Optional[List[str]] = None) -> ServerSettings:
         d = getattr(defaults, f.name)
         kind = {"int": int, "bool": _bool}.get(str(f.type).replace("Optional[", "").rstrip("]"),
                                               str)
-        if f.name == "ffn_mode":
-            p.add_argument("--ffn_mode", choices=["dense", "sparse", "threshold"], default=d,
-                           help=HELP[f.name])
+        choices = {"ffn_mode": ["dense", "sparse", "threshold"],
+                   "head_mode": ["dense", "sparse"]}.get(f.name)
+        if choices:
+            p.add_argument(f"--{f.name}", choices=choices, default=d,
+                           help=f"{HELP[f.name]} (default: {d})")
             continue
         p.add_argument(f"--{f.name}", type=kind, default=d, help=f"{HELP[f.name]} (default: {d})")
     ns = p.parse_args(argv)

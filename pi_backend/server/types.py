@@ -31,7 +31,7 @@ class _Sampling(_Body):
     logit_bias: Optional[Dict[str, float]] = None
     logit_bias_type: Optional[Literal["input_ids", "tokens"]] = None
     seed: Optional[int] = None
-    n: Optional[int] = 1
+    n: Optional[int] = Field(1, ge=1)    # choices, each its own sequence in the engine
     user: Optional[str] = None
     # llama.cpp's
     top_k: int = 40
