@@ -177,14 +177,8 @@ static int64_t v_row_stride(int32_t n_ctx) { return ((int64_t)n_ctx + 7) / 8 * 8
 /* The largest n_ctx a context takes (its buffer sizes then fit size_t with room to spare). */
 #define PI_MAX_CTX (INT32_MAX - 64)
 
-/* The stride of one query's scores: n_ctx positions and a last chunk's padding. */
-static int64_t attn_scores_stride(int n_ctx) { return (int64_t)n_ctx + 8; }
-
-/* Floats of attention scratch per thread: the scores and the f16-rounded queries of one KV
- * head's `group` query heads. */
-static size_t attn_scratch(int n_ctx, int head_dim, int group) {
-    return (size_t)group * ((size_t)attn_scores_stride(n_ctx) + (size_t)head_dim);
-}
+/* Floats of attention scratch per thread: scores [n_ctx + 8] and the f16-rounded query. */
+static size_t attn_scratch(int n_ctx, int head_dim) { return (size_t)n_ctx + 8 + (size_t)head_dim; }
 
 /* The positions token t of an attention job reads: from p0 (a multiple of 8) to its own, n_pos of
  * them; those before `first` are outside a sliding layer's window (masked). */
@@ -195,7 +189,7 @@ static void attn_span(const attn_job *j, int t, int *first, int *p0, int *n_pos)
     *n_pos = pos + 1 - *p0;
 }
 
-/* A (token, KV head) item's cost in positions, plus what every item costs whatever its length. */
+/* A (token, head) item's cost in positions, plus what every item costs whatever its length. */
 #define ATTN_ITEM_COST 16
 
 /* Thread ith's items [*b, *e) of the job's B * n_head, in order, split by cost (the tokens of a
@@ -224,7 +218,7 @@ static void attn_split(const attn_job *j, int n_head, int ith, int nth, int64_t 
     }
 }
 
-/* One (token, KV head) pair per work item, for each query head of the KV head: softmax(attn_scale q k^T) v over positions 0..pos of the
+/* One (token, head) pair per work item: softmax(attn_scale q k^T) v over positions 0..pos of the
  * token's sequence (the last `window` of them in a sliding layer), as llama.cpp's CPU graph
  * computes it: kq = k16 . q16
  * (mul_mat), soft_max_ext over whole chunks of 8 positions (the ones outside masked),
@@ -236,34 +230,31 @@ static void attn_task(void *arg, int ith, int nth) {
     const pi_hparams *hp = &c->m->hp;
     const int hd = hp->head_dim, group = hp->n_head / hp->n_head_kv;
     const int q_dim = hp->n_head * hd;
-    const int64_t lds = attn_scores_stride(c->n_ctx);
-    float *sc = c->scores + (size_t)ith * attn_scratch(c->n_ctx, hd, group); /* [group][lds] */
-    float *q16 = sc + (size_t)group * lds;                                  /* [group][hd] */
+    float *sc = c->scores + (size_t)ith * attn_scratch(c->n_ctx, hd);
+    float *q16 = sc + c->n_ctx + 8;
     int64_t b, e;
-    attn_split(j, hp->n_head_kv, ith, nth, &b, &e);
-    for (int64_t item = b; item < e; item++) { /* (token, KV head): the group's query heads */
-        const int t = (int)(item / hp->n_head_kv), kvh = (int)(item % hp->n_head_kv), h0 = kvh * group;
+    attn_split(j, hp->n_head, ith, nth, &b, &e);
+    for (int64_t item = b; item < e; item++) {
+        const int t = (int)(item / hp->n_head), h = (int)(item % hp->n_head), kvh = h / group;
         const pi_half *kc = j->kc + k_seq_offset(c, c->tok_seq[t]);
         const pi_half *vc = j->vc + v_seq_offset(c, c->tok_seq[t]);
         int first, p0, n_pos; /* positions p0 .. pos, sc[p - p0] */
         attn_span(j, t, &first, &p0, &n_pos);
-        memcpy(q16, c->q + (size_t)t * q_dim + (size_t)h0 * hd, (size_t)group * hd * sizeof *q16);
-        K->round_f16((int64_t)group * hd, q16);
-        K->attn_scores(n_pos, hd, kc + ((size_t)kvh * c->n_ctx + (size_t)p0) * hd, hd, group, q16,
-                       hp->attn_scale, sc, lds);
-        for (int g = 0; g < group; g++) {
-            float *s = sc + g * lds;
-            for (int p = 0; p < first - p0; p++) s[p] = -INFINITY;
-            float mx = -INFINITY;
-            for (int p = 0; p < n_pos; p++) mx = s[p] > mx ? s[p] : mx;
-            const int n_pad = (n_pos + 7) / 8 * 8;
-            for (int p = n_pos; p < n_pad; p++) s[p] = -INFINITY;
-            const float inv = (float)(1.0 / K->softmax_exp(n_pad, s, mx));
-            for (int p = 0; p < n_pos; p++) s[p] *= inv;
-            K->round_f16(n_pos, s);
-        }
-        K->attn_values(n_pos, hd, vc + (size_t)kvh * hd * c->ldv + p0, c->ldv, group, sc, lds,
-                       c->att_out + (size_t)t * q_dim + (size_t)h0 * hd);
+        const float *q = c->q + (size_t)t * q_dim + (size_t)h * hd;
+        memcpy(q16, q, (size_t)hd * sizeof *q16);
+        K->round_f16(hd, q16);
+        K->attn_scores(n_pos, hd, kc + ((size_t)kvh * c->n_ctx + (size_t)p0) * hd, hd, q16,
+                       hp->attn_scale, sc);
+        for (int p = 0; p < first - p0; p++) sc[p] = -INFINITY;
+        float mx = -INFINITY;
+        for (int p = 0; p < n_pos; p++) mx = sc[p] > mx ? sc[p] : mx;
+        const int n_pad = (n_pos + 7) / 8 * 8;
+        for (int p = n_pos; p < n_pad; p++) sc[p] = -INFINITY;
+        const float inv = (float)(1.0 / K->softmax_exp(n_pad, sc, mx));
+        for (int p = 0; p < n_pos; p++) sc[p] *= inv;
+        K->round_f16(n_pos, sc);
+        K->attn_values(n_pos, hd, vc + (size_t)kvh * hd * c->ldv + p0, c->ldv, sc,
+                       c->att_out + (size_t)t * q_dim + (size_t)h * hd);
     }
 }
 
@@ -750,7 +741,7 @@ int pi_context_create_seqs(pi_model *m, int32_t n_ctx, int32_t n_batch, int32_t 
         {(void **)&c->v, B * kv_dim * 4}, {(void **)&c->att_out, B * q_dim * 4},
         {(void **)&c->proj, B * d * 4}, {(void **)&c->g, B * n_ff * 4},
         {(void **)&c->u, B * n_ff * 4}, {(void **)&c->pz, P * ((size_t)m->max_rank + 1) * 4},
-        {(void **)&c->scores, (size_t)n_threads * attn_scratch(n_ctx, hp->head_dim, hp->n_head / hp->n_head_kv) * 4},
+        {(void **)&c->scores, (size_t)n_threads * attn_scratch(n_ctx, hp->head_dim) * 4},
         {(void **)&c->rope_cs, B * (size_t)hp->n_rot * 4},
         {(void **)&c->rope_cs_swa, hp->n_swa > 0 ? B * (size_t)hp->n_rot * 4 : 0},
         {(void **)&c->idx, P * n_ff * 4}, {(void **)&c->mark, n_ff}, {(void **)&c->un, n_ff * 4},

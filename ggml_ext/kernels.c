@@ -518,16 +518,16 @@ void pi_act_ref(int lanes, int act, int64_t n, float *x) {
 }
 
 /* The scalar table: llama.cpp's AVX2 build (8 lanes). */
-static void attn_scores_scalar(int n_pos, int hd, const pi_half *k, int64_t ldk, int nq, const float *q,
-                               float scale, float *s, int64_t lds) {
-    for (int g = 0; g < nq; g++) pi_attn_scores_ref(8, n_pos, hd, k, ldk, q + (size_t)g * hd, scale, s + g * lds);
+static void attn_scores_scalar(int n_pos, int hd, const pi_half *k, int64_t ldk, const float *q,
+                               float scale, float *s) {
+    pi_attn_scores_ref(8, n_pos, hd, k, ldk, q, scale, s);
 }
 
 static double softmax_exp_scalar(int n, float *x, float max) { return pi_softmax_exp_ref(8, n, x, max); }
 
-static void attn_values_scalar(int n_pos, int hd, const pi_half *vt, int64_t ldv, int nq, const float *p,
-                               int64_t ldp, float *out) {
-    for (int g = 0; g < nq; g++) pi_attn_values_ref(8, n_pos, hd, vt, ldv, p + g * ldp, out + (size_t)g * hd);
+static void attn_values_scalar(int n_pos, int hd, const pi_half *vt, int64_t ldv, const float *p,
+                               float *out) {
+    pi_attn_values_ref(8, n_pos, hd, vt, ldv, p, out);
 }
 
 const pi_act_desc pi_acts[PI_N_ACTS] = {

@@ -81,20 +81,15 @@ typedef struct {
      * f32 accumulator: element i of a sum goes into lane i % lanes by fused multiply-add, and the
      * lanes are added as ggml's hsum: 16 lanes first as l[j] + l[j + 8] for j < 8, then 8 lanes
      * as (l[j] + l[j + 4]) for j < 4, then (0 + 2) + (1 + 3). exp is pi_expf_ggml(lanes, .).
-     * The queries of one KV head (grouped-query attention) come together, so that each f16 row of
-     * the cache is read and converted once for all of them; each query's bits are those of it
-     * alone (the twins take one).
-     * s[g * lds + p] = scale * (k_p . q_g) for p < n_pos, g < nq: k_p = k + p * ldk ([hd] f16),
-     * q_g = q + g * hd ([hd] f32). */
-    void (*attn_scores)(int n_pos, int hd, const pi_half *k, int64_t ldk, int nq, const float *q,
-                        float scale, float *s, int64_t lds);
+     * s[p] = scale * (k_p . q) for p < n_pos: k_p = k + p * ldk ([hd] f16), q [hd] f32. */
+    void (*attn_scores)(int n_pos, int hd, const pi_half *k, int64_t ldk, const float *q,
+                        float scale, float *s);
     /* x[i] = exp(x[i] - max) for i < n (a multiple of 8); returns their sum: each chunk of
      * `lanes` elements (the last one zero-extended)'s lane sum, added into a double. */
     double (*softmax_exp)(int n, float *x, float max);
-    /* out[g * hd + i] = vt_i . p_g for i < hd, g < nq: vt_i = vt + i * ldv ([n_pos] f16),
-     * p_g = p + g * ldp ([n_pos] f32). */
-    void (*attn_values)(int n_pos, int hd, const pi_half *vt, int64_t ldv, int nq, const float *p,
-                        int64_t ldp, float *out);
+    /* out[i] = vt_i . p for i < hd: vt_i = vt + i * ldv ([n_pos] f16), p [n_pos] f32. */
+    void (*attn_values)(int n_pos, int hd, const pi_half *vt, int64_t ldv, const float *p,
+                        float *out);
     /* By FFN activation (pi_act; designated initializers, every one filled): the gated FFN's
      * down input u[i] = act(g[i]) * u[i], and x[i] = act(x[i]) (threshold mode's selection), for
      * i < n; act is pi_act_fn(lanes, act)'s, the same bits (ggml_vec_swiglu_f32's for SiLU). */

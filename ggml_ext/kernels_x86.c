@@ -1221,8 +1221,8 @@ INLINE AVX2_FN void dot8_f16_f32_lanes(const pi_half *const a[8], const float *b
     hsum8x8(acc, out);
 }
 
-AVX2_FN static void attn_scores1_avx2(int n_pos, int hd, const pi_half *k, int64_t ldk,
-                                      const float *q, float scale, float *s) {
+AVX2_FN static void attn_scores_avx2(int n_pos, int hd, const pi_half *k, int64_t ldk,
+                                     const float *q, float scale, float *s) {
     int p = 0;
     for (; p + 8 <= n_pos; p += 8) {
         const pi_half *rows[8];
@@ -1245,8 +1245,8 @@ AVX2_FN static double softmax_exp_avx2(int n, float *x, float max) {
     return sum;
 }
 
-AVX2_FN static void attn_values1_avx2(int n_pos, int hd, const pi_half *vt, int64_t ldv,
-                                      const float *p, float *out) {
+AVX2_FN static void attn_values_avx2(int n_pos, int hd, const pi_half *vt, int64_t ldv,
+                                     const float *p, float *out) {
     const int over = n_pos / 8 * 8 + 8 <= ldv; /* the cache row holds a whole last chunk */
     int i = 0;
     for (; i + 8 <= hd; i += 8) {
@@ -1255,17 +1255,6 @@ AVX2_FN static void attn_values1_avx2(int n_pos, int hd, const pi_half *vt, int6
         dot8_f16_f32_lanes(rows, p, n_pos, over, out + i);
     }
     for (; i < hd; i++) out[i] = dot_f16_f32_lanes(vt + (size_t)i * ldv, p, n_pos);
-}
-
-/* Query by query: 8 lanes of 8 rows take half the 16 registers already. */
-AVX2_FN static void attn_scores_avx2(int n_pos, int hd, const pi_half *k, int64_t ldk, int nq,
-                                     const float *q, float scale, float *s, int64_t lds) {
-    for (int g = 0; g < nq; g++) attn_scores1_avx2(n_pos, hd, k, ldk, q + (size_t)g * hd, scale, s + g * lds);
-}
-
-AVX2_FN static void attn_values_avx2(int n_pos, int hd, const pi_half *vt, int64_t ldv, int nq,
-                                     const float *p, int64_t ldp, float *out) {
-    for (int g = 0; g < nq; g++) attn_values1_avx2(n_pos, hd, vt, ldv, p + g * ldp, out + (size_t)g * hd);
 }
 
 /* The activations in 8 lanes, each pi_*_ref's bits. silu(x) = x / (1 + pi_expf_ggml(8, -x)). */
@@ -1727,57 +1716,30 @@ INLINE AVX512_FN __m512 load_f16x16_masked(const pi_half *p, __mmask16 m) {
     return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p));
 }
 
-/* out[g * ldo + r] = sum_i a[r][i] * b[g][i] for i < n, r < 8, g < nb (<= ATTN_QUERIES), in lanes
- * i % 16, added as hsum16 (folded to 8 lanes, then hsum8x8's transpose: the same bits as 8 hsum16
- * calls); each row chunk converted once for the nb vectors. Only the n elements are read (the
- * last chunk's by masked loads). */
-#define ATTN_QUERIES 3 /* 3 x 8 accumulators, 3 vectors and a row in 32 registers */
-INLINE AVX512_FN void dot8g_f16_f32_lanes16(const pi_half *const a[8], const float *b, int64_t ldb, int nb,
-                                            int n, float *out, int64_t ldo) {
-    __m512 acc[ATTN_QUERIES][8];
-    for (int g = 0; g < nb; g++)
-        for (int r = 0; r < 8; r++) acc[g][r] = _mm512_setzero_ps();
+/* out[r] = sum_i a[r][i] * b[i] for i < n, r < 8, in lanes i % 16, added as hsum16 (folded to 8
+ * lanes, then hsum8x8's transpose: the same bits as 8 hsum16 calls). Only the n elements are
+ * read (the last chunk's by masked loads). */
+INLINE AVX512_FN void dot8_f16_f32_lanes16(const pi_half *const a[8], const float *b, int n, float out[8]) {
+    __m512 acc[8];
+    for (int r = 0; r < 8; r++) acc[r] = _mm512_setzero_ps();
     int i = 0;
     for (; i + 16 <= n; i += 16) {
-        __m512 bv[ATTN_QUERIES];
-        for (int g = 0; g < nb; g++) bv[g] = _mm512_loadu_ps(b + g * ldb + i);
-        for (int r = 0; r < 8; r++) {
-            const __m512 av = load_f16x16(a[r] + i);
-            for (int g = 0; g < nb; g++) acc[g][r] = _mm512_fmadd_ps(av, bv[g], acc[g][r]);
-        }
+        const __m512 bv = _mm512_loadu_ps(b + i);
+        for (int r = 0; r < 8; r++) acc[r] = _mm512_fmadd_ps(load_f16x16(a[r] + i), bv, acc[r]);
     }
     if (i < n) {
         const __mmask16 m = first_lanes(n - i);
-        __m512 bv[ATTN_QUERIES];
-        for (int g = 0; g < nb; g++) bv[g] = _mm512_maskz_loadu_ps(m, b + g * ldb + i);
-        for (int r = 0; r < 8; r++) {
-            const __m512 av = load_f16x16_masked(a[r] + i, m);
-            for (int g = 0; g < nb; g++) acc[g][r] = _mm512_fmadd_ps(av, bv[g], acc[g][r]);
-        }
+        const __m512 bv = _mm512_maskz_loadu_ps(m, b + i);
+        for (int r = 0; r < 8; r++) acc[r] = _mm512_fmadd_ps(load_f16x16_masked(a[r] + i, m), bv, acc[r]);
     }
-    for (int g = 0; g < nb; g++) {
-        __m256 folded[8];
-        for (int r = 0; r < 8; r++)
-            folded[r] = _mm256_add_ps(_mm512_castps512_ps256(acc[g][r]),
-                                      _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc[g][r]), 1)));
-        hsum8x8(folded, out + g * ldo);
-    }
+    __m256 folded[8];
+    for (int r = 0; r < 8; r++)
+        folded[r] = _mm256_add_ps(_mm512_castps512_ps256(acc[r]),
+                                  _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc[r]), 1)));
+    hsum8x8(folded, out);
 }
 
-/* dot8g_f16_f32_lanes16 of any nb: ATTN_QUERIES vectors at a time, each count unrolled. */
-INLINE AVX512_FN void dot8q_f16_f32_lanes16(const pi_half *const a[8], const float *b, int64_t ldb, int nb,
-                                            int n, float *out, int64_t ldo) {
-    for (int g = 0; g < nb; g += ATTN_QUERIES) {
-        const int k = nb - g < ATTN_QUERIES ? nb - g : ATTN_QUERIES;
-        const float *bg = b + g * ldb;
-        float *og = out + g * ldo;
-        if (k == 3) dot8g_f16_f32_lanes16(a, bg, ldb, 3, n, og, ldo);
-        else if (k == 2) dot8g_f16_f32_lanes16(a, bg, ldb, 2, n, og, ldo);
-        else dot8g_f16_f32_lanes16(a, bg, ldb, 1, n, og, ldo);
-    }
-}
-
-/* One row and one vector, as dot8g_f16_f32_lanes16 adds them. */
+/* One row of dot8_f16_f32_lanes16. */
 INLINE AVX512_FN float dot_f16_f32_lanes16(const pi_half *a, const float *b, int n) {
     __m512 acc = _mm512_setzero_ps();
     int i = 0;
@@ -1789,31 +1751,28 @@ INLINE AVX512_FN float dot_f16_f32_lanes16(const pi_half *a, const float *b, int
     return hsum16(acc);
 }
 
-AVX512_FN static void attn_scores_avx512(int n_pos, int hd, const pi_half *k, int64_t ldk, int nq,
-                                         const float *q, float scale, float *s, int64_t lds) {
+AVX512_FN static void attn_scores_avx512(int n_pos, int hd, const pi_half *k, int64_t ldk,
+                                         const float *q, float scale, float *s) {
     int p = 0;
     for (; p + 8 <= n_pos; p += 8) {
         const pi_half *rows[8];
+        float d[8];
         for (int r = 0; r < 8; r++) rows[r] = k + (size_t)(p + r) * ldk;
-        dot8q_f16_f32_lanes16(rows, q, hd, nq, hd, s + p, lds);
-        for (int g = 0; g < nq; g++)
-            for (int r = 0; r < 8; r++) s[g * lds + p + r] *= scale;
+        dot8_f16_f32_lanes16(rows, q, hd, d);
+        for (int r = 0; r < 8; r++) s[p + r] = d[r] * scale;
     }
-    for (; p < n_pos; p++)
-        for (int g = 0; g < nq; g++)
-            s[g * lds + p] = dot_f16_f32_lanes16(k + (size_t)p * ldk, q + (size_t)g * hd, hd) * scale;
+    for (; p < n_pos; p++) s[p] = dot_f16_f32_lanes16(k + (size_t)p * ldk, q, hd) * scale;
 }
 
-AVX512_FN static void attn_values_avx512(int n_pos, int hd, const pi_half *vt, int64_t ldv, int nq,
-                                         const float *p, int64_t ldp, float *out) {
+AVX512_FN static void attn_values_avx512(int n_pos, int hd, const pi_half *vt, int64_t ldv,
+                                         const float *p, float *out) {
     int i = 0;
     for (; i + 8 <= hd; i += 8) {
         const pi_half *rows[8];
         for (int r = 0; r < 8; r++) rows[r] = vt + (size_t)(i + r) * ldv;
-        dot8q_f16_f32_lanes16(rows, p, ldp, nq, n_pos, out + i, hd);
+        dot8_f16_f32_lanes16(rows, p, n_pos, out + i);
     }
-    for (; i < hd; i++)
-        for (int g = 0; g < nq; g++) out[(size_t)g * hd + i] = dot_f16_f32_lanes16(vt + (size_t)i * ldv, p + g * ldp, n_pos);
+    for (; i < hd; i++) out[i] = dot_f16_f32_lanes16(vt + (size_t)i * ldv, p, n_pos);
 }
 
 /* ==== AVX-512 rows8 kernels over several tokens (pi_dot8n_fn; twins: the dot8 of each token) ===

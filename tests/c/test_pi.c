@@ -425,17 +425,10 @@ static void test_table_twins(void) {
                 pi_act_ref(L, act, n, a), K->act[act](n, b);
                 SAME(a, b, sizeof a, pi_acts[act].name, K->name);
             }
-        /* attention: 1 to 4 queries of a KV head at once, each with the bits of it alone */
-        enum { LDS = NPOS + 3 };
-        for (int nq = 1; nq <= 4; nq++) {
-            for (int hd = HD; hd >= HD - 24; hd -= 12) { /* a head size of whole chunks, and tails */
-                for (int g = 0; g < nq; g++) pi_attn_scores_ref(L, NPOS, hd, kc, HD, x + g * hd, 0.125f, a + g * LDS);
-                K->attn_scores(NPOS, hd, kc, HD, nq, x, 0.125f, b, LDS);
-                for (int g = 0; g < nq; g++) SAME(a + g * LDS, b + g * LDS, NPOS * sizeof(float), "attn_scores", K->name);
-            }
-            for (int g = 0; g < nq; g++) pi_attn_values_ref(L, NPOS, HD, vt, NPOS, x + g * NPOS, a + g * HD);
-            K->attn_values(NPOS, HD, vt, NPOS, nq, x, NPOS, b);
-            SAME(a, b, (size_t)nq * HD * sizeof(float), "attn_values", K->name);
+        for (int hd = HD; hd >= HD - 24; hd -= 12) { /* a head size of whole chunks, and tails */
+            pi_attn_scores_ref(L, NPOS, hd, kc, HD, x, 0.125f, a);
+            K->attn_scores(NPOS, hd, kc, HD, x, 0.125f, b);
+            SAME(a, b, NPOS * sizeof(float), "attn_scores", K->name);
         }
         for (int n = 40; n >= 32; n -= 8) { /* whole chunks of 16, and a last half chunk */
             float pa[40], pb[40];
@@ -459,10 +452,12 @@ static void test_table_twins(void) {
                 same &= !memcmp(ea + i, eb + i, sizeof *ea) || (isnan(ea[i]) && isnan(eb[i]));
             CHECK(same, "%s softmax_exp (exp's range): differs from the scalar twin", K->name);
         }
+        pi_attn_values_ref(L, NPOS, HD, vt, NPOS, x, a), K->attn_values(NPOS, HD, vt, NPOS, x, b);
+        SAME(a, b, HD * sizeof(float), "attn_values", K->name);
         /* a cache row longer than n_pos, NaN past it: the extra never enters the sums */
         static pi_half vlong[HD * 48];
         for (int i = 0; i < HD * 48; i++) vlong[i] = i % 48 < NPOS ? vt[i / 48 * NPOS + i % 48] : 0x7E00;
-        pi_attn_values_ref(L, NPOS, HD, vlong, 48, x, a), K->attn_values(NPOS, HD, vlong, 48, 1, x, NPOS, b);
+        pi_attn_values_ref(L, NPOS, HD, vlong, 48, x, a), K->attn_values(NPOS, HD, vlong, 48, x, b);
         SAME(a, b, HD * sizeof(float), "attn_values (long rows)", K->name);
         for (int i = 0; i < HD; i++) CHECK(a[i] == a[i], "attn_values: NaN past n_pos leaked");
         /* select: plain and |v|, thresholds keeping none, some and all, NaN never kept */
