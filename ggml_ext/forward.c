@@ -180,44 +180,6 @@ static int64_t v_row_stride(int32_t n_ctx) { return ((int64_t)n_ctx + 7) / 8 * 8
 /* Floats of attention scratch per thread: scores [n_ctx + 8] and the f16-rounded query. */
 static size_t attn_scratch(int n_ctx, int head_dim) { return (size_t)n_ctx + 8 + (size_t)head_dim; }
 
-/* The positions token t of an attention job reads: from p0 (a multiple of 8) to its own, n_pos of
- * them; those before `first` are outside a sliding layer's window (masked). */
-static void attn_span(const attn_job *j, int t, int *first, int *p0, int *n_pos) {
-    const int pos = j->c->tok_pos[t];
-    *first = j->window && pos >= j->window ? pos - j->window + 1 : 0;
-    *p0 = *first / 8 * 8;
-    *n_pos = pos + 1 - *p0;
-}
-
-/* A (token, head) item's cost in positions, plus what every item costs whatever its length. */
-#define ATTN_ITEM_COST 16
-
-/* Thread ith's items [*b, *e) of the job's B * n_head, in order, split by cost (the tokens of a
- * step sit at different positions of their sequences: an even count of items is not an even
- * share of the work). Which thread runs an item changes nothing in its bits. */
-static void attn_split(const attn_job *j, int n_head, int ith, int nth, int64_t *b, int64_t *e) {
-    int64_t total = 0;
-    for (int t = 0; t < j->B; t++) {
-        int first, p0, n_pos;
-        attn_span(j, t, &first, &p0, &n_pos);
-        total += (int64_t)n_head * (n_pos + ATTN_ITEM_COST);
-    }
-    const int64_t lo = total * ith / nth, hi = total * (ith + 1) / nth;
-    int64_t at = 0, item = 0;
-    *b = *e = (int64_t)j->B * n_head;
-    for (int t = 0; t < j->B; t++) {
-        int first, p0, n_pos;
-        attn_span(j, t, &first, &p0, &n_pos);
-        for (int h = 0; h < n_head; h++, item++, at += n_pos + ATTN_ITEM_COST) {
-            if (at >= lo && *b > item) *b = item; /* the first item that starts in [lo, hi) */
-            if (at >= hi) {
-                *e = item;
-                return;
-            }
-        }
-    }
-}
-
 /* One (token, head) pair per work item: softmax(attn_scale q k^T) v over positions 0..pos of the
  * token's sequence (the last `window` of them in a sliding layer), as llama.cpp's CPU graph
  * computes it: kq = k16 . q16
@@ -233,13 +195,14 @@ static void attn_task(void *arg, int ith, int nth) {
     float *sc = c->scores + (size_t)ith * attn_scratch(c->n_ctx, hd);
     float *q16 = sc + c->n_ctx + 8;
     int64_t b, e;
-    attn_split(j, hp->n_head, ith, nth, &b, &e);
+    pi_split((int64_t)j->B * hp->n_head, 1, ith, nth, &b, &e);
     for (int64_t item = b; item < e; item++) {
-        const int t = (int)(item / hp->n_head), h = (int)(item % hp->n_head), kvh = h / group;
+        const int t = (int)(item / hp->n_head), h = (int)(item % hp->n_head);
+        const int pos = c->tok_pos[t], kvh = h / group;
         const pi_half *kc = j->kc + k_seq_offset(c, c->tok_seq[t]);
         const pi_half *vc = j->vc + v_seq_offset(c, c->tok_seq[t]);
-        int first, p0, n_pos; /* positions p0 .. pos, sc[p - p0] */
-        attn_span(j, t, &first, &p0, &n_pos);
+        const int first = j->window && pos >= j->window ? pos - j->window + 1 : 0;
+        const int p0 = first / 8 * 8, n_pos = pos + 1 - p0; /* positions p0 .. pos, sc[p - p0] */
         const float *q = c->q + (size_t)t * q_dim + (size_t)h * hd;
         memcpy(q16, q, (size_t)hd * sizeof *q16);
         K->round_f16(hd, q16);
