@@ -120,6 +120,34 @@ def test_sparse_modes_and_head(default_model, prompts):
         m.close()
 
 
+def test_threshold_mixed_down_as_if_alone(default_model, prompts):
+    """Threshold mode on a file that keeps the plain ffn_down: each token takes the dense down
+    product or the AXPY over its kept ffn_down_t rows by its own count (the two give different
+    bits), so a step mixes both; each sequence's logits stay those of it alone. The thresholds
+    keep about half the neurons, near where the dense product starts to pay."""
+    m = Model(str(default_model))
+    try:
+        ctx = m.new_context(n_ctx=64, n_threads=2)
+        gates = np.concatenate([ctx.record(p, 0, ffn_in=False, h=False)["gate"] for p in prompts])
+        ctx.close()
+        act = np.abs(gates / (1.0 + np.exp(-gates.astype(np.float64))))   # |silu(gate)|
+        m.set_thresholds([np.quantile(act[:, l], 0.53) for l in range(act.shape[1])])
+        got = schedule(m, prompts, ffn_mode=F.FFN_THRESHOLD)
+        for p, logits in got.items():
+            np.testing.assert_array_equal(logits, alone(m, prompts[p][:len(logits)], F.FFN_THRESHOLD),
+                                          err_msg=f"prompt {p}")
+        # one step of all four prompts: some tokens took the dense down product (n_ff rows
+        # counted), others the AXPY over their kept rows only
+        ctx = m.new_context(n_ctx=64, n_threads=2, n_seq=4, ffn_mode=F.FFN_THRESHOLD)
+        toks = [t for p in prompts for t in p[:6]]
+        ctx.decode_seqs(toks, [s for s in range(4) for _ in range(6)], list(range(6)) * 4, [True] * 24)
+        st = ctx.stats()
+        ctx.close()
+        assert st["ffn_active"] < st["ffn_down_active"] < st["ffn_neurons"], st
+    finally:
+        m.close()
+
+
 def test_rewind_and_bad_positions(smollm2_path, prompts):
     m = Model(str(smollm2_path))
     ctx = m.new_context(n_ctx=16, n_threads=1, n_seq=2)
@@ -153,8 +181,6 @@ def test_rewind_and_bad_positions(smollm2_path, prompts):
 def relu_predictors(tmp_path_factory):
     """The ReLU test model with closed-form predictors (tests/powerinfer_files.py): sparse mode."""
     import powerinfer_files as pf
-    if not pf.RELU_GGUF.is_file():
-        pytest.skip(f"{pf.RELU_GGUF.name} is missing")
     return pf.with_predictors(tmp_path_factory.mktemp("batch") / "relu-pred.gguf", pf.predictors(rank=16))
 
 
