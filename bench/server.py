@@ -58,33 +58,39 @@ def free_port() -> int:
 
 
 class Proc:
+    """A server as its own process on loopback: started with this checkout (or `repo`) first on
+    its PYTHONPATH, ready once `ready` answers 200 (else RuntimeError with its log), stopped by
+    stop(). tests/test_server.py runs pi-server through it too."""
+
     def __init__(self, name: str, cmd: list, port: int, log: Path, ready: str,
-                 repo: Path = REPO):
-        self.name, self.url = name, f"http://127.0.0.1:{port}"
-        self.log = open(log, "wb")
+                 repo: Path = REPO, timeout: float = 180):
+        self.name, self.port, self.url, self.log = name, port, f"http://127.0.0.1:{port}", Path(log)
+        self._log_f = open(log, "wb")
         env = dict(os.environ, PYTHONPATH=str(repo) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        self.p = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
-        deadline = time.time() + 180
+        self.proc = subprocess.Popen(cmd, stdout=self._log_f, stderr=subprocess.STDOUT, env=env,
+                                     cwd=str(repo))
+        deadline = time.time() + timeout
         while True:
-            if self.p.poll() is not None:
-                raise SystemExit(f"{name} exited: see {log}")
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{name} exited: {self.log.read_text()}")
             try:
-                r = httpx.get(self.url + ready, timeout=2)
-                if r.status_code == 200:
+                if httpx.get(self.url + ready, timeout=2).status_code == 200:
                     break
             except httpx.TransportError:
                 pass
             if time.time() > deadline:
-                raise SystemExit(f"{name} did not start: see {log}")
-            time.sleep(0.3)
+                self.stop()
+                raise RuntimeError(f"{name} did not start: {self.log.read_text()}")
+            time.sleep(0.2)
 
-    def stop(self):
-        self.p.terminate()
+    def stop(self) -> None:
+        self.proc.terminate()
         try:
-            self.p.wait(20)
+            self.proc.wait(20)
         except subprocess.TimeoutExpired:
-            self.p.kill()
-        self.log.close()
+            self.proc.kill()
+            self.proc.wait()
+        self._log_f.close()
 
 
 def one_request(http: httpx.Client, url: str, prompt: str, max_tokens: int, seed: int,

@@ -7,10 +7,6 @@ file of the test environment."""
 from __future__ import annotations
 
 import json
-import os
-import re
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -21,37 +17,19 @@ import httpx
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
 openai = pytest.importorskip("openai")
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from bench.server import Proc, free_port  # noqa: E402  (after the openai check)
 
 
-class Server:
+class Server(Proc):
+    """pi-server on the test environment's SmolLM2 file (bench.server's process launcher)."""
+
     def __init__(self, model: Path, log: Path, *args: str):
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        self.log = log
-        self._log_f = open(log, "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pi_backend.server", "--model", str(model), "--host",
-             "127.0.0.1", "--port", str(self.port), "--n_threads", "2", *args],
-            stdout=self._log_f, stderr=subprocess.STDOUT, env=env, cwd=str(REPO))
-        deadline = time.time() + 120
-        while True:
-            assert self.proc.poll() is None, f"the server exited: {log.read_text()}"
-            try:
-                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.time() < deadline, f"the server did not start: {log.read_text()}"
-            time.sleep(0.2)
+        port = free_port()
+        super().__init__("pi-server", [sys.executable, "-m", "pi_backend.server", "--model", str(model),
+                                       "--host", "127.0.0.1", "--port", str(port), "--n_threads", "2",
+                                       *args], port, log, "/health", timeout=120)
 
     def client(self, **kw) -> "openai.OpenAI":
         return openai.OpenAI(base_url=self.url + "/v1", api_key=kw.pop("api_key", "none"),
@@ -71,15 +49,6 @@ class Server:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
         raise AssertionError("no VmRSS")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self._log_f.close()
 
 
 @pytest.fixture(scope="module")
@@ -445,7 +414,7 @@ def test_health_503_while_loading(smollm2_path):
         assert go.wait(60)
         real_load()
     state.load = slow_load
-    port = _free_port()
+    port = free_port()
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     t = threading.Thread(target=srv.run, daemon=True)
     t.start()
