@@ -855,6 +855,19 @@ static void matvec_task(void *arg, int ith, int nth) {
     matvec_items(j, begin, end);
 }
 
+/* One rows8 group for n_tok tokens: out + t * ldo [8] = the group's rows . act + t * act_bytes,
+ * by dot8n (each weight block unpacked once for several tokens) where the table has it, else
+ * dot8 token by token; the same bits either way. */
+static void group_tokens(pi_dot8_fn dot8, pi_dot8n_fn dot8n, int64_t n, const void *group,
+                         const void *act, size_t act_bytes, int64_t n_tok, float *out, int64_t ldo) {
+    if (dot8n && n_tok > 1) {
+        dot8n(n, group, act, act_bytes, n_tok, out, ldo);
+        return;
+    }
+    for (int64_t t = 0; t < n_tok; t++)
+        dot8(n, group, (const uint8_t *)act + (size_t)t * act_bytes, out + t * ldo);
+}
+
 /* Dense matmat over the rows8 layout, for one or several matrices that share the activations:
  * all their whole groups form one range split over the pool (all tokens of a group while its
  * weights are in L1); the last thread also takes the plain tail rows. */
@@ -883,12 +896,8 @@ static void rows8_task(void *arg, int ith, int nth) {
         const pi_rows8_out *p = &j->outs[o];
         const int64_t lg = g - base;
         const uint8_t *group = (const uint8_t *)p->Wp + (size_t)lg * PI_ROWS8 * j->row_bytes;
-        if (j->dot8n && j->n_tok > 1)
-            j->dot8n(j->n_cols, group, j->act, j->act_bytes, j->n_tok, p->Y + lg * PI_ROWS8, p->ldy);
-        else
-            for (int64_t t = 0; t < j->n_tok; t++)
-                j->dot8(j->n_cols, group, (const uint8_t *)j->act + (size_t)t * j->act_bytes,
-                        p->Y + t * p->ldy + lg * PI_ROWS8);
+        group_tokens(j->dot8, j->dot8n, j->n_cols, group, j->act, j->act_bytes, j->n_tok,
+                     p->Y + lg * PI_ROWS8, p->ldy);
     }
     if (ith != nth - 1) return;
     for (int k = 0; k < j->n_outs; k++) {
@@ -1329,6 +1338,7 @@ int pi_axpy_sparse_union(pi_pool *pool, int type, const void *Wt, int64_t n_rows
 typedef struct {
     pi_ffn_sparse_args *a;
     pi_dot8_fn fc2_dot8;
+    pi_dot8n_fn fc2_dot8n;
     pi_dot_fn fc2_dot;
     size_t fc2_row_bytes;
     const uint8_t *hq;       /* h as fc2's dot wants it: [n_tok][hq_bytes] */
@@ -1352,9 +1362,8 @@ static void ffn_sparse_task(void *arg, int ith, int nth) {
     int64_t r = n0;
     if (a->fc2_rows8)
         for (; r + PI_ROWS8 <= n1; r += PI_ROWS8)
-            for (int t = 0; t < nt; t++)
-                j->fc2_dot8(a->rank, fc2 + (size_t)r * j->fc2_row_bytes, j->hq + (size_t)t * j->hq_bytes,
-                            a->logit + (size_t)t * a->n_ff + r);
+            group_tokens(j->fc2_dot8, j->fc2_dot8n, a->rank, fc2 + (size_t)r * j->fc2_row_bytes, j->hq,
+                         j->hq_bytes, nt, a->logit + r, a->n_ff);
     for (; r < n1; r += PI_KERNEL_ROWS) {
         const void *rows[PI_KERNEL_ROWS];
         const int nr = (int)min64(PI_KERNEL_ROWS, n1 - r);
@@ -1439,8 +1448,8 @@ int pi_ffn_sparse(pi_pool *pool, pi_ffn_sparse_args *a) {
     if (a->fc2_rows8 && !K->dot8[a->fc2_type]) return pi_fail_rows8(fn, a->fc2_type);
     const int nt = (int)a->n_tok;
     int64_t counts[PI_MAX_THREADS][5]; /* not zeroed: every share writes its own */
-    ffn_job j = {.a = a, .fc2_dot8 = K->dot8[a->fc2_type], .fc2_dot = K->dot[a->fc2_type],
-                 .fc2_row_bytes = mf.row_bytes, .counts = counts};
+    ffn_job j = {.a = a, .fc2_dot8 = K->dot8[a->fc2_type], .fc2_dot8n = K->dot8n[a->fc2_type],
+                 .fc2_dot = K->dot[a->fc2_type], .fc2_row_bytes = mf.row_bytes, .counts = counts};
     for (int t = 0; t < nt; t++) {
         j.g[t] = a->g + (size_t)t * a->n_ff;
         j.u[t] = a->u + (size_t)t * a->n_ff;
